@@ -1,0 +1,104 @@
+# starring build.
+#   make              CPU build, host vector extensions (-march=native)
+#   make PORTABLE=1   CPU build for any x86-64 (scalar fallbacks; into build-portable/)
+#   make SAN=1        ASan+UBSan build (into build-san/)
+#   make CUDA=1       also builds the CUDA kernels (sm_80, sm_90) and links NCCL
+#   make test         builds, then runs every test (tests/run)
+#   make fuzz         libFuzzer targets (clang) into build-fuzz/
+#
+# Sources are found by folder: every .c under base/ attention/ worker/
+# coordinator/ daemon/ goes into libstarring.a; each tests/unit/test_*.c is a
+# test binary; programs are listed in PROGRAMS below.
+
+CC      ?= cc
+NVCC    ?= nvcc
+CUDA_HOME ?= /usr/local/cuda
+
+ifeq ($(SAN),1)
+  BUILD ?= build-san
+  OPT   := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+  LDSAN := -fsanitize=address,undefined
+else ifeq ($(PORTABLE),1)
+  BUILD ?= build-portable
+  OPT   := -O3 -g -march=x86-64 -mtune=generic
+else
+  BUILD ?= build
+  OPT   := -O3 -g -march=native
+endif
+
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Werror=implicit-function-declaration \
+           -fopenmp $(OPT) -I. -I$(BUILD)/gen
+LDFLAGS += -fopenmp $(LDSAN)
+LDLIBS  += -lopenblas -lpcre2-8 -lprotobuf-c -luv -lnghttp2 -lm -lpthread
+# Open MPI: the mpi transport lives in the library, so everything links it
+CFLAGS  += $(shell mpicc --showme:compile 2>/dev/null)
+LDLIBS  += $(shell mpicc --showme:link 2>/dev/null)
+
+ifeq ($(CUDA),1)
+  CFLAGS  += -DSR_HAVE_CUDA=1 -I$(CUDA_HOME)/include
+  NVFLAGS := -O3 -std=c++17 -I. -DSR_HAVE_CUDA=1 \
+             -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+             -Xcompiler -fPIC,-Wall
+  LDLIBS  += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/lib -lcudart -lnccl -lstdc++
+  CU_SRC  := $(wildcard attention/cuda/*.cu worker/cuda/*.cu)
+endif
+
+MODULES  := base attention attention/cpu worker coordinator daemon
+LIB_SRC  := $(filter-out %_main.c,$(foreach m,$(MODULES),$(wildcard $(m)/*.c)))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(CU_SRC:%.cu=$(BUILD)/obj/%.cu.o)
+LIB      := $(BUILD)/libstarring.a
+
+# programs: bench/*.c together make starring-bench; each cli/NAME.c is starring-NAME
+BENCH_SRC := $(wildcard bench/*.c)
+PROGRAMS  := $(if $(BENCH_SRC),$(BUILD)/starring-bench) $(patsubst cli/%.c,$(BUILD)/starring-%,$(wildcard cli/*.c))
+
+TEST_SRC  := $(wildcard tests/unit/test_*.c)
+TEST_SUPPORT := $(filter-out tests/unit/test_%,$(wildcard tests/unit/*.c))
+TESTS     := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%) $(patsubst tests/mpi/%.c,$(BUILD)/tests/%,$(wildcard tests/mpi/mpi_test_*.c))
+ifeq ($(CUDA),1)
+  TESTS   += $(patsubst tests/gpu/%.cu,$(BUILD)/tests/%,$(wildcard tests/gpu/*.cu))
+endif
+
+.PHONY: all test clean fuzz
+all: $(LIB) $(PROGRAMS) $(TESTS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/starring-bench: $(BENCH_SRC:%.c=$(BUILD)/obj/%.o) $(LIB)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/starring-%: $(BUILD)/obj/cli/%.o $(LIB)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(TEST_SUPPORT:%.c=$(BUILD)/obj/%.o) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) -lcmocka
+
+$(BUILD)/tests/mpi_%: $(BUILD)/obj/tests/mpi/mpi_%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) -lcmocka
+
+$(BUILD)/tests/%: tests/gpu/%.cu $(LIB)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) $^ -o $@ -Xcompiler -fopenmp $(LDLIBS)
+
+test: all
+	BUILD=$(BUILD) tests/run
+
+fuzz:
+	$(MAKE) -f tests/fuzz/Makefile
+
+clean:
+	rm -rf build build-san build-portable build-fuzz
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
