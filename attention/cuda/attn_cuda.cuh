@@ -1,0 +1,54 @@
+/* attention/cuda internals: the checked arguments the public boundary
+ * (attention_cuda.cu) hands to the kernels, the launchers, and the one
+ * CHECK macro for CUDA calls. */
+#ifndef SR_ATTENTION_CUDA_ATTN_CUDA_CUH
+#define SR_ATTENTION_CUDA_ATTN_CUDA_CUH
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "attention/cuda.h"
+
+extern "C" {
+#include "base/status.h"
+}
+
+/* Returns SR_EDEVICE from the enclosing function, with file, line, the call
+ * and CUDA's own message, when a CUDA call fails. */
+#define SR_CUDA_CHECK(call)                                                                    \
+    do {                                                                                       \
+        cudaError_t sr_cuda_e_ = (call);                                                       \
+        if (sr_cuda_e_ != cudaSuccess)                                                         \
+            return sr_error_set(SR_EDEVICE, "%s:%d: %s: %s", __FILE__, __LINE__, #call,        \
+                                cudaGetErrorString(sr_cuda_e_));                               \
+    } while (0)
+
+/* One forward call after the checks: head_dim is one the kernels are built
+ * for, pointers are device pointers, 16-byte aligned. */
+struct sr_attn_cuda_args {
+    int64_t nq, nk;
+    int n_head_q, n_head_kv;
+    int causal;
+    int64_t delta;    /* q_pos0 - k_pos0: key j is visible to row i iff j <= i + delta */
+    float scale_log2; /* softmax scale * log2(e): the kernels work in base 2 */
+    const float *q;
+    const void *k, *v;
+    float *o, *lse;
+};
+
+/* fp16/bf16 K/V on tensor cores (mma.sync m16n8k16). */
+int sr_attn_cuda_forward_mma(const sr_attn_cuda_args *a, int head_dim, int kv_dtype,
+                             cudaStream_t stream);
+
+/* fp32 K/V, fp32 FMA. */
+int sr_attn_cuda_forward_f32(const sr_attn_cuda_args *a, int head_dim, cudaStream_t stream);
+
+/* Parts a kernel launch merges at once: one per lane of a warp. */
+#define SR_ATTN_CUDA_MERGE_MAX 32
+
+/* Merges n_parts <= SR_ATTN_CUDA_MERGE_MAX parts (device pointers). */
+int sr_attn_cuda_merge_launch(int n_parts, const float *const *o_parts,
+                              const float *const *lse_parts, int64_t rows, int head_dim, float *o,
+                              float *lse, cudaStream_t stream);
+
+#endif

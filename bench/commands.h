@@ -1,0 +1,12 @@
+/* The subcommands of starring-bench; main.c dispatches to them by name. Each
+ * takes argv from its own name on and returns the process exit status. */
+#ifndef SR_BENCH_COMMANDS_H
+#define SR_BENCH_COMMANDS_H
+
+/* attention.c: prefill and decode attention against OpenBLAS and the ceilings */
+int srb_cmd_attention(int argc, char **argv);
+
+/* ceiling.c: hidden; the sgemm ceiling in this process's environment */
+int srb_cmd_sgemm_ceiling(int argc, char **argv);
+
+#endif

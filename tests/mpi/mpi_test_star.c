@@ -1,0 +1,424 @@
+/* Star attention across ranks.
+ *  - placement: own blocks partition the context, anchors are the context's
+ *    prefix, and each rank keeps at most ceil(n / W) + one block of tokens,
+ *    read from each rank's own placement;
+ *  - phase 1: with a single block the span attention is full causal attention
+ *    bit for bit; with anchors it equals a double-precision reference over the
+ *    span's positions;
+ *  - phase 2: over sharded context KV (dense and paged), with single- and
+ *    multi-token queries and earlier generated tokens, the merged result
+ *    equals a double-precision reference of the same definition: every query
+ *    sees every context token, and new tokens causally.
+ * Q/K/V of a token are a hash of its absolute position, so every rank can
+ * build any token's rows. */
+#include <math.h>
+#include <mpi.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attention/attention.h"
+#include "base/half.h"
+#include "base/status.h"
+#include "worker/placement.h"
+#include "worker/star_attention.h"
+#include "worker/transport.h"
+
+static int rank, size, n_tests, n_failed;
+
+static void tap(int local_fail, const char *fmt, ...) {
+    int fail = local_fail != 0;
+    MPI_Allreduce(MPI_IN_PLACE, &fail, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    n_tests++;
+    n_failed += fail;
+    if (rank != 0) return;
+    char name[240];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    printf("%sok %d - %s\n", fail ? "not " : "", n_tests, name);
+    fflush(stdout);
+}
+
+#define EXPECT_OK(call)                                                                             \
+    do {                                                                                            \
+        int rc_ = (call);                                                                           \
+        if (rc_ != SR_OK) {                                                                         \
+            fprintf(stderr, "rank %d: %s:%d: %s -> %s: %s\n", rank, __FILE__, __LINE__, #call,      \
+                    sr_strerror(rc_), sr_error_msg());                                              \
+            return 1;                                                                               \
+        }                                                                                           \
+    } while (0)
+
+static float val(uint64_t seed, int64_t pos, int64_t idx) {
+    uint64_t z = seed * 0x9e3779b97f4a7c15ull + (uint64_t)pos * 0xbf58476d1ce4e5b9ull + (uint64_t)idx + 1;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return (float)((double)(z >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+typedef struct {
+    int hq, hkv, hd, dtype;
+} shape;
+
+static size_t esize(int dt) { return dt == SR_DT_F32 ? 4 : 2; }
+
+/* the value K/V storage holds (after rounding to the dtype) */
+static float rounded(int dt, float x) {
+    if (dt == SR_DT_F16) return sr_f16_to_f32(sr_f32_to_f16(x));
+    if (dt == SR_DT_BF16) return sr_bf16_to_f32(sr_f32_to_bf16(x));
+    return x;
+}
+
+static void store(int dt, void *base, int64_t at, float x) {
+    if (dt == SR_DT_F32) ((float *)base)[at] = x;
+    else if (dt == SR_DT_F16) ((sr_f16 *)base)[at] = sr_f32_to_f16(x);
+    else ((sr_bf16 *)base)[at] = sr_f32_to_bf16(x);
+}
+
+/* rows for the tokens at pos[0..n): q fp32 (may be NULL), k/v in dtype */
+static void make_rows(uint64_t seed, const int64_t *pos, int64_t n, const shape *s, float *q, void *k, void *v) {
+    int64_t qw = (int64_t)s->hq * s->hd, kw = (int64_t)s->hkv * s->hd;
+    for (int64_t r = 0; r < n; r++) {
+        if (q)
+            for (int64_t i = 0; i < qw; i++) q[r * qw + i] = val(seed, pos[r], i);
+        for (int64_t i = 0; i < kw; i++) {
+            store(s->dtype, k, r * kw + i, val(seed + 1, pos[r], i));
+            store(s->dtype, v, r * kw + i, val(seed + 2, pos[r], i));
+        }
+    }
+}
+
+/* Double-precision reference: query r at qpos[r] sees key j iff !causal or
+ * kpos[j] <= qpos[r]; K/V are the dtype-rounded hash values at kpos. */
+static void reference(uint64_t seed, const shape *s, const float *q, const int64_t *qpos, int64_t nq,
+                      const int64_t *kpos, int64_t nk, int causal, double *o, double *lse) {
+    int64_t hd = s->hd, g = s->hq / s->hkv, kw = (int64_t)s->hkv * hd;
+    double scale = 1.0 / sqrt((double)hd);
+    double *sc = malloc(sizeof(double) * (size_t)(nk > 0 ? nk : 1));
+    float *kf = malloc(sizeof(float) * (size_t)(nk * kw + 1)), *vf = malloc(sizeof(float) * (size_t)(nk * kw + 1));
+    for (int64_t j = 0; j < nk; j++)
+        for (int64_t i = 0; i < kw; i++) {
+            kf[j * kw + i] = rounded(s->dtype, val(seed + 1, kpos[j], i));
+            vf[j * kw + i] = rounded(s->dtype, val(seed + 2, kpos[j], i));
+        }
+    for (int64_t r = 0; r < nq; r++)
+        for (int64_t h = 0; h < s->hq; h++) {
+            int64_t kh = h / g;
+            const float *qr = q + (r * s->hq + h) * hd;
+            double mx = -INFINITY;
+            for (int64_t j = 0; j < nk; j++) {
+                sc[j] = -INFINITY;
+                if (causal && kpos[j] > qpos[r]) continue;
+                double dot = 0;
+                for (int64_t i = 0; i < hd; i++)
+                    dot += (double)qr[i] * kf[j * kw + kh * hd + i];
+                sc[j] = dot * scale;
+                if (sc[j] > mx) mx = sc[j];
+            }
+            double *orow = o + (r * s->hq + h) * hd, sum = 0;
+            memset(orow, 0, sizeof(double) * (size_t)hd);
+            for (int64_t j = 0; j < nk; j++) {
+                if (sc[j] == -INFINITY) continue;
+                double p = exp(sc[j] - mx);
+                sum += p;
+                for (int64_t i = 0; i < hd; i++) orow[i] += p * vf[j * kw + kh * hd + i];
+            }
+            for (int64_t i = 0; i < hd && sum > 0; i++) orow[i] /= sum;
+            lse[r * s->hq + h] = sum > 0 ? mx + log(sum) : -INFINITY;
+        }
+    free(sc);
+    free(kf);
+    free(vf);
+}
+
+/* normwise relative error of o and lse against the reference */
+static int compare(const char *what, const float *o, const float *lse, const double *ro, const double *rl,
+                   int64_t rows, int hd) {
+    double err = 0, scale = 0, lerr = 0;
+    for (int64_t i = 0; i < rows * hd; i++) {
+        double e = fabs(o[i] - ro[i]);
+        if (!(e <= err)) err = isnan(e) ? INFINITY : e;
+        if (fabs(ro[i]) > scale) scale = fabs(ro[i]);
+    }
+    for (int64_t i = 0; i < rows; i++) {
+        double e = isinf(rl[i]) && lse[i] == rl[i] ? 0 : fabs(lse[i] - rl[i]) / fmax(1, fabs(rl[i]));
+        if (!(e <= lerr)) lerr = isnan(e) ? INFINITY : e;
+    }
+    double rel = err / (scale > 0 ? scale : 1);
+    if (rel < 1e-5 && lerr < 1e-5) return 0;
+    fprintf(stderr, "rank %d %s: output rel error %.3g, lse rel error %.3g\n", rank, what, rel, lerr);
+    return 1;
+}
+
+/* ---- placement and memory ---- */
+
+static int t_placement(void) {
+    static const int64_t ns[] = {1, 5, 63, 64, 65, 1000, 4097, 100003};
+    static const int64_t blocks[] = {1, 7, 64, 256};
+    static const int64_t anchors[] = {0, 3, 300};
+    int fails = 0;
+    for (size_t a = 0; a < sizeof ns / sizeof ns[0]; a++)
+        for (size_t b = 0; b < sizeof blocks / sizeof blocks[0]; b++)
+            for (size_t c = 0; c < sizeof anchors / sizeof anchors[0]; c++) {
+                int64_t n = ns[a], blk = blocks[b], anc = anchors[c];
+                sr_star_place pl;
+                EXPECT_OK(sr_place_star(n, blk, anc, size, rank, &pl));
+                /* each rank reports its own accounting; rank 0 checks all */
+                int64_t mine[4] = {pl.own.pos0, pl.own.len, pl.anchor.pos0, pl.anchor.len};
+                int64_t *all = malloc(sizeof mine * (size_t)size);
+                MPI_Allgather(mine, 4, MPI_INT64_T, all, 4, MPI_INT64_T, MPI_COMM_WORLD);
+                int64_t next = 0, cap = (n + size - 1) / size + blk, a_len = anc ? (anc < n ? anc : n) : (blk < n ? blk : n);
+                for (int p = 0; p < size; p++) {
+                    const int64_t *e = all + 4 * p;
+                    if (e[1] > 0 && e[0] != next) fails++;                       /* contiguous, in rank order */
+                    if (e[1] > cap) fails++;                                    /* the memory bound */
+                    if (e[2] != 0) fails++;                                     /* anchors are a prefix */
+                    int64_t want_a = e[1] > 0 ? (a_len < e[0] ? a_len : e[0]) : 0;
+                    if (e[3] != want_a) fails++;
+                    if (e[1] > 0 && e[0] % blk) fails++;                         /* whole blocks */
+                    next += e[1];
+                }
+                if (next != n) fails++;
+                if (fails && rank == 0) {
+                    fprintf(stderr, "star placement n=%lld block=%lld anchor=%lld is wrong\n", (long long)n,
+                            (long long)blk, (long long)anc);
+                    free(all);
+                    return fails;
+                }
+                free(all);
+            }
+    /* zigzag: chunks r and 2W-1-r, lengths within one, covering [0, n) */
+    for (int64_t n = 0; n < 50; n++) {
+        int64_t covered = 0, mn = INT64_MAX, mx = 0;
+        for (int p = 0; p < size; p++) {
+            sr_span sp[2];
+            EXPECT_OK(sr_place_zigzag(n, size, p, sp));
+            for (int i = 0; i < 2; i++) {
+                int64_t c = i == 0 ? p : 2 * size - 1 - p;
+                int64_t want0 = n * c / (2 * size);
+                if (sp[i].pos0 != want0 || sp[i].len != n * (c + 1) / (2 * size) - want0) fails++;
+                covered += sp[i].len;
+                if (sp[i].len < mn) mn = sp[i].len;
+                if (sp[i].len > mx) mx = sp[i].len;
+            }
+        }
+        if (covered != n || mx - mn > 1) fails++;
+    }
+    return fails;
+}
+
+/* ---- phase 1 ---- */
+
+/* n <= block: one rank holds everything, and its span attention is full
+ * causal attention, bit for bit */
+static int t_single_block(void) {
+    shape s = {8, 2, 64, SR_DT_F32};
+    int64_t n = 300, qw = s.hq * s.hd, kw = s.hkv * s.hd;
+    sr_star_place pl;
+    EXPECT_OK(sr_place_star(n, 512, 0, size, rank, &pl));
+    int fails = 0;
+    if (rank != 0) return sr_star_span_len(&pl) != 0;
+    if (sr_star_span_len(&pl) != n || pl.anchor.len != 0) return 1;
+    int64_t *pos = malloc(sizeof(int64_t) * n);
+    EXPECT_OK(sr_star_span_build(&pl, NULL, NULL, pos));
+    float *q = malloc(sizeof(float) * n * qw), *k = malloc(sizeof(float) * n * kw), *v = malloc(sizeof(float) * n * kw);
+    float *o1 = malloc(sizeof(float) * n * qw), *o2 = malloc(sizeof(float) * n * qw);
+    float *l1 = malloc(sizeof(float) * n * s.hq), *l2 = malloc(sizeof(float) * n * s.hq);
+    make_rows(7, pos, n, &s, q, k, v);
+    sr_star_desc d = {s.hq, s.hkv, s.hd, s.dtype, 0, 1};
+    EXPECT_OK(sr_star_span_attention(&d, &pl, q, k, v, o1, l1));
+    sr_attn_desc a = {.nq = n, .nk = n, .n_head_q = s.hq, .n_head_kv = s.hkv, .head_dim = s.hd, .causal = 1};
+    sr_attn_kv kv = sr_attn_kv_dense(k, v);
+    EXPECT_OK(sr_attn_forward(&a, q, &kv, o2, l2, 1));
+    fails += memcmp(o1, o2, sizeof(float) * n * qw) != 0 || memcmp(l1, l2, sizeof(float) * n * s.hq) != 0;
+    free(pos), free(q), free(k), free(v), free(o1), free(o2), free(l1), free(l2);
+    return fails;
+}
+
+/* [anchor | own] on every rank against the reference over the span's positions */
+static int t_span(int64_t n, int64_t blk, int64_t anc, shape s) {
+    sr_star_place pl;
+    EXPECT_OK(sr_place_star(n, blk, anc, size, rank, &pl));
+    int64_t m = sr_star_span_len(&pl), qw = s.hq * s.hd, kw = s.hkv * s.hd;
+    if (m == 0) return 0;
+    int64_t *pos = malloc(sizeof(int64_t) * m);
+    int32_t *ctx_tok = malloc(sizeof(int32_t) * n), *tok = malloc(sizeof(int32_t) * m);
+    for (int64_t i = 0; i < n; i++) ctx_tok[i] = (int32_t)(i * 7 + 3);
+    EXPECT_OK(sr_star_span_build(&pl, ctx_tok, tok, pos));
+    int fails = 0;
+    for (int64_t r = 0; r < m; r++) fails += tok[r] != pos[r] * 7 + 3;
+    for (int64_t r = 0; r < pl.anchor.len; r++) fails += pos[r] != r;
+    for (int64_t r = pl.anchor.len; r < m; r++) fails += pos[r] != pl.own.pos0 + r - pl.anchor.len;
+    float *q = malloc(sizeof(float) * m * qw), *o = malloc(sizeof(float) * m * qw), *l = malloc(sizeof(float) * m * s.hq);
+    void *k = malloc(esize(s.dtype) * m * kw), *v = malloc(esize(s.dtype) * m * kw);
+    double *ro = malloc(sizeof(double) * m * qw), *rl = malloc(sizeof(double) * m * s.hq);
+    make_rows(11, pos, m, &s, q, k, v);
+    sr_star_desc d = {s.hq, s.hkv, s.hd, s.dtype, 0, 1};
+    EXPECT_OK(sr_star_span_attention(&d, &pl, q, k, v, o, l));
+    reference(11, &s, q, pos, m, pos, m, 1, ro, rl);
+    fails += compare("phase 1 span", o, l, ro, rl, m * s.hq, s.hd);
+    free(pos), free(ctx_tok), free(tok), free(q), free(o), free(l), free(k), free(v), free(ro), free(rl);
+    return fails;
+}
+
+/* ---- phase 2 ---- */
+
+typedef struct {
+    int64_t n, blk, nq, n_new;
+    shape s;
+    int query_rank; /* -1: the last rank */
+    int paged;
+} q_case;
+
+static int t_query(sr_tp *tp, const q_case *c) {
+    const shape *s = &c->s;
+    int qr = c->query_rank < 0 ? size - 1 : c->query_rank, root = rank == qr;
+    sr_star_place pl;
+    EXPECT_OK(sr_place_star(c->n, c->blk, 0, size, rank, &pl));
+    int64_t qw = s->hq * s->hd, kw = s->hkv * s->hd, nown = pl.own.len;
+    uint64_t seed = 23;
+    /* this rank's context KV: its own blocks only */
+    int64_t *pos = malloc(sizeof(int64_t) * (nown + 1));
+    for (int64_t i = 0; i < nown; i++) pos[i] = pl.own.pos0 + i;
+    void *k = malloc(esize(s->dtype) * (nown + 1) * kw), *v = malloc(esize(s->dtype) * (nown + 1) * kw);
+    make_rows(seed, pos, nown, s, NULL, k, v);
+    sr_attn_kv ctx = sr_attn_kv_dense(k, v);
+    const void **kb = NULL, **vb = NULL;
+    if (c->paged && nown > 0) { /* the same rows seen as blocks of blk rows */
+        int64_t nb = (nown + c->blk - 1) / c->blk;
+        kb = malloc(sizeof(void *) * nb);
+        vb = malloc(sizeof(void *) * nb);
+        for (int64_t b = 0; b < nb; b++) {
+            kb[b] = (char *)k + (size_t)(b * c->blk * kw) * esize(s->dtype);
+            vb[b] = (char *)v + (size_t)(b * c->blk * kw) * esize(s->dtype);
+        }
+        ctx.k = ctx.v = NULL;
+        ctx.k_blocks = kb;
+        ctx.v_blocks = vb;
+        ctx.block_len = c->blk;
+    }
+    /* the query rank: new tokens at n.., the queries are the last nq of them */
+    int64_t new0 = c->n, q0 = c->n + c->n_new - c->nq;
+    int64_t *npos = malloc(sizeof(int64_t) * c->n_new);
+    for (int64_t i = 0; i < c->n_new; i++) npos[i] = new0 + i;
+    void *nk = malloc(esize(s->dtype) * c->n_new * kw), *nv = malloc(esize(s->dtype) * c->n_new * kw);
+    float *nq_all = malloc(sizeof(float) * c->n_new * qw);
+    make_rows(seed, npos, c->n_new, s, nq_all, nk, nv);
+    const float *q = nq_all + (c->n_new - c->nq) * qw;
+    sr_attn_kv newkv = sr_attn_kv_dense(nk, nv);
+    float *o = malloc(sizeof(float) * c->nq * qw), *l = malloc(sizeof(float) * c->nq * s->hq);
+    for (int64_t i = 0; i < c->nq * qw; i++) o[i] = NAN;
+    sr_star *st = NULL;
+    EXPECT_OK(sr_star_init(&st, tp));
+    sr_star_desc d = {s->hq, s->hkv, s->hd, s->dtype, 0, 1};
+    sr_star_stats stats;
+    memset(&stats, 0, sizeof stats);
+    EXPECT_OK(sr_star_query(st, &d, qr, c->nq, q0, root ? q : NULL, &ctx, nown, root ? &newkv : NULL,
+                            root ? c->n_new : 0, new0, root ? o : NULL, root ? l : NULL, &stats));
+    int fails = 0;
+    if (root) {
+        /* every context token and the new ones up to each query's position */
+        int64_t nall = c->n + c->n_new;
+        int64_t *kpos = malloc(sizeof(int64_t) * nall), *qpos = malloc(sizeof(int64_t) * c->nq);
+        for (int64_t i = 0; i < nall; i++) kpos[i] = i;
+        for (int64_t i = 0; i < c->nq; i++) qpos[i] = q0 + i;
+        double *ro = malloc(sizeof(double) * c->nq * qw), *rl = malloc(sizeof(double) * c->nq * s->hq);
+        reference(seed, s, q, qpos, c->nq, kpos, nall, 1, ro, rl);
+        fails += compare("phase 2", o, l, ro, rl, c->nq * s->hq, s->hd);
+        free(kpos), free(qpos), free(ro), free(rl);
+    }
+    /* one message per peer and per direction, all heads in it */
+    int64_t qb = c->nq * qw * 4, pb = c->nq * s->hq * (s->hd + 1) * 4;
+    if (stats.messages != (root ? size - 1 : 1) || stats.bytes_sent != (root ? qb * (size - 1) : pb) ||
+        stats.bytes_recv != (root ? pb * (size - 1) : qb) || stats.calls != 1) {
+        fprintf(stderr, "rank %d: star stats: %lld messages, %lld bytes sent\n", rank, (long long)stats.messages,
+                (long long)stats.bytes_sent);
+        fails++;
+    }
+    sr_star_free(st);
+    free(pos), free(k), free(v), free(kb), free(vb), free(npos), free(nk), free(nv), free(nq_all), free(o), free(l);
+    return fails;
+}
+
+static int open_tcp(sr_tp **tp) {
+    for (int attempt = 0; attempt < 5; attempt++) {
+        int base = 0;
+        if (rank == 0) {
+            srand((unsigned)(MPI_Wtime() * 1e6) ^ (unsigned)attempt * 7919u);
+            base = 20000 + (rand() % 4000) * 10;
+        }
+        MPI_Bcast(&base, 1, MPI_INT, 0, MPI_COMM_WORLD);
+        sr_tp_opts o = sr_tp_opts_default();
+        o.rank = rank;
+        o.size = size;
+        o.base_port = base;
+        o.timeout_s = 10;
+        int bad = sr_tp_open(tp, "tcp", &o) != SR_OK;
+        MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        if (!bad) return SR_OK;
+        sr_tp_close(*tp);
+        *tp = NULL;
+    }
+    return sr_error_set(SR_ECOMM, "no free tcp ports after 5 tries");
+}
+
+int main(int argc, char **argv) {
+    if (sr_tp_mpi_init(&argc, &argv) != SR_OK) {
+        fprintf(stderr, "MPI init: %s\n", sr_error_msg());
+        return 1;
+    }
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    sr_tp *mpi = NULL, *tcp = NULL;
+    tap(sr_tp_open(&mpi, "mpi", NULL) != SR_OK, "open mpi transport");
+    tap(open_tcp(&tcp) != SR_OK, "open tcp transport");
+    if (!mpi || !tcp) {
+        MPI_Finalize();
+        return 1;
+    }
+    tap(t_placement(), "placement: star blocks partition the context, anchors are its prefix, "
+                       "each rank keeps <= ceil(n/W) + one block; zigzag chunks balanced (W=%d)", size);
+    tap(t_single_block(), "phase 1 with a single block equals full causal attention exactly");
+    shape f32 = {8, 2, 64, SR_DT_F32}, f16 = {4, 4, 128, SR_DT_F16};
+    tap(t_span(1000, 100, 0, f32), "phase 1 [anchor | own] span, anchor = block, n=1000 block=100");
+    tap(t_span(1000, 96, 40, f16), "phase 1 span, f16 K/V, anchor 40 < block 96");
+    tap(t_span(777, 64, 250, f32), "phase 1 span, anchor 250 longer than block 64");
+    static const q_case qc[] = {
+        {1000, 64, 1, 1, {8, 2, 64, SR_DT_F32}, 0, 0},
+        {1000, 64, 1, 1, {8, 2, 64, SR_DT_F32}, -1, 0},
+        {1000, 64, 7, 12, {8, 2, 64, SR_DT_F32}, 0, 0},
+        {1000, 64, 7, 12, {8, 2, 64, SR_DT_F32}, -1, 1},
+        {555, 100, 5, 5, {4, 4, 128, SR_DT_F16}, -1, 0},
+        {40, 64, 3, 9, {4, 1, 64, SR_DT_BF16}, 0, 0},
+    };
+    for (size_t i = 0; i < sizeof qc / sizeof qc[0]; i++) {
+        const q_case *c = &qc[i];
+        tap(t_query(mpi, c), "phase 2 (mpi): n=%lld block=%lld, %lld queries after %lld new tokens, query rank %d%s%s",
+            (long long)c->n, (long long)c->blk, (long long)c->nq, (long long)(c->n_new - c->nq),
+            c->query_rank < 0 ? size - 1 : c->query_rank, c->paged ? ", paged KV" : "",
+            c->s.dtype == SR_DT_F16 ? ", f16" : c->s.dtype == SR_DT_BF16 ? ", bf16 (some ranks hold nothing)" : "");
+    }
+    q_case tc = {1000, 64, 7, 12, {8, 2, 64, SR_DT_F32}, 1 % size, 0};
+    tap(t_query(tcp, &tc), "phase 2 (tcp): n=1000, 7 queries after 5 new tokens, query rank %d", tc.query_rank);
+    {
+        sr_star *st = NULL;
+        int fails = sr_star_init(&st, mpi) != SR_OK;
+        sr_star_desc bad = {6, 4, 64, SR_DT_F32, 0, 1};
+        float x[64];
+        fails += sr_star_query(st, &bad, 0, 1, 0, x, NULL, 0, NULL, 0, 0, x, x, NULL) != SR_EINVAL;
+        sr_star_desc good = {4, 4, 64, SR_DT_F32, 0, 1};
+        fails += sr_star_query(st, &good, size, 1, 0, x, NULL, 0, NULL, 0, 0, x, x, NULL) != SR_EINVAL;
+        sr_star_free(st);
+        tap(fails, "bad shapes and query ranks give SR_EINVAL");
+    }
+    sr_tp_close(tcp);
+    sr_tp_close(mpi);
+    if (rank == 0) printf("1..%d\n", n_tests);
+    MPI_Finalize();
+    return n_failed ? 1 : 0;
+}

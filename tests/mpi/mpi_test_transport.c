@@ -1,0 +1,405 @@
+/* The same transport tests over every backend available: mpi, tcp (on
+ * 127.0.0.1, ports from a random base agreed over MPI so that parallel runs
+ * do not collide) and nccl (only with CUDA and a GPU; a TAP SKIP otherwise).
+ * Every rank runs every test; failures are reduced across ranks and rank 0
+ * prints the TAP lines. */
+#include <mpi.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/status.h"
+#include "worker/transport.h"
+
+#if SR_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
+static int rank, size, n_tests, n_failed;
+static int on_device; /* buffers handed to the transport are GPU memory (nccl) */
+
+/* Buffers the transport moves: host memory, or device memory staged through
+ * host copies so that the checks below stay the same for every backend. */
+static void *tbuf_alloc(int64_t n) {
+#if SR_HAVE_CUDA
+    if (on_device) {
+        void *p = NULL;
+        return cudaMalloc(&p, (size_t)n + 1) == cudaSuccess ? p : NULL;
+    }
+#endif
+    return malloc((size_t)n + 1);
+}
+
+static void tbuf_free(void *p) {
+#if SR_HAVE_CUDA
+    if (on_device) {
+        cudaFree(p);
+        return;
+    }
+#endif
+    free(p);
+}
+
+static void tbuf_put(void *dst, const void *src, int64_t n) {
+#if SR_HAVE_CUDA
+    if (on_device) {
+        cudaMemcpy(dst, src, (size_t)n, cudaMemcpyHostToDevice);
+        return;
+    }
+#endif
+    memcpy(dst, src, (size_t)n);
+}
+
+static void tbuf_get(void *dst, const void *src, int64_t n) {
+#if SR_HAVE_CUDA
+    if (on_device) {
+        cudaMemcpy(dst, src, (size_t)n, cudaMemcpyDeviceToHost);
+        return;
+    }
+#endif
+    memcpy(dst, src, (size_t)n);
+}
+
+/* Records one TAP result: failed if any rank failed. */
+static void tap(int local_fail, const char *fmt, ...) {
+    int fail = local_fail != 0;
+    MPI_Allreduce(MPI_IN_PLACE, &fail, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    n_tests++;
+    n_failed += fail;
+    if (rank != 0) return;
+    char name[200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    printf("%sok %d - %s\n", fail ? "not " : "", n_tests, name);
+    fflush(stdout);
+}
+
+static void tap_skip(const char *name, const char *why) {
+    n_tests++;
+    if (rank == 0) printf("ok %d - %s # SKIP %s\n", n_tests, name, why);
+}
+
+/* A call that must succeed; counts and explains a failure. */
+#define EXPECT_OK(call)                                                                             \
+    do {                                                                                            \
+        int rc_ = (call);                                                                           \
+        if (rc_ != SR_OK) {                                                                         \
+            fprintf(stderr, "rank %d: %s:%d: %s -> %s: %s\n", rank, __FILE__, __LINE__, #call,      \
+                    sr_strerror(rc_), sr_error_msg());                                              \
+            fails++;                                                                                \
+        }                                                                                           \
+    } while (0)
+
+static unsigned char pattern(int from, int to, int tag, int64_t i) {
+    return (unsigned char)(from * 131 + to * 31 + tag * 7 + i * 13 + (i >> 11));
+}
+
+static void fill(unsigned char *b, int64_t n, int from, int to, int tag) {
+    for (int64_t i = 0; i < n; i++) b[i] = pattern(from, to, tag, i);
+}
+
+static int check(const unsigned char *b, int64_t n, int from, int to, int tag) {
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++) bad += b[i] != pattern(from, to, tag, i);
+    if (bad) fprintf(stderr, "rank %d: %lld wrong bytes from rank %d tag %d\n", rank, (long long)bad, from, tag);
+    return bad != 0;
+}
+
+/* ring pass: r sends to r+1 and receives from r-1, checking every byte */
+static int t_sizes(sr_tp *tp, int64_t n, int poll_with_test) {
+    int fails = 0, next = (rank + 1) % size, prev = (rank + size - 1) % size, tag = 5;
+    unsigned char *s = malloc((size_t)n + 1), *r = malloc((size_t)n + 1);
+    unsigned char *ds = tbuf_alloc(n), *dr = tbuf_alloc(n);
+    if (!s || !r || !ds || !dr) return 1;
+    fill(s, n, rank, next, tag);
+    memset(r, 0xee, (size_t)n + 1);
+    tbuf_put(ds, s, n);
+    tbuf_put(dr, r, n + 1);
+    sr_tp_req *rq[2] = {0};
+    EXPECT_OK(sr_tp_irecv(tp, dr, n, prev, tag, &rq[0]));
+    EXPECT_OK(sr_tp_isend(tp, ds, n, next, tag, &rq[1]));
+    if (poll_with_test && !fails) {
+        int done[2] = {0, 0};
+        for (long spins = 0; !(done[0] && done[1]) && spins < 100000000L; spins++)
+            for (int k = 0; k < 2; k++)
+                if (!done[k]) EXPECT_OK(sr_tp_test(rq[k], &done[k]));
+        fails += !(done[0] && done[1]);
+    }
+    EXPECT_OK(sr_tp_waitall(2, rq));
+    tbuf_get(r, dr, n + 1);
+    fails += check(r, n, prev, rank, tag);
+    fails += r[n] != 0xee; /* nothing written past the end */
+    free(s);
+    free(r);
+    tbuf_free(ds);
+    tbuf_free(dr);
+    return fails;
+}
+
+/* tags 1 and 2 sent in that order, received in the other */
+static int t_tags(sr_tp *tp) {
+    int fails = 0, next = (rank + 1) % size, prev = (rank + size - 1) % size;
+    int64_t n1 = 3000, n2 = 70000;
+    unsigned char *s1 = malloc(n1), *s2 = malloc(n2), *r1 = malloc(n1), *r2 = malloc(n2);
+    if (!s1 || !s2 || !r1 || !r2) return 1;
+    fill(s1, n1, rank, next, 1);
+    fill(s2, n2, rank, next, 2);
+    sr_tp_req *q[4] = {0};
+    EXPECT_OK(sr_tp_isend(tp, s1, n1, next, 1, &q[0]));
+    EXPECT_OK(sr_tp_isend(tp, s2, n2, next, 2, &q[1]));
+    /* let tag 1 arrive first, so it must wait in the unexpected list */
+    usleep(20000);
+    EXPECT_OK(sr_tp_irecv(tp, r2, n2, prev, 2, &q[2]));
+    EXPECT_OK(sr_tp_wait(q[2]));
+    q[2] = NULL;
+    EXPECT_OK(sr_tp_irecv(tp, r1, n1, prev, 1, &q[3]));
+    EXPECT_OK(sr_tp_waitall(4, q));
+    fails += check(r1, n1, prev, rank, 1) + check(r2, n2, prev, rank, 2);
+    free(s1);
+    free(s2);
+    free(r1);
+    free(r2);
+    return fails;
+}
+
+/* every rank to every rank, itself included, all in flight at once */
+static int t_all_pairs(sr_tp *tp) {
+    int fails = 0, tag = 9;
+    int64_t n = 10000 + 17 * rank;
+    unsigned char **s = calloc((size_t)size, sizeof *s), **r = calloc((size_t)size, sizeof *r);
+    unsigned char *h = malloc(20000);
+    sr_tp_req **q = calloc(2 * (size_t)size, sizeof *q);
+    if (!s || !r || !q || !h) return 1;
+    for (int p = 0; p < size; p++) {
+        int64_t rn = 10000 + 17 * p; /* length of what p sends */
+        s[p] = tbuf_alloc(n);
+        r[p] = tbuf_alloc(rn);
+        fill(h, n, rank, p, tag);
+        tbuf_put(s[p], h, n);
+        EXPECT_OK(sr_tp_irecv(tp, r[p], rn, p, tag, &q[p]));
+    }
+    for (int k = 0; k < size; k++) {
+        int p = (rank + k) % size;
+        EXPECT_OK(sr_tp_isend(tp, s[p], n, p, tag, &q[size + p]));
+    }
+    EXPECT_OK(sr_tp_waitall(2 * size, q));
+    for (int p = 0; p < size; p++) {
+        tbuf_get(h, r[p], 10000 + 17 * p);
+        fails += check(h, 10000 + 17 * p, p, rank, tag);
+        tbuf_free(s[p]);
+        tbuf_free(r[p]);
+    }
+    free(h);
+    free(s);
+    free(r);
+    free(q);
+    return fails;
+}
+
+static int t_bcast(sr_tp *tp, int64_t n) {
+    int fails = 0;
+    unsigned char *b = malloc((size_t)n + 1), *d = tbuf_alloc(n);
+    if (!b || !d) return 1;
+    for (int root = 0; root < size; root++) {
+        if (rank == root) fill(b, n, root, -1, 3);
+        else memset(b, 0, (size_t)n);
+        tbuf_put(d, b, n);
+        EXPECT_OK(sr_tp_bcast(tp, d, n, root));
+        tbuf_get(b, d, n);
+        fails += check(b, n, root, -1, 3);
+    }
+    free(b);
+    tbuf_free(d);
+    return fails;
+}
+
+static int t_gather(sr_tp *tp, int64_t n) {
+    int fails = 0;
+    unsigned char *s = malloc((size_t)n), *r = malloc((size_t)n * size);
+    unsigned char *ds = tbuf_alloc(n), *dr = tbuf_alloc(n * size);
+    if (!s || !r || !ds || !dr) return 1;
+    fill(s, n, rank, -2, 4);
+    tbuf_put(ds, s, n);
+    for (int root = 0; root < size; root++) {
+        memset(r, 0, (size_t)n * size);
+        tbuf_put(dr, r, n * size);
+        EXPECT_OK(sr_tp_gather(tp, ds, n, dr, root));
+        tbuf_get(r, dr, n * size);
+        if (rank == root)
+            for (int p = 0; p < size; p++) fails += check(r + (int64_t)p * n, n, p, -2, 4);
+    }
+    memset(r, 0, (size_t)n * size);
+    tbuf_put(dr, r, n * size);
+    EXPECT_OK(sr_tp_allgather(tp, ds, n, dr));
+    tbuf_get(r, dr, n * size);
+    for (int p = 0; p < size; p++) fails += check(r + (int64_t)p * n, n, p, -2, 4);
+    free(s);
+    free(r);
+    tbuf_free(ds);
+    tbuf_free(dr);
+    return fails;
+}
+
+/* a receive of the wrong length fails with SR_EFORMAT, and the transport
+ * stays usable */
+static int t_length_mismatch(sr_tp *tp) {
+    int fails = 0, next = (rank + 1) % size, prev = (rank + size - 1) % size;
+    unsigned char s[10], r[12];
+    fill(s, 10, rank, next, 7);
+    sr_tp_req *qs = NULL, *qr = NULL;
+    EXPECT_OK(sr_tp_isend(tp, s, 10, next, 7, &qs));
+    EXPECT_OK(sr_tp_irecv(tp, r, 12, prev, 7, &qr));
+    int rc = sr_tp_wait(qr);
+    if (rc != SR_EFORMAT) {
+        fprintf(stderr, "rank %d: short message gave %s, expected SR_EFORMAT\n", rank, sr_strerror(rc));
+        fails++;
+    } else if (!strstr(sr_error_msg(), "expected 12")) {
+        fprintf(stderr, "rank %d: unhelpful message: %s\n", rank, sr_error_msg());
+        fails++;
+    }
+    EXPECT_OK(sr_tp_wait(qs));
+    EXPECT_OK(sr_tp_barrier(tp));
+    fails += t_sizes(tp, 100, 0);
+    return fails;
+}
+
+static int t_bad_args(sr_tp *tp) {
+    int fails = 0;
+    sr_tp_req *q = (sr_tp_req *)1;
+    char b[4];
+    fails += sr_tp_isend(tp, b, 4, size, 0, &q) != SR_EINVAL || q != NULL;
+    fails += sr_tp_isend(tp, b, 4, 0, SR_TP_TAG_MAX + 1, &q) != SR_EINVAL;
+    fails += sr_tp_irecv(tp, b, -1, 0, 0, &q) != SR_EINVAL;
+    fails += sr_tp_bcast(tp, b, 4, -1) != SR_EINVAL;
+    return fails;
+}
+
+static void run_suite(sr_tp *tp, const char *be) {
+    int nccl = strcmp(be, "nccl") == 0;
+    on_device = sr_tp_device_memory(tp);
+    tap(sr_tp_rank(tp) != rank || sr_tp_size(tp) != size || strcmp(sr_tp_name(tp), be) != 0,
+        "%s: rank %d of %d", be, rank, size);
+    static const int64_t sizes[] = {0, 1, 4097, 16 << 20};
+    for (int i = 0; i < 4; i++) tap(t_sizes(tp, sizes[i], 0), "%s: ring send/recv of %lld bytes", be, (long long)sizes[i]);
+    tap(t_sizes(tp, 1 << 20, 1), "%s: sr_tp_test polls 1 MiB to completion", be);
+    if (nccl)
+        tap_skip("nccl: out-of-order tags", "nccl has no tags: messages arrive in send order");
+    else
+        tap(t_tags(tp), "%s: out-of-order tags", be);
+    tap(t_all_pairs(tp), "%s: all pairs, self included", be);
+    tap(t_bcast(tp, 4097) + t_bcast(tp, 0), "%s: bcast from every root (4097 and 0 bytes)", be);
+    tap(t_gather(tp, 3001), "%s: gather to every root, allgather", be);
+    int fails = 0;
+    EXPECT_OK(sr_tp_barrier(tp));
+    tap(fails, "%s: barrier", be);
+    if (!nccl) tap(t_length_mismatch(tp), "%s: length mismatch gives SR_EFORMAT and the transport recovers", be);
+    tap(t_bad_args(tp), "%s: bad arguments give SR_EINVAL", be);
+    on_device = 0;
+}
+
+/* Opens tcp on a random base port agreed over MPI; retries if the ports were taken. */
+static int open_tcp(sr_tp **tp) {
+    srand((unsigned)time(NULL) ^ (unsigned)getpid());
+    for (int attempt = 0; attempt < 5; attempt++) {
+        int base = 20000 + (rand() % 4000) * 10;
+        MPI_Bcast(&base, 1, MPI_INT, 0, MPI_COMM_WORLD);
+        sr_tp_opts o = sr_tp_opts_default();
+        o.rank = rank;
+        o.size = size;
+        o.base_port = base;
+        o.timeout_s = 10;
+        int rc = sr_tp_open(tp, "tcp", &o), bad = rc != SR_OK;
+        if (bad) fprintf(stderr, "rank %d: tcp open on base port %d: %s\n", rank, base, sr_error_msg());
+        MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        if (!bad) return SR_OK;
+        sr_tp_close(*tp);
+        *tp = NULL;
+    }
+    return SR_ECOMM;
+}
+
+/* After a peer closes, operations on it fail with SR_ECOMM and say which rank. */
+static int t_tcp_disconnect(sr_tp *tp) {
+    int fails = 0;
+    if (rank == 1) {
+        sr_tp_close(tp);
+        MPI_Barrier(MPI_COMM_WORLD);
+        return 0;
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (rank == 0) {
+        char b[8];
+        sr_tp_req *q = NULL;
+        EXPECT_OK(sr_tp_irecv(tp, b, 8, 1, 0, &q));
+        int rc = sr_tp_wait(q);
+        if (rc != SR_ECOMM || !strstr(sr_error_msg(), "rank 1")) {
+            fprintf(stderr, "rank 0: receive from a closed peer gave %s: %s\n", sr_strerror(rc), sr_error_msg());
+            fails++;
+        }
+        rc = sr_tp_isend(tp, b, 8, 1, 0, &q);
+        if (rc == SR_OK) rc = sr_tp_wait(q);
+        fails += rc != SR_ECOMM;
+    }
+    sr_tp_close(tp);
+    return fails;
+}
+
+int main(int argc, char **argv) {
+    if (sr_tp_mpi_init(&argc, &argv) != SR_OK) {
+        fprintf(stderr, "MPI init: %s\n", sr_error_msg());
+        return 1;
+    }
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    int fails = 0;
+    sr_tp *tp = NULL;
+
+    /* mpi */
+    EXPECT_OK(sr_tp_open(&tp, "mpi", NULL));
+    tap(fails, "mpi: open");
+    if (tp) run_suite(tp, "mpi");
+    sr_tp_close(tp);
+    tp = NULL;
+
+    /* tcp */
+    fails = 0;
+    EXPECT_OK(open_tcp(&tp));
+    tap(fails, "tcp: open on 127.0.0.1 with a random base port");
+    if (tp) {
+        run_suite(tp, "tcp");
+        if (size >= 2) tap(t_tcp_disconnect(tp), "tcp: a closed peer gives SR_ECOMM naming the rank");
+    }
+    tp = NULL;
+
+    /* nccl */
+    if (sr_tp_available("nccl")) {
+        fails = 0;
+        EXPECT_OK(sr_tp_open(&tp, "nccl", NULL));
+        tap(fails, "nccl: open");
+        if (tp) run_suite(tp, "nccl");
+        sr_tp_close(tp);
+    } else {
+        sr_tp *none = NULL;
+        int rc = sr_tp_open(&none, "nccl", NULL);
+#if SR_HAVE_CUDA
+        tap_skip("nccl: open", "no GPU visible");
+        sr_tp_close(none);
+#else
+        tap(rc != SR_EUNSUPPORTED || none != NULL || !strstr(sr_error_msg(), "make CUDA=1"),
+            "nccl: without CUDA, open says to rebuild with make CUDA=1");
+#endif
+        (void)rc;
+    }
+    sr_tp *bad = (sr_tp *)1;
+    tap(sr_tp_open(&bad, "carrier-pigeon", NULL) != SR_EINVAL || bad != NULL, "unknown backend name gives SR_EINVAL");
+
+    if (rank == 0) printf("1..%d\n", n_tests);
+    MPI_Finalize();
+    return n_failed ? 1 : 0;
+}

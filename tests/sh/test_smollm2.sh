@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# SmolLM2 end to end through build/starring-run, greedy: a factual question
+# under the chat template, and a passkey hidden in ~4k tokens of filler.
+set -u
+cd "$(dirname "$0")/../.."
+BUILD=${BUILD:-build}
+RUN=$BUILD/starring-run
+MODEL=${SR_MODEL:-$(scripts/fetch-model | tail -n 1)}
+n=0
+failed=0
+check() { # check OK WHAT
+    n=$((n + 1))
+    if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=1; fi
+}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# 1. the capital of France
+"$RUN" -m "$MODEL" --chat -p "What is the capital of France?" -n 32 --temp 0 -t 2 >"$tmp/out" 2>"$tmp/err"
+rc=$?
+echo "# answer: $(tr '\n' ' ' <"$tmp/out" | cut -c1-200)"
+check $rc "starring-run exits 0"
+grep -q "Paris" "$tmp/out"
+check $? "the answer names Paris"
+grep -q -E "prompt [0-9]+ tokens .* tok/s.*generated [0-9]+ tokens .* tok/s" "$tmp/err"
+check $? "timing line on stderr: $(tail -n 1 "$tmp/err")"
+
+# 2. a passkey in ~4k tokens of filler
+key=68413
+{
+    printf 'There is an important pass key hidden inside a lot of irrelevant text. Find it and memorize it.\n'
+    for i in $(seq 1 95); do
+        printf 'The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. '
+        if [ "$i" = 48 ]; then printf '\nThe pass key is %s. Remember it. %s is the pass key.\n' $key $key; fi
+    done
+    printf '\nWhat is the pass key?'
+} >"$tmp/prompt"
+"$RUN" -m "$MODEL" --chat -f "$tmp/prompt" -n 16 --temp 0 -t 2 >"$tmp/out" 2>"$tmp/err"
+rc=$?
+echo "# answer: $(tr '\n' ' ' <"$tmp/out" | cut -c1-200)"
+echo "# $(tail -n 1 "$tmp/err")"
+check $rc "starring-run exits 0 on the passkey prompt"
+prompt_tokens=$(sed -n 's/.*prompt \([0-9]*\) tokens.*/\1/p' "$tmp/err")
+[ "${prompt_tokens:-0}" -ge 3500 ]
+check $? "the passkey prompt has ~4k tokens (${prompt_tokens:-?})"
+grep -q "$key" "$tmp/out"
+check $? "the passkey is found"
+
+# 3. a stop string ends the output before it
+"$RUN" -m "$MODEL" --chat -p "What is the capital of France?" -n 32 --temp 0 -t 2 --stop "Paris" >"$tmp/out" 2>/dev/null
+rc=$?
+! grep -q "Paris" "$tmp/out" && [ $rc = 0 ]
+check $? "--stop Paris cuts the answer before Paris"
+
+echo "1..$n"
+exit $failed

@@ -1,0 +1,352 @@
+/* sr_matmul and sr_weight_row against a double-precision reference built
+ * from the scalar dequantization, which is itself checked on hand-made
+ * blocks. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "base/half.h"
+#include "base/status.h"
+#include "worker/gguf.h"
+#include "worker/matmul.h"
+#include "worker/quant_blocks.h"
+
+static const uint32_t TYPES[] = {SR_GGML_F32, SR_GGML_F16, SR_GGML_BF16, SR_GGML_Q8_0,
+                                 SR_GGML_Q4_0, SR_GGML_Q4_1, SR_GGML_Q6_K};
+#define N_TYPES (sizeof(TYPES) / sizeof(TYPES[0]))
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static uint32_t rnd(void) { /* xorshift64*: reproducible across runs */
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return (uint32_t)((rng_state * 0x2545f4914f6cdd1dull) >> 32);
+}
+static float rndf(float lo, float hi) { return lo + (hi - lo) * (float)(rnd() >> 8) / 16777216.0f; }
+
+/* Random weights of `type`: raw blocks with random quants and sane scales. */
+static void *random_weight(uint32_t type, int64_t k, int64_t m) {
+    uint64_t rb = sr_ggml_row_bytes(type, k);
+    assert_true(rb > 0);
+    uint8_t *data = malloc(rb * (uint64_t)m);
+    assert_non_null(data);
+    for (int64_t r = 0; r < m; r++) {
+        uint8_t *row = data + rb * (uint64_t)r;
+        switch (type) {
+        case SR_GGML_F32:
+            for (int64_t j = 0; j < k; j++) ((float *)row)[j] = rndf(-1, 1);
+            break;
+        case SR_GGML_F16:
+            for (int64_t j = 0; j < k; j++) ((sr_f16 *)row)[j] = sr_f32_to_f16(rndf(-1, 1));
+            break;
+        case SR_GGML_BF16:
+            for (int64_t j = 0; j < k; j++) ((sr_bf16 *)row)[j] = sr_f32_to_bf16(rndf(-1, 1));
+            break;
+        case SR_GGML_Q8_0:
+            for (int64_t b = 0; b < k / SR_QK; b++) {
+                sr_block_q8_0 *q = (sr_block_q8_0 *)row + b;
+                q->d = sr_f32_to_f16(rndf(0.001f, 0.02f));
+                for (int j = 0; j < SR_QK; j++) q->qs[j] = (int8_t)((int)(rnd() % 255) - 127);
+            }
+            break;
+        case SR_GGML_Q4_0:
+            for (int64_t b = 0; b < k / SR_QK; b++) {
+                sr_block_q4_0 *q = (sr_block_q4_0 *)row + b;
+                q->d = sr_f32_to_f16(rndf(0.01f, 0.2f));
+                for (int j = 0; j < SR_QK / 2; j++) q->qs[j] = (uint8_t)rnd();
+            }
+            break;
+        case SR_GGML_Q4_1:
+            for (int64_t b = 0; b < k / SR_QK; b++) {
+                sr_block_q4_1 *q = (sr_block_q4_1 *)row + b;
+                q->d = sr_f32_to_f16(rndf(0.01f, 0.2f));
+                q->m = sr_f32_to_f16(rndf(-1.5f, 0.5f));
+                for (int j = 0; j < SR_QK / 2; j++) q->qs[j] = (uint8_t)rnd();
+            }
+            break;
+        case SR_GGML_Q6_K:
+            for (int64_t b = 0; b < k / SR_QK_K; b++) {
+                sr_block_q6_k *q = (sr_block_q6_k *)row + b;
+                q->d = sr_f32_to_f16(rndf(0.0005f, 0.002f));
+                for (int j = 0; j < SR_QK_K / 2; j++) q->ql[j] = (uint8_t)rnd();
+                for (int j = 0; j < SR_QK_K / 4; j++) q->qh[j] = (uint8_t)rnd();
+                for (int j = 0; j < SR_QK_K / 16; j++) q->scales[j] = (int8_t)((int)(rnd() % 128) - 64);
+            }
+            break;
+        default: fail();
+        }
+    }
+    return data;
+}
+
+static float *random_x(int64_t count) {
+    float *x = malloc((size_t)count * sizeof(float));
+    assert_non_null(x);
+    for (int64_t i = 0; i < count; i++) x[i] = rndf(-1, 1);
+    return x;
+}
+
+/* --- the reference itself, on hand-made blocks --- */
+
+static void test_dequant_hand_q4_q8(void **state) {
+    (void)state;
+    float out[SR_QK];
+    sr_block_q4_0 a = {.d = 0x3800}; /* 0.5 */
+    memset(a.qs, 0x88, sizeof a.qs);  /* every quant 8: zero */
+    a.qs[0] = 0x21;
+    a.qs[15] = 0xf0;
+    sr_dequant_row(SR_GGML_Q4_0, &a, SR_QK, out);
+    assert_float_equal(out[0], -3.5f, 0);  /* 0.5 * (1 - 8) */
+    assert_float_equal(out[16], -3.0f, 0); /* 0.5 * (2 - 8) */
+    assert_float_equal(out[15], -4.0f, 0); /* 0.5 * (0 - 8) */
+    assert_float_equal(out[31], 3.5f, 0);  /* 0.5 * (15 - 8) */
+    assert_float_equal(out[1], 0.0f, 0);
+
+    sr_block_q4_1 b = {.d = 0x3800, .m = 0x3c00}; /* 0.5, 1.0 */
+    memset(b.qs, 0, sizeof b.qs);
+    b.qs[3] = 0xf0;
+    sr_dequant_row(SR_GGML_Q4_1, &b, SR_QK, out);
+    assert_float_equal(out[3], 1.0f, 0);  /* 0 * 0.5 + 1 */
+    assert_float_equal(out[19], 8.5f, 0); /* 15 * 0.5 + 1 */
+    assert_float_equal(out[0], 1.0f, 0);
+
+    sr_block_q8_0 c = {.d = 0x3400}; /* 0.25 */
+    memset(c.qs, 0, sizeof c.qs);
+    c.qs[5] = -7;
+    c.qs[31] = 127;
+    sr_dequant_row(SR_GGML_Q8_0, &c, SR_QK, out);
+    assert_float_equal(out[5], -1.75f, 0);
+    assert_float_equal(out[31], 31.75f, 0);
+    assert_float_equal(out[6], 0.0f, 0);
+
+    sr_f16 h[2] = {0x3c00, 0xc000}; /* 1, -2 */
+    sr_dequant_row(SR_GGML_F16, h, 2, out);
+    assert_float_equal(out[0], 1.0f, 0);
+    assert_float_equal(out[1], -2.0f, 0);
+    sr_bf16 g[2] = {0x3f80, 0xc040}; /* 1, -3 */
+    sr_dequant_row(SR_GGML_BF16, g, 2, out);
+    assert_float_equal(out[0], 1.0f, 0);
+    assert_float_equal(out[1], -3.0f, 0);
+}
+
+static void test_dequant_hand_q6_k(void **state) {
+    (void)state;
+    float out[SR_QK_K];
+    sr_block_q6_k b;
+    memset(&b, 0, sizeof b);
+    b.d = 0x4000; /* 2.0 */
+    /* element 200: half 1, 72 into it: ql[64+8] high nibble, qh[32+8] bits 4-5, scale 12 */
+    b.ql[72] = 0x50;
+    b.qh[40] = 0x20;
+    b.scales[12] = -3;
+    /* element 37: half 0: ql[32+5] low nibble, qh[5] bits 2-3, scale 2 */
+    b.ql[37] = 0x0a;
+    b.qh[5] = 0x04;
+    b.scales[2] = 7;
+    sr_dequant_row(SR_GGML_Q6_K, &b, SR_QK_K, out);
+    assert_float_equal(out[200], -30.0f, 0); /* 2 * -3 * ((5 | 2 << 4) - 32) */
+    assert_float_equal(out[201], 192.0f, 0); /* 2 * -3 * (0 - 32) */
+    assert_float_equal(out[37], -84.0f, 0);  /* 2 * 7 * ((10 | 1 << 4) - 32) */
+    assert_float_equal(out[32], -448.0f, 0); /* 2 * 7 * -32 */
+    assert_float_equal(out[0], 0.0f, 0);
+
+    /* every element against the layout written element by element */
+    for (int j = 0; j < (int)sizeof b.ql; j++) b.ql[j] = (uint8_t)rnd();
+    for (int j = 0; j < (int)sizeof b.qh; j++) b.qh[j] = (uint8_t)rnd();
+    for (int j = 0; j < 16; j++) b.scales[j] = (int8_t)rnd();
+    sr_dequant_row(SR_GGML_Q6_K, &b, SR_QK_K, out);
+    for (int e = 0; e < SR_QK_K; e++) {
+        int h = e / 128, p = e % 128, i = p / 32, l = p % 32;
+        uint8_t lo = b.ql[64 * h + l + 32 * (i & 1)];
+        int q = (i < 2 ? lo & 15 : lo >> 4) | (((b.qh[32 * h + l] >> (2 * i)) & 3) << 4);
+        float want = 2.0f * (float)(b.scales[8 * h + l / 16 + 2 * i] * (q - 32));
+        assert_float_equal(out[e], want, 0);
+    }
+}
+
+/* --- products --- */
+
+/* Y = X W^T in double from the scalar reference; returns max |err| / tolerance. */
+static double check_product(const sr_weight *w, const float *x, const float *y, int64_t n) {
+    float *row = malloc((size_t)w->k * sizeof(float));
+    assert_non_null(row);
+    double worst = 0;
+    uint64_t rb = sr_ggml_row_bytes(w->type, w->k);
+    int bad = 0;
+    for (int64_t r = 0; r < w->m; r++) {
+        sr_dequant_row(w->type, (const uint8_t *)w->data + rb * (uint64_t)r, w->k, row);
+        for (int64_t i = 0; i < n; i++) {
+            double s = 0, a = 0;
+            for (int64_t j = 0; j < w->k; j++) {
+                s += (double)row[j] * x[i * w->k + j];
+                a += fabs((double)row[j] * x[i * w->k + j]);
+            }
+            double got = y[i * w->m + r];
+            double tol = 1e-5 * a + 1e-30;
+            double e = isnan(got) ? INFINITY : fabs(got - s) / tol;
+            if (e > 1 && bad++ < 5)
+                fprintf(stderr, "# %s k=%lld m=%lld n=%lld: y[%lld,%lld] = %.9g, want %.9g\n",
+                        sr_ggml_type_name(w->type), (long long)w->k, (long long)w->m, (long long)n,
+                        (long long)i, (long long)r, got, s);
+            if (e > worst) worst = e;
+        }
+    }
+    free(row);
+    return worst;
+}
+
+static void run_case(uint32_t type, int64_t k, int64_t m, int64_t n, int threads) {
+    sr_weight w = {type, k, m, random_weight(type, k, m)};
+    float *x = random_x(n * k);
+    float *y = malloc((size_t)(n * m) * sizeof(float));
+    assert_non_null(y);
+    for (int64_t i = 0; i < n * m; i++) y[i] = NAN;
+    int rc = sr_matmul(&w, x, y, n, threads);
+    if (rc != SR_OK) fprintf(stderr, "# %s\n", sr_error_msg());
+    assert_int_equal(rc, SR_OK);
+    assert_true(check_product(&w, x, y, n) <= 1.0);
+    free(y);
+    free(x);
+    free((void *)w.data);
+}
+
+static void test_products_all_types(void **state) {
+    (void)state;
+    static const int64_t ns[] = {1, 2, 3, 7, 16, 65};
+    static const int64_t ms[] = {1, 5, 37, 130};
+    static const int threads[] = {1, 2, 3};
+    for (size_t t = 0; t < N_TYPES; t++) {
+        int64_t bs = sr_dequant_block_size(TYPES[t]) == SR_QK_K ? SR_QK_K : SR_QK;
+        for (int64_t k = bs; k <= 2 * bs; k += bs)
+            for (size_t a = 0; a < sizeof ns / sizeof ns[0]; a++)
+                for (size_t b = 0; b < sizeof ms / sizeof ms[0]; b++)
+                    run_case(TYPES[t], k, ms[b], ns[a], threads[(a + b) % 3]);
+    }
+}
+
+/* SmolLM2-like shapes, enough rows for the blocked paths to run full tiles and tails */
+static void test_products_model_shapes(void **state) {
+    (void)state;
+    for (size_t t = 0; t < N_TYPES; t++) {
+        int64_t k = TYPES[t] == SR_GGML_Q6_K ? 1536 : 576;
+        run_case(TYPES[t], k, 67, 1, 2);
+        run_case(TYPES[t], k, 67, 45, 2);
+        run_case(TYPES[t], k, 192, 130, 3);
+    }
+}
+
+/* float types take any k: tails shorter than a vector */
+static void test_products_odd_k(void **state) {
+    (void)state;
+    static const int64_t ks[] = {1, 5, 37, 100};
+    for (size_t t = 0; t < 3; t++)
+        for (size_t a = 0; a < sizeof ks / sizeof ks[0]; a++) {
+            run_case(TYPES[t], ks[a], 37, 1, 2);
+            run_case(TYPES[t], ks[a], 5, 3, 1);
+            run_case(TYPES[t], ks[a], 37, 29, 3);
+        }
+}
+
+/* x, y and the weight rows need no particular alignment */
+static void test_unaligned(void **state) {
+    (void)state;
+    for (size_t t = 0; t < N_TYPES; t++) {
+        int64_t k = TYPES[t] == SR_GGML_Q6_K ? 256 : 64, m = 19;
+        uint64_t rb = sr_ggml_row_bytes(TYPES[t], k);
+        void *src = random_weight(TYPES[t], k, m);
+        /* shift by 2 bytes: every type's blocks are 2-byte aligned in a GGUF file */
+        uint8_t *buf = malloc(rb * (uint64_t)m + 2);
+        assert_non_null(buf);
+        memcpy(buf + 2, src, rb * (uint64_t)m);
+        sr_weight w = {TYPES[t], k, m, TYPES[t] == SR_GGML_F32 ? src : buf + 2};
+        for (int64_t n = 1; n <= 9; n += 8) {
+            float *xb = random_x(n * k + 1), *yb = malloc((size_t)(n * m + 1) * sizeof(float));
+            assert_non_null(yb);
+            for (int64_t i = 0; i < n * m + 1; i++) yb[i] = NAN;
+            assert_int_equal(sr_matmul(&w, xb + 1, yb + 1, n, 2), SR_OK);
+            assert_true(check_product(&w, xb + 1, yb + 1, n) <= 1.0);
+            free(yb);
+            free(xb);
+        }
+        free(buf);
+        free(src);
+    }
+}
+
+static void test_weight_row(void **state) {
+    (void)state;
+    for (size_t t = 0; t < N_TYPES; t++) {
+        int64_t k = TYPES[t] == SR_GGML_Q6_K ? 512 : 96, m = 7;
+        sr_weight w = {TYPES[t], k, m, random_weight(TYPES[t], k, m)};
+        float *got = malloc((size_t)k * sizeof(float)), *want = malloc((size_t)k * sizeof(float));
+        assert_non_null(got);
+        assert_non_null(want);
+        uint64_t rb = sr_ggml_row_bytes(w.type, k);
+        for (int64_t r = 0; r < m; r++) {
+            for (int64_t j = 0; j < k; j++) got[j] = NAN;
+            assert_int_equal(sr_weight_row(&w, r, got), SR_OK);
+            sr_dequant_row(w.type, (const uint8_t *)w.data + rb * (uint64_t)r, k, want);
+            for (int64_t j = 0; j < k; j++) assert_float_equal(got[j], want[j], 1e-6 * fabs(want[j]));
+        }
+        assert_int_equal(sr_weight_row(&w, m, got), SR_ERANGE);
+        assert_int_equal(sr_weight_row(&w, -1, got), SR_ERANGE);
+        free(got);
+        free(want);
+        free((void *)w.data);
+    }
+}
+
+static void test_errors(void **state) {
+    (void)state;
+    float x[64] = {0}, y[64];
+    uint8_t data[1024] = {0};
+    sr_weight w = {SR_GGML_Q4_0, 48, 1, data}; /* 48: not a multiple of 32 */
+    assert_int_equal(sr_matmul(&w, x, y, 1, 1), SR_EINVAL);
+    assert_non_null(strstr(sr_error_msg(), "multiple"));
+    w = (sr_weight){SR_GGML_Q6_K, 128, 1, data};
+    assert_int_equal(sr_matmul(&w, x, y, 1, 1), SR_EINVAL);
+    w = (sr_weight){12 /* Q4_K */, 256, 1, data};
+    assert_int_equal(sr_matmul(&w, x, y, 1, 1), SR_EINVAL);
+    assert_non_null(strstr(sr_error_msg(), "Q4_K"));
+    w = (sr_weight){999, 32, 1, data};
+    assert_int_equal(sr_matmul(&w, x, y, 1, 1), SR_EINVAL);
+    assert_int_equal(sr_weight_row(&w, 0, y), SR_EINVAL);
+    w = (sr_weight){SR_GGML_F32, 32, 1, data};
+    assert_int_equal(sr_matmul(NULL, x, y, 1, 1), SR_EINVAL);
+    assert_int_equal(sr_matmul(&w, NULL, y, 1, 1), SR_EINVAL);
+    assert_int_equal(sr_matmul(&w, x, NULL, 1, 1), SR_EINVAL);
+    assert_int_equal(sr_matmul(&w, x, y, -1, 1), SR_EINVAL);
+    assert_int_equal(sr_matmul(&w, x, y, 1, 0), SR_EINVAL);
+    assert_int_equal(sr_weight_row(&w, 0, NULL), SR_EINVAL);
+    assert_int_equal(sr_weight_row(NULL, 0, y), SR_EINVAL);
+    w.data = NULL;
+    assert_int_equal(sr_matmul(&w, x, y, 1, 1), SR_EINVAL);
+    w = (sr_weight){SR_GGML_F32, 0, 1, data};
+    assert_int_equal(sr_matmul(&w, x, y, 1, 1), SR_EINVAL);
+    w = (sr_weight){SR_GGML_F32, 32, 0, data};
+    assert_int_equal(sr_matmul(&w, x, y, 1, 1), SR_EINVAL);
+    /* n = 0 is an empty product, not an error */
+    w = (sr_weight){SR_GGML_F32, 32, 1, data};
+    assert_int_equal(sr_matmul(&w, x, y, 0, 1), SR_OK);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dequant_hand_q4_q8),
+        cmocka_unit_test(test_dequant_hand_q6_k),
+        cmocka_unit_test(test_products_all_types),
+        cmocka_unit_test(test_products_model_shapes),
+        cmocka_unit_test(test_products_odd_k),
+        cmocka_unit_test(test_unaligned),
+        cmocka_unit_test(test_weight_row),
+        cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

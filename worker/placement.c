@@ -1,0 +1,53 @@
+/* placement: zigzag for ring, contiguous blocks for star. */
+#include "worker/placement.h"
+
+#include "base/status.h"
+
+/* chunk c of k over n tokens: [c*n/k, (c+1)*n/k), lengths differ by <= 1 */
+static int64_t chunk_start(int64_t n, int64_t k, int64_t c) {
+    /* n * c may overflow for huge n; split it */
+    return (n / k) * c + ((n % k) * c) / k;
+}
+
+int sr_place_zigzag(int64_t n, int world, int rank, sr_span spans[2]) {
+    if (n < 0 || world < 1 || rank < 0 || rank >= world || !spans)
+        return sr_error_set(SR_EINVAL, "zigzag placement of %lld tokens: rank %d of %d is invalid", (long long)n,
+                            rank, world);
+    int64_t k = 2 * (int64_t)world;
+    int64_t c[2] = {rank, k - 1 - rank};
+    for (int i = 0; i < 2; i++) {
+        spans[i].pos0 = chunk_start(n, k, c[i]);
+        spans[i].len = chunk_start(n, k, c[i] + 1) - spans[i].pos0;
+    }
+    return SR_OK;
+}
+
+int64_t sr_span_total(const sr_span *spans, int n_spans) {
+    int64_t t = 0;
+    for (int i = 0; i < n_spans; i++) t += spans[i].len;
+    return t;
+}
+
+int sr_place_star(int64_t n, int64_t block_size, int64_t anchor_len, int world, int rank, sr_star_place *out) {
+    if (n < 0 || block_size < 1 || anchor_len < 0 || world < 1 || rank < 0 || rank >= world || !out)
+        return sr_error_set(SR_EINVAL, "star placement of %lld tokens in blocks of %lld: rank %d of %d is invalid",
+                            (long long)n, (long long)block_size, rank, world);
+    int64_t nb = (n + block_size - 1) / block_size;
+    out->block_size = block_size;
+    /* the first nb % W ranks take one block more: rank 0 then holds the
+     * anchor's block, and it has no anchor to prepend, so less work */
+    int64_t base = nb / world, extra = nb % world;
+    out->first_block = rank * base + (rank < extra ? rank : extra);
+    out->n_blocks = base + (rank < extra);
+    int64_t end = (out->first_block + out->n_blocks) * block_size;
+    out->own.pos0 = out->first_block * block_size;
+    out->own.len = (end < n ? end : n) - out->own.pos0;
+    if (out->own.len < 0) out->own.len = 0;
+    int64_t a = anchor_len ? anchor_len : block_size;
+    if (a > n) a = n;
+    /* the part of the anchor before this rank's own tokens; none on the
+     * rank that starts the context, nor on a rank with nothing to compute */
+    out->anchor.pos0 = 0;
+    out->anchor.len = out->own.len > 0 ? (a < out->own.pos0 ? a : out->own.pos0) : 0;
+    return SR_OK;
+}
