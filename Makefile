@@ -38,6 +38,7 @@ ifeq ($(CUDA),1)
   CFLAGS  += -DSR_HAVE_CUDA=1 -I$(CUDA_HOME)/include
   NVFLAGS := -O3 -std=c++17 -I. -DSR_HAVE_CUDA=1 \
              -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+             -gencode arch=compute_90,code=compute_90 \
              -Xcompiler -fPIC,-Wall
   LDLIBS  += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/lib -lcudart -lnccl -lstdc++
   CU_SRC  := $(wildcard attention/cuda/*.cu worker/cuda/*.cu)
@@ -60,6 +61,7 @@ ifeq ($(CUDA),1)
 endif
 
 .PHONY: all test clean fuzz
+.SECONDARY:
 all: $(LIB) $(PROGRAMS) $(TESTS)
 
 $(BUILD)/obj/%.o: %.c

@@ -17,6 +17,10 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 enum { SR_DT_F32 = 0, SR_DT_F16 = 1, SR_DT_BF16 = 2 };
 
 typedef struct {
@@ -68,5 +72,9 @@ int sr_attn_merge_into(float *o_acc, float *lse_acc, const float *o_part, const 
 /* FLOPs of one call (2*d for QK^T plus 2*d for PV per visible (query, key)
  * pair per head), counting only unmasked pairs. */
 double sr_attn_flops(const sr_attn_desc *d);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

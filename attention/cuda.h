@@ -9,6 +9,8 @@
  * and O = PV accumulate in fp32, P is rounded to the KV type for PV; the
  * softmax is fp32. fp32 K/V run a plain fp32 kernel. head_dim must be 64,
  * 80, 96 or 128. Pointers must be 16-byte aligned (cudaMalloc's are).
+ * Calls with too few query tiles to fill the GPU (decode) also split the KV
+ * range and merge the parts, using scratch from cudaMallocAsync on `stream`.
  * Calls are asynchronous on `stream` (a cudaStream_t; NULL: the default
  * stream); errors found at launch return SR_EDEVICE with CUDA's message.
  *

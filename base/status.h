@@ -7,6 +7,10 @@
 #ifndef SR_BASE_STATUS_H
 #define SR_BASE_STATUS_H
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 enum {
     SR_OK = 0,
     SR_EINVAL = -1,       /* bad argument */
@@ -32,5 +36,9 @@ const char *sr_error_msg(void);
 
 /* Clears this thread's message. */
 void sr_error_clear(void);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -419,6 +419,11 @@ int srb_cmd_attention(int argc, char **argv) {
         "Every row is checked; exit status 1 if any element is wrong.",
         &o);
     if (rc != 0) return rc > 0 ? 0 : 2;
+    if (o.only && strcmp(o.only, prefill_plugin.section) && strcmp(o.only, decode_plugin.section)) {
+        fprintf(stderr, "starring-bench attention: --only wants prefill or decode, got '%s'\n",
+                o.only);
+        return 2;
+    }
     attn_ctx ctx;
     memset(&ctx, 0, sizeof ctx);
     rc = srb_ceiling_sgemm(&o, &ctx.ceil);

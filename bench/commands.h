@@ -6,6 +6,9 @@
 /* attention.c: prefill and decode attention against OpenBLAS and the ceilings */
 int srb_cmd_attention(int argc, char **argv);
 
+/* model.c: a GGUF model's prompt and generation tokens/s */
+int srb_cmd_model(int argc, char **argv);
+
 /* ceiling.c: hidden; the sgemm ceiling in this process's environment */
 int srb_cmd_sgemm_ceiling(int argc, char **argv);
 

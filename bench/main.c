@@ -15,6 +15,7 @@ static const command commands[] = {
     {"attention", srb_cmd_attention,
      "attention prefill and decode: GFLOP/s and GB/s against an OpenBLAS baseline and the "
      "machine's ceilings"},
+    {"model", srb_cmd_model, "a GGUF model's prompt and generated tokens/s (-m MODEL)"},
     {"sgemm-ceiling", srb_cmd_sgemm_ceiling, NULL},
 };
 

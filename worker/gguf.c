@@ -6,13 +6,11 @@
  *   tensor_info[n_tensors] | padding to alignment | tensor data
  * kv->data always points into the map (callers may walk arrays themselves).
  * For sr_gguf_arr_str to be O(1), open builds a table of each string array's
- * elements; since it gets only the kv, open views are kept in a registry
- * that maps a kv pointer back to its view. */
+ * elements (kv->arr_strs). */
 #include "worker/gguf.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,8 +38,6 @@ typedef struct gguf__impl {
     uint64_t *kv_hash, *tensor_hash; /* open addressing: index + 1, 0 = empty */
     uint64_t kv_cap, tensor_cap;     /* power of two */
     sr_gguf_str *strs;               /* all string-array elements */
-    const sr_gguf_str **kv_strs;     /* per kv: its elements in strs, or NULL */
-    struct gguf__impl *next;         /* registry of open views */
     int mapped;                      /* map is ours to munmap */
     char *name;                      /* the path, or "buffer", for messages */
 } gguf__impl;
@@ -472,8 +468,7 @@ static int gguf__parse(gguf__cur *c, gguf__impl *g) {
     if (n_strs) {
         uint64_t kv_end = c->pos;
         g->strs = malloc(n_strs * sizeof *g->strs);
-        g->kv_strs = calloc(pub->n_kv, sizeof *g->kv_strs);
-        if (!g->strs || !g->kv_strs)
+        if (!g->strs)
             return sr_error_set(SR_ENOMEM, "%s: out of memory for %llu array strings", c->name,
                                 (unsigned long long)n_strs);
         sr_gguf_str *next = g->strs;
@@ -483,7 +478,7 @@ static int gguf__parse(gguf__cur *c, gguf__impl *g) {
             char key[80];
             c->pos = (uint64_t)(kv->data - c->p);
             if ((rc = gguf__strings(c, kv, next, gguf__printable(kv->key, key)))) return rc;
-            g->kv_strs[i] = next;
+            kv->arr_strs = next;
             next += kv->arr_len;
         }
         c->pos = kv_end;
@@ -508,43 +503,6 @@ static int gguf__parse(gguf__cur *c, gguf__impl *g) {
     return gguf__place_tensors(c, g, c->pos + pad);
 }
 
-static pthread_mutex_t gguf__registry_lock = PTHREAD_MUTEX_INITIALIZER;
-static gguf__impl *gguf__registry;
-
-static void gguf__register(gguf__impl *g) {
-    pthread_mutex_lock(&gguf__registry_lock);
-    g->next = gguf__registry;
-    gguf__registry = g;
-    pthread_mutex_unlock(&gguf__registry_lock);
-}
-
-static void gguf__unregister(gguf__impl *g) {
-    pthread_mutex_lock(&gguf__registry_lock);
-    for (gguf__impl **p = &gguf__registry; *p; p = &(*p)->next)
-        if (*p == g) {
-            *p = g->next;
-            break;
-        }
-    pthread_mutex_unlock(&gguf__registry_lock);
-}
-
-/* The element table of a kv that lies in an open view's kv array, or NULL
- * (a copy of a kv, say). */
-static const sr_gguf_str *gguf__kv_strs(const sr_gguf_kv *kv) {
-    const sr_gguf_str *strs = NULL;
-    uintptr_t k = (uintptr_t)kv;
-    pthread_mutex_lock(&gguf__registry_lock);
-    for (const gguf__impl *g = gguf__registry; g; g = g->next) {
-        uintptr_t lo = (uintptr_t)g->pub.kv, hi = (uintptr_t)(g->pub.kv + g->pub.n_kv);
-        if (k >= lo && k < hi && (k - lo) % sizeof *kv == 0) {
-            strs = g->kv_strs ? g->kv_strs[(k - lo) / sizeof *kv] : NULL;
-            break;
-        }
-    }
-    pthread_mutex_unlock(&gguf__registry_lock);
-    return strs;
-}
-
 static int gguf__open(sr_gguf **out, const uint8_t *p, size_t size, const char *name, int mapped) {
     gguf__impl *g = calloc(1, sizeof *g);
     if (!g) return sr_error_set(SR_ENOMEM, "%s: out of memory", name);
@@ -563,7 +521,6 @@ static int gguf__open(sr_gguf **out, const uint8_t *p, size_t size, const char *
         sr_gguf_close(&g->pub);
         return rc;
     }
-    gguf__register(g);
     *out = &g->pub;
     return SR_OK;
 }
@@ -609,14 +566,12 @@ int sr_gguf_open(sr_gguf **out, const char *path) {
 void sr_gguf_close(sr_gguf *pub) {
     if (!pub) return;
     gguf__impl *g = (gguf__impl *)pub;
-    gguf__unregister(g);
     if (g->mapped) munmap((void *)pub->map, pub->map_size);
     free(pub->kv);
     free(pub->tensors);
     free(g->kv_hash);
     free(g->tensor_hash);
     free(g->strs);
-    free(g->kv_strs);
     free(g->name);
     free(g);
 }
@@ -635,7 +590,7 @@ const sr_gguf_tensor *sr_gguf_tensor_find(const sr_gguf *pub, const char *name) 
 }
 
 static const char *gguf__name(const sr_gguf *g) {
-    return ((const gguf__impl *)g)->name;
+    return g ? ((const gguf__impl *)g)->name : "(no GGUF file)";
 }
 
 static int gguf__find_typed(const sr_gguf *g, const char *key, const sr_gguf_kv **kv) {
@@ -701,9 +656,8 @@ int sr_gguf_get_str(const sr_gguf *g, const char *key, sr_gguf_str *out) {
 sr_gguf_str sr_gguf_arr_str(const sr_gguf_kv *kv, uint64_t i) {
     if (!kv || kv->type != SR_GGUF_ARRAY || kv->arr_type != SR_GGUF_STRING || i >= kv->arr_len)
         return (sr_gguf_str){"", 0};
-    const sr_gguf_str *strs = gguf__kv_strs(kv);
-    if (strs) return strs[i];
-    /* not one of ours: walk the elements, which open has bounds-checked */
+    if (kv->arr_strs) return kv->arr_strs[i];
+    /* a kv built elsewhere: walk the elements */
     const uint8_t *p = kv->data;
     uint64_t len;
     for (;; i--) {

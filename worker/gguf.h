@@ -33,6 +33,7 @@ typedef struct {
     uint32_t arr_type;   /* element type when type == SR_GGUF_ARRAY */
     uint64_t arr_len;    /* element count when type == SR_GGUF_ARRAY */
     const uint8_t *data; /* the value (or first array element) inside the map */
+    const sr_gguf_str *arr_strs; /* string arrays: the arr_len elements, indexed at open */
 } sr_gguf_kv;
 
 typedef struct {
@@ -72,7 +73,8 @@ int sr_gguf_get_u32(const sr_gguf *g, const char *key, uint32_t *out);
 int sr_gguf_get_f32(const sr_gguf *g, const char *key, float *out);
 int sr_gguf_get_bool(const sr_gguf *g, const char *key, int *out);
 int sr_gguf_get_str(const sr_gguf *g, const char *key, sr_gguf_str *out);
-/* i-th string of a string array (bounds already validated at open). */
+/* i-th string of a string array (bounds validated and indexed at open: O(1));
+ * arrays of arrays are rejected at open. */
 sr_gguf_str sr_gguf_arr_str(const sr_gguf_kv *kv, uint64_t i);
 
 /* Bytes of one row of n elements of a ggml type, 0 if the type is unknown

@@ -18,8 +18,8 @@ int sr_kv_build(sr_kv_cache *c, int n_layer, int n_head_kv, int head_dim, int dt
     if (n_layer <= 0 || n_head_kv <= 0 || head_dim <= 0)
         return sr_error_set(SR_EINVAL, "kv cache: bad shape (layers %d, kv heads %d, head dim %d)",
                             n_layer, n_head_kv, head_dim);
-    if (dtype != SR_DT_F16 && dtype != SR_DT_BF16)
-        return sr_error_set(SR_EINVAL, "kv cache: type must be f16 or bf16");
+    if (dtype != SR_DT_F16 && dtype != SR_DT_BF16 && dtype != SR_DT_F32)
+        return sr_error_set(SR_EINVAL, "kv cache: type must be f16, bf16 or f32");
     if (block_size <= 0 || block_size > (1 << 24))
         return sr_error_set(SR_EINVAL, "kv cache: block size %lld must be in 1..16777216",
                             (long long)block_size);
@@ -41,8 +41,12 @@ void sr_kv_free(sr_kv_cache *c) {
     memset(c, 0, sizeof(*c));
 }
 
+static size_t kv__elem(int dtype) {
+    return dtype == SR_DT_F32 ? 4 : 2;
+}
+
 size_t sr_kv_row_bytes(const sr_kv_cache *c) {
-    return (size_t)c->n_head_kv * (size_t)c->head_dim * 2;
+    return (size_t)c->n_head_kv * (size_t)c->head_dim * kv__elem(c->dtype);
 }
 
 size_t sr_kv_block_bytes(const sr_kv_cache *c) {
@@ -145,7 +149,9 @@ int sr_kv_reserve(sr_kv_cache *c, int64_t pos, int64_t n, int64_t *b0, int64_t *
 static void kv__convert(void *dst, const float *src, size_t n, int dtype) {
     uint16_t *d = dst;
     size_t i = 0;
-    if (dtype == SR_DT_F16) {
+    if (dtype == SR_DT_F32) {
+        memcpy(dst, src, n * sizeof(float));
+    } else if (dtype == SR_DT_F16) {
 #if defined(__F16C__)
         for (; i + 8 <= n; i += 8)
             _mm_storeu_si128((__m128i *)(d + i),
@@ -163,15 +169,15 @@ int sr_kv_store(sr_kv_cache *c, int layer, int64_t b0, int64_t off0, int64_t n, 
         off0 >= c->block_size)
         return sr_error_set(SR_EINVAL, "kv cache: store at layer %d block %lld offset %lld is out of range",
                             layer, (long long)b0, (long long)off0);
-    size_t row = (size_t)c->n_head_kv * (size_t)c->head_dim; /* elements per token */
+    size_t row = (size_t)c->n_head_kv * (size_t)c->head_dim, rb = sr_kv_row_bytes(c); /* elements, bytes per token */
     int64_t b = b0, off = off0, done = 0;
     while (done < n) {
         if (b >= c->n_blocks)
             return sr_error_set(SR_EINVAL, "kv cache: store of %lld tokens runs past the reserved blocks", (long long)n);
         int64_t take = c->block_size - off;
         if (take > n - done) take = n - done;
-        char *kd = (char *)c->k_ptr[(int64_t)layer * c->cap_blocks + b] + (size_t)off * row * 2;
-        char *vd = (char *)c->v_ptr[(int64_t)layer * c->cap_blocks + b] + (size_t)off * row * 2;
+        char *kd = (char *)c->k_ptr[(int64_t)layer * c->cap_blocks + b] + (size_t)off * rb;
+        char *vd = (char *)c->v_ptr[(int64_t)layer * c->cap_blocks + b] + (size_t)off * rb;
         kv__convert(kd, k + (size_t)done * row, (size_t)take * row, c->dtype);
         kv__convert(vd, v + (size_t)done * row, (size_t)take * row, c->dtype);
         done += take;

@@ -1,5 +1,6 @@
-/* kv_cache: the keys and values of one context, in fp16 or bf16, held in
- * fixed-size blocks of block_size tokens allocated as tokens arrive.
+/* kv_cache: the keys and values of one context, in fp16 or bf16 (fp32 too,
+ * for reference checks), held in fixed-size blocks of block_size tokens
+ * allocated as tokens arrive.
  *
  * A block is the unit that moves between processes: one allocation holding
  * every layer's K and V for block_size consecutive positions,
@@ -23,7 +24,7 @@ enum { SR_KV_DEFAULT_BLOCK = 256 };
 
 typedef struct {
     int n_layer, n_head_kv, head_dim;
-    int dtype;           /* SR_DT_F16 or SR_DT_BF16 (attention/attention.h) */
+    int dtype;           /* SR_DT_F16, SR_DT_BF16 or SR_DT_F32 (attention/attention.h) */
     int64_t block_size;  /* tokens per block */
     int64_t n_blocks;    /* blocks in use */
     int64_t cap_blocks;  /* capacity of the arrays below */
@@ -48,7 +49,7 @@ void sr_kv_free(sr_kv_cache *c);
 /* Bytes of one block (all layers, K and V) and bytes held by all blocks. */
 size_t sr_kv_block_bytes(const sr_kv_cache *c);
 size_t sr_kv_bytes(const sr_kv_cache *c);
-/* Bytes of one token of one layer's K (or V): n_head_kv * head_dim * 2. */
+/* Bytes of one token of one layer's K (or V): n_head_kv * head_dim * 2 (4 for f32). */
 size_t sr_kv_row_bytes(const sr_kv_cache *c);
 
 /* Makes room for n tokens at positions [pos, pos + n): they continue the last

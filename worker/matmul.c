@@ -8,10 +8,6 @@
 #include "worker/matmul_kernels.h"
 #include "worker/quant_blocks.h"
 
-/* From this many activation rows on, dequantizing panels and reusing them
- * beats streaming the quantized rows once per group of rows. */
-#define GEMM_MIN_N 8
-
 static int check_weight(const sr_weight *w, const char *fn) {
     if (!w) return sr_error_set(SR_EINVAL, "%s: weight is NULL", fn);
     if (!w->data) return sr_error_set(SR_EINVAL, "%s: weight data is NULL", fn);
@@ -28,17 +24,23 @@ static int check_weight(const sr_weight *w, const char *fn) {
     return SR_OK;
 }
 
-int sr_matmul(const sr_weight *w, const float *x, float *y, int64_t n, int n_threads) {
-    int rc = check_weight(w, "sr_matmul");
+int sr_mm_check(const sr_weight *w, const float *x, const float *y, int64_t n, int n_threads, const char *fn) {
+    int rc = check_weight(w, fn);
     if (rc != SR_OK) return rc;
-    if (!x || !y) return sr_error_set(SR_EINVAL, "sr_matmul: %s is NULL", !x ? "x" : "y");
-    if (n < 0) return sr_error_set(SR_EINVAL, "sr_matmul: n=%lld is negative", (long long)n);
-    if (n_threads < 1) return sr_error_set(SR_EINVAL, "sr_matmul: n_threads=%d must be at least 1", n_threads);
-    if (n > PTRDIFF_MAX / 4 / (w->k > w->m ? w->k : w->m))
-        return sr_error_set(SR_EINVAL, "sr_matmul: n=%lld rows of %lld values overflow memory sizes", (long long)n,
-                            (long long)(w->k > w->m ? w->k : w->m));
-    if (n == 0) return SR_OK;
-    if (n < GEMM_MIN_N) return sr_mm_gemv(w, x, y, n, n_threads);
+    if (!x || !y) return sr_error_set(SR_EINVAL, "%s: %s is NULL", fn, !x ? "x" : "y");
+    if (n < 0) return sr_error_set(SR_EINVAL, "%s: n=%lld is negative", fn, (long long)n);
+    if (n_threads < 1) return sr_error_set(SR_EINVAL, "%s: n_threads=%d must be at least 1", fn, n_threads);
+    int64_t wide = w->k > w->m ? w->k : w->m;
+    if (n > PTRDIFF_MAX / 4 / wide)
+        return sr_error_set(SR_EINVAL, "%s: n=%lld rows of %lld values overflow memory sizes", fn, (long long)n,
+                            (long long)wide);
+    return SR_OK;
+}
+
+int sr_matmul(const sr_weight *w, const float *x, float *y, int64_t n, int n_threads) {
+    int rc = sr_mm_check(w, x, y, n, n_threads, "sr_matmul");
+    if (rc != SR_OK || n == 0) return rc;
+    if (n < SR_MM_GEMM_MIN_N) return sr_mm_gemv(w, x, y, n, n_threads);
     return sr_mm_gemm(w, x, y, n, n_threads);
 }
 

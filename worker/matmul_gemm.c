@@ -2,7 +2,7 @@
  * NP rows; a panel is dequantized once into an fp32 buffer laid out k-major
  * (NP consecutive outputs per input index) and then reused for every
  * activation row by a register-blocked micro-kernel computing MR x NP
- * outputs. Work items are (panel, chunk of activation rows); each thread
+ * outputs. Work items are (chunk of activation rows, panel); each thread
  * owns one panel buffer. */
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +17,7 @@
 enum {
     NP = 32, /* outputs per panel: two AVX-512 vectors */
     MR = 12, /* activation rows per micro-kernel call: 24 accumulators */
-    CHUNK_N = 256,
+    CHUNK_N = 256, /* activation rows a chunk aims at: ~0.6-1.5 MB of X, cache-resident */
 };
 
 /* Scalar packing: the whole row, or (vector builds) the float types' last

@@ -8,6 +8,14 @@
 
 #include "worker/matmul.h"
 
+/* sr_matmul's argument checks, shared with the other entry points; `fn`
+ * names the caller in the message. */
+int sr_mm_check(const sr_weight *w, const float *x, const float *y, int64_t n, int n_threads, const char *fn);
+
+/* From this many activation rows on, dequantizing panels and reusing them
+ * beats streaming the quantized rows once per group of rows. */
+enum { SR_MM_GEMM_MIN_N = 8 };
+
 /* Dequantizes row r of W into out[k] with the fastest code this build has
  * (vector where available, else the scalar reference). */
 void sr_mm_dequant_row(const sr_weight *w, int64_t r, float *out);

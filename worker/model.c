@@ -293,7 +293,7 @@ int sr_model_load(sr_model **out, const char *path, const sr_model_opts *opts) {
         return rc;
     }
     m->n_threads = opts && opts->n_threads > 0 ? opts->n_threads : 1;
-    int kv_dtype = opts && opts->kv_dtype ? opts->kv_dtype : SR_DT_F16;
+    int kv_dtype = opts ? opts->kv_dtype : SR_DT_F16;
     int64_t block = opts && opts->block_size > 0 ? opts->block_size : SR_KV_DEFAULT_BLOCK;
     int64_t batch = opts && opts->max_batch > 0 ? opts->max_batch : 512;
     sr_model_config *c = &m->config;

@@ -94,7 +94,7 @@ typedef struct {
 
 typedef struct {
     int n_threads;      /* OpenMP threads for every step */
-    int kv_dtype;       /* SR_DT_F16 or SR_DT_BF16 */
+    int kv_dtype;       /* SR_DT_F16 or SR_DT_BF16; SR_DT_F32 for reference checks */
     int64_t block_size; /* KV block tokens; 0: SR_KV_DEFAULT_BLOCK */
     int64_t max_batch;  /* rows per forward call; 0: 512 */
 } sr_model_opts;
@@ -112,7 +112,7 @@ typedef struct {
  * on an unknown architecture or a missing key. */
 int sr_model_config_read(sr_model_config *c, const sr_gguf *g);
 
-/* Opens a GGUF file, checks every tensor's shape and type against the config,
+/* Opens a GGUF file (opts NULL: 1 thread, f16 KV, default sizes), checks every tensor's shape and type against the config,
  * and builds the run state and an empty KV cache. */
 int sr_model_load(sr_model **out, const char *path, const sr_model_opts *opts);
 void sr_model_free(sr_model *m);

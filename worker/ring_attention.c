@@ -202,7 +202,7 @@ int sr_ring_forward(sr_ring *r, const sr_ring_desc *d, const float *q, const voi
     int rc = reserve(r, (size_t)r->max_tokens * row, (size_t)nloc, d->n_head_q, d->head_dim);
     if (rc != SR_OK) return rc;
     /* start from the empty result: o = 0, lse = -inf */
-    memset(o, 0, (size_t)(nloc * hq * hd) * sizeof(float));
+    if (nloc > 0) memset(o, 0, (size_t)(nloc * hq * hd) * sizeof(float));
     for (int64_t i = 0; i < nloc * hq; i++) lse[i] = -INFINITY;
 
     int w = r->world, next = (r->rank + 1) % w, prev = (r->rank + w - 1) % w;

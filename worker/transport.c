@@ -93,7 +93,7 @@ static int isend(sr_tp *tp, const void *buf, int64_t len, int peer, int tag, sr_
                  int internal) {
     int rc = check_p2p(tp, buf, len, peer, tag, req, internal);
     if (rc != SR_OK) return rc;
-    sr_tp_req *r;
+    sr_tp_req *r = NULL;
     if ((rc = new_req(tp, len, peer, tag, 1, &r)) != SR_OK) return rc;
     if ((rc = tp->be->isend(tp, r, buf, len, peer, tag)) != SR_OK) {
         free(r);
@@ -107,7 +107,7 @@ static int irecv(sr_tp *tp, void *buf, int64_t len, int peer, int tag, sr_tp_req
                  int internal) {
     int rc = check_p2p(tp, buf, len, peer, tag, req, internal);
     if (rc != SR_OK) return rc;
-    sr_tp_req *r;
+    sr_tp_req *r = NULL;
     if ((rc = new_req(tp, len, peer, tag, 0, &r)) != SR_OK) return rc;
     if ((rc = tp->be->irecv(tp, r, buf, len, peer, tag)) != SR_OK) {
         free(r);

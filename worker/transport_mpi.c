@@ -33,9 +33,11 @@ typedef struct {
 
 typedef struct {
     sr_tp_req base;
-    int n;               /* pieces */
+    int n; /* pieces */
     MPI_Request *reqs;
-    MPI_Request one;     /* storage when n == 1 */
+    MPI_Status *st;
+    MPI_Request one_req; /* storage when n == 1 */
+    MPI_Status one_st;
     int done, status;
     char msg[256]; /* the failure's message, re-raised on the waiting thread */
 } mpi_req;
@@ -94,8 +96,18 @@ static int post(sr_tp *tp, sr_tp_req *base, void *buf, int64_t len, int peer, in
     mpi_tp *m = tp->impl;
     mpi_req *r = (mpi_req *)base;
     r->n = pieces(len);
-    r->reqs = r->n == 1 ? &r->one : calloc((size_t)r->n, sizeof *r->reqs);
-    if (!r->reqs) return sr_error_set(SR_ENOMEM, "out of memory for %d MPI requests", r->n);
+    if (r->n == 1) {
+        r->reqs = &r->one_req;
+        r->st = &r->one_st;
+    } else {
+        r->reqs = calloc((size_t)r->n, sizeof *r->reqs);
+        r->st = calloc((size_t)r->n, sizeof *r->st);
+        if (!r->reqs || !r->st) {
+            free(r->reqs);
+            free(r->st);
+            return sr_error_set(SR_ENOMEM, "out of memory for %d MPI requests", r->n);
+        }
+    }
     for (int i = 0; i < r->n; i++) r->reqs[i] = MPI_REQUEST_NULL;
     for (int i = 0; i < r->n; i++) {
         int64_t off = (int64_t)i * PIECE;
@@ -106,7 +118,10 @@ static int post(sr_tp *tp, sr_tp_req *base, void *buf, int64_t len, int peer, in
         if (rc != MPI_SUCCESS) {
             /* pieces already posted cannot be withdrawn safely; let them finish */
             MPI_Waitall(i, r->reqs, MPI_STATUSES_IGNORE);
-            if (r->n > 1) free(r->reqs);
+            if (r->n > 1) {
+                free(r->reqs);
+                free(r->st);
+            }
             return mpi_fail(rc, send ? "MPI_Isend" : "MPI_Irecv", __FILE__, __LINE__);
         }
     }
@@ -123,20 +138,12 @@ static int mpi_irecv(sr_tp *tp, sr_tp_req *req, void *buf, int64_t len, int peer
 
 /* Checks the byte counts of completed receive pieces against what was posted:
  * MPI reports a longer message as truncation, a shorter one only by count. */
-static int finish_status(mpi_req *r, MPI_Status *st, int mpi_rc);
-
-static void finish(mpi_req *r, MPI_Status *st, int mpi_rc) {
-    r->done = 1;
-    r->status = finish_status(r, st, mpi_rc);
-    if (r->status != SR_OK) snprintf(r->msg, sizeof r->msg, "%s", sr_error_msg());
-}
-
-static int finish_status(mpi_req *r, MPI_Status *st, int mpi_rc) {
+static int finish_status(mpi_req *r, int mpi_rc) {
     if (mpi_rc != MPI_SUCCESS) {
         int err = mpi_rc;
         if (mpi_rc == MPI_ERR_IN_STATUS)
             for (int i = 0; i < r->n; i++)
-                if (st[i].MPI_ERROR != MPI_SUCCESS) err = st[i].MPI_ERROR;
+                if (r->st[i].MPI_ERROR != MPI_SUCCESS) err = r->st[i].MPI_ERROR;
         if (err == MPI_ERR_TRUNCATE)
             return sr_error_set(SR_EFORMAT, "message from rank %d tag %d is longer than the %lld bytes expected",
                                 r->base.peer, r->base.tag, (long long)r->base.len);
@@ -146,7 +153,7 @@ static int finish_status(mpi_req *r, MPI_Status *st, int mpi_rc) {
         int64_t got = 0;
         for (int i = 0; i < r->n; i++) {
             int c = 0;
-            MPI_Get_count(&st[i], MPI_BYTE, &c);
+            MPI_Get_count(&r->st[i], MPI_BYTE, &c);
             got += c;
         }
         if (got != r->base.len)
@@ -156,31 +163,30 @@ static int finish_status(mpi_req *r, MPI_Status *st, int mpi_rc) {
     return SR_OK;
 }
 
+static void finish(mpi_req *r, int mpi_rc) {
+    r->done = 1;
+    r->status = finish_status(r, mpi_rc);
+    if (r->status != SR_OK) snprintf(r->msg, sizeof r->msg, "%s", sr_error_msg());
+}
+
 static int mpi_test(sr_tp_req *req, int *done) {
     mpi_req *r = (mpi_req *)req;
-    if (r->done) {
-        *done = 1;
-        return SR_OK;
+    if (!r->done) {
+        int flag = 0;
+        int rc = MPI_Testall(r->n, r->reqs, &flag, r->st);
+        if (flag || rc != MPI_SUCCESS) finish(r, rc);
     }
-    MPI_Status one, *st = r->n == 1 ? &one : calloc((size_t)r->n, sizeof *st);
-    if (!st) return sr_error_set(SR_ENOMEM, "out of memory testing an MPI request");
-    int flag = 0;
-    int rc = MPI_Testall(r->n, r->reqs, &flag, st);
-    if (flag || rc != MPI_SUCCESS) finish(r, st, rc);
-    if (r->n > 1) free(st);
     *done = r->done;
     return SR_OK;
 }
 
 static int mpi_wait(sr_tp_req *req) {
     mpi_req *r = (mpi_req *)req;
-    if (!r->done) {
-        MPI_Status one, *st = r->n == 1 ? &one : calloc((size_t)r->n, sizeof *st);
-        if (!st) return sr_error_set(SR_ENOMEM, "out of memory waiting on an MPI request");
-        finish(r, st, MPI_Waitall(r->n, r->reqs, st));
-        if (r->n > 1) free(st);
+    if (!r->done) finish(r, MPI_Waitall(r->n, r->reqs, r->st));
+    if (r->n > 1) {
+        free(r->reqs);
+        free(r->st);
     }
-    if (r->n > 1) free(r->reqs);
     if (r->status != SR_OK) return sr_error_set(r->status, "%s", r->msg);
     return SR_OK;
 }

@@ -21,16 +21,16 @@ int sr_attn_cpu_forward(const sr_attn_desc *d, const float *q, const sr_attn_kv 
     if (pos_per_tile > d->nq) pos_per_tile = d->nq;
     int64_t n_qt = (d->nq + pos_per_tile - 1) / pos_per_tile;
     int m_max = (int)pos_per_tile * G;
-    /* narrow items take every KV head: a thread then streams whole rows */
-    int heads_per_item = 1, n_g = Hkv;
-    if (m_max <= SR_ATTN_NARROW_MAX_ROWS) {
-        heads_per_item = Hkv;
-        n_g = 1;
-        m_max *= Hkv;
-    }
-
     /* keys any row sees: [0, kend) */
     int64_t kend = sr_attn__visible(d, d->nq - 1);
+    /* narrow items take several KV heads, every one where the KV range is
+     * long enough to split: a thread then streams whole K/V rows */
+    int heads_per_item = 1;
+    if (m_max <= SR_ATTN_NARROW_MAX_ROWS) {
+        heads_per_item = kend >= 2 * MIN_SPLIT_KEYS ? Hkv : (Hkv + n_threads - 1) / n_threads;
+        m_max *= heads_per_item;
+    }
+    int n_g = (Hkv + heads_per_item - 1) / heads_per_item;
     int64_t items_q = n_qt * n_g, n_split = 1;
     if (items_q < 2 * (int64_t)n_threads && kend >= 2 * MIN_SPLIT_KEYS) {
         n_split = (4 * (int64_t)n_threads + items_q - 1) / items_q;
@@ -70,14 +70,15 @@ int sr_attn_cpu_forward(const sr_attn_desc *d, const float *q, const sr_attn_kv 
             if (!ok) continue;
             int64_t s = t % n_split, rest = t / n_split;
             int g = (int)(rest % n_g) * heads_per_item;
+            int g1 = g + heads_per_item < Hkv ? g + heads_per_item : Hkv;
             int64_t qt = n_qt - 1 - rest / n_g;
             int64_t i0 = qt * pos_per_tile;
             int64_t np = d->nq - i0 < pos_per_tile ? d->nq - i0 : pos_per_tile;
             if (n_split == 1) {
-                sr_attn__tile_run(&ws, d, kv, q, g, g + heads_per_item, i0, np, 0, d->nk, o, lse);
+                sr_attn__tile_run(&ws, d, kv, q, g, g1, i0, np, 0, d->nk, o, lse);
             } else {
                 int64_t ka = s * piece, kb = ka + piece < kend ? ka + piece : kend;
-                sr_attn__tile_run(&ws, d, kv, q, g, g + heads_per_item, i0, np, ka, kb, po + (size_t)s * orow,
+                sr_attn__tile_run(&ws, d, kv, q, g, g1, i0, np, ka, kb, po + (size_t)s * orow,
                                   pl + (size_t)s * rows);
             }
         }

@@ -1,10 +1,10 @@
 /* The tile engine: see tile.h. Two shapes of the same online softmax:
  *  wide (many rows: prefill): S^T = K Q^T with rows of Q as vector lanes, so
  *    K rows are used as stored (no transpose) and the softmax max and sum
- *    run down columns, vectorised over rows; then O += P V.
- *  narrow (few rows: decode): S = Q K^T by dot products, 16 keys reduced
- *    together; then O += P V.
- * Both convert 16-bit K/V to fp32 once per tile; fp32 K/V is read in place. */
+ *    run down columns, vectorised over rows; then O += P V. 16-bit K/V is
+ *    converted to fp32 once per tile, fp32 K/V is read in place.
+ *  narrow (few rows: decode): S = Q K^T by dot products and O += P V, with
+ *    K/V converted in registers as they stream by (decode.c). */
 #include "attention/cpu/tile.h"
 
 #include <math.h>
@@ -151,13 +151,6 @@ static void row_ptrs(const sr_attn_desc *d, const sr_attn_kv *kv, int which, int
     for (; j % 16; j++) out[j] = zeros;
 }
 
-/* Asks for rows ahead of use: decode reads each row piece once, in strides
- * the hardware prefetchers miss. */
-static void prefetch_rows(const void *const *rows, int64_t kn, size_t bytes) {
-    for (int64_t j = 0; j < kn; j++)
-        for (size_t b = 0; b < bytes; b += 64) __builtin_prefetch((const char *)rows[j] + b, 0, 3);
-}
-
 /* Online-softmax step of one row: new max from the tile max mt, returns
  * the subtrahend for the tile's exponents (0 while the row has seen no key,
  * so that masked -inf scores give 0, never NaN). */
@@ -248,15 +241,6 @@ static void narrow_tile(sr_attn__ws *ws, const sr_attn_desc *d, const sr_attn_kv
                         int rows, int64_t j0, int64_t kn) {
     int D = d->head_dim;
     const void *kr[SR_ATTN_BK], *vr[SR_ATTN_BK];
-    int64_t next = j0 + kn, next_n = ws->vis_max - next;
-    if (next_n > 0) { /* the next tile of this head, while the other heads run */
-        size_t bytes = (size_t)D * sr_attn__dtype_size(d->kv_dtype);
-        next_n = next_n < SR_ATTN_BK ? next_n : SR_ATTN_BK;
-        row_ptrs(d, kv, 0, g, next, next_n, kr);
-        prefetch_rows(kr, next_n, bytes);
-        row_ptrs(d, kv, 1, g, next, next_n, kr);
-        prefetch_rows(kr, next_n, bytes);
-    }
     row_ptrs(d, kv, 0, g, j0, kn, kr);
     row_ptrs(d, kv, 1, g, j0, kn, vr);
     float *s0 = ws->s + (int64_t)r0 * SR_ATTN_BK;
@@ -290,7 +274,6 @@ void sr_attn__tile_run(sr_attn__ws *ws, const sr_attn_desc *d, const sr_attn_kv 
         vis_min = e < vis_min ? e : vis_min;
         vis_max = e > vis_max ? e : vis_max;
     }
-    ws->vis_max = vis_max;
     for (int r = 0; r < rows; r++) {
         size_t row = (size_t)(i0 + (r % M) / G) * Hq + (size_t)(g0 + r / M) * G + (size_t)(r % G);
         const float *src = q + row * D;

@@ -27,7 +27,6 @@ typedef struct {
     float *s;      /* wide: S^T then P^T [BK, mpad]; narrow: S then P [m, BK] */
     float *kc, *vc; /* [BK, d] K and V rows converted to fp32 */
     int64_t *vis;  /* [m_max] end of the keys each row sees */
-    int64_t vis_max; /* end of the keys any row of the current item sees */
 } sr_attn__ws;
 
 /* Narrow-shape kernels (decode.c). Rows of q at stride d; s and p rows at

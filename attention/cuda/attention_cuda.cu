@@ -3,6 +3,7 @@
  * the call goes to the tensor-core kernel (fp16/bf16 K/V) or the fp32 one. */
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "attention/cuda/attn_cuda.cuh"
 
@@ -12,6 +13,9 @@ namespace {
  * gridDim.y. */
 constexpr int64_t MAX_Q_TILES = INT32_MAX;
 constexpr int MAX_HEADS = 65535;
+/* Split KV only in pieces of at least this many keys (a multiple of the
+ * kernels' 64-key tiles): below it the merge costs more than it gains. */
+constexpr int64_t MIN_SPLIT = 256;
 
 /* A NULL pointer, a misaligned one (need 16 bytes for vector loads, 4 for
  * plain floats) or plain host memory is refused with a message. */
@@ -41,15 +45,24 @@ int check_merge_dims(int64_t rows, int head_dim) {
 } /* namespace */
 
 extern "C" int sr_cuda_available(void) {
-    int n = 0;
+    int n = 0, dev = 0, major = 0, minor = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
-    if (e != cudaSuccess) {
-        cudaGetLastError();
-        sr_error_set(SR_EDEVICE, "cudaGetDeviceCount: %s", cudaGetErrorString(e));
+    if (e == cudaSuccess && n < 1) {
+        sr_error_set(SR_EDEVICE, "no CUDA device found");
         return 0;
     }
-    if (n < 1) {
-        sr_error_set(SR_EDEVICE, "no CUDA device found");
+    if (e == cudaSuccess) e = cudaGetDevice(&dev);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    if (e != cudaSuccess) {
+        cudaGetLastError(); /* clear it, so that it does not surface at the next launch */
+        sr_error_set(SR_EDEVICE, "CUDA device query failed: %s", cudaGetErrorString(e));
+        return 0;
+    }
+    /* the kernels are built for sm_80 and sm_90 (mma.sync bf16, cp.async) */
+    if (major < 8) {
+        sr_error_set(SR_EDEVICE, "CUDA device %d is sm_%d%d; starring's kernels need sm_80 or newer", dev, major,
+                     minor);
         return 0;
     }
     return 1;
@@ -85,9 +98,51 @@ extern "C" int sr_attn_forward_cuda(const sr_attn_desc *d, const float *q, const
     a.v = v;
     a.o = o;
     a.lse = lse;
+    a.split_len = d->nk;
+    a.n_split = 1;
     cudaStream_t s = static_cast<cudaStream_t>(stream);
-    if (d->kv_dtype == SR_DT_F32) return sr_attn_cuda_forward_f32(&a, d->head_dim, s);
-    return sr_attn_cuda_forward_mma(&a, d->head_dim, d->kv_dtype, s);
+
+    /* Few query tiles (decode) leave most SMs idle: split the KV range too,
+     * aiming at two CTAs per SM, and merge the parts (flash-decoding). */
+    int dev = 0, sms = 0;
+    SR_CUDA_CHECK(cudaGetDevice(&dev));
+    SR_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    const int64_t ctas = (d->nq + 63) / 64 * d->n_head_q;
+    if (ctas < sms && d->nk >= 2 * MIN_SPLIT) {
+        int64_t want = (2 * sms + ctas - 1) / ctas;
+        want = want < SR_ATTN_CUDA_MERGE_MAX ? want : SR_ATTN_CUDA_MERGE_MAX;
+        want = want < d->nk / MIN_SPLIT ? want : d->nk / MIN_SPLIT;
+        if (want > 1) {
+            a.split_len = ((d->nk + want - 1) / want + 63) / 64 * 64;
+            a.n_split = (int)((d->nk + a.split_len - 1) / a.split_len);
+        }
+    }
+    if (a.n_split == 1) {
+        if (d->kv_dtype == SR_DT_F32) return sr_attn_cuda_forward_f32(&a, d->head_dim, s);
+        return sr_attn_cuda_forward_mma(&a, d->head_dim, d->kv_dtype, s);
+    }
+
+    /* parts live in a stream-ordered scratch buffer, freed behind the merge */
+    const int64_t rows = d->nq * d->n_head_q;
+    float *ws = nullptr;
+    SR_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void **>(&ws),
+                                  (size_t)a.n_split * (size_t)rows * ((size_t)d->head_dim + 1) * sizeof(float), s));
+    a.o = ws;
+    a.lse = ws + (size_t)a.n_split * rows * d->head_dim;
+    if (d->kv_dtype == SR_DT_F32) rc = sr_attn_cuda_forward_f32(&a, d->head_dim, s);
+    else rc = sr_attn_cuda_forward_mma(&a, d->head_dim, d->kv_dtype, s);
+    if (rc == SR_OK) {
+        const float *op[SR_ATTN_CUDA_MERGE_MAX], *lp[SR_ATTN_CUDA_MERGE_MAX];
+        for (int z = 0; z < a.n_split; z++) {
+            op[z] = a.o + (size_t)z * rows * d->head_dim;
+            lp[z] = a.lse + (size_t)z * rows;
+        }
+        rc = sr_attn_cuda_merge_launch(a.n_split, op, lp, rows, d->head_dim, o, lse, s);
+    }
+    cudaError_t e = cudaFreeAsync(ws, s);
+    if (rc == SR_OK && e != cudaSuccess)
+        return sr_error_set(SR_EDEVICE, "attention cuda: cudaFreeAsync: %s", cudaGetErrorString(e));
+    return rc;
 }
 
 extern "C" int sr_attn_merge_cuda(int n_parts, const float *const *o_parts, const float *const *lse_parts,
@@ -98,9 +153,12 @@ extern "C" int sr_attn_merge_cuda(int n_parts, const float *const *o_parts, cons
     if (!o_parts || !lse_parts)
         return sr_error_set(SR_EINVAL, "attention cuda merge: o_parts and lse_parts must not be NULL");
     if ((rc = check_ptr(o, "merge o", 4)) || (rc = check_ptr(lse, "merge lse", 4))) return rc;
-    for (int p = 0; p < n_parts; p++)
-        if ((rc = check_ptr(o_parts[p], "merge o_parts[i]", 4)) || (rc = check_ptr(lse_parts[p], "merge lse_parts[i]", 4)))
-            return rc;
+    for (int p = 0; p < n_parts; p++) {
+        char on[32], ln[32];
+        snprintf(on, sizeof on, "merge o_parts[%d]", p);
+        snprintf(ln, sizeof ln, "merge lse_parts[%d]", p);
+        if ((rc = check_ptr(o_parts[p], on, 4)) || (rc = check_ptr(lse_parts[p], ln, 4))) return rc;
+    }
     cudaStream_t s = static_cast<cudaStream_t>(stream);
 
     /* More parts than one launch takes: merge the first chunk into o, then

@@ -34,6 +34,13 @@ struct sr_attn_cuda_args {
     const float *q;
     const void *k, *v;
     float *o, *lse;
+    /* Split KV (flash-decoding) when query tiles alone leave the GPU idle:
+     * gridDim.z = n_split, CTA z covers keys [z * split_len, (z + 1) *
+     * split_len) and writes its partial O and LSE at o + z * nq * Hq * d and
+     * lse + z * nq * Hq, to be merged. split_len is a multiple of 64. No
+     * split: n_split = 1, split_len >= nk. */
+    int64_t split_len;
+    int n_split;
 };
 
 /* fp16/bf16 K/V on tensor cores (mma.sync m16n8k16). */

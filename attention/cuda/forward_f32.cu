@@ -1,5 +1,5 @@
 /* Flash-attention forward for fp32 K/V with plain fp32 FMA (no tensor
- * cores), the exact counterpart of the CPU kernel.
+ * cores), the fp32 counterpart of the CPU kernel.
  *
  * One CTA of 128 threads per (32-row query tile, query head); 4 threads
  * share a query row, each holding every fourth float4 of its q and o, so
@@ -37,11 +37,13 @@ template <int D> __global__ void __launch_bounds__(NTHREADS) fwd_f32_kernel(cons
     const int64_t row = m0 + rl;
     const bool row_ok = row < a.nq;
 
-    int64_t kend = a.nk;
-    if (a.causal) {
-        const int64_t last_row = min(m0 + BM, a.nq) - 1;
-        kend = max((int64_t)0, min(kend, last_row + a.delta + 1));
-    }
+    /* keys [kbeg, kend) of this CTA's split, less those after the last row */
+    const int64_t kbeg = (int64_t)blockIdx.z * a.split_len;
+    int64_t kend = min(a.nk, kbeg + a.split_len);
+    if (a.causal) kend = min(kend, min(m0 + BM, a.nq) - 1 + a.delta + 1);
+    const int64_t rows_total = a.nq * a.n_head_q;
+    float *const out_o = a.o + (int64_t)blockIdx.z * rows_total * D;
+    float *const out_lse = a.lse + (int64_t)blockIdx.z * rows_total;
 
     const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
     float4 q[NV], o[NV];
@@ -57,7 +59,7 @@ template <int D> __global__ void __launch_bounds__(NTHREADS) fwd_f32_kernel(cons
 
     const float4 *kg = static_cast<const float4 *>(a.k), *vg = static_cast<const float4 *>(a.v);
     const int64_t key_stride = (int64_t)a.n_head_kv * RV, head_off = (int64_t)hk * RV;
-    for (int64_t n0 = 0; n0 < kend; n0 += BN) {
+    for (int64_t n0 = kbeg; n0 < kend; n0 += BN) {
         __syncthreads(); /* everyone is done with the previous tile */
         for (int i = threadIdx.x; i < BN * RV; i += NTHREADS) {
             const int r = i / RV, c = i % RV;
@@ -68,7 +70,7 @@ template <int D> __global__ void __launch_bounds__(NTHREADS) fwd_f32_kernel(cons
         }
         __syncthreads();
 
-        const bool need_mask = n0 + BN > a.nk || (a.causal && n0 + BN - 1 > m0 + a.delta);
+        const bool need_mask = n0 + BN > kend || (a.causal && n0 + BN - 1 > m0 + a.delta);
         float s[BN];
         float mx = m;
 #pragma unroll
@@ -81,7 +83,7 @@ template <int D> __global__ void __launch_bounds__(NTHREADS) fwd_f32_kernel(cons
             acc *= a.scale_log2;
             if (need_mask) {
                 const int64_t key = n0 + j;
-                if (key >= a.nk || (a.causal && key > row + a.delta)) acc = -INFINITY;
+                if (key >= kend || (a.causal && key > row + a.delta)) acc = -INFINITY;
             }
             s[j] = acc;
             mx = fmaxf(mx, acc);
@@ -115,15 +117,15 @@ template <int D> __global__ void __launch_bounds__(NTHREADS) fwd_f32_kernel(cons
 
     if (!row_ok) return;
     const float inv = l > 0.f ? 1.f / l : 0.f;
-    float4 *orow = reinterpret_cast<float4 *>(a.o + (row * a.n_head_q + h) * (int64_t)D);
+    float4 *orow = reinterpret_cast<float4 *>(out_o + (row * a.n_head_q + h) * (int64_t)D);
 #pragma unroll
     for (int i = 0; i < NV; i++)
         orow[4 * i + part] = make_float4(o[i].x * inv, o[i].y * inv, o[i].z * inv, o[i].w * inv);
-    if (part == 0) a.lse[row * a.n_head_q + h] = l > 0.f ? (m + log2f(l)) * 0.69314718055994531f : -INFINITY;
+    if (part == 0) out_lse[row * a.n_head_q + h] = l > 0.f ? (m + log2f(l)) * 0.69314718055994531f : -INFINITY;
 }
 
 template <int D> int launch(const sr_attn_cuda_args *a, cudaStream_t stream) {
-    const dim3 grid((unsigned)((a->nq + BM - 1) / BM), (unsigned)a->n_head_q);
+    const dim3 grid((unsigned)((a->nq + BM - 1) / BM), (unsigned)a->n_head_q, (unsigned)a->n_split);
     fwd_f32_kernel<D><<<grid, NTHREADS, 0, stream>>>(*a);
     SR_CUDA_CHECK(cudaGetLastError());
     return SR_OK;

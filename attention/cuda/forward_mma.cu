@@ -4,7 +4,8 @@
  * query rows. Per 64-key tile: S = Q K^T with mma.sync m16n8k16 (fp32
  * accumulators), online softmax in fp32 and base 2, P rounded to the KV type,
  * O += P V with mma.sync. K/V tiles are double-buffered in shared memory with
- * cp.async, so the next tile loads while this one computes.
+ * cp.async, so the next tile loads while this one computes. blockIdx.z picks
+ * a range of keys when the caller splits KV (see sr_attn_cuda_args).
  *
  * Fragment layouts (PTX ISA, mma.m16n8k16 .f16/.bf16), g = lane / 4,
  * t = lane % 4:
@@ -130,11 +131,13 @@ __global__ void __launch_bounds__(NTHREADS) fwd_mma_kernel(const sr_attn_cuda_ar
     const int64_t row[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};
     const bool row_ok[2] = {row[0] < a.nq, row[1] < a.nq};
 
-    int64_t kend = a.nk;
-    if (a.causal) {
-        const int64_t last_row = min(m0 + BM, a.nq) - 1;
-        kend = max((int64_t)0, min(kend, last_row + a.delta + 1));
-    }
+    /* keys [kbeg, kend) of this CTA's split, less those after the last row */
+    const int64_t kbeg = (int64_t)blockIdx.z * a.split_len;
+    int64_t kend = min(a.nk, kbeg + a.split_len);
+    if (a.causal) kend = min(kend, min(m0 + BM, a.nq) - 1 + a.delta + 1);
+    const int64_t rows_total = a.nq * a.n_head_q;
+    float *const out_o = a.o + (int64_t)blockIdx.z * rows_total * D;
+    float *const out_lse = a.lse + (int64_t)blockIdx.z * rows_total;
 
     /* Q fragments, rounded to T, held for the whole key loop. */
     uint32_t qf[KSTEPS][4];
@@ -166,11 +169,11 @@ __global__ void __launch_bounds__(NTHREADS) fwd_mma_kernel(const sr_attn_cuda_ar
 
     const T *kg = static_cast<const T *>(a.k), *vg = static_cast<const T *>(a.v);
     const int64_t key_stride = (int64_t)a.n_head_kv * D, head_off = (int64_t)hk * D;
-    const int64_t ntiles = (kend + BN - 1) / BN;
-    if (ntiles > 0) load_kv_tile<T, D>(ks, vs, kg, vg, 0, a.nk, key_stride, head_off);
+    const int64_t ntiles = kend > kbeg ? (kend - kbeg + BN - 1) / BN : 0;
+    if (ntiles > 0) load_kv_tile<T, D>(ks, vs, kg, vg, kbeg, a.nk, key_stride, head_off);
 
     for (int64_t it = 0; it < ntiles; it++) {
-        const int64_t n0 = it * BN;
+        const int64_t n0 = kbeg + it * BN;
         const int buf = (int)(it & 1);
         cp_async_wait_all();
         __syncthreads(); /* tile `it` is in; every warp is done with the other buffer */
@@ -194,8 +197,9 @@ __global__ void __launch_bounds__(NTHREADS) fwd_mma_kernel(const sr_attn_cuda_ar
             }
         }
 
-        /* Only tiles that reach past nk or past the diagonal need the mask. */
-        const bool need_mask = n0 + BN > a.nk || (a.causal && n0 + BN - 1 > m0 + a.delta);
+        /* Only tiles that reach past kend or past the diagonal need the mask;
+         * no row sees a key at or after kend. */
+        const bool need_mask = n0 + BN > kend || (a.causal && n0 + BN - 1 > m0 + a.delta);
 #pragma unroll
         for (int j = 0; j < NT_S; j++) {
 #pragma unroll
@@ -203,7 +207,7 @@ __global__ void __launch_bounds__(NTHREADS) fwd_mma_kernel(const sr_attn_cuda_ar
                 float x = s[j][e] * a.scale_log2;
                 if (need_mask) {
                     const int64_t key = n0 + 8 * j + 2 * t + (e & 1);
-                    if (key >= a.nk || (a.causal && key > row[e >> 1] + a.delta)) x = -INFINITY;
+                    if (key >= kend || (a.causal && key > row[e >> 1] + a.delta)) x = -INFINITY;
                 }
                 s[j][e] = x;
             }
@@ -264,19 +268,19 @@ __global__ void __launch_bounds__(NTHREADS) fwd_mma_kernel(const sr_attn_cuda_ar
         l += __shfl_xor_sync(FULL, l, 2);
         if (!row_ok[r]) continue;
         const float inv = l > 0.f ? 1.f / l : 0.f;
-        float *orow = a.o + (row[r] * a.n_head_q + h) * (int64_t)D;
+        float *orow = out_o + (row[r] * a.n_head_q + h) * (int64_t)D;
 #pragma unroll
         for (int n = 0; n < NT_O; n++)
             *reinterpret_cast<float2 *>(orow + n * 8 + 2 * t) = make_float2(of[n][2 * r] * inv, of[n][2 * r + 1] * inv);
         if (t == 0)
-            a.lse[row[r] * a.n_head_q + h] = l > 0.f ? (mrow[r] + log2f(l)) * 0.69314718055994531f : -INFINITY;
+            out_lse[row[r] * a.n_head_q + h] = l > 0.f ? (mrow[r] + log2f(l)) * 0.69314718055994531f : -INFINITY;
     }
 }
 
 template <typename T, int D> int launch(const sr_attn_cuda_args *a, cudaStream_t stream) {
     const size_t smem = 4 * (size_t)BN * (D + PAD) * sizeof(T);
     SR_CUDA_CHECK(cudaFuncSetAttribute(fwd_mma_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    const dim3 grid((unsigned)((a->nq + BM - 1) / BM), (unsigned)a->n_head_q);
+    const dim3 grid((unsigned)((a->nq + BM - 1) / BM), (unsigned)a->n_head_q, (unsigned)a->n_split);
     fwd_mma_kernel<T, D><<<grid, NTHREADS, smem, stream>>>(*a);
     SR_CUDA_CHECK(cudaGetLastError());
     return SR_OK;

@@ -17,6 +17,12 @@ static void fuzz_gguf_check(const sr_gguf *g, const uint8_t *data, size_t size) 
         const uint8_t *p = t->data;
         if (p < data || t->n_bytes > (uint64_t)(end - p)) __builtin_trap();
         if (t->n_bytes) sink ^= p[0] ^ p[t->n_bytes - 1];
+        char name[256];
+        if (t->name.len < sizeof name && !memchr(t->name.ptr, 0, t->name.len)) {
+            memcpy(name, t->name.ptr, t->name.len);
+            name[t->name.len] = '\0';
+            if (sr_gguf_tensor_find(g, name) != t) __builtin_trap(); /* names are unique */
+        }
     }
     for (uint64_t i = 0; i < g->n_kv; i++) {
         const sr_gguf_kv *kv = &g->kv[i];

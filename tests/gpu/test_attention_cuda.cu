@@ -4,7 +4,8 @@
  *
  * Correctness: random inputs over many shapes (odd sizes, nq > nk, nk = 1,
  * GQA 1/4/8, d 64/80/96/128, causal blocks before / overlapping / after the
- * queries, fully masked rows) and K/V as f32, f16 and bf16. Outputs are
+ * queries, fully masked rows, decode shapes that take the split-KV path)
+ * and K/V as f32, f16 and bf16. Outputs are
  * poisoned with NaN first, so unwritten elements fail. For 16-bit K/V the
  * kernel rounds Q to the KV type; the CPU reference gets the same rounded Q
  * and the same 16-bit K/V, so what remains is the rounding of P to 16 bits
@@ -515,7 +516,12 @@ static void bench(void) {
     CK(cudaEventDestroy(e1));
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    const bool timings = !(argc > 1 && strcmp(argv[1], "--no-bench") == 0);
+    if (argc > 1 && timings) {
+        fprintf(stderr, "usage: %s [--no-bench]   (--no-bench: correctness only, no timings)\n", argv[0]);
+        return 2;
+    }
     if (!sr_cuda_available()) {
         printf("ok 1 - cuda attention # SKIP no CUDA device (%s)\n", sr_error_msg());
         printf("1..1\n");
@@ -539,6 +545,11 @@ int main(void) {
         {96, 4, 4, 64, 64, 1, 0, 0, 0.f},          /* exactly one tile */
         {128, 8, 2, 5, 1, 1, 0, 2, 0.f},           /* nk = 1, rows 0-1 empty */
         {128, 32, 8, 333, 777, 1, 444, 0, 0.f},    /* many heads, ragged tiles */
+        /* decode: few query tiles, so the KV range is split and merged */
+        {128, 32, 8, 1, 5000, 1, 4999, 0, 0.f},    /* last position of a 5000-token context */
+        {64, 8, 1, 8, 3000, 0, 0, 0, 0.f},         /* 8 rows, GQA 8 */
+        {96, 4, 4, 4, 3000, 1, 1000, 0, 0.f},      /* later splits fully masked */
+        {80, 2, 1, 2, 100003, 1, 100001, 0, 0.f},  /* long KV, odd length */
     };
     for (int dt : {SR_DT_F32, SR_DT_F16, SR_DT_BF16})
         for (const shape &s : shapes) test_forward(s, dt);
@@ -548,7 +559,7 @@ int main(void) {
     test_merge(3, 517, 6, false);
     test_merge(5, 300, 64, true);
     test_errors();
-    bench();
+    if (timings) bench();
     printf("1..%d\n", n_test);
     return n_fail ? 1 : 0;
 }

@@ -283,7 +283,7 @@ static int t_query(sr_tp *tp, const q_case *c) {
     int64_t qw = s->hq * s->hd, kw = s->hkv * s->hd, nown = pl.own.len;
     uint64_t seed = 23;
     /* this rank's context KV: its own blocks only */
-    int64_t *pos = malloc(sizeof(int64_t) * (nown + 1));
+    int64_t *pos = calloc((size_t)nown + 1, sizeof(int64_t));
     for (int64_t i = 0; i < nown; i++) pos[i] = pl.own.pos0 + i;
     void *k = malloc(esize(s->dtype) * (nown + 1) * kw), *v = malloc(esize(s->dtype) * (nown + 1) * kw);
     make_rows(seed, pos, nown, s, NULL, k, v);

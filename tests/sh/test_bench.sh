@@ -100,4 +100,18 @@ rc=$?
 [ "$rc" -ne 0 ] && grep -q -- "--threads" "$err"
 tap $? "a bad option value exits non-zero with a message"
 
+"$BENCH" attention --quick --only decode --json >"$out" 2>"$err"
+rc=$?
+python3 -c '
+import json, sys
+rows = json.load(open(sys.argv[1]))["rows"]
+assert {r["section"] for r in rows} == {"ceiling", "decode"}, rows
+' "$out"
+tap $((rc + $?)) "--only decode runs the ceilings and the decode rows only"
+
+"$BENCH" attention --only nothing >"$out" 2>"$err"
+rc=$?
+[ "$rc" -ne 0 ] && grep -q -- "--only" "$err"
+tap $? "--only with an unknown section exits non-zero with a message"
+
 [ "$fails" -eq 0 ]

@@ -344,7 +344,7 @@ static void test_decode_long(void **state) {
     const int threads[] = {1, 2, 3, 8};
     for (size_t i = 0; i < sizeof nqs / sizeof nqs[0]; i++) {
         int64_t nk = 100000;
-        tcase c = {nqs[i], nk, 4, 1, 64, 1, nk - nqs[i] - (i == 1 ? 20000 : 0), 0, SR_DT_F16, 0};
+        tcase c = {nqs[i], nk, 2, 1, 64, 1, nk - nqs[i] - (i == 1 ? 20000 : 0), 0, SR_DT_F16, 0};
         tdata t;
         make_data(&c, &t, -1.0f, 1.0f);
         sr_attn_kv kv = sr_attn_kv_dense(t.k, t.v);

@@ -618,6 +618,9 @@ static void test_file_errors(void **state) {
     assert_non_null(strstr(sr_error_msg(), "not a regular file"));
     assert_int_equal(sr_gguf_open_buffer(&g, NULL, 0), SR_EFORMAT);
     assert_int_equal(sr_gguf_open_buffer(NULL, "GGUF", 4), SR_EINVAL);
+    uint32_t u;
+    assert_int_equal(sr_gguf_get_u32(NULL, "general.alignment", &u), SR_EFORMAT);
+    assert_null(sr_gguf_tensor_find(NULL, "t"));
 
     /* through a real file: a valid one, an empty one and a truncated one */
     char path[] = "/tmp/test_gguf_XXXXXX";
@@ -703,12 +706,13 @@ static void test_many_entries(void **state) {
     sr_test_gguf_free(&b);
 }
 
-/* Every file kept in tests/data/gguf/ (fuzz seeds and found cases) opens or
- * fails with SR_EFORMAT and a message; seeds must open. */
+/* Every file kept in tests/data/gguf/ (fuzz seeds and found cases) opens
+ * or fails with SR_EFORMAT and a message naming it. By name: seed-* and ok-*
+ * must open, bad-* must fail. */
 static void test_data_dir(void **state) {
     DIR *d = opendir(DATA_DIR);
     if (!d) fail_msg("cannot open %s: run the test from the repository root", DATA_DIR);
-    int n = 0, seeds = 0;
+    int seeds = 0, bad = 0;
     struct dirent *e;
     while ((e = readdir(d))) {
         if (e->d_name[0] == '.') continue;
@@ -717,8 +721,10 @@ static void test_data_dir(void **state) {
         sr_gguf *g = NULL;
         sr_error_clear();
         int rc = sr_gguf_open(&g, path);
-        int is_seed = strncmp(e->d_name, "seed-", 5) == 0;
-        if (is_seed && rc != SR_OK) fail_msg("%s: seed does not open: %s", path, sr_error_msg());
+        int must_open = strncmp(e->d_name, "seed-", 5) == 0 || strncmp(e->d_name, "ok-", 3) == 0;
+        int must_fail = strncmp(e->d_name, "bad-", 4) == 0;
+        if (must_open && rc != SR_OK) fail_msg("%s: does not open: %s", path, sr_error_msg());
+        if (must_fail && rc == SR_OK) fail_msg("%s: opens, but was kept as a malformed file", path);
         if (rc != SR_OK && (rc != SR_EFORMAT || !strstr(sr_error_msg(), path)))
             fail_msg("%s: rc %d, '%s'", path, rc, sr_error_msg());
         if (rc == SR_OK) {
@@ -736,12 +742,13 @@ static void test_data_dir(void **state) {
             }
             sr_gguf_close(g);
         }
-        n++;
-        seeds += is_seed;
+        seeds += strncmp(e->d_name, "seed-", 5) == 0;
+        bad += must_fail;
     }
     closedir(d);
-    if (seeds < 2) fail_msg("%s holds %d seed-*.gguf files, expected the fuzz seeds", DATA_DIR, seeds);
-    assert_true(n >= seeds);
+    if (seeds < 4 || bad < 20)
+        fail_msg("%s holds %d seed-* and %d bad-* files; expected the fuzz seeds and found cases", DATA_DIR,
+                 seeds, bad);
 }
 
 /* A file written by scripts/make-tiny-model (the gguf package's writer):

@@ -16,6 +16,7 @@
 #include "base/status.h"
 #include "worker/gguf.h"
 #include "worker/matmul.h"
+#include "worker/matmul_q8.h"
 #include "worker/quant_blocks.h"
 
 static const uint32_t TYPES[] = {SR_GGML_F32, SR_GGML_F16, SR_GGML_BF16, SR_GGML_Q8_0,
@@ -242,6 +243,66 @@ static void test_products_model_shapes(void **state) {
     }
 }
 
+/* sr_matmul_q8 against the exact product with activations rounded to int8 as
+ * its header specifies (groups of 32, the last one possibly shorter). */
+static void round_q8(const float *x, int64_t n, int64_t k, float *xr) {
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t g0 = 0; g0 < k; g0 += 32) {
+            const float *xg = x + i * k + g0;
+            int64_t len = k - g0 < 32 ? k - g0 : 32;
+            float amax = 0;
+            for (int64_t j = 0; j < len; j++) amax = fmaxf(amax, fabsf(xg[j]));
+            for (int64_t j = 0; j < len; j++)
+                xr[i * k + g0 + j] = amax > 0 ? amax / 127.0f * nearbyintf(xg[j] * (127.0f / amax)) : 0;
+        }
+}
+
+static void test_products_q8_activations(void **state) {
+    (void)state;
+    static const int64_t ns[] = {1, 2, 3, 5, 7, 9};
+    static const int64_t ms[] = {1, 5, 37, 130};
+    for (size_t t = 0; t < N_TYPES; t++) {
+        int64_t k = TYPES[t] == SR_GGML_Q6_K ? 256 : t < 3 ? 81 : 96;
+        for (size_t a = 0; a < sizeof ns / sizeof ns[0]; a++)
+            for (size_t b = 0; b < sizeof ms / sizeof ms[0]; b++) {
+                int64_t n = ns[a], m = ms[b];
+                sr_weight w = {TYPES[t], k, m, random_weight(TYPES[t], k, m)};
+                float *x = random_x(n * k), *xr = malloc((size_t)(n * k) * sizeof(float));
+                float *y = malloc((size_t)(n * m) * sizeof(float));
+                assert_non_null(xr);
+                assert_non_null(y);
+                x[0] = 0; /* a zero and a group's extreme */
+                x[1] = -1;
+                for (int64_t i = 0; i < n * m; i++) y[i] = NAN;
+                assert_int_equal(sr_matmul_q8(&w, x, y, n, 1 + (int)(a % 3)), SR_OK);
+                /* from 8 rows on it is sr_matmul, on the activations as given */
+                if (n < 8) round_q8(x, n, k, xr);
+                else memcpy(xr, x, (size_t)(n * k) * sizeof(float));
+                assert_true(check_product(&w, xr, y, n) <= 1.0);
+                free(y);
+                free(xr);
+                free(x);
+                free((void *)w.data);
+            }
+    }
+    /* a NaN or inf activation poisons its outputs, as it does in fp32 */
+    sr_weight wn = {SR_GGML_Q4_1, 64, 3, random_weight(SR_GGML_Q4_1, 64, 3)};
+    float xn[64], yn[3];
+    for (int j = 0; j < 64; j++) xn[j] = 0.5f;
+    xn[40] = NAN;
+    assert_int_equal(sr_matmul_q8(&wn, xn, yn, 1, 1), SR_OK);
+    for (int r = 0; r < 3; r++) assert_true(isnan(yn[r]));
+    xn[40] = INFINITY;
+    assert_int_equal(sr_matmul_q8(&wn, xn, yn, 1, 1), SR_OK);
+    for (int r = 0; r < 3; r++) assert_false(isfinite(yn[r]));
+    free((void *)wn.data);
+
+    float x[32] = {0}, y[1];
+    assert_int_equal(sr_matmul_q8(NULL, x, y, 1, 1), SR_EINVAL);
+    sr_weight w = {SR_GGML_Q4_0, 48, 1, x};
+    assert_int_equal(sr_matmul_q8(&w, x, y, 1, 1), SR_EINVAL);
+}
+
 /* float types take any k: tails shorter than a vector */
 static void test_products_odd_k(void **state) {
     (void)state;
@@ -344,6 +405,7 @@ int main(void) {
         cmocka_unit_test(test_products_all_types),
         cmocka_unit_test(test_products_model_shapes),
         cmocka_unit_test(test_products_odd_k),
+        cmocka_unit_test(test_products_q8_activations),
         cmocka_unit_test(test_unaligned),
         cmocka_unit_test(test_weight_row),
         cmocka_unit_test(test_errors),

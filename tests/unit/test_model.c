@@ -310,7 +310,7 @@ static void test_kv_64bit(void **state) {
 
 static void test_kv_rejects(void **state) {
     sr_kv_cache c;
-    assert_int_equal(sr_kv_build(&c, 1, 1, 16, SR_DT_F32, 4), SR_EINVAL);
+    assert_int_equal(sr_kv_build(&c, 1, 1, 16, 7, 4), SR_EINVAL);
     assert_int_equal(sr_kv_build(&c, 1, 1, 16, SR_DT_F16, 0), SR_EINVAL);
     assert_int_equal(sr_kv_build(&c, 0, 1, 16, SR_DT_F16, 4), SR_EINVAL);
 }

@@ -1,0 +1,364 @@
+/* starring-bench model: a GGUF model's speed on CPU, measured the way
+ * llama-bench measures it. Prompt processing is a batched prefill of a fixed
+ * token sequence into an empty cache (512 and 4096 tokens); generation is one
+ * forward per token with the logits' argmax fed back (at depth 0, after a
+ * 1-token prompt, and after the 4096-token prompt). Rates are tokens per
+ * second of sr_model_forward, median of repeats.
+ *
+ * Every run is checked: the logits are finite, greedy decode gives the same
+ * tokens on every repeat as on the warm-up, and a batched prefill of the
+ * depth-0 generated sequence gives the same last logits as decoding it one
+ * token at a time. llama.cpp's figures quoted in issue 3 stand beside ours
+ * for scale; they are not measured here. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attention/attention.h"
+#include "base/clock.h"
+#include "base/status.h"
+#include "bench/commands.h"
+#include "bench/harness.h"
+#include "worker/gguf.h"
+#include "worker/model.h"
+
+#define GEN_TOKENS 64
+#define GEN_TOKENS_QUICK 8
+#define QUICK_TOKENS 64    /* --quick: prompt length and generation depth */
+#define LONG_RUN_S 2.0     /* as srb_time: a warm-up this long is steady state */
+#define MAX_SAMPLES 64
+
+/* Batched prefill against token-by-token decode: the same math through the
+ * matrix-matrix and matrix-vector paths, so only rounding may differ. The
+ * tolerance is on logits, whose range is tens: far above rounding, far below
+ * a wrong row or position. */
+#define LOGIT_ATOL 2e-2
+#define LOGIT_RTOL 1e-2
+
+/* llama.cpp (a March 2026 build, CPU, 2 threads) on a machine of this kind,
+ * on a SmolLM2-135M-shaped Q4_1 model, in tok/s: issue 3's figures. They are
+ * shown only for a model of that shape. */
+#define REF_PROMPT_512 291.0
+#define REF_PROMPT_4096 209.0
+#define REF_GEN_0 116.0
+#define REF_GEN_4096 38.0
+
+/* One measurement: prefill `prompt` tokens into an empty cache, then generate
+ * `gen` tokens one forward each. Gives a prompt row when the prefill is the
+ * subject and a generation row when gen > 0. */
+typedef struct {
+    int64_t prompt;
+    int prompt_row;
+    int gen;
+    double ref_prompt, ref_gen; /* llama.cpp's tok/s, NAN where there is none */
+} bench_case;
+
+typedef struct {
+    sr_model *m;
+    const srb_opts *o;
+    srb_report *r;
+    const int32_t *tokens; /* (longest prompt) the fixed prompt */
+    int32_t *first;        /* (gen + 1) the warm-up's greedy tokens */
+    int32_t *now;          /* (gen + 1) the current run's */
+    float *decoded;        /* (vocab) logits of the last decode step */
+    const char *kv;        /* K/V dtype name */
+} bench_ctx;
+
+static uint64_t mix64(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+static const char *dtype_name(int dt) {
+    return dt == SR_DT_F16 ? "f16" : dt == SR_DT_BF16 ? "bf16" : "f32";
+}
+
+/* Greedy sampling: the first index of the largest logit; counts non-finite
+ * logits into *bad (they never win). */
+static int32_t argmax(const float *x, int n, int64_t *bad) {
+    int32_t best = 0;
+    float bv = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        if (!isfinite(x[i])) (*bad)++;
+        else if (x[i] > bv) bv = x[i], best = i;
+    }
+    return best;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *s, int n) {
+    qsort(s, (size_t)n, sizeof s[0], cmp_double);
+    return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
+}
+
+/* One run of case c: the greedy tokens go to out[0 .. gen] (out[0] from the
+ * prompt's logits); non-finite logits are counted into bad[0] (the prompt's)
+ * and bad[1] (the generated tokens'). */
+static int run_once(bench_ctx *x, const bench_case *c, int32_t *out, double *prompt_s,
+                    double *gen_s, int64_t bad[2]) {
+    sr_model *m = x->m;
+    int vocab = m->config.vocab_size;
+    sr_model_reset(m);
+    double t0 = sr_now();
+    int rc = sr_model_forward(m, x->tokens, c->prompt, 0);
+    if (rc < 0) return rc;
+    *prompt_s = sr_now() - t0;
+    out[0] = argmax(m->state.logits, vocab, &bad[0]);
+    t0 = sr_now();
+    for (int i = 0; i < c->gen; i++) {
+        rc = sr_model_forward(m, &out[i], 1, c->prompt + i);
+        if (rc < 0) return rc;
+        out[i + 1] = argmax(m->state.logits, vocab, &bad[1]);
+    }
+    *gen_s = sr_now() - t0;
+    return SR_OK;
+}
+
+/* Prefills the prompt and the generated tokens but the last in one batch and
+ * counts the logits that differ from the last decode step's (x->decoded). */
+static int check_batched(bench_ctx *x, const bench_case *c, int64_t *wrong) {
+    sr_model *m = x->m;
+    int64_t n = c->prompt + c->gen;
+    int32_t *seq = malloc((size_t)n * sizeof *seq);
+    if (!seq) return sr_error_set(SR_ENOMEM, "bench model: out of memory");
+    memcpy(seq, x->tokens, (size_t)c->prompt * sizeof *seq);
+    memcpy(seq + c->prompt, x->first, (size_t)c->gen * sizeof *seq);
+    sr_model_reset(m);
+    int rc = sr_model_forward(m, seq, n, 0);
+    free(seq);
+    if (rc < 0) return rc;
+    for (int i = 0; i < m->config.vocab_size; i++) {
+        double a = m->state.logits[i], b = x->decoded[i];
+        if (!(fabs(a - b) <= LOGIT_ATOL + LOGIT_RTOL * fabs(b))) (*wrong)++;
+    }
+    return SR_OK;
+}
+
+static int add_row(bench_ctx *x, const char *section, const char *name, double median_s,
+                   int samples, double work, double ref, int64_t wrong) {
+    srb_row row;
+    memset(&row, 0, sizeof row);
+    snprintf(row.section, sizeof row.section, "%s", section);
+    snprintf(row.name, sizeof row.name, "%s", name);
+    snprintf(row.kv, sizeof row.kv, "%s", x->kv);
+    row.unit = "tok/s";
+    row.t.median_s = median_s;
+    row.t.samples = samples;
+    row.rate = work / median_s;
+    row.base_rate = ref;
+    row.base_samples = 0; /* quoted, not measured */
+    row.vs_base = row.rate / ref;
+    row.vs_ceil = NAN;
+    row.wrong = wrong;
+    return srb_report_row(x->r, &row);
+}
+
+/* Warm-up, then repeats within the budget (srb_time's rule, with the prompt
+ * and the generation of a run timed apart); then the rows. */
+static int run_case(bench_ctx *x, const bench_case *c) {
+    const srb_opts *o = x->o;
+    int want_prompt = c->prompt_row && (!o->only || !strcmp(o->only, "prompt"));
+    int want_gen = c->gen > 0 && (!o->only || !strcmp(o->only, "generate"));
+    if (!want_prompt && !want_gen) return SR_OK;
+    if (o->max_n && c->prompt + c->gen > o->max_n) return SR_OK;
+    double ps[MAX_SAMPLES], gs[MAX_SAMPLES], p, g;
+    int n = 0;
+    /* [0]: the prompt row's, [1]: the generation row's */
+    int64_t bad[2] = {0, 0}, diff[2] = {0, 0};
+    int rc = run_once(x, c, x->first, &p, &g, bad);
+    if (rc < 0) return rc;
+    if (p + g >= LONG_RUN_S) ps[n] = p, gs[n] = g, n++;
+    double spent = 0.0, last = p + g;
+    while (n < o->repeats && n < MAX_SAMPLES && (n == 0 || spent + last <= o->budget_s)) {
+        rc = run_once(x, c, x->now, &p, &g, bad);
+        if (rc < 0) return rc;
+        for (int i = 0; i <= c->gen; i++) diff[i > 0] += x->now[i] != x->first[i];
+        last = p + g;
+        spent += last;
+        ps[n] = p, gs[n] = g, n++;
+    }
+    char name[48];
+    if (want_prompt) {
+        snprintf(name, sizeof name, "prefill %lld tokens", (long long)c->prompt);
+        rc = add_row(x, "prompt", name, median(ps, n), n, (double)c->prompt, c->ref_prompt,
+                     bad[0] + diff[0]);
+        if (rc < 0) return rc;
+    }
+    if (!want_gen) return SR_OK;
+    /* the last run's last logits, before check_batched overwrites them */
+    memcpy(x->decoded, x->m->state.logits, (size_t)x->m->config.vocab_size * sizeof(float));
+    int64_t wrong = bad[1] + diff[1];
+    /* a prefill of 4k tokens more costs as much as a repeat: depth 0 only */
+    if (c->prompt == 1) rc = check_batched(x, c, &wrong);
+    if (rc < 0) return rc;
+    /* a 1-token prompt only gives the first logits: depth 0 */
+    snprintf(name, sizeof name, "decode %d tokens at depth %lld", c->gen,
+             (long long)(c->prompt == 1 ? 0 : c->prompt));
+    return add_row(x, "generate", name, median(gs, n), n, (double)c->gen, c->ref_gen, wrong);
+}
+
+/* "q4_1 x169, f32 x61, q6_k x1": tensor counts by type, most common first */
+static void type_counts(const sr_gguf *g, char *buf, size_t cap) {
+    enum { N_TYPES = 64 };
+    uint64_t count[N_TYPES + 1] = {0}; /* the last: types beyond the table */
+    for (uint64_t i = 0; i < g->n_tensors; i++)
+        count[g->tensors[i].type < N_TYPES ? g->tensors[i].type : N_TYPES]++;
+    size_t len = 0;
+    buf[0] = '\0';
+    for (;;) {
+        int best = -1;
+        for (int t = 0; t <= N_TYPES; t++)
+            if (count[t] && (best < 0 || count[t] > count[best])) best = t;
+        if (best < 0 || len >= cap) break;
+        int w = snprintf(buf + len, cap - len, "%s%s x%llu", len ? ", " : "",
+                         best < N_TYPES ? sr_ggml_type_name((uint32_t)best) : "other",
+                         (unsigned long long)count[best]);
+        if (w < 0) break;
+        len += (size_t)w;
+        count[best] = 0;
+    }
+}
+
+static int is_smollm2_135m(const sr_model_config *c) {
+    return c->arch == SR_ARCH_LLAMA && c->n_layer == 30 && c->dim == 576 && c->n_head == 9 &&
+           c->n_head_kv == 3 && c->hidden_dim == 1536 && c->vocab_size == 49152;
+}
+
+static int report_model(srb_report *r, const sr_model *m, const char *path) {
+    const sr_model_config *c = &m->config;
+    sr_gguf_str name;
+    char buf[128];
+    if (sr_gguf_find(m->gguf, "general.name") && sr_gguf_get_str(m->gguf, "general.name", &name) == SR_OK)
+        snprintf(buf, sizeof buf, "%.*s (%s)", (int)(name.len > 80 ? 80 : name.len), name.ptr,
+                 c->arch == SR_ARCH_QWEN2 ? "qwen2" : "llama");
+    else
+        snprintf(buf, sizeof buf, "%s", path);
+    int rc = srb_report_fact_str(r, "model", buf);
+    snprintf(buf, sizeof buf, "%d layers, dim %d, heads %d/%d x %d, ffn %d, vocab %d", c->n_layer,
+             c->dim, c->n_head, c->n_head_kv, c->head_dim, c->hidden_dim, c->vocab_size);
+    if (rc == SR_OK) rc = srb_report_fact_str(r, "shape", buf);
+    type_counts(m->gguf, buf, sizeof buf);
+    if (rc == SR_OK) rc = srb_report_fact_str(r, "tensor_types", buf);
+    return rc;
+}
+
+static int bench_model(const char *path, const srb_opts *o, srb_report *r) {
+    sr_model_opts mo = {.n_threads = o->threads, .kv_dtype = SR_DT_F16, .block_size = 0,
+                        .max_batch = 0};
+    sr_model *m = NULL;
+    int rc = sr_model_load(&m, path, &mo);
+    if (rc < 0) return rc;
+    int gen = o->quick ? GEN_TOKENS_QUICK : GEN_TOKENS;
+    int ref = !o->quick && is_smollm2_135m(&m->config);
+    bench_case cases[3];
+    int n_cases;
+    if (o->quick) {
+        cases[0] = (bench_case){1, 0, gen, NAN, NAN};
+        cases[1] = (bench_case){QUICK_TOKENS, 1, gen, NAN, NAN};
+        n_cases = 2;
+    } else {
+        cases[0] = (bench_case){512, 1, 0, ref ? REF_PROMPT_512 : NAN, NAN};
+        cases[1] = (bench_case){1, 0, gen, NAN, ref ? REF_GEN_0 : NAN};
+        cases[2] = (bench_case){4096, 1, gen, ref ? REF_PROMPT_4096 : NAN, ref ? REF_GEN_4096 : NAN};
+        n_cases = 3;
+    }
+    int64_t longest = o->quick ? QUICK_TOKENS : 4096;
+    bench_ctx x = {.m = m, .o = o, .r = r, .kv = dtype_name(m->kv.dtype)};
+    int32_t *tokens = malloc((size_t)longest * sizeof *tokens);
+    x.first = malloc((size_t)(gen + 1) * sizeof *x.first);
+    x.now = malloc((size_t)(gen + 1) * sizeof *x.now);
+    x.decoded = malloc((size_t)m->config.vocab_size * sizeof *x.decoded);
+    if (!tokens || !x.first || !x.now || !x.decoded)
+        rc = sr_error_set(SR_ENOMEM, "bench model: out of memory");
+    if (rc == SR_OK) {
+        /* a fixed pseudo-random prompt of valid ids: the speed does not
+         * depend on the text, and the same prompt makes runs comparable */
+        for (int64_t i = 0; i < longest; i++)
+            tokens[i] = (int32_t)(mix64((uint64_t)i) % (uint64_t)m->config.vocab_size);
+        x.tokens = tokens;
+        rc = report_model(r, m, path);
+    }
+    if (rc == SR_OK) rc = srb_report_fact_num(r, "threads", o->threads);
+    if (rc == SR_OK) rc = srb_report_fact_str(r, "kv_dtype", x.kv);
+    if (rc == SR_OK)
+        rc = srb_report_fact_str(r, "base_rate_source",
+                                 ref ? "llama.cpp, CPU, 2 threads, SmolLM2-135M-shaped Q4_1: "
+                                       "reference figures from the issue, not measured here"
+                                     : "none (the issue's llama.cpp figures are for "
+                                       "SmolLM2-135M's shape, without --quick)");
+    for (int i = 0; i < n_cases && rc == SR_OK; i++) rc = run_case(&x, &cases[i]);
+    free(tokens), free(x.first), free(x.now), free(x.decoded);
+    sr_model_free(m);
+    return rc;
+}
+
+int srb_cmd_model(int argc, char **argv) {
+    /* -m MODEL is ours; the rest are the shared options */
+    char **rest = malloc((size_t)argc * sizeof *rest);
+    if (!rest) {
+        fprintf(stderr, "starring-bench model: out of memory\n");
+        return 1;
+    }
+    const char *path = NULL;
+    int n_rest = 0;
+    for (int i = 0; i < argc; i++) {
+        if (i > 0 && (!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model"))) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "starring-bench model: %s wants a GGUF file\n", argv[i]);
+                free(rest);
+                return 2;
+            }
+            path = argv[++i];
+        } else {
+            rest[n_rest++] = argv[i];
+        }
+    }
+    srb_opts o;
+    int rc = srb_opts_parse(
+        n_rest, rest, "model -m MODEL",
+        "A GGUF model on CPU: prompt tokens/s (batched prefill of 512 and 4096 tokens into an\n"
+        "empty cache) and generated tokens/s (greedy, one token per forward, at depth 0 and\n"
+        "after the 4096-token prompt); --quick: 64 tokens, 8 generated. Sections: prompt,\n"
+        "generate. -m MODEL (required): the GGUF file (scripts/fetch-model prints SmolLM2's).\n"
+        "Every run is checked (finite logits, the same greedy tokens on every repeat, batched\n"
+        "prefill agreeing with decode); exit status 1 if anything is wrong.",
+        &o);
+    free(rest);
+    if (rc != 0) return rc > 0 ? 0 : 2;
+    if (!path) {
+        fprintf(stderr, "starring-bench model: -m MODEL is required (a GGUF file; "
+                        "scripts/fetch-model prints SmolLM2's path)\n");
+        return 2;
+    }
+    if (o.only && strcmp(o.only, "prompt") && strcmp(o.only, "generate")) {
+        fprintf(stderr, "starring-bench model: --only wants prompt or generate, got '%s'\n", o.only);
+        return 2;
+    }
+    srb_report *r = srb_report_new(&o);
+    if (!r) {
+        fprintf(stderr, "starring-bench model: out of memory\n");
+        return 1;
+    }
+    rc = bench_model(path, &o, r);
+    if (rc == SR_OK) rc = srb_report_finish(r);
+    int64_t wrong = srb_report_wrong(r);
+    srb_report_free(r);
+    if (rc < 0) {
+        fprintf(stderr, "starring-bench model: %s\n", sr_error_msg());
+        return 1;
+    }
+    if (wrong > 0) {
+        fprintf(stderr, "starring-bench model: %lld wrong (non-finite logits, greedy tokens that "
+                        "changed between repeats, or prefill disagreeing with decode)\n",
+                (long long)wrong);
+        return 1;
+    }
+    return 0;
+}

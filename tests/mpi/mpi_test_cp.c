@@ -1,0 +1,495 @@
+/* Context-parallel prefill and generation (worker/cp.h) against the
+ * single-process runtime, under mpirun:
+ *  - ring with SmolLM2 ($SR_MODEL) over ~1k tokens of text: greedy tokens
+ *    equal, logits within 1e-3 of their scale; ring with tiny random models
+ *    over lengths not divisible by W or the KV block (mpi and tcp);
+ *  - star with one block equals full attention (1e-5); star with many blocks
+ *    equals a reference of the same definition computed on rank 0 (each
+ *    rank's [anchor | own] run alone, then the question and the generated
+ *    tokens over all the kept KV); each rank holds at most ceil(n/W) + one
+ *    block of KV tokens, read from its own cache;
+ *  - sr_cp_generate streams the same text as sr_generate.
+ * Every rank runs every case; rank 0 computes the references and prints TAP. */
+#include <math.h>
+#include <mpi.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/half.h"
+#include "base/status.h"
+#include "worker/cp.h"
+#include "worker/generate.h"
+#include "worker/model.h"
+#include "worker/placement.h"
+#include "worker/tokenizer.h"
+#include "worker/transport.h"
+
+static int rank, size, n_tests, n_failed;
+
+static void tap(int local_fail, const char *fmt, ...) {
+    int fail = local_fail != 0;
+    MPI_Allreduce(MPI_IN_PLACE, &fail, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    n_tests++;
+    n_failed += fail;
+    if (rank != 0) return;
+    char name[240];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    printf("%sok %d - %s\n", fail ? "not " : "", n_tests, name);
+    fflush(stdout);
+}
+
+#define EXPECT_OK(call)                                                                             \
+    do {                                                                                            \
+        int rc_ = (call);                                                                           \
+        if (rc_ != SR_OK) {                                                                         \
+            fprintf(stderr, "rank %d: %s:%d: %s -> %s: %s\n", rank, __FILE__, __LINE__, #call,      \
+                    sr_strerror(rc_), sr_error_msg());                                              \
+            return 1;                                                                               \
+        }                                                                                           \
+    } while (0)
+
+static uint64_t mix(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static double rel_err(const float *a, const float *b, int64_t n) {
+    double e = 0, s = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= e)) e = isnan(d) ? INFINITY : d;
+        if (fabs(b[i]) > s) s = fabs(b[i]);
+    }
+    return e / (s > 0 ? s : 1);
+}
+
+static int32_t argmax(const float *x, int n) {
+    int32_t best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+static int load(const char *path, int64_t batch, int64_t kv_block, sr_model **m) {
+    sr_model_opts o = {.n_threads = 1, .kv_dtype = SR_DT_F16, .block_size = kv_block, .max_batch = batch};
+    return sr_model_load(m, path, &o);
+}
+
+/* Greedy results: logits after the context (and question), then after each
+ * fed-back token; g tokens in all. */
+typedef struct {
+    int g, vocab;
+    int32_t *tok;  /* (g) */
+    float *logits; /* (g, vocab) */
+} greedy;
+
+static int greedy_alloc(greedy *r, int g, int vocab) {
+    r->g = g;
+    r->vocab = vocab;
+    r->tok = calloc((size_t)g, sizeof(int32_t));
+    r->logits = calloc((size_t)g * (size_t)vocab, sizeof(float));
+    return r->tok && r->logits ? SR_OK : sr_error_set(SR_ENOMEM, "test: out of memory");
+}
+
+static void greedy_free(greedy *r) {
+    free(r->tok);
+    free(r->logits);
+}
+
+/* Greedy decode by the single-process runtime from the logits in m->state. */
+static int ref_decode(sr_model *m, int64_t pos, greedy *r) {
+    for (int i = 0; i < r->g; i++) {
+        memcpy(r->logits + (int64_t)i * r->vocab, m->state.logits, sizeof(float) * (size_t)r->vocab);
+        r->tok[i] = argmax(m->state.logits, r->vocab);
+        if (i + 1 < r->g) {
+            int rc = sr_model_forward(m, &r->tok[i], 1, pos++);
+            if (rc) return rc;
+        }
+    }
+    return SR_OK;
+}
+
+/* Single process over the whole context and question. */
+static int ref_full(sr_model *m, const int32_t *ctx, int64_t n, const int32_t *qry, int64_t nq, greedy *r) {
+    sr_model_reset(m);
+    int rc = sr_model_forward(m, ctx, n, 0);
+    if (rc == SR_OK && nq > 0) rc = sr_model_forward(m, qry, nq, n);
+    return rc ? rc : ref_decode(m, n + nq, r);
+}
+
+/* Copies the KV of positions [pos0, pos0 + n) of a's cache into r's cache
+ * (fp16 -> fp32 -> fp16 is exact). */
+static int copy_kv(const sr_kv_cache *a, sr_kv_cache *r, int64_t pos0, int64_t n) {
+    int64_t b0, off0, w = (int64_t)a->n_head_kv * a->head_dim;
+    int rc = sr_kv_reserve(r, pos0, n, &b0, &off0);
+    float *k = malloc(sizeof(float) * (size_t)(n * w)), *v = malloc(sizeof(float) * (size_t)(n * w));
+    if (rc == SR_OK && (!k || !v)) rc = sr_error_set(SR_ENOMEM, "test: out of memory");
+    for (int l = 0; l < a->n_layer && rc == SR_OK; l++) {
+        for (int64_t t = 0; t < n; t++) {
+            int64_t pos = pos0 + t, b = 0;
+            while (!(a->block_pos[b] <= pos && pos < a->block_pos[b] + a->block_len[b])) b++;
+            int64_t at = (int64_t)l * a->cap_blocks + b, off = (pos - a->block_pos[b]) * w;
+            for (int64_t i = 0; i < w; i++) {
+                k[t * w + i] = sr_f16_to_f32(((const sr_f16 *)a->k_ptr[at])[off + i]);
+                v[t * w + i] = sr_f16_to_f32(((const sr_f16 *)a->v_ptr[at])[off + i]);
+            }
+        }
+        rc = sr_kv_store(r, l, b0, off0, n, k, v);
+    }
+    free(k);
+    free(v);
+    return rc;
+}
+
+/* Star's definition in one process: every rank's [anchor | own] run alone,
+ * its own KV kept in r's cache; then the question and greedy decode. */
+static int ref_star(sr_model *a, sr_model *r, const int32_t *ctx, int64_t n, const int32_t *qry, int64_t nq,
+                    int64_t block, int64_t anchor, greedy *out) {
+    sr_model_reset(r);
+    int rc = SR_OK;
+    for (int p = 0; p < size && rc == SR_OK; p++) {
+        sr_star_place pl;
+        if ((rc = sr_place_star(n, block, anchor, size, p, &pl)) || pl.own.len == 0) continue;
+        sr_model_reset(a);
+        if (pl.anchor.len > 0) rc = sr_model_forward(a, ctx, pl.anchor.len, 0);
+        if (rc == SR_OK) rc = sr_model_forward(a, ctx + pl.own.pos0, pl.own.len, pl.own.pos0);
+        if (rc == SR_OK) rc = copy_kv(&a->kv, &r->kv, pl.own.pos0, pl.own.len);
+        if (rc == SR_OK && pl.own.pos0 + pl.own.len == n) { /* the last token's logits come from its run */
+            memcpy(r->state.logits, a->state.logits, sizeof(float) * (size_t)r->config.vocab_size);
+        }
+    }
+    if (rc == SR_OK && nq > 0) rc = sr_model_forward(r, qry, nq, n);
+    return rc ? rc : ref_decode(r, n + nq, out);
+}
+
+/* The same through sr_cp on every rank; out is filled on rank 0. */
+static int run_cp(sr_model *m, sr_tp *tp, const sr_cp_opts *o, const int32_t *ctx, int64_t n, const int32_t *qry,
+                  int64_t nq, greedy *out, sr_cp_stats *st) {
+    sr_cp *cp = NULL;
+    EXPECT_OK(sr_cp_open(&cp, m, tp, o));
+    int rc = sr_cp_prefill(cp, ctx, n);
+    if (rc == SR_OK && sr_cp_is_query_rank(cp)) {
+        if (nq > 0) rc = sr_cp_feed(cp, qry, nq);
+        for (int i = 0; i < out->g && rc == SR_OK; i++) {
+            memcpy(out->logits + (int64_t)i * out->vocab, m->state.logits, sizeof(float) * (size_t)out->vocab);
+            out->tok[i] = argmax(m->state.logits, out->vocab);
+            if (i + 1 < out->g) rc = sr_cp_feed(cp, &out->tok[i], 1);
+        }
+        int rc2 = sr_cp_end(cp);
+        if (rc == SR_OK) rc = rc2;
+    } else if (rc == SR_OK) {
+        rc = sr_cp_serve(cp);
+    }
+    sr_cp_get_stats(cp, st);
+    sr_cp_close(cp);
+    EXPECT_OK(rc);
+    return 0;
+}
+
+/* Compares greedy runs on rank 0; returns the failure count. */
+static int compare(const char *what, const greedy *got, const greedy *want, double tol) {
+    if (rank != 0) return 0;
+    int fails = 0;
+    double worst = 0;
+    for (int i = 0; i < want->g; i++) {
+        double e = rel_err(got->logits + (int64_t)i * got->vocab, want->logits + (int64_t)i * want->vocab, want->vocab);
+        printf("#   step %d: %.2e\n", i, e);
+        if (!(e <= worst)) worst = e;
+        if (got->tok[i] != want->tok[i]) {
+            fprintf(stderr, "%s: token %d is %d, single process gives %d\n", what, i, got->tok[i], want->tok[i]);
+            fails++;
+            break;
+        }
+    }
+    if (!(worst < tol)) {
+        fprintf(stderr, "%s: logits differ by %.3g of their scale (tolerance %.0e)\n", what, worst, tol);
+        fails++;
+    }
+    printf("# %s: %d greedy tokens, worst logit error %.2e of scale\n", what, want->g, worst);
+    return fails;
+}
+
+/* Each rank's KV after prefill: at most ceil(n / W) + one block (star) or
+ * its zigzag share (ring); together exactly the n context tokens. */
+static int check_kv(const char *what, const sr_model *m, const sr_cp_opts *o, int64_t n, const sr_cp_stats *st) {
+    int fails = 0;
+    int64_t limit = (n + size - 1) / size;
+    if (o->mode == SR_CP_STAR) {
+        limit += o->block_size;
+    } else if (o->mode == SR_CP_RING) {
+        sr_span sp[2];
+        sr_place_zigzag(n, size, rank, sp);
+        limit = sr_span_total(sp, 2);
+        if (m->kv.n_tokens != limit) fails++;
+    }
+    if (st->kv_tokens != m->kv.n_tokens || st->kv_bytes != (int64_t)sr_kv_bytes(&m->kv) || st->kv_tokens > limit)
+        fails++;
+    int64_t total = st->kv_tokens;
+    MPI_Allreduce(MPI_IN_PLACE, &total, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+    if (total != n) fails++;
+    if (fails)
+        fprintf(stderr, "rank %d %s: holds %lld KV tokens (cache %lld, limit %lld; all ranks %lld of %lld)\n", rank,
+                what, (long long)st->kv_tokens, (long long)m->kv.n_tokens, (long long)limit, (long long)total,
+                (long long)n);
+    return fails;
+}
+
+/* ------------------------------------------------------------ the cases */
+
+typedef struct {
+    const char *name;
+    int mode;
+    int64_t n, nq;    /* context and question tokens */
+    int g;            /* greedy tokens */
+    int64_t block, anchor, kv_block;
+    int star_ref;     /* 1: compare with star's definition; 0: with full attention */
+    double tol;
+    int tcp;
+} cp_case;
+
+static int run_case(const char *path, sr_tp *tp, const cp_case *c, const int32_t *text, int64_t n_text) {
+    int fails = 0;
+    sr_model *m = NULL, *ra = NULL, *rb = NULL;
+    sr_cp_opts o = {.mode = c->mode, .block_size = c->block, .anchor_size = c->anchor, .tag = 7};
+    int64_t batch = sr_cp_batch_rows(&o, c->n, size);
+    EXPECT_OK(load(path, batch > 64 ? batch : 64, c->kv_block, &m));
+    int vocab = m->config.vocab_size;
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)(c->n + c->nq));
+    for (int64_t i = 0; i < c->n + c->nq; i++) /* text if given, else hashed ids */
+        ids[i] = text && i < n_text ? text[i] : (int32_t)(mix(977 + (uint64_t)i) % (uint64_t)vocab);
+    greedy got = {0}, want = {0};
+    EXPECT_OK(greedy_alloc(&got, c->g, vocab));
+    EXPECT_OK(greedy_alloc(&want, c->g, vocab));
+    sr_cp_stats st;
+    fails += run_cp(m, tp, &o, ids, c->n, ids + c->n, c->nq, &got, &st);
+    if (!fails) fails += check_kv(c->name, m, &o, c->n, &st);
+    if (rank == 0) {
+        EXPECT_OK(load(path, 256, c->kv_block, &ra));
+        if (c->star_ref) {
+            EXPECT_OK(load(path, 256, c->kv_block, &rb));
+            EXPECT_OK(ref_star(ra, rb, ids, c->n, ids + c->n, c->nq, o.block_size ? o.block_size : SR_CP_DEFAULT_BLOCK,
+                               c->anchor, &want));
+        } else {
+            EXPECT_OK(ref_full(ra, ids, c->n, ids + c->n, c->nq, &want));
+        }
+        fails += compare(c->name, &got, &want, c->tol);
+        /* phase 2 traffic: per step a header and, per layer and KV run, one query broadcast and one gather */
+        if (c->mode != SR_CP_FULL && size > 1 && (st.n_steps < c->g - 1 + (c->nq > 0) || st.messages <= 0)) {
+            fprintf(stderr, "%s: %lld steps, %lld messages\n", c->name, (long long)st.n_steps, (long long)st.messages);
+            fails++;
+        }
+        if (c->mode == SR_CP_RING && size > 1 && !(st.ring.bytes_sent > 0 && st.ring.calls == m->config.n_layer)) {
+            fprintf(stderr, "%s: ring stats: %lld bytes sent over %lld calls\n", c->name, (long long)st.ring.bytes_sent,
+                    (long long)st.ring.calls);
+            fails++;
+        }
+    }
+    greedy_free(&got);
+    greedy_free(&want);
+    free(ids);
+    sr_model_free(m);
+    sr_model_free(ra);
+    sr_model_free(rb);
+    return fails;
+}
+
+typedef struct {
+    char *buf; /* 4096 bytes */
+    size_t len;
+} sink;
+
+static int emit(void *data, const char *s, size_t len) {
+    sink *k = data;
+    if (k->len + len < 4096) {
+        memcpy(k->buf + k->len, s, len);
+        k->len += len;
+        k->buf[k->len] = 0;
+    }
+    return 0;
+}
+
+/* sr_cp_generate streams the text sr_generate does over context + question
+ * (star with one block, so exact). */
+static int run_generate(const char *path, sr_tp *tp, const int32_t *text, int64_t n) {
+    sr_model *m = NULL;
+    sr_tokenizer *tok = NULL;
+    EXPECT_OK(load(path, 256, 0, &m));
+    EXPECT_OK(sr_tok_from_gguf(&tok, m->gguf));
+    const char *question = " Question: what is the number of the last item? Answer:";
+    int32_t *q = NULL;
+    int64_t nq = 0;
+    EXPECT_OK(sr_tok_encode(tok, question, strlen(question), 0, 0, &q, &nq));
+    sr_gen_params p = {.n_predict = 12, .sampling = sr_sampler_defaults(), .stop = NULL};
+    char got[4096] = "", want[4096] = "";
+    sr_gen_stats gs = {0};
+    sr_cp_opts o = {.mode = SR_CP_STAR, .block_size = n, .tag = 7};
+    sr_cp *cp = NULL;
+    EXPECT_OK(sr_cp_open(&cp, m, tp, &o));
+    EXPECT_OK(sr_cp_prefill(cp, text, n));
+    int fails = 0;
+    sink gsink = {got, 0}, wsink = {want, 0};
+    EXPECT_OK(sr_cp_generate(cp, tok, q, nq, &p, emit, &gsink, &gs));
+    sr_cp_close(cp);
+    if (rank == 0) {
+        int64_t n_gen = gs.n_gen;
+        int32_t *all = malloc(sizeof(int32_t) * (size_t)(n + nq));
+        memcpy(all, text, sizeof(int32_t) * (size_t)n);
+        memcpy(all + n, q, sizeof(int32_t) * (size_t)nq);
+        sr_model_reset(m);
+        EXPECT_OK(sr_generate(m, tok, all, n + nq, &p, emit, &wsink, &gs));
+        free(all);
+        if (strcmp(got, want) != 0 || n_gen != gs.n_gen || got[0] == 0) {
+            fprintf(stderr, "sr_cp_generate gave \"%s\" (%lld tokens), sr_generate \"%s\" (%lld)\n", got,
+                    (long long)n_gen, want, (long long)gs.n_gen);
+            fails++;
+        }
+        printf("# generated: \"%s\"\n", got);
+    }
+    free(q);
+    sr_tok_free(tok);
+    sr_model_free(m);
+    return fails;
+}
+
+/* Text of about n_words words with numbers, so that greedy continuations
+ * are not ties. */
+static char *make_text(int n_items) {
+    static const char *a[] = {"red", "quiet", "old", "bright", "heavy", "small", "green", "distant"};
+    static const char *b[] = {"river", "tower", "garden", "bridge", "market", "forest", "harbor", "valley"};
+    size_t cap = (size_t)n_items * 96 + 64, len = 0;
+    char *s = malloc(cap);
+    if (!s) return NULL;
+    len += (size_t)snprintf(s, cap, "A list of places and their distances.\n");
+    for (int i = 0; i < n_items; i++) {
+        uint64_t h = mix(31 + (uint64_t)i);
+        len += (size_t)snprintf(s + len, cap - len, "Item %d: the %s %s is %d meters from the %s %s.\n", i + 1,
+                                a[h & 7], b[(h >> 3) & 7], (int)((h >> 8) % 900) + 100, a[(h >> 20) & 7],
+                                b[(h >> 23) & 7]);
+    }
+    return s;
+}
+
+static int open_tcp(sr_tp **tp) {
+    for (int attempt = 0; attempt < 5; attempt++) {
+        int base = 0;
+        if (rank == 0) {
+            srand((unsigned)MPI_Wtime() ^ (unsigned)getpid() ^ (unsigned)attempt * 7919u);
+            base = 20000 + (rand() % 4000) * 10;
+        }
+        MPI_Bcast(&base, 1, MPI_INT, 0, MPI_COMM_WORLD);
+        sr_tp_opts o = sr_tp_opts_default();
+        o.rank = rank;
+        o.size = size;
+        o.base_port = base;
+        o.timeout_s = 10;
+        int bad = sr_tp_open(tp, "tcp", &o) != SR_OK;
+        MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        if (!bad) return SR_OK;
+        sr_tp_close(*tp);
+        *tp = NULL;
+    }
+    return sr_error_set(SR_ECOMM, "no free tcp ports after 5 tries");
+}
+
+/* A tiny random model written by scripts/make-tiny-model on rank 0. */
+static int make_tiny(char *path, size_t cap, const char *args) {
+    int rc = 0;
+    if (rank == 0) {
+        snprintf(path, cap, "/tmp/sr_cp_tiny_%d_%d.gguf", (int)getpid(), (int)(mix((uint64_t)(uintptr_t)args) % 1000));
+        char cmd[512];
+        snprintf(cmd, sizeof cmd, "python3 scripts/make-tiny-model %s %s >/dev/null", path, args);
+        rc = system(cmd);
+    }
+    MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    MPI_Bcast(path, (int)cap, MPI_CHAR, 0, MPI_COMM_WORLD);
+    return rc == 0 ? SR_OK : sr_error_set(SR_EIO, "scripts/make-tiny-model %s failed", args);
+}
+
+int main(int argc, char **argv) {
+    if (sr_tp_mpi_init(&argc, &argv) != SR_OK) {
+        fprintf(stderr, "MPI init: %s\n", sr_error_msg());
+        return 1;
+    }
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    sr_tp *mpi = NULL, *tcp = NULL;
+    tap(sr_tp_open(&mpi, "mpi", NULL) != SR_OK, "open mpi transport");
+    tap(open_tcp(&tcp) != SR_OK, "open tcp transport");
+    char tiny[256] = "", tiny_gqa[256] = "";
+    tap(make_tiny(tiny, sizeof tiny, "--type F32 --layers 2 --dim 128 --heads 2 --kv-heads 1 --ffn 256 --vocab 512") ||
+            make_tiny(tiny_gqa, sizeof tiny_gqa,
+                      "--type F16 --layers 3 --dim 256 --heads 8 --kv-heads 2 --ffn 384 --vocab 300 --seed 5"),
+        "tiny random models written");
+    if (!mpi || !tcp || !tiny[0]) {
+        MPI_Finalize();
+        return 1;
+    }
+
+    /* the cases on tiny models: lengths not divisible by W, the KV block or the star block */
+    static const cp_case tiny_cases[] = {
+        {"ring, tiny, n=301, question 5, KV block 16", SR_CP_RING, 301, 5, 6, 0, 0, 16, 0, 1e-4, 0},
+        {"ring, tiny, n=5 (some ranks hold nothing)", SR_CP_RING, 5, 0, 4, 0, 0, 16, 0, 1e-4, 0},
+        {"ring over tcp, tiny, n=222", SR_CP_RING, 222, 3, 4, 0, 0, 32, 0, 1e-4, 1},
+        {"star, tiny, n=301, blocks of 40, question 7", SR_CP_STAR, 301, 7, 5, 40, 0, 16, 1, 1e-4, 0},
+        {"star, tiny, n=301, blocks of 40, anchor 100, KV block 24", SR_CP_STAR, 301, 4, 4, 40, 100, 24, 1, 1e-4, 0},
+        {"star, tiny, n=150, blocks of 64, question 600 (over max_batch)", SR_CP_STAR, 150, 600, 3, 64, 0, 32, 1, 1e-4, 0},
+        {"star, tiny, one block equals full attention", SR_CP_STAR, 257, 3, 5, 300, 0, 16, 0, 1e-5, 0},
+        {"full on rank 0, tiny", SR_CP_FULL, 200, 2, 3, 0, 0, 16, 0, 1e-6, 0},
+        {"star over tcp, tiny, n=200, blocks of 30", SR_CP_STAR, 200, 2, 3, 30, 0, 16, 1, 1e-4, 1},
+    };
+    for (size_t i = 0; i < sizeof tiny_cases / sizeof tiny_cases[0]; i++) {
+        const cp_case *c = &tiny_cases[i];
+        tap(run_case(tiny, c->tcp ? tcp : mpi, c, NULL, 0), "%s (W=%d)", c->name, size);
+    }
+    {
+        cp_case c = {"ring, tiny GQA 4 f16 weights, n=333", SR_CP_RING, 333, 2, 4, 0, 0, 32, 0, 1e-4, 0};
+        tap(run_case(tiny_gqa, mpi, &c, NULL, 0), "%s (W=%d)", c.name, size);
+        cp_case s = {"star, tiny GQA 4, n=333, blocks of 50", SR_CP_STAR, 333, 9, 4, 50, 0, 32, 1, 1e-4, 0};
+        tap(run_case(tiny_gqa, mpi, &s, NULL, 0), "%s (W=%d)", s.name, size);
+    }
+
+    /* SmolLM2 over real text */
+    const char *model = getenv("SR_MODEL");
+    if (model && model[0] && access(model, R_OK) == 0) {
+        sr_model *m = NULL;
+        sr_tokenizer *tok = NULL;
+        char *text = make_text(60);
+        int32_t *ids = NULL;
+        int64_t n_ids = 0;
+        int bad = !text || load(model, 64, 0, &m) || sr_tok_from_gguf(&tok, m->gguf) ||
+                  sr_tok_encode(tok, text, strlen(text), 0, 1, &ids, &n_ids);
+        tap(bad || n_ids < 1000, "SmolLM2: %lld tokens of text", (long long)n_ids);
+        sr_tok_free(tok);
+        sr_model_free(m);
+        free(text);
+        if (!bad && n_ids >= 1000) {
+            cp_case ring = {"ring, SmolLM2, ~1k tokens", SR_CP_RING, n_ids - 8, 8, 4, 0, 0, 0, 0, 1e-3, 0};
+            tap(run_case(model, mpi, &ring, ids, n_ids), "%s (n=%lld, W=%d)", ring.name, (long long)ring.n, size);
+            cp_case one = {"star, SmolLM2, one block equals full", SR_CP_STAR, 300, 0, 3, 512, 0, 0, 0, 1e-5, 0};
+            tap(run_case(model, mpi, &one, ids, n_ids), "%s (n=%lld, W=%d)", one.name, (long long)one.n, size);
+            tap(run_generate(model, mpi, ids, 250), "SmolLM2: sr_cp_generate streams what sr_generate does (W=%d)",
+                size);
+        }
+        free(ids);
+    } else {
+        tap(1, "SmolLM2 at $SR_MODEL is readable");
+    }
+
+    if (rank == 0) {
+        unlink(tiny);
+        unlink(tiny_gqa);
+    }
+    sr_tp_close(tcp);
+    sr_tp_close(mpi);
+    if (rank == 0) printf("1..%d\n", n_tests);
+    MPI_Finalize();
+    return n_failed ? 1 : 0;
+}

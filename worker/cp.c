@@ -1,0 +1,442 @@
+/* cp: ring, star and full prefill, and the phase-2 steps of new tokens
+ * (see cp.h). */
+#include "worker/cp.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "attention/attention.h"
+#include "base/clock.h"
+#include "base/status.h"
+#include "worker/placement.h"
+
+struct sr_cp {
+    sr_model *m;
+    sr_tp *tp;          /* NULL: a single process in full mode */
+    sr_cp_opts o;
+    int rank, world;
+    sr_star *star;      /* phase 2 (sharded modes) */
+    sr_kv_cache gen;    /* query rank: KV of the new tokens, positions n_ctx.. */
+    int64_t n_ctx;      /* context tokens */
+    int64_t n_new;      /* new tokens fed since the prefill */
+    sr_kv_run *runs;    /* this rank's context KV as runs of contiguous positions */
+    int64_t n_runs;
+    int n_slots;        /* the most runs any rank holds: sr_star_query calls per layer */
+    int prefilled;
+    sr_cp_stats st;
+};
+
+static const char *const mode_names[] = {"full", "ring", "star"};
+
+const char *sr_cp_mode_name(int mode) {
+    return mode >= SR_CP_FULL && mode <= SR_CP_STAR ? mode_names[mode] : "?";
+}
+
+int sr_cp_mode_parse(const char *name) {
+    for (int i = SR_CP_FULL; i <= SR_CP_STAR; i++)
+        if (name && strcmp(name, mode_names[i]) == 0) return i;
+    return -1;
+}
+
+sr_model *sr_cp_model(const sr_cp *cp) { return cp->m; }
+int sr_cp_rank(const sr_cp *cp) { return cp->rank; }
+int sr_cp_world(const sr_cp *cp) { return cp->world; }
+int sr_cp_is_query_rank(const sr_cp *cp) { return cp->rank == SR_CP_QUERY_RANK; }
+
+int64_t sr_cp_batch_rows(const sr_cp_opts *opts, int64_t n, int world) {
+    if (!opts || opts->mode != SR_CP_RING || world < 1) return 0;
+    int64_t most = 0;
+    for (int p = 0; p < world; p++) {
+        sr_span sp[2];
+        if (sr_place_zigzag(n, world, p, sp) == SR_OK && sr_span_total(sp, 2) > most) most = sr_span_total(sp, 2);
+    }
+    return most;
+}
+
+int sr_cp_open(sr_cp **out, sr_model *m, sr_tp *tp, const sr_cp_opts *opts) {
+    if (!out || !m || !opts) return sr_error_set(SR_EINVAL, "sr_cp_open: NULL argument");
+    *out = NULL;
+    if (opts->mode < SR_CP_FULL || opts->mode > SR_CP_STAR)
+        return sr_error_set(SR_EINVAL, "context parallel: unknown mode %d", opts->mode);
+    if (opts->mode != SR_CP_FULL && !tp)
+        return sr_error_set(SR_EINVAL, "context parallel: mode %s needs a transport", sr_cp_mode_name(opts->mode));
+    if (opts->block_size < 0 || opts->anchor_size < 0 || opts->tag < 0 || opts->tag + 1 > SR_TP_TAG_MAX)
+        return sr_error_set(SR_EINVAL, "context parallel: block size %lld, anchor %lld and tag %d must be >= 0",
+                            (long long)opts->block_size, (long long)opts->anchor_size, opts->tag);
+    sr_cp *cp = calloc(1, sizeof *cp);
+    if (!cp) return sr_error_set(SR_ENOMEM, "context parallel: out of memory");
+    cp->m = m;
+    cp->tp = tp;
+    cp->o = *opts;
+    if (cp->o.block_size == 0) cp->o.block_size = SR_CP_DEFAULT_BLOCK;
+    cp->rank = tp ? sr_tp_rank(tp) : 0;
+    cp->world = tp ? sr_tp_size(tp) : 1;
+    const sr_kv_cache *kv = &m->kv;
+    int rc = sr_kv_build(&cp->gen, kv->n_layer, kv->n_head_kv, kv->head_dim, kv->dtype, kv->block_size);
+    if (rc == SR_OK && opts->mode != SR_CP_FULL) rc = sr_star_init(&cp->star, tp);
+    if (rc != SR_OK) {
+        sr_cp_close(cp);
+        return rc;
+    }
+    *out = cp;
+    return SR_OK;
+}
+
+void sr_cp_close(sr_cp *cp) {
+    if (!cp) return;
+    sr_star_free(cp->star);
+    sr_kv_free(&cp->gen);
+    free(cp->runs);
+    free(cp);
+}
+
+/* ------------------------------------------------------------- helpers */
+
+/* Whether every rank got SR_OK; a failure anywhere fails all ranks, so that
+ * none waits in a collective the others will not enter. */
+static int cp__agree(sr_cp *cp, int rc) {
+    if (!cp->tp) return rc;
+    int32_t mine = rc, *all = malloc(sizeof(int32_t) * (size_t)cp->world);
+    if (!all) return sr_error_set(SR_ENOMEM, "context parallel: out of memory");
+    int rc2 = sr_tp_allgather(cp->tp, &mine, sizeof mine, all);
+    for (int p = 0; rc2 == SR_OK && rc == SR_OK && p < cp->world; p++)
+        if (all[p] != SR_OK) rc = sr_error_set(all[p], "context parallel: rank %d failed", p);
+    free(all);
+    return rc2 != SR_OK ? rc2 : rc;
+}
+
+/* Copies n rows of layer l's K and V out of a cache, starting at slot
+ * (b, off), into dense [n][Hkv][d] buffers. */
+static void cp__kv_gather(const sr_kv_cache *c, int l, int64_t b, int64_t off, int64_t n, char *kd, char *vd) {
+    size_t rb = sr_kv_row_bytes(c);
+    while (n > 0) {
+        int64_t take = c->block_size - off < n ? c->block_size - off : n;
+        int64_t at = (int64_t)l * c->cap_blocks + b;
+        memcpy(kd, (const char *)c->k_ptr[at] + (size_t)off * rb, (size_t)take * rb);
+        memcpy(vd, (const char *)c->v_ptr[at] + (size_t)off * rb, (size_t)take * rb);
+        kd += (size_t)take * rb;
+        vd += (size_t)take * rb;
+        n -= take;
+        b++;
+        off = 0;
+    }
+}
+
+/* Keeps only the tokens at positions >= pos0 of the model's cache (phase 1
+ * of star drops the anchor). The kept tokens are copied into fresh blocks,
+ * since the anchor's last block may also hold the first own tokens. */
+static int cp__kv_drop_before(sr_model *m, int64_t pos0) {
+    sr_kv_cache *old = &m->kv, kept;
+    int64_t b = 0;
+    while (b < old->n_blocks && old->block_pos[b] + old->block_len[b] <= pos0) b++;
+    if (b == old->n_blocks) {
+        sr_kv_clear(old);
+        return SR_OK;
+    }
+    int64_t off = pos0 > old->block_pos[b] ? pos0 - old->block_pos[b] : 0, first = old->block_pos[b] + off;
+    int64_t n = old->n_tokens;
+    for (int64_t i = 0; i < b; i++) n -= old->block_len[i];
+    n -= off;
+    int rc = sr_kv_build(&kept, old->n_layer, old->n_head_kv, old->head_dim, old->dtype, old->block_size);
+    int64_t kb, koff;
+    if (rc == SR_OK && (rc = sr_kv_reserve(&kept, first, n, &kb, &koff)) != SR_OK) sr_kv_free(&kept);
+    if (rc != SR_OK) return rc;
+    /* the kept tokens are contiguous in position (one rank's own blocks),
+     * laid out from (b, off) on block after block */
+    for (int l = 0; l < old->n_layer; l++)
+        for (int64_t i = 0; i < kept.n_blocks; i++) {
+            int64_t at = (int64_t)l * kept.cap_blocks + i;
+            cp__kv_gather(old, l, b + (off + i * kept.block_size) / old->block_size,
+                          (off + i * kept.block_size) % old->block_size, kept.block_len[i], (char *)kept.k_ptr[at],
+                          (char *)kept.v_ptr[at]);
+        }
+    sr_kv_free(old);
+    *old = kept;
+    return SR_OK;
+}
+
+/* Broadcasts the logits of the last context token from the rank that
+ * computed them to every rank. */
+static int cp__share_logits(sr_cp *cp, int owner) {
+    return sr_tp_bcast(cp->tp, cp->m->state.logits, (int64_t)sizeof(float) * cp->m->config.vocab_size, owner);
+}
+
+/* ---------------------------------------------------------------- ring */
+
+/* Embeds the local rows of the spans (rows in span order) with the RoPE
+ * angles of each row's absolute position. sr_model_embed takes one
+ * contiguous range, so the angles of the later spans are made by embedding
+ * them alone first and saved. */
+static int cp__embed_spans(sr_model *m, const int32_t *tokens, const sr_span *sp, int nsp, int32_t *local) {
+    sr_run_state *s = &m->state;
+    int64_t half = m->config.rope_dim / 2, n = 0;
+    for (int i = 0; i < nsp; i++) {
+        memcpy(local + n, tokens + sp[i].pos0, sizeof(int32_t) * (size_t)sp[i].len);
+        n += sp[i].len;
+    }
+    int64_t later = n - sp[0].len;
+    float *saved = later > 0 ? malloc(sizeof(float) * (size_t)(2 * later * half + 1)) : NULL;
+    if (later > 0 && !saved) return sr_error_set(SR_ENOMEM, "ring prefill: out of memory");
+    int rc = SR_OK;
+    for (int i = 1, row = 0; i < nsp && rc == SR_OK; i++) {
+        if (sp[i].len == 0) continue;
+        if ((rc = sr_model_embed(m, tokens + sp[i].pos0, sp[i].len, sp[i].pos0)) != SR_OK) break;
+        memcpy(saved + row * half, s->rope_cos, sizeof(float) * (size_t)(sp[i].len * half));
+        memcpy(saved + (later + row) * half, s->rope_sin, sizeof(float) * (size_t)(sp[i].len * half));
+        row += (int)sp[i].len;
+    }
+    if (rc == SR_OK && (rc = sr_model_embed(m, local, n, sp[0].pos0)) == SR_OK && later > 0) {
+        memcpy(s->rope_cos + sp[0].len * half, saved, sizeof(float) * (size_t)(later * half));
+        memcpy(s->rope_sin + sp[0].len * half, saved + later * half, sizeof(float) * (size_t)(later * half));
+    }
+    free(saved);
+    return rc;
+}
+
+static int cp__prefill_ring(sr_cp *cp, const int32_t *tokens, int64_t n) {
+    sr_model *m = cp->m;
+    sr_run_state *s = &m->state;
+    const sr_model_config *c = &m->config;
+    sr_span sp[2];
+    int rc = sr_place_zigzag(n, cp->world, cp->rank, sp);
+    if (rc != SR_OK) return rc;
+    int64_t nloc = sr_span_total(sp, 2), kvd = (int64_t)c->n_head_kv * c->head_dim;
+    if (nloc > s->max_batch)
+        rc = sr_error_set(SR_EINVAL, "ring prefill: %lld local tokens do not fit a batch of %lld rows "
+                          "(load the model with max_batch >= sr_cp_batch_rows)", (long long)nloc,
+                          (long long)s->max_batch);
+    size_t rb = sr_kv_row_bytes(&m->kv);
+    char *kbuf = malloc(rb * (size_t)(nloc + 1)), *vbuf = malloc(rb * (size_t)(nloc + 1));
+    int32_t *local = malloc(sizeof(int32_t) * (size_t)(nloc + 1));
+    if (rc == SR_OK && (!kbuf || !vbuf || !local)) rc = sr_error_set(SR_ENOMEM, "ring prefill: out of memory");
+    sr_ring *ring = NULL;
+    if ((rc = cp__agree(cp, rc)) == SR_OK) rc = sr_ring_init(&ring, cp->tp, sp, 2);
+    int64_t b0[2] = {0, 0}, off0[2] = {0, 0};
+    if (rc == SR_OK && nloc > 0) rc = cp__embed_spans(m, tokens, sp, 2, local);
+    for (int i = 0; i < 2 && rc == SR_OK; i++)
+        if (sp[i].len > 0) rc = sr_kv_reserve(&m->kv, sp[i].pos0, sp[i].len, &b0[i], &off0[i]);
+    rc = cp__agree(cp, rc);
+    sr_ring_desc d = {c->n_head, c->n_head_kv, c->head_dim, m->kv.dtype, 1, 0.0f, m->n_threads, cp->o.tag};
+    for (int l = 0; l < c->n_layer && rc == SR_OK; l++) {
+        if (nloc > 0 && (rc = sr_layer_qkv(m, l)) == SR_OK) {
+            /* store in the cache, then read the cache's rows back, so that
+             * the ring sees exactly the K/V the single-process runtime would */
+            for (int i = 0, row = 0; i < 2 && rc == SR_OK; row += (int)sp[i].len, i++) {
+                if (sp[i].len == 0) continue;
+                rc = sr_kv_store(&m->kv, l, b0[i], off0[i], sp[i].len, s->k + row * kvd, s->v + row * kvd);
+                cp__kv_gather(&m->kv, l, b0[i], off0[i], sp[i].len, kbuf + (size_t)row * rb, vbuf + (size_t)row * rb);
+            }
+        }
+        rc = cp__agree(cp, rc);
+        if (rc == SR_OK) rc = sr_ring_forward(ring, &d, s->q, kbuf, vbuf, s->att, s->lse, &cp->st.ring);
+        if (rc == SR_OK && nloc > 0 && (rc = sr_layer_attn_out(m, l)) == SR_OK) rc = sr_layer_mlp(m, l);
+    }
+    /* the rank whose last row is token n-1 has the logits */
+    int owner = 0;
+    for (int p = 0; p < cp->world; p++) {
+        sr_span q[2];
+        sr_place_zigzag(n, cp->world, p, q);
+        const sr_span *last = q[1].len > 0 ? &q[1] : &q[0];
+        if (last->len > 0 && last->pos0 + last->len == n) owner = p;
+    }
+    if (rc == SR_OK && cp->rank == owner) rc = sr_model_logits(m);
+    if ((rc = cp__agree(cp, rc)) == SR_OK) rc = cp__share_logits(cp, owner);
+    sr_ring_free(ring);
+    free(kbuf);
+    free(vbuf);
+    free(local);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- star */
+
+static int cp__prefill_star(sr_cp *cp, const int32_t *tokens, int64_t n) {
+    sr_model *m = cp->m;
+    sr_star_place pl;
+    int rc = sr_place_star(n, cp->o.block_size, cp->o.anchor_size, cp->world, cp->rank, &pl);
+    if (rc != SR_OK) return rc;
+    /* the anchor and then the own tokens, each at its positions: the cache's
+     * causal attention by position is phase 1's [anchor | own] mask */
+    if (pl.own.len > 0) {
+        if (pl.anchor.len > 0) rc = sr_model_forward(m, tokens + pl.anchor.pos0, pl.anchor.len, pl.anchor.pos0);
+        if (rc == SR_OK) rc = sr_model_forward(m, tokens + pl.own.pos0, pl.own.len, pl.own.pos0);
+        if (rc == SR_OK && pl.anchor.len > 0) rc = cp__kv_drop_before(m, pl.own.pos0);
+    }
+    int owner = 0;
+    for (int p = 0; p < cp->world; p++) {
+        sr_star_place q;
+        sr_place_star(n, cp->o.block_size, cp->o.anchor_size, cp->world, p, &q);
+        if (q.own.len > 0 && q.own.pos0 + q.own.len == n) owner = p;
+    }
+    if ((rc = cp__agree(cp, rc)) == SR_OK) rc = cp__share_logits(cp, owner);
+    return rc;
+}
+
+/* ------------------------------------------------------------- prefill */
+
+int sr_cp_prefill(sr_cp *cp, const int32_t *tokens, int64_t n) {
+    if (!cp || !tokens || n < 1) return sr_error_set(SR_EINVAL, "sr_cp_prefill: no context");
+    sr_model *m = cp->m;
+    sr_model_reset(m);
+    sr_kv_clear(&cp->gen);
+    free(cp->runs);
+    cp->runs = NULL;
+    cp->n_runs = 0;
+    cp->prefilled = 0;
+    memset(&cp->st, 0, sizeof cp->st);
+    int rc = cp->tp ? sr_tp_barrier(cp->tp) : SR_OK;
+    if (rc != SR_OK) return rc;
+    double t0 = sr_now();
+    if (cp->o.mode == SR_CP_FULL) {
+        if (cp->rank == SR_CP_QUERY_RANK) rc = sr_model_forward(m, tokens, n, 0);
+        rc = cp__agree(cp, rc);
+    } else if (cp->o.mode == SR_CP_RING) {
+        rc = cp__prefill_ring(cp, tokens, n);
+    } else {
+        rc = cp__prefill_star(cp, tokens, n);
+    }
+    if (rc != SR_OK) return rc;
+    cp->st.t_prefill = sr_now() - t0;
+    cp->st.n_ctx = n;
+    cp->st.kv_tokens = m->kv.n_tokens;
+    cp->st.kv_bytes = (int64_t)sr_kv_bytes(&m->kv);
+    cp->n_ctx = n;
+    cp->n_new = 0;
+    if (cp->o.mode != SR_CP_FULL) {
+        if ((rc = sr_kv_runs(&m->kv, &cp->runs, &cp->n_runs)) != SR_OK) return rc;
+        int64_t *all = malloc(sizeof(int64_t) * (size_t)cp->world);
+        if (!all) return sr_error_set(SR_ENOMEM, "context parallel: out of memory");
+        rc = sr_tp_allgather(cp->tp, &cp->n_runs, sizeof(int64_t), all);
+        cp->n_slots = 1;
+        for (int p = 0; rc == SR_OK && p < cp->world; p++)
+            if (all[p] > cp->n_slots) cp->n_slots = (int)all[p];
+        free(all);
+        if (rc != SR_OK) return rc;
+    }
+    cp->prefilled = 1;
+    return SR_OK;
+}
+
+/* -------------------------------------------------------------- phase 2 */
+
+/* One step of nq new tokens on every rank (tokens only on the query rank). */
+static int cp__step(sr_cp *cp, const int32_t *tokens, int64_t nq) {
+    sr_model *m = cp->m;
+    sr_run_state *s = &m->state;
+    const sr_model_config *c = &m->config;
+    int root = cp->rank == SR_CP_QUERY_RANK, rc = SR_OK;
+    int64_t pos = cp->n_ctx + cp->n_new, b0 = 0, off0 = 0;
+    if (root && (rc = sr_model_embed(m, tokens, nq, pos)) == SR_OK)
+        rc = sr_kv_reserve(&cp->gen, pos, nq, &b0, &off0);
+    /* a failure before the first collective still takes part in it, with
+     * the step cut short afterwards; star queries cannot carry an error */
+    sr_star_desc d = {c->n_head, c->n_head_kv, c->head_dim, m->kv.dtype, 0.0f, m->n_threads};
+    for (int l = 0; l < c->n_layer; l++) {
+        if (root && rc == SR_OK && (rc = sr_layer_qkv(m, l)) == SR_OK)
+            rc = sr_kv_store(&cp->gen, l, b0, off0, nq, s->k, s->v);
+        for (int slot = 0; slot < cp->n_slots; slot++) {
+            sr_attn_kv ctx = {0}, fresh = {0};
+            int64_t n_ctx = 0, n_fresh = 0;
+            if (slot < cp->n_runs) {
+                const sr_kv_run *r = &cp->runs[slot];
+                int64_t at = (int64_t)l * m->kv.cap_blocks + r->b0;
+                ctx = (sr_attn_kv){NULL, NULL, &m->kv.k_ptr[at], &m->kv.v_ptr[at], m->kv.block_size};
+                n_ctx = r->len;
+            }
+            if (root && slot == 0) {
+                int64_t at = (int64_t)l * cp->gen.cap_blocks;
+                fresh = (sr_attn_kv){NULL, NULL, &cp->gen.k_ptr[at], &cp->gen.v_ptr[at], cp->gen.block_size};
+                n_fresh = cp->gen.n_tokens;
+            }
+            float *o = slot == 0 ? s->att : s->att_part, *lse = slot == 0 ? s->lse : s->lse_part;
+            int rq = sr_star_query(cp->star, &d, SR_CP_QUERY_RANK, nq, pos, s->q, &ctx, n_ctx, &fresh, n_fresh,
+                                   cp->n_ctx, o, lse, &cp->st.query);
+            if (rc == SR_OK) rc = rq;
+            if (root && rc == SR_OK && slot > 0)
+                rc = sr_attn_merge_into(s->att, s->lse, s->att_part, s->lse_part, nq * c->n_head, c->head_dim);
+        }
+        if (root && rc == SR_OK && (rc = sr_layer_attn_out(m, l)) == SR_OK) rc = sr_layer_mlp(m, l);
+    }
+    if (root && rc == SR_OK) rc = sr_model_logits(m);
+    cp->n_new += nq;
+    return rc;
+}
+
+/* The step header: how many new tokens follow; 0 ends the query. */
+static int cp__header(sr_cp *cp, int64_t *nq) {
+    int rc = sr_tp_bcast(cp->tp, nq, sizeof *nq, SR_CP_QUERY_RANK);
+    if (rc == SR_OK && cp->rank == SR_CP_QUERY_RANK) cp->st.messages += cp->world - 1;
+    return rc;
+}
+
+int sr_cp_feed(sr_cp *cp, const int32_t *tokens, int64_t n) {
+    if (!cp || !tokens || n < 1) return sr_error_set(SR_EINVAL, "sr_cp_feed: no tokens");
+    if (cp->rank != SR_CP_QUERY_RANK || !cp->prefilled)
+        return sr_error_set(SR_ESTATE, "sr_cp_feed: rank %d is not the query rank or no context is prefilled",
+                            cp->rank);
+    double t0 = sr_now();
+    int rc = SR_OK;
+    if (cp->o.mode == SR_CP_FULL) {
+        rc = sr_model_forward(cp->m, tokens, n, sr_model_next_pos(cp->m));
+        cp->st.n_steps++;
+    } else {
+        int64_t before = cp->st.query.messages;
+        for (int64_t done = 0; done < n && rc == SR_OK;) {
+            int64_t take = n - done < cp->m->state.max_batch ? n - done : cp->m->state.max_batch;
+            if ((rc = cp__header(cp, &take)) == SR_OK) rc = cp__step(cp, tokens + done, take);
+            cp->st.n_steps++;
+            done += take;
+        }
+        cp->st.messages += cp->st.query.messages - before;
+    }
+    cp->st.n_new += n;
+    cp->st.t_steps += sr_now() - t0;
+    return rc;
+}
+
+int sr_cp_end(sr_cp *cp) {
+    if (!cp || cp->rank != SR_CP_QUERY_RANK) return sr_error_set(SR_ESTATE, "sr_cp_end: not the query rank");
+    if (cp->o.mode == SR_CP_FULL) return SR_OK;
+    int64_t zero = 0;
+    return cp__header(cp, &zero);
+}
+
+int sr_cp_serve(sr_cp *cp) {
+    if (!cp) return sr_error_set(SR_EINVAL, "sr_cp_serve: NULL handle");
+    if (cp->o.mode == SR_CP_FULL || cp->rank == SR_CP_QUERY_RANK) return SR_OK;
+    if (!cp->prefilled) return sr_error_set(SR_ESTATE, "sr_cp_serve: no context is prefilled");
+    for (;;) {
+        int64_t nq = 0;
+        int rc = cp__header(cp, &nq);
+        if (rc != SR_OK || nq == 0) return rc;
+        double t0 = sr_now();
+        int64_t before = cp->st.query.messages;
+        if ((rc = cp__step(cp, NULL, nq)) != SR_OK) return rc;
+        cp->st.messages += cp->st.query.messages - before;
+        cp->st.n_steps++;
+        cp->st.n_new += nq;
+        cp->st.t_steps += sr_now() - t0;
+    }
+}
+
+void sr_cp_get_stats(const sr_cp *cp, sr_cp_stats *out) {
+    *out = cp->st;
+}
+
+int sr_cp_gather_kv(sr_cp *cp, int64_t *tokens, int64_t *bytes) {
+    int64_t mine[2] = {cp->st.kv_tokens, cp->st.kv_bytes};
+    if (!cp->tp) {
+        tokens[0] = mine[0];
+        bytes[0] = mine[1];
+        return SR_OK;
+    }
+    int64_t *all = malloc(sizeof mine * (size_t)cp->world);
+    if (!all) return sr_error_set(SR_ENOMEM, "context parallel: out of memory");
+    int rc = sr_tp_allgather(cp->tp, mine, sizeof mine, all);
+    for (int p = 0; rc == SR_OK && p < cp->world; p++) {
+        tokens[p] = all[2 * p];
+        bytes[p] = all[2 * p + 1];
+    }
+    free(all);
+    return rc;
+}

@@ -1,0 +1,122 @@
+/* cp: context parallelism, the model run over a context spread across the
+ * ranks of a transport.
+ *
+ * Prefill (collective; every rank passes the whole context's token ids):
+ *   full  the query rank runs the single-process runtime over everything;
+ *         the other ranks hold nothing.
+ *   ring  (exact) tokens placed by sr_place_zigzag; each rank embeds its
+ *         two spans at their absolute positions and, layer by layer, runs
+ *         the projections, stores its K/V, runs sr_ring_forward for the
+ *         attention over the whole context, then the output projection and
+ *         the MLP. Every local row is in the run state at once, so the
+ *         model's max_batch must hold the largest rank's share
+ *         (sr_cp_batch_rows).
+ *   star  (approximate) blocks placed by sr_place_star; each rank runs the
+ *         model over [anchor | own blocks] (anchor at positions 0.., own
+ *         tokens at their global positions, causal by position, in chunks of
+ *         max_batch), then drops the anchor's KV.
+ * After prefill every rank's sr_kv_cache (m->kv) holds the KV of its own
+ * tokens only, at their positions.
+ *
+ * Query and generation (phase 2, exact, both sharded modes): rank 0 is the
+ * query rank. It reads the user's input and writes the output, and under
+ * zigzag it already holds the last context chunk. For each step of new
+ * tokens (the question, then one generated token at a time) it broadcasts a
+ * small step header, runs embeddings, projections and MLPs, and per layer
+ * calls sr_star_query: its queries go to every rank (all heads in one
+ * message), each rank returns (O, LSE) over its context KV, merged on the
+ * query rank with the causal part over the new tokens' KV, which the query
+ * rank keeps in a cache of its own (positions n..). The other ranks follow
+ * the headers in sr_cp_serve until the query rank calls sr_cp_end, so all
+ * ranks stay in step. In full mode a step is the single-process forward. */
+#ifndef SR_WORKER_CP_H
+#define SR_WORKER_CP_H
+
+#include <stdint.h>
+
+#include "worker/generate.h"
+#include "worker/model.h"
+#include "worker/ring_attention.h"
+#include "worker/star_attention.h"
+#include "worker/transport.h"
+
+enum { SR_CP_FULL = 0, SR_CP_RING = 1, SR_CP_STAR = 2 };
+
+/* Star block size when none is given (see the report of issue 4). */
+enum { SR_CP_DEFAULT_BLOCK = 1024 };
+
+#define SR_CP_QUERY_RANK 0
+
+typedef struct {
+    int mode;            /* SR_CP_* */
+    int64_t block_size;  /* star: context tokens per block; 0: SR_CP_DEFAULT_BLOCK */
+    int64_t anchor_size; /* star: anchor tokens; 0: one block */
+    int tag;             /* ring: uses transport tags tag and tag + 1 */
+} sr_cp_opts;
+
+/* This rank's accounting. */
+typedef struct {
+    int64_t n_ctx;       /* context tokens prefilled (the whole context) */
+    double t_prefill;    /* seconds of prefill, until every rank is done */
+    int64_t kv_tokens;   /* context KV tokens held by this rank after prefill */
+    int64_t kv_bytes;    /* bytes of the blocks holding them */
+    sr_ring_stats ring;  /* ring prefill: attention, waits, transfers */
+    sr_star_stats query; /* phase 2 attention over all steps so far */
+    int64_t n_steps;     /* phase-2 steps (one per generated token, one per chunk of a question) */
+    int64_t n_new;       /* new tokens fed through them */
+    double t_steps;      /* seconds in those steps */
+    int64_t messages;    /* point-to-point messages this rank sent in phase 2 (headers and queries or parts) */
+} sr_cp_stats;
+
+typedef struct sr_cp sr_cp;
+
+/* A context-parallel runner of model m over transport tp (not owned; NULL
+ * only in full mode, meaning a single process). Collective. */
+int sr_cp_open(sr_cp **out, sr_model *m, sr_tp *tp, const sr_cp_opts *opts);
+void sr_cp_close(sr_cp *cp);
+
+/* Rows the model's run state must hold (sr_model_opts.max_batch) to prefill
+ * n tokens on world ranks in this mode; 0 when any batch works. */
+int64_t sr_cp_batch_rows(const sr_cp_opts *opts, int64_t n, int world);
+
+/* Mode name ("full", "ring", "star") and its inverse (-1 if unknown). */
+const char *sr_cp_mode_name(int mode);
+int sr_cp_mode_parse(const char *name);
+
+sr_model *sr_cp_model(const sr_cp *cp);
+int sr_cp_rank(const sr_cp *cp);
+int sr_cp_world(const sr_cp *cp);
+int sr_cp_is_query_rank(const sr_cp *cp);
+
+/* Collective: a new context of n tokens (the same on every rank). Afterwards
+ * the query rank has the logits of the last context token in
+ * m->state.logits. */
+int sr_cp_prefill(sr_cp *cp, const int32_t *tokens, int64_t n);
+
+/* Query rank: feeds n new tokens (a question, or a generated token) after
+ * everything so far; leaves the logits of the last in m->state.logits. The
+ * other ranks must be in sr_cp_serve. */
+int sr_cp_feed(sr_cp *cp, const int32_t *tokens, int64_t n);
+
+/* Query rank: tells the other ranks that the query is over. */
+int sr_cp_end(sr_cp *cp);
+
+/* Other ranks: take part in every step fed by the query rank until
+ * sr_cp_end. Returns at once on the query rank and in full mode. */
+int sr_cp_serve(sr_cp *cp);
+
+/* Collective: feeds the question (n_query tokens, may be 0: then the first
+ * token follows the context) and generates as sr_generate does, streaming
+ * text to emit on the query rank; ends the query. Only the query rank uses
+ * tok, query, p, emit and stats. */
+int sr_cp_generate(sr_cp *cp, const sr_tokenizer *tok, const int32_t *query, int64_t n_query,
+                   const sr_gen_params *p, sr_gen_emit_fn emit, void *data, sr_gen_stats *stats);
+
+/* This rank's accounting so far. */
+void sr_cp_get_stats(const sr_cp *cp, sr_cp_stats *out);
+
+/* Collective: every rank's KV tokens and bytes after prefill, in rank order
+ * (arrays of sr_cp_world entries). */
+int sr_cp_gather_kv(sr_cp *cp, int64_t *tokens, int64_t *bytes);
+
+#endif
