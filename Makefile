@@ -55,6 +55,7 @@ PROGRAMS  := $(if $(BENCH_SRC),$(BUILD)/starring-bench) $(patsubst cli/%.c,$(BUI
 
 TEST_SRC  := $(wildcard tests/unit/test_*.c)
 TEST_SUPPORT := $(filter-out tests/unit/test_%,$(wildcard tests/unit/*.c))
+MPI_SUPPORT  := $(filter-out tests/mpi/mpi_test_%,$(wildcard tests/mpi/*.c))
 TESTS     := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%) $(patsubst tests/mpi/%.c,$(BUILD)/tests/%,$(wildcard tests/mpi/mpi_test_*.c))
 ifeq ($(CUDA),1)
   TESTS   += $(patsubst tests/gpu/%.cu,$(BUILD)/tests/%,$(wildcard tests/gpu/*.cu))
@@ -86,7 +87,7 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(TEST_SUPPORT:%.c=$(BUILD)/obj/%.
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) -lcmocka
 
-$(BUILD)/tests/mpi_%: $(BUILD)/obj/tests/mpi/mpi_%.o $(LIB)
+$(BUILD)/tests/mpi_%: $(BUILD)/obj/tests/mpi/mpi_%.o $(MPI_SUPPORT:%.c=$(BUILD)/obj/%.o) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) -lcmocka
 

@@ -7,7 +7,6 @@
 
 #include <immintrin.h>
 #include <stdint.h>
-#include <string.h>
 
 #include "base/half.h"
 #include "worker/gguf.h"
@@ -104,18 +103,6 @@ static inline void sr_mm__q8_0_quants32(const uint8_t *row, int64_t g, __m512 q[
     *d = sr_mm__h2f(b->d);
     q[0] = sr_mm__i8_ps(_mm_loadu_si128((const __m128i *)b->qs));
     q[1] = sr_mm__i8_ps(_mm_loadu_si128((const __m128i *)(b->qs + 16)));
-}
-
-/* Q4_1 group g as its quants in floats and [d, m] (w = d q + m). */
-static inline void sr_mm__q4_1_quants32(const uint8_t *row, int64_t g, __m512 q[2], __m128 *dm) {
-    const sr_block_q4_1 *b = (const sr_block_q4_1 *)row + g;
-    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    uint32_t both;
-    memcpy(&both, &b->d, sizeof both);
-    *dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)both));
-    __m128i v = _mm_loadu_si128((const __m128i *)b->qs);
-    q[0] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(v), iota);
-    q[1] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_srli_epi16(v, 4)), iota);
 }
 
 /* Rows of a weight type hold whole groups of 32 except for the float types,

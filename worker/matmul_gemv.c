@@ -3,7 +3,6 @@
  * activation rows and dequantized in registers, fp32 accumulation. Threads
  * take contiguous ranges of weight rows, so each reads its own part of W. */
 #include <stddef.h>
-#include <stdlib.h>
 
 #include <omp.h>
 
@@ -18,7 +17,7 @@
 /* Rows r0..r1 of Y for NX (<= SR_MM_GEMV_ROWS) activation rows; two weight
  * rows at a time give four independent accumulation chains even at NX = 1. */
 static inline __attribute__((always_inline)) void rows_t(uint32_t type, int nx, const sr_weight *w, const float *x,
-                                                         const float *xs, float *y, int64_t r0, int64_t r1,
+                                                         float *y, int64_t r0, int64_t r1,
                                                          float *tail) {
     const int64_t k = w->k, m = w->m, groups = sr_mm__groups(k);
     const uint64_t rb = sr_ggml_row_bytes(type, k);
@@ -47,31 +46,7 @@ static inline __attribute__((always_inline)) void rows_t(uint32_t type, int nx, 
                     }
                 }
             }
-        /* Q4_1: d * (q . x) + m * sum(x); [d, m] * [1, xs] gives the scale in
-         * lane 0 and the offset term, summed in lane 1 of off */
-        __m128 off[2][SR_MM_GEMV_ROWS];
-        for (int a = 0; a < 2; a++)
-            for (int i = 0; i < SR_MM_GEMV_ROWS; i++) off[a][i] = _mm_setzero_ps();
-        for (int64_t g0 = 0; g0 < groups && type == SR_GGML_Q4_1; g0 += 2)
-            for (int u = 0; u < 2; u++) {
-                const int64_t g = g0 + u;
-                if (g >= groups) break;
-                __m512 q[2][2];
-                __m128 dm[2];
-                sr_mm__q4_1_quants32(row[0], g, q[0], &dm[0]);
-                if (nw == 2) sr_mm__q4_1_quants32(row[1], g, q[1], &dm[1]);
-                for (int i = 0; i < nx; i++) {
-                    __m512 x0 = _mm512_loadu_ps(x + i * k + 32 * g), x1 = _mm512_loadu_ps(x + i * k + 32 * g + 16);
-                    __m128 xsv = _mm_setr_ps(1, xs[i * groups + g], 0, 0);
-                    for (int a = 0; a < nw; a++) {
-                        __m512 t = _mm512_fmadd_ps(q[a][1], x1, _mm512_mul_ps(q[a][0], x0));
-                        __m128 prod = _mm_mul_ps(dm[a], xsv);
-                        acc[a][i][u] = _mm512_fmadd_ps(t, _mm512_broadcastss_ps(prod), acc[a][i][u]);
-                        off[a][i] = _mm_add_ps(off[a][i], prod);
-                    }
-                }
-            }
-        for (int64_t g = 0; g < groups && type != SR_GGML_Q8_0 && type != SR_GGML_Q4_1; g++) {
+        for (int64_t g = 0; g < groups && type != SR_GGML_Q8_0; g++) {
             __m512 wv[2][2];
             sr_mm__load32(type, row[0], g, wv[0]);
             if (nw == 2) sr_mm__load32(type, row[1], g, wv[1]);
@@ -89,8 +64,7 @@ static inline __attribute__((always_inline)) void rows_t(uint32_t type, int nx, 
             int64_t done = groups * 32;
             if (done < k) sr_dequant_row(type, row[a] + sr_ggml_row_bytes(type, done), k - done, tail);
             for (int i = 0; i < nx; i++) {
-                float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[a][i][0], acc[a][i][1])) +
-                          _mm_cvtss_f32(_mm_movehdup_ps(off[a][i]));
+                float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[a][i][0], acc[a][i][1]));
                 for (int64_t j = done; j < k; j++) s += tail[j - done] * x[i * k + j];
                 y[i * m + r + a] = s;
             }
@@ -100,13 +74,13 @@ static inline __attribute__((always_inline)) void rows_t(uint32_t type, int nx, 
 
 #define NX_CASES(T)                                                   \
     switch (nx) {                                                     \
-    case 1: rows_t(T, 1, w, x, xs, y, r0, r1, tail); break;               \
-    case 2: rows_t(T, 2, w, x, xs, y, r0, r1, tail); break;               \
-    case 3: rows_t(T, 3, w, x, xs, y, r0, r1, tail); break;               \
-    default: rows_t(T, SR_MM_GEMV_ROWS, w, x, xs, y, r0, r1, tail); break; \
+    case 1: rows_t(T, 1, w, x, y, r0, r1, tail); break;               \
+    case 2: rows_t(T, 2, w, x, y, r0, r1, tail); break;               \
+    case 3: rows_t(T, 3, w, x, y, r0, r1, tail); break;               \
+    default: rows_t(T, SR_MM_GEMV_ROWS, w, x, y, r0, r1, tail); break; \
     }
 
-static void rows(const sr_weight *w, int nx, const float *x, const float *xs, float *y, int64_t r0, int64_t r1) {
+static void rows(const sr_weight *w, int nx, const float *x, float *y, int64_t r0, int64_t r1) {
     float tail[32];
     switch (w->type) {
     case SR_GGML_F32: NX_CASES(SR_GGML_F32); break;
@@ -124,7 +98,7 @@ static void rows(const sr_weight *w, int nx, const float *x, const float *xs, fl
  * dot it with each activation row (the compiler vectorizes what it can). */
 enum { CHUNK = 256, LANES = 16 };
 
-static void rows(const sr_weight *w, int nx, const float *x, const float *xs, float *y, int64_t r0, int64_t r1) {
+static void rows(const sr_weight *w, int nx, const float *x, float *y, int64_t r0, int64_t r1) {
     const int64_t k = w->k, m = w->m, bs = sr_dequant_block_size(w->type);
     const uint64_t rb = sr_ggml_row_bytes(w->type, k);
     const int64_t chunk = CHUNK - CHUNK % bs;
@@ -153,19 +127,6 @@ static void rows(const sr_weight *w, int nx, const float *x, const float *xs, fl
 
 int sr_mm_gemv(const sr_weight *w, const float *x, float *y, int64_t n, int n_threads) {
     const int64_t k = w->k, m = w->m;
-    /* sums of x per group of 32, for the Q4_1 offsets */
-    const int64_t groups = k / 32;
-    float *xs = NULL;
-    if (w->type == SR_GGML_Q4_1) {
-        xs = malloc((size_t)(n * groups) * sizeof(float));
-        if (!xs) return sr_error_set(SR_ENOMEM, "sr_matmul: no memory for %lld activation sums", (long long)(n * groups));
-        for (int64_t i = 0; i < n; i++)
-            for (int64_t g = 0; g < groups; g++) {
-                float s = 0;
-                for (int j = 0; j < 32; j++) s += x[i * k + 32 * g + j];
-                xs[i * groups + g] = s;
-            }
-    }
     /* below ~16 rows a thread, starting it costs more than it saves */
     int64_t useful = m / 16 > 0 ? m / 16 : 1;
     int nt = (int64_t)n_threads < useful ? n_threads : (int)useful;
@@ -177,9 +138,8 @@ int sr_mm_gemv(const sr_weight *w, const float *x, float *y, int64_t n, int n_th
         int64_t r0 = per * t, r1 = r0 + per < m ? r0 + per : m;
         for (int64_t i0 = 0; i0 < n && r0 < r1; i0 += SR_MM_GEMV_ROWS) {
             int nx = n - i0 < SR_MM_GEMV_ROWS ? (int)(n - i0) : SR_MM_GEMV_ROWS;
-            rows(w, nx, x + i0 * k, xs ? xs + i0 * groups : NULL, y + i0 * m, r0, r1);
+            rows(w, nx, x + i0 * k, y + i0 * m, r0, r1);
         }
     }
-    free(xs);
     return SR_OK;
 }

@@ -13,6 +13,8 @@
 #define ROWS_PER_ITEM 128
 /* Shortest KV piece worth its own work item and partial result. */
 #define MIN_SPLIT_KEYS 1024
+/* Cap on the memory of the partial results of a split KV range. */
+#define MAX_PARTIAL_BYTES ((size_t)256 << 20)
 
 int sr_attn_cpu_forward(const sr_attn_desc *d, const float *q, const sr_attn_kv *kv, float *o,
                         float *lse, int n_threads) {
@@ -35,6 +37,9 @@ int sr_attn_cpu_forward(const sr_attn_desc *d, const float *q, const sr_attn_kv 
     if (items_q < 2 * (int64_t)n_threads && kend >= 2 * MIN_SPLIT_KEYS) {
         n_split = (4 * (int64_t)n_threads + items_q - 1) / items_q;
         if (n_split > kend / MIN_SPLIT_KEYS) n_split = kend / MIN_SPLIT_KEYS;
+        size_t part = (size_t)d->nq * d->n_head_q * (d->head_dim + 1) * sizeof(float);
+        if ((size_t)n_split > MAX_PARTIAL_BYTES / part) n_split = (int64_t)(MAX_PARTIAL_BYTES / part);
+        if (n_split < 1) n_split = 1;
     }
     /* pieces are whole key tiles */
     int64_t piece = (kend + n_split - 1) / n_split;

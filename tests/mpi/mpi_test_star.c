@@ -25,41 +25,7 @@
 #include "worker/placement.h"
 #include "worker/star_attention.h"
 #include "worker/transport.h"
-
-static int rank, size, n_tests, n_failed;
-
-static void tap(int local_fail, const char *fmt, ...) {
-    int fail = local_fail != 0;
-    MPI_Allreduce(MPI_IN_PLACE, &fail, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    n_tests++;
-    n_failed += fail;
-    if (rank != 0) return;
-    char name[240];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(name, sizeof name, fmt, ap);
-    va_end(ap);
-    printf("%sok %d - %s\n", fail ? "not " : "", n_tests, name);
-    fflush(stdout);
-}
-
-#define EXPECT_OK(call)                                                                             \
-    do {                                                                                            \
-        int rc_ = (call);                                                                           \
-        if (rc_ != SR_OK) {                                                                         \
-            fprintf(stderr, "rank %d: %s:%d: %s -> %s: %s\n", rank, __FILE__, __LINE__, #call,      \
-                    sr_strerror(rc_), sr_error_msg());                                              \
-            return 1;                                                                               \
-        }                                                                                           \
-    } while (0)
-
-static float val(uint64_t seed, int64_t pos, int64_t idx) {
-    uint64_t z = seed * 0x9e3779b97f4a7c15ull + (uint64_t)pos * 0xbf58476d1ce4e5b9ull + (uint64_t)idx + 1;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return (float)((double)(z >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
+#include "tests/mpi/mpi_support.h"
 
 typedef struct {
     int hq, hkv, hd, dtype;
@@ -345,35 +311,8 @@ static int t_query(sr_tp *tp, const q_case *c) {
     return fails;
 }
 
-static int open_tcp(sr_tp **tp) {
-    for (int attempt = 0; attempt < 5; attempt++) {
-        int base = 0;
-        if (rank == 0) {
-            srand((unsigned)(MPI_Wtime() * 1e6) ^ (unsigned)attempt * 7919u);
-            base = 20000 + (rand() % 4000) * 10;
-        }
-        MPI_Bcast(&base, 1, MPI_INT, 0, MPI_COMM_WORLD);
-        sr_tp_opts o = sr_tp_opts_default();
-        o.rank = rank;
-        o.size = size;
-        o.base_port = base;
-        o.timeout_s = 10;
-        int bad = sr_tp_open(tp, "tcp", &o) != SR_OK;
-        MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-        if (!bad) return SR_OK;
-        sr_tp_close(*tp);
-        *tp = NULL;
-    }
-    return sr_error_set(SR_ECOMM, "no free tcp ports after 5 tries");
-}
-
 int main(int argc, char **argv) {
-    if (sr_tp_mpi_init(&argc, &argv) != SR_OK) {
-        fprintf(stderr, "MPI init: %s\n", sr_error_msg());
-        return 1;
-    }
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (mpi_test_init(&argc, &argv)) return 1;
     sr_tp *mpi = NULL, *tcp = NULL;
     tap(sr_tp_open(&mpi, "mpi", NULL) != SR_OK, "open mpi transport");
     tap(open_tcp(&tcp) != SR_OK, "open tcp transport");
@@ -418,7 +357,5 @@ int main(int argc, char **argv) {
     }
     sr_tp_close(tcp);
     sr_tp_close(mpi);
-    if (rank == 0) printf("1..%d\n", n_tests);
-    MPI_Finalize();
-    return n_failed ? 1 : 0;
+    return mpi_test_finish();
 }

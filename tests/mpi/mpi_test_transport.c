@@ -14,12 +14,12 @@
 
 #include "base/status.h"
 #include "worker/transport.h"
+#include "tests/mpi/mpi_support.h"
 
 #if SR_HAVE_CUDA
 #include <cuda_runtime.h>
 #endif
 
-static int rank, size, n_tests, n_failed;
 static int on_device; /* buffers handed to the transport are GPU memory (nccl) */
 
 /* Buffers the transport moves: host memory, or device memory staged through
@@ -64,38 +64,6 @@ static void tbuf_get(void *dst, const void *src, int64_t n) {
     memcpy(dst, src, (size_t)n);
 }
 
-/* Records one TAP result: failed if any rank failed. */
-static void tap(int local_fail, const char *fmt, ...) {
-    int fail = local_fail != 0;
-    MPI_Allreduce(MPI_IN_PLACE, &fail, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    n_tests++;
-    n_failed += fail;
-    if (rank != 0) return;
-    char name[200];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(name, sizeof name, fmt, ap);
-    va_end(ap);
-    printf("%sok %d - %s\n", fail ? "not " : "", n_tests, name);
-    fflush(stdout);
-}
-
-static void tap_skip(const char *name, const char *why) {
-    n_tests++;
-    if (rank == 0) printf("ok %d - %s # SKIP %s\n", n_tests, name, why);
-}
-
-/* A call that must succeed; counts and explains a failure. */
-#define EXPECT_OK(call)                                                                             \
-    do {                                                                                            \
-        int rc_ = (call);                                                                           \
-        if (rc_ != SR_OK) {                                                                         \
-            fprintf(stderr, "rank %d: %s:%d: %s -> %s: %s\n", rank, __FILE__, __LINE__, #call,      \
-                    sr_strerror(rc_), sr_error_msg());                                              \
-            fails++;                                                                                \
-        }                                                                                           \
-    } while (0)
-
 static unsigned char pattern(int from, int to, int tag, int64_t i) {
     return (unsigned char)(from * 131 + to * 31 + tag * 7 + i * 13 + (i >> 11));
 }
@@ -122,16 +90,16 @@ static int t_sizes(sr_tp *tp, int64_t n, int poll_with_test) {
     tbuf_put(ds, s, n);
     tbuf_put(dr, r, n + 1);
     sr_tp_req *rq[2] = {0};
-    EXPECT_OK(sr_tp_irecv(tp, dr, n, prev, tag, &rq[0]));
-    EXPECT_OK(sr_tp_isend(tp, ds, n, next, tag, &rq[1]));
+    COUNT_OK(sr_tp_irecv(tp, dr, n, prev, tag, &rq[0]));
+    COUNT_OK(sr_tp_isend(tp, ds, n, next, tag, &rq[1]));
     if (poll_with_test && !fails) {
         int done[2] = {0, 0};
         for (long spins = 0; !(done[0] && done[1]) && spins < 100000000L; spins++)
             for (int k = 0; k < 2; k++)
-                if (!done[k]) EXPECT_OK(sr_tp_test(rq[k], &done[k]));
+                if (!done[k]) COUNT_OK(sr_tp_test(rq[k], &done[k]));
         fails += !(done[0] && done[1]);
     }
-    EXPECT_OK(sr_tp_waitall(2, rq));
+    COUNT_OK(sr_tp_waitall(2, rq));
     tbuf_get(r, dr, n + 1);
     fails += check(r, n, prev, rank, tag);
     fails += r[n] != 0xee; /* nothing written past the end */
@@ -151,15 +119,15 @@ static int t_tags(sr_tp *tp) {
     fill(s1, n1, rank, next, 1);
     fill(s2, n2, rank, next, 2);
     sr_tp_req *q[4] = {0};
-    EXPECT_OK(sr_tp_isend(tp, s1, n1, next, 1, &q[0]));
-    EXPECT_OK(sr_tp_isend(tp, s2, n2, next, 2, &q[1]));
+    COUNT_OK(sr_tp_isend(tp, s1, n1, next, 1, &q[0]));
+    COUNT_OK(sr_tp_isend(tp, s2, n2, next, 2, &q[1]));
     /* let tag 1 arrive first, so it must wait in the unexpected list */
     usleep(20000);
-    EXPECT_OK(sr_tp_irecv(tp, r2, n2, prev, 2, &q[2]));
-    EXPECT_OK(sr_tp_wait(q[2]));
+    COUNT_OK(sr_tp_irecv(tp, r2, n2, prev, 2, &q[2]));
+    COUNT_OK(sr_tp_wait(q[2]));
     q[2] = NULL;
-    EXPECT_OK(sr_tp_irecv(tp, r1, n1, prev, 1, &q[3]));
-    EXPECT_OK(sr_tp_waitall(4, q));
+    COUNT_OK(sr_tp_irecv(tp, r1, n1, prev, 1, &q[3]));
+    COUNT_OK(sr_tp_waitall(4, q));
     fails += check(r1, n1, prev, rank, 1) + check(r2, n2, prev, rank, 2);
     free(s1);
     free(s2);
@@ -182,13 +150,13 @@ static int t_all_pairs(sr_tp *tp) {
         r[p] = tbuf_alloc(rn);
         fill(h, n, rank, p, tag);
         tbuf_put(s[p], h, n);
-        EXPECT_OK(sr_tp_irecv(tp, r[p], rn, p, tag, &q[p]));
+        COUNT_OK(sr_tp_irecv(tp, r[p], rn, p, tag, &q[p]));
     }
     for (int k = 0; k < size; k++) {
         int p = (rank + k) % size;
-        EXPECT_OK(sr_tp_isend(tp, s[p], n, p, tag, &q[size + p]));
+        COUNT_OK(sr_tp_isend(tp, s[p], n, p, tag, &q[size + p]));
     }
-    EXPECT_OK(sr_tp_waitall(2 * size, q));
+    COUNT_OK(sr_tp_waitall(2 * size, q));
     for (int p = 0; p < size; p++) {
         tbuf_get(h, r[p], 10000 + 17 * p);
         fails += check(h, 10000 + 17 * p, p, rank, tag);
@@ -210,7 +178,7 @@ static int t_bcast(sr_tp *tp, int64_t n) {
         if (rank == root) fill(b, n, root, -1, 3);
         else memset(b, 0, (size_t)n);
         tbuf_put(d, b, n);
-        EXPECT_OK(sr_tp_bcast(tp, d, n, root));
+        COUNT_OK(sr_tp_bcast(tp, d, n, root));
         tbuf_get(b, d, n);
         fails += check(b, n, root, -1, 3);
     }
@@ -229,14 +197,14 @@ static int t_gather(sr_tp *tp, int64_t n) {
     for (int root = 0; root < size; root++) {
         memset(r, 0, (size_t)n * size);
         tbuf_put(dr, r, n * size);
-        EXPECT_OK(sr_tp_gather(tp, ds, n, dr, root));
+        COUNT_OK(sr_tp_gather(tp, ds, n, dr, root));
         tbuf_get(r, dr, n * size);
         if (rank == root)
             for (int p = 0; p < size; p++) fails += check(r + (int64_t)p * n, n, p, -2, 4);
     }
     memset(r, 0, (size_t)n * size);
     tbuf_put(dr, r, n * size);
-    EXPECT_OK(sr_tp_allgather(tp, ds, n, dr));
+    COUNT_OK(sr_tp_allgather(tp, ds, n, dr));
     tbuf_get(r, dr, n * size);
     for (int p = 0; p < size; p++) fails += check(r + (int64_t)p * n, n, p, -2, 4);
     free(s);
@@ -253,8 +221,8 @@ static int t_length_mismatch(sr_tp *tp) {
     unsigned char s[10], r[12];
     fill(s, 10, rank, next, 7);
     sr_tp_req *qs = NULL, *qr = NULL;
-    EXPECT_OK(sr_tp_isend(tp, s, 10, next, 7, &qs));
-    EXPECT_OK(sr_tp_irecv(tp, r, 12, prev, 7, &qr));
+    COUNT_OK(sr_tp_isend(tp, s, 10, next, 7, &qs));
+    COUNT_OK(sr_tp_irecv(tp, r, 12, prev, 7, &qr));
     int rc = sr_tp_wait(qr);
     if (rc != SR_EFORMAT) {
         fprintf(stderr, "rank %d: short message gave %s, expected SR_EFORMAT\n", rank, sr_strerror(rc));
@@ -263,8 +231,8 @@ static int t_length_mismatch(sr_tp *tp) {
         fprintf(stderr, "rank %d: unhelpful message: %s\n", rank, sr_error_msg());
         fails++;
     }
-    EXPECT_OK(sr_tp_wait(qs));
-    EXPECT_OK(sr_tp_barrier(tp));
+    COUNT_OK(sr_tp_wait(qs));
+    COUNT_OK(sr_tp_barrier(tp));
     fails += t_sizes(tp, 100, 0);
     return fails;
 }
@@ -296,32 +264,11 @@ static void run_suite(sr_tp *tp, const char *be) {
     tap(t_bcast(tp, 4097) + t_bcast(tp, 0), "%s: bcast from every root (4097 and 0 bytes)", be);
     tap(t_gather(tp, 3001), "%s: gather to every root, allgather", be);
     int fails = 0;
-    EXPECT_OK(sr_tp_barrier(tp));
+    COUNT_OK(sr_tp_barrier(tp));
     tap(fails, "%s: barrier", be);
     if (!nccl) tap(t_length_mismatch(tp), "%s: length mismatch gives SR_EFORMAT and the transport recovers", be);
     tap(t_bad_args(tp), "%s: bad arguments give SR_EINVAL", be);
     on_device = 0;
-}
-
-/* Opens tcp on a random base port agreed over MPI; retries if the ports were taken. */
-static int open_tcp(sr_tp **tp) {
-    srand((unsigned)time(NULL) ^ (unsigned)getpid());
-    for (int attempt = 0; attempt < 5; attempt++) {
-        int base = 20000 + (rand() % 4000) * 10;
-        MPI_Bcast(&base, 1, MPI_INT, 0, MPI_COMM_WORLD);
-        sr_tp_opts o = sr_tp_opts_default();
-        o.rank = rank;
-        o.size = size;
-        o.base_port = base;
-        o.timeout_s = 10;
-        int rc = sr_tp_open(tp, "tcp", &o), bad = rc != SR_OK;
-        if (bad) fprintf(stderr, "rank %d: tcp open on base port %d: %s\n", rank, base, sr_error_msg());
-        MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-        if (!bad) return SR_OK;
-        sr_tp_close(*tp);
-        *tp = NULL;
-    }
-    return SR_ECOMM;
 }
 
 /* After a peer closes, operations on it fail with SR_ECOMM and say which rank. */
@@ -336,7 +283,7 @@ static int t_tcp_disconnect(sr_tp *tp) {
     if (rank == 0) {
         char b[8];
         sr_tp_req *q = NULL;
-        EXPECT_OK(sr_tp_irecv(tp, b, 8, 1, 0, &q));
+        COUNT_OK(sr_tp_irecv(tp, b, 8, 1, 0, &q));
         int rc = sr_tp_wait(q);
         if (rc != SR_ECOMM || !strstr(sr_error_msg(), "rank 1")) {
             fprintf(stderr, "rank 0: receive from a closed peer gave %s: %s\n", sr_strerror(rc), sr_error_msg());
@@ -351,17 +298,12 @@ static int t_tcp_disconnect(sr_tp *tp) {
 }
 
 int main(int argc, char **argv) {
-    if (sr_tp_mpi_init(&argc, &argv) != SR_OK) {
-        fprintf(stderr, "MPI init: %s\n", sr_error_msg());
-        return 1;
-    }
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (mpi_test_init(&argc, &argv)) return 1;
     int fails = 0;
     sr_tp *tp = NULL;
 
     /* mpi */
-    EXPECT_OK(sr_tp_open(&tp, "mpi", NULL));
+    COUNT_OK(sr_tp_open(&tp, "mpi", NULL));
     tap(fails, "mpi: open");
     if (tp) run_suite(tp, "mpi");
     sr_tp_close(tp);
@@ -369,7 +311,7 @@ int main(int argc, char **argv) {
 
     /* tcp */
     fails = 0;
-    EXPECT_OK(open_tcp(&tp));
+    COUNT_OK(open_tcp(&tp));
     tap(fails, "tcp: open on 127.0.0.1 with a random base port");
     if (tp) {
         run_suite(tp, "tcp");
@@ -380,7 +322,7 @@ int main(int argc, char **argv) {
     /* nccl */
     if (sr_tp_available("nccl")) {
         fails = 0;
-        EXPECT_OK(sr_tp_open(&tp, "nccl", NULL));
+        COUNT_OK(sr_tp_open(&tp, "nccl", NULL));
         tap(fails, "nccl: open");
         if (tp) run_suite(tp, "nccl");
         sr_tp_close(tp);
@@ -399,7 +341,5 @@ int main(int argc, char **argv) {
     sr_tp *bad = (sr_tp *)1;
     tap(sr_tp_open(&bad, "carrier-pigeon", NULL) != SR_EINVAL || bad != NULL, "unknown backend name gives SR_EINVAL");
 
-    if (rank == 0) printf("1..%d\n", n_tests);
-    MPI_Finalize();
-    return n_failed ? 1 : 0;
+    return mpi_test_finish();
 }

@@ -1,0 +1,49 @@
+/* Support for the tests that run under mpirun: TAP results agreed by every
+ * rank, a check macro, deterministic values, and a tcp transport on free
+ * ports. Linked into every tests/mpi/mpi_test_* program. */
+#ifndef SR_TESTS_MPI_SUPPORT_H
+#define SR_TESTS_MPI_SUPPORT_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "base/status.h"
+#include "worker/transport.h"
+
+extern int rank, size;           /* this process in MPI_COMM_WORLD */
+extern int n_tests, n_failed;    /* TAP results so far */
+
+/* Initialises MPI (and rank, size); returns non-zero on failure. */
+int mpi_test_init(int *argc, char ***argv);
+/* Prints the plan, finalises MPI; returns the exit status. */
+int mpi_test_finish(void);
+
+/* Records one result: failed if local_fail is non-zero on any rank. Rank 0
+ * prints the TAP line. Collective. */
+void tap(int local_fail, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void tap_skip(const char *name, const char *why);
+
+/* A call that must succeed: explains a failure on stderr, then runs on_fail. */
+#define CHECK_CALL(call, on_fail)                                                                   \
+    do {                                                                                            \
+        int rc_ = (call);                                                                           \
+        if (rc_ != SR_OK) {                                                                         \
+            fprintf(stderr, "rank %d: %s:%d: %s -> %s: %s\n", rank, __FILE__, __LINE__, #call,      \
+                    sr_strerror(rc_), sr_error_msg());                                              \
+            on_fail;                                                                                \
+        }                                                                                           \
+    } while (0)
+/* ... returning 1 from the caller */
+#define EXPECT_OK(call) CHECK_CALL(call, return 1)
+/* ... counting the failure in the caller's `fails` */
+#define COUNT_OK(call) CHECK_CALL(call, fails++)
+
+/* Uniform in [-1, 1) from (seed, position, index) (splitmix64), so that every
+ * rank can build any token's rows. */
+float val(uint64_t seed, int64_t pos, int64_t idx);
+
+/* Opens the tcp transport over all ranks on a random base port agreed over
+ * MPI, retrying if the ports were taken. Collective. */
+int open_tcp(sr_tp **tp);
+
+#endif
