@@ -16,7 +16,7 @@ CUDA_HOME ?= /usr/local/cuda
 
 ifeq ($(SAN),1)
   BUILD ?= build-san
-  OPT   := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+  OPT   := -O1 -g -march=native -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
   LDSAN := -fsanitize=address,undefined
 else ifeq ($(PORTABLE),1)
   BUILD ?= build-portable

@@ -95,6 +95,31 @@ static int parse_list(const char *s, int64_t **out, int64_t *n) {
     return SR_OK;
 }
 
+/* Strict numbers: the whole argument must parse. */
+static int num_i64(const char *arg, const char *opt, int64_t *out) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(arg, &end, 10);
+    if (errno || end == arg || *end) {
+        fprintf(stderr, "starring-run: %s wants an integer, not '%s'\n", opt, arg);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int num_f32(const char *arg, const char *opt, float *out) {
+    char *end;
+    errno = 0;
+    float v = strtof(arg, &end);
+    if (errno || end == arg || *end) {
+        fprintf(stderr, "starring-run: %s wants a number, not '%s'\n", opt, arg);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 static int emit_stdout(void *data, const char *text, size_t len) {
     fwrite(text, 1, len, stdout);
     fflush(stdout);
@@ -130,7 +155,7 @@ static int dump_logits(sr_model *m, const int32_t *ids, int64_t n, const char *p
 }
 
 int main(int argc, char **argv) {
-    const char *model_path = NULL, *prompt = NULL, *file = NULL, *ids_arg = NULL, *system = NULL;
+    const char *model_path = NULL, *prompt = NULL, *file = NULL, *ids_arg = NULL, *sys_msg = NULL;
     const char *dump = NULL, *dump_pos = NULL;
     int chat = 0;
     sr_gen_params gp = {.n_predict = 128, .sampling = sr_sampler_defaults(), .stop = NULL};
@@ -151,30 +176,40 @@ int main(int argc, char **argv) {
         {0, 0, 0, 0},
     };
     sr_log_init("run", -1, SR_LOG_WARN);
-    int c;
+    int c, bad = 0;
+    int64_t v;
     while ((c = getopt_long(argc, argv, "m:p:f:n:t:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model_path = optarg; break;
         case 'p': prompt = optarg; break;
         case 'f': file = optarg; break;
-        case 'n': gp.n_predict = atoll(optarg); break;
-        case 't': mo.n_threads = atoi(optarg); break;
+        case 'n': bad |= num_i64(optarg, "-n", &gp.n_predict); break;
+        case 't':
+            bad |= num_i64(optarg, "--threads", &v);
+            mo.n_threads = v > 0 && v <= 4096 ? (int)v : 0;
+            break;
         case 'h': fputs(usage, stdout); return 0;
         case O_CHAT: chat = 1; break;
-        case O_SYSTEM: system = optarg; break;
-        case O_TEMP: gp.sampling.temperature = strtof(optarg, NULL); break;
-        case O_TOPK: gp.sampling.top_k = atoi(optarg); break;
-        case O_TOPP: gp.sampling.top_p = strtof(optarg, NULL); break;
-        case O_PEN: gp.sampling.repeat_penalty = strtof(optarg, NULL); break;
-        case O_SEED: gp.sampling.seed = strtoull(optarg, NULL, 10); break;
+        case O_SYSTEM: sys_msg = optarg; break;
+        case O_TEMP: bad |= num_f32(optarg, "--temp", &gp.sampling.temperature); break;
+        case O_TOPK:
+            bad |= num_i64(optarg, "--top-k", &v);
+            gp.sampling.top_k = v >= 0 && v < (1 << 30) ? (int)v : -1;
+            break;
+        case O_TOPP: bad |= num_f32(optarg, "--top-p", &gp.sampling.top_p); break;
+        case O_PEN: bad |= num_f32(optarg, "--repeat-penalty", &gp.sampling.repeat_penalty); break;
+        case O_SEED:
+            bad |= num_i64(optarg, "--seed", &v);
+            gp.sampling.seed = (uint64_t)v;
+            break;
         case O_KV:
             if (strcmp(optarg, "f16") == 0) mo.kv_dtype = SR_DT_F16;
             else if (strcmp(optarg, "bf16") == 0) mo.kv_dtype = SR_DT_BF16;
             else if (strcmp(optarg, "f32") == 0) mo.kv_dtype = SR_DT_F32;
             else { fprintf(stderr, "starring-run: --kv-type must be f16, bf16 or f32\n"); return 2; }
             break;
-        case O_BLOCK: mo.block_size = atoll(optarg); break;
-        case O_BATCH: mo.max_batch = atoll(optarg); break;
+        case O_BLOCK: bad |= num_i64(optarg, "--block-size", &mo.block_size); break;
+        case O_BATCH: bad |= num_i64(optarg, "--batch", &mo.max_batch); break;
         case O_STOP: gp.stop = optarg; break;
         case O_DUMP: dump = optarg; break;
         case O_DUMPPOS: dump_pos = optarg; break;
@@ -182,8 +217,9 @@ int main(int argc, char **argv) {
         default: fputs(usage, stderr); return 2;
         }
     }
+    if (bad) return 2;
     if (!model_path || (!prompt && !file && !ids_arg) || (dump && !dump_pos) || mo.n_threads <= 0 ||
-        gp.n_predict < 0 || mo.block_size < 0 || mo.max_batch < 0) {
+        gp.n_predict < 0 || mo.block_size < 0 || mo.max_batch < 0 || gp.sampling.top_k < 0) {
         fputs(usage, stderr);
         return 2;
     }
@@ -209,7 +245,7 @@ int main(int argc, char **argv) {
         if (file) rc = read_file(file, &text, &len);
         const char *p = file ? text : prompt;
         if (rc == SR_OK && chat) {
-            if (!(chat_text = sr_chat_prompt(tok, system, p)))
+            if (!(chat_text = sr_chat_prompt(tok, sys_msg, p)))
                 rc = sr_error_set(SR_EINVAL, "the model's chat template could not be applied");
             p = chat_text;
         }
@@ -223,9 +259,9 @@ int main(int argc, char **argv) {
     } else if (rc == SR_OK) {
         sr_gen_stats st;
         rc = sr_generate(m, tok, ids, n_ids, &gp, emit_stdout, NULL, &st);
-        fputc('\n', stdout);
-        fflush(stdout);
-        if (rc == SR_OK)
+        if (rc == SR_OK) {
+            fputc('\n', stdout);
+            fflush(stdout);
             fprintf(stderr,
                     "starring-run: prompt %lld tokens in %.3f s (%.1f tok/s), generated %lld tokens in %.3f s "
                     "(%.1f tok/s), kv %.1f MiB, %d threads\n",
@@ -233,12 +269,13 @@ int main(int argc, char **argv) {
                     (long long)st.n_gen, st.t_decode,
                     st.n_decode / (st.t_decode > 0 ? st.t_decode : 1e-9), sr_kv_bytes(&m->kv) / 1048576.0,
                     mo.n_threads);
+        }
     }
     if (rc) fprintf(stderr, "starring-run: %s\n", sr_error_msg());
     free(ids);
     free(text);
     free(chat_text);
-    sr_tok_free(tok);
+    if (tok) sr_tok_free(tok);
     sr_model_free(m);
     return rc ? 1 : 0;
 }

@@ -4,6 +4,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "attention/attention.h"
 #include "base/clock.h"
@@ -178,12 +179,13 @@ static int cp__embed_spans(sr_model *m, const int32_t *tokens, const sr_span *sp
     float *saved = later > 0 ? malloc(sizeof(float) * (size_t)(2 * later * half + 1)) : NULL;
     if (later > 0 && !saved) return sr_error_set(SR_ENOMEM, "ring prefill: out of memory");
     int rc = SR_OK;
-    for (int i = 1, row = 0; i < nsp && rc == SR_OK; i++) {
+    int64_t row = 0;
+    for (int i = 1; i < nsp && rc == SR_OK; i++) {
         if (sp[i].len == 0) continue;
         if ((rc = sr_model_embed(m, tokens + sp[i].pos0, sp[i].len, sp[i].pos0)) != SR_OK) break;
         memcpy(saved + row * half, s->rope_cos, sizeof(float) * (size_t)(sp[i].len * half));
         memcpy(saved + (later + row) * half, s->rope_sin, sizeof(float) * (size_t)(sp[i].len * half));
-        row += (int)sp[i].len;
+        row += sp[i].len;
     }
     if (rc == SR_OK && (rc = sr_model_embed(m, local, n, sp[0].pos0)) == SR_OK && later > 0) {
         memcpy(s->rope_cos + sp[0].len * half, saved, sizeof(float) * (size_t)(later * half));
@@ -221,7 +223,8 @@ static int cp__prefill_ring(sr_cp *cp, const int32_t *tokens, int64_t n) {
         if (nloc > 0 && (rc = sr_layer_qkv(m, l)) == SR_OK) {
             /* store in the cache, then read the cache's rows back, so that
              * the ring sees exactly the K/V the single-process runtime would */
-            for (int i = 0, row = 0; i < 2 && rc == SR_OK; row += (int)sp[i].len, i++) {
+            int64_t row = 0;
+            for (int i = 0; i < 2 && rc == SR_OK; row += sp[i].len, i++) {
                 if (sp[i].len == 0) continue;
                 rc = sr_kv_store(&m->kv, l, b0[i], off0[i], sp[i].len, s->k + row * kvd, s->v + row * kvd);
                 cp__kv_gather(&m->kv, l, b0[i], off0[i], sp[i].len, kbuf + (size_t)row * rb, vbuf + (size_t)row * rb);
@@ -423,20 +426,16 @@ void sr_cp_get_stats(const sr_cp *cp, sr_cp_stats *out) {
     *out = cp->st;
 }
 
-int sr_cp_gather_kv(sr_cp *cp, int64_t *tokens, int64_t *bytes) {
-    int64_t mine[2] = {cp->st.kv_tokens, cp->st.kv_bytes};
+int sr_cp_gather(sr_cp *cp, sr_cp_rank_info *all) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return sr_error_set(SR_EIO, "getrusage failed");
+    const sr_cp_stats *st = &cp->st;
+    sr_cp_rank_info mine = {st->kv_tokens, st->kv_bytes, (int64_t)ru.ru_maxrss * 1024, st->t_prefill,
+                            st->ring.compute_s, st->ring.wait_s, st->ring.bytes_sent, st->messages, st->n_steps,
+                            st->query.compute_s, st->query.comm_s};
     if (!cp->tp) {
-        tokens[0] = mine[0];
-        bytes[0] = mine[1];
+        all[0] = mine;
         return SR_OK;
     }
-    int64_t *all = malloc(sizeof mine * (size_t)cp->world);
-    if (!all) return sr_error_set(SR_ENOMEM, "context parallel: out of memory");
-    int rc = sr_tp_allgather(cp->tp, mine, sizeof mine, all);
-    for (int p = 0; rc == SR_OK && p < cp->world; p++) {
-        tokens[p] = all[2 * p];
-        bytes[p] = all[2 * p + 1];
-    }
-    free(all);
-    return rc;
+    return sr_tp_allgather(cp->tp, &mine, sizeof mine, all);
 }

@@ -112,11 +112,30 @@ int sr_cp_serve(sr_cp *cp);
 int sr_cp_generate(sr_cp *cp, const sr_tokenizer *tok, const int32_t *query, int64_t n_query,
                    const sr_gen_params *p, sr_gen_emit_fn emit, void *data, sr_gen_stats *stats);
 
+/* Token ids of a context and of a question to feed after it (question may
+ * be NULL: then *n_q is 0, or with chat the template's closing text). With
+ * chat the model's template wraps "context\nquestion" as one user message,
+ * cut where the context text ends. The context starts with BOS if the
+ * model asks for it. *ctx and *q are malloc'ed. */
+int sr_cp_encode(const sr_tokenizer *tok, const char *context, const char *question, int chat, const char *system,
+                 int32_t **ctx, int64_t *n_ctx, int32_t **q, int64_t *n_q);
+
 /* This rank's accounting so far. */
 void sr_cp_get_stats(const sr_cp *cp, sr_cp_stats *out);
 
-/* Collective: every rank's KV tokens and bytes after prefill, in rank order
- * (arrays of sr_cp_world entries). */
-int sr_cp_gather_kv(sr_cp *cp, int64_t *tokens, int64_t *bytes);
+/* One rank's figures, as gathered for a report. */
+typedef struct {
+    int64_t kv_tokens, kv_bytes; /* context KV after prefill */
+    int64_t peak_rss;            /* bytes (getrusage) */
+    double t_prefill;
+    double ring_compute_s, ring_wait_s; /* ring prefill attention, and waits on transfers */
+    int64_t ring_bytes_sent;
+    int64_t messages, n_steps;   /* phase 2 */
+    double query_compute_s, query_comm_s; /* phase 2 attention, and its broadcasts and gathers */
+} sr_cp_rank_info;
+
+/* Collective: every rank's figures in rank order (sr_cp_world entries), on
+ * every rank. */
+int sr_cp_gather(sr_cp *cp, sr_cp_rank_info *all);
 
 #endif

@@ -130,3 +130,45 @@ int sr_cp_generate(sr_cp *cp, const sr_tokenizer *tok, const int32_t *query, int
     int rc2 = sr_cp_end(cp);
     return rc != SR_OK ? rc : rc2;
 }
+
+int sr_cp_encode(const sr_tokenizer *tok, const char *context, const char *question, int chat, const char *system,
+                 int32_t **ctx, int64_t *n_ctx, int32_t **q, int64_t *n_q) {
+    *ctx = *q = NULL;
+    *n_ctx = *n_q = 0;
+    if (!tok || !context) return sr_error_set(SR_EINVAL, "sr_cp_encode: no context");
+    size_t lc = strlen(context), lq = question ? strlen(question) : 0;
+    char *user = NULL, *full = NULL;
+    const char *text = context, *rest = question ? question : "";
+    size_t cut = lc;
+    int rc = SR_OK;
+    if (chat) {
+        user = malloc(lc + lq + 2);
+        if (!user) return sr_error_set(SR_ENOMEM, "out of memory for the prompt");
+        memcpy(user, context, lc);
+        user[lc] = 0;
+        if (question) {
+            user[lc] = '\n';
+            memcpy(user + lc + 1, question, lq + 1);
+        }
+        full = sr_chat_prompt(tok, system, user);
+        if (!full) rc = sr_error_set(SR_EINVAL, "the model's chat template could not be applied");
+        /* a template that rewrites the message leaves no place to cut: all
+         * of it is context then */
+        const char *at = full ? strstr(full, user) : NULL;
+        text = full;
+        cut = at ? (size_t)(at - full) + lc : full ? strlen(full) : 0;
+        rest = full ? full + cut : "";
+    }
+    if (rc == SR_OK) rc = sr_tok_encode(tok, text, cut, chat, 1, ctx, n_ctx);
+    if (rc == SR_OK && *rest) rc = sr_tok_encode(tok, rest, strlen(rest), chat, 0, q, n_q);
+    if (rc == SR_OK && *n_ctx == 0) rc = sr_error_set(SR_EINVAL, "the context has no tokens");
+    if (rc != SR_OK) {
+        free(*ctx);
+        free(*q);
+        *ctx = *q = NULL;
+        *n_ctx = *n_q = 0;
+    }
+    free(user);
+    free(full);
+    return rc;
+}

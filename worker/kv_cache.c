@@ -114,33 +114,35 @@ static int kv__add_block(sr_kv_cache *c, int64_t pos) {
 }
 
 int sr_kv_reserve(sr_kv_cache *c, int64_t pos, int64_t n, int64_t *b0, int64_t *off0) {
-    if (n <= 0 || pos < 0) return sr_error_set(SR_EINVAL, "kv cache: reserve of %lld tokens at %lld", (long long)n, (long long)pos);
+    if (n <= 0 || pos < 0)
+        return sr_error_set(SR_EINVAL, "kv cache: reserve of %lld tokens at %lld", (long long)n, (long long)pos);
     int64_t last = c->n_blocks - 1;
     if (last >= 0 && pos < c->block_pos[last] + c->block_len[last])
         return sr_error_set(SR_EINVAL, "kv cache: position %lld is before the end of the cache (%lld)",
                             (long long)pos, (long long)(c->block_pos[last] + c->block_len[last]));
     int continues = last >= 0 && c->block_len[last] < c->block_size &&
                     pos == c->block_pos[last] + c->block_len[last];
+    int64_t old_blocks = c->n_blocks, old_len = last >= 0 ? c->block_len[last] : 0;
+    int rc = SR_OK;
     if (continues) {
         *b0 = last;
         *off0 = c->block_len[last];
     } else {
-        int rc = kv__add_block(c, pos);
-        if (rc) return rc;
+        rc = kv__add_block(c, pos);
         *b0 = c->n_blocks - 1;
         *off0 = 0;
     }
-    int64_t b = *b0, left = n;
-    while (left > 0) {
+    for (int64_t b = *b0, left = n; rc == SR_OK && left > 0;) {
         int64_t take = c->block_size - c->block_len[b];
         if (take > left) take = left;
         c->block_len[b] += take;
         left -= take;
-        if (left > 0) {
-            int rc = kv__add_block(c, c->block_pos[b] + c->block_size);
-            if (rc) return rc;
-            b = c->n_blocks - 1;
-        }
+        if (left > 0 && (rc = kv__add_block(c, c->block_pos[b] + c->block_size)) == SR_OK) b = c->n_blocks - 1;
+    }
+    if (rc) { /* out of memory: leave the cache as it was */
+        while (c->n_blocks > old_blocks) free(c->blocks[--c->n_blocks]);
+        if (last >= 0) c->block_len[last] = old_len;
+        return rc;
     }
     c->n_tokens += n;
     return SR_OK;
@@ -173,7 +175,8 @@ int sr_kv_store(sr_kv_cache *c, int layer, int64_t b0, int64_t off0, int64_t n, 
     int64_t b = b0, off = off0, done = 0;
     while (done < n) {
         if (b >= c->n_blocks)
-            return sr_error_set(SR_EINVAL, "kv cache: store of %lld tokens runs past the reserved blocks", (long long)n);
+            return sr_error_set(SR_EINVAL, "kv cache: store of %lld tokens runs past the reserved blocks",
+                                (long long)n);
         int64_t take = c->block_size - off;
         if (take > n - done) take = n - done;
         char *kd = (char *)c->k_ptr[(int64_t)layer * c->cap_blocks + b] + (size_t)off * rb;

@@ -21,6 +21,11 @@ static inline __attribute__((always_inline)) void rows_t(uint32_t type, int nx, 
                                                          float *tail) {
     const int64_t k = w->k, m = w->m, groups = sr_mm__groups(k);
     const uint64_t rb = sr_ggml_row_bytes(type, k);
+    /* the hardware prefetcher alone leaves much of the bandwidth unused
+     * (Zen 4: Q8_0 at 6.5 GB/s a thread, 13 with this): fetch 1-2 KB ahead
+     * of each row's current group, the shorter distance for short rows as
+     * measured (harmless past the end) */
+    const uint64_t gbytes = groups > 0 ? rb / (uint64_t)groups : 0, ahead = rb < 768 ? 1024 : 2048;
     for (int64_t r = r0; r < r1; r += 2) {
         const int nw = r + 1 < r1 ? 2 : 1;
         const uint8_t *row[2] = {(const uint8_t *)w->data + rb * (uint64_t)r, NULL};
@@ -36,6 +41,8 @@ static inline __attribute__((always_inline)) void rows_t(uint32_t type, int nx, 
                 if (g >= groups) break;
                 __m512 q[2][2];
                 float d[2];
+                _mm_prefetch((const char *)row[0] + ahead + (uint64_t)g * gbytes, _MM_HINT_T0);
+                _mm_prefetch((const char *)row[1] + ahead + (uint64_t)g * gbytes, _MM_HINT_T0);
                 sr_mm__q8_0_quants32(row[0], g, q[0], &d[0]);
                 if (nw == 2) sr_mm__q8_0_quants32(row[1], g, q[1], &d[1]);
                 for (int i = 0; i < nx; i++) {
@@ -48,6 +55,8 @@ static inline __attribute__((always_inline)) void rows_t(uint32_t type, int nx, 
             }
         for (int64_t g = 0; g < groups && type != SR_GGML_Q8_0; g++) {
             __m512 wv[2][2];
+            _mm_prefetch((const char *)row[0] + ahead + (uint64_t)g * gbytes, _MM_HINT_T0);
+            _mm_prefetch((const char *)row[1] + ahead + (uint64_t)g * gbytes, _MM_HINT_T0);
             sr_mm__load32(type, row[0], g, wv[0]);
             if (nw == 2) sr_mm__load32(type, row[1], g, wv[1]);
             for (int i = 0; i < nx; i++) {

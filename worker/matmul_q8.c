@@ -98,6 +98,8 @@ static inline __attribute__((always_inline)) void rows_t(uint32_t type, int nx, 
     const uint64_t rb = sr_ggml_row_bytes(type, k);
     const float c = type == SR_GGML_Q4_1 ? 1.0f : type == SR_GGML_Q4_0 ? -8.0f : 0.0f;
     const __m128 cv = _mm_setr_ps(1, c, 0, 0);
+    /* software prefetch as in the fp32 kernel (matmul_gemv.c) */
+    const uint64_t gbytes = groups > 0 ? rb / (uint64_t)groups : 0, ahead = rb < 768 ? 1024 : 2048;
     for (int64_t r = r0; r < r1; r += 2) {
         const int nw = r + 1 < r1 ? 2 : 1;
         const uint8_t *row[2] = {(const uint8_t *)w->data + rb * (uint64_t)r, NULL};
@@ -112,6 +114,8 @@ static inline __attribute__((always_inline)) void rows_t(uint32_t type, int nx, 
         for (int64_t g = 0; g < groups; g++) {
             __m128 dm[2];
             __m256i wq[2];
+            _mm_prefetch((const char *)row[0] + ahead + (uint64_t)g * gbytes, _MM_HINT_T0);
+            _mm_prefetch((const char *)row[1] + ahead + (uint64_t)g * gbytes, _MM_HINT_T0);
             wq[0] = wquants(type, row[0], g, &dm[0]);
             if (nw == 2) wq[1] = wquants(type, row[1], g, &dm[1]);
             for (int i = 0; i < nx; i++) {

@@ -92,7 +92,8 @@ int sr_model_config_read(sr_model_config *c, const sr_gguf *g) {
     if (n_head_kv == 0 || n_head % n_head_kv != 0)
         return sr_error_set(SR_EFORMAT, "model: %u query heads are not a multiple of %u KV heads", n_head, n_head_kv);
     if (head_dim == 0 || head_dim > 256 || head_dim % 16 != 0)
-        return sr_error_set(SR_EUNSUPPORTED, "model: head dim %u is not supported (a multiple of 16 up to 256)", head_dim);
+        return sr_error_set(SR_EUNSUPPORTED, "model: head dim %u is not supported (a multiple of 16 up to 256)",
+                            head_dim);
     if (rope_dim > head_dim || rope_dim % 2 != 0)
         return sr_error_set(SR_EFORMAT, "model: rope dimension %u does not fit head dim %u", rope_dim, head_dim);
     c->dim = (int)dim;
@@ -129,7 +130,8 @@ int sr_model_config_read(sr_model_config *c, const sr_gguf *g) {
             return rc;
         c->rope_orig_ctx = orig;
         if (!(c->rope_high_freq > c->rope_low_freq) || c->rope_factor <= 0)
-            return sr_error_set(SR_EFORMAT, "model: llama3 rope scaling needs high_freq_factor > low_freq_factor and factor > 0");
+            return sr_error_set(SR_EFORMAT,
+                                "model: llama3 rope scaling needs high_freq_factor > low_freq_factor and factor > 0");
     } else if (!str__eq(type, "none")) {
         return sr_error_set(SR_EUNSUPPORTED, "model: rope scaling '%.*s' is not supported (none, linear, llama3 are)",
                             (int)(type.len > 32 ? 32 : type.len), type.ptr);
@@ -166,7 +168,8 @@ static int w__matrix(const sr_gguf *g, const char *name, int64_t k, int64_t m, i
     for (uint32_t i = 2; i < t->n_dims && i < 4; i++) extra |= t->ne[i] != 1;
     if (t->n_dims < 1 || t->ne[0] != k || (t->n_dims >= 2 ? t->ne[1] : 1) != m || extra)
         return sr_error_set(SR_EFORMAT, "model: tensor '%s' has shape [%lld, %lld], expected [%lld, %lld]", name,
-                            (long long)t->ne[0], (long long)(t->n_dims >= 2 ? t->ne[1] : 1), (long long)k, (long long)m);
+                            (long long)t->ne[0], (long long)(t->n_dims >= 2 ? t->ne[1] : 1), (long long)k,
+                            (long long)m);
     if (!w__supported(t->type))
         return sr_error_set(SR_EUNSUPPORTED, "model: tensor '%s' has type %s, which matmul does not support", name,
                             sr_ggml_type_name(t->type));
@@ -244,7 +247,7 @@ static int build_state(sr_run_state *s, const sr_model_config *c, const sr_model
         {&s->x, B * c->dim}, {&s->xb, B * c->dim}, {&s->q, B * qd}, {&s->k, B * kvd}, {&s->v, B * kvd},
         {&s->att, B * qd}, {&s->lse, B * c->n_head}, {&s->att_part, B * qd}, {&s->lse_part, B * c->n_head},
         {&s->hb, B * c->hidden_dim}, {&s->hb2, B * c->hidden_dim}, {&s->rope_cos, B * half + 1},
-        {&s->rope_sin, B * half + 1}, {&s->inv_freq, half + 1}, {&s->logits, c->vocab_size},
+        {&s->rope_sin, B * half + 1}, {&s->logits, c->vocab_size},
     };
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) {
         void *p = NULL;
@@ -252,7 +255,11 @@ static int build_state(sr_run_state *s, const sr_model_config *c, const sr_model
             return sr_error_set(SR_ENOMEM, "model: out of memory for the run state (batch %lld)", (long long)B);
         *bufs[i].p = p;
     }
-    /* Per-pair frequencies, with llama3 or tensor-given scaling folded in. */
+    s->inv_freq = malloc((size_t)(half + 1) * sizeof(double));
+    if (!s->inv_freq) return sr_error_set(SR_ENOMEM, "model: out of memory for the run state");
+    /* Per-pair frequencies, with llama3 or tensor-given scaling folded in;
+     * double, since position x frequency must stay exact to ~1e-9 rad at
+     * a million tokens. */
     for (int64_t i = 0; i < half; i++) {
         double f = pow((double)c->rope_theta, -2.0 * (double)i / (double)c->rope_dim);
         if (w->rope_freqs) {
@@ -269,15 +276,16 @@ static int build_state(sr_run_state *s, const sr_model_config *c, const sr_model
                 f = (1.0 - smooth) * f / c->rope_factor + smooth * f;
             }
         }
-        s->inv_freq[i] = (float)(f / c->rope_scale);
+        s->inv_freq[i] = f / c->rope_scale;
     }
     return SR_OK;
 }
 
 static void free_state(sr_run_state *s) {
     float *bufs[] = {s->x, s->xb, s->q, s->k, s->v, s->att, s->lse, s->att_part, s->lse_part,
-                     s->hb, s->hb2, s->rope_cos, s->rope_sin, s->inv_freq, s->logits};
+                     s->hb, s->hb2, s->rope_cos, s->rope_sin, s->logits};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) free(bufs[i]);
+    free(s->inv_freq);
     memset(s, 0, sizeof(*s));
 }
 
@@ -361,6 +369,21 @@ static void rope(float *x, int64_t n, int n_heads, const sr_model_config *c, con
     }
 }
 
+/* e^x for x in [-87, 88] within ~2 ulp, written so that loops over it
+ * vectorize (libm's expf does not without -ffast-math): x = k ln2 + r,
+ * e^r by a degree-6 polynomial, 2^k through the exponent bits. */
+static inline float exp_approx(float x) {
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest: 1.5 * 2^23 */
+    float r = x - k * 0.693145751953125f - k * 1.428606765330187e-06f;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.166666672f + r * (0.0416666493f + r * (0.00833345205f +
+                                                                                         r * 0.00138888958f)))));
+    int32_t bits = ((int32_t)k + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof(scale));
+    return p * scale;
+}
+
 static void residual_add(float *x, const float *d, int64_t count, int nt) {
 #pragma omp parallel for num_threads(nt) if (count > 65536)
     for (int64_t i = 0; i < count; i++) x[i] += d[i];
@@ -387,7 +410,7 @@ int sr_model_embed(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0) 
     for (int64_t i = 0; i < n; i++) {
         double p = (double)(pos0 + i);
         for (int j = 0; j < half; j++) {
-            double a = p * (double)s->inv_freq[j];
+            double a = p * s->inv_freq[j];
             s->rope_cos[i * half + j] = (float)cos(a);
             s->rope_sin[i * half + j] = (float)sin(a);
         }
@@ -468,11 +491,10 @@ int sr_layer_mlp(sr_model *m, int l) {
     if ((rc = sr_matmul(&L->w_gate, s->xb, s->hb, s->n, nt)) || (rc = sr_matmul(&L->w_up, s->xb, s->hb2, s->n, nt)))
         return rc;
     int64_t count = s->n * c->hidden_dim;
-#pragma omp parallel for num_threads(nt) if (count > 65536)
-    for (int64_t i = 0; i < count; i++) {
-        float g = s->hb[i];
-        s->hb[i] = g / (1.0f + expf(-g)) * s->hb2[i]; /* SiLU(gate) * up */
-    }
+    float *restrict gate = s->hb;
+    const float *restrict up = s->hb2;
+#pragma omp parallel for simd num_threads(nt) if (count > 65536)
+    for (int64_t i = 0; i < count; i++) gate[i] = gate[i] / (1.0f + exp_approx(-gate[i])) * up[i]; /* SiLU(gate) * up */
     if ((rc = sr_matmul(&L->w_down, s->hb, s->xb, s->n, nt))) return rc;
     residual_add(s->x, s->xb, s->n * c->dim, nt);
     return SR_OK;

@@ -10,7 +10,9 @@
  *   for each layer l:
  *     sr_layer_qkv            x -> q, k, v (RMSNorm, projections, bias, RoPE)
  *     sr_layer_kv_append      k, v -> the KV cache
- *     sr_layer_attention      q over the cache -> att (and its LSE)
+ *     sr_layer_attention      q over every run of the local cache -> att, lse
+ *                             (merged by LSE; other ranks' parts merge in
+ *                             the same way, sr_attn_merge_into)
  *     sr_layer_attn_out       x += att Wo^T
  *     sr_layer_mlp            x += SwiGLU(RMSNorm(x))
  *   sr_model_logits           last row of x -> logits
@@ -87,9 +89,9 @@ typedef struct {
     float *hb2;         /* (max_batch, hidden_dim) up */
     float *rope_cos;    /* (max_batch, rope_dim/2) */
     float *rope_sin;    /* (max_batch, rope_dim/2) */
-    float *inv_freq;    /* (rope_dim/2) per-pair frequency, scaling applied */
+    double *inv_freq;   /* (rope_dim/2) per-pair frequency, scaling applied */
     float *logits;      /* (vocab_size) of the last row */
-    int64_t kv_b0, kv_off0; /* where sr_layer_kv_append writes (set by the first layer's append) */
+    int64_t kv_b0, kv_off0; /* where sr_layer_kv_append writes (set by sr_model_kv_reserve) */
 } sr_run_state;
 
 typedef struct {
@@ -112,8 +114,9 @@ typedef struct {
  * on an unknown architecture or a missing key. */
 int sr_model_config_read(sr_model_config *c, const sr_gguf *g);
 
-/* Opens a GGUF file (opts NULL: 1 thread, f16 KV, default sizes), checks every tensor's shape and type against the config,
- * and builds the run state and an empty KV cache. */
+/* Opens a GGUF file (opts NULL: 1 thread, f16 KV, default sizes), checks
+ * every tensor's shape and type against the config, and builds the run
+ * state and an empty KV cache. */
 int sr_model_load(sr_model **out, const char *path, const sr_model_opts *opts);
 void sr_model_free(sr_model *m);
 

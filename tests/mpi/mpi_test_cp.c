@@ -347,6 +347,20 @@ static int run_generate(const char *path, sr_tp *tp, const int32_t *text, int64_
     int fails = 0;
     sink gsink = {got, 0}, wsink = {want, 0};
     EXPECT_OK(sr_cp_generate(cp, tok, q, nq, &p, emit, &gsink, &gs));
+    /* every rank's figures reach every rank: the context once, some memory, phase 2 messages from rank 0 */
+    sr_cp_rank_info *info = calloc((size_t)size, sizeof *info);
+    EXPECT_OK(sr_cp_gather(cp, info));
+    int64_t held = 0;
+    for (int r = 0; r < size; r++) {
+        held += info[r].kv_tokens;
+        if (info[r].peak_rss <= 0 || info[r].t_prefill <= 0) fails++;
+    }
+    if (held != n || (size > 1 && info[0].messages < info[0].n_steps * m->config.n_layer * (size - 1))) {
+        fprintf(stderr, "rank %d: gathered %lld KV tokens of %lld, %lld messages over %lld steps\n", rank,
+                (long long)held, (long long)n, (long long)info[0].messages, (long long)info[0].n_steps);
+        fails++;
+    }
+    free(info);
     sr_cp_close(cp);
     if (rank == 0) {
         int64_t n_gen = gs.n_gen;
@@ -452,6 +466,7 @@ int main(int argc, char **argv) {
         {"star, tiny, n=301, blocks of 40, anchor 100, KV block 24", SR_CP_STAR, 301, 4, 4, 40, 100, 24, 1, 1e-4, 0},
         {"star, tiny, n=150, blocks of 64, question 600 (over max_batch)", SR_CP_STAR, 150, 600, 3, 64, 0, 32, 1, 1e-4, 0},
         {"star, tiny, one block equals full attention", SR_CP_STAR, 257, 3, 5, 300, 0, 16, 0, 1e-5, 0},
+        {"star, tiny, two blocks: the anchor is all that precedes block 2, so exact", SR_CP_STAR, 250, 3, 4, 125, 0, 16, 0, 1e-5, 0},
         {"full on rank 0, tiny", SR_CP_FULL, 200, 2, 3, 0, 0, 16, 0, 1e-6, 0},
         {"star over tcp, tiny, n=200, blocks of 30", SR_CP_STAR, 200, 2, 3, 30, 0, 16, 1, 1e-4, 1},
     };
@@ -483,6 +498,8 @@ int main(int argc, char **argv) {
         if (!bad && n_ids >= 1000) {
             cp_case ring = {"ring, SmolLM2, ~1k tokens", SR_CP_RING, n_ids - 8, 8, 4, 0, 0, 0, 0, 1e-3, 0};
             tap(run_case(model, mpi, &ring, ids, n_ids), "%s (n=%lld, W=%d)", ring.name, (long long)ring.n, size);
+            cp_case star = {"star, SmolLM2, blocks of 128, question 8", SR_CP_STAR, 600, 8, 3, 128, 0, 0, 1, 5e-4, 0};
+            tap(run_case(model, mpi, &star, ids, n_ids), "%s (n=%lld, W=%d)", star.name, (long long)star.n, size);
             cp_case one = {"star, SmolLM2, one block equals full", SR_CP_STAR, 300, 0, 3, 512, 0, 0, 0, 1e-5, 0};
             tap(run_case(model, mpi, &one, ids, n_ids), "%s (n=%lld, W=%d)", one.name, (long long)one.n, size);
             tap(run_generate(model, mpi, ids, 250), "SmolLM2: sr_cp_generate streams what sr_generate does (W=%d)",

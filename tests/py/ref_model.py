@@ -49,6 +49,11 @@ class RefModel:
         self.rope_dim = int(g("rope.dimension_count", self.head_dim))
         self.eps = float(g("attention.layer_norm_rms_epsilon", 1e-5))
         self.theta = float(g("rope.freq_base", 10000.0))
+        self.scaling = g("rope.scaling.type", "none")
+        self.factor = float(g("rope.scaling.factor", 1.0))
+        self.low = float(g("rope.scaling.low_freq_factor", 1.0))
+        self.high = float(g("rope.scaling.high_freq_factor", 4.0))
+        self.orig_ctx = float(g("rope.scaling.original_context_length", 0))
         self.t = {}
         for t in r.tensors:
             a = np.asarray(t.data)
@@ -63,6 +68,16 @@ class RefModel:
         # x: [n, heads, head_dim]; rotates the first rope_dim dims of each head
         half = self.rope_dim // 2
         inv = self.theta ** (-2.0 * np.arange(half, dtype=np.float64) / self.rope_dim)
+        if "rope_freqs.weight" in self.t:  # llama3 factors as a tensor
+            inv = inv / self.t["rope_freqs.weight"].astype(np.float64)
+        elif self.scaling == "llama3":  # Meta's formula from the original context length
+            wavelen = 2 * np.pi / inv
+            smooth = (self.orig_ctx / wavelen - self.low) / (self.high - self.low)
+            mid = (1 - smooth) * inv / self.factor + smooth * inv
+            inv = np.where(wavelen > self.orig_ctx / self.low, inv / self.factor,
+                           np.where(wavelen < self.orig_ctx / self.high, inv, mid))
+        elif self.scaling == "linear":
+            inv = inv / self.factor
         ang = pos[:, None].astype(np.float64) * inv[None, :]
         cos = np.cos(ang).astype(self.dtype)[:, None, :]
         sin = np.sin(ang).astype(self.dtype)[:, None, :]

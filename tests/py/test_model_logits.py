@@ -38,7 +38,10 @@ def c_logits(model, ids, positions, vocab, extra=()):
         out = os.path.join(d, "logits.bin")
         cmd = [RUN, "-m", model, "--ids", " ".join(map(str, ids)), "--dump-logits", out,
                "--dump-positions", ",".join(map(str, positions)), "-t", "2"] + list(extra)
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        # passive: on a machine shared with other tests, spinning threads wait
+        # out whole time slices at every barrier
+        env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "passive"))
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if r.returncode != 0:
             print("# %s failed: %s" % (" ".join(cmd[:2] + cmd[4:]), r.stderr.strip()[-500:]))
             return None
@@ -134,12 +137,83 @@ def tiny():
             compare("tiny %s %s" % (arch, typ), path, ids, [0, 5, 150, 299], ref, "f16", ["--batch", "64"])
 
 
+def rope_scaling():
+    """RoPE scaling on a tiny F32 model rewritten with scaling metadata (and
+    no tokenizer: the logit dump takes ids): linear, llama3 from metadata, and
+    llama3 as a rope_freqs.weight tensor holding the same factors."""
+    import gguf
+    maker = os.path.join(ROOT, "scripts", "make-tiny-model")
+    if not os.path.exists(maker):
+        return
+    with tempfile.TemporaryDirectory() as d:
+        base = os.path.join(d, "base.gguf")
+        subprocess.run([maker, base, "--type", "F32"], check=True, capture_output=True)
+        r = gguf.GGUFReader(base)
+        head_dim = 64  # make-tiny-model: dim 256, 4 heads
+        inv = 10000.0 ** (-2.0 * np.arange(head_dim // 2) / head_dim)
+        wavelen = 2 * np.pi / inv
+        orig, factor, low, high = 64, 8.0, 1.0, 4.0
+        smooth = (orig / wavelen - low) / (high - low)
+        scaled = np.where(wavelen > orig / low, inv / factor,
+                          np.where(wavelen < orig / high, inv, (1 - smooth) * inv / factor + smooth * inv))
+        variants = {
+            "linear x4": ({"rope.scaling.type": "linear", "rope.scaling.factor": 4.0}, None),
+            "llama3 metadata": ({"rope.scaling.type": "llama3", "rope.scaling.factor": factor,
+                                 "rope.scaling.original_context_length": orig,
+                                 "rope.scaling.low_freq_factor": low, "rope.scaling.high_freq_factor": high}, None),
+            "llama3 rope_freqs tensor": ({}, (inv / scaled).astype(np.float32)),
+        }
+        rng = np.random.default_rng(5)
+        ids = None
+        logits = {}
+        for name, (meta, freqs) in variants.items():
+            path = os.path.join(d, name.replace(" ", "_") + ".gguf")
+            w = gguf.GGUFWriter(path, "llama")
+            for key, f in r.fields.items():
+                if key.startswith("llama."):
+                    v = f.contents()
+                    if isinstance(v, float):
+                        w.add_float32(key, v)
+                    elif isinstance(v, int):
+                        w.add_uint32(key, v)
+            for key, v in meta.items():
+                full = "llama." + key
+                if isinstance(v, str):
+                    w.add_string(full, v)
+                elif isinstance(v, float):
+                    w.add_float32(full, v)
+                else:
+                    w.add_uint32(full, v)
+            for t in r.tensors:
+                w.add_tensor(t.name, np.asarray(t.data, dtype=np.float32).reshape(
+                    [int(x) for x in reversed(list(t.shape))]))
+            if freqs is not None:
+                w.add_tensor("rope_freqs.weight", freqs)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+            w.close()
+            ref = RefModel(path, dtype=np.float64)
+            if ids is None:
+                ids = list(rng.integers(0, ref.vocab, size=400))
+            compare("tiny rope %s" % name, path, ids, [10, 200, 399], ref, "f32")
+            logits[name] = c_logits(path, ids, [399], ref.vocab, ["--kv-type", "f32"])
+        a, b = logits["llama3 metadata"], logits["llama3 rope_freqs tensor"]
+        report(a is not None and b is not None and float(np.max(np.abs(a - b))) < 1e-4 * float(np.max(np.abs(b))),
+               "llama3 scaling from metadata equals the rope_freqs.weight tensor")
+        base_ref = RefModel(base, dtype=np.float64)
+        plain = base_ref.forward(ids, [399])
+        report(float(np.max(np.abs(plain - b))) > 1e-2 * float(np.max(np.abs(b))),
+               "the scaling changes the logits (the test can fail)")
+
+
 def main():
     if not os.path.exists(RUN):
         print("1..1\nnot ok 1 - %s exists (run make)" % RUN)
         return 1
     smollm2()
     tiny()
+    rope_scaling()
     print("1..%d" % n_test)
     return 1 if n_fail else 0
 

@@ -6,6 +6,9 @@ cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
 RUN=$BUILD/starring-run
 MODEL=${SR_MODEL:-$(scripts/fetch-model | tail -n 1)}
+# threads sleep at barriers instead of spinning: on a machine shared with
+# other tests a spinning OpenMP team waits out whole time slices
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 n=0
 failed=0
 check() { # check OK WHAT
@@ -29,9 +32,9 @@ check $? "timing line on stderr: $(tail -n 1 "$tmp/err")"
 key=68413
 {
     printf 'There is an important pass key hidden inside a lot of irrelevant text. Find it and memorize it.\n'
-    for i in $(seq 1 95); do
+    for i in $(seq 1 165); do
         printf 'The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. '
-        if [ "$i" = 48 ]; then printf '\nThe pass key is %s. Remember it. %s is the pass key.\n' $key $key; fi
+        if [ "$i" = 90 ]; then printf '\nThe pass key is %s. Remember it. %s is the pass key.\n' $key $key; fi
     done
     printf '\nWhat is the pass key?'
 } >"$tmp/prompt"
