@@ -12,7 +12,6 @@
  * Every rank runs every case; rank 0 computes the references and prints TAP. */
 #include <math.h>
 #include <mpi.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,33 +26,7 @@
 #include "worker/placement.h"
 #include "worker/tokenizer.h"
 #include "worker/transport.h"
-
-static int rank, size, n_tests, n_failed;
-
-static void tap(int local_fail, const char *fmt, ...) {
-    int fail = local_fail != 0;
-    MPI_Allreduce(MPI_IN_PLACE, &fail, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    n_tests++;
-    n_failed += fail;
-    if (rank != 0) return;
-    char name[240];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(name, sizeof name, fmt, ap);
-    va_end(ap);
-    printf("%sok %d - %s\n", fail ? "not " : "", n_tests, name);
-    fflush(stdout);
-}
-
-#define EXPECT_OK(call)                                                                             \
-    do {                                                                                            \
-        int rc_ = (call);                                                                           \
-        if (rc_ != SR_OK) {                                                                         \
-            fprintf(stderr, "rank %d: %s:%d: %s -> %s: %s\n", rank, __FILE__, __LINE__, #call,      \
-                    sr_strerror(rc_), sr_error_msg());                                              \
-            return 1;                                                                               \
-        }                                                                                           \
-    } while (0)
+#include "tests/mpi/mpi_support.h"
 
 static uint64_t mix(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -401,28 +374,6 @@ static char *make_text(int n_items) {
     return s;
 }
 
-static int open_tcp(sr_tp **tp) {
-    for (int attempt = 0; attempt < 5; attempt++) {
-        int base = 0;
-        if (rank == 0) {
-            srand((unsigned)MPI_Wtime() ^ (unsigned)getpid() ^ (unsigned)attempt * 7919u);
-            base = 20000 + (rand() % 4000) * 10;
-        }
-        MPI_Bcast(&base, 1, MPI_INT, 0, MPI_COMM_WORLD);
-        sr_tp_opts o = sr_tp_opts_default();
-        o.rank = rank;
-        o.size = size;
-        o.base_port = base;
-        o.timeout_s = 10;
-        int bad = sr_tp_open(tp, "tcp", &o) != SR_OK;
-        MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-        if (!bad) return SR_OK;
-        sr_tp_close(*tp);
-        *tp = NULL;
-    }
-    return sr_error_set(SR_ECOMM, "no free tcp ports after 5 tries");
-}
-
 /* A tiny random model written by scripts/make-tiny-model on rank 0. */
 static int make_tiny(char *path, size_t cap, const char *args) {
     int rc = 0;
@@ -438,12 +389,7 @@ static int make_tiny(char *path, size_t cap, const char *args) {
 }
 
 int main(int argc, char **argv) {
-    if (sr_tp_mpi_init(&argc, &argv) != SR_OK) {
-        fprintf(stderr, "MPI init: %s\n", sr_error_msg());
-        return 1;
-    }
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (mpi_test_init(&argc, &argv)) return 1;
     sr_tp *mpi = NULL, *tcp = NULL;
     tap(sr_tp_open(&mpi, "mpi", NULL) != SR_OK, "open mpi transport");
     tap(open_tcp(&tcp) != SR_OK, "open tcp transport");
@@ -452,10 +398,7 @@ int main(int argc, char **argv) {
             make_tiny(tiny_gqa, sizeof tiny_gqa,
                       "--type F16 --layers 3 --dim 256 --heads 8 --kv-heads 2 --ffn 384 --vocab 300 --seed 5"),
         "tiny random models written");
-    if (!mpi || !tcp || !tiny[0]) {
-        MPI_Finalize();
-        return 1;
-    }
+    if (!mpi || !tcp || !tiny[0]) return mpi_test_finish();
 
     /* the cases on tiny models: lengths not divisible by W, the KV block or the star block */
     static const cp_case tiny_cases[] = {
@@ -507,7 +450,7 @@ int main(int argc, char **argv) {
         }
         free(ids);
     } else {
-        tap(1, "SmolLM2 at $SR_MODEL is readable");
+        tap_skip("SmolLM2 cases", "$SR_MODEL is not set or not readable");
     }
 
     if (rank == 0) {
@@ -516,7 +459,5 @@ int main(int argc, char **argv) {
     }
     sr_tp_close(tcp);
     sr_tp_close(mpi);
-    if (rank == 0) printf("1..%d\n", n_tests);
-    MPI_Finalize();
-    return n_failed ? 1 : 0;
+    return mpi_test_finish();
 }

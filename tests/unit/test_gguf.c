@@ -16,6 +16,7 @@
 #include "base/status.h"
 #include "tests/unit/gguf_build.h"
 #include "worker/gguf.h"
+#include "tests/unit/support_model.h"
 
 #define DATA_DIR "tests/data/gguf"
 
@@ -41,23 +42,9 @@ static int finds_itself(const sr_gguf *g, const sr_gguf_tensor *t) {
     return sr_gguf_tensor_find(g, name) == t;
 }
 
-static const char *model_path(char *buf, size_t cap) {
-    const char *env = getenv("SR_MODEL");
-    if (env && *env) return env;
-    /* where scripts/fetch-model caches it */
-    const char *cache = getenv("STARRING_CACHE"), *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
-    if (cache && *cache)
-        snprintf(buf, cap, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", cache);
-    else if (xdg && *xdg)
-        snprintf(buf, cap, "%s/starring/models/SmolLM2-135M-Instruct.Q4_1.gguf", xdg);
-    else
-        snprintf(buf, cap, "%s/.cache/starring/models/SmolLM2-135M-Instruct.Q4_1.gguf", home ? home : "");
-    return access(buf, R_OK) == 0 ? buf : NULL;
-}
-
 static void test_real_model(void **state) {
     char buf[4096];
-    const char *path = model_path(buf, sizeof buf);
+    const char *path = sr_test_model_path(buf, sizeof buf);
     if (!path) fail_msg("SR_MODEL is not set and the model is not cached: run scripts/fetch-model, then "
                         "export SR_MODEL=<the path it prints>");
     sr_gguf *g = NULL;
