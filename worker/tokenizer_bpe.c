@@ -228,8 +228,8 @@ typedef struct {
 
 typedef struct {
     int32_t *id, *next, *prev;
-    cand *heap;
-    int64_t cap, heap_cap, n_heap;
+    sr_tok__heap heap; /* of cand */
+    int64_t cap;
     char *mapped; /* the piece in gpt2 characters, for ignore_merges */
 } work;
 
@@ -237,7 +237,7 @@ static void work__free(work *w) {
     free(w->id);
     free(w->next);
     free(w->prev);
-    free(w->heap);
+    free(w->heap.data);
     free(w->mapped);
 }
 
@@ -257,42 +257,9 @@ static int work__reserve(work *w, int64_t n) {
     return SR_OK;
 }
 
-static int cand__less(const cand *a, const cand *b) {
+static int cand__before(const void *pa, const void *pb) {
+    const cand *a = pa, *b = pb;
     return a->rank < b->rank || (a->rank == b->rank && a->left < b->left);
-}
-
-static int heap__push(work *w, cand c) {
-    if (w->n_heap == w->heap_cap) {
-        int64_t cap = w->heap_cap ? 2 * w->heap_cap : 256;
-        cand *h = realloc(w->heap, (size_t)cap * sizeof(cand));
-        if (!h) return sr_error_set(SR_ENOMEM, "tokenizer: out of memory for the merge queue");
-        w->heap = h;
-        w->heap_cap = cap;
-    }
-    int64_t i = w->n_heap++;
-    while (i > 0) {
-        int64_t p = (i - 1) / 2;
-        if (!cand__less(&c, &w->heap[p])) break;
-        w->heap[i] = w->heap[p];
-        i = p;
-    }
-    w->heap[i] = c;
-    return SR_OK;
-}
-
-static cand heap__pop(work *w) {
-    cand top = w->heap[0], last = w->heap[--w->n_heap];
-    int64_t i = 0, n = w->n_heap;
-    for (;;) {
-        int64_t c = 2 * i + 1;
-        if (c >= n) break;
-        if (c + 1 < n && cand__less(&w->heap[c + 1], &w->heap[c])) c++;
-        if (!cand__less(&w->heap[c], &last)) break;
-        w->heap[i] = w->heap[c];
-        i = c;
-    }
-    if (n) w->heap[i] = last;
-    return top;
 }
 
 static int pair__queue(const sr_tokenizer *t, work *w, int32_t left) {
@@ -302,7 +269,7 @@ static int pair__queue(const sr_tokenizer *t, work *w, int32_t left) {
     const sr_tok__merge *m = merge__find(t, w->id[left], w->id[right]);
     if (!m) return SR_OK;
     cand c = {m->rank, left, w->id[left], w->id[right], m->id};
-    return heap__push(w, c);
+    return sr_tok__heap_push(&w->heap, &c);
 }
 
 static int piece__encode(const sr_tokenizer *t, work *w, const unsigned char *s, size_t len, sr_tok__ids *ids) {
@@ -327,11 +294,12 @@ static int piece__encode(const sr_tokenizer *t, work *w, const unsigned char *s,
         w->prev[i] = i - 1;
         w->next[i] = i + 1 < n ? i + 1 : -1;
     }
-    w->n_heap = 0;
+    w->heap.n = 0;
     for (int32_t i = 0; i + 1 < n; i++)
         if ((rc = pair__queue(t, w, i))) return rc;
-    while (w->n_heap) {
-        cand c = heap__pop(w);
+    while (w->heap.n) {
+        cand c;
+        sr_tok__heap_pop(&w->heap, &c);
         int32_t l = c.left, r = w->next[l];
         if (w->id[l] != c.lid || r < 0 || w->id[r] != c.rid) continue;
         w->id[l] = c.id;
@@ -382,7 +350,7 @@ static int split__run(split *sp, int level, const char *s, size_t n) {
 }
 
 int sr_tok__bpe_encode(const sr_tokenizer *t, const char *text, size_t len, sr_tok__ids *ids) {
-    split sp = {.t = t, .ids = ids};
+    split sp = {.t = t, .ids = ids, .w.heap = {.size = sizeof(cand), .before = cand__before}};
     int rc = SR_OK;
     for (int i = 0; i < t->n_re; i++) {
         sp.md[i] = pcre2_match_data_create_from_pattern((const pcre2_code *)t->re[i], NULL);

@@ -74,6 +74,19 @@ struct sr_tokenizer {
 /* id of a vocabulary string, or -1 */
 int32_t sr_tok__find(const sr_tokenizer *t, const char *s, size_t n);
 
+/* A binary min-heap of merge candidates (elements of `size` bytes ordered by
+ * `before`): the queue both BPE and SentencePiece merge from. */
+typedef struct {
+    void *data;
+    int64_t n, cap;
+    size_t size;
+    int (*before)(const void *a, const void *b);
+} sr_tok__heap;
+
+int sr_tok__heap_push(sr_tok__heap *h, const void *elem);
+/* Removes the first element into out; h->n must be > 0. */
+void sr_tok__heap_pop(sr_tok__heap *h, void *out);
+
 /* BPE: builds byte ids, merges and the pre-tokenizer for `pre` (NULL: gpt2). */
 int sr_tok__bpe_init(sr_tokenizer *t, const sr_gguf *g, const char *pre, size_t pre_len);
 void sr_tok__bpe_free(sr_tokenizer *t);

@@ -52,7 +52,8 @@ typedef struct {
     int32_t size; /* bytes of the pair when queued; stale once either side changed */
 } cand;
 
-static int cand__before(const cand *a, const cand *b) {
+static int cand__before(const void *pa, const void *pb) {
+    const cand *a = pa, *b = pb;
     return a->score > b->score || (a->score == b->score && a->left < b->left);
 }
 
@@ -60,43 +61,8 @@ typedef struct {
     const sr_tokenizer *t;
     const char *s;
     int32_t *start, *len, *prev, *next;
-    cand *heap;
-    int64_t n_heap, heap_cap;
+    sr_tok__heap heap; /* of cand */
 } work;
-
-static int heap__push(work *w, cand c) {
-    if (w->n_heap == w->heap_cap) {
-        int64_t cap = w->heap_cap ? 2 * w->heap_cap : 256;
-        cand *h = realloc(w->heap, (size_t)cap * sizeof(cand));
-        if (!h) return sr_error_set(SR_ENOMEM, "tokenizer: out of memory for the merge queue");
-        w->heap = h;
-        w->heap_cap = cap;
-    }
-    int64_t i = w->n_heap++;
-    while (i > 0) {
-        int64_t p = (i - 1) / 2;
-        if (!cand__before(&c, &w->heap[p])) break;
-        w->heap[i] = w->heap[p];
-        i = p;
-    }
-    w->heap[i] = c;
-    return SR_OK;
-}
-
-static cand heap__pop(work *w) {
-    cand top = w->heap[0], last = w->heap[--w->n_heap];
-    int64_t i = 0, n = w->n_heap;
-    for (;;) {
-        int64_t c = 2 * i + 1;
-        if (c >= n) break;
-        if (c + 1 < n && cand__before(&w->heap[c + 1], &w->heap[c])) c++;
-        if (!cand__before(&w->heap[c], &last)) break;
-        w->heap[i] = w->heap[c];
-        i = c;
-    }
-    if (n) w->heap[i] = last;
-    return top;
-}
 
 static int pair__queue(work *w, int32_t l, int32_t r) {
     if (l < 0 || r < 0) return SR_OK;
@@ -104,7 +70,7 @@ static int pair__queue(work *w, int32_t l, int32_t r) {
     int32_t id = sr_tok__find(w->t, w->s + w->start[l], (size_t)size);
     if (id < 0) return SR_OK;
     cand c = {w->t->score[id], l, r, size};
-    return heap__push(w, c);
+    return sr_tok__heap_push(&w->heap, &c);
 }
 
 static int sym__emit(const sr_tokenizer *t, const char *s, int32_t n, sr_tok__ids *ids) {
@@ -123,7 +89,7 @@ int sr_tok__spm_encode(const sr_tokenizer *t, const char *text, size_t len, int 
     if (len > INT32_MAX / 4) return sr_error_set(SR_ERANGE, "tokenizer: a text fragment of %zu bytes is too long for SentencePiece", len);
     size_t cap = 3 * len + 3;
     char *s = malloc(cap);
-    work w = {.t = t, .s = s};
+    work w = {.t = t, .s = s, .heap = {.size = sizeof(cand), .before = cand__before}};
     w.start = malloc(cap * sizeof(int32_t));
     w.len = malloc(cap * sizeof(int32_t));
     w.prev = malloc(cap * sizeof(int32_t));
@@ -151,8 +117,9 @@ int sr_tok__spm_encode(const sr_tokenizer *t, const char *text, size_t len, int 
         i += cl;
     }
     for (int32_t i = 1; i < n_sym && !rc; i++) rc = pair__queue(&w, i - 1, i);
-    while (!rc && w.n_heap) {
-        cand c = heap__pop(&w);
+    while (!rc && w.heap.n) {
+        cand c;
+        sr_tok__heap_pop(&w.heap, &c);
         if (w.len[c.left] == 0 || w.len[c.right] == 0 || w.len[c.left] + w.len[c.right] != c.size) continue;
         w.len[c.left] += w.len[c.right];
         w.len[c.right] = 0;
@@ -168,6 +135,6 @@ out:
     free(w.len);
     free(w.prev);
     free(w.next);
-    free(w.heap);
+    free(w.heap.data);
     return rc;
 }
