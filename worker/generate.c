@@ -79,20 +79,18 @@ static void gen__flush(gen__text *t, const char *stop, int final, int *stopped, 
     }
 }
 
-int sr_generate(sr_model *m, const sr_tokenizer *tok, const int32_t *prompt, int64_t n_prompt,
-                const sr_gen_params *p, sr_gen_emit_fn emit, void *data, sr_gen_stats *stats) {
+int sr_generate_fed(sr_model *m, sr_gen_feed_fn feed, void *feed_data, const sr_tokenizer *tok,
+                    const int32_t *prompt, int64_t n_prompt, const sr_gen_params *p, sr_gen_emit_fn emit,
+                    void *data, sr_gen_stats *stats) {
     memset(stats, 0, sizeof(*stats));
-    if (n_prompt <= 0) return sr_error_set(SR_EINVAL, "generate: the prompt is empty");
     sr_sampler smp;
     int rc = sr_sampler_build(&smp, &p->sampling, m->config.vocab_size);
     if (rc) return rc;
     for (int64_t i = 0; i < n_prompt; i++) sr_sampler_accept(&smp, prompt[i]);
-    int64_t pos = sr_model_next_pos(m);
     double t0 = sr_now();
-    rc = sr_model_forward(m, prompt, n_prompt, pos);
+    if (n_prompt > 0) rc = feed(feed_data, prompt, n_prompt);
     stats->t_prompt = sr_now() - t0;
     stats->n_prompt = n_prompt;
-    pos += n_prompt;
 
     gen__text text = {0};
     int stopped = 0, cb_stop = 0;
@@ -119,8 +117,7 @@ int sr_generate(sr_model *m, const sr_tokenizer *tok, const int32_t *prompt, int
             break;
         }
         if (i + 1 == p->n_predict) break; /* the last token needs no forward pass */
-        rc = sr_model_forward(m, &id, 1, pos);
-        pos++;
+        rc = feed(feed_data, &id, 1);
         stats->n_decode++;
     }
     stats->t_decode = sr_now() - t0;
@@ -128,4 +125,19 @@ int sr_generate(sr_model *m, const sr_tokenizer *tok, const int32_t *prompt, int
     free(text.buf);
     sr_sampler_free(&smp);
     return rc;
+}
+
+/* the single-process feed: the model's forward pass after its cache */
+static int gen__feed_model(void *data, const int32_t *tokens, int64_t n) {
+    sr_model *m = data;
+    return sr_model_forward(m, tokens, n, sr_model_next_pos(m));
+}
+
+int sr_generate(sr_model *m, const sr_tokenizer *tok, const int32_t *prompt, int64_t n_prompt,
+                const sr_gen_params *p, sr_gen_emit_fn emit, void *data, sr_gen_stats *stats) {
+    if (n_prompt <= 0) {
+        memset(stats, 0, sizeof(*stats));
+        return sr_error_set(SR_EINVAL, "generate: the prompt is empty");
+    }
+    return sr_generate_fed(m, gen__feed_model, m, tok, prompt, n_prompt, p, emit, data, stats);
 }
