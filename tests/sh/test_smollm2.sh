@@ -30,14 +30,7 @@ check $? "timing line on stderr: $(tail -n 1 "$tmp/err")"
 
 # 2. a passkey in ~4k tokens of filler
 key=68413
-{
-    printf 'There is an important pass key hidden inside a lot of irrelevant text. Find it and memorize it.\n'
-    for i in $(seq 1 165); do
-        printf 'The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. '
-        if [ "$i" = 90 ]; then printf '\nThe pass key is %s. Remember it. %s is the pass key.\n' $key $key; fi
-    done
-    printf '\nWhat is the pass key?'
-} >"$tmp/prompt"
+{ scripts/make-passkey 95 48 $key; printf '\nWhat is the pass key?'; } >"$tmp/prompt"
 "$RUN" -m "$MODEL" --chat -f "$tmp/prompt" -n 16 --temp 0 -t 2 >"$tmp/out" 2>"$tmp/err"
 rc=$?
 echo "# answer: $(tr '\n' ' ' <"$tmp/out" | cut -c1-200)"

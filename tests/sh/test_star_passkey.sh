@@ -24,13 +24,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 key=72941
-{
-    printf 'There is an important pass key hidden inside a lot of irrelevant text. Find it and memorize it.\n'
-    for i in $(seq 1 245); do
-        printf 'The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. '
-        if [ "$i" = 150 ]; then printf '\nThe pass key is %s. Remember it. %s is the pass key.\n' $key $key; fi
-    done
-} >"$tmp/context"
+scripts/make-passkey 245 150 $key >"$tmp/context"
 OMP_NUM_THREADS=1 timeout 300 "${MPIRUN[@]}" "$RUN" -m "$MODEL" --chat -f "$tmp/context" -p "What is the pass key?" \
     -n 16 --temp 0 -t 1 --mode star --block-size 1536 --anchor-size 3072 >"$tmp/out" 2>"$tmp/err"
 rc=$?
