@@ -30,7 +30,7 @@ check $? "timing line on stderr: $(tail -n 1 "$tmp/err")"
 
 # 2. a passkey in ~4k tokens of filler
 key=68413
-{ scripts/make-passkey 95 48 $key; printf '\nWhat is the pass key?'; } >"$tmp/prompt"
+{ scripts/make-passkey 165 90 $key; printf '\nWhat is the pass key?'; } >"$tmp/prompt"
 "$RUN" -m "$MODEL" --chat -f "$tmp/prompt" -n 16 --temp 0 -t 2 >"$tmp/out" 2>"$tmp/err"
 rc=$?
 echo "# answer: $(tr '\n' ' ' <"$tmp/out" | cut -c1-200)"
