@@ -4,12 +4,7 @@
 set -u
 cd "$(dirname "$0")/../.."
 BENCH=${BUILD:-build}/starring-bench
-n=0
-fails=0
-tap() { # tap OK WHAT
-    n=$((n + 1))
-    if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fails=$((fails + 1)); fi
-}
+. tests/sh/tap.sh
 
 out=$(mktemp)
 err=$(mktemp)
@@ -17,7 +12,7 @@ chk=$(mktemp)
 trap 'rm -f "$out" "$err" "$chk"' EXIT
 
 "$BENCH" attention --quick --json >"$out" 2>"$err"
-tap $? "attention --quick --json exits 0"
+check $? "attention --quick --json exits 0"
 
 python3 - "$out" "$n" >"$chk" <<'PY'
 import json, math, sys
@@ -62,10 +57,8 @@ tap(bool(facts.get("sgemm_core_as_is")) and bool(facts.get("sgemm_core_unset")) 
     "OpenBLAS core names and OPENBLAS_CORETYPE reported")
 tap(pos(facts.get("read_gbs")) and pos(facts.get("memcpy_gbs")), "read and memcpy bandwidth reported")
 PY
-cat "$chk"
-n=$((n + $(grep -c -E '^(not )?ok ' "$chk")))
-fails=$((fails + $(grep -c '^not ok ' "$chk")))
-[ -s "$chk" ] || tap 1 "the JSON checks ran"
+check_merge "$chk"
+[ -s "$chk" ] || check 1 "the JSON checks ran"
 
 OPENBLAS_CORETYPE=Nehalem "$BENCH" attention --quick --json >"$out" 2>"$err"
 rc=$?
@@ -76,29 +69,29 @@ assert f["OPENBLAS_CORETYPE"] == "Nehalem" and f["sgemm_core_as_is"] == "Nehalem
 assert f["sgemm_core_unset"] != "Nehalem", f
 assert f["baseline_core"] == f["sgemm_core_unset"], f  # re-executed without it
 ' "$out"
-tap $((rc + $?)) "OPENBLAS_CORETYPE: honoured as-is, removed for the second sgemm and the baseline"
+check $((rc + $?)) "OPENBLAS_CORETYPE: honoured as-is, removed for the second sgemm and the baseline"
 
 "$BENCH" attention --quick >"$out" 2>"$err"
 grep -q '^prefill .* f16 ' "$out" && grep -q '^section ' "$out"
-tap $? "the table is printed without --json"
+check $? "the table is printed without --json"
 
 "$BENCH" --help >"$out" 2>&1
 rc=$?
 grep -q attention "$out"
-tap $((rc + $?)) "--help exits 0 and lists attention"
+check $((rc + $?)) "--help exits 0 and lists attention"
 
 "$BENCH" attention --help >"$out" 2>&1
-tap $? "attention --help exits 0"
+check $? "attention --help exits 0"
 
 "$BENCH" no-such-command >"$out" 2>"$err"
 rc=$?
 [ "$rc" -ne 0 ] && grep -q "unknown command 'no-such-command'" "$err"
-tap $? "an unknown command exits non-zero with a message"
+check $? "an unknown command exits non-zero with a message"
 
 "$BENCH" attention --threads x >"$out" 2>"$err"
 rc=$?
 [ "$rc" -ne 0 ] && grep -q -- "--threads" "$err"
-tap $? "a bad option value exits non-zero with a message"
+check $? "a bad option value exits non-zero with a message"
 
 "$BENCH" attention --quick --only decode --json >"$out" 2>"$err"
 rc=$?
@@ -107,11 +100,11 @@ import json, sys
 rows = json.load(open(sys.argv[1]))["rows"]
 assert {r["section"] for r in rows} == {"ceiling", "decode"}, rows
 ' "$out"
-tap $((rc + $?)) "--only decode runs the ceilings and the decode rows only"
+check $((rc + $?)) "--only decode runs the ceilings and the decode rows only"
 
 "$BENCH" attention --only nothing >"$out" 2>"$err"
 rc=$?
 [ "$rc" -ne 0 ] && grep -q -- "--only" "$err"
-tap $? "--only with an unknown section exits non-zero with a message"
+check $? "--only with an unknown section exits non-zero with a message"
 
-[ "$fails" -eq 0 ]
+check_done

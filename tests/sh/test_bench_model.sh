@@ -6,21 +6,16 @@ set -u
 cd "$(dirname "$0")/../.."
 BENCH=${BUILD:-build}/starring-bench
 MODEL=${SR_MODEL:-$(scripts/fetch-model | tail -n 1)}
-n=0
-fails=0
-tap() { # tap OK WHAT
-    n=$((n + 1))
-    if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fails=$((fails + 1)); fi
-}
+. tests/sh/tap.sh
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 "$BENCH" model -m "$MODEL" --quick --json >"$tmp/out" 2>"$tmp/err"
 rc=$?
 sed 's/^/# /' "$tmp/err"
-tap $rc "model --quick --json exits 0"
+check $rc "model --quick --json exits 0"
 grep -q '^section ' "$tmp/err" && grep -q '^generate .* tok/s ' "$tmp/err"
-tap $? "the table goes to stderr beside the JSON"
+check $? "the table goes to stderr beside the JSON"
 
 python3 - "$tmp/out" "$n" >"$tmp/chk" <<'PY'
 import json, math, sys
@@ -50,26 +45,23 @@ tap(all(facts.get(k) for k in ("model", "shape", "tensor_types", "kv_dtype"))
 sys.exit(0)
 PY
 chk=$?
-cat "$tmp/chk"
-n=$((n + $(grep -c -E '^(not )?ok ' "$tmp/chk")))
-fails=$((fails + $(grep -c '^not ok ' "$tmp/chk")))
-[ $chk = 0 ] || fails=$((fails + 1))
+check_merge "$tmp/chk"
+[ $chk = 0 ] || failed=$((failed + 1))
 
 "$BENCH" model --quick >"$tmp/out" 2>"$tmp/err"
 rc=$?
 [ $rc != 0 ] && grep -q -- "-m MODEL is required" "$tmp/err"
-tap $? "a missing -m fails (rc $rc): $(head -n 1 "$tmp/err")"
+check $? "a missing -m fails (rc $rc): $(head -n 1 "$tmp/err")"
 
 "$BENCH" model -m "$tmp/no-such.gguf" --quick >"$tmp/out" 2>"$tmp/err"
 rc=$?
 [ $rc != 0 ] && grep -q "no-such.gguf" "$tmp/err"
-tap $? "a missing model file fails, naming it (rc $rc): $(head -n 1 "$tmp/err")"
+check $? "a missing model file fails, naming it (rc $rc): $(head -n 1 "$tmp/err")"
 
 printf 'not a gguf file\n' >"$tmp/bad.gguf"
 "$BENCH" model -m "$tmp/bad.gguf" --quick >"$tmp/out" 2>"$tmp/err"
 rc=$?
 [ $rc != 0 ] && [ -s "$tmp/err" ]
-tap $? "a file that is not GGUF fails (rc $rc): $(head -n 1 "$tmp/err")"
+check $? "a file that is not GGUF fails (rc $rc): $(head -n 1 "$tmp/err")"
 
-echo "1..$n"
-[ $fails = 0 ]
+check_done

@@ -9,12 +9,7 @@ MODEL=${SR_MODEL:-$(scripts/fetch-model | tail -n 1)}
 # threads sleep at barriers instead of spinning: on a machine shared with
 # other tests a spinning OpenMP team waits out whole time slices
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
-n=0
-failed=0
-check() { # check OK WHAT
-    n=$((n + 1))
-    if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=1; fi
-}
+. tests/sh/tap.sh
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -48,5 +43,4 @@ rc=$?
 ! grep -q "Paris" "$tmp/out" && [ $rc = 0 ]
 check $? "--stop Paris cuts the answer before Paris"
 
-echo "1..$n"
-exit $failed
+check_done

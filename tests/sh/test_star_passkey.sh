@@ -14,12 +14,7 @@ RUN=$BUILD/starring-run
 MODEL=${SR_MODEL:-$(scripts/fetch-model | tail -n 1)}
 MPIRUN=(mpirun --oversubscribe -np 4)
 [ "$(id -u)" = 0 ] && MPIRUN=(mpirun --allow-run-as-root --oversubscribe -np 4)
-n=0
-failed=0
-check() { # check OK WHAT
-    n=$((n + 1))
-    if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=1; fi
-}
+. tests/sh/tap.sh
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -44,5 +39,4 @@ sed -n 's/.*: worker [0-9]*: kv \([0-9]*\) tokens.*/\1/p' "$tmp/err" >"$tmp/kv"
 [ "$(wc -l <"$tmp/kv")" = 4 ] && [ "$(paste -sd+ "$tmp/kv" | bc)" = "${ctx:-x}" ] &&
     [ "$(sort -n "$tmp/kv" | tail -n 1)" -le $(((${ctx:-0} + 3) / 4 + 1536)) ]
 check $? "KV tokens per worker: $(paste -sd' ' "$tmp/kv")"
-echo "1..$n"
-exit $failed
+check_done
