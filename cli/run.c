@@ -297,12 +297,21 @@ int main(int argc, char **argv) {
     if (bad) return 2;
     int world = job_size();
     co.mode = mode_arg ? sr_cp_mode_parse(mode_arg) : world > 1 ? SR_CP_STAR : SR_CP_FULL;
-    if (!model_path || (!prompt && !file && !ids_arg && random_ctx <= 0) || (dump && !dump_pos) ||
-        mo.n_threads <= 0 || gp.n_predict < 0 || mo.block_size < 0 || mo.max_batch < 0 || gp.sampling.top_k < 0 ||
-        co.mode < 0 ||
-        co.block_size < 0 || co.anchor_size < 0 || (strcmp(transport, "mpi") != 0 && strcmp(transport, "tcp") != 0) ||
-        (dump && world > 1)) {
-        fputs(usage, stderr);
+    const char *why = !model_path                                           ? "-m MODEL is required"
+                      : !prompt && !file && !ids_arg && random_ctx <= 0   ? "give a prompt: -p, -f or --ids"
+                      : dump && !dump_pos                                 ? "--dump-logits needs --dump-positions"
+                      : dump && world > 1                                 ? "--dump-logits runs in one process only"
+                      : mo.n_threads <= 0                                 ? "--threads must be at least 1"
+                      : gp.n_predict < 0                                  ? "-n must be 0 or more"
+                      : mo.block_size < 0 || co.block_size < 0            ? "--block-size must be positive"
+                      : co.anchor_size < 0                                ? "--anchor-size must be positive"
+                      : mo.max_batch < 0                                  ? "--batch must be positive"
+                      : gp.sampling.top_k < 0                             ? "--top-k must be 0 or more"
+                      : co.mode < 0                                       ? "--mode must be full, ring or star"
+                      : strcmp(transport, "mpi") != 0 && strcmp(transport, "tcp") != 0 ? "--transport must be mpi or tcp"
+                                                                                         : NULL;
+    if (why) {
+        fprintf(stderr, "starring-run: %s (see --help)\n", why);
         return 2;
     }
 
