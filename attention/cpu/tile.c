@@ -236,6 +236,23 @@ static void wide_tile(sr_attn__ws *ws, const sr_attn_desc *d, const sr_attn_kv *
     pv(ws->o, rows, D, ws->s, 1, mpad, kn, vp, ldv);
 }
 
+/* Decode streams the cache once: ask for the next tile's rows of this KV
+ * head while this one computes, since its rows are strided by the other
+ * heads and the hardware prefetcher does not follow them across pages. */
+static void narrow_prefetch(const sr_attn_desc *d, const sr_attn_kv *kv, int g, int64_t j0) {
+    if (j0 >= d->nk) return;
+    int64_t kn = d->nk - j0 < SR_ATTN_BK ? d->nk - j0 : SR_ATTN_BK;
+    const void *kr[SR_ATTN_BK], *vr[SR_ATTN_BK];
+    row_ptrs(d, kv, 0, g, j0, kn, kr);
+    row_ptrs(d, kv, 1, g, j0, kn, vr);
+    size_t bytes = (size_t)d->head_dim * (d->kv_dtype == SR_DT_F32 ? 4 : 2);
+    for (int64_t j = 0; j < kn; j++)
+        for (size_t b = 0; b < bytes; b += 64) {
+            __builtin_prefetch((const char *)kr[j] + b, 0, 2);
+            __builtin_prefetch((const char *)vr[j] + b, 0, 2);
+        }
+}
+
 /* One tile of the narrow shape: rows [r0, r0 + rows) of KV head g. */
 static void narrow_tile(sr_attn__ws *ws, const sr_attn_desc *d, const sr_attn_kv *kv, int g, int r0,
                         int rows, int64_t j0, int64_t kn) {
@@ -243,6 +260,7 @@ static void narrow_tile(sr_attn__ws *ws, const sr_attn_desc *d, const sr_attn_kv
     const void *kr[SR_ATTN_BK], *vr[SR_ATTN_BK];
     row_ptrs(d, kv, 0, g, j0, kn, kr);
     row_ptrs(d, kv, 1, g, j0, kn, vr);
+    narrow_prefetch(d, kv, g, j0 + 2 * SR_ATTN_BK);
     float *s0 = ws->s + (int64_t)r0 * SR_ATTN_BK;
     sr_attn__narrow_scores(d->kv_dtype, D, ws->q + (int64_t)r0 * D, rows, kr, kn, s0);
     for (int r = r0; r < r0 + rows; r++) {
