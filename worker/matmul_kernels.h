@@ -29,4 +29,18 @@ int sr_mm_gemv(const sr_weight *w, const float *x, float *y, int64_t n, int n_th
  * panel across all activation rows. */
 int sr_mm_gemm(const sr_weight *w, const float *x, float *y, int64_t n, int n_threads);
 
+/* Matrix-vector work split: threads worth starting for m output rows (below
+ * ~16 rows a thread, starting it costs more than it saves), and thread t's
+ * rows [r0, r1) of tn, on even boundaries so that weight rows stay paired. */
+static inline int sr_mm__gemv_threads(int64_t m, int n_threads) {
+    int64_t useful = m / 16 > 0 ? m / 16 : 1;
+    return (int64_t)n_threads < useful ? n_threads : (int)useful;
+}
+
+static inline void sr_mm__gemv_rows(int64_t m, int t, int tn, int64_t *r0, int64_t *r1) {
+    int64_t per = (m + 2 * tn - 1) / (2 * tn) * 2;
+    *r0 = per * t;
+    *r1 = *r0 + per < m ? *r0 + per : m;
+}
+
 #endif

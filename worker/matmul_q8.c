@@ -162,13 +162,10 @@ static void rows(const sr_weight *w, int nx, const q8_acts *a, float *y, int64_t
 
 static int integer_path(const sr_weight *w, const q8_acts *a, float *y, int64_t n, int n_threads) {
     const int64_t m = w->m;
-    int64_t useful = m / 16 > 0 ? m / 16 : 1;
-    int nt = (int64_t)n_threads < useful ? n_threads : (int)useful;
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(sr_mm__gemv_threads(m, n_threads))
     {
-        int t = omp_get_thread_num(), tn = omp_get_num_threads();
-        int64_t per = (m + 2 * tn - 1) / (2 * tn) * 2;
-        int64_t r0 = per * t, r1 = r0 + per < m ? r0 + per : m;
+        int64_t r0, r1;
+        sr_mm__gemv_rows(m, omp_get_thread_num(), omp_get_num_threads(), &r0, &r1);
         for (int64_t i0 = 0; i0 < n && r0 < r1; i0 += NX_MAX) {
             int nx = n - i0 < NX_MAX ? (int)(n - i0) : NX_MAX;
             q8_acts sub = {a->q + i0 * w->k, a->d + i0 * a->groups, a->s8 + i0 * a->groups, a->groups};
