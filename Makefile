@@ -2,13 +2,13 @@
 #   make              CPU build, host vector extensions (-march=native)
 #   make PORTABLE=1   CPU build for any x86-64 (scalar fallbacks; into build-portable/)
 #   make SAN=1        ASan+UBSan build (into build-san/)
-#   make CUDA=1       also builds the CUDA kernels (sm_80, sm_90) and links NCCL
+#   make CUDA=1       also the CUDA kernels (sm_80, sm_90) and NCCL (into build-cuda/)
 #   make test         builds, then runs every test (tests/run)
 #   make fuzz         libFuzzer targets (clang) into build-fuzz/
 #
-# Sources are found by folder: every .c under base/ attention/ worker/
-# coordinator/ daemon/ goes into libstarring.a; each tests/unit/test_*.c is a
-# test binary; programs are listed in PROGRAMS below.
+# Sources are found by folder: every .c in the folders of MODULES goes into
+# libstarring.a (a folder joins MODULES once it has code); each
+# tests/unit/test_*.c is a test binary; programs are listed in PROGRAMS below.
 
 CC      ?= cc
 NVCC    ?= nvcc
@@ -16,23 +16,35 @@ CUDA_HOME ?= /usr/local/cuda
 
 ifeq ($(SAN),1)
   BUILD ?= build-san
+  ifeq ($(CUDA),1)
+    $(error SAN=1 and CUDA=1 together are not supported: build them separately)
+  endif
   OPT   := -O1 -g -march=native -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
   LDSAN := -fsanitize=address,undefined
 else ifeq ($(PORTABLE),1)
   BUILD ?= build-portable
   OPT   := -O3 -g -march=x86-64 -mtune=generic
+else ifeq ($(CUDA),1)
+  BUILD ?= build-cuda
+  OPT   := -O3 -g -march=native
 else
   BUILD ?= build
   OPT   := -O3 -g -march=native
 endif
 
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Werror=implicit-function-declaration \
-           -fopenmp $(OPT) -I. -I$(BUILD)/gen
+           -fopenmp $(OPT) -I.
 LDFLAGS += -fopenmp $(LDSAN)
-LDLIBS  += -lopenblas -lpcre2-8 -lprotobuf-c -luv -lnghttp2 -lm -lpthread
+LDLIBS  += -lopenblas -lpcre2-8 -lm -lpthread
 # Open MPI: the mpi transport lives in the library, so everything links it
-CFLAGS  += $(shell mpicc --showme:compile 2>/dev/null)
-LDLIBS  += $(shell mpicc --showme:link 2>/dev/null)
+MPICC   ?= mpicc
+MPI_CFLAGS := $(shell $(MPICC) --showme:compile 2>/dev/null)
+MPI_LIBS   := $(shell $(MPICC) --showme:link 2>/dev/null)
+ifeq ($(strip $(MPI_LIBS)),)
+  $(error '$(MPICC) --showme:link' gave nothing: install Open MPI (scripts/install-deps, or apt-get install libopenmpi-dev openmpi-bin) or set MPICC)
+endif
+CFLAGS  += $(MPI_CFLAGS)
+LDLIBS  += $(MPI_LIBS)
 
 ifeq ($(CUDA),1)
   CFLAGS  += -DSR_HAVE_CUDA=1 -I$(CUDA_HOME)/include
@@ -41,10 +53,10 @@ ifeq ($(CUDA),1)
              -gencode arch=compute_90,code=compute_90 \
              -Xcompiler -fPIC,-Wall
   LDLIBS  += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/lib -lcudart -lnccl -lstdc++
-  CU_SRC  := $(wildcard attention/cuda/*.cu worker/cuda/*.cu)
+  CU_SRC  := $(wildcard attention/cuda/*.cu)
 endif
 
-MODULES  := base attention attention/cpu worker coordinator daemon
+MODULES  := base gguf attention attention/cpu transport matmul tokenizer model worker
 LIB_SRC  := $(filter-out %_main.c,$(foreach m,$(MODULES),$(wildcard $(m)/*.c)))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(CU_SRC:%.cu=$(BUILD)/obj/%.cu.o)
 LIB      := $(BUILD)/libstarring.a
@@ -102,6 +114,6 @@ fuzz:
 	$(MAKE) -f tests/fuzz/Makefile
 
 clean:
-	rm -rf build build-san build-portable build-fuzz
+	rm -rf build build-*
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

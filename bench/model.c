@@ -20,8 +20,8 @@
 #include "base/status.h"
 #include "bench/commands.h"
 #include "bench/harness.h"
-#include "worker/gguf.h"
-#include "worker/model.h"
+#include "gguf/gguf.h"
+#include "model/model.h"
 
 #define GEN_TOKENS 64
 #define GEN_TOKENS_QUICK 8

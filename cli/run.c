@@ -15,10 +15,10 @@
 #include "base/log.h"
 #include "base/status.h"
 #include "worker/cp.h"
-#include "worker/generate.h"
-#include "worker/model.h"
-#include "worker/tokenizer.h"
-#include "worker/transport.h"
+#include "model/generate.h"
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
+#include "transport/transport.h"
 
 static const char *usage =
     "usage: starring-run -m MODEL (-p PROMPT | -f FILE | --ids \"1 2 3\") [options]\n"

@@ -9,8 +9,8 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/status.h"
-#include "worker/gguf.h"
-#include "worker/tokenizer.h"
+#include "gguf/gguf.h"
+#include "tokenizer/tokenizer.h"
 
 static const char usage[] =
     "usage: starring-tokenize -m MODEL [-p TEXT | -f FILE] [options]\n"

@@ -34,11 +34,11 @@
 
 #include <stdint.h>
 
-#include "worker/generate.h"
-#include "worker/model.h"
+#include "model/generate.h"
+#include "model/model.h"
 #include "worker/ring_attention.h"
 #include "worker/star_attention.h"
-#include "worker/transport.h"
+#include "transport/transport.h"
 
 enum { SR_CP_FULL = 0, SR_CP_RING = 1, SR_CP_STAR = 2 };
 

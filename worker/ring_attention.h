@@ -17,7 +17,7 @@
 #include <stdint.h>
 
 #include "worker/placement.h"
-#include "worker/transport.h"
+#include "transport/transport.h"
 
 #define SR_RING_MAX_SPANS 4
 

@@ -19,7 +19,7 @@
 
 #include "attention/attention.h"
 #include "worker/placement.h"
-#include "worker/transport.h"
+#include "transport/transport.h"
 
 typedef struct {
     int n_head_q, n_head_kv, head_dim;

@@ -1,6 +1,5 @@
 /* attention/cuda internals: the checked arguments the public boundary
- * (attention_cuda.cu) hands to the kernels, the launchers, and the one
- * CHECK macro for CUDA calls. */
+ * (attention_cuda.cu) hands to the kernels, and the launchers. */
 #ifndef SR_ATTENTION_CUDA_ATTN_CUDA_CUH
 #define SR_ATTENTION_CUDA_ATTN_CUDA_CUH
 
@@ -10,18 +9,9 @@
 #include "attention/cuda.h"
 
 extern "C" {
+#include "base/check.h"
 #include "base/status.h"
 }
-
-/* Returns SR_EDEVICE from the enclosing function, with file, line, the call
- * and CUDA's own message, when a CUDA call fails. */
-#define SR_CUDA_CHECK(call)                                                                    \
-    do {                                                                                       \
-        cudaError_t sr_cuda_e_ = (call);                                                       \
-        if (sr_cuda_e_ != cudaSuccess)                                                         \
-            return sr_error_set(SR_EDEVICE, "%s:%d: %s: %s", __FILE__, __LINE__, #call,        \
-                                cudaGetErrorString(sr_cuda_e_));                               \
-    } while (0)
 
 /* One forward call after the checks: head_dim is one the kernels are built
  * for, pointers are device pointers, 16-byte aligned. */

@@ -1,4 +1,4 @@
-/* libFuzzer target for worker/gguf.c: any input must open or fail with
+/* libFuzzer target for gguf/gguf.c: any input must open or fail with
  * SR_EFORMAT and a message; on success every pointer handed out must lie
  * inside the input (ASan catches reads past it, since libFuzzer's buffer
  * has exactly the input's size). */
@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "base/status.h"
-#include "worker/gguf.h"
+#include "gguf/gguf.h"
 
 static void fuzz_gguf_check(const sr_gguf *g, const uint8_t *data, size_t size) {
     const uint8_t *end = data + size;

@@ -8,7 +8,7 @@
 #include <stdio.h>
 
 #include "base/status.h"
-#include "worker/transport.h"
+#include "transport/transport.h"
 
 extern int rank, size;           /* this process in MPI_COMM_WORLD */
 extern int n_tests, n_failed;    /* TAP results so far */

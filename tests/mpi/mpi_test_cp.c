@@ -21,11 +21,11 @@
 #include "base/half.h"
 #include "base/status.h"
 #include "worker/cp.h"
-#include "worker/generate.h"
-#include "worker/model.h"
+#include "model/generate.h"
+#include "model/model.h"
 #include "worker/placement.h"
-#include "worker/tokenizer.h"
-#include "worker/transport.h"
+#include "tokenizer/tokenizer.h"
+#include "transport/transport.h"
 #include "tests/mpi/mpi_support.h"
 
 static uint64_t mix(uint64_t z) {

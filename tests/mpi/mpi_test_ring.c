@@ -17,7 +17,7 @@
 #include "base/status.h"
 #include "worker/placement.h"
 #include "worker/ring_attention.h"
-#include "worker/transport.h"
+#include "transport/transport.h"
 #include "tests/mpi/mpi_support.h"
 
 typedef struct {

@@ -24,7 +24,7 @@
 #include "base/status.h"
 #include "worker/placement.h"
 #include "worker/star_attention.h"
-#include "worker/transport.h"
+#include "transport/transport.h"
 #include "tests/mpi/mpi_support.h"
 
 typedef struct {

@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 #include "base/status.h"
-#include "worker/transport.h"
+#include "transport/transport.h"
 #include "tests/mpi/mpi_support.h"
 
 #if SR_HAVE_CUDA

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/gguf.h"
+#include "gguf/gguf.h"
 
 void sr_test_gguf_free(sr_test_gguf_buf *b) {
     free(b->data);

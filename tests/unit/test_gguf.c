@@ -1,4 +1,4 @@
-/* worker/gguf.c: the real model, hand-built v2/v3 files, truncation at every
+/* gguf/gguf.c: the real model, hand-built v2/v3 files, truncation at every
  * byte, a table of corruptions that must each give SR_EFORMAT with a message
  * naming the problem, and the regression inputs in tests/data/gguf/. */
 #include <dirent.h>
@@ -15,7 +15,7 @@
 
 #include "base/status.h"
 #include "tests/unit/gguf_build.h"
-#include "worker/gguf.h"
+#include "gguf/gguf.h"
 #include "tests/unit/support_model.h"
 
 #define DATA_DIR "tests/data/gguf"

@@ -14,10 +14,10 @@
 
 #include "base/half.h"
 #include "base/status.h"
-#include "worker/gguf.h"
-#include "worker/matmul.h"
-#include "worker/matmul_q8.h"
-#include "worker/quant_blocks.h"
+#include "gguf/gguf.h"
+#include "matmul/matmul.h"
+#include "matmul/q8.h"
+#include "gguf/quant_blocks.h"
 
 static const uint32_t TYPES[] = {SR_GGML_F32, SR_GGML_F16, SR_GGML_BF16, SR_GGML_Q8_0,
                                  SR_GGML_Q4_0, SR_GGML_Q4_1, SR_GGML_Q6_K};

@@ -17,10 +17,10 @@
 #include "base/half.h"
 #include "base/status.h"
 #include "tests/unit/gguf_build.h"
-#include "worker/gguf.h"
-#include "worker/kv_cache.h"
-#include "worker/model.h"
-#include "worker/sampler.h"
+#include "gguf/gguf.h"
+#include "model/kv_cache.h"
+#include "model/model.h"
+#include "model/sampler.h"
 
 /* -------------------------------------------------------------- config */
 

@@ -15,8 +15,8 @@
 
 #include "base/status.h"
 #include "tests/unit/gguf_build.h"
-#include "worker/gguf.h"
-#include "worker/tokenizer.h"
+#include "gguf/gguf.h"
+#include "tokenizer/tokenizer.h"
 #include "tests/unit/support_model.h"
 
 static sr_tokenizer *smol; /* SmolLM2's tokenizer, shared by the model tests */

@@ -1,0 +1,525 @@
+/* model: the Llama-family forward pass, top to bottom (see model.h).
+ *
+ * GGUF conventions this relies on (as llama.cpp writes them):
+ *  - llama: Q and K weights were permuted at conversion so that RoPE rotates
+ *    adjacent pairs (x[2i], x[2i+1]) ("NORM"); qwen2 keeps the Hugging Face
+ *    order and rotates x[i] with x[i + rope_dim/2] ("NEOX").
+ *  - llama3 scaling comes as a rope_freqs.weight tensor of per-pair frequency
+ *    divisors, or as rope.scaling.* metadata; both give the same factors.
+ *  - no output.weight means the head is tied to token_embd.weight. */
+#include "model/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attention/attention.h"
+#include "base/status.h"
+
+/* ---------------------------------------------------------------- config */
+
+typedef struct {
+    const sr_gguf *g;
+    const char *arch;
+} cfg__ctx;
+
+static const char *cfg__key(const cfg__ctx *c, const char *suffix, char *buf, size_t cap) {
+    snprintf(buf, cap, "%s.%s", c->arch, suffix);
+    return buf;
+}
+
+static int cfg__u32(const cfg__ctx *c, const char *suffix, int required, uint32_t def, uint32_t *out) {
+    char key[128];
+    cfg__key(c, suffix, key, sizeof(key));
+    if (!sr_gguf_find(c->g, key)) {
+        if (required) return sr_error_set(SR_EFORMAT, "model: metadata key '%s' is missing", key);
+        *out = def;
+        return SR_OK;
+    }
+    return sr_gguf_get_u32(c->g, key, out);
+}
+
+static int cfg__f32(const cfg__ctx *c, const char *suffix, float def, float *out) {
+    char key[128];
+    cfg__key(c, suffix, key, sizeof(key));
+    if (!sr_gguf_find(c->g, key)) {
+        *out = def;
+        return SR_OK;
+    }
+    return sr_gguf_get_f32(c->g, key, out);
+}
+
+static int str__eq(sr_gguf_str s, const char *z) {
+    return s.len == strlen(z) && memcmp(s.ptr, z, s.len) == 0;
+}
+
+int sr_model_config_read(sr_model_config *c, const sr_gguf *g) {
+    memset(c, 0, sizeof(*c));
+    sr_gguf_str arch;
+    int rc = sr_gguf_get_str(g, "general.architecture", &arch);
+    if (rc) return rc;
+    cfg__ctx cx = {g, NULL};
+    if (str__eq(arch, "llama")) {
+        c->arch = SR_ARCH_LLAMA;
+        c->rope_type = SR_ROPE_NORM;
+        cx.arch = "llama";
+    } else if (str__eq(arch, "qwen2")) {
+        c->arch = SR_ARCH_QWEN2;
+        c->rope_type = SR_ROPE_NEOX;
+        cx.arch = "qwen2";
+    } else {
+        return sr_error_set(SR_EUNSUPPORTED,
+                            "model: architecture '%.*s' is not supported (llama and qwen2 are)",
+                            (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
+    }
+    uint32_t dim, n_layer, n_head, n_head_kv, head_dim, hidden, rope_dim, ctx, vocab;
+    if ((rc = cfg__u32(&cx, "embedding_length", 1, 0, &dim)) ||
+        (rc = cfg__u32(&cx, "block_count", 1, 0, &n_layer)) ||
+        (rc = cfg__u32(&cx, "attention.head_count", 1, 0, &n_head)) ||
+        (rc = cfg__u32(&cx, "feed_forward_length", 1, 0, &hidden)) ||
+        (rc = cfg__u32(&cx, "context_length", 0, 0, &ctx)) ||
+        (rc = cfg__u32(&cx, "vocab_size", 0, 0, &vocab)))
+        return rc;
+    if (dim == 0 || n_layer == 0 || n_head == 0 || hidden == 0 || dim > (1u << 20) ||
+        n_layer > 4096 || n_head > 4096 || hidden > (1u << 22))
+        return sr_error_set(SR_EFORMAT, "model: implausible shape (dim %u, layers %u, heads %u, ffn %u)",
+                            dim, n_layer, n_head, hidden);
+    if ((rc = cfg__u32(&cx, "attention.head_count_kv", 0, n_head, &n_head_kv)) ||
+        (rc = cfg__u32(&cx, "attention.key_length", 0, dim / n_head, &head_dim)) ||
+        (rc = cfg__u32(&cx, "rope.dimension_count", 0, head_dim, &rope_dim)))
+        return rc;
+    if (n_head_kv == 0 || n_head % n_head_kv != 0)
+        return sr_error_set(SR_EFORMAT, "model: %u query heads are not a multiple of %u KV heads", n_head, n_head_kv);
+    if (head_dim == 0 || head_dim > 256 || head_dim % 16 != 0)
+        return sr_error_set(SR_EUNSUPPORTED, "model: head dim %u is not supported (a multiple of 16 up to 256)",
+                            head_dim);
+    if (rope_dim > head_dim || rope_dim % 2 != 0)
+        return sr_error_set(SR_EFORMAT, "model: rope dimension %u does not fit head dim %u", rope_dim, head_dim);
+    c->dim = (int)dim;
+    c->n_layer = (int)n_layer;
+    c->n_head = (int)n_head;
+    c->n_head_kv = (int)n_head_kv;
+    c->head_dim = (int)head_dim;
+    c->hidden_dim = (int)hidden;
+    c->vocab_size = (int)vocab; /* 0: taken from token_embd at load */
+    c->context_len = ctx;
+    c->rope_dim = (int)rope_dim;
+    if ((rc = cfg__f32(&cx, "attention.layer_norm_rms_epsilon", 1e-5f, &c->norm_eps)) ||
+        (rc = cfg__f32(&cx, "rope.freq_base", 10000.0f, &c->rope_theta)))
+        return rc;
+    c->rope_scale = 1.0f;
+
+    char key[128];
+    sr_gguf_str type = {"none", 4};
+    if (sr_gguf_find(g, cfg__key(&cx, "rope.scaling.type", key, sizeof(key))) &&
+        (rc = sr_gguf_get_str(g, key, &type)))
+        return rc;
+    float factor;
+    if ((rc = cfg__f32(&cx, "rope.scaling.factor", 1.0f, &factor))) return rc;
+    int has_llama3_keys = sr_gguf_find(g, cfg__key(&cx, "rope.scaling.low_freq_factor", key, sizeof(key))) != NULL;
+    if (str__eq(type, "linear")) {
+        c->rope_scale = factor;
+    } else if (str__eq(type, "llama3") || has_llama3_keys) {
+        uint32_t orig;
+        c->rope_llama3 = 1;
+        c->rope_factor = factor;
+        if ((rc = cfg__f32(&cx, "rope.scaling.low_freq_factor", 1.0f, &c->rope_low_freq)) ||
+            (rc = cfg__f32(&cx, "rope.scaling.high_freq_factor", 4.0f, &c->rope_high_freq)) ||
+            (rc = cfg__u32(&cx, "rope.scaling.original_context_length", 1, 0, &orig)))
+            return rc;
+        c->rope_orig_ctx = orig;
+        if (!(c->rope_high_freq > c->rope_low_freq) || c->rope_factor <= 0)
+            return sr_error_set(SR_EFORMAT,
+                                "model: llama3 rope scaling needs high_freq_factor > low_freq_factor and factor > 0");
+    } else if (!str__eq(type, "none")) {
+        return sr_error_set(SR_EUNSUPPORTED, "model: rope scaling '%.*s' is not supported (none, linear, llama3 are)",
+                            (int)(type.len > 32 ? 32 : type.len), type.ptr);
+    }
+    if (!(c->rope_scale > 0) || !(c->rope_theta > 0) || !(c->norm_eps > 0))
+        return sr_error_set(SR_EFORMAT, "model: rope theta, rope scale and norm epsilon must be positive");
+    return SR_OK;
+}
+
+/* --------------------------------------------------------------- weights */
+
+static int w__supported(uint32_t type) {
+    switch (type) {
+    case SR_GGML_F32: case SR_GGML_F16: case SR_GGML_BF16: case SR_GGML_Q8_0:
+    case SR_GGML_Q4_0: case SR_GGML_Q4_1: case SR_GGML_Q6_K: return 1;
+    default: return 0;
+    }
+}
+
+static const sr_gguf_tensor *w__find(const sr_gguf *g, const char *name, int optional, int *rc) {
+    const sr_gguf_tensor *t = sr_gguf_tensor_find(g, name);
+    *rc = SR_OK;
+    if (!t && !optional) *rc = sr_error_set(SR_EFORMAT, "model: tensor '%s' is missing", name);
+    return t;
+}
+
+/* A matrix with rows of k inputs and m rows, in a type sr_matmul takes. */
+static int w__matrix(const sr_gguf *g, const char *name, int64_t k, int64_t m, int optional, sr_weight *w) {
+    int rc;
+    const sr_gguf_tensor *t = w__find(g, name, optional, &rc);
+    memset(w, 0, sizeof(*w));
+    if (!t) return rc;
+    int extra = 0;
+    for (uint32_t i = 2; i < t->n_dims && i < 4; i++) extra |= t->ne[i] != 1;
+    if (t->n_dims < 1 || t->ne[0] != k || (t->n_dims >= 2 ? t->ne[1] : 1) != m || extra)
+        return sr_error_set(SR_EFORMAT, "model: tensor '%s' has shape [%lld, %lld], expected [%lld, %lld]", name,
+                            (long long)t->ne[0], (long long)(t->n_dims >= 2 ? t->ne[1] : 1), (long long)k,
+                            (long long)m);
+    if (!w__supported(t->type))
+        return sr_error_set(SR_EUNSUPPORTED, "model: tensor '%s' has type %s, which matmul does not support", name,
+                            sr_ggml_type_name(t->type));
+    if (t->n_bytes < sr_ggml_row_bytes(t->type, k) * (uint64_t)m)
+        return sr_error_set(SR_EFORMAT, "model: tensor '%s' is too small for its shape", name);
+    *w = (sr_weight){t->type, k, m, t->data};
+    return SR_OK;
+}
+
+static int w__vector(const sr_gguf *g, const char *name, int64_t n, int optional, const float **out) {
+    int rc;
+    const sr_gguf_tensor *t = w__find(g, name, optional, &rc);
+    *out = NULL;
+    if (!t) return rc;
+    if (t->type != SR_GGML_F32 || t->n_dims != 1 || t->ne[0] != n)
+        return sr_error_set(SR_EFORMAT, "model: tensor '%s' must be F32 [%lld] (is %s, %u dims, ne0 %lld)", name,
+                            (long long)n, sr_ggml_type_name(t->type), t->n_dims, (long long)t->ne[0]);
+    if (((uintptr_t)t->data & 3) != 0)
+        return sr_error_set(SR_EFORMAT, "model: tensor '%s' is not 4-byte aligned", name);
+    *out = t->data;
+    return SR_OK;
+}
+
+static int build_weights(sr_model_weights *w, sr_model_config *c, const sr_gguf *g) {
+    int rc;
+    const sr_gguf_tensor *emb = w__find(g, "token_embd.weight", 0, &rc);
+    if (!emb) return rc;
+    if (c->vocab_size == 0) c->vocab_size = emb->n_dims >= 2 && emb->ne[1] < (1 << 30) ? (int)emb->ne[1] : 0;
+    if (c->vocab_size <= 0) return sr_error_set(SR_EFORMAT, "model: cannot tell the vocabulary size");
+    int64_t d = c->dim, hd = c->head_dim, qd = (int64_t)c->n_head * hd, kvd = (int64_t)c->n_head_kv * hd;
+    if ((rc = w__matrix(g, "token_embd.weight", d, c->vocab_size, 0, &w->token_embd)) ||
+        (rc = w__matrix(g, "output.weight", d, c->vocab_size, 1, &w->output)) ||
+        (rc = w__vector(g, "output_norm.weight", d, 0, &w->output_norm)) ||
+        (rc = w__vector(g, "rope_freqs.weight", c->rope_dim / 2, 1, &w->rope_freqs)))
+        return rc;
+    if (!w->output.data) w->output = w->token_embd;
+    w->layers = calloc((size_t)c->n_layer, sizeof(*w->layers));
+    if (!w->layers) return sr_error_set(SR_ENOMEM, "model: out of memory");
+    for (int l = 0; l < c->n_layer; l++) {
+        struct sr_layer_weights *L = &w->layers[l];
+        char n[96];
+        int bias = c->arch == SR_ARCH_QWEN2;
+#define NAME(s) (snprintf(n, sizeof(n), "blk.%d." s, l), n)
+        if ((rc = w__vector(g, NAME("attn_norm.weight"), d, 0, &L->attn_norm)) ||
+            (rc = w__matrix(g, NAME("attn_q.weight"), d, qd, 0, &L->wq)) ||
+            (rc = w__matrix(g, NAME("attn_k.weight"), d, kvd, 0, &L->wk)) ||
+            (rc = w__matrix(g, NAME("attn_v.weight"), d, kvd, 0, &L->wv)) ||
+            (rc = w__matrix(g, NAME("attn_output.weight"), qd, d, 0, &L->wo)) ||
+            (rc = w__vector(g, NAME("attn_q.bias"), qd, !bias, &L->bq)) ||
+            (rc = w__vector(g, NAME("attn_k.bias"), kvd, !bias, &L->bk)) ||
+            (rc = w__vector(g, NAME("attn_v.bias"), kvd, !bias, &L->bv)) ||
+            (rc = w__vector(g, NAME("ffn_norm.weight"), d, 0, &L->ffn_norm)) ||
+            (rc = w__matrix(g, NAME("ffn_gate.weight"), d, c->hidden_dim, 0, &L->w_gate)) ||
+            (rc = w__matrix(g, NAME("ffn_up.weight"), d, c->hidden_dim, 0, &L->w_up)) ||
+            (rc = w__matrix(g, NAME("ffn_down.weight"), c->hidden_dim, d, 0, &L->w_down)))
+            return rc;
+#undef NAME
+    }
+    return SR_OK;
+}
+
+static void free_weights(sr_model_weights *w) {
+    free(w->layers);
+    memset(w, 0, sizeof(*w));
+}
+
+/* ------------------------------------------------------------- run state */
+
+static int build_state(sr_run_state *s, const sr_model_config *c, const sr_model_weights *w, int64_t max_batch) {
+    memset(s, 0, sizeof(*s));
+    s->max_batch = max_batch;
+    int64_t B = max_batch, qd = (int64_t)c->n_head * c->head_dim, kvd = (int64_t)c->n_head_kv * c->head_dim;
+    int64_t half = c->rope_dim / 2;
+    struct { float **p; int64_t n; } bufs[] = {
+        {&s->x, B * c->dim}, {&s->xb, B * c->dim}, {&s->q, B * qd}, {&s->k, B * kvd}, {&s->v, B * kvd},
+        {&s->att, B * qd}, {&s->lse, B * c->n_head}, {&s->att_part, B * qd}, {&s->lse_part, B * c->n_head},
+        {&s->hb, B * c->hidden_dim}, {&s->hb2, B * c->hidden_dim}, {&s->rope_cos, B * half + 1},
+        {&s->rope_sin, B * half + 1}, {&s->logits, c->vocab_size},
+    };
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) {
+        void *p = NULL;
+        if (posix_memalign(&p, 64, (size_t)bufs[i].n * sizeof(float)) != 0)
+            return sr_error_set(SR_ENOMEM, "model: out of memory for the run state (batch %lld)", (long long)B);
+        *bufs[i].p = p;
+    }
+    s->inv_freq = malloc((size_t)(half + 1) * sizeof(double));
+    if (!s->inv_freq) return sr_error_set(SR_ENOMEM, "model: out of memory for the run state");
+    /* Per-pair frequencies, with llama3 or tensor-given scaling folded in;
+     * double, since position x frequency must stay exact to ~1e-9 rad at
+     * a million tokens. */
+    for (int64_t i = 0; i < half; i++) {
+        double f = pow((double)c->rope_theta, -2.0 * (double)i / (double)c->rope_dim);
+        if (w->rope_freqs) {
+            f /= (double)w->rope_freqs[i];
+        } else if (c->rope_llama3) {
+            double wavelen = 2.0 * M_PI / f;
+            double lo = (double)c->rope_orig_ctx / c->rope_low_freq;  /* longer waves: scaled fully */
+            double hi = (double)c->rope_orig_ctx / c->rope_high_freq; /* shorter waves: kept */
+            if (wavelen > lo) {
+                f /= c->rope_factor;
+            } else if (wavelen >= hi) {
+                double smooth = ((double)c->rope_orig_ctx / wavelen - c->rope_low_freq) /
+                                (c->rope_high_freq - c->rope_low_freq);
+                f = (1.0 - smooth) * f / c->rope_factor + smooth * f;
+            }
+        }
+        s->inv_freq[i] = f / c->rope_scale;
+    }
+    return SR_OK;
+}
+
+static void free_state(sr_run_state *s) {
+    float *bufs[] = {s->x, s->xb, s->q, s->k, s->v, s->att, s->lse, s->att_part, s->lse_part,
+                     s->hb, s->hb2, s->rope_cos, s->rope_sin, s->logits};
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) free(bufs[i]);
+    free(s->inv_freq);
+    memset(s, 0, sizeof(*s));
+}
+
+/* ------------------------------------------------------------ load, free */
+
+int sr_model_load(sr_model **out, const char *path, const sr_model_opts *opts) {
+    *out = NULL;
+    sr_model *m = calloc(1, sizeof(*m));
+    if (!m) return sr_error_set(SR_ENOMEM, "model: out of memory");
+    int rc = sr_gguf_open(&m->gguf, path);
+    if (rc) {
+        free(m);
+        return rc;
+    }
+    m->n_threads = opts && opts->n_threads > 0 ? opts->n_threads : 1;
+    int kv_dtype = opts ? opts->kv_dtype : SR_DT_F16;
+    int64_t block = opts && opts->block_size > 0 ? opts->block_size : SR_KV_DEFAULT_BLOCK;
+    int64_t batch = opts && opts->max_batch > 0 ? opts->max_batch : 512;
+    sr_model_config *c = &m->config;
+    if ((rc = sr_model_config_read(c, m->gguf)) || (rc = build_weights(&m->weights, c, m->gguf)) ||
+        (rc = build_state(&m->state, c, &m->weights, batch)) ||
+        (rc = sr_kv_build(&m->kv, c->n_layer, c->n_head_kv, c->head_dim, kv_dtype, block))) {
+        sr_model_free(m);
+        return rc;
+    }
+    *out = m;
+    return SR_OK;
+}
+
+void sr_model_free(sr_model *m) {
+    if (!m) return;
+    sr_kv_free(&m->kv);
+    free_state(&m->state);
+    free_weights(&m->weights);
+    sr_gguf_close(m->gguf);
+    free(m);
+}
+
+void sr_model_reset(sr_model *m) {
+    sr_kv_clear(&m->kv);
+}
+
+/* ---------------------------------------------------------------- kernels */
+
+/* out[r] = x[r] / rms(x[r]) * w, for n rows of dim */
+static void rmsnorm(float *out, const float *x, const float *w, int64_t n, int dim, float eps, int nt) {
+#pragma omp parallel for num_threads(nt) if (n > 1)
+    for (int64_t r = 0; r < n; r++) {
+        const float *xr = x + r * dim;
+        float *o = out + r * dim;
+        float ss = 0.0f;
+        for (int i = 0; i < dim; i++) ss += xr[i] * xr[i];
+        float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+        for (int i = 0; i < dim; i++) o[i] = xr[i] * inv * w[i];
+    }
+}
+
+static void add_bias(float *y, const float *b, int64_t n, int64_t width) {
+    if (!b) return;
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t i = 0; i < width; i++) y[r * width + i] += b[i];
+}
+
+/* Rotates the first rope_dim dims of every head of n rows by the row's angles. */
+static void rope(float *x, int64_t n, int n_heads, const sr_model_config *c, const float *cosv, const float *sinv,
+                 int nt) {
+    int half = c->rope_dim / 2, hd = c->head_dim;
+#pragma omp parallel for num_threads(nt) if (n > 1)
+    for (int64_t r = 0; r < n; r++) {
+        const float *cr = cosv + r * half, *sr = sinv + r * half;
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + (r * n_heads + h) * hd;
+            for (int i = 0; i < half; i++) {
+                int a = c->rope_type == SR_ROPE_NORM ? 2 * i : i;
+                int b = c->rope_type == SR_ROPE_NORM ? 2 * i + 1 : i + half;
+                float x0 = v[a], x1 = v[b];
+                v[a] = x0 * cr[i] - x1 * sr[i];
+                v[b] = x0 * sr[i] + x1 * cr[i];
+            }
+        }
+    }
+}
+
+/* e^x for x in [-87, 88] within ~2 ulp, written so that loops over it
+ * vectorize (libm's expf does not without -ffast-math): x = k ln2 + r,
+ * e^r by a degree-6 polynomial, 2^k through the exponent bits. */
+static inline float exp_approx(float x) {
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest: 1.5 * 2^23 */
+    float r = x - k * 0.693145751953125f - k * 1.428606765330187e-06f;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.166666672f + r * (0.0416666493f + r * (0.00833345205f +
+                                                                                         r * 0.00138888958f)))));
+    int32_t bits = ((int32_t)k + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof(scale));
+    return p * scale;
+}
+
+static void residual_add(float *x, const float *d, int64_t count, int nt) {
+#pragma omp parallel for num_threads(nt) if (count > 65536)
+    for (int64_t i = 0; i < count; i++) x[i] += d[i];
+}
+
+/* --------------------------------------------------------- forward steps */
+
+int sr_model_embed(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0) {
+    const sr_model_config *c = &m->config;
+    sr_run_state *s = &m->state;
+    if (n <= 0 || n > s->max_batch || pos0 < 0)
+        return sr_error_set(SR_EINVAL, "model: %lld tokens at position %lld (batch holds 1..%lld)", (long long)n,
+                            (long long)pos0, (long long)s->max_batch);
+    for (int64_t i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+            return sr_error_set(SR_EINVAL, "model: token id %d is outside the vocabulary (0..%d)", tokens[i],
+                                c->vocab_size - 1);
+        int rc = sr_weight_row(&m->weights.token_embd, tokens[i], s->x + i * c->dim);
+        if (rc) return rc;
+    }
+    s->n = n;
+    s->pos0 = pos0;
+    int half = c->rope_dim / 2;
+    for (int64_t i = 0; i < n; i++) {
+        double p = (double)(pos0 + i);
+        for (int j = 0; j < half; j++) {
+            double a = p * s->inv_freq[j];
+            s->rope_cos[i * half + j] = (float)cos(a);
+            s->rope_sin[i * half + j] = (float)sin(a);
+        }
+    }
+    return SR_OK;
+}
+
+int sr_layer_qkv(sr_model *m, int l) {
+    const sr_model_config *c = &m->config;
+    const struct sr_layer_weights *L = &m->weights.layers[l];
+    sr_run_state *s = &m->state;
+    int nt = m->n_threads, rc;
+    rmsnorm(s->xb, s->x, L->attn_norm, s->n, c->dim, c->norm_eps, nt);
+    if ((rc = sr_matmul(&L->wq, s->xb, s->q, s->n, nt)) || (rc = sr_matmul(&L->wk, s->xb, s->k, s->n, nt)) ||
+        (rc = sr_matmul(&L->wv, s->xb, s->v, s->n, nt)))
+        return rc;
+    add_bias(s->q, L->bq, s->n, (int64_t)c->n_head * c->head_dim);
+    add_bias(s->k, L->bk, s->n, (int64_t)c->n_head_kv * c->head_dim);
+    add_bias(s->v, L->bv, s->n, (int64_t)c->n_head_kv * c->head_dim);
+    rope(s->q, s->n, c->n_head, c, s->rope_cos, s->rope_sin, nt);
+    rope(s->k, s->n, c->n_head_kv, c, s->rope_cos, s->rope_sin, nt);
+    return SR_OK;
+}
+
+int sr_model_kv_reserve(sr_model *m) {
+    return sr_kv_reserve(&m->kv, m->state.pos0, m->state.n, &m->state.kv_b0, &m->state.kv_off0);
+}
+
+int sr_layer_kv_append(sr_model *m, int l) {
+    sr_run_state *s = &m->state;
+    return sr_kv_store(&m->kv, l, s->kv_b0, s->kv_off0, s->n, s->k, s->v);
+}
+
+int sr_layer_attention(sr_model *m, int l) {
+    const sr_model_config *c = &m->config;
+    sr_run_state *s = &m->state;
+    sr_kv_run *runs;
+    int64_t n_runs;
+    int rc = sr_kv_runs(&m->kv, &runs, &n_runs);
+    if (rc) return rc;
+    int have = 0;
+    int64_t last_q = s->pos0 + s->n - 1;
+    for (int64_t r = 0; r < n_runs && rc == SR_OK; r++) {
+        if (runs[r].pos0 > last_q) continue; /* all masked */
+        sr_attn_desc d = {.nq = s->n, .nk = runs[r].len, .n_head_q = c->n_head, .n_head_kv = c->n_head_kv,
+                          .head_dim = c->head_dim, .causal = 1, .q_pos0 = s->pos0, .k_pos0 = runs[r].pos0,
+                          .scale = 0.0f, .kv_dtype = m->kv.dtype};
+        int64_t at = (int64_t)l * m->kv.cap_blocks + runs[r].b0;
+        sr_attn_kv kv = {NULL, NULL, &m->kv.k_ptr[at], &m->kv.v_ptr[at], m->kv.block_size};
+        if (!have) {
+            rc = sr_attn_forward(&d, s->q, &kv, s->att, s->lse, m->n_threads);
+            have = 1;
+        } else if ((rc = sr_attn_forward(&d, s->q, &kv, s->att_part, s->lse_part, m->n_threads)) == SR_OK) {
+            rc = sr_attn_merge_into(s->att, s->lse, s->att_part, s->lse_part, s->n * c->n_head, c->head_dim);
+        }
+    }
+    free(runs);
+    if (rc) return rc;
+    if (!have) return sr_error_set(SR_ESTATE, "model: attention with no visible keys in the cache");
+    return SR_OK;
+}
+
+int sr_layer_attn_out(sr_model *m, int l) {
+    const sr_model_config *c = &m->config;
+    sr_run_state *s = &m->state;
+    int rc = sr_matmul(&m->weights.layers[l].wo, s->att, s->xb, s->n, m->n_threads);
+    if (rc) return rc;
+    residual_add(s->x, s->xb, s->n * c->dim, m->n_threads);
+    return SR_OK;
+}
+
+int sr_layer_mlp(sr_model *m, int l) {
+    const sr_model_config *c = &m->config;
+    const struct sr_layer_weights *L = &m->weights.layers[l];
+    sr_run_state *s = &m->state;
+    int nt = m->n_threads, rc;
+    rmsnorm(s->xb, s->x, L->ffn_norm, s->n, c->dim, c->norm_eps, nt);
+    if ((rc = sr_matmul(&L->w_gate, s->xb, s->hb, s->n, nt)) || (rc = sr_matmul(&L->w_up, s->xb, s->hb2, s->n, nt)))
+        return rc;
+    int64_t count = s->n * c->hidden_dim;
+    float *restrict gate = s->hb;
+    const float *restrict up = s->hb2;
+#pragma omp parallel for simd num_threads(nt) if (count > 65536)
+    for (int64_t i = 0; i < count; i++) gate[i] = gate[i] / (1.0f + exp_approx(-gate[i])) * up[i]; /* SiLU(gate) * up */
+    if ((rc = sr_matmul(&L->w_down, s->hb, s->xb, s->n, nt))) return rc;
+    residual_add(s->x, s->xb, s->n * c->dim, nt);
+    return SR_OK;
+}
+
+int sr_model_logits(sr_model *m) {
+    const sr_model_config *c = &m->config;
+    sr_run_state *s = &m->state;
+    const float *last = s->x + (s->n - 1) * c->dim;
+    rmsnorm(s->xb, last, m->weights.output_norm, 1, c->dim, c->norm_eps, 1);
+    return sr_matmul(&m->weights.output, s->xb, s->logits, 1, m->n_threads);
+}
+
+int sr_model_forward(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0) {
+    if (n <= 0) return sr_error_set(SR_EINVAL, "model: forward of %lld tokens", (long long)n);
+    for (int64_t done = 0; done < n;) {
+        int64_t take = n - done < m->state.max_batch ? n - done : m->state.max_batch;
+        int rc = sr_model_embed(m, tokens + done, take, pos0 + done);
+        if (rc || (rc = sr_model_kv_reserve(m))) return rc;
+        for (int l = 0; l < m->config.n_layer; l++) {
+            if ((rc = sr_layer_qkv(m, l)) || (rc = sr_layer_kv_append(m, l)) || (rc = sr_layer_attention(m, l)) ||
+                (rc = sr_layer_attn_out(m, l)) || (rc = sr_layer_mlp(m, l)))
+                return rc;
+        }
+        done += take;
+    }
+    return sr_model_logits(m);
+}

@@ -1,0 +1,141 @@
+/* model: the Llama-family transformer (llama: Llama 2/3, Mistral, SmolLM2;
+ * qwen2: Q/K/V bias) over GGUF weights, fp32 activations.
+ *
+ * The forward pass is a sequence of per-layer steps that can also be called
+ * one at a time, so that context-parallel prefill and decode can put their
+ * own attention (over other processes' KV) between them:
+ *
+ *   sr_model_embed            tokens -> x
+ *   sr_model_kv_reserve       cache slots for the rows
+ *   for each layer l:
+ *     sr_layer_qkv            x -> q, k, v (RMSNorm, projections, bias, RoPE)
+ *     sr_layer_kv_append      k, v -> the KV cache
+ *     sr_layer_attention      q over every run of the local cache -> att, lse
+ *                             (merged by LSE; other ranks' parts merge in
+ *                             the same way, sr_attn_merge_into)
+ *     sr_layer_attn_out       x += att Wo^T
+ *     sr_layer_mlp            x += SwiGLU(RMSNorm(x))
+ *   sr_model_logits           last row of x -> logits
+ *
+ * Every step works on the n rows of the run state at absolute positions
+ * pos0 .. pos0 + n - 1 (set by sr_model_embed). */
+#ifndef SR_MODEL_MODEL_H
+#define SR_MODEL_MODEL_H
+
+#include <stdint.h>
+
+#include "gguf/gguf.h"
+#include "model/kv_cache.h"
+#include "matmul/matmul.h"
+
+enum { SR_ARCH_LLAMA = 0, SR_ARCH_QWEN2 = 1 };
+enum { SR_ROPE_NORM = 0, SR_ROPE_NEOX = 1 }; /* adjacent pairs; first/second halves */
+
+typedef struct {
+    int arch;           /* SR_ARCH_* */
+    int dim;            /* embedding width */
+    int n_layer;
+    int n_head;         /* query heads */
+    int n_head_kv;      /* key/value heads (GQA) */
+    int head_dim;
+    int hidden_dim;     /* MLP width */
+    int vocab_size;
+    int64_t context_len;/* trained context length (informational) */
+    float norm_eps;     /* RMSNorm epsilon */
+    float rope_theta;
+    int rope_dim;       /* rotated dims per head, <= head_dim */
+    int rope_type;      /* SR_ROPE_* */
+    float rope_scale;   /* linear position scaling: positions are divided by it */
+    /* llama3 frequency scaling, active when rope_llama3 is set */
+    int rope_llama3;
+    float rope_factor, rope_low_freq, rope_high_freq;
+    int64_t rope_orig_ctx;
+} sr_model_config;
+
+typedef struct {
+    sr_weight token_embd;  /* (vocab, dim) */
+    sr_weight output;      /* (vocab, dim); token_embd when tied */
+    const float *output_norm; /* (dim) */
+    const float *rope_freqs;  /* (rope_dim/2) frequency divisors, or NULL */
+    struct sr_layer_weights {
+        const float *attn_norm; /* (dim) */
+        sr_weight wq;           /* (n_head*head_dim, dim) */
+        sr_weight wk;           /* (n_head_kv*head_dim, dim) */
+        sr_weight wv;           /* (n_head_kv*head_dim, dim) */
+        sr_weight wo;           /* (dim, n_head*head_dim) */
+        const float *bq, *bk, *bv; /* (n_head*head_dim), (n_head_kv*head_dim) x2; NULL without bias */
+        const float *ffn_norm;  /* (dim) */
+        sr_weight w_gate;       /* (hidden_dim, dim) */
+        sr_weight w_up;         /* (hidden_dim, dim) */
+        sr_weight w_down;       /* (dim, hidden_dim) */
+    } *layers;                  /* (n_layer) */
+} sr_model_weights;
+
+/* Activations of up to max_batch rows. */
+typedef struct {
+    int64_t max_batch;
+    int64_t n;          /* rows in use */
+    int64_t pos0;       /* absolute position of row 0 */
+    float *x;           /* (max_batch, dim) residual stream */
+    float *xb;          /* (max_batch, dim) normed input of a sublayer */
+    float *q;           /* (max_batch, n_head*head_dim) */
+    float *k;           /* (max_batch, n_head_kv*head_dim) */
+    float *v;           /* (max_batch, n_head_kv*head_dim) */
+    float *att;         /* (max_batch, n_head*head_dim) attention output */
+    float *lse;         /* (max_batch, n_head) its log-sum-exp */
+    float *att_part;    /* (max_batch, n_head*head_dim) one KV run's output */
+    float *lse_part;    /* (max_batch, n_head) */
+    float *hb;          /* (max_batch, hidden_dim) gate, then SwiGLU */
+    float *hb2;         /* (max_batch, hidden_dim) up */
+    float *rope_cos;    /* (max_batch, rope_dim/2) */
+    float *rope_sin;    /* (max_batch, rope_dim/2) */
+    double *inv_freq;   /* (rope_dim/2) per-pair frequency, scaling applied */
+    float *logits;      /* (vocab_size) of the last row */
+    int64_t kv_b0, kv_off0; /* where sr_layer_kv_append writes (set by sr_model_kv_reserve) */
+} sr_run_state;
+
+typedef struct {
+    int n_threads;      /* OpenMP threads for every step */
+    int kv_dtype;       /* SR_DT_F16 or SR_DT_BF16; SR_DT_F32 for reference checks */
+    int64_t block_size; /* KV block tokens; 0: SR_KV_DEFAULT_BLOCK */
+    int64_t max_batch;  /* rows per forward call; 0: 512 */
+} sr_model_opts;
+
+typedef struct {
+    sr_model_config config;
+    sr_model_weights weights;
+    sr_run_state state;
+    sr_kv_cache kv;
+    sr_gguf *gguf;      /* owns the map the weights point into */
+    int n_threads;
+} sr_model;
+
+/* Reads the config from metadata; SR_EFORMAT / SR_EUNSUPPORTED with a message
+ * on an unknown architecture or a missing key. */
+int sr_model_config_read(sr_model_config *c, const sr_gguf *g);
+
+/* Opens a GGUF file (opts NULL: 1 thread, f16 KV, default sizes), checks
+ * every tensor's shape and type against the config, and builds the run
+ * state and an empty KV cache. */
+int sr_model_load(sr_model **out, const char *path, const sr_model_opts *opts);
+void sr_model_free(sr_model *m);
+
+/* The steps (see above). n <= max_batch. */
+int sr_model_embed(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0);
+int sr_model_kv_reserve(sr_model *m);
+int sr_layer_qkv(sr_model *m, int l);
+int sr_layer_kv_append(sr_model *m, int l);
+int sr_layer_attention(sr_model *m, int l);
+int sr_layer_attn_out(sr_model *m, int l);
+int sr_layer_mlp(sr_model *m, int l);
+int sr_model_logits(sr_model *m);
+
+/* All the steps: n tokens at positions pos0.., appended to the cache;
+ * leaves the logits of the last token in m->state.logits. n may exceed
+ * max_batch (done in chunks). */
+int sr_model_forward(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0);
+
+/* Empties the KV cache (a new context). */
+void sr_model_reset(sr_model *m);
+
+#endif

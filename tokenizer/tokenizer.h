@@ -1,0 +1,40 @@
+/* tokenizer: text <-> token ids from a GGUF vocabulary: byte-level BPE
+ * (tokenizer.ggml.model "gpt2", merges, pre-tokenizer regex through PCRE2)
+ * and SentencePiece-style ("llama", scores), with special tokens. */
+#ifndef SR_TOKENIZER_TOKENIZER_H
+#define SR_TOKENIZER_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gguf/gguf.h"
+
+typedef struct sr_tokenizer sr_tokenizer;
+
+/* Builds a tokenizer from the file's tokenizer.* metadata. The tokenizer
+ * keeps no pointer into g after return. */
+int sr_tok_from_gguf(sr_tokenizer **out, const sr_gguf *g);
+void sr_tok_free(sr_tokenizer *t);
+
+/* Encodes len bytes of text (any bytes; invalid UTF-8 becomes byte tokens).
+ * parse_special: 1 to turn special-token text such as "<|im_start|>" into its
+ * id. add_bos: prepend BOS if the model asks for it. *ids is malloc'ed. */
+int sr_tok_encode(const sr_tokenizer *t, const char *text, size_t len, int parse_special,
+                  int add_bos, int32_t **ids, int64_t *n_ids);
+
+/* Appends the bytes of token `id` to buf (capacity cap); returns the byte
+ * count written (may be a partial UTF-8 sequence), or a negative SR_E* code. */
+int sr_tok_piece(const sr_tokenizer *t, int32_t id, char *buf, size_t cap);
+
+int32_t sr_tok_bos(const sr_tokenizer *t);
+int32_t sr_tok_eos(const sr_tokenizer *t);
+/* 1 if generation should stop at this token (EOS, EOT, <|im_end|>, ...). */
+int sr_tok_is_eog(const sr_tokenizer *t, int32_t id);
+int64_t sr_tok_vocab_size(const sr_tokenizer *t);
+
+/* Applies the model's chat template (ChatML, Llama 2/3, ... chosen from
+ * tokenizer.chat_template) to one user message with an optional system
+ * message, adding the assistant prefix. Returns malloc'ed text or NULL. */
+char *sr_chat_prompt(const sr_tokenizer *t, const char *system, const char *user);
+
+#endif

@@ -1,0 +1,225 @@
+/* transport: backend selection, argument checks, and collectives built from
+ * point-to-point messages for backends without native ones. */
+#include "transport/transport.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/status.h"
+
+/* tags of the point-to-point collectives, above the user range */
+enum { TAG_BARRIER = SR_TP_TAG_MAX + 1, TAG_BCAST, TAG_GATHER };
+
+static const sr_tp_backend *const backends[] = {&sr_tp_mpi_backend, &sr_tp_tcp_backend,
+                                                &sr_tp_nccl_backend};
+
+static const sr_tp_backend *find_backend(const char *name) {
+    for (size_t i = 0; i < sizeof backends / sizeof backends[0]; i++)
+        if (strcmp(backends[i]->name, name) == 0) return backends[i];
+    return NULL;
+}
+
+sr_tp_opts sr_tp_opts_default(void) {
+    sr_tp_opts o;
+    memset(&o, 0, sizeof o);
+    o.rank = -1;
+    o.size = -1;
+    o.device = -1;
+    return o;
+}
+
+int sr_tp_available(const char *backend) {
+    const sr_tp_backend *be = backend ? find_backend(backend) : NULL;
+    return be ? be->available() : 0;
+}
+
+int sr_tp_open(sr_tp **out, const char *backend, const sr_tp_opts *opts) {
+    if (!out) return sr_error_set(SR_EINVAL, "sr_tp_open: out is NULL");
+    *out = NULL;
+    const sr_tp_backend *be = backend ? find_backend(backend) : NULL;
+    if (!be)
+        return sr_error_set(SR_EINVAL, "unknown transport '%s' (choose mpi, tcp or nccl)",
+                            backend ? backend : "(null)");
+    sr_tp_opts def = sr_tp_opts_default();
+    sr_tp *tp = calloc(1, sizeof *tp);
+    if (!tp) return sr_error_set(SR_ENOMEM, "out of memory opening transport %s", backend);
+    tp->be = be;
+    int rc = be->open(tp, opts ? opts : &def);
+    if (rc != SR_OK) {
+        free(tp);
+        return rc;
+    }
+    *out = tp;
+    return SR_OK;
+}
+
+void sr_tp_close(sr_tp *tp) {
+    if (!tp) return;
+    tp->be->close(tp);
+    free(tp);
+}
+
+int sr_tp_rank(const sr_tp *tp) { return tp->rank; }
+int sr_tp_size(const sr_tp *tp) { return tp->size; }
+const char *sr_tp_name(const sr_tp *tp) { return tp->be->name; }
+int sr_tp_device_memory(const sr_tp *tp) { return tp->device_memory; }
+
+static int check_p2p(sr_tp *tp, const void *buf, int64_t len, int peer, int tag, sr_tp_req **req,
+                     int internal) {
+    if (!tp || !req) return sr_error_set(SR_EINVAL, "transport or request pointer is NULL");
+    *req = NULL;
+    if (len < 0) return sr_error_set(SR_EINVAL, "negative message length %lld", (long long)len);
+    if (len > 0 && !buf) return sr_error_set(SR_EINVAL, "NULL buffer for %lld bytes", (long long)len);
+    if (peer < 0 || peer >= tp->size)
+        return sr_error_set(SR_EINVAL, "peer rank %d out of range 0..%d", peer, tp->size - 1);
+    if (tag < 0 || (!internal && tag > SR_TP_TAG_MAX))
+        return sr_error_set(SR_EINVAL, "tag %d out of range 0..%d", tag, SR_TP_TAG_MAX);
+    return SR_OK;
+}
+
+static int new_req(sr_tp *tp, int64_t len, int peer, int tag, int is_send, sr_tp_req **out) {
+    sr_tp_req *r = calloc(1, tp->be->req_size);
+    if (!r) return sr_error_set(SR_ENOMEM, "out of memory for a transport request");
+    r->tp = tp;
+    r->len = len;
+    r->peer = peer;
+    r->tag = tag;
+    r->is_send = is_send;
+    *out = r;
+    return SR_OK;
+}
+
+static int isend(sr_tp *tp, const void *buf, int64_t len, int peer, int tag, sr_tp_req **req,
+                 int internal) {
+    int rc = check_p2p(tp, buf, len, peer, tag, req, internal);
+    if (rc != SR_OK) return rc;
+    sr_tp_req *r = NULL;
+    if ((rc = new_req(tp, len, peer, tag, 1, &r)) != SR_OK) return rc;
+    if ((rc = tp->be->isend(tp, r, buf, len, peer, tag)) != SR_OK) {
+        free(r);
+        return rc;
+    }
+    *req = r;
+    return SR_OK;
+}
+
+static int irecv(sr_tp *tp, void *buf, int64_t len, int peer, int tag, sr_tp_req **req,
+                 int internal) {
+    int rc = check_p2p(tp, buf, len, peer, tag, req, internal);
+    if (rc != SR_OK) return rc;
+    sr_tp_req *r = NULL;
+    if ((rc = new_req(tp, len, peer, tag, 0, &r)) != SR_OK) return rc;
+    if ((rc = tp->be->irecv(tp, r, buf, len, peer, tag)) != SR_OK) {
+        free(r);
+        return rc;
+    }
+    *req = r;
+    return SR_OK;
+}
+
+int sr_tp_isend(sr_tp *tp, const void *buf, int64_t len, int peer, int tag, sr_tp_req **req) {
+    return isend(tp, buf, len, peer, tag, req, 0);
+}
+
+int sr_tp_irecv(sr_tp *tp, void *buf, int64_t len, int peer, int tag, sr_tp_req **req) {
+    return irecv(tp, buf, len, peer, tag, req, 0);
+}
+
+int sr_tp_test(sr_tp_req *req, int *done) {
+    if (!req || !done) return sr_error_set(SR_EINVAL, "sr_tp_test: NULL argument");
+    return req->tp->be->test(req, done);
+}
+
+int sr_tp_wait(sr_tp_req *req) {
+    if (!req) return SR_OK;
+    int rc = req->tp->be->wait(req);
+    free(req);
+    return rc;
+}
+
+int sr_tp_waitall(int n, sr_tp_req **reqs) {
+    int first = SR_OK;
+    for (int i = 0; i < n; i++) {
+        int rc = sr_tp_wait(reqs[i]);
+        reqs[i] = NULL;
+        if (rc != SR_OK && first == SR_OK) first = rc;
+    }
+    return first;
+}
+
+/* Point-to-point collectives are rooted fan-in/fan-out: O(size) messages at
+ * the root, which is what the job sizes here (a handful of workers) need. */
+static int p2p_gather(sr_tp *tp, const void *send, int64_t len, void *recv, int root, int tag) {
+    int rc;
+    if (tp->rank != root) {
+        sr_tp_req *r;
+        if ((rc = isend(tp, send, len, root, tag, &r, 1)) != SR_OK) return rc;
+        return sr_tp_wait(r);
+    }
+    sr_tp_req **reqs = calloc((size_t)tp->size, sizeof *reqs);
+    if (!reqs) return sr_error_set(SR_ENOMEM, "out of memory in gather");
+    rc = SR_OK;
+    for (int p = 0; p < tp->size && rc == SR_OK; p++) {
+        char *dst = recv ? (char *)recv + (int64_t)p * len : NULL;
+        if (p == root) {
+            if (len > 0) memcpy(dst, send, (size_t)len);
+            continue;
+        }
+        rc = irecv(tp, dst, len, p, tag, &reqs[p], 1);
+    }
+    int rc2 = sr_tp_waitall(tp->size, reqs);
+    free(reqs);
+    return rc != SR_OK ? rc : rc2;
+}
+
+static int p2p_bcast(sr_tp *tp, void *buf, int64_t len, int root) {
+    int rc;
+    if (tp->rank != root) {
+        sr_tp_req *r;
+        if ((rc = irecv(tp, buf, len, root, TAG_BCAST, &r, 1)) != SR_OK) return rc;
+        return sr_tp_wait(r);
+    }
+    sr_tp_req **reqs = calloc((size_t)tp->size, sizeof *reqs);
+    if (!reqs) return sr_error_set(SR_ENOMEM, "out of memory in bcast");
+    rc = SR_OK;
+    for (int p = 0; p < tp->size && rc == SR_OK; p++)
+        if (p != root) rc = isend(tp, buf, len, p, TAG_BCAST, &reqs[p], 1);
+    int rc2 = sr_tp_waitall(tp->size, reqs);
+    free(reqs);
+    return rc != SR_OK ? rc : rc2;
+}
+
+int sr_tp_barrier(sr_tp *tp) {
+    if (!tp) return sr_error_set(SR_EINVAL, "sr_tp_barrier: transport is NULL");
+    if (tp->be->barrier) return tp->be->barrier(tp);
+    char dummy = 0;
+    int rc = p2p_gather(tp, &dummy, 0, NULL, 0, TAG_BARRIER);
+    if (rc != SR_OK) return rc;
+    return p2p_bcast(tp, &dummy, 0, 0);
+}
+
+int sr_tp_bcast(sr_tp *tp, void *buf, int64_t len, int root) {
+    if (!tp) return sr_error_set(SR_EINVAL, "sr_tp_bcast: transport is NULL");
+    if (len < 0 || (len > 0 && !buf))
+        return sr_error_set(SR_EINVAL, "sr_tp_bcast: bad buffer (%lld bytes)", (long long)len);
+    if (root < 0 || root >= tp->size)
+        return sr_error_set(SR_EINVAL, "bcast root %d out of range 0..%d", root, tp->size - 1);
+    if (tp->be->bcast) return tp->be->bcast(tp, buf, len, root);
+    return p2p_bcast(tp, buf, len, root);
+}
+
+int sr_tp_gather(sr_tp *tp, const void *send, int64_t len, void *recv, int root) {
+    if (!tp) return sr_error_set(SR_EINVAL, "sr_tp_gather: transport is NULL");
+    if (root < 0 || root >= tp->size)
+        return sr_error_set(SR_EINVAL, "gather root %d out of range 0..%d", root, tp->size - 1);
+    if (len < 0 || (len > 0 && (!send || (tp->rank == root && !recv))))
+        return sr_error_set(SR_EINVAL, "sr_tp_gather: bad buffer (%lld bytes)", (long long)len);
+    if (tp->be->gather) return tp->be->gather(tp, send, len, recv, root);
+    return p2p_gather(tp, send, len, recv, root, TAG_GATHER);
+}
+
+int sr_tp_allgather(sr_tp *tp, const void *send, int64_t len, void *recv) {
+    int rc = sr_tp_gather(tp, send, len, recv, 0);
+    if (rc != SR_OK) return rc;
+    return sr_tp_bcast(tp, recv, len * tp->size, 0);
+}

@@ -1,0 +1,146 @@
+/* transport: the data plane. Byte buffers between the ranks of a job (KV
+ * blocks, queries, partial attention results), with one interface and three
+ * backends chosen by name:
+ *
+ *   "mpi"   Open MPI, CPU memory; the default under mpirun.
+ *   "tcp"   plain sockets, no MPI: for processes not started by mpirun.
+ *   "nccl"  NCCL, GPU memory (make CUDA=1); bootstrapped over MPI.
+ *
+ * A transport (sr_tp) is a long-lived handle; each isend/irecv is a one-shot
+ * request (sr_tp_req) that completes in the background and is released by
+ * sr_tp_wait. A receive must name the exact length of the message it expects:
+ * a message of another length fails the receive with SR_EFORMAT.
+ *
+ * Matching is by (peer, tag), first posted first matched, so messages with
+ * different tags may be received in any order. The nccl backend has no tags:
+ * between two ranks it delivers messages in the order they were posted.
+ *
+ * Collectives (barrier, bcast, gather) are blocking and must be called by
+ * every rank in the same order; they may not be mixed with pending requests
+ * on the same tags. */
+#ifndef SR_TRANSPORT_TRANSPORT_H
+#define SR_TRANSPORT_TRANSPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* User tags are 0..SR_TP_TAG_MAX; tags above are the transport's own. */
+#define SR_TP_TAG_MAX 30000
+
+typedef struct sr_tp sr_tp;
+typedef struct sr_tp_req sr_tp_req;
+
+typedef struct {
+    /* tcp: this process's rank and the job size; -1 reads them from the
+     * environment (SR_RANK/SR_SIZE, then OMPI_COMM_WORLD_RANK/SIZE, then
+     * PMI_RANK/PMI_SIZE). mpi and nccl take them from the communicator. */
+    int rank, size;
+    /* tcp rendezvous: "host:port,host:port,..." with one entry per rank, in
+     * rank order; NULL reads env SR_TCP_HOSTS. Without either, rank r
+     * listens on 127.0.0.1:base_port + r. */
+    const char *hosts;
+    int base_port;    /* 0 reads env SR_TCP_PORT, else 29500 */
+    double timeout_s; /* tcp: how long to wait for peers at open; 0 means 60 */
+    /* mpi, nccl: pointer to the MPI_Comm to use (it is duplicated); NULL
+     * means MPI_COMM_WORLD. */
+    const void *mpi_comm;
+    int device; /* nccl: CUDA device; -1 means local rank % device count */
+} sr_tp_opts;
+
+/* Options with every field at its default. */
+sr_tp_opts sr_tp_opts_default(void);
+
+/* Initialises MPI once per process with MPI_THREAD_FUNNELED (or checks the
+ * level if the caller already did). Safe to call many times. */
+int sr_tp_mpi_init(int *argc, char ***argv);
+
+/* Whether a backend name is compiled in and usable in this process
+ * ("nccl" also needs a visible GPU; "mpi" needs MPI initialised). */
+int sr_tp_available(const char *backend);
+
+/* Opens a transport over every rank of the job; collective (every rank calls
+ * it). opts may be NULL. On failure *out is NULL and the message says why. */
+int sr_tp_open(sr_tp **out, const char *backend, const sr_tp_opts *opts);
+
+/* Closes the transport; every request must have been waited on. Collective
+ * for mpi and nccl. NULL is a no-op. */
+void sr_tp_close(sr_tp *tp);
+
+int sr_tp_rank(const sr_tp *tp);
+int sr_tp_size(const sr_tp *tp);
+const char *sr_tp_name(const sr_tp *tp);
+/* 1 if buffers are device (GPU) memory, as for nccl. */
+int sr_tp_device_memory(const sr_tp *tp);
+
+/* Starts sending len bytes of buf to peer. buf must stay valid and unchanged
+ * until the request completes. peer may be this rank. */
+int sr_tp_isend(sr_tp *tp, const void *buf, int64_t len, int peer, int tag, sr_tp_req **req);
+
+/* Starts receiving exactly len bytes from peer into buf. */
+int sr_tp_irecv(sr_tp *tp, void *buf, int64_t len, int peer, int tag, sr_tp_req **req);
+
+/* Polls a request and drives the transport's progress: *done is 1 once it
+ * has completed (successfully or not). The request stays owned by the caller
+ * until sr_tp_wait. */
+int sr_tp_test(sr_tp_req *req, int *done);
+
+/* Waits for a request to complete, releases it and returns its status
+ * (SR_OK, or a negative code with its message on this thread). NULL is SR_OK. */
+int sr_tp_wait(sr_tp_req *req);
+
+/* Waits for n requests (NULL entries are skipped), releasing all of them;
+ * returns the first failure. */
+int sr_tp_waitall(int n, sr_tp_req **reqs);
+
+/* Returns once every rank has entered the barrier. */
+int sr_tp_barrier(sr_tp *tp);
+
+/* Copies len bytes of root's buf into buf on every rank. */
+int sr_tp_bcast(sr_tp *tp, void *buf, int64_t len, int root);
+
+/* Root receives every rank's len bytes, in rank order, into recv (size *
+ * len bytes); recv is ignored on other ranks. */
+int sr_tp_gather(sr_tp *tp, const void *send, int64_t len, void *recv, int root);
+
+/* Every rank receives every rank's len bytes into recv (size * len bytes). */
+int sr_tp_allgather(sr_tp *tp, const void *send, int64_t len, void *recv);
+
+/* ---- backend interface (for transport_*.c) ---- */
+
+typedef struct {
+    const char *name;
+    size_t req_size; /* bytes of the backend's request struct, sr_tp_req first */
+    int (*available)(void);
+    int (*open)(sr_tp *tp, const sr_tp_opts *opts);
+    void (*close)(sr_tp *tp);
+    int (*isend)(sr_tp *tp, sr_tp_req *req, const void *buf, int64_t len, int peer, int tag);
+    int (*irecv)(sr_tp *tp, sr_tp_req *req, void *buf, int64_t len, int peer, int tag);
+    int (*test)(sr_tp_req *req, int *done);
+    int (*wait)(sr_tp_req *req); /* completes, then the frontend frees */
+    /* Optional native collectives; NULL uses point-to-point in transport.c. */
+    int (*barrier)(sr_tp *tp);
+    int (*bcast)(sr_tp *tp, void *buf, int64_t len, int root);
+    int (*gather)(sr_tp *tp, const void *send, int64_t len, void *recv, int root);
+} sr_tp_backend;
+
+struct sr_tp {
+    const sr_tp_backend *be;
+    int rank, size;
+    int device_memory;
+    void *impl; /* the backend's state */
+    void *data; /* free for the user */
+};
+
+struct sr_tp_req {
+    sr_tp *tp;
+    int64_t len;
+    int peer, tag;
+    int is_send;
+    void *data; /* free for the user */
+};
+
+extern const sr_tp_backend sr_tp_mpi_backend;
+extern const sr_tp_backend sr_tp_tcp_backend;
+extern const sr_tp_backend sr_tp_nccl_backend;
+
+#endif
