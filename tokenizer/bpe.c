@@ -1,4 +1,4 @@
-/* tokenizer_bpe: byte-level BPE (tokenizer.ggml.model "gpt2").
+/* bpe: byte-level BPE (tokenizer.ggml.model "gpt2").
  *
  * Text is cut into pieces by the model's pre-tokenizer regexes (PCRE2, UTF-8
  * with Unicode properties; invalid UTF-8 is allowed and never matches, so it
@@ -6,6 +6,8 @@
  * starts as one token per byte and merges the adjacent pair of lowest rank
  * until none is left, exactly as the merges were learnt. Merges work on token
  * ids: the table maps a pair of ids to (rank, merged id). */
+#include "tokenizer/bpe.h"
+
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
@@ -14,7 +16,7 @@
 
 #include "base/log.h"
 #include "base/status.h"
-#include "tokenizer/internal.h"
+#include "tokenizer/heap.h"
 
 /* Pre-tokenizer regexes per tokenizer.ggml.pre, the same as the models'
  * Hugging Face tokenizer.json. */
@@ -31,16 +33,16 @@ typedef struct {
     const char *names; /* '|'-separated tokenizer.ggml.pre values */
     const char *re[2];
     int ignore_merges;
-} pre__def;
+} pre_def;
 
-static const pre__def pre__defs[] = {
+static const pre_def pre_defs[] = {
     {"default|gpt2|gpt-2|phi-2|jina-es|jina-de|mpt|olmo|jais|bloom|gpt3-finnish|poro-chat|viking|tekken", {RE_GPT2, NULL}, 0},
     {"smollm|starcoder|refact|codeshell|command-r|exaone|minerva", {RE_DIGIT, RE_GPT2}, 0},
     {"llama3|llama-bpe|llama-v3|dbrx|smaug-bpe|falcon3|pixtral", {RE_LLAMA3, NULL}, 1},
     {"qwen2|deepseek-r1-qwen|megrez", {RE_QWEN2, NULL}, 0},
 };
 
-static int pre__match(const char *names, const char *pre, size_t n) {
+static int pre_matches(const char *names, const char *pre, size_t n) {
     const char *p = names;
     for (;;) {
         const char *bar = strchr(p, '|');
@@ -53,15 +55,15 @@ static int pre__match(const char *names, const char *pre, size_t n) {
 
 /* gpt2's byte-to-unicode map: printable Latin-1 bytes stand for themselves,
  * the other 68 (0-32, 127-160, 173) for U+0100 onwards, in order. */
-static uint32_t gpt2__cp(unsigned b) {
+static uint32_t gpt2_cp(unsigned b) {
     if (b <= 32) return 256 + b;
     if (b >= 127 && b <= 160) return 256 + 33 + (b - 127);
     if (b == 173) return 256 + 67;
     return b;
 }
 
-static int gpt2__byte(uint32_t cp) {
-    if (cp < 256) return gpt2__cp(cp) == cp ? (int)cp : -1;
+static int gpt2_byte(uint32_t cp) {
+    if (cp < 256) return gpt2_cp(cp) == cp ? (int)cp : -1;
     uint32_t k = cp - 256;
     if (k <= 32) return (int)k;
     if (k <= 66) return (int)(127 + k - 33);
@@ -69,7 +71,7 @@ static int gpt2__byte(uint32_t cp) {
     return -1;
 }
 
-static size_t utf8__put(uint32_t cp, char *out) {
+static size_t utf8_put(uint32_t cp, char *out) {
     if (cp < 0x80) {
         out[0] = (char)cp;
         return 1;
@@ -91,8 +93,8 @@ size_t sr_tok__bpe_unmap(const char *s, size_t n, char *out) {
         const unsigned char *u = (const unsigned char *)s + i;
         size_t len = sr_tok__utf8_len(u, n - i);
         int b = -1;
-        if (len == 2) b = gpt2__byte(((uint32_t)(u[0] & 0x1f) << 6) | (u[1] & 0x3f));
-        else if (len == 1 && u[0] < 0x80) b = gpt2__byte(u[0]);
+        if (len == 2) b = gpt2_byte(((uint32_t)(u[0] & 0x1f) << 6) | (u[1] & 0x3f));
+        else if (len == 1 && u[0] < 0x80) b = gpt2_byte(u[0]);
         if (b >= 0) {
             out[o++] = (char)b;
         } else {
@@ -105,23 +107,23 @@ size_t sr_tok__bpe_unmap(const char *s, size_t n, char *out) {
     return o;
 }
 
-static uint64_t merge__key(int32_t a, int32_t b) { return (((uint64_t)(uint32_t)a << 32) | (uint32_t)b) + 1; }
+static uint64_t merge_key(int32_t a, int32_t b) { return (((uint64_t)(uint32_t)a << 32) | (uint32_t)b) + 1; }
 
-static uint64_t merge__slot(uint64_t key, uint64_t mask) {
+static uint64_t merge_slot(uint64_t key, uint64_t mask) {
     uint64_t h = key * 0x9e3779b97f4a7c15ull;
     return (h ^ (h >> 31)) & mask;
 }
 
-static const sr_tok__merge *merge__find(const sr_tokenizer *t, int32_t a, int32_t b) {
-    uint64_t key = merge__key(a, b);
-    for (uint64_t i = merge__slot(key, t->merges_mask);; i = (i + 1) & t->merges_mask) {
-        const sr_tok__merge *m = &t->merges[i];
+static const sr_tok__merge *merge_find(const sr_tok__bpe *bpe, int32_t a, int32_t b) {
+    uint64_t key = merge_key(a, b);
+    for (uint64_t i = merge_slot(key, bpe->merges_mask);; i = (i + 1) & bpe->merges_mask) {
+        const sr_tok__merge *m = &bpe->merges[i];
         if (m->key == key) return m;
         if (m->key == 0) return NULL;
     }
 }
 
-static int merges__load(sr_tokenizer *t, const sr_gguf *g) {
+static int load_merges(sr_tok__bpe *bpe, const sr_tok__vocab *v, const sr_gguf *g) {
     const sr_gguf_kv *kv = sr_gguf_find(g, "tokenizer.ggml.merges");
     if (!kv) return sr_error_set(SR_EFORMAT, "GGUF has no tokenizer.ggml.merges, which a \"gpt2\" tokenizer needs");
     if (kv->type != SR_GGUF_ARRAY || kv->arr_type != SR_GGUF_STRING)
@@ -129,9 +131,9 @@ static int merges__load(sr_tokenizer *t, const sr_gguf *g) {
     if (kv->arr_len >= INT32_MAX) return sr_error_set(SR_EFORMAT, "GGUF tokenizer.ggml.merges has %llu entries", (unsigned long long)kv->arr_len);
     uint64_t slots = 1;
     while (slots < 2 * kv->arr_len + 2) slots <<= 1;
-    t->merges = calloc(slots, sizeof(*t->merges));
-    if (!t->merges) return sr_error_set(SR_ENOMEM, "tokenizer: out of memory for %llu merges", (unsigned long long)kv->arr_len);
-    t->merges_mask = slots - 1;
+    bpe->merges = calloc(slots, sizeof(*bpe->merges));
+    if (!bpe->merges) return sr_error_set(SR_ENOMEM, "tokenizer: out of memory for %llu merges", (unsigned long long)kv->arr_len);
+    bpe->merges_mask = slots - 1;
 
     char *buf = NULL;
     size_t buf_cap = 0;
@@ -157,37 +159,38 @@ static int merges__load(sr_tokenizer *t, const sr_gguf *g) {
         }
         memcpy(buf, s, la);
         memcpy(buf + la, sp + 1, lb);
-        int32_t a = sr_tok__find(t, s, la), b = sr_tok__find(t, sp + 1, lb), m = sr_tok__find(t, buf, la + lb);
+        int32_t a = sr_tok__vocab_find(v, s, la), b = sr_tok__vocab_find(v, sp + 1, lb), m = sr_tok__vocab_find(v, buf, la + lb);
         if (a < 0 || b < 0 || m < 0) {
             skipped++;
             continue;
         }
-        uint64_t key = merge__key(a, b), i = merge__slot(key, t->merges_mask);
-        while (t->merges[i].key && t->merges[i].key != key) i = (i + 1) & t->merges_mask;
-        if (t->merges[i].key) continue; /* a repeated pair keeps its first (lowest) rank */
-        t->merges[i].key = key;
-        t->merges[i].rank = (int32_t)r;
-        t->merges[i].id = m;
+        uint64_t key = merge_key(a, b), i = merge_slot(key, bpe->merges_mask);
+        sr_tok__merge *e = bpe->merges;
+        while (e[i].key && e[i].key != key) i = (i + 1) & bpe->merges_mask;
+        if (e[i].key) continue; /* a repeated pair keeps its first (lowest) rank */
+        e[i].key = key;
+        e[i].rank = (int32_t)r;
+        e[i].id = m;
     }
     free(buf);
     if (skipped) SR_WARN("tokenizer: %lld merges name tokens missing from the vocabulary; ignored", (long long)skipped);
     return SR_OK;
 }
 
-int sr_tok__bpe_init(sr_tokenizer *t, const sr_gguf *g, const char *pre, size_t pre_len) {
-    const pre__def *def = NULL;
+int sr_tok__bpe_init(sr_tok__bpe *bpe, const sr_tok__vocab *v, const sr_gguf *g, const char *pre, size_t pre_len) {
+    const pre_def *def = NULL;
     if (!pre) {
         SR_WARN("tokenizer: GGUF has no tokenizer.ggml.pre; using the gpt2 pre-tokenizer");
-        def = &pre__defs[0];
+        def = &pre_defs[0];
     }
-    for (size_t i = 0; !def && i < sizeof(pre__defs) / sizeof(pre__defs[0]); i++)
-        if (pre__match(pre__defs[i].names, pre, pre_len)) def = &pre__defs[i];
+    for (size_t i = 0; !def && i < sizeof(pre_defs) / sizeof(pre_defs[0]); i++)
+        if (pre_matches(pre_defs[i].names, pre, pre_len)) def = &pre_defs[i];
     if (!def) {
         SR_WARN("tokenizer: pre-tokenizer \"%.*s\" is not known; using gpt2's, so some token ids may differ from the model's own",
                 (int)(pre_len > 64 ? 64 : pre_len), pre);
-        def = &pre__defs[0];
+        def = &pre_defs[0];
     }
-    t->ignore_merges = def->ignore_merges;
+    bpe->ignore_merges = def->ignore_merges;
     for (int i = 0; i < 2 && def->re[i]; i++) {
         int err;
         PCRE2_SIZE at;
@@ -198,24 +201,24 @@ int sr_tok__bpe_init(sr_tokenizer *t, const sr_gguf *g, const char *pre, size_t 
             if (pcre2_get_error_message(err, msg, sizeof(msg)) < 0) strcpy((char *)msg, "unknown error");
             return sr_error_set(SR_EUNSUPPORTED, "tokenizer: PCRE2 rejects the pre-tokenizer regex at %zu: %s", (size_t)at, (char *)msg);
         }
-        t->re[t->n_re++] = re;
+        bpe->re[bpe->n_re++] = re;
         /* JIT is several times faster; without it PCRE2 interprets the same pattern */
         int jrc = pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
         if (jrc) SR_DEBUG("tokenizer: PCRE2 JIT unavailable (%d); matching without it", jrc);
     }
     for (int b = 0; b < 256; b++) {
         char s[4];
-        size_t n = utf8__put(gpt2__cp((unsigned)b), s);
-        t->byte_id[b] = sr_tok__find(t, s, n);
+        size_t n = utf8_put(gpt2_cp((unsigned)b), s);
+        bpe->byte_id[b] = sr_tok__vocab_find(v, s, n);
     }
-    return merges__load(t, g);
+    return load_merges(bpe, v, g);
 }
 
-void sr_tok__bpe_free(sr_tokenizer *t) {
-    for (int i = 0; i < t->n_re; i++) pcre2_code_free((pcre2_code *)t->re[i]);
-    t->n_re = 0;
-    free(t->merges);
-    t->merges = NULL;
+void sr_tok__bpe_free(sr_tok__bpe *bpe) {
+    for (int i = 0; i < bpe->n_re; i++) pcre2_code_free((pcre2_code *)bpe->re[i]);
+    bpe->n_re = 0;
+    free(bpe->merges);
+    bpe->merges = NULL;
 }
 
 /* ---- merging one piece ---- */
@@ -233,7 +236,7 @@ typedef struct {
     char *mapped; /* the piece in gpt2 characters, for ignore_merges */
 } work;
 
-static void work__free(work *w) {
+static void work_free(work *w) {
     free(w->id);
     free(w->next);
     free(w->prev);
@@ -241,7 +244,7 @@ static void work__free(work *w) {
     free(w->mapped);
 }
 
-static int work__reserve(work *w, int64_t n) {
+static int work_reserve(work *w, int64_t n) {
     if (n <= w->cap) return SR_OK;
     int64_t cap = n < 256 ? 256 : 2 * n;
     int32_t *id = realloc(w->id, (size_t)cap * sizeof(int32_t));
@@ -257,30 +260,31 @@ static int work__reserve(work *w, int64_t n) {
     return SR_OK;
 }
 
-static int cand__before(const void *pa, const void *pb) {
+static int cand_before(const void *pa, const void *pb) {
     const cand *a = pa, *b = pb;
     return a->rank < b->rank || (a->rank == b->rank && a->left < b->left);
 }
 
-static int pair__queue(const sr_tokenizer *t, work *w, int32_t left) {
+static int queue_pair(const sr_tok__bpe *bpe, work *w, int32_t left) {
     if (left < 0) return SR_OK;
     int32_t right = w->next[left];
     if (right < 0) return SR_OK;
-    const sr_tok__merge *m = merge__find(t, w->id[left], w->id[right]);
+    const sr_tok__merge *m = merge_find(bpe, w->id[left], w->id[right]);
     if (!m) return SR_OK;
     cand c = {m->rank, left, w->id[left], w->id[right], m->id};
     return sr_tok__heap_push(&w->heap, &c);
 }
 
-static int piece__encode(const sr_tokenizer *t, work *w, const unsigned char *s, size_t len, sr_tok__ids *ids) {
+static int encode_piece(const sr_tok__bpe *bpe, const sr_tok__vocab *v, work *w, const unsigned char *s, size_t len,
+                        sr_tok__ids *ids) {
     if (len > INT32_MAX / 2) return sr_error_set(SR_ERANGE, "tokenizer: a single pre-token of %zu bytes is too long", len);
     int32_t n = (int32_t)len;
-    int rc = work__reserve(w, n);
+    int rc = work_reserve(w, n);
     if (rc) return rc;
-    if (t->ignore_merges) {
+    if (bpe->ignore_merges) {
         size_t m = 0;
-        for (int32_t i = 0; i < n; i++) m += utf8__put(gpt2__cp(s[i]), w->mapped + m);
-        int32_t id = sr_tok__find(t, w->mapped, m);
+        for (int32_t i = 0; i < n; i++) m += utf8_put(gpt2_cp(s[i]), w->mapped + m);
+        int32_t id = sr_tok__vocab_find(v, w->mapped, m);
         if (id >= 0) return sr_tok__push(ids, id);
     }
     /* a byte the vocabulary lacks (SmolLM2 has none for 0xF5-0xFF, for
@@ -288,7 +292,7 @@ static int piece__encode(const sr_tokenizer *t, work *w, const unsigned char *s,
      * the unknown token would read as end-of-text to such a model */
     int32_t k = 0;
     for (int32_t i = 0; i < n; i++)
-        if (t->byte_id[s[i]] >= 0) w->id[k++] = t->byte_id[s[i]];
+        if (bpe->byte_id[s[i]] >= 0) w->id[k++] = bpe->byte_id[s[i]];
     n = k;
     for (int32_t i = 0; i < n; i++) {
         w->prev[i] = i - 1;
@@ -296,7 +300,7 @@ static int piece__encode(const sr_tokenizer *t, work *w, const unsigned char *s,
     }
     w->heap.n = 0;
     for (int32_t i = 0; i + 1 < n; i++)
-        if ((rc = pair__queue(t, w, i))) return rc;
+        if ((rc = queue_pair(bpe, w, i))) return rc;
     while (w->heap.n) {
         cand c;
         sr_tok__heap_pop(&w->heap, &c);
@@ -306,7 +310,7 @@ static int piece__encode(const sr_tokenizer *t, work *w, const unsigned char *s,
         w->id[r] = -2; /* merged away */
         w->next[l] = w->next[r];
         if (w->next[r] >= 0) w->prev[w->next[r]] = l;
-        if ((rc = pair__queue(t, w, w->prev[l])) || (rc = pair__queue(t, w, l))) return rc;
+        if ((rc = queue_pair(bpe, w, w->prev[l])) || (rc = queue_pair(bpe, w, l))) return rc;
     }
     for (int32_t i = n ? 0 : -1; i >= 0; i = w->next[i])
         if ((rc = sr_tok__push(ids, w->id[i]))) return rc;
@@ -316,7 +320,8 @@ static int piece__encode(const sr_tokenizer *t, work *w, const unsigned char *s,
 /* ---- pre-tokenizing ---- */
 
 typedef struct {
-    const sr_tokenizer *t;
+    const sr_tok__bpe *bpe;
+    const sr_tok__vocab *v;
     pcre2_match_data *md[4];
     work w;
     sr_tok__ids *ids;
@@ -324,10 +329,10 @@ typedef struct {
 
 /* Cuts s by regex `level` into matches and the gaps between them, and hands
  * each to the next regex, or to BPE after the last one. */
-static int split__run(split *sp, int level, const char *s, size_t n) {
+static int split_run(split *sp, int level, const char *s, size_t n) {
     if (n == 0) return SR_OK;
-    if (level == sp->t->n_re) return piece__encode(sp->t, &sp->w, (const unsigned char *)s, n, sp->ids);
-    const pcre2_code *re = sp->t->re[level];
+    if (level == sp->bpe->n_re) return encode_piece(sp->bpe, sp->v, &sp->w, (const unsigned char *)s, n, sp->ids);
+    const pcre2_code *re = sp->bpe->re[level];
     pcre2_match_data *md = sp->md[level];
     size_t at = 0;
     while (at < n) {
@@ -341,23 +346,23 @@ static int split__run(split *sp, int level, const char *s, size_t n) {
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
         size_t m0 = ov[0], m1 = ov[1];
         if (m1 <= m0) m1 = m0 + sr_tok__utf8_len((const unsigned char *)s + m0, n - m0); /* never loop on an empty match */
-        int rc = split__run(sp, level + 1, s + at, m0 - at);
-        if (!rc) rc = split__run(sp, level + 1, s + m0, m1 - m0);
+        int rc = split_run(sp, level + 1, s + at, m0 - at);
+        if (!rc) rc = split_run(sp, level + 1, s + m0, m1 - m0);
         if (rc) return rc;
         at = m1;
     }
-    return split__run(sp, level + 1, s + at, n - at);
+    return split_run(sp, level + 1, s + at, n - at);
 }
 
-int sr_tok__bpe_encode(const sr_tokenizer *t, const char *text, size_t len, sr_tok__ids *ids) {
-    split sp = {.t = t, .ids = ids, .w.heap = {.size = sizeof(cand), .before = cand__before}};
+int sr_tok__bpe_encode(const sr_tok__bpe *bpe, const sr_tok__vocab *v, const char *text, size_t len, sr_tok__ids *ids) {
+    split sp = {.bpe = bpe, .v = v, .ids = ids, .w.heap = {.size = sizeof(cand), .before = cand_before}};
     int rc = SR_OK;
-    for (int i = 0; i < t->n_re; i++) {
-        sp.md[i] = pcre2_match_data_create_from_pattern((const pcre2_code *)t->re[i], NULL);
+    for (int i = 0; i < bpe->n_re; i++) {
+        sp.md[i] = pcre2_match_data_create_from_pattern((const pcre2_code *)bpe->re[i], NULL);
         if (!sp.md[i]) rc = sr_error_set(SR_ENOMEM, "tokenizer: out of memory for PCRE2 match data");
     }
-    if (!rc) rc = split__run(&sp, 0, text, len);
-    for (int i = 0; i < t->n_re; i++) pcre2_match_data_free(sp.md[i]);
-    work__free(&sp.w);
+    if (!rc) rc = split_run(&sp, 0, text, len);
+    for (int i = 0; i < bpe->n_re; i++) pcre2_match_data_free(sp.md[i]);
+    work_free(&sp.w);
     return rc;
 }

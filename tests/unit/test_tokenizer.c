@@ -384,6 +384,154 @@ static void test_bad_metadata(void **state) {
     assert_int_equal(sr_tok_from_gguf(NULL, NULL), SR_EINVAL);
 }
 
+/* ---- special tokens in bulk ---- */
+
+/* A SentencePiece vocabulary of <unk> <s> </s>, the 256 byte tokens, then
+ * n_extra tokens (ids from SPM_WORDS on) of the given texts and types, so
+ * that any text encodes. */
+static sr_tokenizer *spm_extra_build(const char *const *extra, const int32_t *extra_types, int64_t n_extra,
+                                     const char *tmpl) {
+    static char bytes[256][8];
+    int64_t n = SPM_WORDS + n_extra;
+    const char **tokens = malloc((size_t)n * sizeof(*tokens));
+    int32_t *types = malloc((size_t)n * sizeof(*types));
+    assert_non_null(tokens);
+    assert_non_null(types);
+    tokens[0] = "<unk>", tokens[1] = "<s>", tokens[2] = "</s>";
+    types[0] = 2, types[1] = 3, types[2] = 3;
+    for (int i = 0; i < 256; i++) {
+        snprintf(bytes[i], sizeof bytes[i], "<0x%02X>", i);
+        tokens[SPM_BYTE0 + i] = bytes[i];
+        types[SPM_BYTE0 + i] = 6;
+    }
+    for (int64_t i = 0; i < n_extra; i++) tokens[SPM_WORDS + i] = extra[i], types[SPM_WORDS + i] = extra_types[i];
+    tiny d = {.model = "llama", .tokens = tokens, .types = types, .n = n, .tmpl = tmpl};
+    sr_tokenizer *t = tiny_build(&d, SR_OK);
+    free(tokens);
+    free(types);
+    return t;
+}
+
+/* Overlapping special tokens: prefixes, suffixes and one text twice (control
+ * first, then user-defined), so that the longest match, the first id of a
+ * repeated text and the user-defined-only mode are all exercised. */
+static const char *const sp_texts[] = {"<a>", "<a", "a>", "<", "<<a>>", "ab", "b<a", "<a>b", "aaa", "a<", "<a", "bb>"};
+static const int32_t sp_types[] = {3, 4, 3, 4, 3, 4, 3, 3, 4, 3, 4, 4};
+enum { N_SP = sizeof(sp_texts) / sizeof(sp_texts[0]) };
+
+/* The old definition, one position at a time: the longest applicable token
+ * starting at text[0] (the first id among equal texts), or -1. */
+static int32_t ref_special_at(const char *text, size_t len, int parse_special, size_t *tl) {
+    int32_t best = -1;
+    size_t best_len = 0;
+    for (int i = 0; i < N_SP; i++) {
+        size_t n = strlen(sp_texts[i]);
+        if ((!parse_special && sp_types[i] != 4) || n > len || n <= best_len) continue;
+        if (memcmp(text, sp_texts[i], n) == 0) best = SPM_WORDS + i, best_len = n;
+    }
+    *tl = best_len;
+    return best;
+}
+
+static void append_ids(int32_t **v, int64_t *n, const int32_t *ids, int64_t k) {
+    *v = realloc(*v, (size_t)(*n + k + 1) * sizeof(**v));
+    assert_non_null(*v);
+    memcpy(*v + *n, ids, (size_t)k * sizeof(**v));
+    *n += k;
+}
+
+static void test_special_tokens_match_reference(void **state) {
+    sr_tokenizer *t = spm_extra_build(sp_texts, sp_types, N_SP, NULL);
+    static const char alphabet[] = "<>ab ";
+    uint64_t seed = 12345;
+    char text[256];
+    for (int round = 0; round < 400; round++) {
+        size_t len = rng_next(&seed) % sizeof text;
+        for (size_t i = 0; i < len; i++) text[i] = alphabet[rng_next(&seed) % (sizeof alphabet - 1)];
+        for (int parse = 0; parse <= 1; parse++) {
+            /* reference: split at the old matcher's tokens, encode the pieces between them alone */
+            int32_t *want = NULL, *ids = NULL;
+            int64_t n_want = 0, n = 0;
+            size_t start = 0, pos = 0;
+            while (pos <= len) {
+                size_t tl = 0;
+                int32_t id = pos < len ? ref_special_at(text + pos, len - pos, parse, &tl) : -2;
+                if (id == -1) {
+                    pos++;
+                    continue;
+                }
+                if (pos > start) {
+                    assert_int_equal(sr_tok_encode(t, text + start, pos - start, parse, 0, &ids, &n), SR_OK);
+                    append_ids(&want, &n_want, ids, n);
+                    free(ids);
+                }
+                if (id == -2) break;
+                append_ids(&want, &n_want, &id, 1);
+                pos += tl;
+                start = pos;
+            }
+            expect_ids(t, text, len, parse, 0, want, n_want);
+            free(want);
+        }
+    }
+    sr_tok_free(t);
+}
+
+/* A crafted vocabulary of many control tokens sharing their first byte:
+ * matching used to try every one of them at each '<' of the text, which at
+ * these sizes takes minutes; the alarm turns such a regression into a
+ * failure instead of a hang. */
+static void test_many_special_tokens(void **state) {
+    enum { N = 100000, SEGMENTS = 200000, TEXT_LEN = 9 };
+    char (*texts)[TEXT_LEN + 1] = malloc((size_t)N * sizeof(*texts));
+    const char **extra = malloc((size_t)N * sizeof(*extra));
+    int32_t *types = malloc((size_t)N * sizeof(*types));
+    char *text = malloc((size_t)SEGMENTS * (TEXT_LEN + 1));
+    assert_non_null(texts);
+    assert_non_null(extra);
+    assert_non_null(types);
+    assert_non_null(text);
+    for (int i = 0; i < N; i++) {
+        snprintf(texts[i], sizeof texts[i], "<t%06d>", i);
+        extra[i] = texts[i];
+        types[i] = 3;
+    }
+    alarm(120);
+    sr_tokenizer *t = spm_extra_build(extra, types, N, NULL);
+    /* each segment: a lone '<' (no token starts there) and then a token */
+    size_t len = 0;
+    for (int k = 0; k < SEGMENTS; k++) {
+        text[len++] = '<';
+        memcpy(text + len, texts[(int64_t)k * 7919 % N], TEXT_LEN);
+        len += TEXT_LEN;
+    }
+    int32_t *raw = NULL, *ids = NULL;
+    int64_t n_raw = 0, n = 0;
+    assert_int_equal(sr_tok_encode(t, "<", 1, 1, 0, &raw, &n_raw), SR_OK);
+    assert_int_equal(n_raw, 4); /* "▁<" as byte tokens: no word of the vocabulary covers it */
+    assert_int_equal(raw[3], SPM_BYTE0 + '<');
+    assert_int_equal(sr_tok_encode(t, text, len, 1, 0, &ids, &n), SR_OK);
+    alarm(0);
+    assert_int_equal(n, (int64_t)SEGMENTS * (n_raw + 1));
+    for (int64_t k = 0; k < SEGMENTS; k++) {
+        const int32_t *seg = ids + k * (n_raw + 1);
+        if (memcmp(seg, raw, (size_t)n_raw * sizeof(*raw)) != 0) fail_msg("segment %lld: the lone '<' is not byte tokens", (long long)k);
+        if (seg[n_raw] != SPM_WORDS + k * 7919 % N)
+            fail_msg("segment %lld: token %d, want %lld", (long long)k, seg[n_raw], (long long)(SPM_WORDS + k * 7919 % N));
+    }
+    /* without parse_special they are text */
+    free(ids);
+    assert_int_equal(sr_tok_encode(t, text, 2 * (TEXT_LEN + 1), 0, 0, &ids, &n), SR_OK);
+    for (int64_t i = 0; i < n; i++) assert_true(ids[i] < SPM_WORDS);
+    free(ids);
+    free(raw);
+    free(text);
+    free(types);
+    free(extra);
+    free(texts);
+    sr_tok_free(t);
+}
+
 int main(void) {
     const struct CMUnitTest smol_tests[] = {
         cmocka_unit_test(test_known_encodings), cmocka_unit_test(test_special_parsing),
@@ -394,6 +542,8 @@ int main(void) {
         cmocka_unit_test(test_spm),
         cmocka_unit_test(test_bpe_pre_tokenizers),
         cmocka_unit_test(test_bad_metadata),
+        cmocka_unit_test(test_special_tokens_match_reference),
+        cmocka_unit_test(test_many_special_tokens),
     };
     int failed = cmocka_run_group_tests_name("tokenizer (SmolLM2)", smol_tests, smol_setup, smol_teardown);
     failed += cmocka_run_group_tests_name("tokenizer (tiny vocabularies)", tiny_tests, NULL, NULL);
