@@ -353,7 +353,7 @@ int main(int argc, char **argv) {
         size_t len = 0;
         if (file) rc = read_file(file, &text, &len);
         if (rc == SR_OK)
-            rc = sr_cp_encode(tok, file ? text : prompt, file ? prompt : NULL, chat, sys_msg, &ids, &n_ids, &question,
+            rc = sr_cp_encode(tok, file ? text : prompt, file ? len : strlen(prompt), file ? prompt : NULL, chat, sys_msg, &ids, &n_ids, &question,
                               &n_question);
     }
     if (rc == SR_OK && n_ids == 0) rc = sr_error_set(SR_EINVAL, "the prompt has no tokens");

@@ -31,7 +31,7 @@ typedef struct {
     size_t n, cap;
 } buf;
 
-static int buf__read(buf *b, FILE *f, const char *name) {
+static int read_all(buf *b, FILE *f, const char *name) {
     for (;;) {
         if (b->cap - b->n < 65536) {
             size_t cap = b->cap ? 2 * b->cap : 1 << 20;
@@ -49,7 +49,7 @@ static int buf__read(buf *b, FILE *f, const char *name) {
     return SR_OK;
 }
 
-static int input__get(buf *b, const char *prompt, const char *file) {
+static int read_input(buf *b, const char *prompt, const char *file) {
     if (prompt) {
         size_t n = strlen(prompt);
         b->p = malloc(n + 1);
@@ -58,15 +58,15 @@ static int input__get(buf *b, const char *prompt, const char *file) {
         b->n = b->cap = n;
         return SR_OK;
     }
-    if (!file) return buf__read(b, stdin, "stdin");
+    if (!file) return read_all(b, stdin, "stdin");
     FILE *f = fopen(file, "rb");
     if (!f) return sr_error_set(SR_EIO, "cannot open %s: %s", file, strerror(errno));
-    int rc = buf__read(b, f, file);
+    int rc = read_all(b, f, file);
     fclose(f);
     return rc;
 }
 
-static int decode__run(const sr_tokenizer *t, const buf *in) {
+static int run_decode(const sr_tokenizer *t, const buf *in) {
     char piece[4096];
     const char *p = in->p, *end = in->p + in->n;
     while (p < end) {
@@ -85,20 +85,16 @@ static int decode__run(const sr_tokenizer *t, const buf *in) {
     return SR_OK;
 }
 
-static int encode__run(const sr_tokenizer *t, const buf *in, int chat, const char *system, int special, int bos, int timing) {
-    char *text = in->p;
+static int run_encode(const sr_tokenizer *t, const buf *in, int chat, const char *system, int special, int bos, int timing) {
+    char *text = in->p, *prompt = NULL;
     size_t len = in->n;
-    char *prompt = NULL;
-    if (chat) {
-        prompt = sr_chat_prompt(t, system, in->p);
-        if (!prompt) return SR_ENOMEM;
-        text = prompt;
-        len = strlen(prompt);
-    }
+    int rc = chat ? sr_tok_chat_prompt(t, system, in->p, in->n, &prompt, &len) : SR_OK;
+    if (rc) return rc;
+    if (chat) text = prompt;
     int32_t *ids = NULL;
     int64_t n = 0;
     double t0 = sr_now();
-    int rc = sr_tok_encode(t, text, len, special, bos, &ids, &n);
+    rc = sr_tok_encode(t, text, len, special, bos, &ids, &n);
     double dt = sr_now() - t0;
     if (!rc) {
         for (int64_t i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
@@ -159,8 +155,8 @@ int main(int argc, char **argv) {
     int rc = sr_gguf_open(&g, model);
     if (!rc) rc = sr_tok_from_gguf(&t, g);
     sr_gguf_close(g);
-    if (!rc) rc = input__get(&in, prompt, file);
-    if (!rc) rc = decode ? decode__run(t, &in) : encode__run(t, &in, chat, system, special, bos, timing);
+    if (!rc) rc = read_input(&in, prompt, file);
+    if (!rc) rc = decode ? run_decode(t, &in) : run_encode(t, &in, chat, system, special, bos, timing);
     if (!rc && fflush(stdout)) rc = sr_error_set(SR_EIO, "cannot write to stdout");
     if (rc) fprintf(stderr, "starring-tokenize: %s\n", sr_error_msg());
     free(in.p);

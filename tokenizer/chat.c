@@ -1,9 +1,10 @@
 /* chat: the prompt text for one user turn (with an optional system message)
  * in the model's chat format. We do not run Jinja; the family is recognised
  * from marker strings in tokenizer.chat_template, and unknown templates fall
- * back to ChatML. BOS is not part of the text: encode with add_bos. */
-#include <stdarg.h>
-#include <stdio.h>
+ * back to ChatML. BOS is not part of the text: encode with add_bos.
+ *
+ * Every scan of the template is linear in its length, so that a hostile
+ * template (megabytes of repeated markers) costs no more than reading it. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,40 +14,48 @@
 
 enum { FAM_CHATML, FAM_LLAMA3, FAM_LLAMA2 };
 
-static char *fmt__alloc(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* First occurrence of pat (m bytes) in [s, end), or NULL. A plain scan, so
+ * that the cost stays what is scanned: strstr under the sanitizers measures
+ * the whole rest of the string on every call. */
+static const char *find(const char *s, const char *end, const char *pat, size_t m) {
+    for (; (size_t)(end - s) >= m; s++)
+        if (*s == pat[0] && memcmp(s, pat, m) == 0) return s;
+    return NULL;
+}
 
-static char *fmt__alloc(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0) return NULL;
-    char *s = malloc((size_t)n + 1);
-    if (!s) return NULL;
-    va_start(ap, fmt);
-    vsnprintf(s, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    return s;
+/* First quote or brace in [s, end), or NULL. */
+static const char *find_code(const char *s, const char *end) {
+    for (; s < end; s++)
+        if (*s == '\'' || *s == '"' || *s == '{') return s;
+    return NULL;
 }
 
 /* A default system message written literally in a ChatML template, as in
  * '<|im_start|>system\nYou are a helpful AI assistant ...<|im_end|>' (the
  * newline may be a real one or the escape \n). A candidate that holds a quote
- * is template code around message['content'], not a literal, and is skipped.
- * Returns a malloc'ed string or NULL. */
-static char *chatml__default_system(const char *tmpl) {
-    static const char start[] = "<|im_start|>system";
-    for (const char *p = strstr(tmpl, start); p; p = strstr(p + 1, start)) {
-        const char *q = p + strlen(start);
+ * or a brace is template code around message['content'], not a literal, and
+ * is skipped. The next <|im_end|> and the next quote or brace only move
+ * forward as the candidates do, so each byte is looked at a bounded number of
+ * times. Returns a malloc'ed string, or NULL (*oom set when allocation failed). */
+static char *chatml_default_system(const char *tmpl, int *oom) {
+    static const char start[] = "<|im_start|>system", stop[] = "<|im_end|>";
+    const size_t ls = sizeof start - 1, lstop = sizeof stop - 1;
+    const char *all = tmpl + strlen(tmpl), *end = tmpl, *code = tmpl;
+    for (const char *p = find(tmpl, all, start, ls); p; p = find(p + 1, all, start, ls)) {
+        const char *q = p + ls;
         if (*q == '\n') q += 1;
         else if (q[0] == '\\' && q[1] == 'n') q += 2;
         else continue;
-        const char *end = strstr(q, "<|im_end|>");
-        if (!end || end == q) continue;
+        if (end < q) end = find(q, all, stop, lstop);
+        if (!end) return NULL; /* no <|im_end|> after here: no later candidate has one either */
+        if (code && code < q) code = find_code(q, all);
+        if (end == q || (code && code < end)) continue;
         size_t n = (size_t)(end - q);
-        if (memchr(q, '\'', n) || memchr(q, '"', n) || memchr(q, '{', n)) continue;
         char *s = malloc(n + 1);
-        if (!s) return NULL;
+        if (!s) {
+            *oom = 1;
+            return NULL;
+        }
         size_t o = 0;
         for (size_t i = 0; i < n; i++) {
             if (q[i] == '\\' && i + 1 < n && q[i + 1] == 'n') s[o++] = '\n', i++;
@@ -58,7 +67,7 @@ static char *chatml__default_system(const char *tmpl) {
     return NULL;
 }
 
-static int family__of(const char *tmpl) {
+static int family_of(const char *tmpl) {
     if (!tmpl) {
         SR_WARN("chat: the model has no tokenizer.chat_template; using ChatML");
         return FAM_CHATML;
@@ -70,42 +79,88 @@ static int family__of(const char *tmpl) {
     return FAM_CHATML;
 }
 
-char *sr_chat_prompt(const sr_tokenizer *t, const char *system, const char *user) {
-    if (!t || !user) {
-        sr_error_set(SR_EINVAL, "sr_chat_prompt: NULL argument");
-        return NULL;
+/* The prompt as it is put together: byte strings of known length. */
+typedef struct {
+    char *p;
+    size_t n, cap;
+    int oom;
+} text;
+
+static void put(text *b, const char *s, size_t n) {
+    if (b->oom) return;
+    if (n > SIZE_MAX / 2 - b->n) {
+        b->oom = 1;
+        return;
     }
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->n + n + 1) cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = 1;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+}
+
+static void put_str(text *b, const char *z) { put(b, z, strlen(z)); }
+
+int sr_tok_chat_prompt(const sr_tokenizer *t, const char *system, const char *user, size_t user_len, char **out,
+                       size_t *out_len) {
+    if (out) *out = NULL;
+    if (out_len) *out_len = 0;
+    if (!t || !out || !out_len || (!user && user_len))
+        return sr_error_set(SR_EINVAL, "sr_tok_chat_prompt: NULL argument");
     const char *tmpl = t->chat_template;
-    char *out = NULL;
-    switch (family__of(tmpl)) {
+    text b = {0};
+    char *dflt = NULL;
+    switch (family_of(tmpl)) {
     case FAM_LLAMA3:
-        if (system)
-            out = fmt__alloc("<|start_header_id|>system<|end_header_id|>\n\n%s<|eot_id|>"
-                             "<|start_header_id|>user<|end_header_id|>\n\n%s<|eot_id|>"
-                             "<|start_header_id|>assistant<|end_header_id|>\n\n", system, user);
-        else
-            out = fmt__alloc("<|start_header_id|>user<|end_header_id|>\n\n%s<|eot_id|>"
-                             "<|start_header_id|>assistant<|end_header_id|>\n\n", user);
+        if (system) {
+            put_str(&b, "<|start_header_id|>system<|end_header_id|>\n\n");
+            put_str(&b, system);
+            put_str(&b, "<|eot_id|>");
+        }
+        put_str(&b, "<|start_header_id|>user<|end_header_id|>\n\n");
+        put(&b, user, user_len);
+        put_str(&b, "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
         break;
     case FAM_LLAMA2:
-        if (system && strstr(tmpl, "<<SYS>>"))
-            out = fmt__alloc("[INST] <<SYS>>\n%s\n<</SYS>>\n\n%s [/INST]", system, user);
-        else if (system) /* Mistral-style templates fold the system text into the first turn */
-            out = fmt__alloc("[INST] %s\n\n%s [/INST]", system, user);
-        else
-            out = fmt__alloc("[INST] %s [/INST]", user);
+        put_str(&b, "[INST] ");
+        if (system && strstr(tmpl, "<<SYS>>")) {
+            put_str(&b, "<<SYS>>\n");
+            put_str(&b, system);
+            put_str(&b, "\n<</SYS>>\n\n");
+        } else if (system) { /* Mistral-style templates fold the system text into the first turn */
+            put_str(&b, system);
+            put_str(&b, "\n\n");
+        }
+        put(&b, user, user_len);
+        put_str(&b, " [/INST]");
         break;
-    default: {
-        char *dflt = system || !tmpl ? NULL : chatml__default_system(tmpl);
-        const char *sys = system ? system : dflt;
-        if (sys)
-            out = fmt__alloc("<|im_start|>system\n%s<|im_end|>\n<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n", sys, user);
-        else
-            out = fmt__alloc("<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n", user);
-        free(dflt);
+    default:
+        if (!system && tmpl) system = dflt = chatml_default_system(tmpl, &b.oom);
+        if (system) {
+            put_str(&b, "<|im_start|>system\n");
+            put_str(&b, system);
+            put_str(&b, "<|im_end|>\n");
+        }
+        put_str(&b, "<|im_start|>user\n");
+        put(&b, user, user_len);
+        put_str(&b, "<|im_end|>\n<|im_start|>assistant\n");
         break;
     }
+    free(dflt);
+    if (b.oom) {
+        free(b.p);
+        return sr_error_set(SR_ENOMEM, "chat: out of memory for a prompt of %zu bytes", user_len);
     }
-    if (!out) sr_error_set(SR_ENOMEM, "chat: out of memory for the prompt");
-    return out;
+    *out = b.p;
+    *out_len = b.n;
+    return SR_OK;
 }

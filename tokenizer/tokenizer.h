@@ -33,8 +33,11 @@ int sr_tok_is_eog(const sr_tokenizer *t, int32_t id);
 int64_t sr_tok_vocab_size(const sr_tokenizer *t);
 
 /* Applies the model's chat template (ChatML, Llama 2/3, ... chosen from
- * tokenizer.chat_template) to one user message with an optional system
- * message, adding the assistant prefix. Returns malloc'ed text or NULL. */
-char *sr_chat_prompt(const sr_tokenizer *t, const char *system, const char *user);
+ * tokenizer.chat_template) to one user message of user_len bytes (any bytes,
+ * NUL included) with an optional system message (NULL: the template's own
+ * default, if any), adding the assistant prefix. *out is malloc'ed and
+ * NUL-terminated; *out_len counts the bytes before that NUL. */
+int sr_tok_chat_prompt(const sr_tokenizer *t, const char *system, const char *user, size_t user_len, char **out,
+                       size_t *out_len);
 
 #endif

@@ -115,13 +115,14 @@ int sr_cp_serve(sr_cp *cp);
 int sr_cp_generate(sr_cp *cp, const sr_tokenizer *tok, const int32_t *query, int64_t n_query,
                    const sr_gen_params *p, sr_gen_emit_fn emit, void *data, sr_gen_stats *stats);
 
-/* Token ids of a context and of a question to feed after it (question may
- * be NULL: then *n_q is 0, or with chat the template's closing text). With
- * chat the model's template wraps "context\nquestion" as one user message,
- * cut where the context text ends. The context starts with BOS if the
- * model asks for it. *ctx and *q are malloc'ed. */
-int sr_cp_encode(const sr_tokenizer *tok, const char *context, const char *question, int chat, const char *system,
-                 int32_t **ctx, int64_t *n_ctx, int32_t **q, int64_t *n_q);
+/* Token ids of a context of context_len bytes (any bytes, NUL included)
+ * and of a question to feed after it (question may be NULL: then *n_q is 0,
+ * or with chat the template's closing text). With chat the model's template
+ * wraps "context\nquestion" as one user message, cut where the context text
+ * ends. The context starts with BOS if the model asks for it. *ctx and *q
+ * are malloc'ed. */
+int sr_cp_encode(const sr_tokenizer *tok, const char *context, size_t context_len, const char *question, int chat,
+                 const char *system, int32_t **ctx, int64_t *n_ctx, int32_t **q, int64_t *n_q);
 
 /* This rank's accounting so far. */
 void sr_cp_get_stats(const sr_cp *cp, sr_cp_stats *out);

@@ -66,6 +66,13 @@ static void expect_ids(const sr_tokenizer *t, const char *text, size_t len, int 
         expect_ids((t), (text), strlen(text), (special), (bos), want_, sizeof(want_) / sizeof(int32_t)); \
     } while (0)
 
+/* the same for text with NUL bytes: an explicit length */
+#define EXPECT_N(t, text, len, special, bos, ...)                                                \
+    do {                                                                                         \
+        static const int32_t want_[] = {__VA_ARGS__};                                            \
+        expect_ids((t), (text), (len), (special), (bos), want_, sizeof(want_) / sizeof(int32_t)); \
+    } while (0)
+
 /* ids from Hugging Face tokenizers built from the same vocabulary and merges */
 static void test_known_encodings(void **state) {
     EXPECT(smol, "Hello world", 1, 1, 19556, 905);
@@ -178,13 +185,22 @@ static void test_eog_and_ids(void **state) {
     assert_false(sr_tok_is_eog(smol, 49152));
 }
 
+/* The chat prompt of a NUL-free user message, checked to be a C string of its length. */
+static char *chat(const sr_tokenizer *t, const char *system, const char *user) {
+    char *p = NULL;
+    size_t n = 0;
+    if (sr_tok_chat_prompt(t, system, user, strlen(user), &p, &n)) fail_msg("chat prompt: %s", sr_error_msg());
+    assert_int_equal(n, strlen(p));
+    return p;
+}
+
 static void test_chatml(void **state) {
-    char *p = sr_chat_prompt(smol, NULL, "What is the capital of France?");
+    char *p = chat(smol, NULL, "What is the capital of France?");
     assert_non_null(p);
     assert_string_equal(p, "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
                            "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n");
     free(p);
-    p = sr_chat_prompt(smol, "Be brief.", "Hi");
+    p = chat(smol, "Be brief.", "Hi");
     assert_non_null(p);
     assert_string_equal(p, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
     /* the prompt's structure survives encoding as special tokens */
@@ -199,7 +215,10 @@ static void test_chatml(void **state) {
     assert_int_equal(ends, 2);
     free(ids);
     free(p);
-    assert_null(sr_chat_prompt(smol, NULL, NULL));
+    size_t len = 1;
+    assert_int_equal(sr_tok_chat_prompt(smol, NULL, NULL, 1, &p, &len), SR_EINVAL);
+    assert_null(p);
+    assert_int_equal(len, 0);
 }
 
 /* ---- tiny vocabularies in memory ---- */
@@ -304,10 +323,10 @@ static void test_spm(void **state) {
     assert_true(sr_tok_is_eog(t, 2));
     assert_false(sr_tok_is_eog(t, 1));
 
-    char *p = sr_chat_prompt(t, "S", "U");
+    char *p = chat(t, "S", "U");
     assert_string_equal(p, "[INST] <<SYS>>\nS\n<</SYS>>\n\nU [/INST]");
     free(p);
-    p = sr_chat_prompt(t, NULL, "U");
+    p = chat(t, NULL, "U");
     assert_string_equal(p, "[INST] U [/INST]");
     free(p);
     sr_tok_free(t);
@@ -342,7 +361,7 @@ static void test_bpe_pre_tokenizers(void **state) {
     EXPECT(t, "12345 xyz", 1, 1, T123, T45, ' ', 'x', 'y', 'z');
     assert_true(sr_tok_is_eog(t, IM_END));
     assert_true(sr_tok_is_eog(t, EOT));
-    char *p = sr_chat_prompt(t, NULL, "U"); /* no template: ChatML, with no default system */
+    char *p = chat(t, NULL, "U"); /* no template: ChatML, with no default system */
     assert_string_equal(p, "<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n");
     free(p);
     sr_tok_free(t);
@@ -353,7 +372,7 @@ static void test_bpe_pre_tokenizers(void **state) {
     /* llama3: up to three digits per piece, and whole-token pieces skip merging */
     t = bpe_build("llama-bpe", "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}");
     EXPECT(t, "12345xyz", 1, 1, T123, T45, TXYZ);
-    p = sr_chat_prompt(t, "S", "U");
+    p = chat(t, "S", "U");
     assert_string_equal(p, "<|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|>"
                            "<|start_header_id|>user<|end_header_id|>\n\nU<|eot_id|>"
                            "<|start_header_id|>assistant<|end_header_id|>\n\n");
@@ -362,7 +381,7 @@ static void test_bpe_pre_tokenizers(void **state) {
     /* unknown pre-tokenizer: a warning and gpt2's regex */
     t = bpe_build("no-such-pre", "{% unknown template %}");
     EXPECT(t, "12345", 1, 1, T123, T45);
-    p = sr_chat_prompt(t, "S", "U");
+    p = chat(t, "S", "U");
     assert_string_equal(p, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n");
     free(p);
     sr_tok_free(t);
@@ -384,7 +403,7 @@ static void test_bad_metadata(void **state) {
     assert_int_equal(sr_tok_from_gguf(NULL, NULL), SR_EINVAL);
 }
 
-/* ---- special tokens in bulk ---- */
+/* ---- special tokens in bulk, NUL bytes, hostile templates ---- */
 
 /* A SentencePiece vocabulary of <unk> <s> </s>, the 256 byte tokens, then
  * n_extra tokens (ids from SPM_WORDS on) of the given texts and types, so
@@ -532,6 +551,48 @@ static void test_many_special_tokens(void **state) {
     sr_tok_free(t);
 }
 
+/* A NUL byte is a byte like any other: encoded (here as <0x00>) and kept by
+ * the chat template. */
+static void test_nul_bytes(void **state) {
+    sr_tokenizer *t = spm_extra_build(sp_texts, sp_types, N_SP, NULL);
+    EXPECT_N(t, "b\0b", 3, 1, 0, SPM_BYTE0 + 0xe2, SPM_BYTE0 + 0x96, SPM_BYTE0 + 0x81, SPM_BYTE0 + 'b', SPM_BYTE0 + 0, SPM_BYTE0 + 'b');
+    char *p = NULL;
+    size_t n = 0;
+    assert_int_equal(sr_tok_chat_prompt(t, NULL, "x\0y", 3, &p, &n), SR_OK);
+    static const char want[] = "<|im_start|>user\nx\0y<|im_end|>\n<|im_start|>assistant\n";
+    assert_int_equal(n, sizeof want - 1);
+    assert_memory_equal(p, want, n);
+    free(p);
+    sr_tok_free(t);
+}
+
+/* Chat templates of megabytes of repeated markers: the default-system scan
+ * used to search the rest of the template once per marker. */
+static void test_hostile_chat_template(void **state) {
+    enum { REPEAT = 400000 };
+    static const char marker[] = "<|im_start|>system\n", coded[] = "<|im_start|>system\n{x}",
+                      last[] = "<|im_start|>system\nDefault<|im_end|>";
+    char *tmpl = malloc(REPEAT * (sizeof coded - 1) + sizeof last);
+    assert_non_null(tmpl);
+    for (int variant = 0; variant < 2; variant++) {
+        /* 0: markers and no <|im_end|> at all; 1: markers around template code, then a literal default */
+        const char *m = variant ? coded : marker;
+        size_t ml = strlen(m), len = 0;
+        for (int i = 0; i < REPEAT; i++) memcpy(tmpl + len, m, ml), len += ml;
+        if (variant) memcpy(tmpl + len, last, sizeof last - 1), len += sizeof last - 1;
+        tmpl[len] = 0;
+        alarm(120);
+        sr_tokenizer *t = spm_extra_build(sp_texts, sp_types, N_SP, tmpl);
+        char *p = chat(t, NULL, "U");
+        alarm(0);
+        assert_string_equal(p, variant ? "<|im_start|>system\nDefault<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
+                                        : "<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n");
+        free(p);
+        sr_tok_free(t);
+    }
+    free(tmpl);
+}
+
 int main(void) {
     const struct CMUnitTest smol_tests[] = {
         cmocka_unit_test(test_known_encodings), cmocka_unit_test(test_special_parsing),
@@ -544,6 +605,8 @@ int main(void) {
         cmocka_unit_test(test_bad_metadata),
         cmocka_unit_test(test_special_tokens_match_reference),
         cmocka_unit_test(test_many_special_tokens),
+        cmocka_unit_test(test_nul_bytes),
+        cmocka_unit_test(test_hostile_chat_template),
     };
     int failed = cmocka_run_group_tests_name("tokenizer (SmolLM2)", smol_tests, smol_setup, smol_teardown);
     failed += cmocka_run_group_tests_name("tokenizer (tiny vocabularies)", tiny_tests, NULL, NULL);
