@@ -161,13 +161,9 @@ def random_codepoints(rng, n):
 def test_long(tk, tokens):
     rng = random.Random(7)
     text = random_text(rng, 100_000)
-    got, err = encode_file(text.encode(), ["--time"])
+    got, _ = encode_file(text.encode())
     want = tk.encode(text, add_special_tokens=False).ids
     report(got == want, f"100k random characters ({len(want)} tokens) match Hugging Face", first_diff(got, want, tokens))
-    # "encoded B bytes into N tokens in X ms: ..."
-    ms = float(err.split(" in ")[1].split(" ms")[0])
-    print(f"# encode speed: {err.strip()}")
-    report(ms < 1000, f"100k characters encode in well under a second ({ms:.1f} ms)")
     for seed in range(3):
         text = random_codepoints(random.Random(100 + seed), 20_000)
         got, _ = encode_file(text.encode())
