@@ -17,9 +17,10 @@ int64_t sr_model_next_pos(const sr_model *m) {
 typedef struct {
     char *buf;
     size_t len, cap;
-} gen__text;
+} pending;
 
-static int gen__append(gen__text *t, const char *s, size_t n) {
+static int append(pending *t, const char *s, size_t n) {
+    if (n == 0) return SR_OK;
     if (t->len + n + 1 > t->cap) {
         size_t cap = t->cap ? t->cap : 256;
         while (cap < t->len + n + 1) cap *= 2;
@@ -35,7 +36,7 @@ static int gen__append(gen__text *t, const char *s, size_t n) {
 }
 
 /* Bytes at the end of s that start an unfinished UTF-8 character. */
-static size_t gen__utf8_tail(const char *s, size_t n) {
+static size_t utf8_tail(const char *s, size_t n) {
     for (size_t back = 1; back <= 3 && back <= n; back++) {
         unsigned char c = (unsigned char)s[n - back];
         if ((c & 0xc0) == 0x80) continue; /* continuation byte: look further back */
@@ -46,15 +47,16 @@ static size_t gen__utf8_tail(const char *s, size_t n) {
 }
 
 /* Longest proper prefix of stop that ends s. */
-static size_t gen__stop_tail(const char *s, size_t n, const char *stop, size_t stop_len) {
+static size_t stop_tail(const char *s, size_t n, const char *stop, size_t stop_len) {
     for (size_t k = stop_len - 1; k > 0; k--)
         if (k <= n && memcmp(s + n - k, stop, k) == 0) return k;
     return 0;
 }
 
 /* Emits what is final in t; *stopped is set when the stop string appeared. */
-static void gen__flush(gen__text *t, const char *stop, int final, int *stopped, sr_gen_emit_fn emit, void *data,
-                      int *cb_stop) {
+static void flush(pending *t, const char *stop, int final, int *stopped, sr_gen_emit_fn emit, void *data,
+                  int *cb_stop) {
+    if (t->len == 0) return; /* nothing yet (-n 0, or tokens of no bytes); t->buf may be NULL */
     size_t stop_len = stop ? strlen(stop) : 0, out = t->len;
     if (stop_len) {
         const char *hit = memmem(t->buf, t->len, stop, stop_len);
@@ -63,11 +65,11 @@ static void gen__flush(gen__text *t, const char *stop, int final, int *stopped, 
             *stopped = 1;
             final = 1;
         } else if (!final) {
-            out -= gen__stop_tail(t->buf, t->len, stop, stop_len);
+            out -= stop_tail(t->buf, t->len, stop, stop_len);
         }
     }
     if (!final) {
-        size_t tail = gen__utf8_tail(t->buf, out);
+        size_t tail = utf8_tail(t->buf, out);
         out -= tail;
     }
     if (out > 0 && emit && emit(data, t->buf, out)) *cb_stop = 1;
@@ -92,7 +94,7 @@ int sr_generate_fed(sr_model *m, sr_gen_feed_fn feed, void *feed_data, const sr_
     stats->t_prompt = sr_now() - t0;
     stats->n_prompt = n_prompt;
 
-    gen__text text = {0};
+    pending text = {0};
     int stopped = 0, cb_stop = 0;
     stats->stop_reason = SR_GEN_LENGTH;
     t0 = sr_now();
@@ -110,8 +112,8 @@ int sr_generate_fed(sr_model *m, sr_gen_feed_fn feed, void *feed_data, const sr_
             rc = np;
             break;
         }
-        if ((rc = gen__append(&text, piece, (size_t)np))) break;
-        gen__flush(&text, p->stop, 0, &stopped, emit, data, &cb_stop);
+        if ((rc = append(&text, piece, (size_t)np))) break;
+        flush(&text, p->stop, 0, &stopped, emit, data, &cb_stop);
         if (stopped || cb_stop) {
             stats->stop_reason = stopped ? SR_GEN_STOP_STRING : SR_GEN_CALLBACK;
             break;
@@ -121,14 +123,14 @@ int sr_generate_fed(sr_model *m, sr_gen_feed_fn feed, void *feed_data, const sr_
         stats->n_decode++;
     }
     stats->t_decode = sr_now() - t0;
-    if (rc == SR_OK && !stopped && !cb_stop) gen__flush(&text, p->stop, 1, &stopped, emit, data, &cb_stop);
+    if (rc == SR_OK && !stopped && !cb_stop) flush(&text, p->stop, 1, &stopped, emit, data, &cb_stop);
     free(text.buf);
     sr_sampler_free(&smp);
     return rc;
 }
 
 /* the single-process feed: the model's forward pass after its cache */
-static int gen__feed_model(void *data, const int32_t *tokens, int64_t n) {
+static int feed_model(void *data, const int32_t *tokens, int64_t n) {
     sr_model *m = data;
     return sr_model_forward(m, tokens, n, sr_model_next_pos(m));
 }
@@ -139,5 +141,5 @@ int sr_generate(sr_model *m, const sr_tokenizer *tok, const int32_t *prompt, int
         memset(stats, 0, sizeof(*stats));
         return sr_error_set(SR_EINVAL, "generate: the prompt is empty");
     }
-    return sr_generate_fed(m, gen__feed_model, m, tok, prompt, n_prompt, p, emit, data, stats);
+    return sr_generate_fed(m, feed_model, m, tok, prompt, n_prompt, p, emit, data, stats);
 }

@@ -22,16 +22,16 @@
 typedef struct {
     const sr_gguf *g;
     const char *arch;
-} cfg__ctx;
+} cfg_ctx;
 
-static const char *cfg__key(const cfg__ctx *c, const char *suffix, char *buf, size_t cap) {
+static const char *key_for(const cfg_ctx *c, const char *suffix, char *buf, size_t cap) {
     snprintf(buf, cap, "%s.%s", c->arch, suffix);
     return buf;
 }
 
-static int cfg__u32(const cfg__ctx *c, const char *suffix, int required, uint32_t def, uint32_t *out) {
+static int get_u32(const cfg_ctx *c, const char *suffix, int required, uint32_t def, uint32_t *out) {
     char key[128];
-    cfg__key(c, suffix, key, sizeof(key));
+    key_for(c, suffix, key, sizeof(key));
     if (!sr_gguf_find(c->g, key)) {
         if (required) return sr_error_set(SR_EFORMAT, "model: metadata key '%s' is missing", key);
         *out = def;
@@ -40,9 +40,9 @@ static int cfg__u32(const cfg__ctx *c, const char *suffix, int required, uint32_
     return sr_gguf_get_u32(c->g, key, out);
 }
 
-static int cfg__f32(const cfg__ctx *c, const char *suffix, float def, float *out) {
+static int get_f32(const cfg_ctx *c, const char *suffix, float def, float *out) {
     char key[128];
-    cfg__key(c, suffix, key, sizeof(key));
+    key_for(c, suffix, key, sizeof(key));
     if (!sr_gguf_find(c->g, key)) {
         *out = def;
         return SR_OK;
@@ -50,7 +50,7 @@ static int cfg__f32(const cfg__ctx *c, const char *suffix, float def, float *out
     return sr_gguf_get_f32(c->g, key, out);
 }
 
-static int str__eq(sr_gguf_str s, const char *z) {
+static int str_eq(sr_gguf_str s, const char *z) {
     return s.len == strlen(z) && memcmp(s.ptr, z, s.len) == 0;
 }
 
@@ -59,12 +59,12 @@ int sr_model_config_read(sr_model_config *c, const sr_gguf *g) {
     sr_gguf_str arch;
     int rc = sr_gguf_get_str(g, "general.architecture", &arch);
     if (rc) return rc;
-    cfg__ctx cx = {g, NULL};
-    if (str__eq(arch, "llama")) {
+    cfg_ctx cx = {g, NULL};
+    if (str_eq(arch, "llama")) {
         c->arch = SR_ARCH_LLAMA;
         c->rope_type = SR_ROPE_NORM;
         cx.arch = "llama";
-    } else if (str__eq(arch, "qwen2")) {
+    } else if (str_eq(arch, "qwen2")) {
         c->arch = SR_ARCH_QWEN2;
         c->rope_type = SR_ROPE_NEOX;
         cx.arch = "qwen2";
@@ -74,20 +74,22 @@ int sr_model_config_read(sr_model_config *c, const sr_gguf *g) {
                             (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
     }
     uint32_t dim, n_layer, n_head, n_head_kv, head_dim, hidden, rope_dim, ctx, vocab;
-    if ((rc = cfg__u32(&cx, "embedding_length", 1, 0, &dim)) ||
-        (rc = cfg__u32(&cx, "block_count", 1, 0, &n_layer)) ||
-        (rc = cfg__u32(&cx, "attention.head_count", 1, 0, &n_head)) ||
-        (rc = cfg__u32(&cx, "feed_forward_length", 1, 0, &hidden)) ||
-        (rc = cfg__u32(&cx, "context_length", 0, 0, &ctx)) ||
-        (rc = cfg__u32(&cx, "vocab_size", 0, 0, &vocab)))
+    if ((rc = get_u32(&cx, "embedding_length", 1, 0, &dim)) ||
+        (rc = get_u32(&cx, "block_count", 1, 0, &n_layer)) ||
+        (rc = get_u32(&cx, "attention.head_count", 1, 0, &n_head)) ||
+        (rc = get_u32(&cx, "feed_forward_length", 1, 0, &hidden)) ||
+        (rc = get_u32(&cx, "context_length", 0, 0, &ctx)) ||
+        (rc = get_u32(&cx, "vocab_size", 0, 0, &vocab)))
         return rc;
     if (dim == 0 || n_layer == 0 || n_head == 0 || hidden == 0 || dim > (1u << 20) ||
-        n_layer > 4096 || n_head > 4096 || hidden > (1u << 22))
-        return sr_error_set(SR_EFORMAT, "model: implausible shape (dim %u, layers %u, heads %u, ffn %u)",
-                            dim, n_layer, n_head, hidden);
-    if ((rc = cfg__u32(&cx, "attention.head_count_kv", 0, n_head, &n_head_kv)) ||
-        (rc = cfg__u32(&cx, "attention.key_length", 0, dim / n_head, &head_dim)) ||
-        (rc = cfg__u32(&cx, "rope.dimension_count", 0, head_dim, &rope_dim)))
+        n_layer > 4096 || n_head > 4096 || hidden > (1u << 22) || vocab > (1u << 30))
+        return sr_error_set(SR_EFORMAT,
+                            "model: implausible shape (dim %u of 1..2^20, layers %u of 1..4096, heads %u of 1..4096, "
+                            "ffn %u of 1..2^22, vocabulary %u of 0..2^30)",
+                            dim, n_layer, n_head, hidden, vocab);
+    if ((rc = get_u32(&cx, "attention.head_count_kv", 0, n_head, &n_head_kv)) ||
+        (rc = get_u32(&cx, "attention.key_length", 0, dim / n_head, &head_dim)) ||
+        (rc = get_u32(&cx, "rope.dimension_count", 0, head_dim, &rope_dim)))
         return rc;
     if (n_head_kv == 0 || n_head % n_head_kv != 0)
         return sr_error_set(SR_EFORMAT, "model: %u query heads are not a multiple of %u KV heads", n_head, n_head_kv);
@@ -105,34 +107,34 @@ int sr_model_config_read(sr_model_config *c, const sr_gguf *g) {
     c->vocab_size = (int)vocab; /* 0: taken from token_embd at load */
     c->context_len = ctx;
     c->rope_dim = (int)rope_dim;
-    if ((rc = cfg__f32(&cx, "attention.layer_norm_rms_epsilon", 1e-5f, &c->norm_eps)) ||
-        (rc = cfg__f32(&cx, "rope.freq_base", 10000.0f, &c->rope_theta)))
+    if ((rc = get_f32(&cx, "attention.layer_norm_rms_epsilon", 1e-5f, &c->norm_eps)) ||
+        (rc = get_f32(&cx, "rope.freq_base", 10000.0f, &c->rope_theta)))
         return rc;
     c->rope_scale = 1.0f;
 
     char key[128];
     sr_gguf_str type = {"none", 4};
-    if (sr_gguf_find(g, cfg__key(&cx, "rope.scaling.type", key, sizeof(key))) &&
+    if (sr_gguf_find(g, key_for(&cx, "rope.scaling.type", key, sizeof(key))) &&
         (rc = sr_gguf_get_str(g, key, &type)))
         return rc;
     float factor;
-    if ((rc = cfg__f32(&cx, "rope.scaling.factor", 1.0f, &factor))) return rc;
-    int has_llama3_keys = sr_gguf_find(g, cfg__key(&cx, "rope.scaling.low_freq_factor", key, sizeof(key))) != NULL;
-    if (str__eq(type, "linear")) {
+    if ((rc = get_f32(&cx, "rope.scaling.factor", 1.0f, &factor))) return rc;
+    int has_llama3_keys = sr_gguf_find(g, key_for(&cx, "rope.scaling.low_freq_factor", key, sizeof(key))) != NULL;
+    if (str_eq(type, "linear")) {
         c->rope_scale = factor;
-    } else if (str__eq(type, "llama3") || has_llama3_keys) {
+    } else if (str_eq(type, "llama3") || has_llama3_keys) {
         uint32_t orig;
         c->rope_llama3 = 1;
         c->rope_factor = factor;
-        if ((rc = cfg__f32(&cx, "rope.scaling.low_freq_factor", 1.0f, &c->rope_low_freq)) ||
-            (rc = cfg__f32(&cx, "rope.scaling.high_freq_factor", 4.0f, &c->rope_high_freq)) ||
-            (rc = cfg__u32(&cx, "rope.scaling.original_context_length", 1, 0, &orig)))
+        if ((rc = get_f32(&cx, "rope.scaling.low_freq_factor", 1.0f, &c->rope_low_freq)) ||
+            (rc = get_f32(&cx, "rope.scaling.high_freq_factor", 4.0f, &c->rope_high_freq)) ||
+            (rc = get_u32(&cx, "rope.scaling.original_context_length", 1, 0, &orig)))
             return rc;
         c->rope_orig_ctx = orig;
         if (!(c->rope_high_freq > c->rope_low_freq) || c->rope_factor <= 0)
             return sr_error_set(SR_EFORMAT,
                                 "model: llama3 rope scaling needs high_freq_factor > low_freq_factor and factor > 0");
-    } else if (!str__eq(type, "none")) {
+    } else if (!str_eq(type, "none")) {
         return sr_error_set(SR_EUNSUPPORTED, "model: rope scaling '%.*s' is not supported (none, linear, llama3 are)",
                             (int)(type.len > 32 ? 32 : type.len), type.ptr);
     }
@@ -143,7 +145,7 @@ int sr_model_config_read(sr_model_config *c, const sr_gguf *g) {
 
 /* --------------------------------------------------------------- weights */
 
-static int w__supported(uint32_t type) {
+static int matmul_type(uint32_t type) {
     switch (type) {
     case SR_GGML_F32: case SR_GGML_F16: case SR_GGML_BF16: case SR_GGML_Q8_0:
     case SR_GGML_Q4_0: case SR_GGML_Q4_1: case SR_GGML_Q6_K: return 1;
@@ -151,7 +153,7 @@ static int w__supported(uint32_t type) {
     }
 }
 
-static const sr_gguf_tensor *w__find(const sr_gguf *g, const char *name, int optional, int *rc) {
+static const sr_gguf_tensor *find_tensor(const sr_gguf *g, const char *name, int optional, int *rc) {
     const sr_gguf_tensor *t = sr_gguf_tensor_find(g, name);
     *rc = SR_OK;
     if (!t && !optional) *rc = sr_error_set(SR_EFORMAT, "model: tensor '%s' is missing", name);
@@ -159,9 +161,9 @@ static const sr_gguf_tensor *w__find(const sr_gguf *g, const char *name, int opt
 }
 
 /* A matrix with rows of k inputs and m rows, in a type sr_matmul takes. */
-static int w__matrix(const sr_gguf *g, const char *name, int64_t k, int64_t m, int optional, sr_weight *w) {
+static int get_matrix(const sr_gguf *g, const char *name, int64_t k, int64_t m, int optional, sr_weight *w) {
     int rc;
-    const sr_gguf_tensor *t = w__find(g, name, optional, &rc);
+    const sr_gguf_tensor *t = find_tensor(g, name, optional, &rc);
     memset(w, 0, sizeof(*w));
     if (!t) return rc;
     int extra = 0;
@@ -170,7 +172,7 @@ static int w__matrix(const sr_gguf *g, const char *name, int64_t k, int64_t m, i
         return sr_error_set(SR_EFORMAT, "model: tensor '%s' has shape [%lld, %lld], expected [%lld, %lld]", name,
                             (long long)t->ne[0], (long long)(t->n_dims >= 2 ? t->ne[1] : 1), (long long)k,
                             (long long)m);
-    if (!w__supported(t->type))
+    if (!matmul_type(t->type))
         return sr_error_set(SR_EUNSUPPORTED, "model: tensor '%s' has type %s, which matmul does not support", name,
                             sr_ggml_type_name(t->type));
     if (t->n_bytes < sr_ggml_row_bytes(t->type, k) * (uint64_t)m)
@@ -179,9 +181,9 @@ static int w__matrix(const sr_gguf *g, const char *name, int64_t k, int64_t m, i
     return SR_OK;
 }
 
-static int w__vector(const sr_gguf *g, const char *name, int64_t n, int optional, const float **out) {
+static int get_vector(const sr_gguf *g, const char *name, int64_t n, int optional, const float **out) {
     int rc;
-    const sr_gguf_tensor *t = w__find(g, name, optional, &rc);
+    const sr_gguf_tensor *t = find_tensor(g, name, optional, &rc);
     *out = NULL;
     if (!t) return rc;
     if (t->type != SR_GGML_F32 || t->n_dims != 1 || t->ne[0] != n)
@@ -195,15 +197,15 @@ static int w__vector(const sr_gguf *g, const char *name, int64_t n, int optional
 
 static int build_weights(sr_model_weights *w, sr_model_config *c, const sr_gguf *g) {
     int rc;
-    const sr_gguf_tensor *emb = w__find(g, "token_embd.weight", 0, &rc);
+    const sr_gguf_tensor *emb = find_tensor(g, "token_embd.weight", 0, &rc);
     if (!emb) return rc;
     if (c->vocab_size == 0) c->vocab_size = emb->n_dims >= 2 && emb->ne[1] < (1 << 30) ? (int)emb->ne[1] : 0;
     if (c->vocab_size <= 0) return sr_error_set(SR_EFORMAT, "model: cannot tell the vocabulary size");
     int64_t d = c->dim, hd = c->head_dim, qd = (int64_t)c->n_head * hd, kvd = (int64_t)c->n_head_kv * hd;
-    if ((rc = w__matrix(g, "token_embd.weight", d, c->vocab_size, 0, &w->token_embd)) ||
-        (rc = w__matrix(g, "output.weight", d, c->vocab_size, 1, &w->output)) ||
-        (rc = w__vector(g, "output_norm.weight", d, 0, &w->output_norm)) ||
-        (rc = w__vector(g, "rope_freqs.weight", c->rope_dim / 2, 1, &w->rope_freqs)))
+    if ((rc = get_matrix(g, "token_embd.weight", d, c->vocab_size, 0, &w->token_embd)) ||
+        (rc = get_matrix(g, "output.weight", d, c->vocab_size, 1, &w->output)) ||
+        (rc = get_vector(g, "output_norm.weight", d, 0, &w->output_norm)) ||
+        (rc = get_vector(g, "rope_freqs.weight", c->rope_dim / 2, 1, &w->rope_freqs)))
         return rc;
     if (!w->output.data) w->output = w->token_embd;
     w->layers = calloc((size_t)c->n_layer, sizeof(*w->layers));
@@ -213,18 +215,18 @@ static int build_weights(sr_model_weights *w, sr_model_config *c, const sr_gguf 
         char n[96];
         int bias = c->arch == SR_ARCH_QWEN2;
 #define NAME(s) (snprintf(n, sizeof(n), "blk.%d." s, l), n)
-        if ((rc = w__vector(g, NAME("attn_norm.weight"), d, 0, &L->attn_norm)) ||
-            (rc = w__matrix(g, NAME("attn_q.weight"), d, qd, 0, &L->wq)) ||
-            (rc = w__matrix(g, NAME("attn_k.weight"), d, kvd, 0, &L->wk)) ||
-            (rc = w__matrix(g, NAME("attn_v.weight"), d, kvd, 0, &L->wv)) ||
-            (rc = w__matrix(g, NAME("attn_output.weight"), qd, d, 0, &L->wo)) ||
-            (rc = w__vector(g, NAME("attn_q.bias"), qd, !bias, &L->bq)) ||
-            (rc = w__vector(g, NAME("attn_k.bias"), kvd, !bias, &L->bk)) ||
-            (rc = w__vector(g, NAME("attn_v.bias"), kvd, !bias, &L->bv)) ||
-            (rc = w__vector(g, NAME("ffn_norm.weight"), d, 0, &L->ffn_norm)) ||
-            (rc = w__matrix(g, NAME("ffn_gate.weight"), d, c->hidden_dim, 0, &L->w_gate)) ||
-            (rc = w__matrix(g, NAME("ffn_up.weight"), d, c->hidden_dim, 0, &L->w_up)) ||
-            (rc = w__matrix(g, NAME("ffn_down.weight"), c->hidden_dim, d, 0, &L->w_down)))
+        if ((rc = get_vector(g, NAME("attn_norm.weight"), d, 0, &L->attn_norm)) ||
+            (rc = get_matrix(g, NAME("attn_q.weight"), d, qd, 0, &L->wq)) ||
+            (rc = get_matrix(g, NAME("attn_k.weight"), d, kvd, 0, &L->wk)) ||
+            (rc = get_matrix(g, NAME("attn_v.weight"), d, kvd, 0, &L->wv)) ||
+            (rc = get_matrix(g, NAME("attn_output.weight"), qd, d, 0, &L->wo)) ||
+            (rc = get_vector(g, NAME("attn_q.bias"), qd, !bias, &L->bq)) ||
+            (rc = get_vector(g, NAME("attn_k.bias"), kvd, !bias, &L->bk)) ||
+            (rc = get_vector(g, NAME("attn_v.bias"), kvd, !bias, &L->bv)) ||
+            (rc = get_vector(g, NAME("ffn_norm.weight"), d, 0, &L->ffn_norm)) ||
+            (rc = get_matrix(g, NAME("ffn_gate.weight"), d, c->hidden_dim, 0, &L->w_gate)) ||
+            (rc = get_matrix(g, NAME("ffn_up.weight"), d, c->hidden_dim, 0, &L->w_up)) ||
+            (rc = get_matrix(g, NAME("ffn_down.weight"), c->hidden_dim, d, 0, &L->w_down)))
             return rc;
 #undef NAME
     }
@@ -238,21 +240,43 @@ static void free_weights(sr_model_weights *w) {
 
 /* ------------------------------------------------------------- run state */
 
+/* Bytes of rows x width + extra floats, or -1 when that overflows. */
+static int64_t state_bytes(int64_t rows, int64_t width, int64_t extra) {
+    int64_t n, bytes;
+    if (__builtin_mul_overflow(rows, width, &n) || __builtin_add_overflow(n, extra, &n) ||
+        __builtin_mul_overflow(n, (int64_t)sizeof(float), &bytes))
+        return -1;
+    return bytes;
+}
+
 static int build_state(sr_run_state *s, const sr_model_config *c, const sr_model_weights *w, int64_t max_batch) {
     memset(s, 0, sizeof(*s));
     s->max_batch = max_batch;
     int64_t B = max_batch, qd = (int64_t)c->n_head * c->head_dim, kvd = (int64_t)c->n_head_kv * c->head_dim;
     int64_t half = c->rope_dim / 2;
-    struct { float **p; int64_t n; } bufs[] = {
-        {&s->x, B * c->dim}, {&s->xb, B * c->dim}, {&s->q, B * qd}, {&s->k, B * kvd}, {&s->v, B * kvd},
-        {&s->att, B * qd}, {&s->lse, B * c->n_head}, {&s->att_part, B * qd}, {&s->lse_part, B * c->n_head},
-        {&s->hb, B * c->hidden_dim}, {&s->hb2, B * c->hidden_dim}, {&s->rope_cos, B * half + 1},
-        {&s->rope_sin, B * half + 1}, {&s->logits, c->vocab_size},
+    struct { float **p; int64_t rows, width, extra; } bufs[] = {
+        {&s->x, B, c->dim, 0},         {&s->xb, B, c->dim, 0},          {&s->q, B, qd, 0},
+        {&s->k, B, kvd, 0},            {&s->v, B, kvd, 0},              {&s->att, B, qd, 0},
+        {&s->lse, B, c->n_head, 0},    {&s->att_part, B, qd, 0},        {&s->lse_part, B, c->n_head, 0},
+        {&s->hb, B, c->hidden_dim, 0}, {&s->hb2, B, c->hidden_dim, 0},  {&s->rope_cos, B, half, 1},
+        {&s->rope_sin, B, half, 1},    {&s->logits, 1, c->vocab_size, 0},
     };
+    int64_t total = 0;
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) {
+        int64_t bytes = state_bytes(bufs[i].rows, bufs[i].width, bufs[i].extra);
+        if (bytes < 0 || __builtin_add_overflow(total, bytes, &total)) {
+            int64_t widest = c->dim > qd ? c->dim : qd;
+            widest = widest > c->hidden_dim ? widest : c->hidden_dim;
+            return sr_error_set(SR_ERANGE, "model: max_batch %lld is too large: the run state's size overflows "
+                                "(allowed 1..%lld for this model)", (long long)B,
+                                (long long)(INT64_MAX / (int64_t)sizeof(float) / 16 / widest));
+        }
+    }
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) {
         void *p = NULL;
-        if (posix_memalign(&p, 64, (size_t)bufs[i].n * sizeof(float)) != 0)
-            return sr_error_set(SR_ENOMEM, "model: out of memory for the run state (batch %lld)", (long long)B);
+        if (posix_memalign(&p, 64, (size_t)state_bytes(bufs[i].rows, bufs[i].width, bufs[i].extra)) != 0)
+            return sr_error_set(SR_ENOMEM, "model: out of memory for the run state (max_batch %lld: %.1f MiB)",
+                                (long long)B, (double)total / 1048576.0);
         *bufs[i].p = p;
     }
     s->inv_freq = malloc((size_t)(half + 1) * sizeof(double));
@@ -299,6 +323,12 @@ int sr_model_load(sr_model **out, const char *path, const sr_model_opts *opts) {
     if (rc) {
         free(m);
         return rc;
+    }
+    if (opts && (opts->max_batch < 0 || opts->block_size < 0)) {
+        sr_gguf_close(m->gguf);
+        free(m);
+        return sr_error_set(SR_EINVAL, "model: max_batch %lld and block_size %lld must be 0 (default) or more",
+                            (long long)opts->max_batch, (long long)opts->block_size);
     }
     m->n_threads = opts && opts->n_threads > 0 ? opts->n_threads : 1;
     int kv_dtype = opts ? opts->kv_dtype : SR_DT_F16;

@@ -46,7 +46,7 @@ void sr_sampler_accept(sr_sampler *s, int32_t id) {
 }
 
 /* splitmix64: a uniform float in [0, 1) */
-static float smp__uniform(uint64_t *state) {
+static float uniform(uint64_t *state) {
     uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
@@ -54,7 +54,7 @@ static float smp__uniform(uint64_t *state) {
     return (float)(z >> 40) * (1.0f / 16777216.0f);
 }
 
-static int smp__desc(const void *a, const void *b) {
+static int cand_desc(const void *a, const void *b) {
     float x = ((const sr_sampler_cand *)a)->p, y = ((const sr_sampler_cand *)b)->p;
     if (x != y) return x < y ? 1 : -1;
     int32_t i = ((const sr_sampler_cand *)a)->id, j = ((const sr_sampler_cand *)b)->id;
@@ -62,11 +62,11 @@ static int smp__desc(const void *a, const void *b) {
 }
 
 /* a ranks below b (smaller probability; ties: larger id) */
-static int smp__less(const sr_sampler_cand *a, const sr_sampler_cand *b) {
-    return smp__desc(a, b) > 0;
+static int cand_less(const sr_sampler_cand *a, const sr_sampler_cand *b) {
+    return cand_desc(a, b) > 0;
 }
 
-static void smp__swap(sr_sampler_cand *a, sr_sampler_cand *b) {
+static void cand_swap(sr_sampler_cand *a, sr_sampler_cand *b) {
     sr_sampler_cand t = *a;
     *a = *b;
     *b = t;
@@ -74,23 +74,23 @@ static void smp__swap(sr_sampler_cand *a, sr_sampler_cand *b) {
 
 /* Moves the k largest of n candidates to the front, sorted descending: a
  * min-heap of k holds the best seen so far, then a sort of those k. */
-static void smp__top_k(sr_sampler_cand *c, int64_t n, int64_t k) {
+static void top_k_front(sr_sampler_cand *c, int64_t n, int64_t k) {
     for (int64_t i = 1; i < k; i++)
-        for (int64_t j = i; j > 0 && smp__less(&c[j], &c[(j - 1) / 2]); j = (j - 1) / 2)
-            smp__swap(&c[j], &c[(j - 1) / 2]);
+        for (int64_t j = i; j > 0 && cand_less(&c[j], &c[(j - 1) / 2]); j = (j - 1) / 2)
+            cand_swap(&c[j], &c[(j - 1) / 2]);
     for (int64_t i = k; i < n; i++) {
-        if (!smp__less(&c[0], &c[i])) continue;
+        if (!cand_less(&c[0], &c[i])) continue;
         c[0] = c[i];
         for (int64_t j = 0;;) {
             int64_t l = 2 * j + 1, r = l + 1, m = j;
-            if (l < k && smp__less(&c[l], &c[m])) m = l;
-            if (r < k && smp__less(&c[r], &c[m])) m = r;
+            if (l < k && cand_less(&c[l], &c[m])) m = l;
+            if (r < k && cand_less(&c[r], &c[m])) m = r;
             if (m == j) break;
-            smp__swap(&c[m], &c[j]);
+            cand_swap(&c[m], &c[j]);
             j = m;
         }
     }
-    qsort(c, (size_t)k, sizeof(*c), smp__desc);
+    qsort(c, (size_t)k, sizeof(*c), cand_desc);
 }
 
 int32_t sr_sampler_sample(sr_sampler *s, const float *logits) {
@@ -121,9 +121,9 @@ int32_t sr_sampler_sample(sr_sampler *s, const float *logits) {
     int64_t n = V;
     if (s->p.top_k > 0 && s->p.top_k < V) {
         n = s->p.top_k;
-        smp__top_k(c, V, n);
+        top_k_front(c, V, n);
     } else if (s->p.top_p < 1.0f) {
-        qsort(c, (size_t)V, sizeof(*c), smp__desc);
+        qsort(c, (size_t)V, sizeof(*c), cand_desc);
     }
     float mx = c[0].p;
     for (int64_t i = 1; i < n; i++) mx = c[i].p > mx ? c[i].p : mx;
@@ -149,7 +149,7 @@ int32_t sr_sampler_sample(sr_sampler *s, const float *logits) {
     } else {
         sum = 1.0;
     }
-    double r = (double)smp__uniform(&s->rng) * sum, acc = 0;
+    double r = (double)uniform(&s->rng) * sum, acc = 0;
     for (int64_t i = 0; i < n; i++) {
         acc += c[i].p;
         if (r < acc) return c[i].id;

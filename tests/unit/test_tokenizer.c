@@ -511,7 +511,7 @@ static void test_many_special_tokens(void **state) {
     assert_non_null(types);
     assert_non_null(text);
     for (int i = 0; i < N; i++) {
-        snprintf(texts[i], sizeof texts[i], "<t%06d>", i);
+        snprintf(texts[i], sizeof texts[i], "<t%06u>", (unsigned)i % 1000000u);
         extra[i] = texts[i];
         types[i] = 3;
     }
