@@ -1,73 +1,359 @@
 /* starring-run: loads a GGUF model and generates from a prompt, printing the
  * text on stdout as it comes and timing lines on stderr. Under mpirun the
  * context (-f FILE) is prefilled across the ranks (--mode ring|star) and the
- * question (-p) answered over the sharded KV (worker/cp.h); rank 0 prints. */
+ * question (-p) answered over the sharded KV (worker/cp.h); rank 0 prints.
+ *
+ * main reads the options (one table: name, type, bounds, default, help),
+ * builds the inputs (model, tokenizer, token ids, checked against the
+ * context window and the KV budget before anything runs), then runs. */
 #include <errno.h>
 #include <getopt.h>
+#include <math.h>
 #include <mpi.h>
 #include <omp.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "attention/attention.h"
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/status.h"
-#include "worker/cp.h"
 #include "model/generate.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
 #include "transport/transport.h"
+#include "worker/cp.h"
 
-static const char *usage =
-    "usage: starring-run -m MODEL (-p PROMPT | -f FILE | --ids \"1 2 3\") [options]\n"
-    "  -m, --model FILE        GGUF model\n"
-    "  -p, --prompt TEXT       prompt text; with -f, the question after the file's context\n"
-    "  -f, --file FILE         read the prompt (the context) from FILE\n"
-    "      --ids \"ID ...\"      feed these token ids as the prompt\n"
-    "      --random-context N  benchmark hook: a context of N random token ids (seed --seed)\n"
-    "  -n, --n-predict N       most tokens to generate (default 128)\n"
-    "      --chat              wrap the prompt in the model's chat template\n"
-    "      --system TEXT       system message with --chat\n"
-    "      --temp T            temperature, 0 = greedy (default 0)\n"
-    "      --top-k K           keep the K most likely tokens, 0 = off (default 40)\n"
-    "      --top-p P           keep the most likely tokens up to mass P (default 0.95)\n"
-    "      --repeat-penalty R  penalty on tokens of the last 64 (default 1 = off)\n"
-    "      --seed S            random seed (default 0)\n"
-    "  -t, --threads N         threads (default: all cores)\n"
-    "      --kv-type T         KV cache type: f16 (default), bf16, or f32 (reference checks)\n"
-    "      --block-size N      context block: tokens per KV cache block (default 256) and, in\n"
-    "                          star mode, per placed block (default 1024)\n"
-    "      --batch N           prompt tokens per forward pass (default 512)\n"
-    "      --mode M            full, ring or star (default: full alone, star under mpirun)\n"
-    "      --anchor-size N     star: anchor tokens (default: one block)\n"
-    "      --transport T       mpi (default) or tcp\n"
-    "      --stop STR          stop when the output contains STR\n"
-    "      --dump-logits FILE  test hook: write float32 logits at --dump-positions of the\n"
-    "                          prompt to FILE ([positions][vocab]) and exit\n"
-    "      --dump-positions L  comma-separated prompt positions for --dump-logits\n"
-    "  -h, --help              this help\n";
+/* ---------------------------------------------------------------- options */
+
+/* What the command line sets. Integers are int64_t and floats float, as the
+ * table's types say; unset strings are NULL. */
+typedef struct {
+    const char *model, *prompt, *file, *ids, *system, *stop, *dump, *dump_positions, *kv_type, *mode, *transport;
+    int chat;
+    int64_t n_predict, threads, top_k, seed, block_size, batch, anchor_size, random_context, ctx_size, kv_budget;
+    float temp, top_p, repeat_penalty;
+} run_args;
+
+enum { ARG_FLAG, ARG_STR, ARG_INT, ARG_NUM };
+
+typedef struct {
+    const char *name;   /* long option */
+    char letter;        /* short option, 0 if none */
+    int type;           /* ARG_* */
+    size_t off;         /* of its field in run_args */
+    int64_t min, max;   /* ARG_INT: allowed values */
+    float lo, hi;       /* ARG_NUM: allowed values, lo excluded when lo_open */
+    int lo_open;
+    const char *meta;   /* the argument in --help */
+    const char *dflt;   /* the default in --help, NULL for none */
+    const char *help;
+} opt_def;
+
+#define OFF(field) offsetof(run_args, field)
+#define INT_OPT(name, letter, field, min, max, meta, dflt, help) \
+    {name, letter, ARG_INT, OFF(field), min, max, 0, 0, 0, meta, dflt, help}
+#define NUM_OPT(name, field, lo, hi, lo_open, meta, dflt, help) \
+    {name, 0, ARG_NUM, OFF(field), 0, 0, lo, hi, lo_open, meta, dflt, help}
+#define STR_OPT(name, letter, field, meta, dflt, help) {name, letter, ARG_STR, OFF(field), 0, 0, 0, 0, 0, meta, dflt, help}
+#define FLAG_OPT(name, field, help) {name, 0, ARG_FLAG, OFF(field), 0, 0, 0, 0, 0, NULL, NULL, help}
+
+enum { MAX_THREADS = 4096, MAX_BATCH = 1 << 20, MAX_BLOCK = 1 << 24 };
+static const int64_t MAX_CONTEXT = (int64_t)1 << 40;
+
+static const opt_def opt_table[] = {
+    STR_OPT("model", 'm', model, "FILE", NULL, "GGUF model (required)"),
+    STR_OPT("prompt", 'p', prompt, "TEXT", NULL, "prompt text; with -f or --ids, the question after the context"),
+    STR_OPT("file", 'f', file, "FILE", NULL, "read the context from FILE, every byte of it (a NUL byte is\n"
+                                             "encoded as the byte it is)"),
+    STR_OPT("ids", 0, ids, "\"ID ...\"", NULL,
+            "feed these token ids (space or comma separated, each in\n"
+            "0..vocabulary size - 1) as the context"),
+    INT_OPT("random-context", 0, random_context, 1, INT64_MAX, "N", NULL,
+            "benchmark hook: a context of N random token ids (seed --seed)"),
+    INT_OPT("n-predict", 'n', n_predict, 0, INT64_MAX, "N", "128",
+            "most tokens to generate; fewer when the context window fills first"),
+    INT_OPT("ctx-size", 'c', ctx_size, 1, MAX_CONTEXT, "N", "the model's trained length",
+            "context window: most tokens of prompt and generation together;\n"
+            "beyond the trained length the model extrapolates"),
+    INT_OPT("kv-budget", 0, kv_budget, 1, MAX_CONTEXT, "MIB", "this machine's memory / its ranks",
+            "most MiB of KV cache a rank may need for the context window"),
+    FLAG_OPT("chat", chat, "wrap the prompt in the model's chat template"),
+    STR_OPT("system", 0, system, "TEXT", "the template's own", "system message with --chat"),
+    NUM_OPT("temp", temp, 0.0f, 1e30f, 0, "T", "0", "temperature, 0 = greedy"),
+    INT_OPT("top-k", 0, top_k, 0, INT32_MAX, "K", "40", "keep the K most likely tokens, 0 = off"),
+    NUM_OPT("top-p", top_p, 0.0f, 1.0f, 1, "P", "0.95", "keep the most likely tokens up to mass P"),
+    NUM_OPT("repeat-penalty", repeat_penalty, 0.0f, 1e30f, 1, "R", "1 = off", "penalty on tokens of the last 64"),
+    INT_OPT("seed", 0, seed, 0, INT64_MAX, "S", "0", "random seed"),
+    INT_OPT("threads", 't', threads, 1, MAX_THREADS, "N", "all cores", "threads"),
+    STR_OPT("kv-type", 0, kv_type, "T", "f16", "KV cache type: f16, bf16, or f32 (reference checks)"),
+    INT_OPT("block-size", 0, block_size, 1, MAX_BLOCK, "N", "256 for the cache, 1024 for star",
+            "context block: tokens per KV cache block and, in star mode,\n"
+            "per placed block"),
+    INT_OPT("batch", 0, batch, 1, MAX_BATCH, "N", "512", "prompt tokens per forward pass"),
+    STR_OPT("mode", 0, mode, "M", "full alone, star under mpirun", "full, ring or star"),
+    INT_OPT("anchor-size", 0, anchor_size, 0, MAX_CONTEXT, "N", "one block", "star: anchor tokens, 0 = one block"),
+    STR_OPT("transport", 0, transport, "T", "mpi", "mpi or tcp"),
+    STR_OPT("stop", 0, stop, "STR", NULL, "stop when the output contains STR"),
+    STR_OPT("dump-logits", 0, dump, "FILE", NULL,
+            "test hook: write float32 logits at --dump-positions of the\n"
+            "prompt to FILE ([positions][vocab]) and exit"),
+    STR_OPT("dump-positions", 0, dump_positions, "L", NULL, "comma-separated prompt positions for --dump-logits"),
+};
+enum { N_OPTS = sizeof(opt_table) / sizeof(opt_table[0]) };
+
+static void print_usage(FILE *f) {
+    fputs("usage: starring-run -m MODEL (-p PROMPT | -f FILE | --ids \"1 2 3\") [options]\n", f);
+    for (int i = 0; i < N_OPTS; i++) {
+        const opt_def *o = &opt_table[i];
+        char head[64], range[96] = "";
+        snprintf(head, sizeof head, "%c%c%c --%s%s%s", o->letter ? '-' : ' ', o->letter ? o->letter : ' ',
+                 o->letter ? ',' : ' ', o->name, o->meta ? " " : "", o->meta ? o->meta : "");
+        if (o->type == ARG_INT && o->max == INT64_MAX)
+            snprintf(range, sizeof range, "%lld or more", (long long)o->min);
+        else if (o->type == ARG_INT)
+            snprintf(range, sizeof range, "%lld..%lld", (long long)o->min, (long long)o->max);
+        else if (o->type == ARG_NUM && o->hi >= 1e30f)
+            snprintf(range, sizeof range, "%s %g", o->lo_open ? "above" : "at least", o->lo);
+        else if (o->type == ARG_NUM)
+            snprintf(range, sizeof range, "%g%s..%g", o->lo, o->lo_open ? " (excluded)" : "", o->hi);
+        char tail[256] = "";
+        if (o->dflt || range[0])
+            snprintf(tail, sizeof tail, "(%s%s%s%s)", o->dflt ? "default " : "", o->dflt ? o->dflt : "",
+                     o->dflt && range[0] ? "; " : "", range);
+        fprintf(f, "  %-24s ", head);
+        int col = 27;
+        for (const char *h = o->help; *h; h++, col++) {
+            if (*h == '\n') fprintf(f, "\n%27s", ""), col = 26;
+            else fputc(*h, f);
+        }
+        /* the default and the range after the text, or on a line of their own */
+        if (tail[0] && col + 1 + (int)strlen(tail) <= 100) fprintf(f, " %s", tail);
+        else if (tail[0]) fprintf(f, "\n%27s%s", "", tail);
+        fputc('\n', f);
+    }
+    fprintf(f, "  %-24s this help\n", "-h, --help");
+}
+
+/* The one integer parser: the whole of s (or up to *end when end is not
+ * NULL) must be a decimal integer in min..max. */
+static int parse_int(const char *flag, const char *s, char **end, int64_t min, int64_t max, int64_t *out) {
+    char *e;
+    errno = 0;
+    long long v = strtoll(s, &e, 10);
+    int whole = e != s && (end || *e == 0);
+    if (!whole) return sr_error_set(SR_EINVAL, "%s: '%s' is not an integer", flag, s);
+    if (errno == ERANGE || v < min || v > max) {
+        int n = (int)(e - s);
+        if (max == INT64_MAX)
+            return sr_error_set(SR_ERANGE, "%s: %.*s is out of range (%lld or more)", flag, n, s, (long long)min);
+        return sr_error_set(SR_ERANGE, "%s: %.*s is out of range (%lld..%lld)", flag, n, s, (long long)min,
+                            (long long)max);
+    }
+    if (end) *end = e;
+    *out = v;
+    return SR_OK;
+}
+
+static int parse_num(const opt_def *o, const char *s, float *out) {
+    char *e;
+    errno = 0;
+    float v = strtof(s, &e);
+    if (e == s || *e) return sr_error_set(SR_EINVAL, "--%s: '%s' is not a number", o->name, s);
+    if (errno == ERANGE || !isfinite(v) || v < o->lo || (o->lo_open && v == o->lo) || v > o->hi) {
+        if (o->hi >= 1e30f)
+            return sr_error_set(SR_ERANGE, "--%s: %s is out of range (%s %g)", o->name, s,
+                                o->lo_open ? "above" : "at least", o->lo);
+        return sr_error_set(SR_ERANGE, "--%s: %s is out of range (%g%s..%g)", o->name, s, o->lo,
+                            o->lo_open ? " excluded" : "", o->hi);
+    }
+    *out = v;
+    return SR_OK;
+}
+
+/* Integers separated by spaces, tabs, newlines or commas, each in min..max,
+ * into a malloc'ed array (at least one element's room). */
+static int parse_list(const char *flag, const char *s, int64_t min, int64_t max, int64_t **out, int64_t *n) {
+    size_t cap = strlen(s) / 2 + 1; /* an item and its separator take two characters at least */
+    int64_t *a = malloc(cap * sizeof(*a));
+    if (!a) return sr_error_set(SR_ENOMEM, "%s: out of memory", flag);
+    int64_t k = 0;
+    for (;;) {
+        while (*s == ' ' || *s == ',' || *s == '\n' || *s == '\t') s++;
+        if (!*s) break;
+        char *end = NULL;
+        int rc = parse_int(flag, s, &end, min, max, &a[k]);
+        if (rc == SR_OK && *end && !strchr(" ,\n\t", *end))
+            rc = sr_error_set(SR_EINVAL, "%s: '%s' is not a list of integers", flag, s);
+        if (rc) {
+            free(a);
+            return rc;
+        }
+        k++;
+        s = end;
+    }
+    *out = a;
+    *n = k;
+    return SR_OK;
+}
+
+/* A positive integer from the launcher's environment, or dflt. */
+static int64_t env_int(const char *const *names, size_t n, int64_t dflt) {
+    for (size_t i = 0; i < n; i++) {
+        const char *v = getenv(names[i]);
+        int64_t x = 0;
+        if (v && parse_int(names[i], v, NULL, 1, INT32_MAX, &x) == SR_OK) return x;
+    }
+    sr_error_clear();
+    return dflt;
+}
+
+/* Ranks of the job, and ranks on this machine (1 when alone). */
+static int job_size(void) {
+    static const char *const names[] = {"SR_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"};
+    return (int)env_int(names, sizeof names / sizeof names[0], 1);
+}
+
+static int local_size(void) {
+    static const char *const names[] = {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"};
+    return (int)env_int(names, sizeof names / sizeof names[0], 1);
+}
+
+/* Reads argv into a; SR_OK, or SR_EINVAL/SR_ERANGE with a message naming the
+ * option. *help is set for -h. */
+static int read_args(int argc, char **argv, run_args *a, int *help) {
+    *a = (run_args){.n_predict = 128, .threads = omp_get_max_threads(), .top_k = 40, .temp = 0.0f, .top_p = 0.95f,
+                    .repeat_penalty = 1.0f, .kv_type = "f16", .transport = "mpi"};
+    *help = 0;
+    struct option lo[N_OPTS + 2];
+    char shorts[2 * N_OPTS + 2], *sp = shorts;
+    for (int i = 0; i < N_OPTS; i++) {
+        lo[i] = (struct option){opt_table[i].name, opt_table[i].type == ARG_FLAG ? no_argument : required_argument,
+                                NULL, 256 + i};
+        if (opt_table[i].letter) *sp++ = opt_table[i].letter, *sp++ = ':';
+    }
+    lo[N_OPTS] = (struct option){"help", no_argument, NULL, 'h'};
+    lo[N_OPTS + 1] = (struct option){0, 0, 0, 0};
+    *sp++ = 'h', *sp = 0;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, shorts, lo, NULL)) != -1) {
+        if (c == 'h') {
+            *help = 1;
+            return SR_OK;
+        }
+        int i = c - 256;
+        for (int j = 0; c < 256 && j < N_OPTS; j++)
+            if (opt_table[j].letter == c) i = j;
+        if (i < 0 || i >= N_OPTS) {
+            if (optopt >= 256 && optopt < 256 + N_OPTS)
+                return sr_error_set(SR_EINVAL, "--%s needs an argument", opt_table[optopt - 256].name);
+            if (optopt > 0) return sr_error_set(SR_EINVAL, "unknown option or missing argument: '-%c'", optopt);
+            return sr_error_set(SR_EINVAL, "unknown option '%s'", argv[optind - 1]);
+        }
+        const opt_def *o = &opt_table[i];
+        char flag[40];
+        snprintf(flag, sizeof flag, "--%s", o->name);
+        char *field = (char *)a + o->off;
+        int rc = SR_OK;
+        switch (o->type) {
+        case ARG_FLAG: *(int *)field = 1; break;
+        case ARG_STR: *(const char **)field = optarg; break;
+        case ARG_INT: rc = parse_int(flag, optarg, NULL, o->min, o->max, (int64_t *)field); break;
+        default: rc = parse_num(o, optarg, (float *)field); break;
+        }
+        if (rc) return rc;
+    }
+    if (optind < argc) return sr_error_set(SR_EINVAL, "unexpected argument '%s'", argv[optind]);
+    return SR_OK;
+}
+
+/* The options that depend on each other, and the named choices. */
+static int check_args(const run_args *a, int world) {
+    if (!a->model) return sr_error_set(SR_EINVAL, "-m MODEL is required");
+    if (!a->prompt && !a->file && !a->ids && !a->random_context)
+        return sr_error_set(SR_EINVAL, "give a prompt: -p, -f, --ids or --random-context");
+    if (a->file && (a->ids || a->random_context)) return sr_error_set(SR_EINVAL, "give the context with one of -f, --ids or --random-context");
+    if (a->ids && a->random_context) return sr_error_set(SR_EINVAL, "give the context with one of --ids or --random-context");
+    if (a->dump && !a->dump_positions) return sr_error_set(SR_EINVAL, "--dump-logits needs --dump-positions");
+    if (a->dump && world > 1) return sr_error_set(SR_EINVAL, "--dump-logits runs in one process only");
+    if (strcmp(a->kv_type, "f16") && strcmp(a->kv_type, "bf16") && strcmp(a->kv_type, "f32"))
+        return sr_error_set(SR_EINVAL, "--kv-type: '%s' is not f16, bf16 or f32", a->kv_type);
+    if (a->mode && sr_cp_mode_parse(a->mode) < 0)
+        return sr_error_set(SR_EINVAL, "--mode: '%s' is not full, ring or star", a->mode);
+    if (strcmp(a->transport, "mpi") && strcmp(a->transport, "tcp"))
+        return sr_error_set(SR_EINVAL, "--transport: '%s' is not mpi or tcp", a->transport);
+    return SR_OK;
+}
+
+/* ----------------------------------------------------------------- inputs */
+
+/* What a run works on, built from the options. */
+typedef struct {
+    sr_model_opts mo;
+    sr_cp_opts co;
+    sr_gen_params gp;
+    sr_model *m;
+    sr_tokenizer *tok;   /* NULL for a logit dump of --ids (tiny test models have no tokenizer) */
+    char *text;          /* the context file */
+    size_t text_len;
+    int32_t *ids;        /* the context */
+    int64_t n_ids;
+    int32_t *question;   /* fed after the context */
+    int64_t n_question;
+} run_inputs;
+
+static void free_inputs(run_inputs *in) {
+    free(in->ids);
+    free(in->question);
+    free(in->text);
+    sr_tok_free(in->tok);
+    sr_model_free(in->m);
+    memset(in, 0, sizeof(*in));
+}
+
+/* full alone, star under mpirun, unless --mode says */
+static int run_mode(const run_args *a, int world) {
+    return a->mode ? sr_cp_mode_parse(a->mode) : world > 1 ? SR_CP_STAR : SR_CP_FULL;
+}
+
+static void make_opts(const run_args *a, int world, run_inputs *in) {
+    in->mo = (sr_model_opts){.n_threads = (int)a->threads, .block_size = a->block_size, .max_batch = a->batch,
+                             .kv_dtype = !strcmp(a->kv_type, "bf16") ? SR_DT_BF16 : !strcmp(a->kv_type, "f32") ? SR_DT_F32
+                                                                                                              : SR_DT_F16};
+    in->co = (sr_cp_opts){.mode = run_mode(a, world),
+                          .block_size = a->block_size, .anchor_size = a->anchor_size, .tag = 0};
+    /* a logit dump generates nothing */
+    in->gp = (sr_gen_params){.n_predict = a->dump ? 0 : a->n_predict, .sampling = sr_sampler_defaults(), .stop = a->stop};
+    in->gp.sampling.temperature = a->temp;
+    in->gp.sampling.top_k = (int)a->top_k;
+    in->gp.sampling.top_p = a->top_p;
+    in->gp.sampling.repeat_penalty = a->repeat_penalty;
+    in->gp.sampling.seed = (uint64_t)a->seed;
+}
 
 static int read_file(const char *path, char **out, size_t *len) {
     FILE *f = fopen(path, "rb");
-    if (!f) return sr_error_set(SR_EIO, "cannot open '%s': %s", path, strerror(errno));
+    if (!f) return sr_error_set(SR_EIO, "-f: cannot open '%s': %s", path, strerror(errno));
     size_t cap = 1 << 16, n = 0;
     char *buf = malloc(cap + 1);
     while (buf) {
         n += fread(buf + n, 1, cap - n, f);
         if (n < cap) break;
-        cap *= 2;
-        char *b = realloc(buf, cap + 1);
+        char *b = cap <= SIZE_MAX / 4 ? realloc(buf, 2 * cap + 1) : NULL;
         if (!b) free(buf);
         buf = b;
+        cap *= 2;
     }
     int err = ferror(f);
     fclose(f);
-    if (!buf) return sr_error_set(SR_ENOMEM, "out of memory reading '%s'", path);
+    if (!buf) return sr_error_set(SR_ENOMEM, "-f: out of memory reading '%s'", path);
     if (err) {
         free(buf);
-        return sr_error_set(SR_EIO, "cannot read '%s'", path);
+        return sr_error_set(SR_EIO, "-f: cannot read '%s'", path);
     }
     buf[n] = 0;
     *out = buf;
@@ -75,60 +361,93 @@ static int read_file(const char *path, char **out, size_t *len) {
     return SR_OK;
 }
 
-/* Parses "1 2 3" or "1,2,3" into a malloc'ed array. */
-static int parse_list(const char *s, int64_t **out, int64_t *n) {
-    size_t cap = 16;
-    int64_t *a = malloc(cap * sizeof(*a));
-    *n = 0;
-    while (a && *s) {
-        while (*s == ' ' || *s == ',' || *s == '\n' || *s == '\t') s++;
-        if (!*s) break;
-        char *end;
-        errno = 0;
-        long long v = strtoll(s, &end, 10);
-        if (end == s || errno) {
-            free(a);
-            return sr_error_set(SR_EINVAL, "'%s' is not a list of integers", s);
-        }
-        if ((size_t)*n == cap) {
-            cap *= 2;
-            int64_t *b = realloc(a, cap * sizeof(*a));
-            if (!b) free(a);
-            a = b;
-            if (!a) break;
-        }
-        a[(*n)++] = v;
-        s = end;
+static int64_t machine_bytes(void) {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && page > 0 ? (int64_t)pages * page : INT64_MAX;
+}
+
+/* Checks the context (n_ctx tokens, then the question) and the generation
+ * against the context window and the KV budget, before anything is
+ * allocated for it; clamps -n to what the window leaves (a note on stderr). */
+static int check_context(const run_args *a, run_inputs *in, int world, int rank, int64_t n_ctx) {
+    const char *source = a->random_context ? "--random-context" : a->ids ? "--ids" : a->file ? "-f" : "-p";
+    const sr_model *m = in->m;
+    int64_t window = a->ctx_size ? a->ctx_size : m->config.context_len > 0 ? m->config.context_len : MAX_CONTEXT;
+    char why[128];
+    snprintf(why, sizeof why, "%s--ctx-size%s 1..%lld",
+             a->ctx_size ? "" : m->config.context_len > 0 ? "the model's trained context length; " : "the largest; ",
+             a->ctx_size ? "," : " sets it,", (long long)MAX_CONTEXT);
+    int64_t n_prompt = n_ctx + in->n_question;
+    if (n_ctx > window || n_prompt > window) {
+        char parts[64] = "";
+        if (in->n_question)
+            snprintf(parts, sizeof parts, " (%lld of context, %lld of question)", (long long)n_ctx,
+                     (long long)in->n_question);
+        return sr_error_set(SR_ERANGE, "%s: the prompt has %lld tokens%s but the context window holds %lld (%s)", source,
+                            (long long)(n_ctx > window ? n_ctx : n_prompt), parts, (long long)window, why);
     }
-    if (!a) return sr_error_set(SR_ENOMEM, "out of memory");
-    *out = a;
+    if (in->gp.n_predict > window - n_prompt) {
+        if (rank == 0)
+            fprintf(stderr, "starring-run: -n %lld clamped to %lld: the context window holds %lld tokens (%s)\n",
+                    (long long)in->gp.n_predict, (long long)(window - n_prompt), (long long)window, why);
+        in->gp.n_predict = window - n_prompt;
+    }
+    /* the KV a rank holds at least: its share of the context (with the
+     * anchor in star mode), and on the query rank the question and the
+     * generated tokens; every rank checks the largest share */
+    int64_t share = in->co.mode == SR_CP_FULL ? n_ctx : (n_ctx + world - 1) / world;
+    if (in->co.mode == SR_CP_STAR) {
+        int64_t block = a->block_size ? a->block_size : SR_CP_DEFAULT_BLOCK;
+        int64_t anchor = a->anchor_size ? a->anchor_size : block;
+        share += anchor < n_ctx ? anchor : n_ctx;
+    }
+    int64_t tokens = share + in->n_question + in->gp.n_predict, block = m->kv.block_size, blocks = (tokens + block - 1) / block;
+    int64_t budget = a->kv_budget ? a->kv_budget : machine_bytes() / local_size() >> 20, need;
+    if (__builtin_mul_overflow(blocks, (int64_t)sr_kv_block_bytes(&m->kv), &need) || need > budget << 20)
+        return sr_error_set(SR_ERANGE,
+                            "%lld tokens of context on a rank (of %lld prompt and %lld generated) need %.1f MiB of KV "
+                            "cache; the KV budget is %lld MiB (--kv-budget%s)",
+                            (long long)tokens, (long long)n_prompt, (long long)in->gp.n_predict,
+                            (double)blocks * (double)sr_kv_block_bytes(&m->kv) / 1048576.0, (long long)budget,
+                            a->kv_budget ? "" : "; default: this machine's memory over its ranks");
     return SR_OK;
 }
 
-/* Strict numbers: the whole argument must parse. */
-static int num_i64(const char *arg, const char *opt, int64_t *out) {
-    char *end;
-    errno = 0;
-    long long v = strtoll(arg, &end, 10);
-    if (errno || end == arg || *end) {
-        fprintf(stderr, "starring-run: %s wants an integer, not '%s'\n", opt, arg);
-        return -1;
+/* Loads the model and the tokenizer and makes the token ids, checked. */
+static int build_inputs(const run_args *a, int world, int rank, run_inputs *in) {
+    make_opts(a, world, in);
+    int rc = sr_model_load(&in->m, a->model, &in->mo);
+    /* token ids straight to a logit dump need no tokenizer */
+    if (rc == SR_OK && !(a->ids && a->dump)) rc = sr_tok_from_gguf(&in->tok, in->m->gguf);
+    if (rc) return rc;
+    int64_t vocab = in->m->config.vocab_size;
+    if (a->ids || a->random_context) {
+        if (a->prompt && !a->dump &&
+            (rc = sr_tok_encode(in->tok, a->prompt, strlen(a->prompt), 0, 0, &in->question, &in->n_question)))
+            return rc;
+        int64_t *list = NULL, n = a->random_context;
+        if (a->ids && (rc = parse_list("--ids", a->ids, 0, vocab - 1, &list, &n))) return rc;
+        if (n == 0) rc = sr_error_set(SR_EINVAL, "--ids: the list is empty");
+        if (rc == SR_OK) rc = check_context(a, in, world, rank, n);
+        if (rc == SR_OK && !(in->ids = malloc((size_t)n * sizeof(*in->ids))))
+            rc = sr_error_set(SR_ENOMEM, "out of memory for %lld token ids", (long long)n);
+        uint64_t z = (uint64_t)a->seed + 1;
+        for (int64_t i = 0; rc == SR_OK && i < n; i++) {
+            z = z * 6364136223846793005ull + 1442695040888963407ull; /* the same ids on every rank */
+            in->ids[i] = list ? (int32_t)list[i] : (int32_t)((z >> 33) % (uint64_t)vocab);
+        }
+        in->n_ids = rc == SR_OK ? n : 0;
+        free(list);
+        return rc;
     }
-    *out = v;
-    return 0;
+    if (a->file && (rc = read_file(a->file, &in->text, &in->text_len))) return rc;
+    const char *ctx = a->file ? in->text : a->prompt;
+    rc = sr_cp_encode(in->tok, ctx, a->file ? in->text_len : strlen(ctx), a->file ? a->prompt : NULL, a->chat,
+                      a->system, &in->ids, &in->n_ids, &in->question, &in->n_question);
+    return rc ? rc : check_context(a, in, world, rank, in->n_ids);
 }
 
-static int num_f32(const char *arg, const char *opt, float *out) {
-    char *end;
-    errno = 0;
-    float v = strtof(arg, &end);
-    if (errno || end == arg || *end) {
-        fprintf(stderr, "starring-run: %s wants a number, not '%s'\n", opt, arg);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
+/* -------------------------------------------------------------------- run */
 
 static int emit_stdout(void *data, const char *text, size_t len) {
     fwrite(text, 1, len, stdout);
@@ -138,45 +457,38 @@ static int emit_stdout(void *data, const char *text, size_t len) {
 
 /* Runs the prompt in pieces that end at each dump position and writes the
  * logits there. */
-static int dump_logits(sr_model *m, const int32_t *ids, int64_t n, const char *path, const char *positions) {
-    int64_t *pos, np;
-    int rc = parse_list(positions, &pos, &np);
+static int dump_logits(const run_args *a, run_inputs *in) {
+    int64_t *pos, np, done = 0;
+    double t0 = sr_now();
+    int rc = parse_list("--dump-positions", a->dump_positions, 0, in->n_ids - 1, &pos, &np);
     if (rc) return rc;
-    FILE *f = fopen(path, "wb");
+    FILE *f = fopen(a->dump, "wb");
     if (!f) {
         free(pos);
-        return sr_error_set(SR_EIO, "cannot create '%s': %s", path, strerror(errno));
+        return sr_error_set(SR_EIO, "--dump-logits: cannot create '%s': %s", a->dump, strerror(errno));
     }
-    int64_t done = 0;
     for (int64_t i = 0; i < np && rc == SR_OK; i++) {
-        if (pos[i] < done || pos[i] >= n) {
-            rc = sr_error_set(SR_EINVAL, "dump position %lld must increase and be below the prompt length %lld",
-                              (long long)pos[i], (long long)n);
+        if (pos[i] < done) {
+            rc = sr_error_set(SR_EINVAL, "--dump-positions: %lld must be above the position before it (%lld)",
+                              (long long)pos[i], (long long)done - 1);
             break;
         }
-        if ((rc = sr_model_forward(m, ids + done, pos[i] + 1 - done, done))) break;
+        if ((rc = sr_model_forward(in->m, in->ids + done, pos[i] + 1 - done, done))) break;
         done = pos[i] + 1;
-        size_t v = (size_t)m->config.vocab_size;
-        if (fwrite(m->state.logits, sizeof(float), v, f) != v) rc = sr_error_set(SR_EIO, "cannot write '%s'", path);
+        size_t v = (size_t)in->m->config.vocab_size;
+        if (fwrite(in->m->state.logits, sizeof(float), v, f) != v)
+            rc = sr_error_set(SR_EIO, "--dump-logits: cannot write '%s'", a->dump);
     }
-    if (fclose(f) != 0 && rc == SR_OK) rc = sr_error_set(SR_EIO, "cannot write '%s'", path);
+    if (fclose(f) != 0 && rc == SR_OK) rc = sr_error_set(SR_EIO, "--dump-logits: cannot write '%s'", a->dump);
     free(pos);
+    if (rc == SR_OK) fprintf(stderr, "starring-run: dumped logits in %.2f s\n", sr_now() - t0);
     return rc;
 }
 
-/* Ranks of the job from the launcher's environment (1 when alone). */
-static int job_size(void) {
-    static const char *names[] = {"SR_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        const char *v = getenv(names[i]);
-        if (v && atoi(v) > 0) return atoi(v);
-    }
-    return 1;
-}
-
 /* The timing lines of rank 0 (every rank's figures gathered first). */
-static int report(sr_cp *cp, const sr_cp_opts *co, const sr_model_opts *mo, const char *transport, int64_t n_ctx,
-                  const sr_gen_stats *g) {
+static int report(sr_cp *cp, const run_inputs *in, const char *transport, const sr_gen_stats *g) {
+    const sr_cp_opts *co = &in->co;
+    int64_t n_ctx = in->n_ids;
     int w = sr_cp_world(cp);
     sr_cp_rank_info *all = calloc((size_t)w, sizeof *all);
     if (!all) return sr_error_set(SR_ENOMEM, "out of memory");
@@ -192,7 +504,7 @@ static int report(sr_cp *cp, const sr_cp_opts *co, const sr_model_opts *mo, cons
                 "starring-run: prompt %lld tokens in %.3f s (%.1f tok/s), generated %lld tokens in %.3f s "
                 "(%.1f tok/s), kv %.1f MiB, %d threads\n",
                 (long long)n_prompt, t_first, n_prompt / t_prompt, (long long)g->n_gen, g->t_decode,
-                g->n_decode / t_dec, kv / 1048576.0, mo->n_threads);
+                g->n_decode / t_dec, kv / 1048576.0, in->mo.n_threads);
         fprintf(stderr, "starring-run: mode %s, %d worker%s, transport %s", sr_cp_mode_name(co->mode), w,
                 w == 1 ? "" : "s", co->mode == SR_CP_FULL ? "none" : transport);
         if (co->mode == SR_CP_STAR)
@@ -220,174 +532,57 @@ static int report(sr_cp *cp, const sr_cp_opts *co, const sr_model_opts *mo, cons
     return rc;
 }
 
-int main(int argc, char **argv) {
-    const char *model_path = NULL, *prompt = NULL, *file = NULL, *ids_arg = NULL, *sys_msg = NULL;
-    const char *dump = NULL, *dump_pos = NULL, *transport = "mpi", *mode_arg = NULL;
-    int chat = 0;
-    int64_t random_ctx = 0;
-    sr_gen_params gp = {.n_predict = 128, .sampling = sr_sampler_defaults(), .stop = NULL};
-    sr_model_opts mo = {.n_threads = omp_get_max_threads(), .kv_dtype = SR_DT_F16, .block_size = 0, .max_batch = 0};
-    sr_cp_opts co = {.mode = SR_CP_FULL, .block_size = 0, .anchor_size = 0, .tag = 0};
-    enum { O_CHAT = 256, O_SYSTEM, O_TEMP, O_TOPK, O_TOPP, O_PEN, O_SEED, O_KV, O_BATCH, O_STOP, O_DUMP,
-           O_DUMPPOS, O_IDS, O_MODE, O_BLOCK, O_ANCHOR, O_TRANSPORT, O_RANDOM };
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},   {"prompt", required_argument, 0, 'p'},
-        {"file", required_argument, 0, 'f'},    {"n-predict", required_argument, 0, 'n'},
-        {"threads", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
-        {"chat", no_argument, 0, O_CHAT},       {"system", required_argument, 0, O_SYSTEM},
-        {"temp", required_argument, 0, O_TEMP}, {"top-k", required_argument, 0, O_TOPK},
-        {"top-p", required_argument, 0, O_TOPP}, {"repeat-penalty", required_argument, 0, O_PEN},
-        {"seed", required_argument, 0, O_SEED}, {"kv-type", required_argument, 0, O_KV},
-        {"batch", required_argument, 0, O_BATCH},
-        {"stop", required_argument, 0, O_STOP}, {"dump-logits", required_argument, 0, O_DUMP},
-        {"dump-positions", required_argument, 0, O_DUMPPOS}, {"ids", required_argument, 0, O_IDS},
-        {"mode", required_argument, 0, O_MODE}, {"block-size", required_argument, 0, O_BLOCK},
-        {"anchor-size", required_argument, 0, O_ANCHOR}, {"transport", required_argument, 0, O_TRANSPORT},
-        {"random-context", required_argument, 0, O_RANDOM},
-        {0, 0, 0, 0},
-    };
-    int c, bad = 0;
-    int64_t v;
-    while ((c = getopt_long(argc, argv, "m:p:f:n:t:h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'm': model_path = optarg; break;
-        case 'p': prompt = optarg; break;
-        case 'f': file = optarg; break;
-        case 'n': bad |= num_i64(optarg, "-n", &gp.n_predict); break;
-        case 't':
-            bad |= num_i64(optarg, "--threads", &v);
-            mo.n_threads = v > 0 && v <= 4096 ? (int)v : 0;
-            break;
-        case 'h': fputs(usage, stdout); return 0;
-        case O_CHAT: chat = 1; break;
-        case O_SYSTEM: sys_msg = optarg; break;
-        case O_TEMP: bad |= num_f32(optarg, "--temp", &gp.sampling.temperature); break;
-        case O_TOPK:
-            bad |= num_i64(optarg, "--top-k", &v);
-            gp.sampling.top_k = v >= 0 && v < (1 << 30) ? (int)v : -1;
-            break;
-        case O_TOPP: bad |= num_f32(optarg, "--top-p", &gp.sampling.top_p); break;
-        case O_PEN: bad |= num_f32(optarg, "--repeat-penalty", &gp.sampling.repeat_penalty); break;
-        case O_SEED:
-            bad |= num_i64(optarg, "--seed", &v);
-            gp.sampling.seed = (uint64_t)v;
-            break;
-        case O_KV:
-            if (strcmp(optarg, "f16") == 0) mo.kv_dtype = SR_DT_F16;
-            else if (strcmp(optarg, "bf16") == 0) mo.kv_dtype = SR_DT_BF16;
-            else if (strcmp(optarg, "f32") == 0) mo.kv_dtype = SR_DT_F32;
-            else { fprintf(stderr, "starring-run: --kv-type must be f16, bf16 or f32\n"); return 2; }
-            break;
-        case O_BATCH: bad |= num_i64(optarg, "--batch", &mo.max_batch); break;
-        case O_STOP: gp.stop = optarg; break;
-        case O_DUMP: dump = optarg; break;
-        case O_DUMPPOS: dump_pos = optarg; break;
-        case O_IDS: ids_arg = optarg; break;
-        case O_MODE: mode_arg = optarg; break;
-        case O_BLOCK:
-            bad |= num_i64(optarg, "--block-size", &mo.block_size);
-            co.block_size = mo.block_size;
-            break;
-        case O_ANCHOR: bad |= num_i64(optarg, "--anchor-size", &co.anchor_size); break;
-        case O_TRANSPORT: transport = optarg; break;
-        case O_RANDOM: bad |= num_i64(optarg, "--random-context", &random_ctx); break;
-        default: fputs(usage, stderr); return 2;
-        }
+/* Prefills the context over the ranks and generates after the question. */
+static int generate(const run_args *a, run_inputs *in, sr_tp *tp, int rank) {
+    /* ring holds every local row in one batch */
+    int64_t rows = sr_cp_batch_rows(&in->co, in->n_ids, tp ? sr_tp_size(tp) : 1);
+    int rc = SR_OK;
+    if (rows > in->m->state.max_batch) {
+        sr_model_free(in->m);
+        in->m = NULL;
+        in->mo.max_batch = rows;
+        if ((rc = sr_model_load(&in->m, a->model, &in->mo))) return rc;
     }
-    if (bad) return 2;
-    int world = job_size();
-    co.mode = mode_arg ? sr_cp_mode_parse(mode_arg) : world > 1 ? SR_CP_STAR : SR_CP_FULL;
-    const char *why = !model_path                                           ? "-m MODEL is required"
-                      : !prompt && !file && !ids_arg && random_ctx <= 0   ? "give a prompt: -p, -f or --ids"
-                      : dump && !dump_pos                                 ? "--dump-logits needs --dump-positions"
-                      : dump && world > 1                                 ? "--dump-logits runs in one process only"
-                      : mo.n_threads <= 0                                 ? "--threads must be at least 1"
-                      : gp.n_predict < 0                                  ? "-n must be 0 or more"
-                      : mo.block_size < 0 || co.block_size < 0            ? "--block-size must be positive"
-                      : co.anchor_size < 0                                ? "--anchor-size must be positive"
-                      : mo.max_batch < 0                                  ? "--batch must be positive"
-                      : gp.sampling.top_k < 0                             ? "--top-k must be 0 or more"
-                      : co.mode < 0                                       ? "--mode must be full, ring or star"
-                      : strcmp(transport, "mpi") != 0 && strcmp(transport, "tcp") != 0 ? "--transport must be mpi or tcp"
-                                                                                         : NULL;
-    if (why) {
-        fprintf(stderr, "starring-run: %s (see --help)\n", why);
+    sr_cp *cp = NULL;
+    sr_gen_stats st = {0};
+    if ((rc = sr_cp_open(&cp, in->m, tp, &in->co))) return rc;
+    rc = sr_cp_prefill(cp, in->ids, in->n_ids);
+    if (rc == SR_OK) rc = sr_cp_generate(cp, in->tok, in->question, in->n_question, &in->gp, emit_stdout, NULL, &st);
+    if (rc == SR_OK && rank == 0) {
+        fputc('\n', stdout);
+        fflush(stdout);
+    }
+    if (rc == SR_OK) rc = report(cp, in, a->transport, &st);
+    sr_cp_close(cp);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    run_args a;
+    int help, world = job_size();
+    int rc = read_args(argc, argv, &a, &help);
+    if (rc == SR_OK && help) {
+        print_usage(stdout);
+        return 0;
+    }
+    if (rc == SR_OK) rc = check_args(&a, world);
+    if (rc) {
+        fprintf(stderr, "starring-run: %s (see --help)\n", sr_error_msg());
         return 2;
     }
-
     /* a transport when sharding, or when ranks of a job must agree even in full mode */
+    int sharded = run_mode(&a, world) != SR_CP_FULL || world > 1, use_mpi = sharded && strcmp(a.transport, "mpi") == 0;
     sr_tp *tp = NULL;
-    int use_mpi = (co.mode != SR_CP_FULL || world > 1) && strcmp(transport, "mpi") == 0;
-    int rc = use_mpi ? sr_tp_mpi_init(&argc, &argv) : SR_OK;
-    if (rc == SR_OK && (co.mode != SR_CP_FULL || world > 1)) rc = sr_tp_open(&tp, transport, NULL);
+    rc = use_mpi ? sr_tp_mpi_init(&argc, &argv) : SR_OK;
+    if (rc == SR_OK && sharded) rc = sr_tp_open(&tp, a.transport, NULL);
     int rank = tp ? sr_tp_rank(tp) : 0;
     sr_log_init("run", tp ? rank : -1, SR_LOG_WARN);
 
-    sr_model *m = NULL;
-    sr_tokenizer *tok = NULL;
-    char *text = NULL;
-    int32_t *ids = NULL, *question = NULL;
-    int64_t n_ids = 0, n_question = 0;
-    if (rc == SR_OK) rc = sr_model_load(&m, model_path, &mo);
-    /* token ids straight to a logit dump need no tokenizer (tiny test models have none) */
-    if (rc == SR_OK && !(ids_arg && dump)) rc = sr_tok_from_gguf(&tok, m->gguf);
-    if (rc == SR_OK && (ids_arg || random_ctx > 0)) {
-        int64_t *list = NULL;
-        if (ids_arg) {
-            rc = parse_list(ids_arg, &list, &n_ids);
-        } else {
-            n_ids = random_ctx;
-        }
-        if (rc == SR_OK) {
-            ids = malloc((size_t)(n_ids ? n_ids : 1) * sizeof(*ids));
-            uint64_t z = gp.sampling.seed + 1;
-            for (int64_t i = 0; ids && i < n_ids; i++) {
-                z = z * 6364136223846793005ull + 1442695040888963407ull; /* the same ids on every rank */
-                ids[i] = list ? (int32_t)list[i] : (int32_t)((z >> 33) % (uint64_t)m->config.vocab_size);
-            }
-            if (!ids) rc = sr_error_set(SR_ENOMEM, "out of memory");
-            free(list);
-        }
-        if (rc == SR_OK && prompt && !dump) rc = sr_tok_encode(tok, prompt, strlen(prompt), 0, 0, &question, &n_question);
-    } else if (rc == SR_OK) {
-        size_t len = 0;
-        if (file) rc = read_file(file, &text, &len);
-        if (rc == SR_OK)
-            rc = sr_cp_encode(tok, file ? text : prompt, file ? len : strlen(prompt), file ? prompt : NULL, chat, sys_msg, &ids, &n_ids, &question,
-                              &n_question);
-    }
-    if (rc == SR_OK && n_ids == 0) rc = sr_error_set(SR_EINVAL, "the prompt has no tokens");
-    if (rc == SR_OK && dump) {
-        double t0 = sr_now();
-        rc = dump_logits(m, ids, n_ids, dump, dump_pos);
-        if (rc == SR_OK) fprintf(stderr, "starring-run: dumped logits in %.2f s\n", sr_now() - t0);
-    } else if (rc == SR_OK) {
-        /* ring holds every local row in one batch */
-        int64_t rows = sr_cp_batch_rows(&co, n_ids, tp ? sr_tp_size(tp) : 1);
-        if (rows > m->state.max_batch) {
-            sr_model_free(m);
-            m = NULL;
-            mo.max_batch = rows;
-            rc = sr_model_load(&m, model_path, &mo);
-        }
-        sr_cp *cp = NULL;
-        sr_gen_stats st = {0};
-        if (rc == SR_OK) rc = sr_cp_open(&cp, m, tp, &co);
-        if (rc == SR_OK) rc = sr_cp_prefill(cp, ids, n_ids);
-        if (rc == SR_OK) rc = sr_cp_generate(cp, tok, question, n_question, &gp, emit_stdout, NULL, &st);
-        if (rc == SR_OK && rank == 0) {
-            fputc('\n', stdout);
-            fflush(stdout);
-        }
-        if (rc == SR_OK) rc = report(cp, &co, &mo, transport, n_ids, &st);
-        sr_cp_close(cp);
-    }
+    run_inputs in = {0};
+    if (rc == SR_OK) rc = build_inputs(&a, tp ? sr_tp_size(tp) : 1, rank, &in);
+    if (rc == SR_OK) rc = a.dump ? dump_logits(&a, &in) : generate(&a, &in, tp, rank);
     if (rc) fprintf(stderr, "starring-run: rank %d: %s\n", rank, sr_error_msg());
-    free(ids);
-    free(question);
-    free(text);
-    if (tok) sr_tok_free(tok);
-    sr_model_free(m);
+    free_inputs(&in);
     sr_tp_close(tp);
     if (use_mpi) {
         /* a failed rank ends the job rather than leaving the others waiting */
