@@ -227,7 +227,7 @@ static void type_counts(const sr_gguf *g, char *buf, size_t cap) {
 }
 
 static int is_smollm2_135m(const sr_model_config *c) {
-    return c->arch == SR_ARCH_LLAMA && c->n_layer == 30 && c->dim == 576 && c->n_head == 9 &&
+    return c->arch == SR_MODEL_ARCH_LLAMA && c->n_layer == 30 && c->dim == 576 && c->n_head == 9 &&
            c->n_head_kv == 3 && c->hidden_dim == 1536 && c->vocab_size == 49152;
 }
 
@@ -237,7 +237,7 @@ static int report_model(srb_report *r, const sr_model *m, const char *path) {
     char buf[128];
     if (sr_gguf_find(m->gguf, "general.name") && sr_gguf_get_str(m->gguf, "general.name", &name) == SR_OK)
         snprintf(buf, sizeof buf, "%.*s (%s)", (int)(name.len > 80 ? 80 : name.len), name.ptr,
-                 c->arch == SR_ARCH_QWEN2 ? "qwen2" : "llama");
+                 c->arch == SR_MODEL_ARCH_QWEN2 ? "qwen2" : "llama");
     else
         snprintf(buf, sizeof buf, "%s", path);
     int rc = srb_report_fact_str(r, "model", buf);

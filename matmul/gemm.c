@@ -22,7 +22,7 @@ enum {
 
 /* Scalar packing: the whole row, or (vector builds) the float types' last
  * k % 32 values, from column kk0 on. Columns past nj are left to the caller. */
-static void pack_scalar(const sr_weight *w, int64_t j0, int64_t nj, int64_t kk0, float *row, float *wp) {
+static void pack_scalar(const sr_matmul_weight *w, int64_t j0, int64_t nj, int64_t kk0, float *row, float *wp) {
     const int64_t k = w->k;
     const uint64_t rb = sr_ggml_row_bytes(w->type, k);
     for (int64_t j = 0; j < nj; j++) {
@@ -60,9 +60,9 @@ static inline __attribute__((always_inline)) void transpose16(__m512 r[16]) {
 
 /* Dequantizes 32 values of 16 rows at a time into `tmp` (L1), then
  * transposes 16 x 16 tiles into the panel. */
-static inline __attribute__((always_inline)) void pack_t(uint32_t type, const sr_weight *w, int64_t j0, int64_t nj,
-                                                         float *tmp, float *wp) {
-    const int64_t k = w->k, groups = sr_mm__groups(k);
+static inline __attribute__((always_inline)) void pack_t(uint32_t type, const sr_matmul_weight *w, int64_t j0,
+                                                         int64_t nj, float *tmp, float *wp) {
+    const int64_t k = w->k, groups = sr_matmul__groups(k);
     const uint64_t rb = sr_ggml_row_bytes(type, k);
     const uint8_t *base = (const uint8_t *)w->data + rb * (uint64_t)j0;
     for (int64_t g = 0; g < groups; g++)
@@ -74,7 +74,7 @@ static inline __attribute__((always_inline)) void pack_t(uint32_t type, const sr
             }
             for (int j = 0; j < 16; j++) {
                 __m512 v[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-                if (16 * h + j < nj) sr_mm__load32(type, base + rb * (uint64_t)(16 * h + j), g, v);
+                if (16 * h + j < nj) sr_matmul__load32(type, base + rb * (uint64_t)(16 * h + j), g, v);
                 _mm512_store_ps(tmp + 32 * j, v[0]);
                 _mm512_store_ps(tmp + 32 * j + 16, v[1]);
             }
@@ -93,7 +93,7 @@ static inline __attribute__((always_inline)) void pack_t(uint32_t type, const sr
 
 /* Dequantizes weight rows j0 .. j0+nj-1 into wp[k][NP], zero columns past nj.
  * `tmp` holds max(16 x 32, k) floats. */
-static void pack_panel(const sr_weight *w, int64_t j0, int64_t nj, float *tmp, float *wp) {
+static void pack_panel(const sr_matmul_weight *w, int64_t j0, int64_t nj, float *tmp, float *wp) {
     switch (w->type) {
     case SR_GGML_F32: pack_t(SR_GGML_F32, w, j0, nj, tmp, wp); break;
     case SR_GGML_F16: pack_t(SR_GGML_F16, w, j0, nj, tmp, wp); break;
@@ -128,7 +128,7 @@ static inline __attribute__((always_inline)) void micro_t(int R, int64_t k, cons
     }
 }
 #else
-static void pack_panel(const sr_weight *w, int64_t j0, int64_t nj, float *tmp, float *wp) {
+static void pack_panel(const sr_matmul_weight *w, int64_t j0, int64_t nj, float *tmp, float *wp) {
     if (nj < NP) memset(wp, 0, (size_t)w->k * NP * sizeof(float));
     pack_scalar(w, j0, nj, 0, tmp, wp);
 }
@@ -155,7 +155,7 @@ static void micro(int R, int64_t k, const float *x, const float *wp, float *y, i
     }
 }
 
-int sr_mm_gemm(const sr_weight *w, const float *x, float *y, int64_t n, int n_threads) {
+int sr_matmul__gemm(const sr_matmul_weight *w, const float *x, float *y, int64_t n, int n_threads) {
     const int64_t k = w->k, m = w->m, panels = (m + NP - 1) / NP;
     /* Rows of X in chunks of at most ~CHUNK_N, so that a chunk stays in cache
      * while every panel passes over it; more chunks when there are too few

@@ -1,5 +1,5 @@
 /* Matrix-vector products (decode, and n too small for panels to pay off):
- * each weight row is streamed once per group of up to SR_MM_GEMV_ROWS
+ * each weight row is streamed once per group of up to SR_MATMUL__GEMV_ROWS
  * activation rows and dequantized in registers, fp32 accumulation. Threads
  * take contiguous ranges of weight rows, so each reads its own part of W. */
 #include <stddef.h>
@@ -14,12 +14,12 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include "matmul/avx512.h"
 
-/* Rows r0..r1 of Y for NX (<= SR_MM_GEMV_ROWS) activation rows; two weight
+/* Rows r0..r1 of Y for NX (<= SR_MATMUL__GEMV_ROWS) activation rows; two weight
  * rows at a time give four independent accumulation chains even at NX = 1. */
-static inline __attribute__((always_inline)) void rows_t(uint32_t type, int nx, const sr_weight *w, const float *x,
-                                                         float *y, int64_t r0, int64_t r1,
+static inline __attribute__((always_inline)) void rows_t(uint32_t type, int nx, const sr_matmul_weight *w,
+                                                         const float *x, float *y, int64_t r0, int64_t r1,
                                                          float *tail) {
-    const int64_t k = w->k, m = w->m, groups = sr_mm__groups(k);
+    const int64_t k = w->k, m = w->m, groups = sr_matmul__groups(k);
     const uint64_t rb = sr_ggml_row_bytes(type, k);
     /* the hardware prefetcher alone leaves much of the bandwidth unused
      * (Zen 4: Q8_0 at 6.5 GB/s a thread, 13 with this): fetch 1-2 KB ahead
@@ -30,9 +30,9 @@ static inline __attribute__((always_inline)) void rows_t(uint32_t type, int nx, 
         const int nw = r + 1 < r1 ? 2 : 1;
         const uint8_t *row[2] = {(const uint8_t *)w->data + rb * (uint64_t)r, NULL};
         row[1] = nw == 2 ? row[0] + rb : row[0];
-        __m512 acc[2][SR_MM_GEMV_ROWS][2];
+        __m512 acc[2][SR_MATMUL__GEMV_ROWS][2];
         for (int a = 0; a < 2; a++)
-            for (int i = 0; i < SR_MM_GEMV_ROWS; i++) acc[a][i][0] = acc[a][i][1] = _mm512_setzero_ps();
+            for (int i = 0; i < SR_MATMUL__GEMV_ROWS; i++) acc[a][i][0] = acc[a][i][1] = _mm512_setzero_ps();
         /* Q8_0: w = d * q dotted as d * (q . x), one scale per group; two
          * groups per step, one accumulator each: independent FMA chains */
         for (int64_t g0 = 0; g0 < groups && type == SR_GGML_Q8_0; g0 += 2)
@@ -43,8 +43,8 @@ static inline __attribute__((always_inline)) void rows_t(uint32_t type, int nx, 
                 float d[2];
                 _mm_prefetch((const char *)row[0] + ahead + (uint64_t)g * gbytes, _MM_HINT_T0);
                 _mm_prefetch((const char *)row[1] + ahead + (uint64_t)g * gbytes, _MM_HINT_T0);
-                sr_mm__q8_0_quants32(row[0], g, q[0], &d[0]);
-                if (nw == 2) sr_mm__q8_0_quants32(row[1], g, q[1], &d[1]);
+                sr_matmul__q8_0_quants32(row[0], g, q[0], &d[0]);
+                if (nw == 2) sr_matmul__q8_0_quants32(row[1], g, q[1], &d[1]);
                 for (int i = 0; i < nx; i++) {
                     __m512 x0 = _mm512_loadu_ps(x + i * k + 32 * g), x1 = _mm512_loadu_ps(x + i * k + 32 * g + 16);
                     for (int a = 0; a < nw; a++) {
@@ -57,8 +57,8 @@ static inline __attribute__((always_inline)) void rows_t(uint32_t type, int nx, 
             __m512 wv[2][2];
             _mm_prefetch((const char *)row[0] + ahead + (uint64_t)g * gbytes, _MM_HINT_T0);
             _mm_prefetch((const char *)row[1] + ahead + (uint64_t)g * gbytes, _MM_HINT_T0);
-            sr_mm__load32(type, row[0], g, wv[0]);
-            if (nw == 2) sr_mm__load32(type, row[1], g, wv[1]);
+            sr_matmul__load32(type, row[0], g, wv[0]);
+            if (nw == 2) sr_matmul__load32(type, row[1], g, wv[1]);
             for (int i = 0; i < nx; i++) {
                 __m512 x0 = _mm512_loadu_ps(x + i * k + 32 * g), x1 = _mm512_loadu_ps(x + i * k + 32 * g + 16);
                 acc[0][i][0] = _mm512_fmadd_ps(wv[0][0], x0, acc[0][i][0]);
@@ -86,10 +86,10 @@ static inline __attribute__((always_inline)) void rows_t(uint32_t type, int nx, 
     case 1: rows_t(T, 1, w, x, y, r0, r1, tail); break;               \
     case 2: rows_t(T, 2, w, x, y, r0, r1, tail); break;               \
     case 3: rows_t(T, 3, w, x, y, r0, r1, tail); break;               \
-    default: rows_t(T, SR_MM_GEMV_ROWS, w, x, y, r0, r1, tail); break; \
+    default: rows_t(T, SR_MATMUL__GEMV_ROWS, w, x, y, r0, r1, tail); break; \
     }
 
-static void rows(const sr_weight *w, int nx, const float *x, float *y, int64_t r0, int64_t r1) {
+static void rows(const sr_matmul_weight *w, int nx, const float *x, float *y, int64_t r0, int64_t r1) {
     float tail[32];
     switch (w->type) {
     case SR_GGML_F32: NX_CASES(SR_GGML_F32); break;
@@ -107,14 +107,14 @@ static void rows(const sr_weight *w, int nx, const float *x, float *y, int64_t r
  * dot it with each activation row (the compiler vectorizes what it can). */
 enum { CHUNK = 256, LANES = 16 };
 
-static void rows(const sr_weight *w, int nx, const float *x, float *y, int64_t r0, int64_t r1) {
+static void rows(const sr_matmul_weight *w, int nx, const float *x, float *y, int64_t r0, int64_t r1) {
     const int64_t k = w->k, m = w->m, bs = sr_dequant_block_size(w->type);
     const uint64_t rb = sr_ggml_row_bytes(w->type, k);
     const int64_t chunk = CHUNK - CHUNK % bs;
     float buf[CHUNK];
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *row = (const uint8_t *)w->data + rb * (uint64_t)r;
-        float s[SR_MM_GEMV_ROWS] = {0};
+        float s[SR_MATMUL__GEMV_ROWS] = {0};
         for (int64_t j0 = 0; j0 < k; j0 += chunk) {
             int64_t len = k - j0 < chunk ? k - j0 : chunk;
             sr_dequant_row(w->type, row + sr_ggml_row_bytes(w->type, j0), len, buf);
@@ -134,14 +134,14 @@ static void rows(const sr_weight *w, int nx, const float *x, float *y, int64_t r
 }
 #endif
 
-int sr_mm_gemv(const sr_weight *w, const float *x, float *y, int64_t n, int n_threads) {
+int sr_matmul__gemv(const sr_matmul_weight *w, const float *x, float *y, int64_t n, int n_threads) {
     const int64_t k = w->k, m = w->m;
-#pragma omp parallel num_threads(sr_mm__gemv_threads(m, n_threads))
+#pragma omp parallel num_threads(sr_matmul__gemv_threads(m, n_threads))
     {
         int64_t r0, r1;
-        sr_mm__gemv_rows(m, omp_get_thread_num(), omp_get_num_threads(), &r0, &r1);
-        for (int64_t i0 = 0; i0 < n && r0 < r1; i0 += SR_MM_GEMV_ROWS) {
-            int nx = n - i0 < SR_MM_GEMV_ROWS ? (int)(n - i0) : SR_MM_GEMV_ROWS;
+        sr_matmul__gemv_rows(m, omp_get_thread_num(), omp_get_num_threads(), &r0, &r1);
+        for (int64_t i0 = 0; i0 < n && r0 < r1; i0 += SR_MATMUL__GEMV_ROWS) {
+            int nx = n - i0 < SR_MATMUL__GEMV_ROWS ? (int)(n - i0) : SR_MATMUL__GEMV_ROWS;
             rows(w, nx, x + i0 * k, y + i0 * m, r0, r1);
         }
     }

@@ -10,34 +10,35 @@
 
 /* sr_matmul's argument checks, shared with the other entry points; `fn`
  * names the caller in the message. */
-int sr_mm_check(const sr_weight *w, const float *x, const float *y, int64_t n, int n_threads, const char *fn);
+int sr_matmul__check(const sr_matmul_weight *w, const float *x, const float *y, int64_t n, int n_threads,
+                     const char *fn);
 
 /* From this many activation rows on, dequantizing panels and reusing them
  * beats streaming the quantized rows once per group of rows. */
-enum { SR_MM_GEMM_MIN_N = 8 };
+enum { SR_MATMUL__GEMM_MIN_N = 8 };
 
 /* Dequantizes row r of W into out[k] with the fastest code this build has
  * (vector where available, else the scalar reference). */
-void sr_mm_dequant_row(const sr_weight *w, int64_t r, float *out);
+void sr_matmul__dequant_row(const sr_matmul_weight *w, int64_t r, float *out);
 
 /* Matrix-vector style: streams each weight row once per group of up to
- * SR_MM_GEMV_ROWS activation rows, dequantizing in registers. */
-enum { SR_MM_GEMV_ROWS = 4 };
-int sr_mm_gemv(const sr_weight *w, const float *x, float *y, int64_t n, int n_threads);
+ * SR_MATMUL__GEMV_ROWS activation rows, dequantizing in registers. */
+enum { SR_MATMUL__GEMV_ROWS = 4 };
+int sr_matmul__gemv(const sr_matmul_weight *w, const float *x, float *y, int64_t n, int n_threads);
 
 /* Matrix-matrix: dequantizes panels of weight rows into fp32 and reuses each
  * panel across all activation rows. */
-int sr_mm_gemm(const sr_weight *w, const float *x, float *y, int64_t n, int n_threads);
+int sr_matmul__gemm(const sr_matmul_weight *w, const float *x, float *y, int64_t n, int n_threads);
 
 /* Matrix-vector work split: threads worth starting for m output rows (below
  * ~16 rows a thread, starting it costs more than it saves), and thread t's
  * rows [r0, r1) of tn, on even boundaries so that weight rows stay paired. */
-static inline int sr_mm__gemv_threads(int64_t m, int n_threads) {
+static inline int sr_matmul__gemv_threads(int64_t m, int n_threads) {
     int64_t useful = m / 16 > 0 ? m / 16 : 1;
     return (int64_t)n_threads < useful ? n_threads : (int)useful;
 }
 
-static inline void sr_mm__gemv_rows(int64_t m, int t, int tn, int64_t *r0, int64_t *r1) {
+static inline void sr_matmul__gemv_rows(int64_t m, int t, int tn, int64_t *r0, int64_t *r1) {
     int64_t per = (m + 2 * tn - 1) / (2 * tn) * 2;
     *r0 = per * t;
     *r1 = *r0 + per < m ? *r0 + per : m;

@@ -8,7 +8,7 @@
 #include "matmul/kernels.h"
 #include "gguf/quant_blocks.h"
 
-static int check_weight(const sr_weight *w, const char *fn) {
+static int check_weight(const sr_matmul_weight *w, const char *fn) {
     if (!w) return sr_error_set(SR_EINVAL, "%s: weight is NULL", fn);
     if (!w->data) return sr_error_set(SR_EINVAL, "%s: weight data is NULL", fn);
     int64_t bs = sr_dequant_block_size(w->type);
@@ -24,7 +24,8 @@ static int check_weight(const sr_weight *w, const char *fn) {
     return SR_OK;
 }
 
-int sr_mm_check(const sr_weight *w, const float *x, const float *y, int64_t n, int n_threads, const char *fn) {
+int sr_matmul__check(const sr_matmul_weight *w, const float *x, const float *y, int64_t n, int n_threads,
+                     const char *fn) {
     int rc = check_weight(w, fn);
     if (rc != SR_OK) return rc;
     if (!x || !y) return sr_error_set(SR_EINVAL, "%s: %s is NULL", fn, !x ? "x" : "y");
@@ -37,19 +38,20 @@ int sr_mm_check(const sr_weight *w, const float *x, const float *y, int64_t n, i
     return SR_OK;
 }
 
-int sr_matmul(const sr_weight *w, const float *x, float *y, int64_t n, int n_threads) {
-    int rc = sr_mm_check(w, x, y, n, n_threads, "sr_matmul");
+int sr_matmul(const sr_matmul_weight *w, const float *x, float *y, int64_t n, int n_threads) {
+    int rc = sr_matmul__check(w, x, y, n, n_threads, "sr_matmul");
     if (rc != SR_OK || n == 0) return rc;
-    if (n < SR_MM_GEMM_MIN_N) return sr_mm_gemv(w, x, y, n, n_threads);
-    return sr_mm_gemm(w, x, y, n, n_threads);
+    if (n < SR_MATMUL__GEMM_MIN_N) return sr_matmul__gemv(w, x, y, n, n_threads);
+    return sr_matmul__gemm(w, x, y, n, n_threads);
 }
 
-int sr_weight_row(const sr_weight *w, int64_t r, float *out) {
-    int rc = check_weight(w, "sr_weight_row");
+int sr_matmul_weight_row(const sr_matmul_weight *w, int64_t r, float *out) {
+    int rc = check_weight(w, "sr_matmul_weight_row");
     if (rc != SR_OK) return rc;
-    if (!out) return sr_error_set(SR_EINVAL, "sr_weight_row: out is NULL");
+    if (!out) return sr_error_set(SR_EINVAL, "sr_matmul_weight_row: out is NULL");
     if (r < 0 || r >= w->m)
-        return sr_error_set(SR_ERANGE, "sr_weight_row: row %lld is outside [0, %lld)", (long long)r, (long long)w->m);
-    sr_mm_dequant_row(w, r, out);
+        return sr_error_set(SR_ERANGE, "sr_matmul_weight_row: row %lld is outside [0, %lld)", (long long)r,
+                            (long long)w->m);
+    sr_matmul__dequant_row(w, r, out);
     return SR_OK;
 }

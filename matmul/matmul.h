@@ -14,13 +14,13 @@ typedef struct {
     uint32_t type;    /* SR_GGML_* (gguf/gguf.h) */
     int64_t k, m;     /* inputs per row, rows */
     const void *data; /* m rows of sr_ggml_row_bytes(type, k) bytes */
-} sr_weight;
+} sr_matmul_weight;
 
 /* Y[n, m] = X[n, k] * W^T. n = 1 is a matrix-vector product; larger n
  * (prefill) is a blocked matrix-matrix product. Runs on n_threads threads. */
-int sr_matmul(const sr_weight *w, const float *x, float *y, int64_t n, int n_threads);
+int sr_matmul(const sr_matmul_weight *w, const float *x, float *y, int64_t n, int n_threads);
 
 /* Dequantizes row r of W into out[k] (embedding look-up, tests). */
-int sr_weight_row(const sr_weight *w, int64_t r, float *out);
+int sr_matmul_weight_row(const sr_matmul_weight *w, int64_t r, float *out);
 
 #endif

@@ -46,13 +46,13 @@ static void quantize(const float *x, int64_t n, int64_t k, q8_acts *a) {
 }
 
 /* Any type: the rounded activations in fp32, through the exact kernels. */
-static int rounded_fp32(const sr_weight *w, const q8_acts *a, float *y, int64_t n, int n_threads) {
+static int rounded_fp32(const sr_matmul_weight *w, const q8_acts *a, float *y, int64_t n, int n_threads) {
     const int64_t k = w->k;
     float *xr = malloc((size_t)(n * k) * sizeof(float));
     if (!xr) return sr_error_set(SR_ENOMEM, "sr_matmul_q8: no memory for %lld activations", (long long)(n * k));
     for (int64_t i = 0; i < n; i++)
         for (int64_t j = 0; j < k; j++) xr[i * k + j] = a->d[i * a->groups + j / 32] * (float)a->q[i * k + j];
-    int rc = sr_mm_gemv(w, xr, y, n, n_threads);
+    int rc = sr_matmul__gemv(w, xr, y, n, n_threads);
     free(xr);
     return rc;
 }
@@ -60,7 +60,7 @@ static int rounded_fp32(const sr_weight *w, const q8_acts *a, float *y, int64_t 
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__) && defined(__AVX512BW__) && defined(__F16C__)
 #include <immintrin.h>
 
-enum { NX_MAX = SR_MM_GEMV_ROWS };
+enum { NX_MAX = SR_MATMUL__GEMV_ROWS };
 
 /* Per group: the 32 weight quants as bytes (u8 for the 4-bit types, s8 for
  * Q8_0), and the block's scales as [d, mn] with w = d q + mn (the Q4_0 and
@@ -92,8 +92,8 @@ static inline __attribute__((always_inline)) __m256i wquants(uint32_t type, cons
  * mn * sum(x) / 8, with c = 1 (Q4_1), -8 (Q4_0: mn = -8 d), 0 (Q8_0); the
  * offsets add up in lane 1 of `off`. Q8_0 multiplies signed by signed
  * through |w| and sign(x, w). */
-static inline __attribute__((always_inline)) void rows_t(uint32_t type, int nx, const sr_weight *w, const q8_acts *a,
-                                                         float *y, int64_t r0, int64_t r1) {
+static inline __attribute__((always_inline)) void rows_t(uint32_t type, int nx, const sr_matmul_weight *w,
+                                                         const q8_acts *a, float *y, int64_t r0, int64_t r1) {
     const int64_t k = w->k, m = w->m, groups = k / 32;
     const uint64_t rb = sr_ggml_row_bytes(type, k);
     const float c = type == SR_GGML_Q4_1 ? 1.0f : type == SR_GGML_Q4_0 ? -8.0f : 0.0f;
@@ -151,7 +151,7 @@ static inline __attribute__((always_inline)) void rows_t(uint32_t type, int nx, 
     default: rows_t(T, NX_MAX, w, a, y, r0, r1); break;        \
     }
 
-static void rows(const sr_weight *w, int nx, const q8_acts *a, float *y, int64_t r0, int64_t r1) {
+static void rows(const sr_matmul_weight *w, int nx, const q8_acts *a, float *y, int64_t r0, int64_t r1) {
     switch (w->type) {
     case SR_GGML_Q8_0: NX_CASES(SR_GGML_Q8_0); break;
     case SR_GGML_Q4_0: NX_CASES(SR_GGML_Q4_0); break;
@@ -160,12 +160,12 @@ static void rows(const sr_weight *w, int nx, const q8_acts *a, float *y, int64_t
     }
 }
 
-static int integer_path(const sr_weight *w, const q8_acts *a, float *y, int64_t n, int n_threads) {
+static int integer_path(const sr_matmul_weight *w, const q8_acts *a, float *y, int64_t n, int n_threads) {
     const int64_t m = w->m;
-#pragma omp parallel num_threads(sr_mm__gemv_threads(m, n_threads))
+#pragma omp parallel num_threads(sr_matmul__gemv_threads(m, n_threads))
     {
         int64_t r0, r1;
-        sr_mm__gemv_rows(m, omp_get_thread_num(), omp_get_num_threads(), &r0, &r1);
+        sr_matmul__gemv_rows(m, omp_get_thread_num(), omp_get_num_threads(), &r0, &r1);
         for (int64_t i0 = 0; i0 < n && r0 < r1; i0 += NX_MAX) {
             int nx = n - i0 < NX_MAX ? (int)(n - i0) : NX_MAX;
             q8_acts sub = {a->q + i0 * w->k, a->d + i0 * a->groups, a->s8 + i0 * a->groups, a->groups};
@@ -178,10 +178,10 @@ static int integer_path(const sr_weight *w, const q8_acts *a, float *y, int64_t 
 #define INTEGER_PATH 1
 #endif
 
-int sr_matmul_q8(const sr_weight *w, const float *x, float *y, int64_t n, int n_threads) {
-    int rc = sr_mm_check(w, x, y, n, n_threads, "sr_matmul_q8");
+int sr_matmul_q8(const sr_matmul_weight *w, const float *x, float *y, int64_t n, int n_threads) {
+    int rc = sr_matmul__check(w, x, y, n, n_threads, "sr_matmul_q8");
     if (rc != SR_OK || n == 0) return rc;
-    if (n >= SR_MM_GEMM_MIN_N) return sr_mm_gemm(w, x, y, n, n_threads);
+    if (n >= SR_MATMUL__GEMM_MIN_N) return sr_matmul__gemm(w, x, y, n, n_threads);
     q8_acts a = {.groups = (w->k + 31) / 32};
     a.q = malloc((size_t)(n * w->k));
     a.d = malloc((size_t)(n * a.groups) * sizeof(float));

@@ -16,6 +16,6 @@
 
 #include "matmul/matmul.h"
 
-int sr_matmul_q8(const sr_weight *w, const float *x, float *y, int64_t n, int n_threads);
+int sr_matmul_q8(const sr_matmul_weight *w, const float *x, float *y, int64_t n, int n_threads);
 
 #endif

@@ -7,12 +7,6 @@
 #include "base/clock.h"
 #include "base/status.h"
 
-int64_t sr_model_next_pos(const sr_model *m) {
-    const sr_kv_cache *c = &m->kv;
-    if (c->n_blocks == 0) return 0;
-    return c->block_pos[c->n_blocks - 1] + c->block_len[c->n_blocks - 1];
-}
-
 /* Text waiting to be emitted. */
 typedef struct {
     char *buf;
@@ -81,9 +75,9 @@ static void flush(pending *t, const char *stop, int final, int *stopped, sr_gen_
     }
 }
 
-int sr_generate_fed(sr_model *m, sr_gen_feed_fn feed, void *feed_data, const sr_tokenizer *tok,
-                    const int32_t *prompt, int64_t n_prompt, const sr_gen_params *p, sr_gen_emit_fn emit,
-                    void *data, sr_gen_stats *stats) {
+int sr_gen_run_fed(sr_model *m, sr_gen_feed_fn feed, void *feed_data, const sr_tokenizer *tok,
+                   const int32_t *prompt, int64_t n_prompt, const sr_gen_params *p, sr_gen_emit_fn emit,
+                   void *data, sr_gen_stats *stats) {
     memset(stats, 0, sizeof(*stats));
     sr_sampler smp;
     int rc = sr_sampler_build(&smp, &p->sampling, m->config.vocab_size);
@@ -135,11 +129,11 @@ static int feed_model(void *data, const int32_t *tokens, int64_t n) {
     return sr_model_forward(m, tokens, n, sr_model_next_pos(m));
 }
 
-int sr_generate(sr_model *m, const sr_tokenizer *tok, const int32_t *prompt, int64_t n_prompt,
-                const sr_gen_params *p, sr_gen_emit_fn emit, void *data, sr_gen_stats *stats) {
+int sr_gen_run(sr_model *m, const sr_tokenizer *tok, const int32_t *prompt, int64_t n_prompt,
+               const sr_gen_params *p, sr_gen_emit_fn emit, void *data, sr_gen_stats *stats) {
     if (n_prompt <= 0) {
         memset(stats, 0, sizeof(*stats));
         return sr_error_set(SR_EINVAL, "generate: the prompt is empty");
     }
-    return sr_generate_fed(m, feed_model, m, tok, prompt, n_prompt, p, emit, data, stats);
+    return sr_gen_run_fed(m, feed_model, m, tok, prompt, n_prompt, p, emit, data, stats);
 }

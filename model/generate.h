@@ -37,21 +37,18 @@ typedef struct {
 
 /* Prefills the prompt at the end of the model's cache (position 0 for an
  * empty cache) and generates. */
-int sr_generate(sr_model *m, const sr_tokenizer *tok, const int32_t *prompt, int64_t n_prompt,
-                const sr_gen_params *p, sr_gen_emit_fn emit, void *data, sr_gen_stats *stats);
+int sr_gen_run(sr_model *m, const sr_tokenizer *tok, const int32_t *prompt, int64_t n_prompt,
+               const sr_gen_params *p, sr_gen_emit_fn emit, void *data, sr_gen_stats *stats);
 
 /* Feeds n tokens after everything so far and leaves the logits of the last
  * in the model's state (a single-process forward, or a context-parallel step). */
 typedef int (*sr_gen_feed_fn)(void *data, const int32_t *tokens, int64_t n);
 
-/* The loop of sr_generate over any feed: feeds the prompt (n_prompt may be 0:
+/* The loop of sr_gen_run over any feed: feeds the prompt (n_prompt may be 0:
  * then sampling starts from the logits already in m's state), then samples
  * and feeds back one token at a time. */
-int sr_generate_fed(sr_model *m, sr_gen_feed_fn feed, void *feed_data, const sr_tokenizer *tok,
-                    const int32_t *prompt, int64_t n_prompt, const sr_gen_params *p, sr_gen_emit_fn emit,
-                    void *data, sr_gen_stats *stats);
-
-/* Position after the last token in the cache (0 when empty). */
-int64_t sr_model_next_pos(const sr_model *m);
+int sr_gen_run_fed(sr_model *m, sr_gen_feed_fn feed, void *feed_data, const sr_tokenizer *tok,
+                   const int32_t *prompt, int64_t n_prompt, const sr_gen_params *p, sr_gen_emit_fn emit,
+                   void *data, sr_gen_stats *stats);
 
 #endif

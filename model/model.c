@@ -61,12 +61,12 @@ int sr_model_config_read(sr_model_config *c, const sr_gguf *g) {
     if (rc) return rc;
     cfg_ctx cx = {g, NULL};
     if (str_eq(arch, "llama")) {
-        c->arch = SR_ARCH_LLAMA;
-        c->rope_type = SR_ROPE_NORM;
+        c->arch = SR_MODEL_ARCH_LLAMA;
+        c->rope_type = SR_MODEL_ROPE_NORM;
         cx.arch = "llama";
     } else if (str_eq(arch, "qwen2")) {
-        c->arch = SR_ARCH_QWEN2;
-        c->rope_type = SR_ROPE_NEOX;
+        c->arch = SR_MODEL_ARCH_QWEN2;
+        c->rope_type = SR_MODEL_ROPE_NEOX;
         cx.arch = "qwen2";
     } else {
         return sr_error_set(SR_EUNSUPPORTED,
@@ -161,7 +161,7 @@ static const sr_gguf_tensor *find_tensor(const sr_gguf *g, const char *name, int
 }
 
 /* A matrix with rows of k inputs and m rows, in a type sr_matmul takes. */
-static int get_matrix(const sr_gguf *g, const char *name, int64_t k, int64_t m, int optional, sr_weight *w) {
+static int get_matrix(const sr_gguf *g, const char *name, int64_t k, int64_t m, int optional, sr_matmul_weight *w) {
     int rc;
     const sr_gguf_tensor *t = find_tensor(g, name, optional, &rc);
     memset(w, 0, sizeof(*w));
@@ -177,7 +177,7 @@ static int get_matrix(const sr_gguf *g, const char *name, int64_t k, int64_t m, 
                             sr_ggml_type_name(t->type));
     if (t->n_bytes < sr_ggml_row_bytes(t->type, k) * (uint64_t)m)
         return sr_error_set(SR_EFORMAT, "model: tensor '%s' is too small for its shape", name);
-    *w = (sr_weight){t->type, k, m, t->data};
+    *w = (sr_matmul_weight){t->type, k, m, t->data};
     return SR_OK;
 }
 
@@ -211,9 +211,9 @@ static int build_weights(sr_model_weights *w, sr_model_config *c, const sr_gguf 
     w->layers = calloc((size_t)c->n_layer, sizeof(*w->layers));
     if (!w->layers) return sr_error_set(SR_ENOMEM, "model: out of memory");
     for (int l = 0; l < c->n_layer; l++) {
-        struct sr_layer_weights *L = &w->layers[l];
+        struct sr_model_layer_weights *L = &w->layers[l];
         char n[96];
-        int bias = c->arch == SR_ARCH_QWEN2;
+        int bias = c->arch == SR_MODEL_ARCH_QWEN2;
 #define NAME(s) (snprintf(n, sizeof(n), "blk.%d." s, l), n)
         if ((rc = get_vector(g, NAME("attn_norm.weight"), d, 0, &L->attn_norm)) ||
             (rc = get_matrix(g, NAME("attn_q.weight"), d, qd, 0, &L->wq)) ||
@@ -249,7 +249,7 @@ static int64_t state_bytes(int64_t rows, int64_t width, int64_t extra) {
     return bytes;
 }
 
-static int build_state(sr_run_state *s, const sr_model_config *c, const sr_model_weights *w, int64_t max_batch) {
+static int build_state(sr_model_state *s, const sr_model_config *c, const sr_model_weights *w, int64_t max_batch) {
     memset(s, 0, sizeof(*s));
     s->max_batch = max_batch;
     int64_t B = max_batch, qd = (int64_t)c->n_head * c->head_dim, kvd = (int64_t)c->n_head_kv * c->head_dim;
@@ -305,7 +305,7 @@ static int build_state(sr_run_state *s, const sr_model_config *c, const sr_model
     return SR_OK;
 }
 
-static void free_state(sr_run_state *s) {
+static void free_state(sr_model_state *s) {
     float *bufs[] = {s->x, s->xb, s->q, s->k, s->v, s->att, s->lse, s->att_part, s->lse_part,
                      s->hb, s->hb2, s->rope_cos, s->rope_sin, s->logits};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) free(bufs[i]);
@@ -358,6 +358,12 @@ void sr_model_reset(sr_model *m) {
     sr_kv_clear(&m->kv);
 }
 
+int64_t sr_model_next_pos(const sr_model *m) {
+    const sr_kv_cache *c = &m->kv;
+    if (c->n_blocks == 0) return 0;
+    return c->block_pos[c->n_blocks - 1] + c->block_len[c->n_blocks - 1];
+}
+
 /* ---------------------------------------------------------------- kernels */
 
 /* out[r] = x[r] / rms(x[r]) * w, for n rows of dim */
@@ -389,8 +395,8 @@ static void rope(float *x, int64_t n, int n_heads, const sr_model_config *c, con
         for (int h = 0; h < n_heads; h++) {
             float *v = x + (r * n_heads + h) * hd;
             for (int i = 0; i < half; i++) {
-                int a = c->rope_type == SR_ROPE_NORM ? 2 * i : i;
-                int b = c->rope_type == SR_ROPE_NORM ? 2 * i + 1 : i + half;
+                int a = c->rope_type == SR_MODEL_ROPE_NORM ? 2 * i : i;
+                int b = c->rope_type == SR_MODEL_ROPE_NORM ? 2 * i + 1 : i + half;
                 float x0 = v[a], x1 = v[b];
                 v[a] = x0 * cr[i] - x1 * sr[i];
                 v[b] = x0 * sr[i] + x1 * cr[i];
@@ -423,7 +429,7 @@ static void residual_add(float *x, const float *d, int64_t count, int nt) {
 
 int sr_model_embed(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0) {
     const sr_model_config *c = &m->config;
-    sr_run_state *s = &m->state;
+    sr_model_state *s = &m->state;
     if (n <= 0 || n > s->max_batch || pos0 < 0)
         return sr_error_set(SR_EINVAL, "model: %lld tokens at position %lld (batch holds 1..%lld)", (long long)n,
                             (long long)pos0, (long long)s->max_batch);
@@ -431,7 +437,7 @@ int sr_model_embed(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0) 
         if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
             return sr_error_set(SR_EINVAL, "model: token id %d is outside the vocabulary (0..%d)", tokens[i],
                                 c->vocab_size - 1);
-        int rc = sr_weight_row(&m->weights.token_embd, tokens[i], s->x + i * c->dim);
+        int rc = sr_matmul_weight_row(&m->weights.token_embd, tokens[i], s->x + i * c->dim);
         if (rc) return rc;
     }
     s->n = n;
@@ -448,10 +454,10 @@ int sr_model_embed(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0) 
     return SR_OK;
 }
 
-int sr_layer_qkv(sr_model *m, int l) {
+int sr_model_layer_qkv(sr_model *m, int l) {
     const sr_model_config *c = &m->config;
-    const struct sr_layer_weights *L = &m->weights.layers[l];
-    sr_run_state *s = &m->state;
+    const struct sr_model_layer_weights *L = &m->weights.layers[l];
+    sr_model_state *s = &m->state;
     int nt = m->n_threads, rc;
     rmsnorm(s->xb, s->x, L->attn_norm, s->n, c->dim, c->norm_eps, nt);
     if ((rc = sr_matmul(&L->wq, s->xb, s->q, s->n, nt)) || (rc = sr_matmul(&L->wk, s->xb, s->k, s->n, nt)) ||
@@ -469,14 +475,14 @@ int sr_model_kv_reserve(sr_model *m) {
     return sr_kv_reserve(&m->kv, m->state.pos0, m->state.n, &m->state.kv_b0, &m->state.kv_off0);
 }
 
-int sr_layer_kv_append(sr_model *m, int l) {
-    sr_run_state *s = &m->state;
+int sr_model_layer_kv_append(sr_model *m, int l) {
+    sr_model_state *s = &m->state;
     return sr_kv_store(&m->kv, l, s->kv_b0, s->kv_off0, s->n, s->k, s->v);
 }
 
-int sr_layer_attention(sr_model *m, int l) {
+int sr_model_layer_attention(sr_model *m, int l) {
     const sr_model_config *c = &m->config;
-    sr_run_state *s = &m->state;
+    sr_model_state *s = &m->state;
     sr_kv_run *runs;
     int64_t n_runs;
     int rc = sr_kv_runs(&m->kv, &runs, &n_runs);
@@ -503,19 +509,19 @@ int sr_layer_attention(sr_model *m, int l) {
     return SR_OK;
 }
 
-int sr_layer_attn_out(sr_model *m, int l) {
+int sr_model_layer_attn_out(sr_model *m, int l) {
     const sr_model_config *c = &m->config;
-    sr_run_state *s = &m->state;
+    sr_model_state *s = &m->state;
     int rc = sr_matmul(&m->weights.layers[l].wo, s->att, s->xb, s->n, m->n_threads);
     if (rc) return rc;
     residual_add(s->x, s->xb, s->n * c->dim, m->n_threads);
     return SR_OK;
 }
 
-int sr_layer_mlp(sr_model *m, int l) {
+int sr_model_layer_mlp(sr_model *m, int l) {
     const sr_model_config *c = &m->config;
-    const struct sr_layer_weights *L = &m->weights.layers[l];
-    sr_run_state *s = &m->state;
+    const struct sr_model_layer_weights *L = &m->weights.layers[l];
+    sr_model_state *s = &m->state;
     int nt = m->n_threads, rc;
     rmsnorm(s->xb, s->x, L->ffn_norm, s->n, c->dim, c->norm_eps, nt);
     if ((rc = sr_matmul(&L->w_gate, s->xb, s->hb, s->n, nt)) || (rc = sr_matmul(&L->w_up, s->xb, s->hb2, s->n, nt)))
@@ -532,7 +538,7 @@ int sr_layer_mlp(sr_model *m, int l) {
 
 int sr_model_logits(sr_model *m) {
     const sr_model_config *c = &m->config;
-    sr_run_state *s = &m->state;
+    sr_model_state *s = &m->state;
     const float *last = s->x + (s->n - 1) * c->dim;
     rmsnorm(s->xb, last, m->weights.output_norm, 1, c->dim, c->norm_eps, 1);
     return sr_matmul(&m->weights.output, s->xb, s->logits, 1, m->n_threads);
@@ -545,8 +551,9 @@ int sr_model_forward(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0
         int rc = sr_model_embed(m, tokens + done, take, pos0 + done);
         if (rc || (rc = sr_model_kv_reserve(m))) return rc;
         for (int l = 0; l < m->config.n_layer; l++) {
-            if ((rc = sr_layer_qkv(m, l)) || (rc = sr_layer_kv_append(m, l)) || (rc = sr_layer_attention(m, l)) ||
-                (rc = sr_layer_attn_out(m, l)) || (rc = sr_layer_mlp(m, l)))
+            if ((rc = sr_model_layer_qkv(m, l)) || (rc = sr_model_layer_kv_append(m, l)) ||
+                (rc = sr_model_layer_attention(m, l)) || (rc = sr_model_layer_attn_out(m, l)) ||
+                (rc = sr_model_layer_mlp(m, l)))
                 return rc;
         }
         done += take;

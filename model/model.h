@@ -5,17 +5,17 @@
  * one at a time, so that context-parallel prefill and decode can put their
  * own attention (over other processes' KV) between them:
  *
- *   sr_model_embed            tokens -> x
- *   sr_model_kv_reserve       cache slots for the rows
+ *   sr_model_embed                tokens -> x
+ *   sr_model_kv_reserve           cache slots for the rows
  *   for each layer l:
- *     sr_layer_qkv            x -> q, k, v (RMSNorm, projections, bias, RoPE)
- *     sr_layer_kv_append      k, v -> the KV cache
- *     sr_layer_attention      q over every run of the local cache -> att, lse
- *                             (merged by LSE; other ranks' parts merge in
- *                             the same way, sr_attn_merge_into)
- *     sr_layer_attn_out       x += att Wo^T
- *     sr_layer_mlp            x += SwiGLU(RMSNorm(x))
- *   sr_model_logits           last row of x -> logits
+ *     sr_model_layer_qkv          x -> q, k, v (RMSNorm, projections, bias, RoPE)
+ *     sr_model_layer_kv_append    k, v -> the KV cache
+ *     sr_model_layer_attention    q over every run of the local cache -> att, lse
+ *                                 (merged by LSE; other ranks' parts merge in
+ *                                 the same way, sr_attn_merge_into)
+ *     sr_model_layer_attn_out     x += att Wo^T
+ *     sr_model_layer_mlp          x += SwiGLU(RMSNorm(x))
+ *   sr_model_logits               last row of x -> logits
  *
  * Every step works on the n rows of the run state at absolute positions
  * pos0 .. pos0 + n - 1 (set by sr_model_embed). */
@@ -28,11 +28,11 @@
 #include "model/kv_cache.h"
 #include "matmul/matmul.h"
 
-enum { SR_ARCH_LLAMA = 0, SR_ARCH_QWEN2 = 1 };
-enum { SR_ROPE_NORM = 0, SR_ROPE_NEOX = 1 }; /* adjacent pairs; first/second halves */
+enum { SR_MODEL_ARCH_LLAMA = 0, SR_MODEL_ARCH_QWEN2 = 1 };
+enum { SR_MODEL_ROPE_NORM = 0, SR_MODEL_ROPE_NEOX = 1 }; /* adjacent pairs; first/second halves */
 
 typedef struct {
-    int arch;           /* SR_ARCH_* */
+    int arch;           /* SR_MODEL_ARCH_* */
     int dim;            /* embedding width */
     int n_layer;
     int n_head;         /* query heads */
@@ -44,7 +44,7 @@ typedef struct {
     float norm_eps;     /* RMSNorm epsilon */
     float rope_theta;
     int rope_dim;       /* rotated dims per head, <= head_dim */
-    int rope_type;      /* SR_ROPE_* */
+    int rope_type;      /* SR_MODEL_ROPE_* */
     float rope_scale;   /* linear position scaling: positions are divided by it */
     /* llama3 frequency scaling, active when rope_llama3 is set */
     int rope_llama3;
@@ -53,22 +53,22 @@ typedef struct {
 } sr_model_config;
 
 typedef struct {
-    sr_weight token_embd;  /* (vocab, dim) */
-    sr_weight output;      /* (vocab, dim); token_embd when tied */
-    const float *output_norm; /* (dim) */
-    const float *rope_freqs;  /* (rope_dim/2) frequency divisors, or NULL */
-    struct sr_layer_weights {
-        const float *attn_norm; /* (dim) */
-        sr_weight wq;           /* (n_head*head_dim, dim) */
-        sr_weight wk;           /* (n_head_kv*head_dim, dim) */
-        sr_weight wv;           /* (n_head_kv*head_dim, dim) */
-        sr_weight wo;           /* (dim, n_head*head_dim) */
-        const float *bq, *bk, *bv; /* (n_head*head_dim), (n_head_kv*head_dim) x2; NULL without bias */
-        const float *ffn_norm;  /* (dim) */
-        sr_weight w_gate;       /* (hidden_dim, dim) */
-        sr_weight w_up;         /* (hidden_dim, dim) */
-        sr_weight w_down;       /* (dim, hidden_dim) */
-    } *layers;                  /* (n_layer) */
+    sr_matmul_weight token_embd; /* (vocab, dim) */
+    sr_matmul_weight output;     /* (vocab, dim); token_embd when tied */
+    const float *output_norm;    /* (dim) */
+    const float *rope_freqs;     /* (rope_dim/2) frequency divisors, or NULL */
+    struct sr_model_layer_weights {
+        const float *attn_norm;     /* (dim) */
+        sr_matmul_weight wq;        /* (n_head*head_dim, dim) */
+        sr_matmul_weight wk;        /* (n_head_kv*head_dim, dim) */
+        sr_matmul_weight wv;        /* (n_head_kv*head_dim, dim) */
+        sr_matmul_weight wo;        /* (dim, n_head*head_dim) */
+        const float *bq, *bk, *bv;  /* (n_head*head_dim), (n_head_kv*head_dim) x2; NULL without bias */
+        const float *ffn_norm;      /* (dim) */
+        sr_matmul_weight w_gate;    /* (hidden_dim, dim) */
+        sr_matmul_weight w_up;      /* (hidden_dim, dim) */
+        sr_matmul_weight w_down;    /* (dim, hidden_dim) */
+    } *layers;                      /* (n_layer) */
 } sr_model_weights;
 
 /* Activations of up to max_batch rows. */
@@ -91,8 +91,8 @@ typedef struct {
     float *rope_sin;    /* (max_batch, rope_dim/2) */
     double *inv_freq;   /* (rope_dim/2) per-pair frequency, scaling applied */
     float *logits;      /* (vocab_size) of the last row */
-    int64_t kv_b0, kv_off0; /* where sr_layer_kv_append writes (set by sr_model_kv_reserve) */
-} sr_run_state;
+    int64_t kv_b0, kv_off0; /* where sr_model_layer_kv_append writes (set by sr_model_kv_reserve) */
+} sr_model_state;
 
 typedef struct {
     int n_threads;      /* OpenMP threads for every step */
@@ -104,7 +104,7 @@ typedef struct {
 typedef struct {
     sr_model_config config;
     sr_model_weights weights;
-    sr_run_state state;
+    sr_model_state state;
     sr_kv_cache kv;
     sr_gguf *gguf;      /* owns the map the weights point into */
     int n_threads;
@@ -123,11 +123,11 @@ void sr_model_free(sr_model *m);
 /* The steps (see above). n <= max_batch. */
 int sr_model_embed(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0);
 int sr_model_kv_reserve(sr_model *m);
-int sr_layer_qkv(sr_model *m, int l);
-int sr_layer_kv_append(sr_model *m, int l);
-int sr_layer_attention(sr_model *m, int l);
-int sr_layer_attn_out(sr_model *m, int l);
-int sr_layer_mlp(sr_model *m, int l);
+int sr_model_layer_qkv(sr_model *m, int l);
+int sr_model_layer_kv_append(sr_model *m, int l);
+int sr_model_layer_attention(sr_model *m, int l);
+int sr_model_layer_attn_out(sr_model *m, int l);
+int sr_model_layer_mlp(sr_model *m, int l);
 int sr_model_logits(sr_model *m);
 
 /* All the steps: n tokens at positions pos0.., appended to the cache;
@@ -137,5 +137,8 @@ int sr_model_forward(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0
 
 /* Empties the KV cache (a new context). */
 void sr_model_reset(sr_model *m);
+
+/* Position after the last token in the cache (0 when empty). */
+int64_t sr_model_next_pos(const sr_model *m);
 
 #endif

@@ -169,7 +169,7 @@ static int cp__share_logits(sr_cp *cp, int owner) {
  * contiguous range, so the angles of the later spans are made by embedding
  * them alone first and saved. */
 static int cp__embed_spans(sr_model *m, const int32_t *tokens, const sr_span *sp, int nsp, int32_t *local) {
-    sr_run_state *s = &m->state;
+    sr_model_state *s = &m->state;
     int64_t half = m->config.rope_dim / 2, n = 0;
     for (int i = 0; i < nsp; i++) {
         memcpy(local + n, tokens + sp[i].pos0, sizeof(int32_t) * (size_t)sp[i].len);
@@ -197,7 +197,7 @@ static int cp__embed_spans(sr_model *m, const int32_t *tokens, const sr_span *sp
 
 static int cp__prefill_ring(sr_cp *cp, const int32_t *tokens, int64_t n) {
     sr_model *m = cp->m;
-    sr_run_state *s = &m->state;
+    sr_model_state *s = &m->state;
     const sr_model_config *c = &m->config;
     sr_span sp[2];
     int rc = sr_place_zigzag(n, cp->world, cp->rank, sp);
@@ -220,7 +220,7 @@ static int cp__prefill_ring(sr_cp *cp, const int32_t *tokens, int64_t n) {
     rc = cp__agree(cp, rc);
     sr_ring_desc d = {c->n_head, c->n_head_kv, c->head_dim, m->kv.dtype, 1, 0.0f, m->n_threads, cp->o.tag};
     for (int l = 0; l < c->n_layer && rc == SR_OK; l++) {
-        if (nloc > 0 && (rc = sr_layer_qkv(m, l)) == SR_OK) {
+        if (nloc > 0 && (rc = sr_model_layer_qkv(m, l)) == SR_OK) {
             /* store in the cache, then read the cache's rows back, so that
              * the ring sees exactly the K/V the single-process runtime would */
             int64_t row = 0;
@@ -232,7 +232,7 @@ static int cp__prefill_ring(sr_cp *cp, const int32_t *tokens, int64_t n) {
         }
         rc = cp__agree(cp, rc);
         if (rc == SR_OK) rc = sr_ring_forward(ring, &d, s->q, kbuf, vbuf, s->att, s->lse, &cp->st.ring);
-        if (rc == SR_OK && nloc > 0 && (rc = sr_layer_attn_out(m, l)) == SR_OK) rc = sr_layer_mlp(m, l);
+        if (rc == SR_OK && nloc > 0 && (rc = sr_model_layer_attn_out(m, l)) == SR_OK) rc = sr_model_layer_mlp(m, l);
     }
     /* the rank whose last row is token n-1 has the logits */
     int owner = 0;
@@ -325,7 +325,7 @@ int sr_cp_prefill(sr_cp *cp, const int32_t *tokens, int64_t n) {
 /* One step of nq new tokens on every rank (tokens only on the query rank). */
 static int cp__step(sr_cp *cp, const int32_t *tokens, int64_t nq) {
     sr_model *m = cp->m;
-    sr_run_state *s = &m->state;
+    sr_model_state *s = &m->state;
     const sr_model_config *c = &m->config;
     int root = cp->rank == SR_CP_QUERY_RANK, rc = SR_OK;
     int64_t pos = cp->n_ctx + cp->n_new, b0 = 0, off0 = 0;
@@ -335,7 +335,7 @@ static int cp__step(sr_cp *cp, const int32_t *tokens, int64_t nq) {
      * the step cut short afterwards; star queries cannot carry an error */
     sr_star_desc d = {c->n_head, c->n_head_kv, c->head_dim, m->kv.dtype, 0.0f, m->n_threads};
     for (int l = 0; l < c->n_layer; l++) {
-        if (root && rc == SR_OK && (rc = sr_layer_qkv(m, l)) == SR_OK)
+        if (root && rc == SR_OK && (rc = sr_model_layer_qkv(m, l)) == SR_OK)
             rc = sr_kv_store(&cp->gen, l, b0, off0, nq, s->k, s->v);
         for (int slot = 0; slot < cp->n_slots; slot++) {
             sr_attn_kv ctx = {0}, fresh = {0};
@@ -358,7 +358,7 @@ static int cp__step(sr_cp *cp, const int32_t *tokens, int64_t nq) {
             if (root && rc == SR_OK && slot > 0)
                 rc = sr_attn_merge_into(s->att, s->lse, s->att_part, s->lse_part, nq * c->n_head, c->head_dim);
         }
-        if (root && rc == SR_OK && (rc = sr_layer_attn_out(m, l)) == SR_OK) rc = sr_layer_mlp(m, l);
+        if (root && rc == SR_OK && (rc = sr_model_layer_attn_out(m, l)) == SR_OK) rc = sr_model_layer_mlp(m, l);
     }
     if (root && rc == SR_OK) rc = sr_model_logits(m);
     cp->n_new += nq;

@@ -109,7 +109,7 @@ int sr_cp_end(sr_cp *cp);
 int sr_cp_serve(sr_cp *cp);
 
 /* Collective: feeds the question (n_query tokens, may be 0: then the first
- * token follows the context) and generates as sr_generate does, streaming
+ * token follows the context) and generates as sr_gen_run does, streaming
  * text to emit on the query rank; ends the query. Only the query rank uses
  * tok, query, p, emit and stats. */
 int sr_cp_generate(sr_cp *cp, const sr_tokenizer *tok, const int32_t *query, int64_t n_query,

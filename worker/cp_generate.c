@@ -1,5 +1,5 @@
 /* cp_generate: the question and the decode loop over a sharded context: the
- * loop of sr_generate on the query rank, each token fed as a context-parallel
+ * loop of sr_gen_run on the query rank, each token fed as a context-parallel
  * step; the other ranks serve the steps. */
 #include <stdint.h>
 #include <stdlib.h>
@@ -19,7 +19,7 @@ int sr_cp_generate(sr_cp *cp, const sr_tokenizer *tok, const int32_t *query, int
         sr_cp_end(cp); /* the other ranks are waiting for steps */
         return rc;
     }
-    int rc = sr_generate_fed(sr_cp_model(cp), cp__feed, cp, tok, query, n_query, p, emit, data, stats);
+    int rc = sr_gen_run_fed(sr_cp_model(cp), cp__feed, cp, tok, query, n_query, p, emit, data, stats);
     int rc2 = sr_cp_end(cp);
     return rc != SR_OK ? rc : rc2;
 }

@@ -8,7 +8,7 @@
  *    rank's [anchor | own] run alone, then the question and the generated
  *    tokens over all the kept KV); each rank holds at most ceil(n/W) + one
  *    block of KV tokens, read from its own cache;
- *  - sr_cp_generate streams the same text as sr_generate.
+ *  - sr_cp_generate streams the same text as sr_gen_run.
  * Every rank runs every case; rank 0 computes the references and prints TAP. */
 #include <math.h>
 #include <mpi.h>
@@ -299,7 +299,7 @@ static int emit(void *data, const char *s, size_t len) {
     return 0;
 }
 
-/* sr_cp_generate streams the text sr_generate does over context + question
+/* sr_cp_generate streams the text sr_gen_run does over context + question
  * (star with one block, so exact). */
 static int run_generate(const char *path, sr_tp *tp, const int32_t *text, int64_t n) {
     sr_model *m = NULL;
@@ -341,10 +341,10 @@ static int run_generate(const char *path, sr_tp *tp, const int32_t *text, int64_
         memcpy(all, text, sizeof(int32_t) * (size_t)n);
         memcpy(all + n, q, sizeof(int32_t) * (size_t)nq);
         sr_model_reset(m);
-        EXPECT_OK(sr_generate(m, tok, all, n + nq, &p, emit, &wsink, &gs));
+        EXPECT_OK(sr_gen_run(m, tok, all, n + nq, &p, emit, &wsink, &gs));
         free(all);
         if (strcmp(got, want) != 0 || n_gen != gs.n_gen || got[0] == 0) {
-            fprintf(stderr, "sr_cp_generate gave \"%s\" (%lld tokens), sr_generate \"%s\" (%lld)\n", got,
+            fprintf(stderr, "sr_cp_generate gave \"%s\" (%lld tokens), sr_gen_run \"%s\" (%lld)\n", got,
                     (long long)n_gen, want, (long long)gs.n_gen);
             fails++;
         }
@@ -445,7 +445,7 @@ int main(int argc, char **argv) {
             tap(run_case(model, mpi, &star, ids, n_ids), "%s (n=%lld, W=%d)", star.name, (long long)star.n, size);
             cp_case one = {"star, SmolLM2, one block equals full", SR_CP_STAR, 300, 0, 3, 512, 0, 0, 0, 1e-5, 0};
             tap(run_case(model, mpi, &one, ids, n_ids), "%s (n=%lld, W=%d)", one.name, (long long)one.n, size);
-            tap(run_generate(model, mpi, ids, 250), "SmolLM2: sr_cp_generate streams what sr_generate does (W=%d)",
+            tap(run_generate(model, mpi, ids, 250), "SmolLM2: sr_cp_generate streams what sr_gen_run does (W=%d)",
                 size);
         }
         free(ids);

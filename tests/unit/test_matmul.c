@@ -1,4 +1,4 @@
-/* sr_matmul and sr_weight_row against a double-precision reference built
+/* sr_matmul and sr_matmul_weight_row against a double-precision reference built
  * from the scalar dequantization, which is itself checked on hand-made
  * blocks. */
 #include <math.h>
@@ -175,7 +175,7 @@ static void test_dequant_hand_q6_k(void **state) {
 /* --- products --- */
 
 /* Y = X W^T in double from the scalar reference; returns max |err| / tolerance. */
-static double check_product(const sr_weight *w, const float *x, const float *y, int64_t n) {
+static double check_product(const sr_matmul_weight *w, const float *x, const float *y, int64_t n) {
     float *row = malloc((size_t)w->k * sizeof(float));
     assert_non_null(row);
     double worst = 0;
@@ -204,7 +204,7 @@ static double check_product(const sr_weight *w, const float *x, const float *y, 
 }
 
 static void run_case(uint32_t type, int64_t k, int64_t m, int64_t n, int threads) {
-    sr_weight w = {type, k, m, random_weight(type, k, m)};
+    sr_matmul_weight w = {type, k, m, random_weight(type, k, m)};
     float *x = random_x(n * k);
     float *y = malloc((size_t)(n * m) * sizeof(float));
     assert_non_null(y);
@@ -266,7 +266,7 @@ static void test_products_q8_activations(void **state) {
         for (size_t a = 0; a < sizeof ns / sizeof ns[0]; a++)
             for (size_t b = 0; b < sizeof ms / sizeof ms[0]; b++) {
                 int64_t n = ns[a], m = ms[b];
-                sr_weight w = {TYPES[t], k, m, random_weight(TYPES[t], k, m)};
+                sr_matmul_weight w = {TYPES[t], k, m, random_weight(TYPES[t], k, m)};
                 float *x = random_x(n * k), *xr = malloc((size_t)(n * k) * sizeof(float));
                 float *y = malloc((size_t)(n * m) * sizeof(float));
                 assert_non_null(xr);
@@ -286,7 +286,7 @@ static void test_products_q8_activations(void **state) {
             }
     }
     /* a NaN or inf activation poisons its outputs, as it does in fp32 */
-    sr_weight wn = {SR_GGML_Q4_1, 64, 3, random_weight(SR_GGML_Q4_1, 64, 3)};
+    sr_matmul_weight wn = {SR_GGML_Q4_1, 64, 3, random_weight(SR_GGML_Q4_1, 64, 3)};
     float xn[64], yn[3];
     for (int j = 0; j < 64; j++) xn[j] = 0.5f;
     xn[40] = NAN;
@@ -299,7 +299,7 @@ static void test_products_q8_activations(void **state) {
 
     float x[32] = {0}, y[1];
     assert_int_equal(sr_matmul_q8(NULL, x, y, 1, 1), SR_EINVAL);
-    sr_weight w = {SR_GGML_Q4_0, 48, 1, x};
+    sr_matmul_weight w = {SR_GGML_Q4_0, 48, 1, x};
     assert_int_equal(sr_matmul_q8(&w, x, y, 1, 1), SR_EINVAL);
 }
 
@@ -326,7 +326,7 @@ static void test_unaligned(void **state) {
         uint8_t *buf = malloc(rb * (uint64_t)m + 2);
         assert_non_null(buf);
         memcpy(buf + 2, src, rb * (uint64_t)m);
-        sr_weight w = {TYPES[t], k, m, TYPES[t] == SR_GGML_F32 ? src : buf + 2};
+        sr_matmul_weight w = {TYPES[t], k, m, TYPES[t] == SR_GGML_F32 ? src : buf + 2};
         for (int64_t n = 1; n <= 9; n += 8) {
             float *xb = random_x(n * k + 1), *yb = malloc((size_t)(n * m + 1) * sizeof(float));
             assert_non_null(yb);
@@ -345,19 +345,19 @@ static void test_weight_row(void **state) {
     (void)state;
     for (size_t t = 0; t < N_TYPES; t++) {
         int64_t k = TYPES[t] == SR_GGML_Q6_K ? 512 : 96, m = 7;
-        sr_weight w = {TYPES[t], k, m, random_weight(TYPES[t], k, m)};
+        sr_matmul_weight w = {TYPES[t], k, m, random_weight(TYPES[t], k, m)};
         float *got = malloc((size_t)k * sizeof(float)), *want = malloc((size_t)k * sizeof(float));
         assert_non_null(got);
         assert_non_null(want);
         uint64_t rb = sr_ggml_row_bytes(w.type, k);
         for (int64_t r = 0; r < m; r++) {
             for (int64_t j = 0; j < k; j++) got[j] = NAN;
-            assert_int_equal(sr_weight_row(&w, r, got), SR_OK);
+            assert_int_equal(sr_matmul_weight_row(&w, r, got), SR_OK);
             sr_dequant_row(w.type, (const uint8_t *)w.data + rb * (uint64_t)r, k, want);
             for (int64_t j = 0; j < k; j++) assert_float_equal(got[j], want[j], 1e-6 * fabs(want[j]));
         }
-        assert_int_equal(sr_weight_row(&w, m, got), SR_ERANGE);
-        assert_int_equal(sr_weight_row(&w, -1, got), SR_ERANGE);
+        assert_int_equal(sr_matmul_weight_row(&w, m, got), SR_ERANGE);
+        assert_int_equal(sr_matmul_weight_row(&w, -1, got), SR_ERANGE);
         free(got);
         free(want);
         free((void *)w.data);
@@ -368,33 +368,33 @@ static void test_errors(void **state) {
     (void)state;
     float x[64] = {0}, y[64];
     uint8_t data[1024] = {0};
-    sr_weight w = {SR_GGML_Q4_0, 48, 1, data}; /* 48: not a multiple of 32 */
+    sr_matmul_weight w = {SR_GGML_Q4_0, 48, 1, data}; /* 48: not a multiple of 32 */
     assert_int_equal(sr_matmul(&w, x, y, 1, 1), SR_EINVAL);
     assert_non_null(strstr(sr_error_msg(), "multiple"));
-    w = (sr_weight){SR_GGML_Q6_K, 128, 1, data};
+    w = (sr_matmul_weight){SR_GGML_Q6_K, 128, 1, data};
     assert_int_equal(sr_matmul(&w, x, y, 1, 1), SR_EINVAL);
-    w = (sr_weight){12 /* Q4_K */, 256, 1, data};
+    w = (sr_matmul_weight){12 /* Q4_K */, 256, 1, data};
     assert_int_equal(sr_matmul(&w, x, y, 1, 1), SR_EINVAL);
     assert_non_null(strstr(sr_error_msg(), "Q4_K"));
-    w = (sr_weight){999, 32, 1, data};
+    w = (sr_matmul_weight){999, 32, 1, data};
     assert_int_equal(sr_matmul(&w, x, y, 1, 1), SR_EINVAL);
-    assert_int_equal(sr_weight_row(&w, 0, y), SR_EINVAL);
-    w = (sr_weight){SR_GGML_F32, 32, 1, data};
+    assert_int_equal(sr_matmul_weight_row(&w, 0, y), SR_EINVAL);
+    w = (sr_matmul_weight){SR_GGML_F32, 32, 1, data};
     assert_int_equal(sr_matmul(NULL, x, y, 1, 1), SR_EINVAL);
     assert_int_equal(sr_matmul(&w, NULL, y, 1, 1), SR_EINVAL);
     assert_int_equal(sr_matmul(&w, x, NULL, 1, 1), SR_EINVAL);
     assert_int_equal(sr_matmul(&w, x, y, -1, 1), SR_EINVAL);
     assert_int_equal(sr_matmul(&w, x, y, 1, 0), SR_EINVAL);
-    assert_int_equal(sr_weight_row(&w, 0, NULL), SR_EINVAL);
-    assert_int_equal(sr_weight_row(NULL, 0, y), SR_EINVAL);
+    assert_int_equal(sr_matmul_weight_row(&w, 0, NULL), SR_EINVAL);
+    assert_int_equal(sr_matmul_weight_row(NULL, 0, y), SR_EINVAL);
     w.data = NULL;
     assert_int_equal(sr_matmul(&w, x, y, 1, 1), SR_EINVAL);
-    w = (sr_weight){SR_GGML_F32, 0, 1, data};
+    w = (sr_matmul_weight){SR_GGML_F32, 0, 1, data};
     assert_int_equal(sr_matmul(&w, x, y, 1, 1), SR_EINVAL);
-    w = (sr_weight){SR_GGML_F32, 32, 0, data};
+    w = (sr_matmul_weight){SR_GGML_F32, 32, 0, data};
     assert_int_equal(sr_matmul(&w, x, y, 1, 1), SR_EINVAL);
     /* n = 0 is an empty product, not an error */
-    w = (sr_weight){SR_GGML_F32, 32, 1, data};
+    w = (sr_matmul_weight){SR_GGML_F32, 32, 1, data};
     assert_int_equal(sr_matmul(&w, x, y, 0, 1), SR_OK);
 }
 

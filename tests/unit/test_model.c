@@ -68,8 +68,8 @@ static int cfg_read(int flags, sr_model_config *c) {
 static void test_config(void **state) {
     sr_model_config c;
     assert_int_equal(cfg_read(0, &c), SR_OK);
-    assert_int_equal(c.arch, SR_ARCH_LLAMA);
-    assert_int_equal(c.rope_type, SR_ROPE_NORM);
+    assert_int_equal(c.arch, SR_MODEL_ARCH_LLAMA);
+    assert_int_equal(c.rope_type, SR_MODEL_ROPE_NORM);
     assert_int_equal(c.dim, 576);
     assert_int_equal(c.n_layer, 30);
     assert_int_equal(c.n_head, 9);
@@ -79,8 +79,8 @@ static void test_config(void **state) {
     assert_int_equal(c.hidden_dim, 1536);
     assert_true(c.rope_theta == 100000.0f && c.norm_eps == 1e-5f && c.rope_scale == 1.0f && !c.rope_llama3);
     assert_int_equal(cfg_read(CFG_QWEN2, &c), SR_OK);
-    assert_int_equal(c.arch, SR_ARCH_QWEN2);
-    assert_int_equal(c.rope_type, SR_ROPE_NEOX);
+    assert_int_equal(c.arch, SR_MODEL_ARCH_QWEN2);
+    assert_int_equal(c.rope_type, SR_MODEL_ROPE_NEOX);
     assert_int_equal(cfg_read(CFG_LLAMA3, &c), SR_OK);
     assert_true(c.rope_llama3 && c.rope_factor == 8.0f && c.rope_orig_ctx == 8192 && c.rope_high_freq == 4.0f);
 }

@@ -81,7 +81,7 @@ static void test_generate_nothing(void **state) {
     sr_gen_params p = {.n_predict = 0, .sampling = sr_sampler_defaults(), .stop = "stop"};
     sr_gen_stats st;
     int calls = 0;
-    assert_int_equal(sr_generate(m, tok, ids, 2, &p, count_emit, &calls, &st), SR_OK);
+    assert_int_equal(sr_gen_run(m, tok, ids, 2, &p, count_emit, &calls, &st), SR_OK);
     assert_int_equal(st.n_gen, 0);
     assert_int_equal(st.n_prompt, 2);
     assert_int_equal(st.stop_reason, SR_GEN_LENGTH);
@@ -89,7 +89,7 @@ static void test_generate_nothing(void **state) {
     /* one token then: sampled from the prompt's logits, emitted, no further pass */
     p.n_predict = 1;
     sr_model_reset(m);
-    assert_int_equal(sr_generate(m, tok, ids, 2, &p, count_emit, &calls, &st), SR_OK);
+    assert_int_equal(sr_gen_run(m, tok, ids, 2, &p, count_emit, &calls, &st), SR_OK);
     assert_int_equal(st.n_gen, 1);
     assert_int_equal(st.n_decode, 0);
     sr_tok_free(tok);
