@@ -12,10 +12,10 @@
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/vocab.h"
 
-enum { SR_TOK_KIND_BPE = 1, SR_TOK_KIND_SPM = 2 };
+enum { SR_TOK__KIND_BPE = 1, SR_TOK__KIND_SPM = 2 };
 
 struct sr_tokenizer {
-    int kind;             /* SR_TOK_KIND_* */
+    int kind;             /* SR_TOK__KIND_* */
     sr_tok__vocab vocab;
     char *piece;          /* the bytes each token decodes to, back to back */
     int64_t *piece_off;   /* (n_vocab + 1) */

@@ -56,7 +56,7 @@ static void build_trie(sr_tok__special *s, const sr_tok__vocab *v, const int32_t
         int32_t i = lo[u];
         for (; i < hi[u] && text_len(v, ids[i]) == d; i++) { /* the tokens that are this node's string */
             if (s->best_any[u] < 0) s->best_any[u] = ids[i];
-            if (s->best_user[u] < 0 && v->type[ids[i]] == SR_TOK_USER_DEFINED) s->best_user[u] = ids[i];
+            if (s->best_user[u] < 0 && v->type[ids[i]] == SR_TOK__USER_DEFINED) s->best_user[u] = ids[i];
         }
         s->first[u] = made;
         s->n_child[u] = 0;

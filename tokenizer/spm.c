@@ -32,7 +32,7 @@ static int hex_val(char c) {
 }
 
 size_t sr_tok__spm_unmap(const char *s, size_t n, int type, char *out) {
-    if (type == SR_TOK_BYTE && n == 6 && memcmp(s, "<0x", 3) == 0 && s[5] == '>' && hex_val(s[3]) >= 0 && hex_val(s[4]) >= 0) {
+    if (type == SR_TOK__BYTE && n == 6 && memcmp(s, "<0x", 3) == 0 && s[5] == '>' && hex_val(s[3]) >= 0 && hex_val(s[4]) >= 0) {
         out[0] = (char)(hex_val(s[3]) * 16 + hex_val(s[4]));
         return 1;
     }

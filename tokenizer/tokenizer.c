@@ -56,7 +56,7 @@ static int build_pieces(sr_tokenizer *t) {
         if (sr_tok__is_special_type(ty)) {
             memcpy(t->piece + off, s, len);
             off += (int64_t)len;
-        } else if (t->kind == SR_TOK_KIND_BPE) {
+        } else if (t->kind == SR_TOK__KIND_BPE) {
             off += (int64_t)sr_tok__bpe_unmap(s, len, t->piece + off);
         } else {
             off += (int64_t)sr_tok__spm_unmap(s, len, ty, t->piece + off);
@@ -78,7 +78,7 @@ static int mark_eog(sr_tokenizer *t, const sr_gguf *g) {
     }
     for (size_t k = 0; k < sizeof(texts) / sizeof(texts[0]); k++) {
         int32_t id = sr_tok__vocab_find(v, texts[k], strlen(texts[k]));
-        if (id >= 0 && (v->type[id] == SR_TOK_CONTROL || v->type[id] == SR_TOK_USER_DEFINED)) t->eog[id] = 1;
+        if (id >= 0 && (v->type[id] == SR_TOK__CONTROL || v->type[id] == SR_TOK__USER_DEFINED)) t->eog[id] = 1;
     }
     sr_error_clear(); /* a malformed optional key only leaves its token unmarked */
     return SR_OK;
@@ -88,14 +88,14 @@ static int build(sr_tokenizer *t, const sr_gguf *g) {
     sr_gguf_str model, pre = {NULL, 0}, tmpl;
     int rc = sr_gguf_get_str(g, "tokenizer.ggml.model", &model);
     if (rc) return rc;
-    if (str_eq(model, "gpt2")) t->kind = SR_TOK_KIND_BPE;
-    else if (str_eq(model, "llama")) t->kind = SR_TOK_KIND_SPM;
+    if (str_eq(model, "gpt2")) t->kind = SR_TOK__KIND_BPE;
+    else if (str_eq(model, "llama")) t->kind = SR_TOK__KIND_SPM;
     else
         return sr_error_set(SR_EUNSUPPORTED, "tokenizer.ggml.model \"%.*s\" is not supported (only \"gpt2\" and \"llama\")",
                             (int)(model.len > 64 ? 64 : model.len), model.ptr);
     if ((rc = sr_tok__vocab_load(&t->vocab, g))) return rc;
     int64_t n = t->vocab.n;
-    int spm = t->kind == SR_TOK_KIND_SPM;
+    int spm = t->kind == SR_TOK__KIND_SPM;
     if ((rc = get_id(g, "tokenizer.ggml.bos_token_id", n, spm ? 1 : -1, &t->bos))) return rc;
     if ((rc = get_id(g, "tokenizer.ggml.eos_token_id", n, spm ? 2 : -1, &t->eos))) return rc;
     if ((rc = get_id(g, "tokenizer.ggml.unknown_token_id", n, spm ? 0 : -1, &t->unk))) return rc;
@@ -128,7 +128,7 @@ int sr_tok_from_gguf(sr_tokenizer **out, const sr_gguf *g) {
         sr_tok_free(t);
         return rc;
     }
-    SR_DEBUG("tokenizer: %s, %lld tokens, %lld special", t->kind == SR_TOK_KIND_BPE ? "byte-level BPE" : "SentencePiece",
+    SR_DEBUG("tokenizer: %s, %lld tokens, %lld special", t->kind == SR_TOK__KIND_BPE ? "byte-level BPE" : "SentencePiece",
              (long long)t->vocab.n, (long long)t->special.n_tokens);
     *out = t;
     return SR_OK;
@@ -152,7 +152,7 @@ void sr_tok_free(sr_tokenizer *t) {
  * every such fragment, since each one starts the text or follows a special token. */
 static int encode_raw(const sr_tokenizer *t, const char *text, size_t len, sr_tok__ids *ids) {
     if (len == 0) return SR_OK;
-    if (t->kind == SR_TOK_KIND_BPE) return sr_tok__bpe_encode(&t->bpe, &t->vocab, text, len, ids);
+    if (t->kind == SR_TOK__KIND_BPE) return sr_tok__bpe_encode(&t->bpe, &t->vocab, text, len, ids);
     return sr_tok__spm_encode(&t->spm, &t->vocab, text, len, t->add_space_prefix, ids);
 }
 

@@ -123,7 +123,7 @@ int sr_tok__vocab_load(sr_tok__vocab *v, const sr_gguf *g) {
         v->text_off[i] = off;
         off += (int64_t)s.len;
         v->text_off[i + 1] = off;
-        v->type[i] = SR_TOK_NORMAL;
+        v->type[i] = SR_TOK__NORMAL;
         /* a duplicate string keeps its first id, as other runtimes do */
         if (sr_tok__vocab_find(v, s.ptr, s.len) < 0) {
             uint64_t h = hash_bytes(s.ptr, s.len) & v->map_mask;

@@ -13,15 +13,15 @@
 
 /* token types as stored in tokenizer.ggml.token_type */
 enum {
-    SR_TOK_NORMAL = 1, SR_TOK_UNKNOWN = 2, SR_TOK_CONTROL = 3,
-    SR_TOK_USER_DEFINED = 4, SR_TOK_UNUSED = 5, SR_TOK_BYTE = 6,
+    SR_TOK__NORMAL = 1, SR_TOK__UNKNOWN = 2, SR_TOK__CONTROL = 3,
+    SR_TOK__USER_DEFINED = 4, SR_TOK__UNUSED = 5, SR_TOK__BYTE = 6,
 };
 
 typedef struct {
     int64_t n;          /* tokens */
     char *text;         /* every token's text as stored in the file, back to back */
     int64_t *text_off;  /* (n + 1) token i is text[text_off[i] .. text_off[i + 1]) */
-    int32_t *type;      /* (n) SR_TOK_* */
+    int32_t *type;      /* (n) SR_TOK__* */
     float *score;       /* (n) SentencePiece scores; 0 when absent */
     int32_t *map;       /* open-addressing map from text to id; a slot holds id + 1 */
     uint64_t map_mask;
@@ -43,7 +43,7 @@ static inline const char *sr_tok__vocab_text(const sr_tok__vocab *v, int32_t id,
 /* Control, user-defined and unknown tokens: their text is their meaning, so
  * they decode to it and encode can match it in text (sr_tok__special). */
 static inline int sr_tok__is_special_type(int32_t type) {
-    return type == SR_TOK_CONTROL || type == SR_TOK_USER_DEFINED || type == SR_TOK_UNKNOWN;
+    return type == SR_TOK__CONTROL || type == SR_TOK__USER_DEFINED || type == SR_TOK__UNKNOWN;
 }
 
 /* A growable id list that every encoder appends to. */
