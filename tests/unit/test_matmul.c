@@ -18,19 +18,15 @@
 #include "matmul/matmul.h"
 #include "matmul/q8.h"
 #include "gguf/quant_blocks.h"
+#include "tests/support/rng.h"
 
 static const uint32_t TYPES[] = {SR_GGML_F32, SR_GGML_F16, SR_GGML_BF16, SR_GGML_Q8_0,
                                  SR_GGML_Q4_0, SR_GGML_Q4_1, SR_GGML_Q6_K};
 #define N_TYPES (sizeof(TYPES) / sizeof(TYPES[0]))
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static uint32_t rnd(void) { /* xorshift64*: reproducible across runs */
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return (uint32_t)((rng_state * 0x2545f4914f6cdd1dull) >> 32);
-}
-static float rndf(float lo, float hi) { return lo + (hi - lo) * (float)(rnd() >> 8) / 16777216.0f; }
+static uint64_t rng; /* one fixed stream: reproducible across runs */
+static uint32_t rnd(void) { return (uint32_t)sr_test_rng_next(&rng); }
+static float rndf(float lo, float hi) { return sr_test_rng_float(&rng, lo, hi); }
 
 /* Random weights of `type`: raw blocks with random quants and sane scales. */
 static void *random_weight(uint32_t type, int64_t k, int64_t m) {
