@@ -399,9 +399,12 @@ static void test_errors(void **state) {
     assert_int_equal(sr_attn_merge(1, op, lp, 1, 0, o, lse), SR_EINVAL);
     assert_int_equal(sr_attn_merge(1, op, lp, -1, 64, o, lse), SR_EINVAL);
     assert_int_equal(sr_attn_merge_into(o, NULL, o, lse, 1, 64), SR_EINVAL);
-    assert_int_equal(sr_attn_flops(&d), sr_attn_flops(&d)); /* d invalid: defined, no crash */
+    /* an invalid description has no flops: 0, whatever is wrong with it */
+    assert_true(sr_attn_flops(&d) == 0.0); /* d.q_pos0 < 0 */
     d = good; d.head_dim = 72;
     assert_true(sr_attn_flops(&d) == 0.0);
+    assert_true(sr_attn_flops(NULL) == 0.0);
+    assert_true(sr_attn_flops(&good) == 4.0 * 64); /* one pair, one head */
 }
 
 /* sr_attn_flops against counting the visible pairs one by one. */

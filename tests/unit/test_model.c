@@ -177,23 +177,48 @@ static void histogram(sr_sampler *s, const float *logits, int vocab, int n, int 
     }
 }
 
+/* Fails unless count[ids[i]] of n draws is within 5 standard deviations of
+ * n * p[i] (p: the softmax of the ids' logits at temperature temp), and
+ * unless uniform draws would fall outside that for the most likely id. */
+static void expect_frequencies(const int *count, const int *ids, const float *logits, int k, float temp, int n) {
+    double p[8], sum = 0;
+    assert_true(k <= 8);
+    for (int i = 0; i < k; i++) sum += p[i] = exp(logits[ids[i]] / temp);
+    for (int i = 0; i < k; i++) {
+        p[i] /= sum;
+        double want = n * p[i], tol = 5 * sqrt(n * p[i] * (1 - p[i]));
+        if (fabs(count[ids[i]] - want) > tol)
+            fail_msg("id %d: %d of %d draws, want %.0f +- %.0f", ids[i], count[ids[i]], n, want, tol);
+        if (i == 0) assert_true(fabs((double)n / k - want) > tol); /* the test rejects uniform */
+    }
+}
+
 static void test_top_k(void **state) {
     enum { V = 1000, N = 4000 };
     float *logits = malloc(V * sizeof(float));
     int *count = malloc(V * sizeof(int));
-    for (int i = 0; i < V; i++) logits[i] = (float)((i * 7919) % V) / 100.0f; /* a permutation of 0..9.99 */
-    /* the top 3 are the ids whose value is 999, 998, 997 */
+    /* a permutation of 0..9.96, then the top 3 at 12, 11, 10: softmax
+     * 0.665, 0.245, 0.090 among them, but over the whole vocabulary the
+     * other 997 ids would take 93% of the mass */
     int top[3];
     for (int i = 0; i < V; i++) {
         int v = (i * 7919) % V;
-        if (v >= 997) top[999 - v] = i;
+        logits[i] = (float)v / 100.0f;
+        if (v >= 997) {
+            top[999 - v] = i;
+            logits[i] = (float)(12 - (999 - v));
+        }
     }
     sr_sampler s = make_sampler(1.0f, 3, 1.0f, 1.0f, V, 42);
     histogram(&s, logits, V, N, count);
     int in_top = count[top[0]] + count[top[1]] + count[top[2]];
     assert_int_equal(in_top, N);
-    /* softmax over (9.99, 9.98, 9.97): nearly equal thirds */
-    for (int i = 0; i < 3; i++) assert_true(count[top[i]] > N / 3 - 200 && count[top[i]] < N / 3 + 200);
+    expect_frequencies(count, top, logits, 3, 1.0f, N);
+    sr_sampler_free(&s);
+    /* temperature 2 flattens them to 0.506, 0.307, 0.186 */
+    s = make_sampler(2.0f, 3, 1.0f, 1.0f, V, 43);
+    histogram(&s, logits, V, N, count);
+    expect_frequencies(count, top, logits, 3, 2.0f, N);
     sr_sampler_free(&s);
     /* top-k 1 is greedy whatever the temperature */
     s = make_sampler(5.0f, 1, 1.0f, 1.0f, V, 7);
