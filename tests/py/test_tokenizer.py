@@ -243,7 +243,7 @@ def test_chat_and_cli():
 def main():
     global MODEL
     if not os.path.exists(BIN):
-        print(f"not ok 1 - {BIN} exists (run make)")
+        print(f"1..1\nnot ok 1 - {BIN} exists (run make)")
         return 1
     MODEL = model_path()
     t0 = time.time()
@@ -254,6 +254,7 @@ def main():
     test_roundtrip(tokens)
     test_chat_and_cli()
     print(f"# {n_test - n_fail}/{n_test} passed in {time.time() - t0:.1f}s")
+    print(f"1..{n_test}")
     return 1 if n_fail else 0
 
 

@@ -5,8 +5,8 @@
 set -u
 cd "$(dirname "$0")/../.."
 BENCH=${BUILD:-build}/starring-bench
-MODEL=${SR_MODEL:-$(scripts/fetch-model | tail -n 1)}
 . tests/sh/tap.sh
+need_model
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -17,36 +17,19 @@ check $rc "model --quick --json exits 0"
 grep -q '^section ' "$tmp/err" && grep -q '^generate .* tok/s ' "$tmp/err"
 check $? "the table goes to stderr beside the JSON"
 
-python3 - "$tmp/out" "$n" >"$tmp/chk" <<'PY'
-import json, math, sys
-n = int(sys.argv[2])
-def tap(ok, what):
-    global n
-    n += 1
-    print(("ok" if ok else "not ok"), n, "-", what)
-try:
-    doc = json.load(open(sys.argv[1]))
-except Exception as e:
-    tap(False, "JSON parses (%s)" % e)
-    sys.exit(1)
-tap(True, "JSON parses")
-rows = doc.get("rows", [])
-facts = doc.get("facts", {})
-pre = [r for r in rows if r["section"] == "prompt"]
-gen = [r for r in rows if r["section"] == "generate"]
-tap(len(pre) == 1 and len(gen) == 2, "one prompt row and two generate rows")
-pos = lambda x: isinstance(x, (int, float)) and math.isfinite(x) and x > 0
-tap(all(pos(r["rate"]) and pos(r["time_s"]) and r["samples"] >= 1 and r["unit"] == "tok/s"
-        for r in rows), "every rate and time is positive, in tok/s")
-tap(all(r["wrong"] == 0 for r in rows) and doc.get("wrong_total") == 0,
-    "every row checked, nothing wrong")
-tap(all(facts.get(k) for k in ("model", "shape", "tensor_types", "kv_dtype"))
-    and facts.get("threads") == 2, "model, shape, types, kv dtype and threads reported")
-sys.exit(0)
+check_json "$tmp/out" <<'PY'
+rows = lambda d, section: [r for r in d["rows"] if r["section"] == section]
+CHECKS = [
+    ("one prompt row and two generate rows",
+     lambda d: len(rows(d, "prompt")) == 1 and len(rows(d, "generate")) == 2),
+    ("every rate and time is positive, in tok/s",
+     lambda d: d["rows"] and all(pos(r["rate"]) and pos(r["time_s"]) and r["samples"] >= 1 and r["unit"] == "tok/s"
+                                 for r in d["rows"])),
+    ("every row checked, nothing wrong", lambda d: all(r["wrong"] == 0 for r in d["rows"]) and d["wrong_total"] == 0),
+    ("model, shape, types, kv dtype and threads reported",
+     lambda d: all(d["facts"][k] for k in ("model", "shape", "tensor_types", "kv_dtype")) and d["facts"]["threads"] == 2),
+]
 PY
-chk=$?
-check_merge "$tmp/chk"
-[ $chk = 0 ] || failed=$((failed + 1))
 
 "$BENCH" model --quick >"$tmp/out" 2>"$tmp/err"
 rc=$?
@@ -58,10 +41,16 @@ rc=$?
 [ $rc != 0 ] && grep -q "no-such.gguf" "$tmp/err"
 check $? "a missing model file fails, naming it (rc $rc): $(head -n 1 "$tmp/err")"
 
-printf 'not a gguf file\n' >"$tmp/bad.gguf"
+# longer than a GGUF header, so that the magic is what is wrong
+printf 'this is a text file, not a GGUF model\n' >"$tmp/bad.gguf"
 "$BENCH" model -m "$tmp/bad.gguf" --quick >"$tmp/out" 2>"$tmp/err"
 rc=$?
-[ $rc != 0 ] && [ -s "$tmp/err" ]
-check $? "a file that is not GGUF fails (rc $rc): $(head -n 1 "$tmp/err")"
+[ $rc != 0 ] && grep -q "bad.gguf: not a GGUF file (magic is 74 68 69 73" "$tmp/err"
+check $? "a file that is not GGUF fails, saying so (rc $rc): $(head -n 1 "$tmp/err")"
+printf 'GGUF\n' >"$tmp/short.gguf"
+"$BENCH" model -m "$tmp/short.gguf" --quick >"$tmp/out" 2>"$tmp/err"
+rc=$?
+[ $rc != 0 ] && grep -q "short.gguf: file is 5 bytes, too small for a GGUF header" "$tmp/err"
+check $? "a file shorter than a GGUF header fails, saying so (rc $rc): $(head -n 1 "$tmp/err")"
 
 check_done

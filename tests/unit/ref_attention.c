@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "base/half.h"
+#include "tests/support/rng.h"
 
 static double kv_at(const void *base, int dtype, size_t idx) {
     if (dtype == SR_DT_F32) return ((const float *)base)[idx];
@@ -58,16 +59,7 @@ void sr_ref_attn_forward(const sr_attn_desc *d, const float *q, const void *k, c
 }
 
 void sr_ref_attn_fill(float *x, int64_t n, float lo, float hi, uint64_t *state) {
-    for (int64_t i = 0; i < n; i++) {
-        /* xorshift64* */
-        uint64_t z = *state;
-        z ^= z >> 12;
-        z ^= z << 25;
-        z ^= z >> 27;
-        *state = z;
-        double u = (double)((z * 2685821657736338717ull) >> 11) * 0x1p-53;
-        x[i] = (float)(lo + (hi - lo) * u);
-    }
+    for (int64_t i = 0; i < n; i++) x[i] = sr_test_rng_float(state, lo, hi);
 }
 
 void sr_ref_attn_store(const float *x, int64_t n, int dtype, void *out) {

@@ -14,7 +14,8 @@
 void sr_ref_attn_forward(const sr_attn_desc *d, const float *q, const void *k, const void *v,
                          float *o, float *lse);
 
-/* Deterministic uniform floats in [lo, hi) from *state (any nonzero seed). */
+/* Uniform floats between lo and hi from the stream *state
+ * (tests/support/rng.h; any seed). */
 void sr_ref_attn_fill(float *x, int64_t n, float lo, float hi, uint64_t *state);
 
 /* Writes x[0..n) as dtype (SR_DT_*) into out (4 or 2 bytes per element),

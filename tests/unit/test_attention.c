@@ -15,6 +15,7 @@
 
 #include "attention/attention.h"
 #include "base/status.h"
+#include "tests/support/rng.h"
 #include "tests/unit/ref_attention.h"
 
 #define ATOL 2e-6
@@ -250,25 +251,20 @@ static void test_paged(void **state) {
 static void test_merge_split(void **state) {
     (void)state;
     for (int trial = 0; trial < 12; trial++) {
-        float r[4];
-        sr_ref_attn_fill(r, 4, 0.0f, 1.0f, &seed_state);
-        int64_t nq = trial % 3 == 0 ? 3 : 40 + (int64_t)(r[0] * 30);
-        int64_t nk = 150 + (int64_t)(r[1] * 200);
+        int64_t nq = trial % 3 == 0 ? 3 : 40 + (int64_t)sr_test_rng_below(&seed_state, 30);
+        int64_t nk = 150 + (int64_t)sr_test_rng_below(&seed_state, 200);
         /* the later pieces lie after every query: fully masked */
-        tcase c = {nq, nk, 4, 2, 64, trial % 4 != 3, nk - 60 + (int64_t)(r[2] * 40), 0,
+        tcase c = {nq, nk, 4, 2, 64, trial % 4 != 3, nk - 60 + (int64_t)sr_test_rng_below(&seed_state, 40), 0,
                    trial % 2 ? SR_DT_F16 : SR_DT_F32, 0};
         tdata t;
         make_data(&c, &t, -1.0f, 1.0f);
-        int n_parts = 2 + (int)(r[3] * 6);
+        int n_parts = 2 + (int)sr_test_rng_below(&seed_state, 6);
         int64_t cuts[10];
         cuts[0] = 0;
         cuts[n_parts] = nk;
         for (int p = 1; p < n_parts; p++) { /* sorted random cuts, each piece >= 1 row */
-            float u;
-            sr_ref_attn_fill(&u, 1, 0.0f, 1.0f, &seed_state);
             int64_t lo = cuts[p - 1] + 1, hi = nk - (n_parts - p);
-            cuts[p] = lo + (int64_t)(u * (float)(hi - lo + 1));
-            if (cuts[p] > hi) cuts[p] = hi;
+            cuts[p] = lo + (int64_t)sr_test_rng_below(&seed_state, (uint64_t)(hi - lo + 1));
         }
         int64_t rows = nq * c.hq, oe = rows * c.d;
         float *po[10], *pl[10];
@@ -403,19 +399,21 @@ static void test_errors(void **state) {
     assert_int_equal(sr_attn_merge(1, op, lp, 1, 0, o, lse), SR_EINVAL);
     assert_int_equal(sr_attn_merge(1, op, lp, -1, 64, o, lse), SR_EINVAL);
     assert_int_equal(sr_attn_merge_into(o, NULL, o, lse, 1, 64), SR_EINVAL);
-    assert_int_equal(sr_attn_flops(&d), sr_attn_flops(&d)); /* d invalid: defined, no crash */
+    /* an invalid description has no flops: 0, whatever is wrong with it */
+    assert_true(sr_attn_flops(&d) == 0.0); /* d.q_pos0 < 0 */
     d = good; d.head_dim = 72;
     assert_true(sr_attn_flops(&d) == 0.0);
+    assert_true(sr_attn_flops(NULL) == 0.0);
+    assert_true(sr_attn_flops(&good) == 4.0 * 64); /* one pair, one head */
 }
 
 /* sr_attn_flops against counting the visible pairs one by one. */
 static void test_flops(void **state) {
     (void)state;
     for (int trial = 0; trial < 200; trial++) {
-        float r[5];
-        sr_ref_attn_fill(r, 5, 0.0f, 1.0f, &seed_state);
-        sr_attn_desc d = {1 + (int64_t)(r[0] * 60), 1 + (int64_t)(r[1] * 60), 8, 2, 64, trial % 5 != 0,
-                          (int64_t)(r[2] * 100), (int64_t)(r[3] * 100), 0.0f, SR_DT_F32};
+        sr_attn_desc d = {1 + (int64_t)sr_test_rng_below(&seed_state, 60), 1 + (int64_t)sr_test_rng_below(&seed_state, 60),
+                          8, 2, 64, trial % 5 != 0, (int64_t)sr_test_rng_below(&seed_state, 100),
+                          (int64_t)sr_test_rng_below(&seed_state, 100), 0.0f, SR_DT_F32};
         double pairs = 0;
         for (int64_t i = 0; i < d.nq; i++)
             for (int64_t j = 0; j < d.nk; j++) pairs += !d.causal || d.k_pos0 + j <= d.q_pos0 + i;
@@ -426,7 +424,6 @@ static void test_flops(void **state) {
 int main(void) {
     const char *env = getenv("SR_TEST_SEED");
     uint64_t seed = env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
-    if (seed == 0) seed = 1;
     seed_state = seed;
     printf("# SR_TEST_SEED=%llu\n", (unsigned long long)seed);
     const struct CMUnitTest tests[] = {

@@ -1,6 +1,8 @@
-/* sr_matmul and sr_matmul_weight_row against a double-precision reference built
- * from the scalar dequantization, which is itself checked on hand-made
- * blocks. */
+/* sr_matmul, sr_matmul_weight_row and the scalar sr_dequant_row against a
+ * double-precision reference written here, element by element from the
+ * block layouts (ref_elem), which is itself checked on hand-made blocks. It
+ * shares no code with gguf/dequant.c: in the portable build sr_matmul_weight_row
+ * is sr_dequant_row, so checking one against the other proved nothing. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,19 +20,15 @@
 #include "matmul/matmul.h"
 #include "matmul/q8.h"
 #include "gguf/quant_blocks.h"
+#include "tests/support/rng.h"
 
 static const uint32_t TYPES[] = {SR_GGML_F32, SR_GGML_F16, SR_GGML_BF16, SR_GGML_Q8_0,
                                  SR_GGML_Q4_0, SR_GGML_Q4_1, SR_GGML_Q6_K};
 #define N_TYPES (sizeof(TYPES) / sizeof(TYPES[0]))
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static uint32_t rnd(void) { /* xorshift64*: reproducible across runs */
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return (uint32_t)((rng_state * 0x2545f4914f6cdd1dull) >> 32);
-}
-static float rndf(float lo, float hi) { return lo + (hi - lo) * (float)(rnd() >> 8) / 16777216.0f; }
+static uint64_t rng; /* one fixed stream: reproducible across runs */
+static uint32_t rnd(void) { return (uint32_t)sr_test_rng_next(&rng); }
+static float rndf(float lo, float hi) { return sr_test_rng_float(&rng, lo, hi); }
 
 /* Random weights of `type`: raw blocks with random quants and sane scales. */
 static void *random_weight(uint32_t type, int64_t k, int64_t m) {
@@ -94,6 +92,67 @@ static float *random_x(int64_t count) {
     return x;
 }
 
+/* --- the reference: element e of a row, from the layouts of
+ * gguf/quant_blocks.h read as raw little-endian bytes --- */
+
+static double ref_f16(const uint8_t *p) {
+    unsigned h = p[0] | (unsigned)p[1] << 8, e = (h >> 10) & 31, m = h & 1023;
+    double v = e == 0 ? ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexp(1024 + m, (int)e - 25);
+    return h >> 15 ? -v : v;
+}
+
+static double ref_elem(uint32_t type, const uint8_t *row, int64_t e) {
+    switch (type) {
+    case SR_GGML_F32: {
+        float f;
+        memcpy(&f, row + 4 * e, 4);
+        return f;
+    }
+    case SR_GGML_F16: return ref_f16(row + 2 * e);
+    case SR_GGML_BF16: {
+        uint32_t u = (uint32_t)(row[2 * e] | row[2 * e + 1] << 8) << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    }
+    case SR_GGML_Q8_0: { /* d, then 32 int8 */
+        const uint8_t *b = row + 34 * (e / 32);
+        return ref_f16(b) * (int8_t)b[2 + e % 32];
+    }
+    case SR_GGML_Q4_0: { /* d, then 16 bytes: element j < 16 in the low nibble of byte j, j + 16 in its high one */
+        const uint8_t *b = row + 18 * (e / 32);
+        int j = (int)(e % 32), q = j < 16 ? b[2 + j] & 15 : b[2 + j - 16] >> 4;
+        return ref_f16(b) * (q - 8);
+    }
+    case SR_GGML_Q4_1: { /* d, m, then nibbles as Q4_0 */
+        const uint8_t *b = row + 20 * (e / 32);
+        int j = (int)(e % 32), q = j < 16 ? b[4 + j] & 15 : b[4 + j - 16] >> 4;
+        return ref_f16(b) * q + ref_f16(b + 2);
+    }
+    case SR_GGML_Q6_K: { /* ql[128], qh[64], scales[16], d */
+        const uint8_t *b = row + 210 * (e / 256), *ql = b, *qh = b + 128;
+        const int8_t *sc = (const int8_t *)(b + 192);
+        int p = (int)(e % 256), h = p / 128, i = p % 128 / 32, l = p % 32;
+        int lo = ql[64 * h + l + 32 * (i & 1)];
+        int q = (i < 2 ? lo & 15 : lo >> 4) | ((qh[32 * h + l] >> (2 * i)) & 3) << 4;
+        return ref_f16(b + 208) * sc[8 * h + l / 16 + 2 * i] * (q - 32);
+    }
+    default: fail_msg("ref_elem: type %u", type);
+    }
+    return NAN;
+}
+
+/* Fails unless got[0..k) is ref_elem of the row to float precision: within
+ * 1e-6 (1 + |value|), a few float roundings of the values used here. */
+static void expect_row(const char *what, uint32_t type, const void *row, int64_t k, const float *got) {
+    for (int64_t e = 0; e < k; e++) {
+        double want = ref_elem(type, row, e);
+        if (!(fabs(got[e] - want) <= 1e-6 * (1 + fabs(want))))
+            fail_msg("%s %s: element %lld is %.9g, the layout gives %.9g", what, sr_ggml_type_name(type),
+                     (long long)e, got[e], want);
+    }
+}
+
 /* --- the reference itself, on hand-made blocks --- */
 
 static void test_dequant_hand_q4_q8(void **state) {
@@ -109,6 +168,7 @@ static void test_dequant_hand_q4_q8(void **state) {
     assert_float_equal(out[15], -4.0f, 0); /* 0.5 * (0 - 8) */
     assert_float_equal(out[31], 3.5f, 0);  /* 0.5 * (15 - 8) */
     assert_float_equal(out[1], 0.0f, 0);
+    expect_row("hand", SR_GGML_Q4_0, &a, SR_QK, out);
 
     sr_block_q4_1 b = {.d = 0x3800, .m = 0x3c00}; /* 0.5, 1.0 */
     memset(b.qs, 0, sizeof b.qs);
@@ -117,6 +177,7 @@ static void test_dequant_hand_q4_q8(void **state) {
     assert_float_equal(out[3], 1.0f, 0);  /* 0 * 0.5 + 1 */
     assert_float_equal(out[19], 8.5f, 0); /* 15 * 0.5 + 1 */
     assert_float_equal(out[0], 1.0f, 0);
+    expect_row("hand", SR_GGML_Q4_1, &b, SR_QK, out);
 
     sr_block_q8_0 c = {.d = 0x3400}; /* 0.25 */
     memset(c.qs, 0, sizeof c.qs);
@@ -126,15 +187,21 @@ static void test_dequant_hand_q4_q8(void **state) {
     assert_float_equal(out[5], -1.75f, 0);
     assert_float_equal(out[31], 31.75f, 0);
     assert_float_equal(out[6], 0.0f, 0);
+    expect_row("hand", SR_GGML_Q8_0, &c, SR_QK, out);
 
     sr_f16 h[2] = {0x3c00, 0xc000}; /* 1, -2 */
     sr_dequant_row(SR_GGML_F16, h, 2, out);
     assert_float_equal(out[0], 1.0f, 0);
     assert_float_equal(out[1], -2.0f, 0);
+    expect_row("hand", SR_GGML_F16, h, 2, out);
     sr_bf16 g[2] = {0x3f80, 0xc040}; /* 1, -3 */
     sr_dequant_row(SR_GGML_BF16, g, 2, out);
     assert_float_equal(out[0], 1.0f, 0);
     assert_float_equal(out[1], -3.0f, 0);
+    expect_row("hand", SR_GGML_BF16, g, 2, out);
+    /* halves by their definition: a subnormal, the largest finite, -0 */
+    const uint8_t sub[2] = {0x01, 0x00}, big[2] = {0xff, 0x7b}, nz[2] = {0x00, 0x80};
+    assert_true(ref_f16(sub) == 0x1p-24 && ref_f16(big) == 65504.0 && ref_f16(nz) == 0.0 && signbit(ref_f16(nz)));
 }
 
 static void test_dequant_hand_q6_k(void **state) {
@@ -157,37 +224,41 @@ static void test_dequant_hand_q6_k(void **state) {
     assert_float_equal(out[37], -84.0f, 0);  /* 2 * 7 * ((10 | 1 << 4) - 32) */
     assert_float_equal(out[32], -448.0f, 0); /* 2 * 7 * -32 */
     assert_float_equal(out[0], 0.0f, 0);
+    expect_row("hand", SR_GGML_Q6_K, &b, SR_QK_K, out);
+}
 
-    /* every element against the layout written element by element */
-    for (int j = 0; j < (int)sizeof b.ql; j++) b.ql[j] = (uint8_t)rnd();
-    for (int j = 0; j < (int)sizeof b.qh; j++) b.qh[j] = (uint8_t)rnd();
-    for (int j = 0; j < 16; j++) b.scales[j] = (int8_t)rnd();
-    sr_dequant_row(SR_GGML_Q6_K, &b, SR_QK_K, out);
-    for (int e = 0; e < SR_QK_K; e++) {
-        int h = e / 128, p = e % 128, i = p / 32, l = p % 32;
-        uint8_t lo = b.ql[64 * h + l + 32 * (i & 1)];
-        int q = (i < 2 ? lo & 15 : lo >> 4) | (((b.qh[32 * h + l] >> (2 * i)) & 3) << 4);
-        float want = 2.0f * (float)(b.scales[8 * h + l / 16 + 2 * i] * (q - 32));
-        assert_float_equal(out[e], want, 0);
+/* sr_dequant_row on random rows of every type, two blocks long */
+static void test_dequant_random(void **state) {
+    (void)state;
+    for (size_t t = 0; t < N_TYPES; t++) {
+        int64_t k = 2 * (TYPES[t] == SR_GGML_Q6_K ? SR_QK_K : SR_QK), m = 5;
+        uint8_t *w = random_weight(TYPES[t], k, m);
+        float out[2 * SR_QK_K];
+        uint64_t rb = sr_ggml_row_bytes(TYPES[t], k);
+        for (int64_t r = 0; r < m; r++) {
+            sr_dequant_row(TYPES[t], w + rb * (uint64_t)r, k, out);
+            expect_row("sr_dequant_row", TYPES[t], w + rb * (uint64_t)r, k, out);
+        }
+        free(w);
     }
 }
 
 /* --- products --- */
 
-/* Y = X W^T in double from the scalar reference; returns max |err| / tolerance. */
+/* Y = X W^T in double from ref_elem; returns max |err| / tolerance. */
 static double check_product(const sr_matmul_weight *w, const float *x, const float *y, int64_t n) {
-    float *row = malloc((size_t)w->k * sizeof(float));
+    double *row = malloc((size_t)w->k * sizeof(double));
     assert_non_null(row);
     double worst = 0;
     uint64_t rb = sr_ggml_row_bytes(w->type, w->k);
     int bad = 0;
     for (int64_t r = 0; r < w->m; r++) {
-        sr_dequant_row(w->type, (const uint8_t *)w->data + rb * (uint64_t)r, w->k, row);
+        for (int64_t j = 0; j < w->k; j++) row[j] = ref_elem(w->type, (const uint8_t *)w->data + rb * (uint64_t)r, j);
         for (int64_t i = 0; i < n; i++) {
             double s = 0, a = 0;
             for (int64_t j = 0; j < w->k; j++) {
-                s += (double)row[j] * x[i * w->k + j];
-                a += fabs((double)row[j] * x[i * w->k + j]);
+                s += row[j] * x[i * w->k + j];
+                a += fabs(row[j] * x[i * w->k + j]);
             }
             double got = y[i * w->m + r];
             double tol = 1e-5 * a + 1e-30;
@@ -346,20 +417,17 @@ static void test_weight_row(void **state) {
     for (size_t t = 0; t < N_TYPES; t++) {
         int64_t k = TYPES[t] == SR_GGML_Q6_K ? 512 : 96, m = 7;
         sr_matmul_weight w = {TYPES[t], k, m, random_weight(TYPES[t], k, m)};
-        float *got = malloc((size_t)k * sizeof(float)), *want = malloc((size_t)k * sizeof(float));
+        float *got = malloc((size_t)k * sizeof(float));
         assert_non_null(got);
-        assert_non_null(want);
         uint64_t rb = sr_ggml_row_bytes(w.type, k);
         for (int64_t r = 0; r < m; r++) {
             for (int64_t j = 0; j < k; j++) got[j] = NAN;
             assert_int_equal(sr_matmul_weight_row(&w, r, got), SR_OK);
-            sr_dequant_row(w.type, (const uint8_t *)w.data + rb * (uint64_t)r, k, want);
-            for (int64_t j = 0; j < k; j++) assert_float_equal(got[j], want[j], 1e-6 * fabs(want[j]));
+            expect_row("sr_matmul_weight_row", w.type, (const uint8_t *)w.data + rb * (uint64_t)r, k, got);
         }
         assert_int_equal(sr_matmul_weight_row(&w, m, got), SR_ERANGE);
         assert_int_equal(sr_matmul_weight_row(&w, -1, got), SR_ERANGE);
         free(got);
-        free(want);
         free((void *)w.data);
     }
 }
@@ -402,6 +470,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dequant_hand_q4_q8),
         cmocka_unit_test(test_dequant_hand_q6_k),
+        cmocka_unit_test(test_dequant_random),
         cmocka_unit_test(test_products_all_types),
         cmocka_unit_test(test_products_model_shapes),
         cmocka_unit_test(test_products_odd_k),
