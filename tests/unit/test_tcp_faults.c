@@ -10,9 +10,9 @@
  * A rank reports through a pipe (its stderr: the transport's log lines, and
  * "open: rc=..." and "op: rc=..." lines); the test reads it until the rank
  * exits, under a generous hang guard; SR_TEST_VERBOSE=1 prints it. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -26,7 +26,6 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
-#include <arpa/inet.h>
 #include <unistd.h>
 
 #include <cmocka.h>
