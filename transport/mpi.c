@@ -1,7 +1,14 @@
 /* transport "mpi": Open MPI point-to-point and collectives on a private
- * duplicate of the job's communicator, CPU memory. MPI counts are int, so a
- * message is cut into pieces of at most 1 GiB, sent with the same tag (MPI
- * keeps their order). Errors come back as codes (MPI_ERRORS_RETURN). */
+ * duplicate of the job's communicator, CPU memory. Errors come back as codes
+ * (MPI_ERRORS_RETURN).
+ *
+ * Every message is one MPI message, so that MPI matches its length against
+ * the receive: a longer one fails with MPI_ERR_TRUNCATE and nothing is
+ * written past the buffer; a shorter one is caught by its byte count. MPI counts
+ * are int, so a message beyond INT_MAX bytes travels as one element of a
+ * derived type (whole GiB blocks, then the rest) rather than as pieces,
+ * which a receive of another length could pair with the wrong message. */
+#include <limits.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,7 +18,7 @@
 #include "base/status.h"
 #include "transport/transport.h"
 
-#define PIECE ((int64_t)1 << 30)
+#define BLOCK ((int64_t)1 << 30)
 
 /* For MPI calls whose failure needs more context than SR_MPI_CHECK gives. */
 static int mpi_fail(int mpi_rc, const char *what, const char *file, int line) {
@@ -28,16 +35,40 @@ typedef struct {
 
 typedef struct {
     sr_tp_req base;
-    int n; /* pieces */
-    MPI_Request *reqs;
-    MPI_Status *st;
-    MPI_Request one_req; /* storage when n == 1 */
-    MPI_Status one_st;
+    MPI_Request req;
+    MPI_Status st;
+    MPI_Datatype type; /* MPI_BYTE, or the derived type of a long message */
     int done, status;
     char msg[256]; /* the failure's message, re-raised on the waiting thread */
 } mpi_req;
 
-static int pieces(int64_t len) { return len <= PIECE ? 1 : (int)((len + PIECE - 1) / PIECE); }
+/* len bytes as (count, type): MPI_BYTE up to INT_MAX, else one element of a
+ * committed derived type the caller frees with type_release. */
+static int byte_type(int64_t len, int *count, MPI_Datatype *type) {
+    *type = MPI_BYTE;
+    *count = (int)len;
+    if (len <= INT_MAX) return SR_OK;
+    MPI_Datatype block;
+    int lens[2] = {(int)(len / BLOCK), (int)(len % BLOCK)};
+    MPI_Aint disp[2] = {0, (MPI_Aint)(len / BLOCK * BLOCK)};
+    int rc = MPI_Type_contiguous((int)BLOCK, MPI_BYTE, &block);
+    if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Type_contiguous", __FILE__, __LINE__);
+    MPI_Datatype types[2] = {block, MPI_BYTE};
+    rc = MPI_Type_create_struct(2, lens, disp, types, type);
+    if (rc == MPI_SUCCESS && (rc = MPI_Type_commit(type)) != MPI_SUCCESS) MPI_Type_free(type);
+    MPI_Type_free(&block);
+    if (rc != MPI_SUCCESS) {
+        *type = MPI_BYTE;
+        return mpi_fail(rc, "building the type of a long message", __FILE__, __LINE__);
+    }
+    *count = 1;
+    return SR_OK;
+}
+
+static void type_release(MPI_Datatype *type) {
+    if (*type != MPI_BYTE) MPI_Type_free(type);
+    *type = MPI_BYTE;
+}
 
 int sr_tp_mpi_init(int *argc, char ***argv) {
     int inited = 0, finalized = 0;
@@ -90,35 +121,14 @@ static void mpi_close(sr_tp *tp) {
 static int post(sr_tp *tp, sr_tp_req *base, void *buf, int64_t len, int peer, int tag, int send) {
     mpi_tp *m = tp->impl;
     mpi_req *r = (mpi_req *)base;
-    r->n = pieces(len);
-    if (r->n == 1) {
-        r->reqs = &r->one_req;
-        r->st = &r->one_st;
-    } else {
-        r->reqs = calloc((size_t)r->n, sizeof *r->reqs);
-        r->st = calloc((size_t)r->n, sizeof *r->st);
-        if (!r->reqs || !r->st) {
-            free(r->reqs);
-            free(r->st);
-            return sr_error_set(SR_ENOMEM, "out of memory for %d MPI requests", r->n);
-        }
-    }
-    for (int i = 0; i < r->n; i++) r->reqs[i] = MPI_REQUEST_NULL;
-    for (int i = 0; i < r->n; i++) {
-        int64_t off = (int64_t)i * PIECE;
-        int64_t n = len - off < PIECE ? len - off : PIECE;
-        char *p = buf ? (char *)buf + off : NULL;
-        int rc = send ? MPI_Isend(p, (int)n, MPI_BYTE, peer, tag, m->comm, &r->reqs[i])
-                      : MPI_Irecv(p, (int)n, MPI_BYTE, peer, tag, m->comm, &r->reqs[i]);
-        if (rc != MPI_SUCCESS) {
-            /* pieces already posted cannot be withdrawn safely; let them finish */
-            MPI_Waitall(i, r->reqs, MPI_STATUSES_IGNORE);
-            if (r->n > 1) {
-                free(r->reqs);
-                free(r->st);
-            }
-            return mpi_fail(rc, send ? "MPI_Isend" : "MPI_Irecv", __FILE__, __LINE__);
-        }
+    int count;
+    int rc = byte_type(len, &count, &r->type);
+    if (rc != SR_OK) return rc;
+    rc = send ? MPI_Isend(buf, count, r->type, peer, tag, m->comm, &r->req)
+              : MPI_Irecv(buf, count, r->type, peer, tag, m->comm, &r->req);
+    if (rc != MPI_SUCCESS) {
+        type_release(&r->type);
+        return mpi_fail(rc, send ? "MPI_Isend" : "MPI_Irecv", __FILE__, __LINE__);
     }
     return SR_OK;
 }
@@ -131,30 +141,22 @@ static int mpi_irecv(sr_tp *tp, sr_tp_req *req, void *buf, int64_t len, int peer
     return post(tp, req, buf, len, peer, tag, 0);
 }
 
-/* Checks the byte counts of completed receive pieces against what was posted:
- * MPI reports a longer message as truncation, a shorter one only by count. */
+/* Checks a completed receive's byte count against what was posted. */
 static int finish_status(mpi_req *r, int mpi_rc) {
-    if (mpi_rc != MPI_SUCCESS) {
-        int err = mpi_rc;
-        if (mpi_rc == MPI_ERR_IN_STATUS)
-            for (int i = 0; i < r->n; i++)
-                if (r->st[i].MPI_ERROR != MPI_SUCCESS) err = r->st[i].MPI_ERROR;
-        if (err == MPI_ERR_TRUNCATE)
-            return sr_error_set(SR_EFORMAT, "message from rank %d tag %d is longer than the %lld bytes expected",
-                                r->base.peer, r->base.tag, (long long)r->base.len);
-        return mpi_fail(err, r->base.is_send ? "MPI send" : "MPI receive", __FILE__, __LINE__);
-    }
-    if (!r->base.is_send) {
-        int64_t got = 0;
-        for (int i = 0; i < r->n; i++) {
-            int c = 0;
-            MPI_Get_count(&r->st[i], MPI_BYTE, &c);
-            got += c;
-        }
-        if (got != r->base.len)
-            return sr_error_set(SR_EFORMAT, "message from rank %d tag %d has %lld bytes, expected %lld",
-                                r->base.peer, r->base.tag, (long long)got, (long long)r->base.len);
-    }
+    if (mpi_rc == MPI_ERR_TRUNCATE || (mpi_rc == MPI_ERR_IN_STATUS && r->st.MPI_ERROR == MPI_ERR_TRUNCATE))
+        return sr_error_set(SR_EFORMAT, "message from rank %d tag %d is longer than the %lld bytes expected",
+                            r->base.peer, r->base.tag, (long long)r->base.len);
+    if (mpi_rc != MPI_SUCCESS)
+        return mpi_fail(mpi_rc, r->base.is_send ? "MPI send" : "MPI receive", __FILE__, __LINE__);
+    if (r->base.is_send) return SR_OK;
+    /* counted in bytes: Open MPI says MPI_UNDEFINED for a short message on a
+     * derived type, where the byte count is what we compare */
+    MPI_Count got = 0;
+    int rc = MPI_Get_elements_x(&r->st, MPI_BYTE, &got);
+    if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Get_elements_x", __FILE__, __LINE__);
+    if (got != r->base.len)
+        return sr_error_set(SR_EFORMAT, "message from rank %d tag %d has %lld bytes, expected %lld", r->base.peer,
+                            r->base.tag, (long long)got, (long long)r->base.len);
     return SR_OK;
 }
 
@@ -162,13 +164,14 @@ static void finish(mpi_req *r, int mpi_rc) {
     r->done = 1;
     r->status = finish_status(r, mpi_rc);
     if (r->status != SR_OK) snprintf(r->msg, sizeof r->msg, "%s", sr_error_msg());
+    type_release(&r->type);
 }
 
 static int mpi_test(sr_tp_req *req, int *done) {
     mpi_req *r = (mpi_req *)req;
     if (!r->done) {
         int flag = 0;
-        int rc = MPI_Testall(r->n, r->reqs, &flag, r->st);
+        int rc = MPI_Test(&r->req, &flag, &r->st);
         if (flag || rc != MPI_SUCCESS) finish(r, rc);
     }
     *done = r->done;
@@ -177,11 +180,7 @@ static int mpi_test(sr_tp_req *req, int *done) {
 
 static int mpi_wait(sr_tp_req *req) {
     mpi_req *r = (mpi_req *)req;
-    if (!r->done) finish(r, MPI_Waitall(r->n, r->reqs, r->st));
-    if (r->n > 1) {
-        free(r->reqs);
-        free(r->st);
-    }
+    if (!r->done) finish(r, MPI_Wait(&r->req, &r->st));
     if (r->status != SR_OK) return sr_error_set(r->status, "%s", r->msg);
     return SR_OK;
 }
@@ -192,40 +191,23 @@ static int mpi_barrier(sr_tp *tp) {
 }
 
 static int mpi_bcast(sr_tp *tp, void *buf, int64_t len, int root) {
-    MPI_Comm c = ((mpi_tp *)tp->impl)->comm;
-    for (int64_t off = 0; off < len; off += PIECE) {
-        int64_t n = len - off < PIECE ? len - off : PIECE;
-        SR_MPI_CHECK(MPI_Bcast((char *)buf + off, (int)n, MPI_BYTE, root, c));
-    }
-    return SR_OK;
+    int count;
+    MPI_Datatype type;
+    int rc = byte_type(len, &count, &type);
+    if (rc != SR_OK) return rc;
+    int mrc = MPI_Bcast(buf, count, type, root, ((mpi_tp *)tp->impl)->comm);
+    type_release(&type);
+    return mrc == MPI_SUCCESS ? SR_OK : mpi_fail(mrc, "MPI_Bcast", __FILE__, __LINE__);
 }
 
-/* Gathers beyond int counts go piecewise over point-to-point messages. */
 static int mpi_gather(sr_tp *tp, const void *send, int64_t len, void *recv, int root) {
-    MPI_Comm c = ((mpi_tp *)tp->impl)->comm;
-    if (len <= PIECE) {
-        SR_MPI_CHECK(MPI_Gather(send, (int)len, MPI_BYTE, recv, (int)len, MPI_BYTE, root, c));
-        return SR_OK;
-    }
-    int tag = SR_TP_TAG_MAX + 3;
-    if (tp->rank != root) {
-        for (int64_t off = 0; off < len; off += PIECE) {
-            int64_t n = len - off < PIECE ? len - off : PIECE;
-            SR_MPI_CHECK(MPI_Send((const char *)send + off, (int)n, MPI_BYTE, root, tag, c));
-        }
-        return SR_OK;
-    }
-    for (int p = 0; p < tp->size; p++) {
-        char *dst = (char *)recv + (int64_t)p * len;
-        for (int64_t off = 0; off < len; off += PIECE) {
-            int64_t n = len - off < PIECE ? len - off : PIECE;
-            if (p == root)
-                memcpy(dst + off, (const char *)send + off, (size_t)n);
-            else
-                SR_MPI_CHECK(MPI_Recv(dst + off, (int)n, MPI_BYTE, p, tag, c, MPI_STATUS_IGNORE));
-        }
-    }
-    return SR_OK;
+    int count;
+    MPI_Datatype type;
+    int rc = byte_type(len, &count, &type);
+    if (rc != SR_OK) return rc;
+    int mrc = MPI_Gather(send, count, type, recv, count, type, root, ((mpi_tp *)tp->impl)->comm);
+    type_release(&type);
+    return mrc == MPI_SUCCESS ? SR_OK : mpi_fail(mrc, "MPI_Gather", __FILE__, __LINE__);
 }
 
 const sr_tp_backend sr_tp_mpi_backend = {

@@ -3,7 +3,8 @@
  * backends chosen by name:
  *
  *   "mpi"   Open MPI, CPU memory; the default under mpirun.
- *   "tcp"   plain sockets, no MPI: for processes not started by mpirun.
+ *   "tcp"   plain sockets, no MPI: for processes not started by mpirun;
+ *           peers prove a shared secret at open (see sr_tp_opts).
  *   "nccl"  NCCL, GPU memory (make CUDA=1); bootstrapped over MPI.
  *
  * A transport (sr_tp) is a long-lived handle; each isend/irecv is a one-shot
@@ -36,11 +37,37 @@ typedef struct {
      * PMI_RANK/PMI_SIZE). mpi and nccl take them from the communicator. */
     int rank, size;
     /* tcp rendezvous: "host:port,host:port,..." with one entry per rank, in
-     * rank order; NULL reads env SR_TCP_HOSTS. Without either, rank r
-     * listens on 127.0.0.1:base_port + r. */
+     * rank order; NULL reads env SR_TCP_HOSTS. Rank r listens on its own
+     * entry's address only (so it must be an address of r's machine).
+     * Without either, rank r listens on 127.0.0.1:base_port + r. */
     const char *hosts;
     int base_port;    /* 0 reads env SR_TCP_PORT, else 29500 */
     double timeout_s; /* tcp: how long to wait for peers at open; 0 means 60 */
+    /* tcp: how long one connection may take over its handshake; 0 means 5 */
+    double handshake_timeout_s;
+    /* tcp: a peer from which nothing arrives for this long has failed, and so
+     * does every request on it. Progress threads send heartbeats, so a peer
+     * that computes between messages is still heard: this bounds silence, not
+     * work. 0 reads env SR_TCP_IO_TIMEOUT (seconds), else 30. */
+    double io_timeout_s;
+    /* tcp: the job secret, a file of 16 to 4096 bytes readable only by its
+     * owner (mode 600), the same on every rank; each connection proves it by
+     * HMAC-SHA256 challenge-response before any data flows. NULL reads env
+     * SR_TCP_SECRET_FILE; a job of more than one rank fails to open without
+     * it. Make one with: head -c 32 /dev/urandom > key; chmod 600 key */
+    const char *secret_file;
+    /* tcp: the job's name in the handshake (1 to 63 printable characters,
+     * no spaces): a rank of another job is refused even if it holds the same
+     * secret. NULL reads env SR_TCP_JOB_ID, else one is derived from the
+     * size and the endpoints (so set it to tell successive runs apart). */
+    const char *job_id;
+    /* tcp: the largest message, sent or received; a peer's frame header that
+     * says more fails it. 0 reads env SR_TCP_MAX_MSG (bytes, or with a K, M,
+     * G or T suffix), else 4G. */
+    int64_t max_msg_bytes;
+    /* tcp: bytes a peer may have sent for receives not yet posted; more fail
+     * it. 0 reads env SR_TCP_MAX_BUFFERED, else two largest messages + 1M. */
+    int64_t max_buffered_bytes;
     /* mpi, nccl: pointer to the MPI_Comm to use (it is duplicated); NULL
      * means MPI_COMM_WORLD. */
     const void *mpi_comm;

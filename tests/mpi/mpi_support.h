@@ -43,7 +43,8 @@ void tap_skip(const char *name, const char *why);
 float val(uint64_t seed, int64_t pos, int64_t idx);
 
 /* Opens the tcp transport over all ranks on a random base port agreed over
- * MPI, retrying if the ports were taken. Collective. */
+ * MPI, retrying if the ports were taken, with a fresh job secret (a file of
+ * each rank's, removed once open). Collective. */
 int open_tcp(sr_tp **tp);
 
 #endif

@@ -237,6 +237,30 @@ static int t_length_mismatch(sr_tp *tp) {
     return fails;
 }
 
+/* a message longer than the receive fails it with SR_EFORMAT naming the
+ * sender, writes nothing past the buffer, and the transport stays usable */
+static int t_overlong(sr_tp *tp) {
+    int fails = 0, next = (rank + 1) % size, prev = (rank + size - 1) % size;
+    unsigned char s[64], r[64];
+    fill(s, 64, rank, next, 8);
+    memset(r, 0xee, sizeof r);
+    sr_tp_req *qs = NULL, *qr = NULL;
+    COUNT_OK(sr_tp_isend(tp, s, 64, next, 8, &qs));
+    COUNT_OK(sr_tp_irecv(tp, r, 40, prev, 8, &qr));
+    int rc = sr_tp_wait(qr);
+    char want[32];
+    snprintf(want, sizeof want, "rank %d tag 8", prev);
+    if (rc != SR_EFORMAT || !strstr(sr_error_msg(), want)) {
+        fprintf(stderr, "rank %d: long message gave %s: %s\n", rank, sr_strerror(rc), sr_error_msg());
+        fails++;
+    }
+    for (int i = 40; i < 64; i++) fails += r[i] != 0xee;
+    COUNT_OK(sr_tp_wait(qs));
+    COUNT_OK(sr_tp_barrier(tp));
+    fails += t_sizes(tp, 100, 0);
+    return fails;
+}
+
 static int t_bad_args(sr_tp *tp) {
     int fails = 0;
     sr_tp_req *q = (sr_tp_req *)1;
@@ -267,6 +291,7 @@ static void run_suite(sr_tp *tp, const char *be) {
     COUNT_OK(sr_tp_barrier(tp));
     tap(fails, "%s: barrier", be);
     if (!nccl) tap(t_length_mismatch(tp), "%s: length mismatch gives SR_EFORMAT and the transport recovers", be);
+    if (!nccl) tap(t_overlong(tp), "%s: a longer message gives SR_EFORMAT, nothing past the buffer", be);
     tap(t_bad_args(tp), "%s: bad arguments give SR_EINVAL", be);
     on_device = 0;
 }
