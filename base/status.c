@@ -2,6 +2,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 static _Thread_local char last_msg[512];
 
@@ -22,10 +23,14 @@ const char *sr_strerror(int code) {
 }
 
 int sr_error_set(int code, const char *fmt, ...) {
+    /* through a copy: a caller may pass sr_error_msg() itself as an argument,
+     * to add context to the message below it */
+    char buf[sizeof last_msg];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_msg, sizeof last_msg, fmt, ap);
+    vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
+    memcpy(last_msg, buf, sizeof buf);
     return code;
 }
 

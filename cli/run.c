@@ -96,7 +96,7 @@ static const opt_def opt_table[] = {
     INT_OPT("batch", 0, batch, 1, MAX_BATCH, "N", "512", "prompt tokens per forward pass"),
     STR_OPT("mode", 0, mode, "M", "full alone, star under mpirun", "full, ring or star"),
     INT_OPT("anchor-size", 0, anchor_size, 0, MAX_CONTEXT, "N", "one block", "star: anchor tokens, 0 = one block"),
-    STR_OPT("transport", 0, transport, "T", "mpi", "mpi or tcp"),
+    STR_OPT("transport", 0, transport, "T", "mpi", "mpi or tcp (tcp needs SR_TCP_SECRET_FILE: deploy/README.md)"),
     STR_OPT("stop", 0, stop, "STR", NULL, "stop when the output contains STR"),
     STR_OPT("dump-logits", 0, dump, "FILE", NULL,
             "test hook: write float32 logits at --dump-positions of the\n"
