@@ -76,6 +76,7 @@ struct req {
     int64_t n_tok, cap_tok;
     /* Generate */
     Starring__V1__GenerateRequest *g;
+    char *prompt;           /* g->prompt with invalid UTF-8 replaced */
     cctx *ctx;
     uint64_t gen;
     int32_t *q;
@@ -220,6 +221,8 @@ static void req_free_if_done(req *r) {
     if (r->call || r->working || r->linked) return;
     if (r->admitted) r->co->in_flight--;
     free(r->name);
+    free((char *)r->opts.mode);
+    free(r->prompt);
     free(r->text);
     free(r->tokens);
     free(r->q);
@@ -950,15 +953,14 @@ static void generate_end(sr_grpc_call *call) {
         req_finish(r, SR_GRPC_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
-    free(g->prompt);
-    g->prompt = clean;
+    r->prompt = clean;
     if (!g->context_id || !*g->context_id) {
-        if (!*g->prompt) {
+        if (!*r->prompt) {
             req_finish(r, SR_GRPC_INVALID_ARGUMENT, "the context is empty: give a context_id or a prompt");
             return;
         }
         if (!check_options(r, g->options) || !admit(r)) return;
-        tokenize(co, r, g->prompt, NULL, g->chat, 0);
+        tokenize(co, r, r->prompt, NULL, g->chat, 0);
         return;
     }
     cctx *c = ctx_find(co, g->context_id);
@@ -983,7 +985,7 @@ static void generate_end(sr_grpc_call *call) {
     r->ctx = c;
     c->last_used = sr_now();
     /* a text context encodes the question after its text, as starring-run -f FILE -p QUESTION does */
-    tokenize(co, r, c->text, g->prompt, c->chat, c->text == NULL);
+    tokenize(co, r, c->text, r->prompt, c->chat, c->text == NULL);
 }
 
 /* unary methods: the one request message, then the answer at on_end */

@@ -69,6 +69,7 @@ struct wrk {
     uv_loop_t loop;
     uv_async_t wake;
     uv_timer_t beat;
+    uv_signal_t sigterm, sigint;
     sr_conn *conn;
     pthread_t loop_th;
     int64_t beat_seq;
@@ -128,7 +129,15 @@ static void on_wake(uv_async_t *a) {
         if (w->conn) sr_conn_close(w->conn, NULL);
         uv_close((uv_handle_t *)&w->wake, NULL);
         uv_close((uv_handle_t *)&w->beat, NULL);
+        uv_close((uv_handle_t *)&w->sigterm, NULL);
+        uv_close((uv_handle_t *)&w->sigint, NULL);
     }
+}
+
+/* SIGTERM (mpirun passes it on) ends the worker as the coordinator's going would */
+static void on_signal(uv_signal_t *s, int sig) {
+    wrk *w = s->data;
+    if (w->conn) sr_conn_close(w->conn, NULL);
 }
 
 static void on_beat(uv_timer_t *t) {
@@ -529,12 +538,18 @@ int sr_workerd_run(const sr_workerd_opts *o) {
     uv_loop_init(&w->loop);
     uv_async_init(&w->loop, &w->wake, on_wake);
     uv_timer_init(&w->loop, &w->beat);
-    w->wake.data = w->beat.data = w;
+    uv_signal_init(&w->loop, &w->sigterm);
+    uv_signal_init(&w->loop, &w->sigint);
+    w->wake.data = w->beat.data = w->sigterm.data = w->sigint.data = w;
+    uv_signal_start(&w->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&w->sigint, on_signal, SIGINT);
     int rc = sr_conn_connect(&w->conn, &w->loop, o->coord_host, o->coord_port, o->max_frame, on_frame, on_conn_close,
                              on_connect, w);
     if (rc != SR_OK) {
         uv_close((uv_handle_t *)&w->wake, NULL);
         uv_close((uv_handle_t *)&w->beat, NULL);
+        uv_close((uv_handle_t *)&w->sigterm, NULL);
+        uv_close((uv_handle_t *)&w->sigint, NULL);
         uv_run(&w->loop, UV_RUN_DEFAULT);
         uv_loop_close(&w->loop);
         free(w);
