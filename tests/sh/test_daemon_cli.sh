@@ -15,7 +15,8 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 S=(--server 127.0.0.1:$port)
 mpirun=(mpirun --oversubscribe -np 3)
 [ "$(id -u)" = 0 ] && mpirun=(mpirun --allow-run-as-root --oversubscribe -np 3)
-OMP_NUM_THREADS=1 "${mpirun[@]}" "$BUILD/starringd" --model "$MODEL" --listen 127.0.0.1:$port -t 1 >"$tmp/log" 2>&1 &
+OMP_NUM_THREADS=1 "${mpirun[@]}" "$BUILD/starringd" --model "$MODEL" --listen 127.0.0.1:$port -t 1 \
+    --kv-budget 40M >"$tmp/log" 2>&1 &
 daemon=$!
 trap 'kill "$daemon" 2>/dev/null; wait "$daemon" 2>/dev/null; rm -rf "$tmp"' EXIT
 for _ in $(seq 300); do "$BUILD/starring" "${S[@]}" health >/dev/null 2>&1 && break; sleep 0.2; done
@@ -52,6 +53,15 @@ check $? "asking a dropped context exits 1 with NOT_FOUND: $(cat "$tmp/err")"
 rc=$?
 [ $rc = 0 ] && grep -q '"done"' "$tmp/g" && [ "$("$BUILD/starring" "${S[@]}" --json stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["contexts"])')" = 0 ]
 check $? "generate -f -p: answered, and its context dropped after"
+id1=$("$BUILD/starring" "${S[@]}" upload "$tmp/doc" --mode star --chat --anchor-size 512 2>/dev/null)
+id2=$("$BUILD/starring" "${S[@]}" upload "$tmp/doc" --mode star --chat --anchor-size 512 2>/dev/null)
+"$BUILD/starring" "${S[@]}" ask "$id1" "What is the pass key?" --chat -n 4 2>"$tmp/err" >/dev/null
+rc=$?
+[ $rc = 1 ] && grep -q "NOT_FOUND.*evicted" "$tmp/err" && grep -q "evicting context $id1" "$tmp/log"
+check $? "over --kv-budget the least recently used context is evicted, logged, and NOT_FOUND says so: $(cat "$tmp/err")"
+"$BUILD/starring" "${S[@]}" ask "$id2" "What is the pass key?" --chat -n 12 2>/dev/null | grep -q 31415
+check $? "the new context answers"
+
 # SIGTERM to the coordinator ends the workers too (mpirun ends a job it is sent SIGTERM for with 1)
 kill "$(sed -n 's/.*coordinator\/0\[\([0-9]*\)\].*/\1/p' "$tmp/log" | head -n 1)"
 wait "$daemon"
