@@ -9,6 +9,8 @@
 # Sources are found by folder: every .c in the folders of MODULES goes into
 # libstarring.a (a folder joins MODULES once it has code); each
 # tests/unit/test_*.c is a test binary; programs are listed in PROGRAMS below.
+# The C of every proto/**/*.proto is generated with protoc-c into
+# $(BUILD)/gen and joins the library too.
 
 CC      ?= cc
 NVCC    ?= nvcc
@@ -35,7 +37,7 @@ endif
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Werror=implicit-function-declaration \
            -fopenmp $(OPT) -I.
 LDFLAGS += -fopenmp $(LDSAN)
-LDLIBS  += -lopenblas -lpcre2-8 -lsodium -lm -lpthread
+LDLIBS  += -lopenblas -lpcre2-8 -lsodium -lprotobuf-c -luv -lnghttp2 -lm -lpthread
 # Open MPI: the mpi transport lives in the library, so everything links it
 MPICC   ?= mpicc
 MPI_CFLAGS := $(shell $(MPICC) --showme:compile 2>/dev/null)
@@ -56,14 +58,22 @@ ifeq ($(CUDA),1)
   CU_SRC  := $(wildcard attention/cuda/*.cu)
 endif
 
-MODULES  := base gguf attention attention/cpu transport matmul tokenizer model worker
+MODULES  := base gguf attention attention/cpu transport net matmul tokenizer model worker coordinator daemon
 LIB_SRC  := $(filter-out %_main.c,$(foreach m,$(MODULES),$(wildcard $(m)/*.c)))
-LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(CU_SRC:%.cu=$(BUILD)/obj/%.cu.o)
+PROTO    := $(shell find proto -name '*.proto')
+PROTO_C  := $(PROTO:proto/%.proto=$(BUILD)/gen/%.pb-c.c)
+PROTO_H  := $(PROTO_C:.c=.h)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(PROTO_C:$(BUILD)/gen/%.c=$(BUILD)/obj/gen/%.o) \
+            $(CU_SRC:%.cu=$(BUILD)/obj/%.cu.o)
+CFLAGS   += -I$(BUILD)/gen
 LIB      := $(BUILD)/libstarring.a
 
 # programs: bench/*.c together make starring-bench; each cli/NAME.c is starring-NAME
 BENCH_SRC := $(wildcard bench/*.c)
-PROGRAMS  := $(if $(BENCH_SRC),$(BUILD)/starring-bench) $(patsubst cli/%.c,$(BUILD)/starring-%,$(wildcard cli/*.c))
+# daemon/starringd_main.c is starringd; clients/c/*.c together make the client starring
+CLIENT_SRC := $(wildcard clients/c/*.c)
+PROGRAMS  := $(if $(BENCH_SRC),$(BUILD)/starring-bench) $(patsubst cli/%.c,$(BUILD)/starring-%,$(wildcard cli/*.c)) \
+             $(if $(wildcard daemon/starringd_main.c),$(BUILD)/starringd) $(if $(CLIENT_SRC),$(BUILD)/starring)
 
 TEST_SRC  := $(wildcard tests/unit/test_*.c)
 TEST_SUPPORT := $(filter-out tests/unit/test_%,$(wildcard tests/unit/*.c))
@@ -77,7 +87,17 @@ endif
 .SECONDARY:
 all: $(LIB) $(PROGRAMS) $(TESTS)
 
-$(BUILD)/obj/%.o: %.c
+# every object waits for the generated headers (order only: a new .proto
+# does not rebuild what does not include it)
+$(BUILD)/obj/%.o: %.c | $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
+	@mkdir -p $(BUILD)/gen
+	protoc-c --proto_path=proto --c_out=$(BUILD)/gen $<
+
+$(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c | $(PROTO_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
@@ -90,6 +110,12 @@ $(LIB): $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
 $(BUILD)/starring-bench: $(BENCH_SRC:%.c=$(BUILD)/obj/%.o) $(LIB)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/starringd: $(BUILD)/obj/daemon/starringd_main.o $(LIB)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/starring: $(CLIENT_SRC:%.c=$(BUILD)/obj/%.o) $(LIB)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/starring-%: $(BUILD)/obj/cli/%.o $(LIB)

@@ -404,6 +404,34 @@ int sr_cp_end(sr_cp *cp) {
     return cp__header(cp, &zero);
 }
 
+/* Keeps the tokens before position end of a cache (full mode: the new
+ * tokens follow the context in the model's own cache). */
+static int cp__kv_keep_before(sr_kv_cache *c, int64_t end) {
+    sr_kv_cache kept;
+    int rc = sr_kv_build(&kept, c->n_layer, c->n_head_kv, c->head_dim, c->dtype, c->block_size);
+    for (int64_t b = 0; rc == SR_OK && b < c->n_blocks && c->block_pos[b] < end; b++) {
+        int64_t len = end - c->block_pos[b] < c->block_len[b] ? end - c->block_pos[b] : c->block_len[b];
+        rc = sr_kv_push_block(&kept, c->blocks[b], c->block_pos[b], len);
+    }
+    if (rc != SR_OK) {
+        sr_kv_free(&kept);
+        return rc;
+    }
+    sr_kv_free(c);
+    *c = kept;
+    return SR_OK;
+}
+
+int sr_cp_rewind(sr_cp *cp) {
+    if (!cp || !cp->prefilled) return sr_error_set(SR_ESTATE, "sr_cp_rewind: no context is prefilled");
+    int rc = SR_OK;
+    if (cp->o.mode == SR_CP_FULL && cp->rank == SR_CP_QUERY_RANK && sr_model_next_pos(cp->m) > cp->n_ctx)
+        rc = cp__kv_keep_before(&cp->m->kv, cp->n_ctx);
+    sr_kv_clear(&cp->gen);
+    cp->n_new = 0;
+    return rc;
+}
+
 int sr_cp_serve(sr_cp *cp) {
     if (!cp) return sr_error_set(SR_EINVAL, "sr_cp_serve: NULL handle");
     if (cp->o.mode == SR_CP_FULL || cp->rank == SR_CP_QUERY_RANK) return SR_OK;

@@ -104,6 +104,13 @@ int sr_cp_feed(sr_cp *cp, const int32_t *tokens, int64_t n);
 /* Query rank: tells the other ranks that the query is over. */
 int sr_cp_end(sr_cp *cp);
 
+/* Every rank, outside a query: forgets every token fed since the prefill,
+ * so that the next query follows the context again (a fresh question over a
+ * resident context; the daemon asks many). The logits of the last context
+ * token are not restored: a query of 0 new tokens after a rewind needs the
+ * caller to have kept them. */
+int sr_cp_rewind(sr_cp *cp);
+
 /* Other ranks: take part in every step fed by the query rank until
  * sr_cp_end. Returns at once on the query rank and in full mode. */
 int sr_cp_serve(sr_cp *cp);

@@ -1,0 +1,1455 @@
+/* coordinator: the context table, the workers, and the API methods (see
+ * coordinator.h). */
+#include "coordinator/coordinator.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include "base/clock.h"
+#include "base/log.h"
+#include "base/status.h"
+#include "coordinator/grpc.h"
+#include "net/conn.h"
+#include "grpc/health/v1/health.pb-c.h"
+#include "model/kv_cache.h"
+#include "model/model.h"
+#include "starring/v1/starring.pb-c.h"
+#include "tokenizer/tokenizer.h"
+#include "worker/cp.h"
+#include "worker/placement.h"
+
+typedef struct coord coord;
+typedef struct cctx cctx;
+typedef struct req req;
+
+enum { CTX_PREFILLING = 0, CTX_READY = 1 };
+enum { REQ_CREATE = 0, REQ_GENERATE = 1 };
+
+typedef struct {
+    sr_conn *conn;
+    int joined, ok, lost;
+    double last_beat;
+    int64_t kv_budget;
+} wslot;
+
+struct cctx {
+    uint64_t id;
+    char sid[20];
+    char *name;
+    int mode, chat, ephemeral;
+    int64_t block_size, anchor_size;
+    char *text;             /* a text context keeps its text: questions are encoded after it */
+    int64_t n_tokens;
+    int state;
+    int n_prefilled, failed_rc;
+    char failed[512];
+    double prefill_s, last_used;
+    int64_t questions;
+    int64_t *kv_tokens, *kv_bytes, *est_bytes; /* (workers) */
+    req *creator;           /* the request waiting for the prefill */
+    req *active;            /* the question running on it */
+    req *wait_head, *wait_tail;
+    int dropping;
+    cctx *next;
+};
+
+struct req {
+    coord *co;
+    int kind;
+    sr_grpc_call *call;     /* NULL once the client is gone */
+    int working;            /* a tokenizing job is out */
+    int admitted;           /* holds a queue slot */
+    int linked;             /* a context refers to it */
+    double t0, t_first;
+    /* CreateContext */
+    int got_options;
+    Starring__V1__ContextOptions opts;
+    char *name;
+    char *text;
+    size_t n_text, cap_text;
+    int32_t *tokens;
+    int64_t n_tok, cap_tok;
+    /* Generate */
+    Starring__V1__GenerateRequest *g;
+    char *prompt;           /* g->prompt with invalid UTF-8 replaced */
+    cctx *ctx;
+    uint64_t gen;
+    int32_t *q;
+    int64_t nq;
+    int running, cancel_sent;
+    int64_t n_out;
+    req *next_wait;
+    req *next;              /* in the coordinator's list of running questions */
+};
+
+typedef struct evicted {
+    char sid[20];
+    double when;
+    struct evicted *next;
+} evicted;
+
+typedef struct watcher {
+    sr_grpc_call *call;
+    int last;
+    struct watcher *next;
+} watcher;
+
+struct coord {
+    const sr_coord_opts *o;
+    uv_loop_t *loop;
+    uv_tcp_t control;
+    uv_timer_t tick;
+    uv_signal_t sigint, sigterm;
+    sr_grpc *grpc;
+    sr_gguf *gguf;
+    sr_tokenizer *tok;
+    sr_model_config cfg;
+    int64_t block_bytes;    /* one KV block of the workers' caches */
+    wslot *w;
+    int n_ready;
+    int broken;             /* a worker is gone: the contexts are not whole */
+    char broken_why[256];
+    cctx *ctxs;
+    req *gens;
+    evicted *evicted;
+    watcher *watchers;
+    uint64_t next_id, next_gen;
+    int in_flight;
+    int64_t prefills, prefill_tokens, generations, generated, evictions, cancelled;
+    int stopping;
+};
+
+/* ------------------------------------------------------------ helpers */
+
+static int serving(const coord *co) { return !co->broken && co->n_ready == co->o->workers && co->o->workers > 0; }
+
+static int rc_status(int rc) {
+    switch (rc) {
+    case SR_EINVAL: return SR_GRPC_INVALID_ARGUMENT;
+    case SR_ERANGE:
+    case SR_ENOMEM: return SR_GRPC_RESOURCE_EXHAUSTED;
+    case SR_ECOMM: return SR_GRPC_UNAVAILABLE;
+    default: return SR_GRPC_INTERNAL;
+    }
+}
+
+/* Invalid UTF-8 becomes U+FFFD (in place when it does not grow). Returns a
+ * malloc'ed copy. */
+static char *utf8_clean(const char *s, size_t n, size_t *out_n) {
+    char *o = malloc(3 * n + 1);
+    if (!o) return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        size_t len = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+        int ok = len > 0 && i + len <= n && c != 0;
+        for (size_t j = 1; ok && j < len; j++) ok = ((unsigned char)s[i + j] & 0xc0) == 0x80;
+        if (ok && len > 1) {
+            uint32_t cp = c & (0x7f >> len);
+            for (size_t j = 1; j < len; j++) cp = cp << 6 | ((unsigned char)s[i + j] & 0x3f);
+            ok = cp <= 0x10ffff && !(cp >= 0xd800 && cp <= 0xdfff) &&
+                 cp >= (len == 2 ? 0x80u : len == 3 ? 0x800u : 0x10000u);
+        }
+        if (ok) {
+            memcpy(o + k, s + i, len);
+            k += len;
+            i += len;
+        } else {
+            memcpy(o + k, "\xef\xbf\xbd", 3);
+            k += 3;
+            i++;
+        }
+    }
+    o[k] = 0;
+    *out_n = k;
+    return o;
+}
+
+static void ctx_message(const coord *co, const cctx *c, Starring__V1__Context *m, Starring__V1__Shard *sh,
+                        Starring__V1__Shard **shp) {
+    starring__v1__context__init(m);
+    m->id = (char *)c->sid;
+    m->n_tokens = c->n_tokens;
+    m->mode = (char *)sr_cp_mode_name(c->mode);
+    m->state = c->dropping ? "dropping" : c->state == CTX_READY ? "ready" : "prefilling";
+    m->name = c->name ? c->name : "";
+    m->chat = c->chat;
+    m->questions = c->questions;
+    for (int i = 0; i < co->o->workers; i++) {
+        starring__v1__shard__init(&sh[i]);
+        sh[i].worker = i;
+        sh[i].kv_tokens = c->kv_tokens[i];
+        sh[i].kv_bytes = c->kv_bytes[i];
+        shp[i] = &sh[i];
+    }
+    m->n_shards = (size_t)co->o->workers;
+    m->shards = shp;
+}
+
+/* Sends one frame to every worker, or to worker `only` (>= 0). */
+static void to_workers(coord *co, const sr_frame *f, int only) {
+    uint8_t *b;
+    size_t n;
+    if (sr_frame_pack(f, &b, &n) != SR_OK) {
+        SR_ERROR("cannot pack a command: %s", sr_error_msg());
+        return;
+    }
+    for (int i = 0; i < co->o->workers; i++) {
+        if ((only >= 0 && i != only) || !co->w[i].conn) continue;
+        uint8_t *copy = malloc(n);
+        if (!copy) continue;
+        memcpy(copy, b, n);
+        sr_conn_send_packed(co->w[i].conn, copy, n);
+    }
+    free(b);
+}
+
+#define FRAME(var, kind, KIND, Type, INIT)                                                        \
+    Type var = INIT;                                                                            \
+    sr_frame var##_f = STARRING__CONTROL__V1__FRAME__INIT;                                      \
+    var##_f.kind_case = STARRING__CONTROL__V1__FRAME__KIND_##KIND;                              \
+    var##_f.kind = &var
+
+/* ------------------------------------------------------------ requests */
+
+static void req_free_if_done(req *r) {
+    if (r->call || r->working || r->linked) return;
+    if (r->admitted) r->co->in_flight--;
+    free(r->name);
+    free((char *)r->opts.mode);
+    free(r->prompt);
+    free(r->text);
+    free(r->tokens);
+    free(r->q);
+    if (r->g) starring__v1__generate_request__free_unpacked(r->g, NULL);
+    free(r);
+}
+
+static void req_finish(req *r, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void req_finish(req *r, int status, const char *fmt, ...) {
+    if (r->call) {
+        char msg[1024] = "";
+        if (fmt) {
+            va_list ap;
+            va_start(ap, fmt);
+            vsnprintf(msg, sizeof msg, fmt, ap);
+            va_end(ap);
+        }
+        *sr_grpc_call_slot(r->call) = NULL;
+        sr_grpc_finish(r->call, status, status == SR_GRPC_OK ? NULL : "%s", msg);
+        r->call = NULL;
+    }
+    req_free_if_done(r);
+}
+
+static void send_progress_ctx(req *r, int64_t done, int64_t total) {
+    if (!r->call) return;
+    Starring__V1__Progress p = STARRING__V1__PROGRESS__INIT;
+    p.done = done;
+    p.total = total;
+    if (r->kind == REQ_CREATE) {
+        Starring__V1__ContextEvent e = STARRING__V1__CONTEXT_EVENT__INIT;
+        e.event_case = STARRING__V1__CONTEXT_EVENT__EVENT_PROGRESS;
+        e.progress = &p;
+        sr_grpc_send(r->call, &e.base);
+    } else {
+        Starring__V1__GenerateEvent e = STARRING__V1__GENERATE_EVENT__INIT;
+        e.event_case = STARRING__V1__GENERATE_EVENT__EVENT_PROGRESS;
+        e.progress = &p;
+        sr_grpc_send(r->call, &e.base);
+    }
+}
+
+/* ------------------------------------------------------------ contexts */
+
+static cctx *ctx_find(coord *co, const char *sid) {
+    for (cctx *c = co->ctxs; c; c = c->next)
+        if (!c->ephemeral && strcmp(c->sid, sid) == 0) return c;
+    return NULL;
+}
+
+static cctx *ctx_by_id(coord *co, uint64_t id) {
+    for (cctx *c = co->ctxs; c; c = c->next)
+        if (c->id == id) return c;
+    return NULL;
+}
+
+/* Removes a context from the table and tells the workers to drop it. */
+static void ctx_drop(coord *co, cctx *c, const char *why) {
+    for (cctx **p = &co->ctxs; *p; p = &(*p)->next)
+        if (*p == c) {
+            *p = c->next;
+            break;
+        }
+    FRAME(d, drop, DROP, Starring__Control__V1__Drop, STARRING__CONTROL__V1__DROP__INIT);
+    d.ctx = c->id;
+    to_workers(co, &d_f, -1);
+    if (why) SR_INFO("context %s (%lld tokens) dropped: %s", c->sid, (long long)c->n_tokens, why);
+    for (req *r = c->wait_head, *n; r; r = n) {
+        n = r->next_wait;
+        r->linked = 0;
+        req_finish(r, SR_GRPC_NOT_FOUND, "context %s was dropped", c->sid);
+    }
+    free(c->name);
+    free(c->text);
+    free(c->kv_tokens);
+    free(c->kv_bytes);
+    free(c->est_bytes);
+    free(c);
+}
+
+/* KV bytes each worker will hold for n tokens in this placement. */
+static int ctx_estimate(coord *co, cctx *c) {
+    int W = co->o->workers;
+    int64_t bs = SR_KV_DEFAULT_BLOCK;
+    for (int w = 0; w < W; w++) {
+        int64_t blocks = 0;
+        if (c->mode == SR_CP_RING) {
+            sr_span sp[2];
+            int rc = sr_place_zigzag(c->n_tokens, W, w, sp);
+            if (rc != SR_OK) return rc;
+            blocks = (sp[0].len + bs - 1) / bs + (sp[1].len + bs - 1) / bs;
+        } else if (c->mode == SR_CP_STAR) {
+            sr_star_place pl;
+            int rc = sr_place_star(c->n_tokens, c->block_size ? c->block_size : SR_CP_DEFAULT_BLOCK, c->anchor_size, W,
+                                   w, &pl);
+            if (rc != SR_OK) return rc;
+            blocks = (pl.own.len + bs - 1) / bs;
+        } else if (w == SR_CP_QUERY_RANK) {
+            blocks = (c->n_tokens + bs - 1) / bs;
+        }
+        c->est_bytes[w] = blocks * co->block_bytes;
+    }
+    return SR_OK;
+}
+
+/* Makes room for c under the KV budget, evicting idle contexts least
+ * recently used first. Returns a gRPC status (and a message in msg). */
+static int ctx_admit(coord *co, cctx *c, char *msg, size_t cap) {
+    int W = co->o->workers;
+    int64_t budget = co->o->kv_budget;
+    if (budget <= 0) return SR_GRPC_OK;
+    for (int w = 0; w < W; w++)
+        if (c->est_bytes[w] > budget) {
+            snprintf(msg, cap, "a context of %lld tokens in %s mode needs %lld bytes of KV on worker %d; the budget is "
+                     "%lld bytes per worker (--kv-budget): use more workers or a shorter context",
+                     (long long)c->n_tokens, sr_cp_mode_name(c->mode), (long long)c->est_bytes[w], w, (long long)budget);
+            return SR_GRPC_RESOURCE_EXHAUSTED;
+        }
+    for (;;) {
+        int fits = 1;
+        for (int w = 0; w < W && fits; w++) {
+            int64_t used = c->est_bytes[w];
+            for (cctx *o = co->ctxs; o; o = o->next) used += o->state == CTX_READY ? o->kv_bytes[w] : o->est_bytes[w];
+            fits = used <= budget;
+        }
+        if (fits) return SR_GRPC_OK;
+        cctx *lru = NULL;
+        for (cctx *o = co->ctxs; o; o = o->next)
+            if (o->state == CTX_READY && !o->ephemeral && !o->active && !o->wait_head && !o->dropping &&
+                (!lru || o->last_used < lru->last_used))
+                lru = o;
+        if (!lru) {
+            snprintf(msg, cap, "the KV budget (--kv-budget %lld bytes per worker) is held by contexts in use; "
+                     "try again when they are answered", (long long)budget);
+            return SR_GRPC_RESOURCE_EXHAUSTED;
+        }
+        evicted *e = calloc(1, sizeof *e);
+        if (e) {
+            snprintf(e->sid, sizeof e->sid, "%s", lru->sid);
+            e->when = sr_now();
+            e->next = co->evicted;
+            co->evicted = e;
+        }
+        co->evictions++;
+        SR_WARN("evicting context %s (%lld tokens, idle %.1f s) to make room for %lld tokens under --kv-budget",
+                lru->sid, (long long)lru->n_tokens, sr_now() - lru->last_used, (long long)c->n_tokens);
+        ctx_drop(co, lru, NULL);
+    }
+}
+
+static void not_found(coord *co, req *r, const char *sid) {
+    for (evicted *e = co->evicted; e; e = e->next)
+        if (strcmp(e->sid, sid) == 0) {
+            req_finish(r, SR_GRPC_NOT_FOUND, "context %s was evicted %.0f s ago to make room under the KV budget "
+                       "(--kv-budget, least recently used first): upload it again", sid, sr_now() - e->when);
+            return;
+        }
+    req_finish(r, SR_GRPC_NOT_FOUND, "no context '%s' (ListContexts shows the resident ones)", sid);
+}
+
+/* ------------------------------------------------------------ questions */
+
+static void gen_start(coord *co, req *r);
+
+static void gen_next(coord *co, cctx *c) {
+    c->active = NULL;
+    if (c->ephemeral || (c->dropping && !c->wait_head)) {
+        ctx_drop(co, c, c->ephemeral ? NULL : "dropped by a client");
+        return;
+    }
+    if (c->wait_head) {
+        req *r = c->wait_head;
+        if (!(c->wait_head = r->next_wait)) c->wait_tail = NULL;
+        gen_start(co, r);
+    }
+}
+
+static void gen_start(coord *co, req *r) {
+    cctx *c = r->ctx;
+    if (!r->call) { /* the client left while it waited */
+        r->linked = 0;
+        req_free_if_done(r);
+        if (!c->active) gen_next(co, c);
+        return;
+    }
+    c->active = r;
+    c->last_used = sr_now();
+    c->questions++;
+    r->running = 1;
+    r->gen = ++co->next_gen;
+    r->next = co->gens;
+    co->gens = r;
+    const Starring__V1__GenerateRequest *g = r->g;
+    FRAME(b, begin, BEGIN, Starring__Control__V1__Begin, STARRING__CONTROL__V1__BEGIN__INIT);
+    b.gen = r->gen;
+    b.ctx = c->id;
+    b.n_query = (size_t)r->nq;
+    b.query = r->q;
+    b.max_tokens = g->max_tokens > 0 ? g->max_tokens : co->o->default_tokens;
+    b.temperature = g->temperature;
+    b.top_k = g->top_k;
+    b.top_p = g->top_p;
+    b.seed = g->seed;
+    b.stop = g->n_stop > 0 ? g->stop[0] : "";
+    to_workers(co, &b_f, -1);
+}
+
+static req *gen_find(coord *co, uint64_t gen) {
+    for (req *r = co->gens; r; r = r->next)
+        if (r->gen == gen) return r;
+    return NULL;
+}
+
+static void gen_unlist(coord *co, req *r) {
+    for (req **p = &co->gens; *p; p = &(*p)->next)
+        if (*p == r) {
+            *p = r->next;
+            break;
+        }
+}
+
+/* The client of a running question is gone: stop it before its next step. */
+static void gen_cancel(coord *co, req *r) {
+    if (!r->running || r->cancel_sent) return;
+    r->cancel_sent = 1;
+    co->cancelled++;
+    FRAME(k, cancel, CANCEL, Starring__Control__V1__Cancel, STARRING__CONTROL__V1__CANCEL__INIT);
+    k.gen = r->gen;
+    to_workers(co, &k_f, SR_CP_QUERY_RANK);
+}
+
+static void on_token(coord *co, const Starring__Control__V1__TokenOut *t) {
+    req *r = gen_find(co, t->gen);
+    if (!r) return;
+    if (r->call) {
+        if (!r->t_first) r->t_first = sr_now();
+        size_t n;
+        char *text = utf8_clean((const char *)t->text.data, t->text.len, &n);
+        Starring__V1__Token tk = STARRING__V1__TOKEN__INIT;
+        tk.id = t->id;
+        tk.text = text ? text : "";
+        Starring__V1__GenerateEvent e = STARRING__V1__GENERATE_EVENT__INIT;
+        e.event_case = STARRING__V1__GENERATE_EVENT__EVENT_TOKEN;
+        e.token = &tk;
+        sr_grpc_send(r->call, &e.base);
+        free(text);
+        if (t->id >= 0) r->n_out++;
+    }
+    if (!t->more) return;
+    if (!r->call) {
+        gen_cancel(co, r);
+        return;
+    }
+    FRAME(s, step, STEP, Starring__Control__V1__Step, STARRING__CONTROL__V1__STEP__INIT);
+    s.gen = r->gen;
+    s.ctx = r->ctx->id;
+    to_workers(co, &s_f, -1);
+}
+
+static void on_done(coord *co, const Starring__Control__V1__GenDone *d) {
+    req *r = gen_find(co, d->gen);
+    if (!r) return;
+    gen_unlist(co, r);
+    cctx *c = r->ctx;
+    r->running = 0;
+    r->linked = 0;
+    co->generations++;
+    co->generated += d->generated_tokens;
+    if (r->call) {
+        if (d->status != SR_OK) {
+            req_finish(r, rc_status(d->status), "the question failed on the query worker: %s", d->error);
+        } else {
+            static const char *const reasons[] = {"length", "eos", "stop", "cancelled"};
+            Starring__V1__Done dn = STARRING__V1__DONE__INIT;
+            dn.stop_reason = (char *)reasons[d->stop_reason >= 0 && d->stop_reason <= 3 ? d->stop_reason : 0];
+            dn.prompt_tokens = d->prompt_tokens;
+            dn.generated_tokens = d->generated_tokens;
+            dn.context_tokens = c->n_tokens;
+            dn.prefill_reused = !c->ephemeral;
+            dn.prefill_s = c->ephemeral ? c->prefill_s : 0;
+            dn.time_to_first_token_s = r->t_first ? r->t_first - r->t0 : 0;
+            dn.tokens_per_s = d->decode_s > 0 ? (double)(d->generated_tokens > 1 ? d->generated_tokens - 1 : 0) / d->decode_s : 0;
+            Starring__V1__GenerateEvent e = STARRING__V1__GENERATE_EVENT__INIT;
+            e.event_case = STARRING__V1__GENERATE_EVENT__EVENT_DONE;
+            e.done = &dn;
+            sr_grpc_send(r->call, &e.base);
+            req_finish(r, SR_GRPC_OK, NULL);
+        }
+    } else {
+        req_free_if_done(r);
+    }
+    gen_next(co, c);
+}
+
+/* ------------------------------------------------------------ prefill */
+
+static void prefill_start(coord *co, req *r, int32_t *tokens, int64_t n, int32_t *q, int64_t nq) {
+    char msg[512];
+    const Starring__V1__ContextOptions *o = r->kind == REQ_CREATE ? &r->opts : r->g->options;
+    const char *mode_name = o && o->mode && *o->mode ? o->mode : co->o->mode;
+    int mode = sr_cp_mode_parse(mode_name);
+    int64_t block = o ? o->block_size : 0, anchor = o ? o->anchor_size : 0;
+    if (!serving(co)) {
+        free(tokens);
+        free(q);
+        req_finish(r, SR_GRPC_UNAVAILABLE, "%s", co->broken ? co->broken_why : "the workers are not all up yet (Health/Check says SERVING when they are)");
+        return;
+    }
+    if (n > co->o->max_context) {
+        free(tokens);
+        free(q);
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "the context has %lld tokens; this server takes at most %lld (--max-context)",
+                   (long long)n, (long long)co->o->max_context);
+        return;
+    }
+    sr_cp_opts copts = {.mode = mode, .block_size = block, .anchor_size = anchor};
+    int64_t rows = sr_cp_batch_rows(&copts, n, co->o->workers);
+    if (rows > co->o->max_batch) {
+        free(tokens);
+        free(q);
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "ring mode holds each worker's share in one batch: %lld tokens over %d workers "
+                   "need %lld rows, the workers have %lld (--batch); use star mode or more workers",
+                   (long long)n, co->o->workers, (long long)rows, (long long)co->o->max_batch);
+        return;
+    }
+    cctx *c = calloc(1, sizeof *c);
+    int W = co->o->workers;
+    if (!c || !(c->kv_tokens = calloc((size_t)W, sizeof(int64_t))) || !(c->kv_bytes = calloc((size_t)W, sizeof(int64_t))) ||
+        !(c->est_bytes = calloc((size_t)W, sizeof(int64_t)))) {
+        if (c) {
+            free(c->kv_tokens);
+            free(c->kv_bytes);
+        }
+        free(c);
+        free(tokens);
+        free(q);
+        req_finish(r, SR_GRPC_RESOURCE_EXHAUSTED, "out of memory for a context");
+        return;
+    }
+    c->id = ++co->next_id;
+    snprintf(c->sid, sizeof c->sid, "%016llx", (unsigned long long)c->id);
+    c->mode = mode;
+    c->block_size = block;
+    c->anchor_size = anchor;
+    c->n_tokens = n;
+    c->ephemeral = r->kind == REQ_GENERATE;
+    c->chat = r->kind == REQ_CREATE ? r->opts.chat : r->g->chat;
+    c->last_used = sr_now();
+    if (r->kind == REQ_CREATE) {
+        c->name = r->name;
+        r->name = NULL;
+        c->text = r->text;
+        r->text = NULL;
+    }
+    int st = ctx_estimate(co, c);
+    if (st != SR_OK) {
+        snprintf(msg, sizeof msg, "%s", sr_error_msg());
+        st = SR_GRPC_INVALID_ARGUMENT;
+    } else {
+        st = ctx_admit(co, c, msg, sizeof msg);
+    }
+    if (st != SR_GRPC_OK) {
+        free(c->name);
+        free(c->text);
+        free(c->kv_tokens);
+        free(c->kv_bytes);
+        free(c->est_bytes);
+        free(c);
+        free(tokens);
+        free(q);
+        req_finish(r, st, "%s", msg);
+        return;
+    }
+    c->next = co->ctxs;
+    co->ctxs = c;
+    c->creator = r;
+    r->linked = 1;
+    r->ctx = c;
+    r->q = q;
+    r->nq = nq;
+    send_progress_ctx(r, 0, n);
+    FRAME(p, prefill, PREFILL, Starring__Control__V1__Prefill, STARRING__CONTROL__V1__PREFILL__INIT);
+    p.ctx = c->id;
+    p.mode = mode;
+    p.block_size = block;
+    p.anchor_size = anchor;
+    p.n_tokens = (size_t)n;
+    p.tokens = tokens;
+    to_workers(co, &p_f, -1);
+    free(tokens);
+    SR_INFO("context %s: %lld tokens, %s mode, prefill sent to %d workers", c->sid, (long long)n, sr_cp_mode_name(mode), W);
+}
+
+static void on_prefilled(coord *co, int w, const Starring__Control__V1__Prefilled *p) {
+    cctx *c = ctx_by_id(co, p->ctx);
+    if (!c || c->state != CTX_PREFILLING) return;
+    c->kv_tokens[w] = p->kv_tokens;
+    c->kv_bytes[w] = p->kv_bytes;
+    if (p->status != SR_OK && !c->failed_rc) {
+        c->failed_rc = p->status;
+        snprintf(c->failed, sizeof c->failed, "worker %d: %s", w, p->error);
+    }
+    if (p->seconds > c->prefill_s) c->prefill_s = p->seconds;
+    if (++c->n_prefilled < co->o->workers) return;
+    req *r = c->creator;
+    c->creator = NULL;
+    r->linked = 0;
+    if (c->failed_rc) {
+        req_finish(r, rc_status(c->failed_rc), "prefill failed: %s", c->failed);
+        ctx_drop(co, c, "its prefill failed");
+        return;
+    }
+    c->state = CTX_READY;
+    co->prefills++;
+    co->prefill_tokens += c->n_tokens;
+    SR_INFO("context %s ready: %lld tokens prefilled in %.2f s", c->sid, (long long)c->n_tokens, c->prefill_s);
+    if (!r->call) { /* cancelled mid-prefill: nobody knows its id */
+        req_free_if_done(r);
+        ctx_drop(co, c, "its client went away during the prefill");
+        return;
+    }
+    send_progress_ctx(r, c->n_tokens, c->n_tokens);
+    if (r->kind == REQ_GENERATE) {
+        r->linked = 1;
+        gen_start(co, r);
+        return;
+    }
+    Starring__V1__Shard sh[co->o->workers], *shp[co->o->workers];
+    Starring__V1__Context m;
+    ctx_message(co, c, &m, sh, shp);
+    Starring__V1__ContextEvent e = STARRING__V1__CONTEXT_EVENT__INIT;
+    e.event_case = STARRING__V1__CONTEXT_EVENT__EVENT_READY;
+    e.ready = &m;
+    sr_grpc_send(r->call, &e.base);
+    req_finish(r, SR_GRPC_OK, NULL);
+}
+
+/* ---------------------------------------------------------- tokenizing */
+
+typedef struct {
+    uv_work_t w;
+    req *r;
+    char *context;          /* the context's text (a copy) */
+    const char *question;   /* NULL: the text alone is a context */
+    int chat, raw_question; /* raw_question: a token context, the question encoded alone */
+    int rc;
+    char err[512];
+    int32_t *ctx, *q;
+    int64_t n_ctx, n_q;
+} tok_job;
+
+static void tok_work(uv_work_t *w) {
+    tok_job *j = w->data;
+    coord *co = j->r->co;
+    sr_error_clear();
+    if (j->raw_question)
+        j->rc = j->question && *j->question
+                    ? sr_tok_encode(co->tok, j->question, strlen(j->question), 0, 0, &j->q, &j->n_q)
+                    : SR_OK;
+    else
+        j->rc = sr_cp_encode(co->tok, j->context, strlen(j->context), j->question, j->chat, NULL, &j->ctx,
+                             &j->n_ctx, &j->q, &j->n_q);
+    if (j->rc != SR_OK) snprintf(j->err, sizeof j->err, "%s", sr_error_msg());
+}
+
+static void tok_done(uv_work_t *w, int status) {
+    tok_job *j = w->data;
+    req *r = j->r;
+    coord *co = r->co;
+    r->working = 0;
+    free(j->context);
+    if (!r->call || co->stopping) {
+        free(j->ctx);
+        free(j->q);
+        free(j);
+        req_free_if_done(r);
+        return;
+    }
+    if (j->rc != SR_OK) {
+        req_finish(r, rc_status(j->rc), "cannot tokenize: %s", j->err);
+        free(j->ctx);
+        free(j->q);
+        free(j);
+        return;
+    }
+    if (r->kind == REQ_CREATE) {
+        free(j->q);
+        prefill_start(co, r, j->ctx, j->n_ctx, NULL, 0);
+    } else if (r->ctx) {
+        free(j->ctx);
+        r->q = j->q;
+        r->nq = j->n_q;
+        cctx *c = r->ctx;
+        r->linked = 1;
+        if (!c->active) {
+            gen_start(co, r);
+        } else {
+            if (c->wait_tail) c->wait_tail->next_wait = r;
+            else c->wait_head = r;
+            c->wait_tail = r;
+        }
+    } else {
+        prefill_start(co, r, j->ctx, j->n_ctx, j->q, j->n_q);
+    }
+    free(j);
+}
+
+static void tokenize(coord *co, req *r, const char *context, const char *question, int chat, int raw_question) {
+    tok_job *j = calloc(1, sizeof *j);
+    if (!j || (context && !(j->context = strdup(context)))) {
+        free(j);
+        req_finish(r, SR_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    j->r = r;
+    j->question = question;
+    j->chat = chat;
+    j->raw_question = raw_question;
+    j->w.data = j;
+    r->working = 1;
+    if (uv_queue_work(co->loop, &j->w, tok_work, tok_done) != 0) {
+        r->working = 0;
+        free(j->context);
+        free(j);
+        req_finish(r, SR_GRPC_INTERNAL, "cannot queue the tokenizer");
+    }
+}
+
+/* ------------------------------------------------------------ methods */
+
+static req *req_new(sr_grpc_call *call, int kind) {
+    coord *co = sr_grpc_data(sr_grpc_call_server(call));
+    req *r = calloc(1, sizeof *r);
+    if (!r) {
+        sr_grpc_finish(call, SR_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+        return NULL;
+    }
+    r->co = co;
+    r->kind = kind;
+    r->call = call;
+    r->t0 = sr_now();
+    *sr_grpc_call_slot(call) = r;
+    return r;
+}
+
+static int admit(req *r) {
+    coord *co = r->co;
+    if (co->in_flight >= co->o->queue) {
+        req_finish(r, SR_GRPC_RESOURCE_EXHAUSTED, "the queue is full (%d requests at once, --queue): try again", co->o->queue);
+        return 0;
+    }
+    co->in_flight++;
+    r->admitted = 1;
+    return 1;
+}
+
+static void on_cancel_req(sr_grpc_call *call, int status) {
+    req *r = *sr_grpc_call_slot(call);
+    if (!r) return;
+    r->call = NULL;
+    if (r->running) gen_cancel(r->co, r);
+    req_free_if_done(r);
+}
+
+static int check_options(req *r, const Starring__V1__ContextOptions *o) {
+    if (!o) return 1;
+    if (o->mode && *o->mode && sr_cp_mode_parse(o->mode) < 0) {
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "mode '%s' does not exist: use star, ring or full (or leave it empty)", o->mode);
+        return 0;
+    }
+    if (o->block_size < 0 || o->block_size > (1 << 24) || o->anchor_size < 0 || o->anchor_size > (1 << 24)) {
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "block_size %lld and anchor_size %lld must be in 0..16777216 (0: the default)",
+                   (long long)o->block_size, (long long)o->anchor_size);
+        return 0;
+    }
+    return 1;
+}
+
+static void create_message(sr_grpc_call *call, const uint8_t *msg, size_t len) {
+    req *r = *sr_grpc_call_slot(call);
+    if (!r && !(r = req_new(call, REQ_CREATE))) return;
+    coord *co = r->co;
+    Starring__V1__ContextChunk *ch = starring__v1__context_chunk__unpack(NULL, len, msg);
+    if (!ch) {
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "a ContextChunk of %zu bytes does not decode", len);
+        return;
+    }
+    if (!r->got_options) {
+        r->got_options = 1;
+        if (ch->options) {
+            if (!check_options(r, ch->options)) {
+                starring__v1__context_chunk__free_unpacked(ch, NULL);
+                return;
+            }
+            r->opts = *ch->options;
+            r->opts.base = ch->options->base;
+            r->opts.mode = NULL;
+            r->opts.name = NULL;
+            if (ch->options->mode && *ch->options->mode) r->opts.mode = strdup(ch->options->mode);
+            if (ch->options->name && *ch->options->name) r->name = strdup(ch->options->name);
+        }
+    }
+    size_t tl = ch->text ? strlen(ch->text) : 0;
+    if ((tl && r->n_tok) || (ch->n_tokens && r->n_text)) {
+        starring__v1__context_chunk__free_unpacked(ch, NULL);
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "a context is text or tokens, not both");
+        return;
+    }
+    /* a token is at least a byte of text: more bytes than 16 per token allowed is over any context */
+    if (r->n_text + tl > (size_t)co->o->max_context * 16 || r->n_tok + (int64_t)ch->n_tokens > co->o->max_context) {
+        starring__v1__context_chunk__free_unpacked(ch, NULL);
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "the context is over this server's %lld tokens (--max-context)",
+                   (long long)co->o->max_context);
+        return;
+    }
+    int ok = 1;
+    if (tl) {
+        if (r->n_text + tl + 1 > r->cap_text) {
+            size_t cap = r->cap_text ? 2 * r->cap_text : 4096;
+            while (cap < r->n_text + tl + 1) cap *= 2;
+            char *b = realloc(r->text, cap);
+            if (b) {
+                r->text = b;
+                r->cap_text = cap;
+            } else {
+                ok = 0;
+            }
+        }
+        if (ok) {
+            memcpy(r->text + r->n_text, ch->text, tl);
+            r->n_text += tl;
+            r->text[r->n_text] = 0;
+        }
+    }
+    if (ch->n_tokens && ok) {
+        if (r->n_tok + (int64_t)ch->n_tokens > r->cap_tok) {
+            int64_t cap = r->cap_tok ? 2 * r->cap_tok : 4096;
+            while (cap < r->n_tok + (int64_t)ch->n_tokens) cap *= 2;
+            int32_t *b = realloc(r->tokens, sizeof(int32_t) * (size_t)cap);
+            if (b) {
+                r->tokens = b;
+                r->cap_tok = cap;
+            } else {
+                ok = 0;
+            }
+        }
+        if (ok) {
+            memcpy(r->tokens + r->n_tok, ch->tokens, sizeof(int32_t) * ch->n_tokens);
+            r->n_tok += (int64_t)ch->n_tokens;
+        }
+    }
+    starring__v1__context_chunk__free_unpacked(ch, NULL);
+    if (!ok) req_finish(r, SR_GRPC_RESOURCE_EXHAUSTED, "out of memory for the context");
+}
+
+static void create_end(sr_grpc_call *call) {
+    req *r = *sr_grpc_call_slot(call);
+    if (!r && !(r = req_new(call, REQ_CREATE))) return;
+    coord *co = r->co;
+    if (!r->n_text && !r->n_tok) {
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "the context is empty: send its text or its tokens");
+        return;
+    }
+    if (!admit(r)) return;
+    if (r->n_tok) {
+        for (int64_t i = 0; i < r->n_tok; i++)
+            if (r->tokens[i] < 0 || r->tokens[i] >= co->cfg.vocab_size) {
+                req_finish(r, SR_GRPC_INVALID_ARGUMENT, "token %d at %lld is outside the vocabulary (0..%d)",
+                           r->tokens[i], (long long)i, co->cfg.vocab_size - 1);
+                return;
+            }
+        if (r->opts.chat) {
+            req_finish(r, SR_GRPC_INVALID_ARGUMENT, "chat needs a text context (the template wraps the text)");
+            return;
+        }
+        int32_t *t = r->tokens;
+        r->tokens = NULL;
+        prefill_start(co, r, t, r->n_tok, NULL, 0);
+        return;
+    }
+    size_t n;
+    char *clean = utf8_clean(r->text, r->n_text, &n);
+    if (!clean) {
+        req_finish(r, SR_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    free(r->text);
+    r->text = clean;
+    r->n_text = n;
+    tokenize(co, r, r->text, NULL, r->opts.chat, 0);
+}
+
+static void generate_message(sr_grpc_call *call, const uint8_t *msg, size_t len) {
+    req *r = *sr_grpc_call_slot(call);
+    if (r) {
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "Generate takes one request message");
+        return;
+    }
+    if (!(r = req_new(call, REQ_GENERATE))) return;
+    if (!(r->g = starring__v1__generate_request__unpack(NULL, len, msg)))
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "a GenerateRequest of %zu bytes does not decode", len);
+}
+
+static void generate_end(sr_grpc_call *call) {
+    req *r = *sr_grpc_call_slot(call);
+    if (!r) {
+        sr_grpc_finish(call, SR_GRPC_INVALID_ARGUMENT, "no GenerateRequest");
+        return;
+    }
+    coord *co = r->co;
+    Starring__V1__GenerateRequest *g = r->g;
+    if (g->max_tokens < 0 || g->max_tokens > co->o->max_tokens) {
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "max_tokens %d must be in 0..%d (0: %d)", g->max_tokens, co->o->max_tokens,
+                   co->o->default_tokens);
+        return;
+    }
+    if (!(g->temperature >= 0 && g->temperature <= 100) || g->top_k < 0 || !(g->top_p >= 0 && g->top_p <= 1)) {
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "temperature %g must be in 0..100, top_k %d >= 0, top_p %g in 0..1",
+                   g->temperature, g->top_k, g->top_p);
+        return;
+    }
+    if (g->n_stop > 1 || (g->n_stop == 1 && !*g->stop[0])) {
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "give at most one stop string, not empty (%zu given)", g->n_stop);
+        return;
+    }
+    size_t n;
+    char *clean = utf8_clean(g->prompt, strlen(g->prompt), &n);
+    if (!clean) {
+        req_finish(r, SR_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    r->prompt = clean;
+    if (!g->context_id || !*g->context_id) {
+        if (!*r->prompt) {
+            req_finish(r, SR_GRPC_INVALID_ARGUMENT, "the context is empty: give a context_id or a prompt");
+            return;
+        }
+        if (!check_options(r, g->options) || !admit(r)) return;
+        tokenize(co, r, r->prompt, NULL, g->chat, 0);
+        return;
+    }
+    cctx *c = ctx_find(co, g->context_id);
+    if (!c) {
+        not_found(co, r, g->context_id);
+        return;
+    }
+    if (c->state != CTX_READY || c->dropping) {
+        req_finish(r, SR_GRPC_FAILED_PRECONDITION, "context %s is %s", c->sid, c->dropping ? "being dropped" : "still prefilling");
+        return;
+    }
+    if (!!g->chat != !!c->chat) {
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "context %s was uploaded %s chat: ask with chat %s", c->sid,
+                   c->chat ? "with" : "without", c->chat ? "true" : "false");
+        return;
+    }
+    if (!serving(co)) {
+        req_finish(r, SR_GRPC_UNAVAILABLE, "%s", co->broken ? co->broken_why : "the workers are not all up");
+        return;
+    }
+    if (!admit(r)) return;
+    r->ctx = c;
+    c->last_used = sr_now();
+    /* a text context encodes the question after its text, as starring-run -f FILE -p QUESTION does */
+    tokenize(co, r, c->text, r->prompt, c->chat, c->text == NULL);
+}
+
+/* unary methods: the one request message, then the answer at on_end */
+typedef struct {
+    uint8_t *msg;
+    size_t len;
+} unary;
+
+static void unary_message(sr_grpc_call *call, const uint8_t *msg, size_t len) {
+    unary *u = *sr_grpc_call_slot(call);
+    if (u) {
+        free(u->msg);
+        free(u);
+        *sr_grpc_call_slot(call) = NULL;
+        sr_grpc_finish(call, SR_GRPC_INVALID_ARGUMENT, "one request message expected");
+        return;
+    }
+    if (!(u = calloc(1, sizeof *u)) || !(u->msg = malloc(len + 1))) {
+        free(u);
+        sr_grpc_finish(call, SR_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    memcpy(u->msg, msg, len);
+    u->len = len;
+    *sr_grpc_call_slot(call) = u;
+}
+
+static void unary_cancel(sr_grpc_call *call, int status) {
+    unary *u = *sr_grpc_call_slot(call);
+    if (u) free(u->msg);
+    free(u);
+}
+
+/* Takes the call's request message; NULL (and an answer) if there is none. */
+static unary *unary_take(sr_grpc_call *call) {
+    unary *u = *sr_grpc_call_slot(call);
+    *sr_grpc_call_slot(call) = NULL;
+    if (!u) sr_grpc_finish(call, SR_GRPC_INVALID_ARGUMENT, "no request message");
+    return u;
+}
+
+static void unary_free(unary *u) {
+    free(u->msg);
+    free(u);
+}
+
+static void reply_context(sr_grpc_call *call, coord *co, cctx *c, const char *state) {
+    Starring__V1__Shard sh[co->o->workers], *shp[co->o->workers];
+    Starring__V1__Context m;
+    ctx_message(co, c, &m, sh, shp);
+    if (state) m.state = (char *)state;
+    sr_grpc_send(call, &m.base);
+    sr_grpc_finish(call, SR_GRPC_OK, NULL);
+}
+
+static void context_ref_end(sr_grpc_call *call, int drop) {
+    coord *co = sr_grpc_data(sr_grpc_call_server(call));
+    unary *u = unary_take(call);
+    if (!u) return;
+    Starring__V1__ContextRef *ref = starring__v1__context_ref__unpack(NULL, u->len, u->msg);
+    unary_free(u);
+    if (!ref) {
+        sr_grpc_finish(call, SR_GRPC_INVALID_ARGUMENT, "a ContextRef that does not decode");
+        return;
+    }
+    cctx *c = ctx_find(co, ref->id);
+    if (!c) {
+        req *r = req_new(call, REQ_GENERATE);
+        if (r) not_found(co, r, ref->id);
+    } else if (!drop) {
+        reply_context(call, co, c, NULL);
+    } else if (c->state != CTX_READY) {
+        sr_grpc_finish(call, SR_GRPC_FAILED_PRECONDITION, "context %s is still prefilling", c->sid);
+    } else {
+        reply_context(call, co, c, "dropped");
+        c->dropping = 1;
+        for (req *r = c->wait_head, *n; r; r = n) {
+            n = r->next_wait;
+            r->linked = 0;
+            req_finish(r, SR_GRPC_NOT_FOUND, "context %s was dropped", c->sid);
+        }
+        c->wait_head = c->wait_tail = NULL;
+        if (!c->active) ctx_drop(co, c, "dropped by a client");
+    }
+    starring__v1__context_ref__free_unpacked(ref, NULL);
+}
+
+static void get_context_end(sr_grpc_call *call) { context_ref_end(call, 0); }
+static void drop_context_end(sr_grpc_call *call) { context_ref_end(call, 1); }
+
+static void list_contexts_end(sr_grpc_call *call) {
+    coord *co = sr_grpc_data(sr_grpc_call_server(call));
+    unary *u = unary_take(call);
+    if (!u) return;
+    unary_free(u);
+    int W = co->o->workers, n = 0;
+    for (cctx *c = co->ctxs; c; c = c->next) n += !c->ephemeral;
+    Starring__V1__Context *ms = calloc((size_t)n + 1, sizeof *ms), **mp = calloc((size_t)n + 1, sizeof *mp);
+    Starring__V1__Shard *sh = calloc((size_t)(n * W) + 1, sizeof *sh), **shp = calloc((size_t)(n * W) + 1, sizeof *shp);
+    if (!ms || !mp || !sh || !shp) {
+        sr_grpc_finish(call, SR_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+    } else {
+        int i = 0;
+        for (cctx *c = co->ctxs; c; c = c->next)
+            if (!c->ephemeral) {
+                ctx_message(co, c, &ms[i], sh + i * W, shp + i * W);
+                mp[i] = &ms[i];
+                i++;
+            }
+        Starring__V1__ListContextsResponse resp = STARRING__V1__LIST_CONTEXTS_RESPONSE__INIT;
+        resp.n_contexts = (size_t)n;
+        resp.contexts = mp;
+        sr_grpc_send(call, &resp.base);
+        sr_grpc_finish(call, SR_GRPC_OK, NULL);
+    }
+    free(ms);
+    free(mp);
+    free(sh);
+    free(shp);
+}
+
+static void get_stats_end(sr_grpc_call *call) {
+    coord *co = sr_grpc_data(sr_grpc_call_server(call));
+    unary *u = unary_take(call);
+    if (!u) return;
+    unary_free(u);
+    int W = co->o->workers;
+    Starring__V1__Stats s = STARRING__V1__STATS__INIT;
+    Starring__V1__WorkerStats ws[W + 1], *wp[W + 1];
+    s.workers = W;
+    s.workers_ready = co->n_ready;
+    s.prefills = co->prefills;
+    s.prefill_tokens = co->prefill_tokens;
+    s.generations = co->generations;
+    s.generated_tokens = co->generated;
+    s.evictions = co->evictions;
+    s.cancelled = co->cancelled;
+    s.queue_depth = co->in_flight;
+    s.queue_capacity = co->o->queue;
+    for (int w = 0; w < W; w++) {
+        starring__v1__worker_stats__init(&ws[w]);
+        ws[w].worker = w;
+        ws[w].state = co->w[w].lost ? "lost" : co->w[w].ok ? "ready" : co->w[w].joined ? "failed" : "joining";
+        ws[w].kv_budget_bytes = co->o->kv_budget;
+        ws[w].last_heartbeat_s = co->w[w].last_beat ? sr_now() - co->w[w].last_beat : -1;
+        wp[w] = &ws[w];
+    }
+    for (cctx *c = co->ctxs; c; c = c->next) {
+        if (c->state != CTX_READY) continue;
+        s.contexts += !c->ephemeral;
+        for (int w = 0; w < W; w++) {
+            s.kv_tokens += c->kv_tokens[w];
+            s.kv_bytes += c->kv_bytes[w];
+            ws[w].contexts++;
+            ws[w].kv_tokens += c->kv_tokens[w];
+            ws[w].kv_bytes += c->kv_bytes[w];
+        }
+    }
+    s.n_worker = (size_t)W;
+    s.worker = wp;
+    sr_grpc_send(call, &s.base);
+    sr_grpc_finish(call, SR_GRPC_OK, NULL);
+}
+
+/* ------------------------------------------------------------ health */
+
+static int health_status(coord *co) {
+    return serving(co) ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                       : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+}
+
+/* "" (the whole server) and the API's service are known */
+static int health_service(sr_grpc_call *call, int *status) {
+    coord *co = sr_grpc_data(sr_grpc_call_server(call));
+    unary *u = unary_take(call);
+    if (!u) return 0;
+    Grpc__Health__V1__HealthCheckRequest *hr = grpc__health__v1__health_check_request__unpack(NULL, u->len, u->msg);
+    unary_free(u);
+    if (!hr) {
+        sr_grpc_finish(call, SR_GRPC_INVALID_ARGUMENT, "a HealthCheckRequest that does not decode");
+        return 0;
+    }
+    int known = !*hr->service || strcmp(hr->service, "starring.v1.Starring") == 0;
+    if (!known) sr_grpc_finish(call, SR_GRPC_NOT_FOUND, "unknown service '%s'", hr->service);
+    grpc__health__v1__health_check_request__free_unpacked(hr, NULL);
+    *status = health_status(co);
+    return known;
+}
+
+static void health_send(sr_grpc_call *call, int status) {
+    Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    resp.status = status;
+    sr_grpc_send(call, &resp.base);
+}
+
+static void check_end(sr_grpc_call *call) {
+    int st;
+    if (!health_service(call, &st)) return;
+    health_send(call, st);
+    sr_grpc_finish(call, SR_GRPC_OK, NULL);
+}
+
+static void watch_end(sr_grpc_call *call) {
+    coord *co = sr_grpc_data(sr_grpc_call_server(call));
+    int st;
+    if (!health_service(call, &st)) return;
+    watcher *w = calloc(1, sizeof *w);
+    if (!w) {
+        sr_grpc_finish(call, SR_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    w->call = call;
+    w->last = st;
+    w->next = co->watchers;
+    co->watchers = w;
+    *sr_grpc_call_slot(call) = w;
+    health_send(call, st);
+}
+
+static void watch_cancel(sr_grpc_call *call, int status) {
+    coord *co = sr_grpc_data(sr_grpc_call_server(call));
+    watcher *w = *sr_grpc_call_slot(call);
+    if (!w) {
+        unary_cancel(call, status);
+        return;
+    }
+    for (watcher **p = &co->watchers; *p; p = &(*p)->next)
+        if (*p == w) {
+            *p = w->next;
+            break;
+        }
+    free(w);
+}
+
+static void health_changed(coord *co) {
+    int st = health_status(co);
+    SR_INFO("health: %s", st == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING ? "SERVING" : "NOT_SERVING");
+    for (watcher *w = co->watchers; w; w = w->next)
+        if (w->last != st) {
+            w->last = st;
+            health_send(w->call, st);
+        }
+}
+
+static const sr_grpc_method methods[] = {
+    {"/starring.v1.Starring/CreateContext", create_message, create_end, on_cancel_req},
+    {"/starring.v1.Starring/Generate", generate_message, generate_end, on_cancel_req},
+    {"/starring.v1.Starring/GetContext", unary_message, get_context_end, unary_cancel},
+    {"/starring.v1.Starring/ListContexts", unary_message, list_contexts_end, unary_cancel},
+    {"/starring.v1.Starring/DropContext", unary_message, drop_context_end, unary_cancel},
+    {"/starring.v1.Starring/GetStats", unary_message, get_stats_end, unary_cancel},
+    {"/grpc.health.v1.Health/Check", unary_message, check_end, unary_cancel},
+    {"/grpc.health.v1.Health/Watch", unary_message, watch_end, watch_cancel},
+};
+
+/* ------------------------------------------------------------ workers */
+
+/* A worker is gone: what it held is lost, and the cluster stops serving. */
+static void cluster_broken(coord *co, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void cluster_broken(coord *co, const char *fmt, ...) {
+    if (co->broken) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(co->broken_why, sizeof co->broken_why, fmt, ap);
+    va_end(ap);
+    co->broken = 1;
+    SR_ERROR("%s", co->broken_why);
+    health_changed(co);
+    for (req *r = co->gens, *n; r; r = n) {
+        n = r->next;
+        r->running = 0;
+        r->linked = 0;
+        req_finish(r, SR_GRPC_UNAVAILABLE, "%s", co->broken_why);
+    }
+    co->gens = NULL;
+    for (cctx *c = co->ctxs; c; c = c->next) {
+        c->active = NULL;
+        if (c->creator) {
+            c->creator->linked = 0;
+            req_finish(c->creator, SR_GRPC_UNAVAILABLE, "%s", co->broken_why);
+            c->creator = NULL;
+        }
+        for (req *r = c->wait_head, *n; r; r = n) {
+            n = r->next_wait;
+            r->linked = 0;
+            req_finish(r, SR_GRPC_UNAVAILABLE, "%s", co->broken_why);
+        }
+        c->wait_head = c->wait_tail = NULL;
+    }
+}
+
+static int worker_of(coord *co, sr_conn *c) {
+    for (int i = 0; i < co->o->workers; i++)
+        if (co->w[i].conn == c) return i;
+    return -1;
+}
+
+static int on_control_frame(sr_conn *c, sr_frame *f) {
+    coord *co = c->data;
+    int w = worker_of(co, c), rc = SR_OK;
+    if (w < 0) {
+        if (f->kind_case != STARRING__CONTROL__V1__FRAME__KIND_JOIN) {
+            rc = sr_error_set(SR_EFORMAT, "the first control frame must be a Join, not kind %d", (int)f->kind_case);
+        } else if (f->join->worker < 0 || f->join->worker >= co->o->workers || co->w[f->join->worker].joined ||
+                   f->join->workers != co->o->workers) {
+            rc = sr_error_set(SR_EFORMAT, "Join of worker %d of %d: this cluster has workers 0..%d, each joins once",
+                              f->join->worker, f->join->workers, co->o->workers - 1);
+        } else {
+            wslot *s = &co->w[f->join->worker];
+            s->conn = c;
+            s->joined = 1;
+            s->last_beat = sr_now();
+            s->kv_budget = f->join->kv_budget_bytes;
+            if (f->join->error && *f->join->error) {
+                SR_ERROR("worker %d (pid %d) could not start: %s", f->join->worker, f->join->pid, f->join->error);
+                cluster_broken(co, "worker %d could not start: %s", f->join->worker, f->join->error);
+            } else if (f->join->vocab_size != co->cfg.vocab_size) {
+                cluster_broken(co, "worker %d has a vocabulary of %d, the coordinator %d: not the same model",
+                               f->join->worker, f->join->vocab_size, co->cfg.vocab_size);
+            } else {
+                s->ok = 1;
+                co->n_ready++;
+                SR_INFO("worker %d of %d joined (pid %d, %s)", f->join->worker, co->o->workers, f->join->pid, c->peer);
+                if (serving(co)) health_changed(co);
+            }
+        }
+        sr_frame_free(f);
+        return rc;
+    }
+    co->w[w].last_beat = sr_now();
+    switch (f->kind_case) {
+    case STARRING__CONTROL__V1__FRAME__KIND_HEARTBEAT: break;
+    case STARRING__CONTROL__V1__FRAME__KIND_PREFILLED: on_prefilled(co, w, f->prefilled); break;
+    case STARRING__CONTROL__V1__FRAME__KIND_TOKEN: if (w == SR_CP_QUERY_RANK) on_token(co, f->token); break;
+    case STARRING__CONTROL__V1__FRAME__KIND_DONE: if (w == SR_CP_QUERY_RANK) on_done(co, f->done); break;
+    case STARRING__CONTROL__V1__FRAME__KIND_DROPPED: break;
+    case STARRING__CONTROL__V1__FRAME__KIND_FAULT: cluster_broken(co, "%s", f->fault->error); break;
+    default: rc = sr_error_set(SR_EFORMAT, "worker %d sent a frame of kind %d, which workers do not send", w, (int)f->kind_case);
+    }
+    sr_frame_free(f);
+    return rc;
+}
+
+static void on_control_close(sr_conn *c, const char *why) {
+    coord *co = c->data;
+    int w = worker_of(co, c);
+    if (w < 0) return;
+    co->w[w].conn = NULL;
+    co->w[w].lost = 1;
+    if (co->w[w].ok) co->n_ready--;
+    if (!co->stopping) cluster_broken(co, "worker %d is gone (%s): its contexts are lost", w, why ? why : "closed");
+}
+
+static void on_control_connection(uv_stream_t *s, int status) {
+    coord *co = s->data;
+    sr_conn *c;
+    if (status < 0 || co->stopping) return;
+    if (sr_conn_accept(&c, s, co->o->max_frame, on_control_frame, on_control_close, co) != SR_OK)
+        SR_WARN("%s", sr_error_msg());
+}
+
+static void on_tick(uv_timer_t *t) {
+    coord *co = t->data;
+    double late = 10 * co->o->heartbeat_s;
+    for (int i = 0; i < co->o->workers; i++)
+        if (co->w[i].conn && co->w[i].joined && sr_now() - co->w[i].last_beat > late) {
+            char why[96];
+            snprintf(why, sizeof why, "no heartbeat for %.0f s", sr_now() - co->w[i].last_beat);
+            sr_conn_close(co->w[i].conn, why);
+        }
+}
+
+static void stop(coord *co) {
+    if (co->stopping) return;
+    co->stopping = 1;
+    SR_INFO("stopping");
+    sr_grpc_close(co->grpc);
+    for (int i = 0; i < co->o->workers; i++)
+        if (co->w[i].conn) sr_conn_close(co->w[i].conn, NULL);
+    uv_close((uv_handle_t *)&co->control, NULL);
+    uv_close((uv_handle_t *)&co->tick, NULL);
+    uv_close((uv_handle_t *)&co->sigint, NULL);
+    uv_close((uv_handle_t *)&co->sigterm, NULL);
+}
+
+static void on_signal(uv_signal_t *s, int sig) { stop(s->data); }
+
+/* ---------------------------------------------------------------- run */
+
+int sr_coord_run(const sr_coord_opts *o) {
+    coord *co = calloc(1, sizeof *co);
+    if (!co || !(co->w = calloc((size_t)(o->workers > 0 ? o->workers : 1), sizeof *co->w))) {
+        free(co);
+        return sr_error_set(SR_ENOMEM, "out of memory");
+    }
+    co->o = o;
+    co->loop = uv_default_loop();
+    int rc = sr_gguf_open(&co->gguf, o->model);
+    if (rc == SR_OK) rc = sr_model_config_read(&co->cfg, co->gguf);
+    if (rc == SR_OK) rc = sr_tok_from_gguf(&co->tok, co->gguf);
+    if (rc == SR_OK) {
+        sr_kv_cache k;
+        rc = sr_kv_build(&k, co->cfg.n_layer, co->cfg.n_head_kv, co->cfg.head_dim, SR_DT_F16, SR_KV_DEFAULT_BLOCK);
+        co->block_bytes = (int64_t)sr_kv_block_bytes(&k);
+        sr_kv_free(&k);
+    }
+    /* ids differ between runs, so an old id does not name a new context */
+    co->next_id = ((uint64_t)getpid() << 40) ^ ((uint64_t)(sr_now() * 1e6) << 16);
+    int port = 0;
+    uv_tcp_init(co->loop, &co->control);
+    co->control.data = co;
+    if (rc == SR_OK) rc = sr_listen(&co->control, co->loop, o->control_host, o->control_port, on_control_connection, &port);
+    if (rc == SR_OK) {
+        SR_INFO("control plane on %s:%d for %d workers", o->control_host, port, o->workers);
+        rc = o->on_listening ? o->on_listening(o->control_host, port, o->data) : SR_OK;
+    }
+    sr_grpc_opts go = {.max_message = o->max_message};
+    if (rc == SR_OK)
+        rc = sr_grpc_open(&co->grpc, co->loop, o->listen_host, o->listen_port, methods,
+                          (int)(sizeof methods / sizeof methods[0]), &go, co);
+    uv_timer_init(co->loop, &co->tick);
+    uv_signal_init(co->loop, &co->sigint);
+    uv_signal_init(co->loop, &co->sigterm);
+    co->tick.data = co->sigint.data = co->sigterm.data = co;
+    if (rc == SR_OK) {
+        SR_INFO("serving gRPC on %s:%d (NOT_SERVING until %d workers join)", o->listen_host, sr_grpc_port(co->grpc),
+                o->workers);
+        uv_timer_start(&co->tick, on_tick, 1000, 1000);
+        uv_signal_start(&co->sigint, on_signal, SIGINT);
+        uv_signal_start(&co->sigterm, on_signal, SIGTERM);
+        uv_run(co->loop, UV_RUN_DEFAULT);
+    } else {
+        co->stopping = 1;
+        if (co->grpc) sr_grpc_close(co->grpc);
+        uv_close((uv_handle_t *)&co->control, NULL);
+        uv_close((uv_handle_t *)&co->tick, NULL);
+        uv_close((uv_handle_t *)&co->sigint, NULL);
+        uv_close((uv_handle_t *)&co->sigterm, NULL);
+        uv_run(co->loop, UV_RUN_DEFAULT);
+    }
+    while (co->ctxs) {
+        cctx *c = co->ctxs;
+        co->ctxs = c->next;
+        free(c->name);
+        free(c->text);
+        free(c->kv_tokens);
+        free(c->kv_bytes);
+        free(c->est_bytes);
+        free(c);
+    }
+    while (co->evicted) {
+        evicted *e = co->evicted;
+        co->evicted = e->next;
+        free(e);
+    }
+    while (co->watchers) {
+        watcher *w = co->watchers;
+        co->watchers = w->next;
+        free(w);
+    }
+    if (co->tok) sr_tok_free(co->tok);
+    sr_gguf_close(co->gguf);
+    free(co->w);
+    free(co);
+    return rc;
+}

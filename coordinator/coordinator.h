@@ -1,0 +1,47 @@
+/* coordinator: the coordinator role of starringd. It holds no KV and no
+ * model weights: it opens the GGUF for the tokenizer and the model's shape
+ * only, serves the client API (proto/starring/v1/starring.proto and the
+ * standard grpc.health.v1.Health) over gRPC, keeps the table of resident
+ * contexts, places and admits them under the per-worker KV budget (evicting
+ * the least recently used), and drives the workers over the control plane
+ * (proto/starring/v1/control.proto): every worker gets the same commands in
+ * the same order, and the KV stays on the workers.
+ *
+ * Scheduling: a question runs step by step; the coordinator sends the next
+ * step of a question as soon as its last token is back, so questions over
+ * different contexts interleave token by token at the workers. Questions
+ * over one context take turns (they share the context's runner). A prefill
+ * is one command: running questions wait for it. All of it runs on the
+ * event loop's thread but tokenizing, which runs on libuv's thread pool. */
+#ifndef SR_COORDINATOR_COORDINATOR_H
+#define SR_COORDINATOR_COORDINATOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    const char *model;        /* GGUF path (tokenizer and shape only) */
+    const char *listen_host;  /* the client API */
+    int listen_port;
+    const char *control_host; /* the control plane */
+    int control_port;         /* 0: any */
+    int workers;
+    int64_t kv_budget;        /* bytes of KV per worker; 0: no limit */
+    int queue;                /* requests admitted at once */
+    size_t max_message;       /* gRPC request message bytes */
+    size_t max_frame;         /* control frame bytes */
+    int64_t max_context;      /* tokens of a context */
+    int64_t max_batch;        /* the workers' model rows (ring holds a worker's share in one batch) */
+    int32_t max_tokens;       /* most tokens a question may ask for */
+    int32_t default_tokens;   /* tokens when a question does not say */
+    const char *mode;         /* default mode */
+    double heartbeat_s;       /* the workers' interval; one missed for 10 of them is a lost worker */
+    /* called once the control port listens (main broadcasts it to the workers) */
+    int (*on_listening)(const char *host, int port, void *data);
+    void *data;
+} sr_coord_opts;
+
+/* Runs until SIGINT or SIGTERM (SR_OK) or a fault. */
+int sr_coord_run(const sr_coord_opts *o);
+
+#endif

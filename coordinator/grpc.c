@@ -1,0 +1,611 @@
+/* grpc: HTTP/2 (nghttp2) and gRPC framing on libuv (see grpc.h). */
+#include "coordinator/grpc.h"
+
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nghttp2/nghttp2.h>
+
+#include "base/clock.h"
+#include "base/log.h"
+#include "base/status.h"
+#include "net/conn.h"
+
+typedef struct conn conn;
+
+struct sr_grpc {
+    uv_loop_t *loop;
+    uv_tcp_t listener;
+    uv_prepare_t flush;     /* writes what the turn's callbacks queued */
+    sr_grpc_method *methods;
+    int n_methods;
+    sr_grpc_opts o;
+    int port;
+    void *data;
+    conn *conns;
+    int handles;            /* open uv handles; the server is freed at 0 */
+    int closing;
+};
+
+struct sr_grpc_call {
+    conn *c;
+    int32_t id;
+    const sr_grpc_method *m; /* NULL: unknown path */
+    char path[256];
+    int bad_type;            /* content-type is not application/grpc */
+    double deadline;         /* sr_now() seconds; 0: none */
+    uv_timer_t *timer;
+    uint8_t *in;             /* a partial request message: 5-byte prefix, then body */
+    size_t n_in, cap_in;
+    int refused;             /* input refused: the rest is ignored */
+    uint8_t *out;            /* response bytes not yet taken by nghttp2 */
+    size_t n_out, off_out, cap_out;
+    int headers_sent, finished, released;
+    int status;
+    char *message;
+    void *slot;
+    sr_grpc_call *next;      /* in the connection's list */
+};
+
+struct conn {
+    uv_tcp_t tcp;
+    sr_grpc *g;
+    nghttp2_session *s;
+    uv_timer_t *preface;     /* closes a connection that never speaks HTTP/2 */
+    sr_grpc_call *calls;
+    int dirty, closing;
+    char peer[64];
+    conn *next, *prev;
+};
+
+static const char *const status_names[] = {
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+    "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+
+const char *sr_grpc_status_name(int status) {
+    return status >= 0 && status <= 16 ? status_names[status] : "?";
+}
+
+sr_grpc *sr_grpc_call_server(const sr_grpc_call *call) { return call->c->g; }
+void **sr_grpc_call_slot(sr_grpc_call *call) { return &call->slot; }
+const char *sr_grpc_call_path(const sr_grpc_call *call) { return call->path; }
+int sr_grpc_port(const sr_grpc *g) { return g->port; }
+void *sr_grpc_data(const sr_grpc *g) { return g->data; }
+
+double sr_grpc_call_time_left(const sr_grpc_call *call) {
+    return call->deadline > 0 ? call->deadline - sr_now() : 1e30;
+}
+
+/* ------------------------------------------------------------ handles */
+
+static void server_unref(sr_grpc *g) {
+    if (--g->handles > 0) return;
+    free(g->methods);
+    free(g);
+}
+
+static void on_handle_closed(uv_handle_t *h) { server_unref(h->data); }
+
+static void on_timer_closed(uv_handle_t *h) { free(h); }
+
+static void timer_drop(uv_timer_t **t) {
+    if (!*t) return;
+    (*t)->data = NULL;
+    uv_close((uv_handle_t *)*t, on_timer_closed);
+    *t = NULL;
+}
+
+static void mark(conn *c) { c->dirty = 1; }
+
+/* --------------------------------------------------------------- calls */
+
+static void call_free(sr_grpc_call *call) {
+    timer_drop(&call->timer);
+    free(call->in);
+    free(call->out);
+    free(call->message);
+    free(call);
+}
+
+/* The method lets go of a call that will not finish normally. */
+static void call_cancel(sr_grpc_call *call, int status) {
+    if (call->finished || call->released || !call->m) return;
+    call->released = 1;
+    if (call->m->on_cancel) call->m->on_cancel(call, status);
+}
+
+static int buf_append(uint8_t **b, size_t *n, size_t *cap, const void *src, size_t len) {
+    if (*n + len > *cap) {
+        size_t c = *cap ? *cap : 256;
+        while (c < *n + len) c *= 2;
+        uint8_t *nb = realloc(*b, c);
+        if (!nb) return sr_error_set(SR_ENOMEM, "gRPC: out of memory for %zu bytes", *n + len);
+        *b = nb;
+        *cap = c;
+    }
+    memcpy(*b + *n, src, len);
+    *n += len;
+    return SR_OK;
+}
+
+/* grpc-message is percent-encoded: printable ASCII but '%' as it is */
+static char *percent_encode(const char *s) {
+    size_t n = strlen(s);
+    char *o = malloc(3 * n + 1), *p = o;
+    if (!o) return NULL;
+    for (const unsigned char *q = (const unsigned char *)s; *q; q++) {
+        if (*q >= 0x20 && *q <= 0x7e && *q != '%') {
+            *p++ = (char)*q;
+        } else {
+            sprintf(p, "%%%02X", *q);
+            p += 3;
+        }
+    }
+    *p = 0;
+    return o;
+}
+
+#define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE}
+
+/* The trailers (or the whole answer, trailers-only, when no message was
+ * sent). */
+static int submit_trailers(sr_grpc_call *call, int trailers_only) {
+    char code[16];
+    snprintf(code, sizeof code, "%d", call->status);
+    char *msg = percent_encode(call->message ? call->message : "");
+    if (!msg) return NGHTTP2_ERR_NOMEM;
+    nghttp2_nv nv[] = {NV(":status", "200"), NV("content-type", "application/grpc"), NV("grpc-status", code),
+                       NV("grpc-message", msg)};
+    int n = call->message && *call->message ? 4 : 3;
+    int rv = trailers_only ? nghttp2_submit_response(call->c->s, call->id, nv, (size_t)n, NULL)
+                           : nghttp2_submit_trailer(call->c->s, call->id, nv + 2, (size_t)n - 2);
+    free(msg);
+    return rv;
+}
+
+static ssize_t data_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len, uint32_t *flags,
+                         nghttp2_data_source *src, void *ud) {
+    sr_grpc_call *call = src->ptr;
+    size_t avail = call->n_out - call->off_out, n = avail < len ? avail : len;
+    memcpy(buf, call->out + call->off_out, n);
+    call->off_out += n;
+    if (call->off_out == call->n_out) call->off_out = call->n_out = 0;
+    if (n == 0 && !call->finished) return NGHTTP2_ERR_DEFERRED;
+    if (call->n_out == 0 && call->finished) {
+        *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        if (submit_trailers(call, 0) != 0) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    return (ssize_t)n;
+}
+
+static int start_response(sr_grpc_call *call) {
+    if (call->headers_sent) {
+        nghttp2_session_resume_data(call->c->s, call->id); /* fails harmlessly when not deferred */
+        return SR_OK;
+    }
+    call->headers_sent = 1;
+    nghttp2_nv nv[] = {NV(":status", "200"), NV("content-type", "application/grpc")};
+    nghttp2_data_provider dp = {.source.ptr = call, .read_callback = data_read};
+    if (nghttp2_submit_response(call->c->s, call->id, nv, 2, &dp) != 0)
+        return sr_error_set(SR_EIO, "gRPC: could not start the response of stream %d", call->id);
+    return SR_OK;
+}
+
+int sr_grpc_send(sr_grpc_call *call, const ProtobufCMessage *msg) {
+    if (call->finished) return sr_error_set(SR_ESTATE, "gRPC: send after the call finished");
+    size_t len = protobuf_c_message_get_packed_size(msg);
+    if (len > 0xffffffffu) return sr_error_set(SR_ERANGE, "gRPC: response message of %zu bytes", len);
+    if (call->n_out + 5 + len > call->cap_out) {
+        size_t cap = call->cap_out ? call->cap_out : 256;
+        while (cap < call->n_out + 5 + len) cap *= 2;
+        uint8_t *b = realloc(call->out, cap);
+        if (!b) return sr_error_set(SR_ENOMEM, "gRPC: out of memory for a %zu-byte message", len);
+        call->out = b;
+        call->cap_out = cap;
+    }
+    uint8_t *h = call->out + call->n_out;
+    h[0] = 0;
+    h[1] = (uint8_t)(len >> 24);
+    h[2] = (uint8_t)(len >> 16);
+    h[3] = (uint8_t)(len >> 8);
+    h[4] = (uint8_t)len;
+    protobuf_c_message_pack(msg, h + 5);
+    call->n_out += 5 + len;
+    mark(call->c);
+    return start_response(call);
+}
+
+/* Ends the call (either side: the method, or the server for it). */
+static void call_end(sr_grpc_call *call, int status, const char *msg) {
+    if (call->finished) return;
+    call->finished = 1;
+    call->status = status;
+    call->message = msg && *msg ? strdup(msg) : NULL;
+    timer_drop(&call->timer);
+    if (status != SR_GRPC_OK)
+        SR_DEBUG("gRPC %s from %s: %s %s", call->path, call->c->peer, sr_grpc_status_name(status), msg ? msg : "");
+    if (call->headers_sent)
+        nghttp2_session_resume_data(call->c->s, call->id);
+    else if (submit_trailers(call, 1) != 0)
+        SR_WARN("gRPC: could not answer stream %d of %s", call->id, call->c->peer);
+    mark(call->c);
+}
+
+void sr_grpc_finish(sr_grpc_call *call, int status, const char *fmt, ...) {
+    char msg[1024] = "";
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof msg, fmt, ap);
+        va_end(ap);
+    }
+    call->released = 1;
+    call_end(call, status, msg);
+}
+
+/* The server ends a call the method still holds. */
+static void call_abort(sr_grpc_call *call, int status, const char *msg) {
+    if (call->finished) return;
+    call->refused = 1;
+    call_cancel(call, status);
+    call_end(call, status, msg);
+}
+
+static void on_deadline(uv_timer_t *t) {
+    sr_grpc_call *call = t->data;
+    if (call) call_abort(call, SR_GRPC_DEADLINE_EXCEEDED, "deadline exceeded (grpc-timeout)");
+}
+
+/* grpc-timeout: up to 8 digits and a unit (H M S m u n) */
+static double parse_timeout(const uint8_t *v, size_t n) {
+    if (n < 2 || n > 9) return -1;
+    double x = 0;
+    for (size_t i = 0; i + 1 < n; i++) {
+        if (!isdigit(v[i])) return -1;
+        x = 10 * x + (v[i] - '0');
+    }
+    switch (v[n - 1]) {
+    case 'H': return x * 3600;
+    case 'M': return x * 60;
+    case 'S': return x;
+    case 'm': return x * 1e-3;
+    case 'u': return x * 1e-6;
+    case 'n': return x * 1e-9;
+    default: return -1;
+    }
+}
+
+/* ------------------------------------------------------ nghttp2 events */
+
+static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud) {
+    conn *c = ud;
+    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+    sr_grpc_call *call = calloc(1, sizeof *call);
+    if (!call) return NGHTTP2_ERR_CALLBACK_FAILURE;
+    call->c = c;
+    call->id = f->hd.stream_id;
+    call->bad_type = 1;
+    call->next = c->calls;
+    c->calls = call;
+    nghttp2_session_set_stream_user_data(s, f->hd.stream_id, call);
+    return 0;
+}
+
+static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name, size_t nlen,
+                     const uint8_t *value, size_t vlen, uint8_t flags, void *ud) {
+    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+    sr_grpc_call *call = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    if (!call) return 0;
+    if (nlen == 5 && memcmp(name, ":path", 5) == 0) {
+        size_t n = vlen < sizeof call->path - 1 ? vlen : sizeof call->path - 1;
+        memcpy(call->path, value, n);
+        call->path[n] = 0;
+    } else if (nlen == 12 && memcmp(name, "content-type", 12) == 0) {
+        call->bad_type = !(vlen >= 16 && memcmp(value, "application/grpc", 16) == 0);
+    } else if (nlen == 12 && memcmp(name, "grpc-timeout", 12) == 0) {
+        double t = parse_timeout(value, vlen);
+        if (t >= 0) call->deadline = sr_now() + t;
+    }
+    return 0;
+}
+
+/* The request headers are complete: find the method, start the deadline. */
+static void call_start(sr_grpc_call *call) {
+    sr_grpc *g = call->c->g;
+    for (int i = 0; i < g->n_methods; i++)
+        if (strcmp(g->methods[i].path, call->path) == 0) call->m = &g->methods[i];
+    if (call->bad_type) {
+        call->refused = 1;
+        call_end(call, SR_GRPC_INVALID_ARGUMENT, "content-type must be application/grpc");
+        return;
+    }
+    if (!call->m) {
+        char msg[320];
+        snprintf(msg, sizeof msg, "unknown method %s", call->path[0] ? call->path : "(no :path)");
+        call->refused = 1;
+        call_end(call, SR_GRPC_UNIMPLEMENTED, msg);
+        return;
+    }
+    if (call->deadline > 0) {
+        double left = call->deadline - sr_now();
+        if (!(call->timer = malloc(sizeof *call->timer)) || uv_timer_init(g->loop, call->timer) != 0) {
+            free(call->timer);
+            call->timer = NULL;
+            call_abort(call, SR_GRPC_INTERNAL, "out of memory for the deadline timer");
+            return;
+        }
+        call->timer->data = call;
+        uv_timer_start(call->timer, on_deadline, left > 0 ? (uint64_t)(left * 1e3) + 1 : 0, 0);
+    }
+}
+
+/* Splits the buffered input into messages. */
+static void call_input(sr_grpc_call *call) {
+    size_t cap = call->c->g->o.max_message;
+    while (!call->refused && !call->finished && call->n_in >= 5) {
+        const uint8_t *h = call->in;
+        size_t len = (size_t)h[1] << 24 | (size_t)h[2] << 16 | (size_t)h[3] << 8 | h[4];
+        if (len > cap) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "request message of %zu bytes is over the server's cap of %zu bytes "
+                     "(starringd --max-message)", len, cap);
+            call_abort(call, SR_GRPC_RESOURCE_EXHAUSTED, msg);
+            return;
+        }
+        if (h[0] != 0) {
+            call_abort(call, SR_GRPC_UNIMPLEMENTED, "compressed messages are not supported (send identity)");
+            return;
+        }
+        if (call->n_in < 5 + len) return;
+        call->m->on_message(call, call->in + 5, len);
+        if (call->finished || call->released) return;
+        memmove(call->in, call->in + 5 + len, call->n_in - 5 - len);
+        call->n_in -= 5 + len;
+    }
+}
+
+static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t *data, size_t len, void *ud) {
+    sr_grpc_call *call = nghttp2_session_get_stream_user_data(s, id);
+    if (!call || call->refused || call->finished || !call->m) return 0;
+    /* only the prefix and what the cap allows are ever buffered */
+    size_t cap = call->c->g->o.max_message + 5;
+    while (len > 0 && !call->refused && !call->finished) {
+        size_t room = cap - call->n_in, take = len < room ? len : room;
+        if (take == 0) break;
+        if (buf_append(&call->in, &call->n_in, &call->cap_in, data, take) != SR_OK) {
+            call_abort(call, SR_GRPC_RESOURCE_EXHAUSTED, "out of memory for the request");
+            return 0;
+        }
+        data += take;
+        len -= take;
+        call_input(call);
+    }
+    return 0;
+}
+
+static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud) {
+    conn *c = ud;
+    timer_drop(&c->preface);
+    if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) return 0;
+    sr_grpc_call *call = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    if (!call) return 0;
+    if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_REQUEST) call_start(call);
+    if ((f->hd.flags & NGHTTP2_FLAG_END_STREAM) && !call->refused && !call->finished && !call->released && call->m) {
+        if (call->n_in > 0)
+            call_abort(call, SR_GRPC_INTERNAL, "the request ended inside a message");
+        else if (call->m->on_end)
+            call->m->on_end(call);
+    }
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t error_code, void *ud) {
+    conn *c = ud;
+    sr_grpc_call *call = nghttp2_session_get_stream_user_data(s, id);
+    if (!call) return 0;
+    call_cancel(call, SR_GRPC_CANCELLED);
+    for (sr_grpc_call **p = &c->calls; *p; p = &(*p)->next)
+        if (*p == call) {
+            *p = call->next;
+            break;
+        }
+    call_free(call);
+    return 0;
+}
+
+/* ---------------------------------------------------------- connections */
+
+static void on_conn_closed(uv_handle_t *h) {
+    conn *c = h->data;
+    sr_grpc *g = c->g;
+    free(c);
+    server_unref(g);
+}
+
+static void conn_close(conn *c, const char *why) {
+    if (c->closing) return;
+    c->closing = 1;
+    if (why) SR_INFO("gRPC: closing the connection of %s: %s", c->peer, why);
+    timer_drop(&c->preface);
+    for (sr_grpc_call *call = c->calls, *next; call; call = next) {
+        next = call->next;
+        call_cancel(call, SR_GRPC_CANCELLED);
+        if (c->s) nghttp2_session_set_stream_user_data(c->s, call->id, NULL);
+        call_free(call);
+    }
+    c->calls = NULL;
+    if (c->s) nghttp2_session_del(c->s);
+    c->s = NULL;
+    if (c->prev) c->prev->next = c->next;
+    else c->g->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+}
+
+static void on_written(uv_write_t *w, int status) {
+    conn *c = w->data;
+    free(w);
+    if (status < 0) conn_close(c, uv_strerror(status));
+}
+
+static void conn_flush(conn *c) {
+    c->dirty = 0;
+    uint8_t *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        const uint8_t *data;
+        ssize_t k = nghttp2_session_mem_send(c->s, &data);
+        if (k < 0) {
+            free(buf);
+            conn_close(c, nghttp2_strerror((int)k));
+            return;
+        }
+        if (k == 0) break;
+        /* the write request and its bytes in one allocation */
+        if (!buf) {
+            cap = sizeof(uv_write_t) + (size_t)k + 4096;
+            if (!(buf = malloc(cap))) break;
+            n = sizeof(uv_write_t);
+        }
+        if (buf_append(&buf, &n, &cap, data, (size_t)k) != SR_OK) break;
+    }
+    if (buf) {
+        uv_write_t *w = (uv_write_t *)buf;
+        w->data = c;
+        uv_buf_t b = uv_buf_init((char *)buf + sizeof(uv_write_t), (unsigned)(n - sizeof(uv_write_t)));
+        int rc = uv_write(w, (uv_stream_t *)&c->tcp, &b, 1, on_written);
+        if (rc < 0) {
+            free(buf);
+            conn_close(c, uv_strerror(rc));
+            return;
+        }
+    }
+    if (!nghttp2_session_want_read(c->s) && !nghttp2_session_want_write(c->s)) conn_close(c, NULL);
+}
+
+static void on_flush(uv_prepare_t *p) {
+    sr_grpc *g = p->data;
+    for (conn *c = g->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->dirty && !c->closing) conn_flush(c);
+    }
+}
+
+static void on_alloc(uv_handle_t *h, size_t want, uv_buf_t *b) {
+    b->base = malloc(65536);
+    b->len = b->base ? 65536 : 0;
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b) {
+    conn *c = st->data;
+    if (nread < 0) {
+        free(b->base);
+        conn_close(c, nread == UV_EOF ? NULL : uv_strerror((int)nread));
+        return;
+    }
+    if (nread > 0 && !c->closing) {
+        ssize_t k = nghttp2_session_mem_recv(c->s, (const uint8_t *)b->base, (size_t)nread);
+        if (k < 0) {
+            char why[128];
+            snprintf(why, sizeof why, "not HTTP/2 (%s)", nghttp2_strerror((int)k));
+            free(b->base);
+            conn_close(c, why);
+            return;
+        }
+        mark(c);
+    }
+    free(b->base);
+}
+
+static void on_preface_timeout(uv_timer_t *t) {
+    conn *c = t->data;
+    if (c) conn_close(c, "no HTTP/2 preface in time");
+}
+
+static void on_connection(uv_stream_t *ls, int status) {
+    sr_grpc *g = ls->data;
+    if (status < 0 || g->closing) return;
+    conn *c = calloc(1, sizeof *c);
+    if (!c) return;
+    c->g = g;
+    uv_tcp_init(g->loop, &c->tcp);
+    c->tcp.data = c;
+    g->handles++;
+    c->next = g->conns;
+    if (g->conns) g->conns->prev = c;
+    g->conns = c;
+    if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
+        conn_close(c, "accept failed");
+        return;
+    }
+    sr_peer_name(&c->tcp, c->peer, sizeof c->peer);
+    uv_tcp_nodelay(&c->tcp, 1);
+    nghttp2_session_callbacks *cb;
+    nghttp2_session_callbacks_new(&cb);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    int rv = nghttp2_session_server_new(&c->s, cb, c);
+    nghttp2_session_callbacks_del(cb);
+    nghttp2_settings_entry set[] = {{NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, g->o.max_streams}};
+    if (rv != 0 || nghttp2_submit_settings(c->s, NGHTTP2_FLAG_NONE, set, 1) != 0) {
+        conn_close(c, "could not start an HTTP/2 session");
+        return;
+    }
+    if ((c->preface = malloc(sizeof *c->preface)) && uv_timer_init(g->loop, c->preface) == 0) {
+        c->preface->data = c;
+        uv_timer_start(c->preface, on_preface_timeout, (uint64_t)(g->o.preface_timeout_s * 1e3), 0);
+    } else {
+        free(c->preface);
+        c->preface = NULL;
+    }
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    mark(c);
+}
+
+/* --------------------------------------------------------------- server */
+
+int sr_grpc_open(sr_grpc **out, uv_loop_t *loop, const char *host, int port, const sr_grpc_method *methods,
+                 int n_methods, const sr_grpc_opts *opts, void *data) {
+    *out = NULL;
+    if (port < 0 || port > 65535) return sr_error_set(SR_EINVAL, "gRPC: port %d must be in 0..65535", port);
+    sr_grpc *g = calloc(1, sizeof *g);
+    if (!g || !(g->methods = malloc(sizeof *methods * (size_t)(n_methods + 1)))) {
+        free(g);
+        return sr_error_set(SR_ENOMEM, "gRPC: out of memory");
+    }
+    memcpy(g->methods, methods, sizeof *methods * (size_t)n_methods);
+    g->n_methods = n_methods;
+    g->loop = loop;
+    g->data = data;
+    if (opts) g->o = *opts;
+    if (!g->o.max_message) g->o.max_message = SR_GRPC_MAX_MESSAGE;
+    if (!g->o.max_streams) g->o.max_streams = 100;
+    if (g->o.preface_timeout_s <= 0) g->o.preface_timeout_s = 5;
+    uv_tcp_init(loop, &g->listener);
+    uv_prepare_init(loop, &g->flush);
+    g->listener.data = g->flush.data = g;
+    g->handles = 2;
+    int rc = sr_listen(&g->listener, loop, host, port, on_connection, &g->port);
+    if (rc != SR_OK) {
+        sr_grpc_close(g);
+        return rc;
+    }
+    uv_prepare_start(&g->flush, on_flush);
+    *out = g;
+    return SR_OK;
+}
+
+void sr_grpc_close(sr_grpc *g) {
+    if (!g || g->closing) return;
+    g->closing = 1;
+    while (g->conns) conn_close(g->conns, NULL);
+    uv_close((uv_handle_t *)&g->listener, on_handle_closed);
+    uv_close((uv_handle_t *)&g->flush, on_handle_closed);
+}

@@ -1,0 +1,622 @@
+/* workerd: a worker's compute thread, event loop and question threads (see
+ * workerd.h). */
+#include "daemon/workerd.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/clock.h"
+#include "base/log.h"
+#include "base/status.h"
+#include "net/conn.h"
+#include "worker/cp.h"
+
+typedef struct wrk wrk;
+
+/* A resident context: its runner and its KV, out of the model between commands. */
+typedef struct wctx {
+    uint64_t id;
+    sr_cp *cp;
+    sr_kv_cache kv;
+    float *logits;          /* query worker: of the last context token (a question of 0 tokens samples them) */
+    int mode;
+    struct wctx *next;
+} wctx;
+
+/* A question on the query worker. The fields under the handshake are read
+ * and written with w->mu held. */
+typedef struct gen {
+    wrk *w;
+    uint64_t id;
+    wctx *ctx;
+    int32_t *query;
+    int64_t n_query;
+    sr_gen_params p;
+    char *stop;
+    int32_t max_tokens;
+    pthread_t th;
+    /* handshake */
+    int granted;            /* compute -> question: run one step */
+    int yielded;            /* question -> compute: the step and its sampling are over */
+    int cancelled, finished;
+    /* question thread only */
+    int64_t n_feeds, n_gen;
+    int hit_limit;
+    char *text;             /* emitted since the last token was reported */
+    size_t n_text, cap_text;
+    struct gen *next;
+} gen;
+
+typedef struct outmsg {
+    uint8_t *bytes;
+    size_t n;
+    struct outmsg *next;
+} outmsg;
+
+typedef struct cmd {
+    sr_frame *f;
+    struct cmd *next;
+} cmd;
+
+struct wrk {
+    const sr_workerd_opts *o;
+    sr_model *m;
+    sr_tokenizer *tok;
+    sr_kv_cache parked;     /* the model's own empty cache, in m->kv between commands */
+    /* event loop thread */
+    uv_loop_t loop;
+    uv_async_t wake;
+    uv_timer_t beat;
+    uv_signal_t sigterm, sigint;
+    sr_conn *conn;
+    pthread_t loop_th;
+    int64_t beat_seq;
+    /* shared, under mu */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    cmd *in_head, *in_tail;
+    outmsg *out_head, *out_tail;
+    int gone;               /* the coordinator went away */
+    int quit;               /* compute -> loop: stop */
+    /* compute thread */
+    wctx *ctxs;
+    gen *gens;
+};
+
+/* ------------------------------------------------------------ outbound */
+
+/* Queues a frame for the loop thread to write (any thread). */
+static void send_frame(wrk *w, const sr_frame *f) {
+    outmsg *o = calloc(1, sizeof *o);
+    if (!o || sr_frame_pack(f, &o->bytes, &o->n) != SR_OK) {
+        SR_ERROR("worker %d: could not queue a control frame: %s", w->o->worker, sr_error_msg());
+        free(o);
+        return;
+    }
+    pthread_mutex_lock(&w->mu);
+    if (w->out_tail) w->out_tail->next = o;
+    else w->out_head = o;
+    w->out_tail = o;
+    pthread_mutex_unlock(&w->mu);
+    uv_async_send(&w->wake);
+}
+
+#define FRAME(var, kind, KIND, Type, INIT)                                                        \
+    Type var = INIT;                                                                            \
+    sr_frame var##_f = STARRING__CONTROL__V1__FRAME__INIT;                                      \
+    var##_f.kind_case = STARRING__CONTROL__V1__FRAME__KIND_##KIND;                              \
+    var##_f.kind = &var
+
+/* ------------------------------------------------------------ the loop */
+
+static void on_wake(uv_async_t *a) {
+    wrk *w = a->data;
+    pthread_mutex_lock(&w->mu);
+    outmsg *o = w->out_head;
+    w->out_head = w->out_tail = NULL;
+    int quit = w->quit;
+    pthread_mutex_unlock(&w->mu);
+    while (o) {
+        outmsg *next = o->next;
+        if (w->conn) sr_conn_send_packed(w->conn, o->bytes, o->n);
+        else free(o->bytes);
+        free(o);
+        o = next;
+    }
+    if (quit) {
+        if (w->conn) sr_conn_close(w->conn, NULL);
+        uv_close((uv_handle_t *)&w->wake, NULL);
+        uv_close((uv_handle_t *)&w->beat, NULL);
+        uv_close((uv_handle_t *)&w->sigterm, NULL);
+        uv_close((uv_handle_t *)&w->sigint, NULL);
+    }
+}
+
+/* SIGTERM (mpirun passes it on) ends the worker as the coordinator's going would */
+static void on_signal(uv_signal_t *s, int sig) {
+    wrk *w = s->data;
+    if (w->conn) sr_conn_close(w->conn, NULL);
+}
+
+static void on_beat(uv_timer_t *t) {
+    wrk *w = t->data;
+    if (!w->conn) return;
+    FRAME(hb, heartbeat, HEARTBEAT, Starring__Control__V1__Heartbeat, STARRING__CONTROL__V1__HEARTBEAT__INIT);
+    hb.worker = w->o->worker;
+    hb.seq = ++w->beat_seq;
+    sr_conn_send(w->conn, &hb_f);
+}
+
+static int on_frame(sr_conn *c, sr_frame *f) {
+    wrk *w = c->data;
+    cmd *k = calloc(1, sizeof *k);
+    if (!k) {
+        sr_frame_free(f);
+        return sr_error_set(SR_ENOMEM, "out of memory for a command");
+    }
+    k->f = f;
+    pthread_mutex_lock(&w->mu);
+    if (w->in_tail) w->in_tail->next = k;
+    else w->in_head = k;
+    w->in_tail = k;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    return SR_OK;
+}
+
+static void on_conn_close(sr_conn *c, const char *why) {
+    wrk *w = c->data;
+    w->conn = NULL;
+    uv_timer_stop(&w->beat);
+    pthread_mutex_lock(&w->mu);
+    w->gone = 1;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void on_connect(sr_conn *c, int status) {
+    wrk *w = c->data;
+    if (status != 0) {
+        SR_ERROR("worker %d: cannot reach the coordinator at %s:%d: %s", w->o->worker, w->o->coord_host,
+                 w->o->coord_port, uv_strerror(status));
+        return;
+    }
+    uv_timer_start(&w->beat, on_beat, (uint64_t)(w->o->heartbeat_s * 1e3), (uint64_t)(w->o->heartbeat_s * 1e3));
+}
+
+static void *loop_main(void *arg) {
+    wrk *w = arg;
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+/* ------------------------------------------------------------ contexts */
+
+static wctx *ctx_find(wrk *w, uint64_t id) {
+    for (wctx *c = w->ctxs; c; c = c->next)
+        if (c->id == id) return c;
+    return NULL;
+}
+
+/* The context's cache into the model for a command, and back out. */
+static void ctx_in(wrk *w, wctx *c) { w->m->kv = c->kv; }
+static void ctx_out(wrk *w, wctx *c) {
+    c->kv = w->m->kv;
+    w->m->kv = w->parked;
+}
+
+static void ctx_free(wctx *c) {
+    sr_cp_close(c->cp);
+    sr_kv_free(&c->kv);
+    free(c->logits);
+    free(c);
+}
+
+static void do_prefill(wrk *w, const Starring__Control__V1__Prefill *p) {
+    FRAME(r, prefilled, PREFILLED, Starring__Control__V1__Prefilled, STARRING__CONTROL__V1__PREFILLED__INIT);
+    r.ctx = p->ctx;
+    sr_error_clear();
+    wctx *c = calloc(1, sizeof *c);
+    int rc = c ? SR_OK : sr_error_set(SR_ENOMEM, "out of memory for a context");
+    const sr_kv_cache *pk = &w->parked;
+    if (rc == SR_OK && ctx_find(w, p->ctx)) rc = sr_error_set(SR_ESTATE, "context %llx exists", (unsigned long long)p->ctx);
+    if (rc == SR_OK) rc = sr_kv_build(&c->kv, pk->n_layer, pk->n_head_kv, pk->head_dim, pk->dtype, pk->block_size);
+    double t0 = sr_now();
+    if (rc == SR_OK) {
+        c->id = p->ctx;
+        c->mode = p->mode;
+        sr_cp_opts co = {.mode = p->mode, .block_size = p->block_size, .anchor_size = p->anchor_size, .tag = 0};
+        ctx_in(w, c);
+        rc = sr_cp_open(&c->cp, w->m, w->o->tp, &co);
+        if (rc == SR_OK) rc = sr_cp_prefill(c->cp, p->tokens, (int64_t)p->n_tokens);
+        if (rc == SR_OK && sr_cp_is_query_rank(c->cp)) {
+            size_t nb = sizeof(float) * (size_t)w->m->config.vocab_size;
+            if ((c->logits = malloc(nb))) memcpy(c->logits, w->m->state.logits, nb);
+            else rc = sr_error_set(SR_ENOMEM, "out of memory for the context's logits");
+        }
+        ctx_out(w, c);
+    }
+    r.status = rc;
+    r.seconds = sr_now() - t0;
+    if (rc == SR_OK) {
+        sr_cp_stats st;
+        sr_cp_get_stats(c->cp, &st);
+        r.kv_tokens = st.kv_tokens;
+        r.kv_bytes = (int64_t)sr_kv_bytes(&c->kv);
+        c->next = w->ctxs;
+        w->ctxs = c;
+        SR_INFO("context %016llx: %zu tokens prefilled in %.2f s, %lld here (%lld bytes)", (unsigned long long)p->ctx,
+                p->n_tokens, r.seconds, (long long)r.kv_tokens, (long long)r.kv_bytes);
+    } else {
+        r.error = (char *)sr_error_msg();
+        if (c) ctx_free(c);
+    }
+    send_frame(w, &r_f);
+}
+
+static void do_drop(wrk *w, uint64_t id) {
+    FRAME(r, dropped, DROPPED, Starring__Control__V1__Dropped, STARRING__CONTROL__V1__DROPPED__INIT);
+    r.ctx = id;
+    for (wctx **p = &w->ctxs; *p; p = &(*p)->next)
+        if ((*p)->id == id) {
+            wctx *c = *p;
+            *p = c->next;
+            r.kv_bytes = (int64_t)sr_kv_bytes(&c->kv);
+            ctx_free(c);
+            break;
+        }
+    send_frame(w, &r_f);
+}
+
+/* ------------------------------------------------------------ questions */
+
+static int gen_emit(void *data, const char *text, size_t len) {
+    gen *g = data;
+    if (g->n_text + len + 1 > g->cap_text) {
+        size_t cap = g->cap_text ? 2 * g->cap_text : 256;
+        while (cap < g->n_text + len + 1) cap *= 2;
+        char *b = realloc(g->text, cap);
+        if (!b) return 1;
+        g->text = b;
+        g->cap_text = cap;
+    }
+    memcpy(g->text + g->n_text, text, len);
+    g->n_text += len;
+    return 0;
+}
+
+static void gen_report(gen *g, int32_t id, int more) {
+    FRAME(t, token, TOKEN, Starring__Control__V1__TokenOut, STARRING__CONTROL__V1__TOKEN_OUT__INIT);
+    t.gen = g->id;
+    t.id = id;
+    t.text.data = (uint8_t *)g->text;
+    t.text.len = g->n_text;
+    t.more = more;
+    send_frame(g->w, &t_f);
+    g->n_text = 0;
+}
+
+/* The question thread waits for its next step (it holds none). */
+static int gen_wait_grant(gen *g) {
+    wrk *w = g->w;
+    pthread_mutex_lock(&w->mu);
+    while (!g->granted && !g->cancelled) pthread_cond_wait(&w->cv, &w->mu);
+    /* a granted step runs even when cancelled: the other workers serve it */
+    int go = g->granted;
+    g->granted = 0;
+    pthread_mutex_unlock(&w->mu);
+    return go ? SR_OK : sr_error_set(SR_ESTATE, "the question was cancelled");
+}
+
+/* Every feed but the first carries the token just sampled: report it, give
+ * the step back, wait for the next one. */
+static int gen_feed(void *data, const int32_t *tokens, int64_t n) {
+    gen *g = data;
+    wrk *w = g->w;
+    if (g->n_feeds++ > 0) {
+        g->n_gen++;
+        int more = g->n_gen < g->max_tokens;
+        gen_report(g, tokens[0], more);
+        if (!more) {
+            g->hit_limit = 1; /* the token is reported; no step for it */
+            return sr_error_set(SR_ESTATE, "token limit");
+        }
+        pthread_mutex_lock(&w->mu);
+        g->yielded = 1;
+        pthread_cond_broadcast(&w->cv);
+        pthread_mutex_unlock(&w->mu);
+        int rc = gen_wait_grant(g);
+        if (rc != SR_OK) return rc;
+    }
+    int rc = sr_cp_feed(g->ctx->cp, tokens, n);
+    int rc2 = g->ctx->mode != SR_CP_FULL ? sr_cp_end(g->ctx->cp) : SR_OK;
+    return rc != SR_OK ? rc : rc2;
+}
+
+static void *gen_main(void *arg) {
+    gen *g = arg;
+    wrk *w = g->w;
+    FRAME(d, done, DONE, Starring__Control__V1__GenDone, STARRING__CONTROL__V1__GEN_DONE__INIT);
+    d.gen = g->id;
+    sr_gen_stats st = {0};
+    sr_error_clear();
+    int rc = gen_wait_grant(g);
+    if (rc == SR_OK) {
+        /* with no question the first token comes from the context's own logits */
+        if (g->n_query == 0) memcpy(w->m->state.logits, g->ctx->logits, sizeof(float) * (size_t)w->m->config.vocab_size);
+        rc = sr_gen_run_fed(w->m, gen_feed, g, w->tok, g->query, g->n_query, &g->p, gen_emit, g, &st);
+    }
+    int cancelled = 0;
+    pthread_mutex_lock(&w->mu);
+    cancelled = g->cancelled;
+    pthread_mutex_unlock(&w->mu);
+    if (g->hit_limit) {
+        rc = SR_OK;
+        st.stop_reason = SR_GEN_LENGTH;
+    }
+    if (g->n_text > 0) gen_report(g, -1, 0);
+    d.status = cancelled && !g->hit_limit ? SR_OK : rc;
+    d.cancelled = cancelled && !g->hit_limit;
+    if (rc != SR_OK && !d.cancelled) d.error = (char *)sr_error_msg();
+    d.stop_reason = st.stop_reason;
+    d.prompt_tokens = g->n_query;
+    d.generated_tokens = g->n_gen + (st.stop_reason == SR_GEN_STOP_STRING);
+    d.question_s = st.t_prompt;
+    d.decode_s = st.t_decode;
+    send_frame(w, &d_f);
+    pthread_mutex_lock(&w->mu);
+    g->finished = 1;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+static gen *gen_find(wrk *w, uint64_t id) {
+    for (gen *g = w->gens; g; g = g->next)
+        if (g->id == id) return g;
+    return NULL;
+}
+
+static void gen_free(gen *g) {
+    free(g->query);
+    free(g->stop);
+    free(g->text);
+    free(g);
+}
+
+/* Joins the question threads that are over. */
+static void gen_reap(wrk *w, int all) {
+    for (gen **p = &w->gens; *p;) {
+        gen *g = *p;
+        pthread_mutex_lock(&w->mu);
+        if (all) g->cancelled = 1;
+        pthread_cond_broadcast(&w->cv);
+        int over = g->finished;
+        pthread_mutex_unlock(&w->mu);
+        if (over || all) {
+            pthread_join(g->th, NULL);
+            *p = g->next;
+            gen_free(g);
+        } else {
+            p = &g->next;
+        }
+    }
+}
+
+/* Grants the question one step with its context in the model, and waits
+ * until it has sampled after it (or ended). */
+static void gen_step(wrk *w, gen *g) {
+    ctx_in(w, g->ctx);
+    pthread_mutex_lock(&w->mu);
+    g->granted = 1;
+    g->yielded = 0;
+    pthread_cond_broadcast(&w->cv);
+    while (!g->yielded && !g->finished) pthread_cond_wait(&w->cv, &w->mu);
+    pthread_mutex_unlock(&w->mu);
+    ctx_out(w, g->ctx);
+}
+
+/* A fault the coordinator must hear of: the workers may be out of step. */
+static void fault(wrk *w, int rc, const char *what) {
+    FRAME(f, fault, FAULT, Starring__Control__V1__Fault, STARRING__CONTROL__V1__FAULT__INIT);
+    char msg[700];
+    snprintf(msg, sizeof msg, "worker %d: %s: %s", w->o->worker, what, sr_error_msg());
+    SR_ERROR("%s", msg);
+    f.status = rc;
+    f.error = msg;
+    send_frame(w, &f_f);
+}
+
+static void do_begin(wrk *w, const Starring__Control__V1__Begin *b) {
+    wctx *c = ctx_find(w, b->ctx);
+    if (!c) {
+        sr_error_set(SR_ESTATE, "no context %llx", (unsigned long long)b->ctx);
+        fault(w, SR_ESTATE, "begin");
+        return;
+    }
+    ctx_in(w, c);
+    int rc = sr_cp_rewind(c->cp);
+    ctx_out(w, c);
+    if (rc != SR_OK) {
+        fault(w, rc, "rewind");
+        return;
+    }
+    if (!sr_cp_is_query_rank(c->cp)) {
+        if (b->n_query > 0) {
+            ctx_in(w, c);
+            rc = sr_cp_serve(c->cp);
+            ctx_out(w, c);
+            if (rc != SR_OK) fault(w, rc, "serve the question");
+        }
+        return;
+    }
+    gen *g = calloc(1, sizeof *g);
+    if (!g || !(g->query = malloc(sizeof(int32_t) * (b->n_query + 1))) || (b->stop && *b->stop && !(g->stop = strdup(b->stop)))) {
+        if (g) gen_free(g);
+        sr_error_set(SR_ENOMEM, "out of memory for a question");
+        fault(w, SR_ENOMEM, "begin");
+        return;
+    }
+    g->w = w;
+    g->id = b->gen;
+    g->ctx = c;
+    memcpy(g->query, b->query, sizeof(int32_t) * b->n_query);
+    g->n_query = (int64_t)b->n_query;
+    g->max_tokens = b->max_tokens;
+    g->p.sampling = sr_sampler_defaults();
+    g->p.sampling.temperature = b->temperature;
+    if (b->top_k > 0) g->p.sampling.top_k = b->top_k;
+    if (b->top_p > 0) g->p.sampling.top_p = b->top_p;
+    g->p.sampling.seed = b->seed;
+    g->p.stop = g->stop;
+    /* one more than the limit: the last token is caught in the feed, so that its id is known */
+    g->p.n_predict = (int64_t)b->max_tokens + 1;
+    if (pthread_create(&g->th, NULL, gen_main, g) != 0) {
+        gen_free(g);
+        sr_error_set(SR_ENOMEM, "cannot start a question thread");
+        fault(w, SR_ENOMEM, "begin");
+        return;
+    }
+    g->next = w->gens;
+    w->gens = g;
+    gen_step(w, g);
+}
+
+static void do_step(wrk *w, const Starring__Control__V1__Step *s) {
+    wctx *c = ctx_find(w, s->ctx);
+    if (!c) {
+        sr_error_set(SR_ESTATE, "no context %llx", (unsigned long long)s->ctx);
+        fault(w, SR_ESTATE, "step");
+        return;
+    }
+    if (!sr_cp_is_query_rank(c->cp)) {
+        ctx_in(w, c);
+        int rc = sr_cp_serve(c->cp);
+        ctx_out(w, c);
+        if (rc != SR_OK) fault(w, rc, "serve a step");
+        return;
+    }
+    gen *g = gen_find(w, s->gen);
+    if (!g) {
+        sr_error_set(SR_ESTATE, "no question %llx", (unsigned long long)s->gen);
+        fault(w, SR_ESTATE, "step");
+        return;
+    }
+    gen_step(w, g);
+}
+
+static void do_cancel(wrk *w, uint64_t id) {
+    gen *g = gen_find(w, id);
+    if (!g) return;
+    pthread_mutex_lock(&w->mu);
+    g->cancelled = 1;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void handle(wrk *w, const sr_frame *f) {
+    switch (f->kind_case) {
+    case STARRING__CONTROL__V1__FRAME__KIND_PREFILL: do_prefill(w, f->prefill); break;
+    case STARRING__CONTROL__V1__FRAME__KIND_BEGIN: do_begin(w, f->begin); break;
+    case STARRING__CONTROL__V1__FRAME__KIND_STEP: do_step(w, f->step); break;
+    case STARRING__CONTROL__V1__FRAME__KIND_CANCEL: do_cancel(w, f->cancel->gen); break;
+    case STARRING__CONTROL__V1__FRAME__KIND_DROP: do_drop(w, f->drop->ctx); break;
+    default: SR_WARN("worker %d: ignoring a control frame of kind %d", w->o->worker, (int)f->kind_case);
+    }
+}
+
+/* --------------------------------------------------------------- main */
+
+int sr_workerd_run(const sr_workerd_opts *o) {
+    wrk *w = calloc(1, sizeof *w);
+    if (!w) return sr_error_set(SR_ENOMEM, "out of memory");
+    w->o = o;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    uv_loop_init(&w->loop);
+    uv_async_init(&w->loop, &w->wake, on_wake);
+    uv_timer_init(&w->loop, &w->beat);
+    uv_signal_init(&w->loop, &w->sigterm);
+    uv_signal_init(&w->loop, &w->sigint);
+    w->wake.data = w->beat.data = w->sigterm.data = w->sigint.data = w;
+    uv_signal_start(&w->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&w->sigint, on_signal, SIGINT);
+    int rc = sr_conn_connect(&w->conn, &w->loop, o->coord_host, o->coord_port, o->max_frame, on_frame, on_conn_close,
+                             on_connect, w);
+    if (rc != SR_OK) {
+        uv_close((uv_handle_t *)&w->wake, NULL);
+        uv_close((uv_handle_t *)&w->beat, NULL);
+        uv_close((uv_handle_t *)&w->sigterm, NULL);
+        uv_close((uv_handle_t *)&w->sigint, NULL);
+        uv_run(&w->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&w->loop);
+        free(w);
+        return rc;
+    }
+    pthread_create(&w->loop_th, NULL, loop_main, w);
+
+    /* load, then tell the coordinator how it went */
+    FRAME(j, join, JOIN, Starring__Control__V1__Join, STARRING__CONTROL__V1__JOIN__INIT);
+    sr_model_opts mo = {.n_threads = o->n_threads, .kv_dtype = SR_DT_F16, .block_size = 0, .max_batch = o->max_batch};
+    double t0 = sr_now();
+    rc = sr_model_load(&w->m, o->model, &mo);
+    if (rc == SR_OK) rc = sr_tok_from_gguf(&w->tok, w->m->gguf);
+    j.worker = o->worker;
+    j.workers = o->workers;
+    j.pid = (int)getpid();
+    j.kv_budget_bytes = o->kv_budget;
+    if (rc == SR_OK) {
+        w->parked = w->m->kv;
+        j.vocab_size = w->m->config.vocab_size;
+        SR_INFO("worker %d of %d: model loaded in %.2f s", o->worker, o->workers, sr_now() - t0);
+    } else {
+        j.error = (char *)sr_error_msg();
+        SR_ERROR("worker %d: %s", o->worker, j.error);
+    }
+    send_frame(w, &j_f);
+
+    for (int up = rc == SR_OK; up;) {
+        pthread_mutex_lock(&w->mu);
+        while (!w->in_head && !w->gone) pthread_cond_wait(&w->cv, &w->mu);
+        cmd *k = w->in_head;
+        if (k && !(w->in_head = k->next)) w->in_tail = NULL;
+        int gone = w->gone;
+        pthread_mutex_unlock(&w->mu);
+        if (!k && gone) break;
+        handle(w, k->f);
+        sr_frame_free(k->f);
+        free(k);
+        gen_reap(w, 0);
+    }
+    gen_reap(w, 1);
+    pthread_mutex_lock(&w->mu);
+    w->quit = 1;
+    pthread_mutex_unlock(&w->mu);
+    uv_async_send(&w->wake);
+    pthread_join(w->loop_th, NULL);
+    uv_loop_close(&w->loop);
+    for (cmd *k = w->in_head, *n; k; k = n) {
+        n = k->next;
+        sr_frame_free(k->f);
+        free(k);
+    }
+    for (outmsg *m = w->out_head, *n; m; m = n) {
+        n = m->next;
+        free(m->bytes);
+        free(m);
+    }
+    while (w->ctxs) {
+        wctx *c = w->ctxs;
+        w->ctxs = c->next;
+        ctx_free(c);
+    }
+    if (w->m) w->m->kv = w->parked.n_layer ? w->parked : w->m->kv;
+    if (w->tok) sr_tok_free(w->tok);
+    sr_model_free(w->m);
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+    free(w);
+    return rc;
+}

@@ -1,0 +1,46 @@
+/* workerd: the worker role of starringd. A worker loads the model, joins
+ * the coordinator over the control plane, holds the KV of its share of every
+ * resident context and runs the coordinator's commands (control.proto):
+ * prefill a context, a question's steps, drop.
+ *
+ * Threads: the thread that calls sr_workerd_run computes (it is the one
+ * that may call MPI, and the data plane is MPI under mpirun); the libuv
+ * event loop, with the control connection and the heartbeats, runs on a
+ * thread of its own and hands commands over through a queue; results go
+ * back through another, with uv_async_send to wake the loop.
+ *
+ * Contexts: sr_model holds one KV cache (m->kv) and sr_cp one context's
+ * state, so each context keeps its own sr_cp and its own sr_kv_cache, and
+ * the compute thread moves that cache into m->kv for each command on the
+ * context and back out after it (between commands m->kv is an empty cache).
+ *
+ * Questions: on the query worker each question runs sr_gen_run_fed on a
+ * thread of its own, and its feed function waits for the compute thread to
+ * grant it each step (the Step command, which every worker gets, so that
+ * the other workers serve the same step), so that questions over different
+ * contexts interleave token by token on one model. */
+#ifndef SR_DAEMON_WORKERD_H
+#define SR_DAEMON_WORKERD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "transport/transport.h"
+
+typedef struct {
+    const char *model;      /* GGUF path */
+    int worker, workers;    /* this worker's rank on the data plane, and how many */
+    sr_tp *tp;              /* the data plane between the workers (not owned); NULL with one worker */
+    const char *coord_host; /* the coordinator's control address */
+    int coord_port;
+    int n_threads;
+    int64_t max_batch;      /* model rows per forward call (ring holds a worker's whole share) */
+    int64_t kv_budget;      /* bytes of KV this worker may hold (reported in Join; 0: no limit) */
+    double heartbeat_s;
+    size_t max_frame;       /* control frame cap */
+} sr_workerd_opts;
+
+/* Runs until the coordinator goes away (SR_OK) or a fault. */
+int sr_workerd_run(const sr_workerd_opts *o);
+
+#endif

@@ -1,0 +1,134 @@
+"""Support for the daemon tests: start starringd under mpirun, TAP lines.
+
+The client and its stubs (generated from proto/ at import) are
+clients/python/starring_client.py."""
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
+import starring_client  # noqa: E402
+
+BUILD = os.environ.get("BUILD", "build")
+
+
+def model_path():
+    m = os.environ.get("SR_MODEL")
+    if m:
+        return m
+    out = subprocess.run([os.path.join(ROOT, "scripts", "fetch-model")], capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def mpirun(np):
+    cmd = ["mpirun", "--oversubscribe", "-np", str(np)]
+    if os.getuid() == 0:
+        cmd.insert(1, "--allow-run-as-root")
+    return cmd
+
+
+class Daemon:
+    """starringd under mpirun: a coordinator and `workers` workers."""
+
+    def __init__(self, workers, *args):
+        self.port, self.control = free_port(), free_port()
+        self.log = tempfile.NamedTemporaryFile(prefix="starringd-", suffix=".log", delete=False)
+        env = dict(os.environ, OMP_WAIT_POLICY="passive", OMP_NUM_THREADS="1")
+        self.proc = subprocess.Popen(
+            mpirun(workers + 1) + [os.path.join(ROOT, BUILD, "starringd"), "--model", model_path(),
+                                   "--listen", f"127.0.0.1:{self.port}", "--control", f"127.0.0.1:{self.control}",
+                                   "-t", "1"] + list(args),
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        self.addr = f"127.0.0.1:{self.port}"
+
+    def wait_port(self, timeout=60):
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError("starringd exited: " + self.log_text()[-2000:])
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return True
+            except OSError:
+                time.sleep(0.005)
+        return False
+
+    def client(self):
+        return starring_client.Client(self.addr)
+
+    def wait_serving(self, timeout=60):
+        c = self.client()
+        t0 = time.time()
+        try:
+            while time.time() - t0 < timeout:
+                try:
+                    if c.serving(timeout=2):
+                        return True
+                except Exception:
+                    pass
+                time.sleep(0.1)
+            return False
+        finally:
+            c.close()
+
+    def log_text(self):
+        with open(self.log.name, errors="replace") as f:
+            return f.read()
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def coordinator_pid(self):
+        m = re.search(r"coordinator/0\[(\d+)\]", self.log_text())
+        return int(m.group(1)) if m else None
+
+    def stop(self):
+        """SIGTERM to the coordinator, which ends the workers; mpirun's exit
+        status (mpirun itself ends a job it gets SIGTERM for with 1)."""
+        if self.proc.poll() is None:
+            pid = self.coordinator_pid()
+            if pid:
+                os.kill(pid, signal.SIGTERM)
+            else:
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+class Tap:
+    def __init__(self):
+        self.n = 0
+        self.failed = 0
+
+    def check(self, ok, what):
+        self.n += 1
+        if not ok:
+            self.failed += 1
+        print(f"{'ok' if ok else 'not ok'} {self.n} - {what}", flush=True)
+        return ok
+
+    def note(self, text):
+        for line in str(text).splitlines():
+            print(f"# {line}", flush=True)
+
+    def done(self):
+        print(f"1..{self.n}", flush=True)
+        return 1 if self.failed else 0

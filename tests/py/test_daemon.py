@@ -1,0 +1,270 @@
+"""starringd under mpirun (a coordinator and 3 workers) through a Python
+grpcio client whose stubs are generated from proto/ at test time:
+
+- health goes NOT_SERVING -> SERVING (Watch from the first moment);
+- a ~6k-token passkey context in ring mode answers with exactly the text of
+  single-process starring-run on the same input, greedy; a second question
+  reuses the prefill (stats: one prefill);
+- the same context in star mode finds the pass key;
+- four clients at once on the two contexts each get their single-client
+  answer;
+- cancel mid-generation and mid-prefill: the work stops, the KV returns,
+  the next request is served;
+- bad input, each with its status and the daemon serving the next request:
+  unknown context, empty context, a mode that does not exist, too many
+  tokens, a message over the cap, a deadline, an unknown method, invalid
+  UTF-8 (replaced), garbage bytes and a half-open connection on the gRPC
+  port, a frame over the cap on the control port;
+- drop frees the KV (stats).
+"""
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from daemon_support import BUILD, ROOT, Daemon, Tap, model_path, starring_client  # noqa: E402
+
+pb = starring_client.pb
+health_pb = starring_client.health_pb
+KEY = "72941"
+Q1 = "What is the pass key?"
+Q2 = "What is the first sentence of the text?"
+
+
+def code_of(fn):
+    try:
+        fn()
+        return grpc.StatusCode.OK, ""
+    except grpc.RpcError as e:
+        return e.code(), e.details()
+
+
+def main():
+    t = Tap()
+    ctx_text = subprocess.run([os.path.join(ROOT, "scripts", "make-passkey")], capture_output=True, text=True,
+                              check=True).stdout
+    ctx_path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"starring-daemon-ctx-{os.getpid()}.txt")
+    with open(ctx_path, "w") as f:
+        f.write(ctx_text)
+    # the single-process reference runs while the daemon starts and prefills
+    ref = subprocess.Popen([os.path.join(ROOT, BUILD, "starring-run"), "-m", model_path(), "--chat", "-f", ctx_path,
+                            "-p", Q1, "-n", "16", "--temp", "0", "-t", "1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                           env=dict(os.environ, OMP_WAIT_POLICY="passive"))
+    d = Daemon(3, "--max-context", "8192", "--max-message", "1M")
+    try:
+        run(t, d, ctx_text, ref)
+    finally:
+        ref.kill()
+        rc = d.stop()
+        os.unlink(ctx_path)
+    t.check(rc == 0, f"starringd stops cleanly on SIGTERM (exit {rc})")
+    if t.failed:
+        t.note(d.log_text()[-4000:])
+    return t.done()
+
+
+def run(t, d, ctx_text, ref):
+    # 1. health: watch from the first moment the port answers
+    t.check(d.wait_port(), "the gRPC port listens")
+    c = d.client()
+    seen = []
+    try:
+        for r in c.health.Watch(health_pb.HealthCheckRequest(), timeout=60):
+            seen.append(r.status)
+            if r.status == health_pb.HealthCheckResponse.SERVING:
+                break
+    except grpc.RpcError as e:
+        t.note(f"watch: {e.code()} {e.details()}")
+    names = [health_pb.HealthCheckResponse.ServingStatus.Name(s) for s in seen]
+    t.check(len(seen) >= 2 and seen[0] == health_pb.HealthCheckResponse.NOT_SERVING and
+            seen[-1] == health_pb.HealthCheckResponse.SERVING, f"health goes NOT_SERVING -> SERVING ({names})")
+    t.check(c.serving(), "Health/Check says SERVING")
+    code, _ = code_of(lambda: c.health.Check(health_pb.HealthCheckRequest(service="nope")))
+    t.check(code == grpc.StatusCode.NOT_FOUND, f"Health/Check of an unknown service: NOT_FOUND ({code})")
+
+    # 2. ring: exactly single-process starring-run
+    progress = []
+    t0 = time.time()
+    ring = c.upload(ctx_text, mode="ring", chat=True, on_progress=lambda dn, tot: progress.append((dn, tot)))
+    t.note(f"ring prefill of {ring.n_tokens} tokens: {time.time() - t0:.1f} s")
+    t.check(ring.state == "ready" and ring.mode == "ring" and 5000 < ring.n_tokens < 7000,
+            f"a ~6k-token context in ring mode is ready ({ring.n_tokens} tokens, {ring.state})")
+    t.check(len(ring.shards) == 3 and sum(s.kv_tokens for s in ring.shards) == ring.n_tokens and
+            all(s.kv_bytes > 0 for s in ring.shards), "its KV is on the 3 workers, every token once")
+    t.check(bool(progress) and progress[-1] == (ring.n_tokens, ring.n_tokens) and progress[0][0] == 0,
+            f"progress events from 0 to {ring.n_tokens} ({progress})")
+    ids, text, done = c.generate(Q1, context_id=ring.id, chat=True, max_tokens=16)
+    ref_text = ref.communicate(timeout=600)[0].rstrip("\n")
+    t.note(f"daemon: {text!r}")
+    t.note(f"starring-run: {ref_text!r}")
+    t.check(text == ref_text and len(ids) == 16, "ring answer = single-process starring-run, greedy, 16 tokens")
+    t.check(KEY in text, "the answer has the pass key")
+    t.check(done.prefill_reused and done.context_tokens == ring.n_tokens and done.stop_reason == "length",
+            f"Done: prefill reused, context {done.context_tokens} tokens, stop {done.stop_reason}")
+    ids2, text2, _ = c.generate(Q1, context_id=ring.id, chat=True, max_tokens=16)
+    st = c.stats()
+    t.check(text2 == text and ids2 == ids, "a second question gets the same answer")
+    t.check(st.prefills == 1 and st.generations == 2, f"stats: one prefill, two answers ({st.prefills}, {st.generations})")
+
+    # 3. star finds the key in ~3k tokens (anchor of half the context, as
+    # test_star_passkey; half of the ring's context keeps the test short)
+    t0 = time.time()
+    star_text = subprocess.run([os.path.join(ROOT, "scripts", "make-passkey"), "120"], capture_output=True,
+                               text=True, check=True).stdout
+    star = c.upload(star_text, mode="star", chat=True, anchor_size=1500)
+    t.note(f"star prefill: {time.time() - t0:.1f} s")
+    _, stext, _ = c.generate(Q1, context_id=star.id, chat=True, max_tokens=12)
+    t.note(f"star: {stext!r}")
+    t.check(star.mode == "star" and KEY in stext, "star mode finds the pass key")
+
+    # 4. four clients at once on the two contexts
+    jobs = [(ring.id, Q1), (ring.id, Q2), (star.id, Q1), (star.id, Q2)]
+    single = {j: c.generate(j[1], context_id=j[0], chat=True, max_tokens=8)[:2] for j in jobs}
+    got = {}
+
+    def ask(j):
+        cl = d.client()
+        try:
+            got[j] = cl.generate(j[1], context_id=j[0], chat=True, max_tokens=8)[:2]
+        except grpc.RpcError as e:
+            got[j] = (e.code(), e.details())
+        finally:
+            cl.close()
+
+    ths = [threading.Thread(target=ask, args=(j,)) for j in jobs]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join(timeout=300)
+    t.check(all(got.get(j) == single[j] for j in jobs), "four clients at once: every answer = its single-client answer")
+
+    # 5. cancel mid-generation
+    before = c.stats()
+    stream = c.api.Generate(pb.GenerateRequest(context_id=ring.id, prompt=Q2, chat=True, max_tokens=200))
+    n = 0
+    for ev in stream:
+        n += ev.HasField("token")
+        if n == 3:
+            stream.cancel()
+            break
+    st = wait_idle(c)
+    t.check(st.cancelled == before.cancelled + 1 and st.generated_tokens - before.generated_tokens < 50,
+            f"cancel mid-generation stops it ({st.generated_tokens - before.generated_tokens} tokens, not 200)")
+    code, msg = code_of(lambda: c.generate(Q1, context_id=ring.id, chat=True, max_tokens=200, timeout=1.0))
+    t.check(code == grpc.StatusCode.DEADLINE_EXCEEDED, f"a deadline: DEADLINE_EXCEEDED ({code})")
+    wait_idle(c)
+    _, text3, _ = c.generate(Q1, context_id=ring.id, chat=True, max_tokens=16)
+    t.check(text3 == text, "the next question is served, with the same answer")
+
+    # 6. bad input, each answered and the daemon still serving
+    def bad(what, fn, want):
+        code, msg = code_of(fn)
+        t.check(code == want and msg and c.serving(), f"{what}: {want.name} ({code.name}: {msg})")
+
+    bad("unknown context", lambda: c.generate("x", context_id="0123456789abcdef"), grpc.StatusCode.NOT_FOUND)
+    bad("empty context", lambda: c.upload(""), grpc.StatusCode.INVALID_ARGUMENT)
+    bad("empty prompt and no context", lambda: c.generate(""), grpc.StatusCode.INVALID_ARGUMENT)
+    bad("a mode that does not exist", lambda: c.upload("hello", mode="sideways"), grpc.StatusCode.INVALID_ARGUMENT)
+    bad("too many tokens", lambda: c.upload(tokens=[1] * 9000), grpc.StatusCode.INVALID_ARGUMENT)
+    bad("a token outside the vocabulary", lambda: c.upload(tokens=[1, 10 ** 8]), grpc.StatusCode.INVALID_ARGUMENT)
+    bad("a message over the cap", lambda: c.upload("x" * (1536 * 1024), chunk=1 << 30),
+        grpc.StatusCode.RESOURCE_EXHAUSTED)
+    bad("chat that does not match the context", lambda: c.generate(Q1, context_id=ring.id, chat=False),
+        grpc.StatusCode.INVALID_ARGUMENT)
+    bad("max_tokens out of range", lambda: c.generate(Q1, context_id=ring.id, chat=True, max_tokens=10 ** 6),
+        grpc.StatusCode.INVALID_ARGUMENT)
+    bad("an unknown method", lambda: c.channel.unary_unary("/starring.v1.Starring/Nope")(b""),
+        grpc.StatusCode.UNIMPLEMENTED)
+
+    # invalid UTF-8 is replaced, not rejected: text field 1 of a ContextChunk, by hand
+    raw = b"hello \xff\xfe world \xc3"
+    chunk = b"\x0a" + bytes([len(raw)]) + raw + b"\x1a\x06\x0a\x04full"
+    create = c.channel.stream_stream("/starring.v1.Starring/CreateContext", request_serializer=lambda b: b,
+                                     response_deserializer=pb.ContextEvent.FromString)
+    ready = [ev.ready for ev in create(iter([chunk]), timeout=120) if ev.HasField("ready")]
+    t.check(len(ready) == 1 and ready[0].n_tokens > 3 and ready[0].mode == "full",
+            f"invalid UTF-8 is replaced, not rejected ({ready[0].n_tokens if ready else '-'} tokens)")
+    if ready:
+        c.drop(ready[0].id)
+
+    # garbage on the gRPC port: that connection closes, the daemon serves
+    s = socket.create_connection(("127.0.0.1", d.port))
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(range(256)))
+    s.settimeout(10)
+    t.check(drain(s) and c.serving(), "garbage bytes on the gRPC port: the connection closes, the daemon serves")
+    s.close()
+    # a half-open connection (half a preface) holds nothing up and is closed
+    s = socket.create_connection(("127.0.0.1", d.port))
+    s.sendall(b"PRI * HTTP/2.0\r\n")
+    ok = c.serving() and len(c.contexts()) == 2
+    s.settimeout(15)
+    t.check(ok and drain(s), "a half-open gRPC connection: others are served, it is closed")
+    s.close()
+    # a frame over the cap on the control port
+    s = socket.create_connection(("127.0.0.1", d.control))
+    s.sendall(b"\xff\xff\xff\xff")
+    s.settimeout(10)
+    closed = drain(s)
+    s.close()
+    t.check(closed and c.serving() and "over the cap" in d.log_text(),
+            "a frame over the cap on the control port: closed, logged, the daemon serves")
+    s = socket.create_connection(("127.0.0.1", d.control))
+    s.sendall(b"\x00\x00\x00\x02\x10\x01")  # a heartbeat before any Join
+    s.settimeout(10)
+    t.check(drain(s) and c.serving(), "a control connection that does not Join first is closed")
+    s.close()
+
+    # 7. cancel mid-prefill: the client goes, the context is dropped once its prefill ends
+    before = c.stats()
+    code, _ = code_of(lambda: c.upload(ctx_text[:6000], mode="ring", timeout=1.0))
+    t.check(code == grpc.StatusCode.DEADLINE_EXCEEDED, f"a deadline during the prefill: DEADLINE_EXCEEDED ({code})")
+    st = wait_idle(c)
+    t.check(st.contexts == before.contexts and st.kv_bytes == before.kv_bytes,
+            f"its KV returns (contexts {st.contexts}, KV {st.kv_bytes} bytes, as before)")
+    _, text4, _ = c.generate(Q1, context_id=ring.id, chat=True, max_tokens=16)
+    t.check(text4 == text, "the next request is served")
+
+    # 8. drop frees the KV
+    before = c.stats()
+    dropped = c.drop(star.id)
+    st = c.stats()
+    t.check(dropped.state == "dropped" and st.contexts == before.contexts - 1 and
+            st.kv_bytes == before.kv_bytes - sum(s.kv_bytes for s in star.shards),
+            f"drop frees the KV ({before.kv_bytes} -> {st.kv_bytes} bytes)")
+    code, msg = code_of(lambda: c.generate(Q1, context_id=star.id, chat=True))
+    t.check(code == grpc.StatusCode.NOT_FOUND, f"a dropped context is NOT_FOUND ({code})")
+    c.drop(ring.id)
+    st = c.stats()
+    t.check(st.contexts == 0 and st.kv_bytes == 0 and st.queue_depth == 0,
+            f"nothing is left (contexts {st.contexts}, KV {st.kv_bytes}, queue {st.queue_depth})")
+    c.close()
+
+
+def wait_idle(c, timeout=120):
+    """Stats once nothing is in flight (a cancelled prefill or question has ended)."""
+    t0 = time.time()
+    while True:
+        st = c.stats()
+        if st.queue_depth == 0 or time.time() - t0 > timeout:
+            return st
+        time.sleep(0.2)
+
+
+def drain(s):
+    """True once the peer closes the connection (reads until EOF)."""
+    try:
+        while s.recv(65536):
+            pass
+        return True
+    except (socket.timeout, OSError):
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())
