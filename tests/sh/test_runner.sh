@@ -110,5 +110,12 @@ check $? "a failing scripts/fetch-model fails the run with its message: $(tail -
 SR_MODEL=$tmp/no-such.gguf "$tmp/tests/run" -k fake_pass >"$tmp/log" 2>&1
 [ $? = 1 ] && grep -q "no-such.gguf is not a readable file" "$tmp/log"
 check $? "an unreadable SR_MODEL fails the run"
+SR_MODEL=none "$tmp/tests/run" -k fake_pass >"$tmp/log" 2>&1
+[ $? = 0 ] && [ "$(tail -n 1 "$tmp/log")" = "2 passed, 0 failed, 0 skipped" ] && ! grep -q fetch-model "$tmp/log"
+check $? "SR_MODEL=none runs without fetching the model"
+
+SR_MODEL=none SR_MPI_NP=3 "$tmp/tests/run" -k fake_ranks >"$tmp/log" 2>&1
+[ $? = 0 ] && [ "$(tail -n 1 "$tmp/log")" = "1 passed, 0 failed, 0 skipped" ] && grep -q "(np=3)" "$tmp/log"
+check $? "SR_MPI_NP=3 runs the mpi tests with 3 ranks only"
 
 check_done
