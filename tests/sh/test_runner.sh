@@ -36,6 +36,9 @@ fake test_fake_fail 'echo 1..2; echo "ok 1 - a"; echo "not ok 2 - b"; exit 1'
 fake test_fake_renumber 'echo 1..2; echo "ok 1 - a"; echo "ok 1 - b"'
 fake test_fake_planlast 'echo "ok 1 - a"; echo "not ok 2 - b"; echo 1..2; exit 1'
 fake test_fake_bail 'echo 1..2; echo "ok 1 - a"; echo "Bail out! no disk"'
+# cmocka prints one plan and numbering per group
+fake test_fake_cmockagroups 'echo 1..2; echo "ok 1 - a"; echo "ok 2 - b"; echo 1..1; echo "ok 1 - c"'
+fake test_fake_lostgroup 'echo 1..2; echo "ok 1 - a"; echo "ok 2 - b"; echo 1..3; echo "ok 1 - c"'
 fake test_fake_gpu 'echo "ok 1 - cuda # SKIP no CUDA device"; echo 1..1'
 : >"$tmp/tests/gpu/test_fake_gpu.cu"
 # under mpirun every rank prints; only rank 0's lines count
@@ -74,12 +77,14 @@ expect fake_fail "1 passed, 1 failed, 0 skipped"
 expect fake_renumber "2 passed, 1 failed, 0 skipped"
 expect fake_planlast "1 passed, 1 failed, 0 skipped"
 expect fake_bail "1 passed, 2 failed, 0 skipped"
+expect fake_cmockagroups "3 passed, 0 failed, 0 skipped"
+expect fake_lostgroup "3 passed, 2 failed, 0 skipped"
 expect fake_ranks "3 passed, 0 failed, 0 skipped"
 expect fake_rank1 "3 passed, 3 failed, 0 skipped"
 expect fake_shell "1 passed, 0 failed, 0 skipped"
 
 "$tmp/tests/run" -k fake_crash >"$tmp/log" 2>&1
-grep -q 'killed by signal 11' "$tmp/log" && grep -q 'the plan is 1..3 but 2 results came: 1 missing' "$tmp/log"
+grep -q 'killed by signal 11' "$tmp/log" && grep -q 'a plan of 1..3 but 2 results: 1 missing' "$tmp/log"
 check $? "a crash is reported with its signal and the missing result"
 
 "$tmp/tests/run" -k no_such_test >"$tmp/log" 2>&1
@@ -110,5 +115,12 @@ check $? "a failing scripts/fetch-model fails the run with its message: $(tail -
 SR_MODEL=$tmp/no-such.gguf "$tmp/tests/run" -k fake_pass >"$tmp/log" 2>&1
 [ $? = 1 ] && grep -q "no-such.gguf is not a readable file" "$tmp/log"
 check $? "an unreadable SR_MODEL fails the run"
+SR_MODEL=none "$tmp/tests/run" -k fake_pass >"$tmp/log" 2>&1
+[ $? = 0 ] && [ "$(tail -n 1 "$tmp/log")" = "2 passed, 0 failed, 0 skipped" ] && ! grep -q fetch-model "$tmp/log"
+check $? "SR_MODEL=none runs without fetching the model"
+
+SR_MODEL=none SR_MPI_NP=3 "$tmp/tests/run" -k fake_ranks >"$tmp/log" 2>&1
+[ $? = 0 ] && [ "$(tail -n 1 "$tmp/log")" = "1 passed, 0 failed, 0 skipped" ] && grep -q "(np=3)" "$tmp/log"
+check $? "SR_MPI_NP=3 runs the mpi tests with 3 ranks only"
 
 check_done
