@@ -23,12 +23,20 @@
  * zigzag it already holds the last context chunk. For each step of new
  * tokens (the question, then one generated token at a time) it broadcasts a
  * small step header, runs embeddings, projections and MLPs, and per layer
- * calls sr_star_query: its queries go to every rank (all heads in one
- * message), each rank returns (O, LSE) over its context KV, merged on the
- * query rank with the causal part over the new tokens' KV, which the query
- * rank keeps in a cache of its own (positions n..). The other ranks follow
- * the headers in sr_cp_serve until the query rank calls sr_cp_end, so all
- * ranks stay in step. In full mode a step is the single-process forward. */
+ * calls sr_star_query once: its queries go to every rank (all heads in one
+ * message), each rank returns (O, LSE) over all its context KV runs, merged
+ * on the query rank with the causal part over the new tokens' KV, which the
+ * query rank keeps in a cache of its own (positions n..). The other ranks
+ * follow the headers in sr_cp_serve until the query rank calls sr_cp_end,
+ * so all ranks stay in step. In full mode a step is the single-process
+ * forward.
+ *
+ * Failures: every collective here fails on every rank or on none. Prefill
+ * first checks that all ranks were given the same context, options and
+ * model (worker/wire.h), and agrees on each phase's result. A step that
+ * fails on any rank ends the query on every rank: the query rank's
+ * sr_cp_feed returns the error and the others' sr_cp_serve returns it too;
+ * the context must then be prefilled again. */
 #ifndef SR_WORKER_CP_H
 #define SR_WORKER_CP_H
 
@@ -101,11 +109,17 @@ int sr_cp_prefill(sr_cp *cp, const int32_t *tokens, int64_t n);
  * other ranks must be in sr_cp_serve. */
 int sr_cp_feed(sr_cp *cp, const int32_t *tokens, int64_t n);
 
-/* Query rank: tells the other ranks that the query is over. */
+/* Query rank: tells the other ranks that the query is over (nothing after a
+ * failed sr_cp_feed, which has told them already). */
 int sr_cp_end(sr_cp *cp);
 
+/* Query rank: ends the query with an error (status < 0) that every other
+ * rank's sr_cp_serve returns; the context must be prefilled again. */
+int sr_cp_abort(sr_cp *cp, int status);
+
 /* Other ranks: take part in every step fed by the query rank until
- * sr_cp_end. Returns at once on the query rank and in full mode. */
+ * sr_cp_end (SR_OK) or a failure (the error). Returns at once on the query
+ * rank and in full mode. */
 int sr_cp_serve(sr_cp *cp);
 
 /* Collective: feeds the question (n_query tokens, may be 0: then the first

@@ -27,6 +27,8 @@
 #include "tokenizer/tokenizer.h"
 #include "transport/transport.h"
 #include "tests/mpi/mpi_support.h"
+#include "worker/agree.h"
+#include "worker/wire.h"
 
 static uint64_t mix(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -356,6 +358,101 @@ static int run_generate(const char *path, sr_tp *tp, const int32_t *text, int64_
     return fails;
 }
 
+/* ---- failures: every rank returns an error, none waits forever ---- */
+
+/* Rank bad fails every step with a bad argument of its own (a KV type that
+ * star attention refuses): the query rank's feed and every other rank's
+ * serve return an error, the context is gone on every rank, and a new
+ * prefill and query work. */
+static int t_step_fails(sr_model *m, sr_tp *tp, int bad, const int32_t *ids, int64_t n) {
+    sr_cp_opts o = {.mode = SR_CP_STAR, .block_size = 40, .tag = 7};
+    sr_cp *cp = NULL;
+    EXPECT_OK(sr_cp_open(&cp, m, tp, &o));
+    EXPECT_OK(sr_cp_prefill(cp, ids, n));
+    int fails = 0, dtype = m->kv.dtype, rc;
+    if (rank == bad) m->kv.dtype = 99;
+    if (sr_cp_is_query_rank(cp)) {
+        rc = sr_cp_feed(cp, ids, 3);
+        if (rc == SR_OK) fails++;
+        if (sr_cp_end(cp) != SR_OK) fails++; /* the failed feed has ended the query */
+        if (sr_cp_feed(cp, ids, 1) != SR_ESTATE) fails++;
+    } else {
+        rc = sr_cp_serve(cp);
+        if (rc == SR_OK) fails++;
+    }
+    if (fails) fprintf(stderr, "rank %d: a failed step on rank %d gave %d: %s\n", rank, bad, rc, sr_error_msg());
+    m->kv.dtype = dtype;
+    EXPECT_OK(sr_cp_prefill(cp, ids, n));
+    if (sr_cp_is_query_rank(cp)) {
+        EXPECT_OK(sr_cp_feed(cp, ids, 2));
+        EXPECT_OK(sr_cp_end(cp));
+    } else {
+        EXPECT_OK(sr_cp_serve(cp));
+    }
+    sr_cp_close(cp);
+    return fails;
+}
+
+/* The query rank sends a forged step header of 2^60 tokens (what
+ * sr_cp_feed would send, by hand): every other rank refuses it by name,
+ * and the ranks agree on the refusal. */
+static int t_forged_header(sr_model *m, sr_tp *tp, const int32_t *ids, int64_t n) {
+    sr_cp_opts o = {.mode = SR_CP_STAR, .block_size = 40, .tag = 7};
+    sr_cp *cp = NULL;
+    EXPECT_OK(sr_cp_open(&cp, m, tp, &o));
+    EXPECT_OK(sr_cp_prefill(cp, ids, n));
+    int fails = 0, rc;
+    if (sr_cp_is_query_rank(cp)) {
+        int64_t h[SR_WIRE_STEP_WORDS];
+        int32_t *all = malloc(sizeof(int32_t) * (size_t)size);
+        sr_wire_step_encode(h, (int64_t)1 << 60, SR_OK);
+        EXPECT_OK(sr_tp_bcast(tp, h, sizeof h, SR_CP_QUERY_RANK));
+        rc = sr_agree(tp, SR_OK, all, "test");
+        if (rc != SR_EFORMAT) fails++;
+        free(all);
+    } else {
+        rc = sr_cp_serve(cp);
+        if (rc != SR_EFORMAT || !strstr(sr_error_msg(), "n_new 1152921504606846976")) fails++;
+    }
+    if (fails) fprintf(stderr, "rank %d: a forged header gave %d: %s\n", rank, rc, sr_error_msg());
+    sr_cp_close(cp);
+    return fails;
+}
+
+/* Ranks given different contexts, or none: every rank's prefill fails. */
+static int t_prefill_disagrees(sr_model *m, sr_tp *tp, int32_t *ids, int64_t n) {
+    sr_cp_opts o = {.mode = SR_CP_STAR, .block_size = 40, .tag = 7};
+    sr_cp *cp = NULL;
+    EXPECT_OK(sr_cp_open(&cp, m, tp, &o));
+    int fails = 0;
+    int32_t keep = ids[n / 2];
+    if (rank == size - 1) ids[n / 2] = (keep + 1) % m->config.vocab_size;
+    int rc = sr_cp_prefill(cp, ids, n);
+    ids[n / 2] = keep;
+    if (rc != SR_EFORMAT || !strstr(sr_error_msg(), "context hash")) fails++;
+    rc = sr_cp_prefill(cp, rank == size - 1 ? NULL : ids, n);
+    if (rc != SR_EINVAL) fails++;
+    if (fails) fprintf(stderr, "rank %d: disagreeing prefills gave %d: %s\n", rank, rc, sr_error_msg());
+    EXPECT_OK(sr_cp_prefill(cp, ids, n));
+    sr_cp_close(cp);
+    return fails;
+}
+
+static int t_failures(const char *path, sr_tp *tp) {
+    sr_model *m = NULL;
+    EXPECT_OK(load(path, 64, 16, &m));
+    int64_t n = 150;
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
+    for (int64_t i = 0; i < n; i++) ids[i] = (int32_t)(mix(5 + (uint64_t)i) % (uint64_t)m->config.vocab_size);
+    int fails = t_step_fails(m, tp, size - 1, ids, n);
+    fails += t_step_fails(m, tp, SR_CP_QUERY_RANK, ids, n);
+    fails += t_forged_header(m, tp, ids, n);
+    fails += t_prefill_disagrees(m, tp, ids, n);
+    free(ids);
+    sr_model_free(m);
+    return fails;
+}
+
 /* Text of about n_words words with numbers, so that greedy continuations
  * are not ties. */
 static char *make_text(int n_items) {
@@ -417,6 +514,9 @@ int main(int argc, char **argv) {
         const cp_case *c = &tiny_cases[i];
         tap(run_case(tiny, c->tcp ? tcp : mpi, c, NULL, 0), "%s (W=%d)", c->name, size);
     }
+    tap(t_failures(tiny, mpi), "a step failing on the query rank or on rank %d, a forged step header, ranks given "
+                               "different contexts: every rank returns an error", size - 1);
+    tap(t_failures(tiny, tcp), "the same over tcp");
     {
         cp_case c = {"ring, tiny GQA 4 f16 weights, n=333", SR_CP_RING, 333, 2, 4, 0, 0, 32, 0, 1e-4, 0};
         tap(run_case(tiny_gqa, mpi, &c, NULL, 0), "%s (W=%d)", c.name, size);

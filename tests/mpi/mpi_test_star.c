@@ -239,34 +239,70 @@ typedef struct {
     shape s;
     int query_rank; /* -1: the last rank */
     int paged;
+    int zigzag;     /* context placed by zigzag (two runs per rank), else by star blocks (one) */
 } q_case;
+
+/* One context run of this rank: its rows (dense, or as blocks of blk rows). */
+typedef struct {
+    sr_span sp;
+    void *k, *v;
+    const void **kb, **vb;
+} ctx_run;
+
+static void ctx_run_make(ctx_run *r, uint64_t seed, sr_span sp, const q_case *c) {
+    const shape *s = &c->s;
+    int64_t kw = s->hkv * s->hd;
+    r->sp = sp;
+    int64_t *pos = calloc((size_t)sp.len + 1, sizeof(int64_t));
+    for (int64_t i = 0; i < sp.len; i++) pos[i] = sp.pos0 + i;
+    r->k = malloc(esize(s->dtype) * (sp.len + 1) * kw);
+    r->v = malloc(esize(s->dtype) * (sp.len + 1) * kw);
+    make_rows(seed, pos, sp.len, s, NULL, r->k, r->v);
+    free(pos);
+    r->kb = r->vb = NULL;
+    if (c->paged && sp.len > 0) {
+        int64_t nb = (sp.len + c->blk - 1) / c->blk;
+        r->kb = malloc(sizeof(void *) * nb);
+        r->vb = malloc(sizeof(void *) * nb);
+        for (int64_t b = 0; b < nb; b++) {
+            r->kb[b] = (char *)r->k + (size_t)(b * c->blk * kw) * esize(s->dtype);
+            r->vb[b] = (char *)r->v + (size_t)(b * c->blk * kw) * esize(s->dtype);
+        }
+    }
+}
+
+static sr_star_run ctx_run_view(const ctx_run *r, int64_t blk) {
+    sr_star_run v = {sr_attn_kv_dense(r->k, r->v), r->sp.pos0, r->sp.len};
+    if (r->kb) v.kv = (sr_attn_kv){NULL, NULL, r->kb, r->vb, blk};
+    return v;
+}
+
+static void ctx_run_free(ctx_run *r) {
+    free(r->k), free(r->v), free(r->kb), free(r->vb);
+}
 
 static int t_query(sr_tp *tp, const q_case *c) {
     const shape *s = &c->s;
     int qr = c->query_rank < 0 ? size - 1 : c->query_rank, root = rank == qr;
-    sr_star_place pl;
-    EXPECT_OK(sr_place_star(c->n, c->blk, 0, size, rank, &pl));
-    int64_t qw = s->hq * s->hd, kw = s->hkv * s->hd, nown = pl.own.len;
+    int64_t qw = s->hq * s->hd, kw = s->hkv * s->hd;
     uint64_t seed = 23;
-    /* this rank's context KV: its own blocks only */
-    int64_t *pos = calloc((size_t)nown + 1, sizeof(int64_t));
-    for (int64_t i = 0; i < nown; i++) pos[i] = pl.own.pos0 + i;
-    void *k = malloc(esize(s->dtype) * (nown + 1) * kw), *v = malloc(esize(s->dtype) * (nown + 1) * kw);
-    make_rows(seed, pos, nown, s, NULL, k, v);
-    sr_attn_kv ctx = sr_attn_kv_dense(k, v);
-    const void **kb = NULL, **vb = NULL;
-    if (c->paged && nown > 0) { /* the same rows seen as blocks of blk rows */
-        int64_t nb = (nown + c->blk - 1) / c->blk;
-        kb = malloc(sizeof(void *) * nb);
-        vb = malloc(sizeof(void *) * nb);
-        for (int64_t b = 0; b < nb; b++) {
-            kb[b] = (char *)k + (size_t)(b * c->blk * kw) * esize(s->dtype);
-            vb[b] = (char *)v + (size_t)(b * c->blk * kw) * esize(s->dtype);
-        }
-        ctx.k = ctx.v = NULL;
-        ctx.k_blocks = kb;
-        ctx.v_blocks = vb;
-        ctx.block_len = c->blk;
+    /* this rank's context KV: its own tokens only, in one or two runs */
+    sr_span sp[2] = {{0, 0}, {0, 0}};
+    int nsp = 1;
+    if (c->zigzag) {
+        EXPECT_OK(sr_place_zigzag(c->n, size, rank, sp));
+        nsp = 2;
+    } else {
+        sr_star_place pl;
+        EXPECT_OK(sr_place_star(c->n, c->blk, 0, size, rank, &pl));
+        sp[0] = pl.own;
+    }
+    ctx_run cr[2];
+    sr_star_run runs[3];
+    int n_runs = 0;
+    for (int i = 0; i < nsp; i++) {
+        ctx_run_make(&cr[i], seed, sp[i], c);
+        runs[n_runs++] = ctx_run_view(&cr[i], c->blk);
     }
     /* the query rank: new tokens at n.., the queries are the last nq of them */
     int64_t new0 = c->n, q0 = c->n + c->n_new - c->nq;
@@ -276,7 +312,7 @@ static int t_query(sr_tp *tp, const q_case *c) {
     float *nq_all = malloc(sizeof(float) * c->n_new * qw);
     make_rows(seed, npos, c->n_new, s, nq_all, nk, nv);
     const float *q = nq_all + (c->n_new - c->nq) * qw;
-    sr_attn_kv newkv = sr_attn_kv_dense(nk, nv);
+    if (root) runs[n_runs++] = (sr_star_run){sr_attn_kv_dense(nk, nv), new0, c->n_new};
     float *o = malloc(sizeof(float) * c->nq * qw), *l = malloc(sizeof(float) * c->nq * s->hq);
     for (int64_t i = 0; i < c->nq * qw; i++) o[i] = NAN;
     sr_star *st = NULL;
@@ -284,9 +320,11 @@ static int t_query(sr_tp *tp, const q_case *c) {
     sr_star_desc d = {s->hq, s->hkv, s->hd, s->dtype, 0, 1};
     sr_star_stats stats;
     memset(&stats, 0, sizeof stats);
-    EXPECT_OK(sr_star_query(st, &d, qr, c->nq, q0, root ? q : NULL, &ctx, nown, root ? &newkv : NULL,
-                            root ? c->n_new : 0, new0, root ? o : NULL, root ? l : NULL, &stats));
+    /* twice: the second call reuses the buffers of the first */
     int fails = 0;
+    for (int call = 0; call < 2; call++)
+        EXPECT_OK(sr_star_query(st, &d, qr, c->nq, q0, root ? q : NULL, runs, n_runs, root ? o : NULL,
+                                root ? l : NULL, &stats));
     if (root) {
         /* every context token and the new ones up to each query's position */
         int64_t nall = c->n + c->n_new;
@@ -298,16 +336,71 @@ static int t_query(sr_tp *tp, const q_case *c) {
         fails += compare("phase 2", o, l, ro, rl, c->nq * s->hq, s->hd);
         free(kpos), free(qpos), free(ro), free(rl);
     }
-    /* one message per peer and per direction, all heads in it */
-    int64_t qb = c->nq * qw * 4, pb = c->nq * s->hq * (s->hd + 1) * 4;
-    if (stats.messages != (root ? size - 1 : 1) || stats.bytes_sent != (root ? qb * (size - 1) : pb) ||
-        stats.bytes_recv != (root ? pb * (size - 1) : qb) || stats.calls != 1) {
-        fprintf(stderr, "rank %d: star stats: %lld messages, %lld bytes sent\n", rank, (long long)stats.messages,
-                (long long)stats.bytes_sent);
+    /* per call one message per peer and per direction, all heads and the
+     * sender's status in it, whatever the number of runs */
+    int64_t qb = (c->nq * qw + 1) * 4, pb = (c->nq * s->hq * (s->hd + 1) + 1) * 4;
+    if (stats.messages != 2 * (root ? size - 1 : 1) || stats.bytes_sent != 2 * (root ? qb * (size - 1) : pb) ||
+        stats.bytes_recv != 2 * (root ? pb * (size - 1) : qb) || stats.calls != 2) {
+        fprintf(stderr, "rank %d: star stats: %lld messages, %lld bytes sent over %lld calls\n", rank,
+                (long long)stats.messages, (long long)stats.bytes_sent, (long long)stats.calls);
         fails++;
     }
     sr_star_free(st);
-    free(pos), free(k), free(v), free(kb), free(vb), free(npos), free(nk), free(nv), free(nq_all), free(o), free(l);
+    for (int i = 0; i < nsp; i++) ctx_run_free(&cr[i]);
+    free(npos), free(nk), free(nv), free(nq_all), free(o), free(l);
+    return fails;
+}
+
+/* A bad argument on one rank only: every rank comes back, the query rank
+ * with that rank's failure, the failing rank with its own; then a good call
+ * on the same handle works. */
+static int t_query_fails(sr_tp *tp, int bad_rank) {
+    shape s = {4, 2, 64, SR_DT_F32};
+    int64_t qw = s.hq * s.hd, kw = s.hkv * s.hd, n = 16;
+    float *q = calloc((size_t)qw, sizeof(float)), *o = calloc((size_t)qw, sizeof(float)), l[4];
+    float *k = calloc((size_t)(n * kw), sizeof(float)), *v = calloc((size_t)(n * kw), sizeof(float));
+    sr_star_run run = {sr_attn_kv_dense(k, v), n * rank, n};
+    sr_star *st = NULL;
+    EXPECT_OK(sr_star_init(&st, tp));
+    sr_star_desc d = {s.hq, s.hkv, s.hd, s.dtype, 0, 1};
+    int fails = 0;
+    int rc = sr_star_query(st, &d, 0, 1, n * size, q, &run, rank == bad_rank ? -1 : 1, o, l, NULL);
+    if (rank == 0 || rank == bad_rank) {
+        if (rc != SR_EINVAL) fails++;
+        char want[64];
+        snprintf(want, sizeof want, "rank %d failed", bad_rank);
+        if (rank != bad_rank && !strstr(sr_error_msg(), want)) fails++;
+        if (fails) fprintf(stderr, "rank %d: a failure on rank %d gave %d: %s\n", rank, bad_rank, rc, sr_error_msg());
+    } else if (rc != SR_OK) {
+        fails++;
+    }
+    /* the query rank's own failure reaches every rank in the broadcast */
+    rc = sr_star_query(st, &d, 0, 1, n * size, q, &run, 1, rank == 0 ? NULL : o, l, NULL);
+    if (rc != SR_EINVAL) fails++;
+    rc = sr_star_query(st, &d, 0, 1, n * size, q, &run, 1, o, l, NULL);
+    if (rc != SR_OK) fails++;
+    sr_star_free(st);
+    free(q), free(o), free(k), free(v);
+    return fails;
+}
+
+/* Sizes that overflow (as a corrupt step header could ask for) fail on
+ * every rank before any message. */
+static int t_query_huge(sr_tp *tp) {
+    sr_star *st = NULL;
+    EXPECT_OK(sr_star_init(&st, tp));
+    sr_star_desc d = {9, 3, 64, SR_DT_F16, 0, 1};
+    float x[64] = {0};
+    int fails = 0;
+    int64_t huge[] = {(int64_t)1 << 60, INT64_MAX, ((int64_t)1 << 62) / 9};
+    for (size_t i = 0; i < sizeof huge / sizeof huge[0]; i++) {
+        int rc = sr_star_query(st, &d, 0, huge[i], 0, x, NULL, 0, x, x, NULL);
+        if (rc != SR_EINVAL || !strstr(sr_error_msg(), "nq")) {
+            fprintf(stderr, "rank %d: nq %lld gave %d: %s\n", rank, (long long)huge[i], rc, sr_error_msg());
+            fails++;
+        }
+    }
+    sr_star_free(st);
     return fails;
 }
 
@@ -328,33 +421,40 @@ int main(int argc, char **argv) {
     tap(t_span(1000, 96, 40, f16), "phase 1 span, f16 K/V, anchor 40 < block 96");
     tap(t_span(777, 64, 250, f32), "phase 1 span, anchor 250 longer than block 64");
     static const q_case qc[] = {
-        {1000, 64, 1, 1, {8, 2, 64, SR_DT_F32}, 0, 0},
-        {1000, 64, 1, 1, {8, 2, 64, SR_DT_F32}, -1, 0},
-        {1000, 64, 7, 12, {8, 2, 64, SR_DT_F32}, 0, 0},
-        {1000, 64, 7, 12, {8, 2, 64, SR_DT_F32}, -1, 1},
-        {555, 100, 5, 5, {4, 4, 128, SR_DT_F16}, -1, 0},
-        {40, 64, 3, 9, {4, 1, 64, SR_DT_BF16}, 0, 0},
+        {1000, 64, 1, 1, {8, 2, 64, SR_DT_F32}, 0, 0, 0},
+        {1000, 64, 1, 1, {8, 2, 64, SR_DT_F32}, -1, 0, 0},
+        {1000, 64, 7, 12, {8, 2, 64, SR_DT_F32}, 0, 0, 0},
+        {1000, 64, 7, 12, {8, 2, 64, SR_DT_F32}, -1, 1, 0},
+        {555, 100, 5, 5, {4, 4, 128, SR_DT_F16}, -1, 0, 0},
+        {40, 64, 3, 9, {4, 1, 64, SR_DT_BF16}, 0, 0, 0},
+        {1001, 32, 1, 3, {8, 2, 64, SR_DT_F16}, 0, 1, 1},
+        {777, 16, 4, 6, {4, 2, 64, SR_DT_F32}, -1, 0, 1},
     };
     for (size_t i = 0; i < sizeof qc / sizeof qc[0]; i++) {
         const q_case *c = &qc[i];
-        tap(t_query(mpi, c), "phase 2 (mpi): n=%lld block=%lld, %lld queries after %lld new tokens, query rank %d%s%s",
+        tap(t_query(mpi, c), "phase 2 (mpi): n=%lld block=%lld, %lld queries after %lld new tokens, query rank %d%s%s%s",
             (long long)c->n, (long long)c->blk, (long long)c->nq, (long long)(c->n_new - c->nq),
             c->query_rank < 0 ? size - 1 : c->query_rank, c->paged ? ", paged KV" : "",
+            c->zigzag ? ", zigzag: two runs per rank in one call" : "",
             c->s.dtype == SR_DT_F16 ? ", f16" : c->s.dtype == SR_DT_BF16 ? ", bf16 (some ranks hold nothing)" : "");
     }
-    q_case tc = {1000, 64, 7, 12, {8, 2, 64, SR_DT_F32}, 1 % size, 0};
+    q_case tc = {1000, 64, 7, 12, {8, 2, 64, SR_DT_F32}, 1 % size, 0, 0};
     tap(t_query(tcp, &tc), "phase 2 (tcp): n=1000, 7 queries after 5 new tokens, query rank %d", tc.query_rank);
     {
         sr_star *st = NULL;
         int fails = sr_star_init(&st, mpi) != SR_OK;
         sr_star_desc bad = {6, 4, 64, SR_DT_F32, 0, 1};
         float x[64];
-        fails += sr_star_query(st, &bad, 0, 1, 0, x, NULL, 0, NULL, 0, 0, x, x, NULL) != SR_EINVAL;
+        fails += sr_star_query(st, &bad, 0, 1, 0, x, NULL, 0, x, x, NULL) != SR_EINVAL;
         sr_star_desc good = {4, 4, 64, SR_DT_F32, 0, 1};
-        fails += sr_star_query(st, &good, size, 1, 0, x, NULL, 0, NULL, 0, 0, x, x, NULL) != SR_EINVAL;
+        fails += sr_star_query(st, &good, size, 1, 0, x, NULL, 0, x, x, NULL) != SR_EINVAL;
         sr_star_free(st);
         tap(fails, "bad shapes and query ranks give SR_EINVAL");
     }
+    tap(t_query_fails(mpi, size - 1), "a bad argument on rank %d only: every rank returns, the query rank with "
+                                      "its failure; the query rank's own failure reaches every rank", size - 1);
+    tap(t_query_fails(tcp, size - 1), "the same over tcp");
+    tap(t_query_huge(mpi), "nq of 2^60 and other overflowing sizes give SR_EINVAL on every rank");
     sr_tp_close(tcp);
     sr_tp_close(mpi);
     return mpi_test_finish();
