@@ -266,16 +266,94 @@ static int cp__prefill_ring(sr_cp *cp, const int32_t *tokens, int64_t n) {
 
 /* ---------------------------------------------------------------- star */
 
+/* The rows of one Star block within a chunk of the run state. */
+typedef struct {
+    int64_t row0, n, pos0; /* rows [row0, row0 + n) at positions pos0.. */
+    int64_t b, off;        /* where their K/V go in the cache */
+    int64_t blk;           /* the block, counted from this rank's first */
+} cp__seg;
+
+/* The paged view of layer l's K/V from cache block b on, n rows at pos0. */
+static sr_star_run cp__run(const sr_kv_cache *kv, int l, int64_t b, int64_t pos0, int64_t n) {
+    int64_t at = (int64_t)l * kv->cap_blocks + b;
+    return (sr_star_run){{NULL, NULL, &kv->k_ptr[at], &kv->v_ptr[at], kv->block_size}, pos0, n};
+}
+
+/* Phase 1 over this rank's blocks, the anchor's K/V already in the cache
+ * (from block 0 on): the blocks' rows go through the model together, in
+ * chunks of the batch, and each row attends to what its block sees (see
+ * placement.h): the anchor's keys, the keys of this rank's earlier blocks
+ * that lie inside the anchor, and its own block's causally. Each block
+ * starts a cache block, so that it is a run of its own. */
+static int cp__star_blocks(sr_cp *cp, const int32_t *tokens, const sr_star_place *pl) {
+    sr_model *m = cp->m;
+    sr_run_state *s = &m->state;
+    const sr_model_config *c = &m->config;
+    sr_kv_cache *kv = &m->kv;
+    int64_t qd = (int64_t)c->n_head * c->head_dim, kvd = (int64_t)c->n_head_kv * c->head_dim;
+    int64_t *first = malloc(sizeof(int64_t) * (size_t)pl->n_blocks); /* each block's first cache block */
+    cp__seg *seg = malloc(sizeof(cp__seg) * (size_t)(s->max_batch + 1));
+    sr_star_run *runs = malloc(sizeof(sr_star_run) * (size_t)(pl->n_blocks + 1));
+    int rc = first && seg && runs ? SR_OK : sr_error_set(SR_ENOMEM, "star prefill: out of memory");
+    sr_star_desc d = {c->n_head, c->n_head_kv, c->head_dim, kv->dtype, 0.0f, m->n_threads};
+    int64_t end = pl->own.pos0 + pl->own.len;
+    for (int64_t c0 = pl->own.pos0; rc == SR_OK && c0 < end;) {
+        int64_t take = end - c0 < s->max_batch ? end - c0 : s->max_batch, nseg = 0;
+        rc = sr_model_embed(m, tokens + c0, take, c0);
+        for (int64_t p = c0; rc == SR_OK && p < c0 + take; nseg++) {
+            int64_t g = p / pl->block_size;
+            sr_span blk = sr_star_block(pl, g, NULL);
+            cp__seg *sg = &seg[nseg];
+            *sg = (cp__seg){p - c0, (blk.pos0 + blk.len < c0 + take ? blk.pos0 + blk.len : c0 + take) - p, p, 0, 0,
+                            g - pl->first_block};
+            if (p == blk.pos0 && (rc = sr_kv_reserve_new_block(kv, p, sg->n, &sg->b)) == SR_OK)
+                first[sg->blk] = sg->b;
+            else if (p != blk.pos0)
+                rc = sr_kv_reserve(kv, p, sg->n, &sg->b, &sg->off);
+            p += sg->n;
+        }
+        for (int l = 0; l < c->n_layer && rc == SR_OK; l++) {
+            rc = sr_layer_qkv(m, l);
+            for (int64_t i = 0; i < nseg && rc == SR_OK; i++)
+                rc = sr_kv_store(kv, l, seg[i].b, seg[i].off, seg[i].n, s->k + seg[i].row0 * kvd,
+                                 s->v + seg[i].row0 * kvd);
+            for (int64_t i = 0; i < nseg && rc == SR_OK; i++) {
+                const cp__seg *sg = &seg[i];
+                int64_t g = pl->first_block + sg->blk, seen, nr = 0;
+                sr_span blk = sr_star_block(pl, g, &seen);
+                if (pl->anchor.len > 0) runs[nr++] = cp__run(kv, l, 0, 0, pl->anchor.len);
+                for (int64_t j = 0; j < sg->blk; j++) { /* earlier blocks of this rank inside the anchor */
+                    sr_span e = sr_star_block(pl, pl->first_block + j, NULL);
+                    int64_t n = (seen < e.pos0 + e.len ? seen : e.pos0 + e.len) - e.pos0;
+                    if (n > 0) runs[nr++] = cp__run(kv, l, first[j], e.pos0, n);
+                }
+                runs[nr++] = cp__run(kv, l, first[sg->blk], blk.pos0, sg->pos0 + sg->n - blk.pos0);
+                rc = sr_star_attend(&d, sg->n, sg->pos0, s->q + sg->row0 * qd, runs, nr, s->att + sg->row0 * qd,
+                                    s->lse + sg->row0 * c->n_head, s->att_part, s->lse_part);
+            }
+            if (rc == SR_OK && (rc = sr_layer_attn_out(m, l)) == SR_OK) rc = sr_layer_mlp(m, l);
+        }
+        c0 += take;
+    }
+    free(first);
+    free(seg);
+    free(runs);
+    return rc;
+}
+
 static int cp__prefill_star(sr_cp *cp, const int32_t *tokens, int64_t n) {
     sr_model *m = cp->m;
     sr_star_place pl;
     int rc = sr_place_star(n, cp->o.block_size, cp->o.anchor_size, cp->world, cp->rank, &pl);
     if (rc != SR_OK) return rc;
-    /* the anchor and then the own tokens, each at its positions: the cache's
-     * causal attention by position is phase 1's [anchor | own] mask */
+    cp->st.block_size = pl.block_size;
+    cp->st.anchor_size = pl.anchor_size;
     if (pl.own.len > 0) {
-        if (pl.anchor.len > 0) rc = sr_model_forward(m, tokens + pl.anchor.pos0, pl.anchor.len, pl.anchor.pos0);
-        if (rc == SR_OK) rc = sr_model_forward(m, tokens + pl.own.pos0, pl.own.len, pl.own.pos0);
+        /* the anchor is the context's prefix, so its K/V are exact causal
+         * attention over it: computed once, whatever the number of blocks */
+        if (pl.anchor.len > 0) rc = sr_model_forward(m, tokens, pl.anchor.len, 0);
+        if (rc == SR_OK) rc = cp__star_blocks(cp, tokens, &pl);
+        if (rc == SR_OK && pl.own.pos0 + pl.own.len == n) rc = sr_model_logits(m);
         if (rc == SR_OK && pl.anchor.len > 0) rc = sr_kv_drop_before(&m->kv, pl.own.pos0);
     }
     int owner = 0;

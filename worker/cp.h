@@ -11,10 +11,16 @@
  *         the MLP. Every local row is in the run state at once, so the
  *         model's max_batch must hold the largest rank's share
  *         (sr_cp_batch_rows).
- *   star  (approximate) blocks placed by sr_place_star; each rank runs the
- *         model over [anchor | own blocks] (anchor at positions 0.., own
- *         tokens at their global positions, causal by position, in chunks of
- *         max_batch), then drops the anchor's KV.
+ *   star  (approximate; Star Attention's blockwise phase 1) blocks placed
+ *         by sr_place_star, one per rank by default; each block is encoded
+ *         as [anchor | block], the anchor at positions 0.. and the block at
+ *         its global positions, independent of every other block (see
+ *         placement.h). A rank computes the anchor's K/V once (one forward
+ *         pass over it), then runs all its blocks' tokens through the model
+ *         together in chunks of max_batch, each row attending to the anchor
+ *         and its own block; then it drops the anchor's KV in place. Each
+ *         block starts a KV cache block (a block shorter than the cache's
+ *         block_size leaves the rest of that cache block unused).
  * After prefill every rank's sr_kv_cache (m->kv) holds the KV of its own
  * tokens only, at their positions.
  *
@@ -50,17 +56,20 @@
 
 enum { SR_CP_FULL = 0, SR_CP_RING = 1, SR_CP_STAR = 2 };
 
-/* Star block size when none is given; the anchor is one block unless set.
- * Measured on SmolLM2-135M: an anchor of one block (512..1536) loses a
- * passkey in 6k tokens over 4 ranks, an anchor of half the context keeps it
- * (tests/sh/test_star_passkey.sh), so long contexts want a longer anchor. */
-enum { SR_CP_DEFAULT_BLOCK = 1024 };
+/* The block_size and anchor_size that ask for the defaults, as in the
+ * reference implementation: blocks of the context over the workers (one
+ * per worker) and an anchor of one block. Measured on SmolLM2-135M over 4
+ * workers: at ~3k tokens it finds a passkey even in the last block
+ * (tests/sh/test_star_passkey.sh); at ~6k it loses it wherever it is, while
+ * an anchor of half the context keeps it (scripts/demo); scripts/bench-cp
+ * accuracy measures more. */
+enum { SR_CP_DEFAULT_BLOCK = 0 };
 
 #define SR_CP_QUERY_RANK 0
 
 typedef struct {
     int mode;            /* SR_CP_* */
-    int64_t block_size;  /* star: context tokens per block; 0: SR_CP_DEFAULT_BLOCK */
+    int64_t block_size;  /* star: context tokens per block; 0: ceil(context / workers) */
     int64_t anchor_size; /* star: anchor tokens; 0: one block */
     int tag;             /* ring: uses transport tags tag and tag + 1 */
 } sr_cp_opts;
@@ -68,6 +77,8 @@ typedef struct {
 /* This rank's accounting. */
 typedef struct {
     int64_t n_ctx;       /* context tokens prefilled (the whole context) */
+    int64_t block_size;  /* star: the block and anchor sizes used (the defaults resolved) */
+    int64_t anchor_size;
     double t_prefill;    /* seconds of prefill, until every rank is done */
     int64_t kv_tokens;   /* context KV tokens held by this rank after prefill */
     int64_t kv_bytes;    /* bytes of the blocks holding them */

@@ -1,5 +1,5 @@
-/* star_attention: the [anchor | own] span of phase 1, and the query
- * broadcast, local attention, gather and merge of phase 2. */
+/* star_attention: attention over a list of KV runs (both phases), and the
+ * query broadcast, local attention, gather and merge of phase 2. */
 #include "worker/star_attention.h"
 
 #include <math.h>
@@ -24,62 +24,6 @@ static sr_attn_desc attn_desc(const sr_star_desc *d, int64_t nq, int64_t nk, int
                       .head_dim = d->head_dim, .causal = causal, .q_pos0 = qp, .k_pos0 = kp,
                       .scale = d->scale, .kv_dtype = d->kv_dtype};
     return a;
-}
-
-int64_t sr_star_span_len(const sr_star_place *pl) { return pl ? pl->anchor.len + pl->own.len : 0; }
-
-int sr_star_span_build(const sr_star_place *pl, const int32_t *context_tokens, int32_t *tokens, int64_t *pos) {
-    if (!pl || (tokens && !context_tokens)) return sr_error_set(SR_EINVAL, "sr_star_span_build: NULL argument");
-    const sr_span parts[2] = {pl->anchor, pl->own};
-    int64_t r = 0;
-    for (int p = 0; p < 2; p++)
-        for (int64_t i = 0; i < parts[p].len; i++, r++) {
-            if (tokens) tokens[r] = context_tokens[parts[p].pos0 + i];
-            if (pos) pos[r] = parts[p].pos0 + i;
-        }
-    return SR_OK;
-}
-
-int sr_star_span_attention(const sr_star_desc *d, const sr_star_place *pl, const float *q, const void *k,
-                           const void *v, float *o, float *lse) {
-    int rc = check_desc(d);
-    if (rc != SR_OK) return rc;
-    if (!pl || !q || !k || !v || !o) return sr_error_set(SR_EINVAL, "sr_star_span_attention: NULL argument");
-    int64_t a = pl->anchor.len, n = pl->own.len, hq = d->n_head_q, hd = d->head_dim;
-    size_t row = (size_t)d->n_head_kv * (size_t)hd * (d->kv_dtype == SR_DT_F32 ? 4 : 2);
-    if (a + n == 0) return SR_OK;
-    float *lse_buf = NULL, *o_tmp = NULL, *lse_tmp = NULL;
-    if (!lse) lse = lse_buf = malloc(sizeof(float) * (size_t)((a + n) * hq));
-    if (a > 0 && n > 0) {
-        o_tmp = malloc(sizeof(float) * (size_t)(n * hq * hd));
-        lse_tmp = malloc(sizeof(float) * (size_t)(n * hq));
-    }
-    if (!lse || (a > 0 && n > 0 && (!o_tmp || !lse_tmp))) {
-        rc = sr_error_set(SR_ENOMEM, "out of memory for a star span of %lld rows", (long long)(a + n));
-        goto out;
-    }
-    sr_attn_kv anchor = sr_attn_kv_dense(k, v);
-    if (a > 0) { /* anchor rows: causal among themselves */
-        sr_attn_desc ad = attn_desc(d, a, a, 1, pl->anchor.pos0, pl->anchor.pos0);
-        if ((rc = sr_attn_forward(&ad, q, &anchor, o, lse, d->n_threads)) != SR_OK) goto out;
-    }
-    if (n > 0) { /* own rows: causal over their own tokens ... */
-        sr_attn_kv own = sr_attn_kv_dense((const char *)k + (size_t)a * row, (const char *)v + (size_t)a * row);
-        sr_attn_desc od = attn_desc(d, n, n, 1, pl->own.pos0, pl->own.pos0);
-        float *oo = o + a * hq * hd, *ol = lse + a * hq;
-        if ((rc = sr_attn_forward(&od, q + a * hq * hd, &own, oo, ol, d->n_threads)) != SR_OK) goto out;
-        if (a > 0) { /* ... and all of the anchor, which comes before them */
-            sr_attn_desc xd = attn_desc(d, n, a, 0, pl->own.pos0, pl->anchor.pos0);
-            if ((rc = sr_attn_forward(&xd, q + a * hq * hd, &anchor, o_tmp, lse_tmp, d->n_threads)) != SR_OK ||
-                (rc = sr_attn_merge_into(oo, ol, o_tmp, lse_tmp, n * hq, (int)hd)) != SR_OK)
-                goto out;
-        }
-    }
-out:
-    free(lse_buf);
-    free(o_tmp);
-    free(lse_tmp);
-    return rc;
 }
 
 /* ------------------------------------------------------- attend to runs */

@@ -1,10 +1,13 @@
 /* star_attention: the attention steps of Star Attention across ranks.
  *
- * Phase 1 (context encoding, approximate): with sr_place_star's placement,
- * each rank runs every layer over the span [anchor | own blocks], the anchor
- * at its original positions 0.. and the own tokens at their global positions,
- * causally within the span. Afterwards the rank keeps the KV of its own
- * tokens only. sr_star_span_* build that span and its attention.
+ * Phase 1 (context encoding, approximate; arXiv 2411.17116): with
+ * sr_place_star's placement, every context block is encoded on its own,
+ * prefixed by the anchor: the block's queries see the anchor's keys (at
+ * positions 0..) and the block's own keys causally (at its global
+ * positions), never another block's. A rank computes the anchor's K/V once
+ * and runs all its blocks through the model together, each row's attention
+ * being sr_star_attend over [anchor, own block] (worker/cp.c); then it
+ * drops the anchor and keeps the KV of its own blocks only.
  *
  * Phase 2 (query and generation, exact): the query rank broadcasts a layer's
  * queries (all heads in one message); every rank computes (O_i, LSE_i) of
@@ -27,21 +30,6 @@ typedef struct {
     int n_threads; /* for sr_attn_forward; <= 0: all cores */
 } sr_star_desc;
 
-/* ---- phase 1 ---- */
-
-/* Rows of this rank's span: anchor.len + own.len. */
-int64_t sr_star_span_len(const sr_star_place *pl);
-
-/* Token ids and absolute positions of the span [anchor | own], taken from the
- * whole context's token ids; either output may be NULL. */
-int sr_star_span_build(const sr_star_place *pl, const int32_t *context_tokens, int32_t *tokens, int64_t *pos);
-
-/* Causal attention within the span. q: [span, Hq, d]; k, v: [span, Hkv, d];
- * o: [span, Hq, d]; lse: [span, Hq] (may be NULL). Anchor rows see the anchor
- * causally; own rows see the whole anchor and their own tokens causally. */
-int sr_star_span_attention(const sr_star_desc *d, const sr_star_place *pl, const float *q, const void *k,
-                           const void *v, float *o, float *lse);
-
 /* ---- both phases ---- */
 
 /* K/V rows at absolute positions pos0 .. pos0 + n - 1, dense or paged. */
@@ -50,7 +38,8 @@ typedef struct {
     int64_t pos0, n;
 } sr_star_run;
 
-/* nq queries at positions q_pos0.. ([nq, Hq, d]) against a list of runs,
+/* nq queries at positions q_pos0.. ([nq, Hq, d]) against a list of runs
+ * (phase 1: the anchor and the block; phase 2: a rank's KV),
  * each key visible to the queries at or after its position; merged by LSE
  * into o [nq, Hq, d] and lse [nq, Hq]. o_tmp and lse_tmp are scratch of the
  * same shapes. A query that sees no key gets O = 0, LSE = -inf. */

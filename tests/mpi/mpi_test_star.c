@@ -1,10 +1,11 @@
 /* Star attention across ranks.
- *  - placement: own blocks partition the context, anchors are the context's
- *    prefix, and each rank keeps at most ceil(n / W) + one block of tokens,
+ *  - placement: own blocks partition the context (one per rank by default),
+ *    anchors are the context's prefix, each block sees min(anchor, its
+ *    start), and each rank keeps at most ceil(n / W) + one block of tokens,
  *    read from each rank's own placement;
- *  - phase 1: with a single block the span attention is full causal attention
- *    bit for bit; with anchors it equals a double-precision reference over the
- *    span's positions;
+ *  - phase 1: with a single block a block's attention is full causal
+ *    attention bit for bit; every block's rows over [the prefix it sees |
+ *    itself] equal a double-precision reference over exactly those keys;
  *  - phase 2: over sharded context KV (dense and paged), with single- and
  *    multi-token queries and earlier generated tokens, the merged result
  *    equals a double-precision reference of the same definition: every query
@@ -125,15 +126,27 @@ static int compare(const char *what, const float *o, const float *lse, const dou
 
 static int t_placement(void) {
     static const int64_t ns[] = {1, 5, 63, 64, 65, 1000, 4097, 100003};
-    static const int64_t blocks[] = {1, 7, 64, 256};
+    static const int64_t blocks[] = {0, 1, 7, 64, 256}; /* 0: the default, one block per rank */
     static const int64_t anchors[] = {0, 3, 300};
     int fails = 0;
     for (size_t a = 0; a < sizeof ns / sizeof ns[0]; a++)
         for (size_t b = 0; b < sizeof blocks / sizeof blocks[0]; b++)
             for (size_t c = 0; c < sizeof anchors / sizeof anchors[0]; c++) {
-                int64_t n = ns[a], blk = blocks[b], anc = anchors[c];
+                int64_t n = ns[a], anc = anchors[c], blk = blocks[b] ? blocks[b] : (n + size - 1) / size;
                 sr_star_place pl;
-                EXPECT_OK(sr_place_star(n, blk, anc, size, rank, &pl));
+                EXPECT_OK(sr_place_star(n, blocks[b], anc, size, rank, &pl));
+                if (pl.block_size != blk || (blocks[b] == 0 && pl.n_blocks > 1)) fails++;
+                /* the blocks partition the context; each sees min(anchor, its start) */
+                int64_t at = 0;
+                for (int64_t g = 0; g * blk < n; g++) {
+                    int64_t seen;
+                    sr_span e = sr_star_block(&pl, g, &seen);
+                    int64_t want_seen = anc ? (anc < n ? anc : n) : blk;
+                    if (e.pos0 != at || e.len < 1 || e.len > blk || seen != (want_seen < at ? want_seen : at))
+                        fails++;
+                    at += e.len;
+                }
+                if (at != n) fails++;
                 /* each rank reports its own accounting; rank 0 checks all */
                 int64_t mine[4] = {pl.own.pos0, pl.own.len, pl.anchor.pos0, pl.anchor.len};
                 int64_t *all = malloc(sizeof mine * (size_t)size);
@@ -180,55 +193,73 @@ static int t_placement(void) {
 
 /* ---- phase 1 ---- */
 
-/* n <= block: one rank holds everything, and its span attention is full
- * causal attention, bit for bit */
+/* n <= block: one rank holds everything, and its block's attention (a run
+ * of its own keys) is full causal attention, bit for bit */
 static int t_single_block(void) {
     shape s = {8, 2, 64, SR_DT_F32};
     int64_t n = 300, qw = s.hq * s.hd, kw = s.hkv * s.hd;
     sr_star_place pl;
     EXPECT_OK(sr_place_star(n, 512, 0, size, rank, &pl));
-    int fails = 0;
-    if (rank != 0) return sr_star_span_len(&pl) != 0;
-    if (sr_star_span_len(&pl) != n || pl.anchor.len != 0) return 1;
+    if (rank != 0) return pl.own.len != 0;
+    int64_t seen;
+    sr_span blk = sr_star_block(&pl, 0, &seen);
+    if (pl.own.len != n || pl.anchor.len != 0 || blk.len != n || seen != 0) return 1;
     int64_t *pos = malloc(sizeof(int64_t) * n);
-    EXPECT_OK(sr_star_span_build(&pl, NULL, NULL, pos));
+    for (int64_t i = 0; i < n; i++) pos[i] = i;
     float *q = malloc(sizeof(float) * n * qw), *k = malloc(sizeof(float) * n * kw), *v = malloc(sizeof(float) * n * kw);
     float *o1 = malloc(sizeof(float) * n * qw), *o2 = malloc(sizeof(float) * n * qw);
     float *l1 = malloc(sizeof(float) * n * s.hq), *l2 = malloc(sizeof(float) * n * s.hq);
+    float *ot = malloc(sizeof(float) * n * qw), *lt = malloc(sizeof(float) * n * s.hq);
     make_rows(7, pos, n, &s, q, k, v);
     sr_star_desc d = {s.hq, s.hkv, s.hd, s.dtype, 0, 1};
-    EXPECT_OK(sr_star_span_attention(&d, &pl, q, k, v, o1, l1));
+    sr_star_run self = {sr_attn_kv_dense(k, v), 0, n};
+    EXPECT_OK(sr_star_attend(&d, n, 0, q, &self, 1, o1, l1, ot, lt));
     sr_attn_desc a = {.nq = n, .nk = n, .n_head_q = s.hq, .n_head_kv = s.hkv, .head_dim = s.hd, .causal = 1};
     sr_attn_kv kv = sr_attn_kv_dense(k, v);
     EXPECT_OK(sr_attn_forward(&a, q, &kv, o2, l2, 1));
-    fails += memcmp(o1, o2, sizeof(float) * n * qw) != 0 || memcmp(l1, l2, sizeof(float) * n * s.hq) != 0;
-    free(pos), free(q), free(k), free(v), free(o1), free(o2), free(l1), free(l2);
+    int fails = memcmp(o1, o2, sizeof(float) * n * qw) != 0 || memcmp(l1, l2, sizeof(float) * n * s.hq) != 0;
+    free(pos), free(q), free(k), free(v), free(o1), free(o2), free(l1), free(l2), free(ot), free(lt);
     return fails;
 }
 
-/* [anchor | own] on every rank against the reference over the span's positions */
-static int t_span(int64_t n, int64_t blk, int64_t anc, shape s) {
+/* Every block of every rank: its rows over the runs [the prefix it sees |
+ * itself] equal the reference over exactly those keys, causally; rows are
+ * given in chunks that do not start at the block's start, as the runner
+ * gives them. */
+static int t_blocks(int64_t n, int64_t blk, int64_t anc, shape s) {
     sr_star_place pl;
     EXPECT_OK(sr_place_star(n, blk, anc, size, rank, &pl));
-    int64_t m = sr_star_span_len(&pl), qw = s.hq * s.hd, kw = s.hkv * s.hd;
-    if (m == 0) return 0;
-    int64_t *pos = malloc(sizeof(int64_t) * m);
-    int32_t *ctx_tok = malloc(sizeof(int32_t) * n), *tok = malloc(sizeof(int32_t) * m);
-    for (int64_t i = 0; i < n; i++) ctx_tok[i] = (int32_t)(i * 7 + 3);
-    EXPECT_OK(sr_star_span_build(&pl, ctx_tok, tok, pos));
+    int64_t qw = s.hq * s.hd, kw = s.hkv * s.hd;
     int fails = 0;
-    for (int64_t r = 0; r < m; r++) fails += tok[r] != pos[r] * 7 + 3;
-    for (int64_t r = 0; r < pl.anchor.len; r++) fails += pos[r] != r;
-    for (int64_t r = pl.anchor.len; r < m; r++) fails += pos[r] != pl.own.pos0 + r - pl.anchor.len;
-    float *q = malloc(sizeof(float) * m * qw), *o = malloc(sizeof(float) * m * qw), *l = malloc(sizeof(float) * m * s.hq);
-    void *k = malloc(esize(s.dtype) * m * kw), *v = malloc(esize(s.dtype) * m * kw);
-    double *ro = malloc(sizeof(double) * m * qw), *rl = malloc(sizeof(double) * m * s.hq);
-    make_rows(11, pos, m, &s, q, k, v);
-    sr_star_desc d = {s.hq, s.hkv, s.hd, s.dtype, 0, 1};
-    EXPECT_OK(sr_star_span_attention(&d, &pl, q, k, v, o, l));
-    reference(11, &s, q, pos, m, pos, m, 1, ro, rl);
-    fails += compare("phase 1 span", o, l, ro, rl, m * s.hq, s.hd);
-    free(pos), free(ctx_tok), free(tok), free(q), free(o), free(l), free(k), free(v), free(ro), free(rl);
+    for (int64_t g = pl.first_block; g < pl.first_block + pl.n_blocks; g++) {
+        int64_t seen;
+        sr_span b = sr_star_block(&pl, g, &seen);
+        int64_t m = seen + b.len, *pos = malloc(sizeof(int64_t) * m);
+        for (int64_t i = 0; i < seen; i++) pos[i] = i;
+        for (int64_t i = 0; i < b.len; i++) pos[seen + i] = b.pos0 + i;
+        float *q = malloc(sizeof(float) * m * qw), *o = malloc(sizeof(float) * m * qw), *l = malloc(sizeof(float) * m * s.hq);
+        float *ot = malloc(sizeof(float) * m * qw), *lt = malloc(sizeof(float) * m * s.hq);
+        void *k = malloc(esize(s.dtype) * m * kw), *v = malloc(esize(s.dtype) * m * kw);
+        double *ro = malloc(sizeof(double) * m * qw), *rl = malloc(sizeof(double) * m * s.hq);
+        make_rows(11, pos, m, &s, q, k, v);
+        sr_star_desc d = {s.hq, s.hkv, s.hd, s.dtype, 0, 1};
+        size_t off = (size_t)seen * (size_t)kw * esize(s.dtype);
+        for (int64_t r0 = 0; r0 < b.len;) {
+            int64_t nr = b.len - r0 < 37 ? b.len - r0 : 37;
+            sr_star_run runs[2] = {{sr_attn_kv_dense(k, v), 0, seen},
+                                   {sr_attn_kv_dense((char *)k + off, (char *)v + off), b.pos0, r0 + nr}};
+            EXPECT_OK(sr_star_attend(&d, nr, b.pos0 + r0, q + (seen + r0) * qw, runs, 2, o + (seen + r0) * qw,
+                                     l + (seen + r0) * s.hq, ot, lt));
+            r0 += nr;
+        }
+        reference(11, &s, q + seen * qw, pos + seen, b.len, pos, m, 1, ro, rl);
+        if (compare("phase 1 block", o + seen * qw, l + seen * s.hq, ro, rl, b.len * s.hq, s.hd)) {
+            fprintf(stderr, "rank %d: block %lld [%lld, +%lld) seeing [0, %lld)\n", rank, (long long)g,
+                    (long long)b.pos0, (long long)b.len, (long long)seen);
+            fails++;
+        }
+        free(pos), free(q), free(o), free(l), free(ot), free(lt), free(k), free(v), free(ro), free(rl);
+    }
     return fails;
 }
 
@@ -417,9 +448,10 @@ int main(int argc, char **argv) {
                        "each rank keeps <= ceil(n/W) + one block; zigzag chunks balanced (W=%d)", size);
     tap(t_single_block(), "phase 1 with a single block equals full causal attention exactly");
     shape f32 = {8, 2, 64, SR_DT_F32}, f16 = {4, 4, 128, SR_DT_F16};
-    tap(t_span(1000, 100, 0, f32), "phase 1 [anchor | own] span, anchor = block, n=1000 block=100");
-    tap(t_span(1000, 96, 40, f16), "phase 1 span, f16 K/V, anchor 40 < block 96");
-    tap(t_span(777, 64, 250, f32), "phase 1 span, anchor 250 longer than block 64");
+    tap(t_blocks(1000, 100, 0, f32), "phase 1 blocks [anchor | block], anchor = block, n=1000 block=100");
+    tap(t_blocks(1000, 96, 40, f16), "phase 1 blocks, f16 K/V, anchor 40 < block 96");
+    tap(t_blocks(777, 64, 250, f32), "phase 1 blocks, anchor 250 longer than block 64");
+    tap(t_blocks(777, 0, 0, f32), "phase 1 blocks at the defaults: one block per rank, anchor = block");
     static const q_case qc[] = {
         {1000, 64, 1, 1, {8, 2, 64, SR_DT_F32}, 0, 0, 0},
         {1000, 64, 1, 1, {8, 2, 64, SR_DT_F32}, -1, 0, 0},
