@@ -113,14 +113,15 @@ static int kv__add_block(sr_kv_cache *c, int64_t pos) {
     return SR_OK;
 }
 
-int sr_kv_reserve(sr_kv_cache *c, int64_t pos, int64_t n, int64_t *b0, int64_t *off0) {
+/* Reserves n tokens at pos; fresh: always from a new block. */
+static int kv__reserve(sr_kv_cache *c, int64_t pos, int64_t n, int fresh, int64_t *b0, int64_t *off0) {
     if (n <= 0 || pos < 0)
         return sr_error_set(SR_EINVAL, "kv cache: reserve of %lld tokens at %lld", (long long)n, (long long)pos);
     int64_t last = c->n_blocks - 1;
     if (last >= 0 && pos < c->block_pos[last] + c->block_len[last])
         return sr_error_set(SR_EINVAL, "kv cache: position %lld is before the end of the cache (%lld)",
                             (long long)pos, (long long)(c->block_pos[last] + c->block_len[last]));
-    int continues = last >= 0 && c->block_len[last] < c->block_size &&
+    int continues = !fresh && last >= 0 && c->block_len[last] < c->block_size &&
                     pos == c->block_pos[last] + c->block_len[last];
     int64_t old_blocks = c->n_blocks, old_len = last >= 0 ? c->block_len[last] : 0;
     int rc = SR_OK;
@@ -146,6 +147,15 @@ int sr_kv_reserve(sr_kv_cache *c, int64_t pos, int64_t n, int64_t *b0, int64_t *
     }
     c->n_tokens += n;
     return SR_OK;
+}
+
+int sr_kv_reserve(sr_kv_cache *c, int64_t pos, int64_t n, int64_t *b0, int64_t *off0) {
+    return kv__reserve(c, pos, n, 0, b0, off0);
+}
+
+int sr_kv_reserve_new_block(sr_kv_cache *c, int64_t pos, int64_t n, int64_t *b0) {
+    int64_t off0;
+    return kv__reserve(c, pos, n, 1, b0, &off0);
 }
 
 static void kv__convert(void *dst, const float *src, size_t n, int dtype) {
@@ -203,6 +213,38 @@ int sr_kv_push_block(sr_kv_cache *c, const void *data, int64_t pos, int64_t len)
     memcpy(c->blocks[c->n_blocks - 1], data, sr_kv_block_bytes(c));
     c->block_len[c->n_blocks - 1] = len;
     c->n_tokens += len;
+    return SR_OK;
+}
+
+int sr_kv_drop_before(sr_kv_cache *c, int64_t pos) {
+    if (pos < 0) return sr_error_set(SR_EINVAL, "kv cache: drop before position %lld", (long long)pos);
+    int64_t gone = 0; /* blocks wholly before pos */
+    while (gone < c->n_blocks && c->block_pos[gone] + c->block_len[gone] <= pos) {
+        c->n_tokens -= c->block_len[gone];
+        free(c->blocks[gone++]);
+    }
+    if (gone < c->n_blocks && c->block_pos[gone] < pos) { /* straddles pos: keep its rows from pos on */
+        int64_t cut = pos - c->block_pos[gone], keep = c->block_len[gone] - cut;
+        size_t rb = sr_kv_row_bytes(c);
+        for (int64_t l = 0; l < c->n_layer; l++) {
+            char *k = (char *)c->k_ptr[l * c->cap_blocks + gone], *v = (char *)c->v_ptr[l * c->cap_blocks + gone];
+            memmove(k, k + (size_t)cut * rb, (size_t)keep * rb);
+            memmove(v, v + (size_t)cut * rb, (size_t)keep * rb);
+        }
+        c->block_pos[gone] = pos;
+        c->block_len[gone] = keep;
+        c->n_tokens -= cut;
+    }
+    if (gone == 0) return SR_OK;
+    int64_t left = c->n_blocks - gone;
+    memmove(c->blocks, c->blocks + gone, sizeof(*c->blocks) * (size_t)left);
+    memmove(c->block_pos, c->block_pos + gone, sizeof(*c->block_pos) * (size_t)left);
+    memmove(c->block_len, c->block_len + gone, sizeof(*c->block_len) * (size_t)left);
+    for (int64_t l = 0; l < c->n_layer; l++) {
+        memmove(c->k_ptr + l * c->cap_blocks, c->k_ptr + l * c->cap_blocks + gone, sizeof(*c->k_ptr) * (size_t)left);
+        memmove(c->v_ptr + l * c->cap_blocks, c->v_ptr + l * c->cap_blocks + gone, sizeof(*c->v_ptr) * (size_t)left);
+    }
+    c->n_blocks = left;
     return SR_OK;
 }
 

@@ -68,6 +68,18 @@ int sr_kv_store(sr_kv_cache *c, int layer, int64_t b0, int64_t off0, int64_t n, 
  * as above; copied) holding len tokens from position pos. */
 int sr_kv_push_block(sr_kv_cache *c, const void *data, int64_t pos, int64_t len);
 
+/* Like sr_kv_reserve, but the tokens start a new block even where they
+ * would continue the last one: the blocks from *b0 on then hold exactly the
+ * tokens from pos on (every one full but the last), so that they can be
+ * addressed as a run of their own whatever came before. */
+int sr_kv_reserve_new_block(sr_kv_cache *c, int64_t pos, int64_t n, int64_t *b0);
+
+/* Drops every token at a position before pos, in place: the blocks wholly
+ * before pos are freed, and a block that straddles pos keeps its later rows,
+ * moved to the block's start. Nothing is copied elsewhere, so the cache never
+ * holds more than before. */
+int sr_kv_drop_before(sr_kv_cache *c, int64_t pos);
+
 /* Drops every block (keeps the arrays for reuse). */
 void sr_kv_clear(sr_kv_cache *c);
 

@@ -9,7 +9,9 @@
 #include "attention/attention.h"
 #include "base/clock.h"
 #include "base/status.h"
+#include "worker/agree.h"
 #include "worker/placement.h"
+#include "worker/wire.h"
 
 struct sr_cp {
     sr_model *m;
@@ -22,8 +24,12 @@ struct sr_cp {
     int64_t n_new;      /* new tokens fed since the prefill */
     sr_kv_run *runs;    /* this rank's context KV as runs of contiguous positions */
     int64_t n_runs;
-    int n_slots;        /* the most runs any rank holds: sr_star_query calls per layer */
+    sr_star_run *qruns; /* [n_runs + 1] one layer's runs for sr_star_query */
+    int64_t max_step;   /* the most new tokens a step may carry: the query rank's batch */
+    int32_t *agree;     /* [world] scratch of sr_agree */
+    int64_t *hello;     /* [world][SR_WIRE_HELLO_WORDS] scratch of the prefill's check */
     int prefilled;
+    int aborted;        /* query rank: a failed step has already ended the query */
     sr_cp_stats st;
 };
 
@@ -74,6 +80,9 @@ int sr_cp_open(sr_cp **out, sr_model *m, sr_tp *tp, const sr_cp_opts *opts) {
     cp->world = tp ? sr_tp_size(tp) : 1;
     const sr_kv_cache *kv = &m->kv;
     int rc = sr_kv_build(&cp->gen, kv->n_layer, kv->n_head_kv, kv->head_dim, kv->dtype, kv->block_size);
+    cp->agree = calloc((size_t)cp->world, sizeof *cp->agree);
+    cp->hello = calloc((size_t)cp->world, sizeof *cp->hello * SR_WIRE_HELLO_WORDS);
+    if (rc == SR_OK && (!cp->agree || !cp->hello)) rc = sr_error_set(SR_ENOMEM, "context parallel: out of memory");
     if (rc == SR_OK && opts->mode != SR_CP_FULL) rc = sr_star_init(&cp->star, tp);
     if (rc != SR_OK) {
         sr_cp_close(cp);
@@ -88,6 +97,9 @@ void sr_cp_close(sr_cp *cp) {
     sr_star_free(cp->star);
     sr_kv_free(&cp->gen);
     free(cp->runs);
+    free(cp->qruns);
+    free(cp->agree);
+    free(cp->hello);
     free(cp);
 }
 
@@ -96,14 +108,46 @@ void sr_cp_close(sr_cp *cp) {
 /* Whether every rank got SR_OK; a failure anywhere fails all ranks, so that
  * none waits in a collective the others will not enter. */
 static int cp__agree(sr_cp *cp, int rc) {
-    if (!cp->tp) return rc;
-    int32_t mine = rc, *all = malloc(sizeof(int32_t) * (size_t)cp->world);
-    if (!all) return sr_error_set(SR_ENOMEM, "context parallel: out of memory");
-    int rc2 = sr_tp_allgather(cp->tp, &mine, sizeof mine, all);
-    for (int p = 0; rc2 == SR_OK && rc == SR_OK && p < cp->world; p++)
-        if (all[p] != SR_OK) rc = sr_error_set(all[p], "context parallel: rank %d failed", p);
-    free(all);
-    return rc2 != SR_OK ? rc2 : rc;
+    return cp->tp ? sr_agree(cp->tp, rc, cp->agree, "context parallel") : rc;
+}
+
+/* FNV-1a of the token ids: ranks given different contexts disagree. */
+static int64_t cp__ids_hash(const int32_t *ids, int64_t n) {
+    uint64_t h = 1469598103934665603ull;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t v = (uint32_t)ids[i];
+        for (int j = 0; j < 4; j++, v >>= 8) h = (h ^ (v & 0xff)) * 1099511628211ull;
+    }
+    return (int64_t)(h >> 1);
+}
+
+/* Collective: every rank's view of the new context and of the model, which
+ * must agree; also learns the query rank's batch, the bound of a step. */
+static int cp__hello(sr_cp *cp, int rc, const int32_t *tokens, int64_t n) {
+    const sr_model *m = cp->m;
+    const sr_model_config *c = &m->config;
+    int64_t mine[SR_WIRE_HELLO_WORDS] = {
+        [SR_WIRE_HELLO_STATUS] = rc,
+        [SR_WIRE_HELLO_TOKENS] = n,
+        [SR_WIRE_HELLO_HASH] = rc == SR_OK ? cp__ids_hash(tokens, n) : 0,
+        [SR_WIRE_HELLO_MODE] = cp->o.mode,
+        [SR_WIRE_HELLO_BLOCK] = cp->o.block_size,
+        [SR_WIRE_HELLO_ANCHOR] = cp->o.anchor_size,
+        [SR_WIRE_HELLO_LAYERS] = c->n_layer,
+        [SR_WIRE_HELLO_HEADS] = c->n_head,
+        [SR_WIRE_HELLO_KV_HEADS] = c->n_head_kv,
+        [SR_WIRE_HELLO_HEAD_DIM] = c->head_dim,
+        [SR_WIRE_HELLO_VOCAB] = c->vocab_size,
+        [SR_WIRE_HELLO_KV_TYPE] = m->kv.dtype,
+        [SR_WIRE_HELLO_BATCH] = m->state.max_batch,
+    };
+    int rc2 = sr_tp_allgather(cp->tp, mine, (int64_t)sizeof mine, cp->hello);
+    if (rc != SR_OK) return rc;
+    if (rc2 != SR_OK) return rc2;
+    /* every rank checks the same table, so every rank reaches the same verdict */
+    if ((rc = sr_wire_hello_check(cp->hello, cp->world)) != SR_OK) return rc;
+    cp->max_step = cp->hello[SR_CP_QUERY_RANK * SR_WIRE_HELLO_WORDS + SR_WIRE_HELLO_BATCH];
+    return SR_OK;
 }
 
 /* Copies n rows of layer l's K and V out of a cache, starting at slot
@@ -121,39 +165,6 @@ static void cp__kv_gather(const sr_kv_cache *c, int l, int64_t b, int64_t off, i
         b++;
         off = 0;
     }
-}
-
-/* Keeps only the tokens at positions >= pos0 of the model's cache (phase 1
- * of star drops the anchor). The kept tokens are copied into fresh blocks,
- * since the anchor's last block may also hold the first own tokens. */
-static int cp__kv_drop_before(sr_model *m, int64_t pos0) {
-    sr_kv_cache *old = &m->kv, kept;
-    int64_t b = 0;
-    while (b < old->n_blocks && old->block_pos[b] + old->block_len[b] <= pos0) b++;
-    if (b == old->n_blocks) {
-        sr_kv_clear(old);
-        return SR_OK;
-    }
-    int64_t off = pos0 > old->block_pos[b] ? pos0 - old->block_pos[b] : 0, first = old->block_pos[b] + off;
-    int64_t n = old->n_tokens;
-    for (int64_t i = 0; i < b; i++) n -= old->block_len[i];
-    n -= off;
-    int rc = sr_kv_build(&kept, old->n_layer, old->n_head_kv, old->head_dim, old->dtype, old->block_size);
-    int64_t kb, koff;
-    if (rc == SR_OK && (rc = sr_kv_reserve(&kept, first, n, &kb, &koff)) != SR_OK) sr_kv_free(&kept);
-    if (rc != SR_OK) return rc;
-    /* the kept tokens are contiguous in position (one rank's own blocks),
-     * laid out from (b, off) on block after block */
-    for (int l = 0; l < old->n_layer; l++)
-        for (int64_t i = 0; i < kept.n_blocks; i++) {
-            int64_t at = (int64_t)l * kept.cap_blocks + i;
-            cp__kv_gather(old, l, b + (off + i * kept.block_size) / old->block_size,
-                          (off + i * kept.block_size) % old->block_size, kept.block_len[i], (char *)kept.k_ptr[at],
-                          (char *)kept.v_ptr[at]);
-        }
-    sr_kv_free(old);
-    *old = kept;
-    return SR_OK;
 }
 
 /* Broadcasts the logits of the last context token from the rank that
@@ -219,20 +230,22 @@ static int cp__prefill_ring(sr_cp *cp, const int32_t *tokens, int64_t n) {
         if (sp[i].len > 0) rc = sr_kv_reserve(&m->kv, sp[i].pos0, sp[i].len, &b0[i], &off0[i]);
     rc = cp__agree(cp, rc);
     sr_ring_desc d = {c->n_head, c->n_head_kv, c->head_dim, m->kv.dtype, 1, 0.0f, m->n_threads, cp->o.tag};
-    for (int l = 0; l < c->n_layer && rc == SR_OK; l++) {
-        if (nloc > 0 && (rc = sr_model_layer_qkv(m, l)) == SR_OK) {
+    /* every rank leaves the loop at the same layer: the local steps' status
+     * is agreed on before the ring, which agrees on its own */
+    for (int l = 0; l < c->n_layer; l++) {
+        if (rc == SR_OK && nloc > 0 && (rc = sr_model_layer_qkv(m, l)) == SR_OK) {
             /* store in the cache, then read the cache's rows back, so that
              * the ring sees exactly the K/V the single-process runtime would */
             int64_t row = 0;
-            for (int i = 0; i < 2 && rc == SR_OK; row += sp[i].len, i++) {
-                if (sp[i].len == 0) continue;
-                rc = sr_kv_store(&m->kv, l, b0[i], off0[i], sp[i].len, s->k + row * kvd, s->v + row * kvd);
-                cp__kv_gather(&m->kv, l, b0[i], off0[i], sp[i].len, kbuf + (size_t)row * rb, vbuf + (size_t)row * rb);
-            }
+            for (int i = 0; i < 2 && rc == SR_OK; row += sp[i].len, i++)
+                if (sp[i].len > 0 &&
+                    (rc = sr_kv_store(&m->kv, l, b0[i], off0[i], sp[i].len, s->k + row * kvd, s->v + row * kvd)) == SR_OK)
+                    cp__kv_gather(&m->kv, l, b0[i], off0[i], sp[i].len, kbuf + (size_t)row * rb, vbuf + (size_t)row * rb);
         }
-        rc = cp__agree(cp, rc);
-        if (rc == SR_OK) rc = sr_ring_forward(ring, &d, s->q, kbuf, vbuf, s->att, s->lse, &cp->st.ring);
-        if (rc == SR_OK && nloc > 0 && (rc = sr_model_layer_attn_out(m, l)) == SR_OK) rc = sr_model_layer_mlp(m, l);
+        if ((rc = cp__agree(cp, rc)) != SR_OK ||
+            (rc = sr_ring_forward(ring, &d, s->q, kbuf, vbuf, s->att, s->lse, &cp->st.ring)) != SR_OK)
+            break;
+        if (nloc > 0 && (rc = sr_model_layer_attn_out(m, l)) == SR_OK) rc = sr_model_layer_mlp(m, l);
     }
     /* the rank whose last row is token n-1 has the logits */
     int owner = 0;
@@ -253,17 +266,95 @@ static int cp__prefill_ring(sr_cp *cp, const int32_t *tokens, int64_t n) {
 
 /* ---------------------------------------------------------------- star */
 
+/* The rows of one Star block within a chunk of the run state. */
+typedef struct {
+    int64_t row0, n, pos0; /* rows [row0, row0 + n) at positions pos0.. */
+    int64_t b, off;        /* where their K/V go in the cache */
+    int64_t blk;           /* the block, counted from this rank's first */
+} cp__seg;
+
+/* The paged view of layer l's K/V from cache block b on, n rows at pos0. */
+static sr_star_run cp__run(const sr_kv_cache *kv, int l, int64_t b, int64_t pos0, int64_t n) {
+    int64_t at = (int64_t)l * kv->cap_blocks + b;
+    return (sr_star_run){{NULL, NULL, &kv->k_ptr[at], &kv->v_ptr[at], kv->block_size}, pos0, n};
+}
+
+/* Phase 1 over this rank's blocks, the anchor's K/V already in the cache
+ * (from block 0 on): the blocks' rows go through the model together, in
+ * chunks of the batch, and each row attends to what its block sees (see
+ * placement.h): the anchor's keys, the keys of this rank's earlier blocks
+ * that lie inside the anchor, and its own block's causally. Each block
+ * starts a cache block, so that it is a run of its own. */
+static int cp__star_blocks(sr_cp *cp, const int32_t *tokens, const sr_star_place *pl) {
+    sr_model *m = cp->m;
+    sr_model_state *s = &m->state;
+    const sr_model_config *c = &m->config;
+    sr_kv_cache *kv = &m->kv;
+    int64_t qd = (int64_t)c->n_head * c->head_dim, kvd = (int64_t)c->n_head_kv * c->head_dim;
+    int64_t *first = malloc(sizeof(int64_t) * (size_t)pl->n_blocks); /* each block's first cache block */
+    cp__seg *seg = malloc(sizeof(cp__seg) * (size_t)(s->max_batch + 1));
+    sr_star_run *runs = malloc(sizeof(sr_star_run) * (size_t)(pl->n_blocks + 1));
+    int rc = first && seg && runs ? SR_OK : sr_error_set(SR_ENOMEM, "star prefill: out of memory");
+    sr_star_desc d = {c->n_head, c->n_head_kv, c->head_dim, kv->dtype, 0.0f, m->n_threads};
+    int64_t end = pl->own.pos0 + pl->own.len;
+    for (int64_t c0 = pl->own.pos0; rc == SR_OK && c0 < end;) {
+        int64_t take = end - c0 < s->max_batch ? end - c0 : s->max_batch, nseg = 0;
+        rc = sr_model_embed(m, tokens + c0, take, c0);
+        for (int64_t p = c0; rc == SR_OK && p < c0 + take; nseg++) {
+            int64_t g = p / pl->block_size;
+            sr_span blk = sr_star_block(pl, g, NULL);
+            cp__seg *sg = &seg[nseg];
+            *sg = (cp__seg){p - c0, (blk.pos0 + blk.len < c0 + take ? blk.pos0 + blk.len : c0 + take) - p, p, 0, 0,
+                            g - pl->first_block};
+            if (p == blk.pos0 && (rc = sr_kv_reserve_new_block(kv, p, sg->n, &sg->b)) == SR_OK)
+                first[sg->blk] = sg->b;
+            else if (p != blk.pos0)
+                rc = sr_kv_reserve(kv, p, sg->n, &sg->b, &sg->off);
+            p += sg->n;
+        }
+        for (int l = 0; l < c->n_layer && rc == SR_OK; l++) {
+            rc = sr_model_layer_qkv(m, l);
+            for (int64_t i = 0; i < nseg && rc == SR_OK; i++)
+                rc = sr_kv_store(kv, l, seg[i].b, seg[i].off, seg[i].n, s->k + seg[i].row0 * kvd,
+                                 s->v + seg[i].row0 * kvd);
+            for (int64_t i = 0; i < nseg && rc == SR_OK; i++) {
+                const cp__seg *sg = &seg[i];
+                int64_t g = pl->first_block + sg->blk, seen, nr = 0;
+                sr_span blk = sr_star_block(pl, g, &seen);
+                if (pl->anchor.len > 0) runs[nr++] = cp__run(kv, l, 0, 0, pl->anchor.len);
+                for (int64_t j = 0; j < sg->blk; j++) { /* earlier blocks of this rank inside the anchor */
+                    sr_span e = sr_star_block(pl, pl->first_block + j, NULL);
+                    int64_t n = (seen < e.pos0 + e.len ? seen : e.pos0 + e.len) - e.pos0;
+                    if (n > 0) runs[nr++] = cp__run(kv, l, first[j], e.pos0, n);
+                }
+                runs[nr++] = cp__run(kv, l, first[sg->blk], blk.pos0, sg->pos0 + sg->n - blk.pos0);
+                rc = sr_star_attend(&d, sg->n, sg->pos0, s->q + sg->row0 * qd, runs, nr, s->att + sg->row0 * qd,
+                                    s->lse + sg->row0 * c->n_head, s->att_part, s->lse_part);
+            }
+            if (rc == SR_OK && (rc = sr_model_layer_attn_out(m, l)) == SR_OK) rc = sr_model_layer_mlp(m, l);
+        }
+        c0 += take;
+    }
+    free(first);
+    free(seg);
+    free(runs);
+    return rc;
+}
+
 static int cp__prefill_star(sr_cp *cp, const int32_t *tokens, int64_t n) {
     sr_model *m = cp->m;
     sr_star_place pl;
     int rc = sr_place_star(n, cp->o.block_size, cp->o.anchor_size, cp->world, cp->rank, &pl);
     if (rc != SR_OK) return rc;
-    /* the anchor and then the own tokens, each at its positions: the cache's
-     * causal attention by position is phase 1's [anchor | own] mask */
+    cp->st.block_size = pl.block_size;
+    cp->st.anchor_size = pl.anchor_size;
     if (pl.own.len > 0) {
-        if (pl.anchor.len > 0) rc = sr_model_forward(m, tokens + pl.anchor.pos0, pl.anchor.len, pl.anchor.pos0);
-        if (rc == SR_OK) rc = sr_model_forward(m, tokens + pl.own.pos0, pl.own.len, pl.own.pos0);
-        if (rc == SR_OK && pl.anchor.len > 0) rc = cp__kv_drop_before(m, pl.own.pos0);
+        /* the anchor is the context's prefix, so its K/V are exact causal
+         * attention over it: computed once, whatever the number of blocks */
+        if (pl.anchor.len > 0) rc = sr_model_forward(m, tokens, pl.anchor.len, 0);
+        if (rc == SR_OK) rc = cp__star_blocks(cp, tokens, &pl);
+        if (rc == SR_OK && pl.own.pos0 + pl.own.len == n) rc = sr_model_logits(m);
+        if (rc == SR_OK && pl.anchor.len > 0) rc = sr_kv_drop_before(&m->kv, pl.own.pos0);
     }
     int owner = 0;
     for (int p = 0; p < cp->world; p++) {
@@ -278,16 +369,20 @@ static int cp__prefill_star(sr_cp *cp, const int32_t *tokens, int64_t n) {
 /* ------------------------------------------------------------- prefill */
 
 int sr_cp_prefill(sr_cp *cp, const int32_t *tokens, int64_t n) {
-    if (!cp || !tokens || n < 1) return sr_error_set(SR_EINVAL, "sr_cp_prefill: no context");
+    if (!cp) return sr_error_set(SR_EINVAL, "sr_cp_prefill: NULL handle");
     sr_model *m = cp->m;
     sr_model_reset(m);
     sr_kv_clear(&cp->gen);
     free(cp->runs);
+    free(cp->qruns);
     cp->runs = NULL;
+    cp->qruns = NULL;
     cp->n_runs = 0;
-    cp->prefilled = 0;
+    cp->prefilled = cp->aborted = 0;
     memset(&cp->st, 0, sizeof cp->st);
-    int rc = cp->tp ? sr_tp_barrier(cp->tp) : SR_OK;
+    /* a rank given no context still says so to the others */
+    int rc = tokens && n >= 1 ? SR_OK : sr_error_set(SR_EINVAL, "sr_cp_prefill: no context (%lld tokens)", (long long)n);
+    if (cp->tp) rc = cp__hello(cp, rc, tokens, n);
     if (rc != SR_OK) return rc;
     double t0 = sr_now();
     if (cp->o.mode == SR_CP_FULL) {
@@ -306,15 +401,10 @@ int sr_cp_prefill(sr_cp *cp, const int32_t *tokens, int64_t n) {
     cp->n_ctx = n;
     cp->n_new = 0;
     if (cp->o.mode != SR_CP_FULL) {
-        if ((rc = sr_kv_runs(&m->kv, &cp->runs, &cp->n_runs)) != SR_OK) return rc;
-        int64_t *all = malloc(sizeof(int64_t) * (size_t)cp->world);
-        if (!all) return sr_error_set(SR_ENOMEM, "context parallel: out of memory");
-        rc = sr_tp_allgather(cp->tp, &cp->n_runs, sizeof(int64_t), all);
-        cp->n_slots = 1;
-        for (int p = 0; rc == SR_OK && p < cp->world; p++)
-            if (all[p] > cp->n_slots) cp->n_slots = (int)all[p];
-        free(all);
-        if (rc != SR_OK) return rc;
+        if ((rc = sr_kv_runs(&m->kv, &cp->runs, &cp->n_runs)) == SR_OK &&
+            !(cp->qruns = malloc(sizeof *cp->qruns * (size_t)(cp->n_runs + 1))))
+            rc = sr_error_set(SR_ENOMEM, "context parallel: out of memory");
+        if ((rc = cp__agree(cp, rc)) != SR_OK) return rc;
     }
     cp->prefilled = 1;
     return SR_OK;
@@ -322,86 +412,112 @@ int sr_cp_prefill(sr_cp *cp, const int32_t *tokens, int64_t n) {
 
 /* -------------------------------------------------------------- phase 2 */
 
-/* One step of nq new tokens on every rank (tokens only on the query rank). */
+/* The runs of layer l that this rank attends to in a step: its context KV
+ * and, on the query rank, the new tokens'. */
+static int64_t cp__layer_runs(sr_cp *cp, int l) {
+    const sr_kv_cache *kv = &cp->m->kv, *gen = &cp->gen;
+    int64_t n = 0;
+    for (int64_t i = 0; i < cp->n_runs; i++) {
+        const sr_kv_run *r = &cp->runs[i];
+        int64_t at = (int64_t)l * kv->cap_blocks + r->b0;
+        cp->qruns[n++] = (sr_star_run){{NULL, NULL, &kv->k_ptr[at], &kv->v_ptr[at], kv->block_size}, r->pos0, r->len};
+    }
+    if (cp->rank == SR_CP_QUERY_RANK && gen->n_tokens > 0) { /* positions n_ctx.., in full blocks but the last */
+        int64_t at = (int64_t)l * gen->cap_blocks;
+        cp->qruns[n++] = (sr_star_run){{NULL, NULL, &gen->k_ptr[at], &gen->v_ptr[at], gen->block_size}, cp->n_ctx,
+                                       gen->n_tokens};
+    }
+    return n;
+}
+
+/* One step of nq new tokens on every rank (tokens only on the query rank).
+ * A failure on any rank leaves every rank in step: a rank that fails goes
+ * on through every layer's query, and the failure reaches the query rank
+ * in the gathered parts. */
 static int cp__step(sr_cp *cp, const int32_t *tokens, int64_t nq) {
     sr_model *m = cp->m;
     sr_model_state *s = &m->state;
     const sr_model_config *c = &m->config;
     int root = cp->rank == SR_CP_QUERY_RANK, rc = SR_OK;
-    int64_t pos = cp->n_ctx + cp->n_new, b0 = 0, off0 = 0;
+    int64_t pos = cp->n_ctx + cp->n_new, b0 = 0, off0 = 0, before = cp->st.query.messages;
     if (root && (rc = sr_model_embed(m, tokens, nq, pos)) == SR_OK)
         rc = sr_kv_reserve(&cp->gen, pos, nq, &b0, &off0);
-    /* a failure before the first collective still takes part in it, with
-     * the step cut short afterwards; star queries cannot carry an error */
     sr_star_desc d = {c->n_head, c->n_head_kv, c->head_dim, m->kv.dtype, 0.0f, m->n_threads};
     for (int l = 0; l < c->n_layer; l++) {
         if (root && rc == SR_OK && (rc = sr_model_layer_qkv(m, l)) == SR_OK)
             rc = sr_kv_store(&cp->gen, l, b0, off0, nq, s->k, s->v);
-        for (int slot = 0; slot < cp->n_slots; slot++) {
-            sr_attn_kv ctx = {0}, fresh = {0};
-            int64_t n_ctx = 0, n_fresh = 0;
-            if (slot < cp->n_runs) {
-                const sr_kv_run *r = &cp->runs[slot];
-                int64_t at = (int64_t)l * m->kv.cap_blocks + r->b0;
-                ctx = (sr_attn_kv){NULL, NULL, &m->kv.k_ptr[at], &m->kv.v_ptr[at], m->kv.block_size};
-                n_ctx = r->len;
-            }
-            if (root && slot == 0) {
-                int64_t at = (int64_t)l * cp->gen.cap_blocks;
-                fresh = (sr_attn_kv){NULL, NULL, &cp->gen.k_ptr[at], &cp->gen.v_ptr[at], cp->gen.block_size};
-                n_fresh = cp->gen.n_tokens;
-            }
-            float *o = slot == 0 ? s->att : s->att_part, *lse = slot == 0 ? s->lse : s->lse_part;
-            int rq = sr_star_query(cp->star, &d, SR_CP_QUERY_RANK, nq, pos, s->q, &ctx, n_ctx, &fresh, n_fresh,
-                                   cp->n_ctx, o, lse, &cp->st.query);
-            if (rc == SR_OK) rc = rq;
-            if (root && rc == SR_OK && slot > 0)
-                rc = sr_attn_merge_into(s->att, s->lse, s->att_part, s->lse_part, nq * c->n_head, c->head_dim);
-        }
+        int rq = sr_star_query(cp->star, &d, SR_CP_QUERY_RANK, nq, pos, s->q, cp->qruns, cp__layer_runs(cp, l),
+                               s->att, s->lse, &cp->st.query);
+        if (rc == SR_OK) rc = rq;
         if (root && rc == SR_OK && (rc = sr_model_layer_attn_out(m, l)) == SR_OK) rc = sr_model_layer_mlp(m, l);
     }
     if (root && rc == SR_OK) rc = sr_model_logits(m);
     cp->n_new += nq;
+    cp->st.messages += cp->st.query.messages - before;
+    cp->st.n_steps++;
+    cp->st.n_new += nq;
     return rc;
 }
 
-/* The step header: how many new tokens follow; 0 ends the query. */
-static int cp__header(sr_cp *cp, int64_t *nq) {
-    int rc = sr_tp_bcast(cp->tp, nq, sizeof *nq, SR_CP_QUERY_RANK);
-    if (rc == SR_OK && cp->rank == SR_CP_QUERY_RANK) cp->st.messages += cp->world - 1;
+/* The step header from the query rank: n_new tokens follow, or n_new = 0
+ * ends the query with status. Every rank checks it, and the ranks agree
+ * that it did, before the step. */
+static int cp__header(sr_cp *cp, int64_t *n_new, int *status) {
+    int root = cp->rank == SR_CP_QUERY_RANK;
+    int64_t h[SR_WIRE_STEP_WORDS];
+    if (root) sr_wire_step_encode(h, *n_new, *status);
+    int rc = sr_tp_bcast(cp->tp, h, (int64_t)sizeof h, SR_CP_QUERY_RANK);
+    if (rc != SR_OK) return rc;
+    if (!root) rc = sr_wire_step_decode(h, cp->max_step, n_new, status);
+    cp->st.messages += (root ? cp->world - 1 : 0) + cp->world - 1; /* the header, and the agreement */
+    return cp__agree(cp, rc);
+}
+
+/* Query rank: ends the query, with an error if status is one; a failed
+ * query leaves no usable context on any rank. */
+static int cp__end(sr_cp *cp, int status) {
+    if (cp->aborted) { /* a failed step has ended it already */
+        cp->aborted = 0;
+        return SR_OK;
+    }
+    int64_t zero = 0;
+    int rc = cp__header(cp, &zero, &status);
+    if (status != SR_OK) cp->prefilled = 0;
     return rc;
 }
 
 int sr_cp_feed(sr_cp *cp, const int32_t *tokens, int64_t n) {
     if (!cp || !tokens || n < 1) return sr_error_set(SR_EINVAL, "sr_cp_feed: no tokens");
     if (cp->rank != SR_CP_QUERY_RANK || !cp->prefilled)
-        return sr_error_set(SR_ESTATE, "sr_cp_feed: rank %d is not the query rank or no context is prefilled",
-                            cp->rank);
+        return sr_error_set(SR_ESTATE, "sr_cp_feed: rank %d is not the query rank, or no context is prefilled "
+                            "(after a failed query, prefill again)", cp->rank);
     double t0 = sr_now();
     int rc = SR_OK;
     if (cp->o.mode == SR_CP_FULL) {
         rc = sr_model_forward(cp->m, tokens, n, sr_model_next_pos(cp->m));
         cp->st.n_steps++;
+        cp->st.n_new += n;
     } else {
-        int64_t before = cp->st.query.messages;
         for (int64_t done = 0; done < n && rc == SR_OK;) {
             int64_t take = n - done < cp->m->state.max_batch ? n - done : cp->m->state.max_batch;
-            if ((rc = cp__header(cp, &take)) == SR_OK) rc = cp__step(cp, tokens + done, take);
-            cp->st.n_steps++;
+            int status = SR_OK;
+            if ((rc = cp__header(cp, &take, &status)) != SR_OK) { /* every rank knows: the query is over */
+                cp->prefilled = 0;
+                cp->aborted = 1;
+            } else if ((rc = cp__step(cp, tokens + done, take)) != SR_OK) { /* the others learn it now */
+                cp__end(cp, rc);
+                cp->aborted = 1;
+            }
             done += take;
         }
-        cp->st.messages += cp->st.query.messages - before;
     }
-    cp->st.n_new += n;
     cp->st.t_steps += sr_now() - t0;
     return rc;
 }
 
 int sr_cp_end(sr_cp *cp) {
     if (!cp || cp->rank != SR_CP_QUERY_RANK) return sr_error_set(SR_ESTATE, "sr_cp_end: not the query rank");
-    if (cp->o.mode == SR_CP_FULL) return SR_OK;
-    int64_t zero = 0;
-    return cp__header(cp, &zero);
+    return cp->o.mode == SR_CP_FULL ? SR_OK : cp__end(cp, SR_OK);
 }
 
 /* Keeps the tokens before position end of a cache (full mode: the new
@@ -432,20 +548,32 @@ int sr_cp_rewind(sr_cp *cp) {
     return rc;
 }
 
+int sr_cp_abort(sr_cp *cp, int status) {
+    if (!cp || cp->rank != SR_CP_QUERY_RANK || status >= SR_OK)
+        return sr_error_set(SR_EINVAL, "sr_cp_abort: not the query rank, or status %d is not an error", status);
+    if (cp->o.mode == SR_CP_FULL) return SR_OK;
+    return cp__end(cp, status);
+}
+
 int sr_cp_serve(sr_cp *cp) {
     if (!cp) return sr_error_set(SR_EINVAL, "sr_cp_serve: NULL handle");
     if (cp->o.mode == SR_CP_FULL || cp->rank == SR_CP_QUERY_RANK) return SR_OK;
     if (!cp->prefilled) return sr_error_set(SR_ESTATE, "sr_cp_serve: no context is prefilled");
+    int failed = SR_OK; /* this rank's failed step: the query rank ends the query next */
     for (;;) {
         int64_t nq = 0;
-        int rc = cp__header(cp, &nq);
-        if (rc != SR_OK || nq == 0) return rc;
+        int status = SR_OK;
+        int rc = cp__header(cp, &nq, &status);
+        if (rc == SR_OK && nq == 0 && status != SR_OK)
+            rc = failed != SR_OK ? failed
+                                 : sr_error_set(status, "context parallel: the query failed (%s)", sr_strerror(status));
+        if (rc != SR_OK || nq == 0) {
+            if (rc != SR_OK) cp->prefilled = 0;
+            return failed != SR_OK ? failed : rc;
+        }
         double t0 = sr_now();
-        int64_t before = cp->st.query.messages;
-        if ((rc = cp__step(cp, NULL, nq)) != SR_OK) return rc;
-        cp->st.messages += cp->st.query.messages - before;
-        cp->st.n_steps++;
-        cp->st.n_new += nq;
+        rc = cp__step(cp, NULL, nq);
+        if (failed == SR_OK) failed = rc;
         cp->st.t_steps += sr_now() - t0;
     }
 }
@@ -456,9 +584,10 @@ void sr_cp_get_stats(const sr_cp *cp, sr_cp_stats *out) {
 
 int sr_cp_gather(sr_cp *cp, sr_cp_rank_info *all) {
     struct rusage ru;
-    if (getrusage(RUSAGE_SELF, &ru) != 0) return sr_error_set(SR_EIO, "getrusage failed");
+    /* no return before the collective: an unknown peak is 0 */
+    int64_t rss = getrusage(RUSAGE_SELF, &ru) == 0 ? (int64_t)ru.ru_maxrss * 1024 : 0;
     const sr_cp_stats *st = &cp->st;
-    sr_cp_rank_info mine = {st->kv_tokens, st->kv_bytes, (int64_t)ru.ru_maxrss * 1024, st->t_prefill,
+    sr_cp_rank_info mine = {st->kv_tokens, st->kv_bytes, rss, st->t_prefill,
                             st->ring.compute_s, st->ring.wait_s, st->ring.bytes_sent, st->messages, st->n_steps,
                             st->query.compute_s, st->query.comm_s};
     if (!cp->tp) {

@@ -11,10 +11,16 @@
  *         the MLP. Every local row is in the run state at once, so the
  *         model's max_batch must hold the largest rank's share
  *         (sr_cp_batch_rows).
- *   star  (approximate) blocks placed by sr_place_star; each rank runs the
- *         model over [anchor | own blocks] (anchor at positions 0.., own
- *         tokens at their global positions, causal by position, in chunks of
- *         max_batch), then drops the anchor's KV.
+ *   star  (approximate; Star Attention's blockwise phase 1) blocks placed
+ *         by sr_place_star, one per rank by default; each block is encoded
+ *         as [anchor | block], the anchor at positions 0.. and the block at
+ *         its global positions, independent of every other block (see
+ *         placement.h). A rank computes the anchor's K/V once (one forward
+ *         pass over it), then runs all its blocks' tokens through the model
+ *         together in chunks of max_batch, each row attending to the anchor
+ *         and its own block; then it drops the anchor's KV in place. Each
+ *         block starts a KV cache block (a block shorter than the cache's
+ *         block_size leaves the rest of that cache block unused).
  * After prefill every rank's sr_kv_cache (m->kv) holds the KV of its own
  * tokens only, at their positions.
  *
@@ -23,12 +29,20 @@
  * zigzag it already holds the last context chunk. For each step of new
  * tokens (the question, then one generated token at a time) it broadcasts a
  * small step header, runs embeddings, projections and MLPs, and per layer
- * calls sr_star_query: its queries go to every rank (all heads in one
- * message), each rank returns (O, LSE) over its context KV, merged on the
- * query rank with the causal part over the new tokens' KV, which the query
- * rank keeps in a cache of its own (positions n..). The other ranks follow
- * the headers in sr_cp_serve until the query rank calls sr_cp_end, so all
- * ranks stay in step. In full mode a step is the single-process forward. */
+ * calls sr_star_query once: its queries go to every rank (all heads in one
+ * message), each rank returns (O, LSE) over all its context KV runs, merged
+ * on the query rank with the causal part over the new tokens' KV, which the
+ * query rank keeps in a cache of its own (positions n..). The other ranks
+ * follow the headers in sr_cp_serve until the query rank calls sr_cp_end,
+ * so all ranks stay in step. In full mode a step is the single-process
+ * forward.
+ *
+ * Failures: every collective here fails on every rank or on none. Prefill
+ * first checks that all ranks were given the same context, options and
+ * model (worker/wire.h), and agrees on each phase's result. A step that
+ * fails on any rank ends the query on every rank: the query rank's
+ * sr_cp_feed returns the error and the others' sr_cp_serve returns it too;
+ * the context must then be prefilled again. */
 #ifndef SR_WORKER_CP_H
 #define SR_WORKER_CP_H
 
@@ -42,17 +56,20 @@
 
 enum { SR_CP_FULL = 0, SR_CP_RING = 1, SR_CP_STAR = 2 };
 
-/* Star block size when none is given; the anchor is one block unless set.
- * Measured on SmolLM2-135M: an anchor of one block (512..1536) loses a
- * passkey in 6k tokens over 4 ranks, an anchor of half the context keeps it
- * (tests/sh/test_star_passkey.sh), so long contexts want a longer anchor. */
-enum { SR_CP_DEFAULT_BLOCK = 1024 };
+/* The block_size and anchor_size that ask for the defaults, as in the
+ * reference implementation: blocks of the context over the workers (one
+ * per worker) and an anchor of one block. Measured on SmolLM2-135M over 4
+ * workers: at ~3k tokens it finds a passkey even in the last block
+ * (tests/sh/test_star_passkey.sh); at ~6k it loses it wherever it is, while
+ * an anchor of half the context keeps it (scripts/demo); scripts/bench-cp
+ * accuracy measures more. */
+enum { SR_CP_DEFAULT_BLOCK = 0 };
 
 #define SR_CP_QUERY_RANK 0
 
 typedef struct {
     int mode;            /* SR_CP_* */
-    int64_t block_size;  /* star: context tokens per block; 0: SR_CP_DEFAULT_BLOCK */
+    int64_t block_size;  /* star: context tokens per block; 0: ceil(context / workers) */
     int64_t anchor_size; /* star: anchor tokens; 0: one block */
     int tag;             /* ring: uses transport tags tag and tag + 1 */
 } sr_cp_opts;
@@ -60,6 +77,8 @@ typedef struct {
 /* This rank's accounting. */
 typedef struct {
     int64_t n_ctx;       /* context tokens prefilled (the whole context) */
+    int64_t block_size;  /* star: the block and anchor sizes used (the defaults resolved) */
+    int64_t anchor_size;
     double t_prefill;    /* seconds of prefill, until every rank is done */
     int64_t kv_tokens;   /* context KV tokens held by this rank after prefill */
     int64_t kv_bytes;    /* bytes of the blocks holding them */
@@ -101,7 +120,8 @@ int sr_cp_prefill(sr_cp *cp, const int32_t *tokens, int64_t n);
  * other ranks must be in sr_cp_serve. */
 int sr_cp_feed(sr_cp *cp, const int32_t *tokens, int64_t n);
 
-/* Query rank: tells the other ranks that the query is over. */
+/* Query rank: tells the other ranks that the query is over (nothing after a
+ * failed sr_cp_feed, which has told them already). */
 int sr_cp_end(sr_cp *cp);
 
 /* Every rank, outside a query: forgets every token fed since the prefill,
@@ -111,8 +131,13 @@ int sr_cp_end(sr_cp *cp);
  * caller to have kept them. */
 int sr_cp_rewind(sr_cp *cp);
 
+/* Query rank: ends the query with an error (status < 0) that every other
+ * rank's sr_cp_serve returns; the context must be prefilled again. */
+int sr_cp_abort(sr_cp *cp, int status);
+
 /* Other ranks: take part in every step fed by the query rank until
- * sr_cp_end. Returns at once on the query rank and in full mode. */
+ * sr_cp_end (SR_OK) or a failure (the error). Returns at once on the query
+ * rank and in full mode. */
 int sr_cp_serve(sr_cp *cp);
 
 /* Collective: feeds the question (n_query tokens, may be 0: then the first

@@ -15,13 +15,16 @@ int sr_cp_generate(sr_cp *cp, const sr_tokenizer *tok, const int32_t *query, int
     if (!cp) return sr_error_set(SR_EINVAL, "sr_cp_generate: NULL handle");
     if (!sr_cp_is_query_rank(cp)) return sr_cp_serve(cp);
     if (!tok || !p || !stats || n_query < 0 || (n_query > 0 && !query)) {
-        int rc = sr_error_set(SR_EINVAL, "sr_cp_generate: bad arguments");
-        sr_cp_end(cp); /* the other ranks are waiting for steps */
+        int rc = sr_error_set(SR_EINVAL, "sr_cp_generate: bad arguments (%lld query tokens)", (long long)n_query);
+        sr_cp_abort(cp, rc); /* the other ranks are waiting for steps */
         return rc;
     }
     int rc = sr_gen_run_fed(sr_cp_model(cp), cp__feed, cp, tok, query, n_query, p, emit, data, stats);
-    int rc2 = sr_cp_end(cp);
-    return rc != SR_OK ? rc : rc2;
+    if (rc != SR_OK) {
+        sr_cp_abort(cp, rc);
+        return rc;
+    }
+    return sr_cp_end(cp);
 }
 
 int sr_cp_encode(const sr_tokenizer *tok, const char *context, size_t context_len, const char *question, int chat,

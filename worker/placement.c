@@ -28,26 +28,36 @@ int64_t sr_span_total(const sr_span *spans, int n_spans) {
     return t;
 }
 
-int sr_place_star(int64_t n, int64_t block_size, int64_t anchor_len, int world, int rank, sr_star_place *out) {
-    if (n < 0 || block_size < 1 || anchor_len < 0 || world < 1 || rank < 0 || rank >= world || !out)
-        return sr_error_set(SR_EINVAL, "star placement of %lld tokens in blocks of %lld: rank %d of %d is invalid",
-                            (long long)n, (long long)block_size, rank, world);
-    int64_t nb = (n + block_size - 1) / block_size;
+int sr_place_star(int64_t n, int64_t block_size, int64_t anchor_size, int world, int rank, sr_star_place *out) {
+    if (n < 0 || block_size < 0 || anchor_size < 0 || world < 1 || rank < 0 || rank >= world || !out)
+        return sr_error_set(SR_EINVAL, "star placement of %lld tokens in blocks of %lld, anchor %lld: rank %d "
+                            "of %d is invalid", (long long)n, (long long)block_size, (long long)anchor_size, rank,
+                            world);
+    /* the sums and products below stay within n, whatever the sizes */
+    if (block_size == 0) block_size = n / world + (n % world != 0);
+    if (block_size == 0) block_size = 1;
+    int64_t nb = n / block_size + (n % block_size != 0);
+    out->n = n;
     out->block_size = block_size;
     /* the first nb % W ranks take one block more: rank 0 then holds the
-     * anchor's block, and it has no anchor to prepend, so less work */
+     * anchor's block, and it has no anchor to compute, so less work */
     int64_t base = nb / world, extra = nb % world;
     out->first_block = rank * base + (rank < extra ? rank : extra);
     out->n_blocks = base + (rank < extra);
-    int64_t end = (out->first_block + out->n_blocks) * block_size;
-    out->own.pos0 = out->first_block * block_size;
-    out->own.len = (end < n ? end : n) - out->own.pos0;
-    if (out->own.len < 0) out->own.len = 0;
-    int64_t a = anchor_len ? anchor_len : block_size;
-    if (a > n) a = n;
+    int64_t last = out->first_block + out->n_blocks;
+    out->own.pos0 = out->first_block < nb ? out->first_block * block_size : n;
+    out->own.len = (last < nb ? last * block_size : n) - out->own.pos0;
+    int64_t a = anchor_size ? anchor_size : block_size;
+    out->anchor_size = a < n ? a : n;
     /* the part of the anchor before this rank's own tokens; none on the
      * rank that starts the context, nor on a rank with nothing to compute */
     out->anchor.pos0 = 0;
-    out->anchor.len = out->own.len > 0 ? (a < out->own.pos0 ? a : out->own.pos0) : 0;
+    out->anchor.len = out->own.len > 0 ? (out->anchor_size < out->own.pos0 ? out->anchor_size : out->own.pos0) : 0;
     return SR_OK;
+}
+
+sr_span sr_star_block(const sr_star_place *pl, int64_t g, int64_t *anchor_end) {
+    int64_t s = g * pl->block_size, len = pl->block_size < pl->n - s ? pl->block_size : pl->n - s;
+    if (anchor_end) *anchor_end = pl->anchor_size < s ? pl->anchor_size : s;
+    return (sr_span){s, len > 0 ? len : 0};
 }

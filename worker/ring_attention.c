@@ -8,6 +8,8 @@
 #include "attention/attention.h"
 #include "base/clock.h"
 #include "base/status.h"
+#include "worker/agree.h"
+#include "worker/wire.h"
 
 /* rows computed between two progress polls of the transfers in flight: MPI
  * moves a large message only while some MPI call runs */
@@ -20,6 +22,7 @@ struct sr_ring {
     sr_span *spans; /* [world][SR_RING_MAX_SPANS] */
     int64_t *tokens;
     int64_t max_tokens;
+    int32_t *agree; /* [world] scratch of sr_agree */
     /* receive buffers: [2] blocks of K and V, and the partial output */
     void *kbuf[2], *vbuf[2];
     size_t buf_bytes;
@@ -28,27 +31,18 @@ struct sr_ring {
 };
 
 int sr_ring_init(sr_ring **out, sr_tp *tp, const sr_span *spans, int n_spans) {
-    if (!out || !tp || n_spans < 0 || n_spans > SR_RING_MAX_SPANS || (n_spans && !spans))
-        return sr_error_set(SR_EINVAL, "sr_ring_init: bad arguments (%d spans, at most %d)", n_spans,
-                            SR_RING_MAX_SPANS);
+    if (!out || !tp) return sr_error_set(SR_EINVAL, "sr_ring_init: NULL argument");
     *out = NULL;
-    if (sr_tp_device_memory(tp))
-        return sr_error_set(SR_EUNSUPPORTED, "ring attention runs on CPU memory; transport %s moves GPU memory",
-                            sr_tp_name(tp));
-    for (int i = 0; i < n_spans; i++)
-        if (spans[i].pos0 < 0 || spans[i].len < 0)
-            return sr_error_set(SR_EINVAL, "sr_ring_init: span %d [%lld, +%lld) is invalid", i,
-                                (long long)spans[i].pos0, (long long)spans[i].len);
     int w = sr_tp_size(tp);
     sr_ring *r = calloc(1, sizeof *r);
-    int64_t mine[1 + 2 * SR_RING_MAX_SPANS] = {0};
-    int64_t *all = calloc((size_t)w, sizeof mine);
+    int64_t *all = calloc((size_t)w, sizeof(int64_t) * SR_WIRE_RING_WORDS);
     if (r) {
         r->n_spans = calloc((size_t)w, sizeof *r->n_spans);
         r->spans = calloc((size_t)w * SR_RING_MAX_SPANS, sizeof *r->spans);
         r->tokens = calloc((size_t)w, sizeof *r->tokens);
+        r->agree = calloc((size_t)w, sizeof *r->agree);
     }
-    if (!r || !all || !r->n_spans || !r->spans || !r->tokens) {
+    if (!r || !all || !r->n_spans || !r->spans || !r->tokens || !r->agree) {
         free(all);
         sr_ring_free(r);
         return sr_error_set(SR_ENOMEM, "out of memory for the ring of %d ranks", w);
@@ -56,27 +50,33 @@ int sr_ring_init(sr_ring **out, sr_tp *tp, const sr_span *spans, int n_spans) {
     r->tp = tp;
     r->world = w;
     r->rank = sr_tp_rank(tp);
-    mine[0] = n_spans;
-    for (int i = 0; i < n_spans; i++) {
-        mine[1 + 2 * i] = spans[i].pos0;
-        mine[2 + 2 * i] = spans[i].len;
-    }
-    int rc = sr_tp_allgather(tp, mine, (int64_t)sizeof mine, all);
-    for (int p = 0; rc == SR_OK && p < w; p++) {
-        const int64_t *e = all + (size_t)p * (1 + 2 * SR_RING_MAX_SPANS);
-        r->n_spans[p] = (int)e[0];
-        for (int i = 0; i < r->n_spans[p]; i++) {
-            sr_span s = {e[1 + 2 * i], e[2 + 2 * i]};
-            r->spans[p * SR_RING_MAX_SPANS + i] = s;
-            r->tokens[p] += s.len;
-        }
-        if (r->tokens[p] > r->max_tokens) r->max_tokens = r->tokens[p];
-    }
+    /* a rank whose own arguments are bad still sends its entry, with its
+     * status, so that every rank fails alike */
+    int rc = SR_OK;
+    if (sr_tp_device_memory(tp))
+        rc = sr_error_set(SR_EUNSUPPORTED, "ring attention runs on CPU memory; transport %s moves GPU memory",
+                          sr_tp_name(tp));
+    else if (n_spans < 0 || n_spans > SR_RING_MAX_SPANS || (n_spans && !spans))
+        rc = sr_error_set(SR_EINVAL, "sr_ring_init: n_spans %d, allowed 0..%d with spans", n_spans,
+                          SR_RING_MAX_SPANS);
+    for (int i = 0; rc == SR_OK && i < n_spans; i++)
+        if (spans[i].pos0 < 0 || spans[i].len < 0 || spans[i].pos0 > SR_WIRE_MAX_POS ||
+            spans[i].len > SR_WIRE_MAX_POS - spans[i].pos0)
+            rc = sr_error_set(SR_EINVAL, "sr_ring_init: span %d [%lld, +%lld) is outside 0..%lld", i,
+                              (long long)spans[i].pos0, (long long)spans[i].len, (long long)SR_WIRE_MAX_POS);
+    int64_t mine[SR_WIRE_RING_WORDS];
+    sr_wire_ring_encode(mine, rc, spans, rc == SR_OK ? n_spans : 0);
+    int rc2 = sr_tp_allgather(tp, mine, (int64_t)sizeof mine, all);
+    /* every rank checks the same table, so every rank reaches the same verdict */
+    if (rc == SR_OK) rc = rc2;
+    if (rc == SR_OK) rc = sr_wire_ring_table(all, w, r->spans, r->n_spans, r->tokens);
     free(all);
     if (rc != SR_OK) {
         sr_ring_free(r);
         return rc;
     }
+    for (int p = 0; p < w; p++)
+        if (r->tokens[p] > r->max_tokens) r->max_tokens = r->tokens[p];
     *out = r;
     return SR_OK;
 }
@@ -92,32 +92,34 @@ void sr_ring_free(sr_ring *r) {
     free(r->n_spans);
     free(r->spans);
     free(r->tokens);
+    free(r->agree);
     free(r);
 }
 
 int64_t sr_ring_tokens(const sr_ring *r, int p) { return p >= 0 && p < r->world ? r->tokens[p] : 0; }
 
-static int reserve(sr_ring *r, size_t kv_bytes, size_t rows, int hq, int hd) {
+/* The receive buffers for blocks of kv_bytes and the partial outputs of
+ * POLL_ROWS rows (the same on every rank, whatever its share). */
+static int reserve(sr_ring *r, size_t kv_bytes, int hq, int hd) {
     if (kv_bytes > r->buf_bytes) {
         for (int i = 0; i < 2; i++) {
             free(r->kbuf[i]);
             free(r->vbuf[i]);
             r->kbuf[i] = malloc(kv_bytes);
             r->vbuf[i] = malloc(kv_bytes);
-            if (!r->kbuf[i] || !r->vbuf[i]) {
-                r->buf_bytes = 0;
-                return sr_error_set(SR_ENOMEM, "out of memory for ring buffers of %zu bytes", kv_bytes);
-            }
         }
         r->buf_bytes = kv_bytes;
+        for (int i = 0; i < 2; i++)
+            if (!r->kbuf[i] || !r->vbuf[i]) r->buf_bytes = 0;
+        if (!r->buf_bytes) return sr_error_set(SR_ENOMEM, "out of memory for ring buffers of %zu bytes", kv_bytes);
     }
-    size_t need = rows < POLL_ROWS ? rows : POLL_ROWS;
-    if (need * (size_t)hq > r->part_rows) {
+    size_t need = (size_t)POLL_ROWS * (size_t)hq;
+    if (need > r->part_rows) {
         free(r->o_part);
         free(r->lse_part);
-        r->part_rows = need * (size_t)hq;
-        r->o_part = malloc(r->part_rows * (size_t)hd * sizeof(float));
-        r->lse_part = malloc(r->part_rows * sizeof(float));
+        r->part_rows = need;
+        r->o_part = malloc(need * (size_t)hd * sizeof(float));
+        r->lse_part = malloc(need * sizeof(float));
         if (!r->o_part || !r->lse_part) {
             r->part_rows = 0;
             return sr_error_set(SR_ENOMEM, "out of memory for ring partial outputs");
@@ -187,24 +189,40 @@ static int attend_block(sr_ring *r, const sr_ring_desc *d, const float *q, const
     return SR_OK;
 }
 
-int sr_ring_forward(sr_ring *r, const sr_ring_desc *d, const float *q, const void *k, const void *v, float *o,
-                    float *lse, sr_ring_stats *stats) {
-    if (!r || !d || (r->tokens[r->rank] > 0 && (!q || !k || !v || !o || !lse)))
-        return sr_error_set(SR_EINVAL, "sr_ring_forward: NULL argument");
+/* This rank's arguments, and the buffers they need. */
+static int forward_check(sr_ring *r, const sr_ring_desc *d, const float *q, const void *k, const void *v,
+                         const float *o, const float *lse, size_t *row) {
+    if (!d) return sr_error_set(SR_EINVAL, "sr_ring_forward: NULL descriptor");
     if (d->n_head_q <= 0 || d->n_head_kv <= 0 || d->n_head_q % d->n_head_kv || d->head_dim <= 0 ||
         d->kv_dtype < SR_DT_F32 || d->kv_dtype > SR_DT_BF16 || d->tag < 0 || d->tag + 1 > SR_TP_TAG_MAX)
         return sr_error_set(SR_EINVAL, "sr_ring_forward: bad shape (Hq %d, Hkv %d, d %d, dtype %d, tag %d)",
                             d->n_head_q, d->n_head_kv, d->head_dim, d->kv_dtype, d->tag);
+    if (r->tokens[r->rank] > 0 && (!q || !k || !v || !o || !lse))
+        return sr_error_set(SR_EINVAL, "sr_ring_forward: rank %d holds %lld tokens but q, k, v, o or lse is NULL",
+                            r->rank, (long long)r->tokens[r->rank]);
+    size_t kv_bytes;
+    *row = (size_t)d->n_head_kv * (size_t)d->head_dim * (d->kv_dtype == SR_DT_F32 ? 4 : 2);
+    if (__builtin_mul_overflow((size_t)r->max_tokens, *row, &kv_bytes))
+        return sr_error_set(SR_ERANGE, "ring attention: blocks of %lld tokens of %zu bytes overflow", 
+                            (long long)r->max_tokens, *row);
+    return reserve(r, kv_bytes, d->n_head_q, d->head_dim);
+}
+
+int sr_ring_forward(sr_ring *r, const sr_ring_desc *d, const float *q, const void *k, const void *v, float *o,
+                    float *lse, sr_ring_stats *stats) {
+    if (!r) return sr_error_set(SR_EINVAL, "sr_ring_forward: NULL ring");
+    size_t row = 0;
+    int rc = sr_agree(r->tp, forward_check(r, d, q, k, v, o, lse, &row), r->agree, "ring attention");
+    if (rc != SR_OK) return rc;
     double t0 = sr_now(), compute = 0, wait = 0, flops = 0;
     int64_t sent = 0, recvd = 0;
-    size_t row = (size_t)d->n_head_kv * (size_t)d->head_dim * (d->kv_dtype == SR_DT_F32 ? 4 : 2);
     int64_t nloc = r->tokens[r->rank], hq = d->n_head_q, hd = d->head_dim;
-    int rc = reserve(r, (size_t)r->max_tokens * row, (size_t)nloc, d->n_head_q, d->head_dim);
-    if (rc != SR_OK) return rc;
     /* start from the empty result: o = 0, lse = -inf */
     if (nloc > 0) memset(o, 0, (size_t)(nloc * hq * hd) * sizeof(float));
     for (int64_t i = 0; i < nloc * hq; i++) lse[i] = -INFINITY;
 
+    /* a failure stops this rank's computing, not its part in the ring: the
+     * neighbours still send and wait for their blocks */
     int w = r->world, next = (r->rank + 1) % w, prev = (r->rank + w - 1) % w;
     const void *ck = k, *cv = v;
     for (int s = 0; s < w; s++) {
@@ -215,30 +233,29 @@ int sr_ring_forward(sr_ring *r, const sr_ring_desc *d, const float *q, const voi
             /* the block that arrives now is the one prev held: from rank src - 1 */
             int64_t in = r->tokens[(src - 1 + w) % w] * (int64_t)row, outb = r->tokens[src] * (int64_t)row;
             void *kb = r->kbuf[s % 2], *vb = r->vbuf[s % 2];
-            if ((rc = sr_tp_irecv(r->tp, kb, in, prev, d->tag, &reqs[0])) != SR_OK ||
-                (rc = sr_tp_irecv(r->tp, vb, in, prev, d->tag + 1, &reqs[1])) != SR_OK ||
-                (rc = sr_tp_isend(r->tp, ck, outb, next, d->tag, &reqs[2])) != SR_OK ||
-                (rc = sr_tp_isend(r->tp, cv, outb, next, d->tag + 1, &reqs[3])) != SR_OK) {
-                sr_tp_waitall(4, reqs);
-                return rc;
-            }
+            int prc = SR_OK;
+            if ((prc = sr_tp_irecv(r->tp, kb, in, prev, d->tag, &reqs[0])) == SR_OK &&
+                (prc = sr_tp_irecv(r->tp, vb, in, prev, d->tag + 1, &reqs[1])) == SR_OK &&
+                (prc = sr_tp_isend(r->tp, ck, outb, next, d->tag, &reqs[2])) == SR_OK)
+                prc = sr_tp_isend(r->tp, cv, outb, next, d->tag + 1, &reqs[3]);
+            if (rc == SR_OK) rc = prc;
             nreq = 4;
             sent += 2 * outb;
             recvd += 2 * in;
         }
         double c0 = sr_now();
-        if (nloc > 0) rc = attend_block(r, d, q, ck, cv, src, o, lse, reqs, nreq, &flops);
+        if (rc == SR_OK && nloc > 0) rc = attend_block(r, d, q, ck, cv, src, o, lse, reqs, nreq, &flops);
         double c1 = sr_now();
         int wrc = sr_tp_waitall(nreq, reqs);
         wait += sr_now() - c1;
         compute += c1 - c0;
-        if (rc != SR_OK) return rc;
-        if (wrc != SR_OK) return wrc;
+        if (rc == SR_OK) rc = wrc;
         if (s < w - 1) {
             ck = r->kbuf[s % 2];
             cv = r->vbuf[s % 2];
         }
     }
+    if ((rc = sr_agree(r->tp, rc, r->agree, "ring attention")) != SR_OK) return rc;
     if (stats) {
         stats->compute_s += compute;
         stats->wait_s += wait;

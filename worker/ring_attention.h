@@ -44,7 +44,9 @@ typedef struct {
 typedef struct sr_ring sr_ring;
 
 /* Collective: every rank gives its own spans (at most SR_RING_MAX_SPANS; the
- * spans of all ranks must be disjoint). */
+ * spans of all ranks must be disjoint). Every rank checks every rank's spans
+ * (worker/wire.h), so a bad span anywhere, or a failure on any rank, fails
+ * every rank. */
 int sr_ring_init(sr_ring **out, sr_tp *tp, const sr_span *spans, int n_spans);
 void sr_ring_free(sr_ring *r);
 
@@ -52,7 +54,10 @@ void sr_ring_free(sr_ring *r);
 int64_t sr_ring_tokens(const sr_ring *r, int p);
 
 /* Collective, one layer. q: [n_local, Hq, d] fp32; k, v: [n_local, Hkv, d]
- * in d->kv_dtype; o: [n_local, Hq, d]; lse: [n_local, Hq]. stats may be NULL. */
+ * in d->kv_dtype; o: [n_local, Hq, d]; lse: [n_local, Hq]. stats may be NULL.
+ * Every rank passes the same d. The ranks agree on their arguments before
+ * the first transfer and on the result after the last: a failure on any
+ * rank returns an error on every rank. */
 int sr_ring_forward(sr_ring *r, const sr_ring_desc *d, const float *q, const void *k, const void *v, float *o,
                     float *lse, sr_ring_stats *stats);
 

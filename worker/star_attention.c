@@ -1,5 +1,5 @@
-/* star_attention: the [anchor | own] span of phase 1, and the query
- * broadcast, local attention, gather and merge of phase 2. */
+/* star_attention: attention over a list of KV runs (both phases), and the
+ * query broadcast, local attention, gather and merge of phase 2. */
 #include "worker/star_attention.h"
 
 #include <math.h>
@@ -8,6 +8,8 @@
 
 #include "base/clock.h"
 #include "base/status.h"
+#include "worker/agree.h"
+#include "worker/wire.h"
 
 static int check_desc(const sr_star_desc *d) {
     if (!d || d->n_head_q <= 0 || d->n_head_kv <= 0 || d->n_head_q % d->n_head_kv || d->head_dim <= 0 ||
@@ -24,164 +26,211 @@ static sr_attn_desc attn_desc(const sr_star_desc *d, int64_t nq, int64_t nk, int
     return a;
 }
 
-int64_t sr_star_span_len(const sr_star_place *pl) { return pl ? pl->anchor.len + pl->own.len : 0; }
+/* ------------------------------------------------------- attend to runs */
 
-int sr_star_span_build(const sr_star_place *pl, const int32_t *context_tokens, int32_t *tokens, int64_t *pos) {
-    if (!pl || (tokens && !context_tokens)) return sr_error_set(SR_EINVAL, "sr_star_span_build: NULL argument");
-    const sr_span parts[2] = {pl->anchor, pl->own};
-    int64_t r = 0;
-    for (int p = 0; p < 2; p++)
-        for (int64_t i = 0; i < parts[p].len; i++, r++) {
-            if (tokens) tokens[r] = context_tokens[parts[p].pos0 + i];
-            if (pos) pos[r] = parts[p].pos0 + i;
+int sr_star_attend(const sr_star_desc *d, int64_t nq, int64_t q_pos0, const float *q, const sr_star_run *runs,
+                   int64_t n_runs, float *o, float *lse, float *o_tmp, float *lse_tmp) {
+    int rc = check_desc(d);
+    if (rc != SR_OK) return rc;
+    if (nq < 1 || q_pos0 < 0 || n_runs < 0 || (n_runs > 0 && !runs) || !q || !o || !lse || !o_tmp || !lse_tmp)
+        return sr_error_set(SR_EINVAL, "sr_star_attend: %lld queries at %lld over %lld runs, or a NULL buffer",
+                            (long long)nq, (long long)q_pos0, (long long)n_runs);
+    int64_t rows = nq * d->n_head_q;
+    int have = 0;
+    for (int64_t i = 0; i < n_runs; i++) {
+        const sr_star_run *r = &runs[i];
+        if (r->n < 0 || r->pos0 < 0)
+            return sr_error_set(SR_EINVAL, "sr_star_attend: run %lld has %lld rows at %lld", (long long)i,
+                                (long long)r->n, (long long)r->pos0);
+        if (r->n == 0 || r->pos0 > q_pos0 + nq - 1) continue; /* empty, or after every query */
+        /* keys all at or before the first query need no mask */
+        sr_attn_desc a = attn_desc(d, nq, r->n, r->pos0 + r->n - 1 > q_pos0, q_pos0, r->pos0);
+        if (!have) {
+            rc = sr_attn_forward(&a, q, &r->kv, o, lse, d->n_threads);
+        } else if ((rc = sr_attn_forward(&a, q, &r->kv, o_tmp, lse_tmp, d->n_threads)) == SR_OK) {
+            rc = sr_attn_merge_into(o, lse, o_tmp, lse_tmp, rows, d->head_dim);
         }
+        if (rc != SR_OK) return rc;
+        have = 1;
+    }
+    if (!have) {
+        memset(o, 0, sizeof(float) * (size_t)(rows * d->head_dim));
+        for (int64_t i = 0; i < rows; i++) lse[i] = -INFINITY;
+    }
     return SR_OK;
 }
 
-int sr_star_span_attention(const sr_star_desc *d, const sr_star_place *pl, const float *q, const void *k,
-                           const void *v, float *o, float *lse) {
-    int rc = check_desc(d);
-    if (rc != SR_OK) return rc;
-    if (!pl || !q || !k || !v || !o) return sr_error_set(SR_EINVAL, "sr_star_span_attention: NULL argument");
-    int64_t a = pl->anchor.len, n = pl->own.len, hq = d->n_head_q, hd = d->head_dim;
-    size_t row = (size_t)d->n_head_kv * (size_t)hd * (d->kv_dtype == SR_DT_F32 ? 4 : 2);
-    if (a + n == 0) return SR_OK;
-    float *lse_buf = NULL, *o_tmp = NULL, *lse_tmp = NULL;
-    if (!lse) lse = lse_buf = malloc(sizeof(float) * (size_t)((a + n) * hq));
-    if (a > 0 && n > 0) {
-        o_tmp = malloc(sizeof(float) * (size_t)(n * hq * hd));
-        lse_tmp = malloc(sizeof(float) * (size_t)(n * hq));
-    }
-    if (!lse || (a > 0 && n > 0 && (!o_tmp || !lse_tmp))) {
-        rc = sr_error_set(SR_ENOMEM, "out of memory for a star span of %lld rows", (long long)(a + n));
-        goto out;
-    }
-    sr_attn_kv anchor = sr_attn_kv_dense(k, v);
-    if (a > 0) { /* anchor rows: causal among themselves */
-        sr_attn_desc ad = attn_desc(d, a, a, 1, pl->anchor.pos0, pl->anchor.pos0);
-        if ((rc = sr_attn_forward(&ad, q, &anchor, o, lse, d->n_threads)) != SR_OK) goto out;
-    }
-    if (n > 0) { /* own rows: causal over their own tokens ... */
-        sr_attn_kv own = sr_attn_kv_dense((const char *)k + (size_t)a * row, (const char *)v + (size_t)a * row);
-        sr_attn_desc od = attn_desc(d, n, n, 1, pl->own.pos0, pl->own.pos0);
-        float *oo = o + a * hq * hd, *ol = lse + a * hq;
-        if ((rc = sr_attn_forward(&od, q + a * hq * hd, &own, oo, ol, d->n_threads)) != SR_OK) goto out;
-        if (a > 0) { /* ... and all of the anchor, which comes before them */
-            sr_attn_desc xd = attn_desc(d, n, a, 0, pl->own.pos0, pl->anchor.pos0);
-            if ((rc = sr_attn_forward(&xd, q + a * hq * hd, &anchor, o_tmp, lse_tmp, d->n_threads)) != SR_OK ||
-                (rc = sr_attn_merge_into(oo, ol, o_tmp, lse_tmp, n * hq, (int)hd)) != SR_OK)
-                goto out;
-        }
-    }
-out:
-    free(lse_buf);
-    free(o_tmp);
-    free(lse_tmp);
-    return rc;
-}
+/* -------------------------------------------------------------- phase 2 */
+
+/* Sizes, in floats, that every rank computes alike from the arguments that
+ * every rank passes alike: the buffers grow at the same calls everywhere. */
+typedef struct {
+    int64_t qn;    /* queries */
+    int64_t part;  /* one rank's O and LSE */
+    int64_t parts; /* every rank's part and status, on the query rank */
+} star_sizes;
 
 struct sr_star {
     sr_tp *tp;
-    float *qbuf;  /* the broadcast queries */
-    float *parts; /* [W][nq*Hq*(d+1)] on the query rank: each rank's O then LSE */
-    float *mine;  /* this rank's part */
-    float *tmp;   /* the query rank's part over its new tokens */
-    size_t q_cap, parts_cap, part_cap, tmp_cap;
+    int world, rank;
+    float *qbuf;    /* the broadcast: queries, then the query rank's status */
+    float *mine;    /* this rank's part, then its status */
+    float *tmp;     /* scratch of one part */
+    float *parts;   /* on the query rank of the last growth: [W][part + 1] */
+    star_sizes cap; /* what the buffers hold */
+    int parts_rank; /* the rank that holds parts, the same on every rank; -1: none */
+    int32_t *agree; /* [W] scratch of sr_agree */
 };
 
 int sr_star_init(sr_star **out, sr_tp *tp) {
     if (!out || !tp) return sr_error_set(SR_EINVAL, "sr_star_init: NULL argument");
+    *out = NULL;
     if (sr_tp_device_memory(tp))
         return sr_error_set(SR_EUNSUPPORTED, "star attention runs on CPU memory; transport %s moves GPU memory",
                             sr_tp_name(tp));
-    *out = calloc(1, sizeof **out);
-    if (!*out) return sr_error_set(SR_ENOMEM, "out of memory for star attention");
-    (*out)->tp = tp;
+    sr_star *s = calloc(1, sizeof *s);
+    if (s) s->agree = calloc((size_t)sr_tp_size(tp), sizeof *s->agree);
+    if (!s || !s->agree) {
+        free(s);
+        return sr_error_set(SR_ENOMEM, "out of memory for star attention");
+    }
+    s->tp = tp;
+    s->world = sr_tp_size(tp);
+    s->rank = sr_tp_rank(tp);
+    s->parts_rank = -1;
+    *out = s;
     return SR_OK;
+}
+
+static void release(sr_star *s) {
+    free(s->qbuf);
+    free(s->mine);
+    free(s->tmp);
+    free(s->parts);
+    s->qbuf = s->mine = s->tmp = s->parts = NULL;
+    s->cap = (star_sizes){0, 0, 0};
+    s->parts_rank = -1;
 }
 
 void sr_star_free(sr_star *s) {
     if (!s) return;
-    free(s->qbuf);
-    free(s->parts);
-    free(s->mine);
-    free(s->tmp);
+    release(s);
+    free(s->agree);
     free(s);
 }
 
-static int grow(float **p, size_t *cap, size_t n) {
-    if (n <= *cap) return SR_OK;
-    free(*p);
-    *p = malloc(n * sizeof(float));
-    *cap = *p ? n : 0;
-    return *p ? SR_OK : sr_error_set(SR_ENOMEM, "out of memory for %zu floats of star attention", n);
+/* Collective when the buffers must grow (or the query rank changed): the
+ * ranks agree on the allocations, and on a failure every rank drops its
+ * buffers, so that all decide alike at the next call. */
+static int reserve(sr_star *s, star_sizes need, int query_rank) {
+    if (need.qn <= s->cap.qn && need.part <= s->cap.part && need.parts <= s->cap.parts &&
+        query_rank == s->parts_rank)
+        return SR_OK;
+    star_sizes n = {need.qn > s->cap.qn ? need.qn : s->cap.qn, need.part > s->cap.part ? need.part : s->cap.part,
+                    need.parts > s->cap.parts ? need.parts : s->cap.parts};
+    release(s);
+    s->qbuf = malloc(sizeof(float) * (size_t)(n.qn + 1));
+    s->mine = malloc(sizeof(float) * (size_t)(n.part + 1));
+    s->tmp = malloc(sizeof(float) * (size_t)n.part);
+    if (s->rank == query_rank) s->parts = malloc(sizeof(float) * (size_t)n.parts);
+    int rc = s->qbuf && s->mine && s->tmp && (s->rank != query_rank || s->parts)
+                 ? SR_OK
+                 : sr_error_set(SR_ENOMEM, "out of memory for star attention buffers of %lld queries", (long long)n.qn);
+    if ((rc = sr_agree(s->tp, rc, s->agree, "star attention")) != SR_OK) {
+        release(s);
+        return rc;
+    }
+    s->cap = n;
+    s->parts_rank = query_rank;
+    return SR_OK;
+}
+
+/* The status word after a message's floats. */
+static void put_status(float *slot, int status) {
+    int32_t v = status;
+    memcpy(slot, &v, sizeof v);
+}
+
+static int get_status(const float *slot, int peer, int *status) {
+    int32_t v;
+    memcpy(&v, slot, sizeof v);
+    return sr_wire_status(v, peer, "star attention", status);
+}
+
+/* This rank's own arguments (those that may differ between ranks). */
+static int query_check(const sr_star_desc *d, int root, const float *q, const sr_star_run *runs, int64_t n_runs,
+                       const float *o, const float *lse) {
+    int rc = check_desc(d);
+    if (rc != SR_OK) return rc;
+    if (n_runs < 0 || (n_runs > 0 && !runs))
+        return sr_error_set(SR_EINVAL, "sr_star_query: n_runs %lld, allowed 0.. with runs", (long long)n_runs);
+    for (int64_t i = 0; i < n_runs; i++)
+        if (runs[i].n < 0 || runs[i].pos0 < 0 || (runs[i].n > 0 && !runs[i].kv.k && !runs[i].kv.k_blocks))
+            return sr_error_set(SR_EINVAL, "sr_star_query: run %lld has %lld rows at position %lld", (long long)i,
+                                (long long)runs[i].n, (long long)runs[i].pos0);
+    if (root && (!q || !o || !lse)) return sr_error_set(SR_EINVAL, "sr_star_query: the query rank needs q, o and lse");
+    return SR_OK;
 }
 
 int sr_star_query(sr_star *s, const sr_star_desc *d, int query_rank, int64_t nq, int64_t q_pos0, const float *q,
-                  const sr_attn_kv *ctx, int64_t n_ctx, const sr_attn_kv *q_new, int64_t n_new, int64_t new_pos0,
-                  float *o, float *lse, sr_star_stats *stats) {
-    int rc = check_desc(d);
+                  const sr_star_run *runs, int64_t n_runs, float *o, float *lse, sr_star_stats *stats) {
+    /* the arguments that size the messages are the same on every rank, so
+     * that they fail alike everywhere, before any message */
+    if (!s || !d) return sr_error_set(SR_EINVAL, "sr_star_query: NULL handle or descriptor");
+    int w = s->world, root = s->rank == query_rank;
+    star_sizes z;
+    int64_t rows;
+    if (query_rank < 0 || query_rank >= w || nq < 1 || q_pos0 < 0 || d->n_head_q <= 0 || d->head_dim <= 0 ||
+        __builtin_mul_overflow(nq, (int64_t)d->n_head_q, &rows) ||
+        __builtin_mul_overflow(rows, (int64_t)d->head_dim, &z.qn) ||
+        __builtin_mul_overflow(rows, (int64_t)d->head_dim + 1, &z.part) ||
+        __builtin_mul_overflow(z.part + 1, (int64_t)w, &z.parts) || z.parts > INT64_MAX / (int64_t)sizeof(float))
+        return sr_error_set(SR_EINVAL, "sr_star_query: query rank %d of %d, nq %lld at position %lld, Hq %d, d %d: "
+                            "allowed ranks 0..%d, nq >= 1 with nq * Hq * (d + 1) * W floats addressable",
+                            query_rank, w, (long long)nq, (long long)q_pos0, d->n_head_q, d->head_dim, w - 1);
+    int rc = reserve(s, z, query_rank);
     if (rc != SR_OK) return rc;
-    if (!s) return sr_error_set(SR_EINVAL, "sr_star_query: NULL handle");
-    int me = sr_tp_rank(s->tp), w = sr_tp_size(s->tp), root = me == query_rank;
-    if (query_rank < 0 || query_rank >= w || nq < 1 || n_ctx < 0 || (n_ctx > 0 && !ctx))
-        return sr_error_set(SR_EINVAL, "sr_star_query: query rank %d of %d, %lld queries, %lld context rows",
-                            query_rank, w, (long long)nq, (long long)n_ctx);
-    if (root && (!q || !o || !lse || n_new < 0 || (n_new > 0 && !q_new)))
-        return sr_error_set(SR_EINVAL, "sr_star_query: the query rank needs q, o, lse and its new tokens' KV");
     double t0 = sr_now(), comm = 0;
-    int64_t hq = d->n_head_q, hd = d->head_dim, qn = nq * hq * hd, part = nq * hq * (hd + 1);
-    if ((rc = grow(&s->qbuf, &s->q_cap, (size_t)qn)) != SR_OK || (rc = grow(&s->mine, &s->part_cap, (size_t)part)) != SR_OK)
-        return rc;
+    rc = query_check(d, root, q, runs, n_runs, o, lse);
     if (root) {
-        if ((rc = grow(&s->parts, &s->parts_cap, (size_t)(part * w))) != SR_OK ||
-            (rc = grow(&s->tmp, &s->tmp_cap, (size_t)part)) != SR_OK)
-            return rc;
-        memcpy(s->qbuf, q, sizeof(float) * (size_t)qn);
+        if (rc == SR_OK) memcpy(s->qbuf, q, sizeof(float) * (size_t)z.qn);
+        put_status(s->qbuf + z.qn, rc);
     }
-    /* 1. the queries, all heads in one message */
+    /* 1. the queries, all heads in one message, and the query rank's status */
     double c0 = sr_now();
-    if ((rc = sr_tp_bcast(s->tp, s->qbuf, qn * (int64_t)sizeof(float), query_rank)) != SR_OK) return rc;
+    int rc2 = sr_tp_bcast(s->tp, s->qbuf, (z.qn + 1) * (int64_t)sizeof(float), query_rank);
+    if (rc2 != SR_OK) return rc2;
     comm += sr_now() - c0;
+    int status = SR_OK;
+    if (!root && rc == SR_OK && (rc = get_status(s->qbuf + z.qn, query_rank, &status)) == SR_OK && status != SR_OK)
+        rc = sr_error_set(status, "star attention: the query rank %d failed (%s)", query_rank, sr_strerror(status));
 
-    /* 2. this rank's part: over its context, no mask */
-    float *po = s->mine, *pl = s->mine + qn;
-    if (n_ctx > 0) {
-        sr_attn_desc a = attn_desc(d, nq, n_ctx, 0, q_pos0, 0);
-        if ((rc = sr_attn_forward(&a, s->qbuf, ctx, po, pl, d->n_threads)) != SR_OK) return rc;
-    } else {
-        memset(po, 0, sizeof(float) * (size_t)qn);
-        for (int64_t i = 0; i < nq * hq; i++) pl[i] = -INFINITY;
-    }
-    if (root && n_new > 0) { /* the new tokens, causally */
-        sr_attn_desc a = attn_desc(d, nq, n_new, 1, q_pos0, new_pos0);
-        if ((rc = sr_attn_forward(&a, s->qbuf, q_new, s->tmp, s->tmp + qn, d->n_threads)) != SR_OK ||
-            (rc = sr_attn_merge_into(po, pl, s->tmp, s->tmp + qn, nq * hq, (int)hd)) != SR_OK)
-            return rc;
-    }
+    /* 2. this rank's part over its runs */
+    float *po = s->mine, *pl = s->mine + z.qn;
+    if (rc == SR_OK) rc = sr_star_attend(d, nq, q_pos0, s->qbuf, runs, n_runs, po, pl, s->tmp, s->tmp + z.qn);
+    put_status(s->mine + z.part, rc);
 
     /* 3. every part to the query rank, one message each, and merge */
     c0 = sr_now();
-    if ((rc = sr_tp_gather(s->tp, s->mine, part * (int64_t)sizeof(float), s->parts, query_rank)) != SR_OK) return rc;
+    if ((rc2 = sr_tp_gather(s->tp, s->mine, (z.part + 1) * (int64_t)sizeof(float), s->parts, query_rank)) != SR_OK)
+        return rc != SR_OK ? rc : rc2;
     comm += sr_now() - c0;
     if (root) {
         const float **op = malloc(sizeof(float *) * (size_t)w), **lp = malloc(sizeof(float *) * (size_t)w);
-        if (!op || !lp) {
-            free(op);
-            free(lp);
-            return sr_error_set(SR_ENOMEM, "out of memory merging star attention");
+        if (rc == SR_OK && (!op || !lp)) rc = sr_error_set(SR_ENOMEM, "out of memory merging star attention");
+        for (int p = 0; p < w && rc == SR_OK; p++) {
+            op[p] = s->parts + (int64_t)p * (z.part + 1);
+            lp[p] = op[p] + z.qn;
+            if ((rc = get_status(op[p] + z.part, p, &status)) == SR_OK && status != SR_OK)
+                rc = sr_error_set(status, "star attention: rank %d failed (%s)", p, sr_strerror(status));
         }
-        for (int p = 0; p < w; p++) {
-            op[p] = s->parts + (int64_t)p * part;
-            lp[p] = op[p] + qn;
-        }
-        rc = sr_attn_merge(w, op, lp, nq * hq, (int)hd, o, lse);
+        if (rc == SR_OK) rc = sr_attn_merge(w, op, lp, rows, d->head_dim, o, lse);
         free(op);
         free(lp);
-        if (rc != SR_OK) return rc;
     }
+    if (rc != SR_OK) return rc;
     if (stats) {
-        int64_t qb = qn * (int64_t)sizeof(float), pb = part * (int64_t)sizeof(float);
+        int64_t qb = (z.qn + 1) * (int64_t)sizeof(float), pb = (z.part + 1) * (int64_t)sizeof(float);
         stats->comm_s += comm;
         stats->total_s += sr_now() - t0;
         stats->compute_s += sr_now() - t0 - comm;

@@ -17,6 +17,7 @@
 #include "base/status.h"
 #include "worker/placement.h"
 #include "worker/ring_attention.h"
+#include "worker/wire.h"
 #include "transport/transport.h"
 #include "tests/mpi/mpi_support.h"
 
@@ -180,6 +181,55 @@ static int run_case(sr_tp *tp, const ring_case *c, int layers) {
     return fails;
 }
 
+/* ---- failures: every rank comes back with an error ---- */
+
+/* One rank sends a forged entry into sr_ring_init's allgather (the other
+ * ranks call sr_ring_init): every honest rank refuses the table with
+ * SR_EFORMAT naming the field, and reads nothing out of bounds (ASan). */
+static int t_forged_entry(sr_tp *tp, const int64_t forged[SR_WIRE_RING_WORDS], const char *field) {
+    int liar = size - 1, fails = 0;
+    if (rank == liar) {
+        int64_t *all = malloc(sizeof(int64_t) * SR_WIRE_RING_WORDS * size);
+        EXPECT_OK(sr_tp_allgather(tp, forged, sizeof(int64_t) * SR_WIRE_RING_WORDS, all));
+        free(all);
+        return 0;
+    }
+    sr_span one = {rank * 10, 10};
+    sr_ring *r = NULL;
+    int rc = sr_ring_init(&r, tp, &one, 1);
+    char want[64];
+    snprintf(want, sizeof want, "rank %d", liar);
+    if (rc != SR_EFORMAT || r || !strstr(sr_error_msg(), field) || !strstr(sr_error_msg(), want)) {
+        fprintf(stderr, "rank %d: forged entry (%s) gave %d: %s\n", rank, field, rc, sr_error_msg());
+        fails++;
+    }
+    sr_ring_free(r);
+    return fails;
+}
+
+/* A bad argument on one rank only, at init and at a layer: every rank fails;
+ * then a good layer on the same ring works. */
+static int t_one_rank_fails(sr_tp *tp) {
+    int bad_rank = size - 1, fails = 0;
+    sr_span sp[5] = {{rank, 1}, {size + rank, 1}, {2 * size + rank, 1}, {3 * size + rank, 1}, {4 * size + rank, 1}};
+    sr_ring *r = NULL;
+    if (sr_ring_init(&r, tp, sp, rank == bad_rank ? 5 : 2) != SR_EINVAL || r) {
+        fprintf(stderr, "rank %d: init with 5 spans on rank %d: %s\n", rank, bad_rank, sr_error_msg());
+        fails++;
+    }
+    EXPECT_OK(sr_ring_init(&r, tp, sp, 2));
+    float q[2 * 2 * 64] = {0}, k[2 * 64] = {0}, v[2 * 64] = {0}, o[2 * 2 * 64], lse[2 * 2];
+    sr_ring_desc d = {2, 1, 64, SR_DT_F32, 1, 0, 1, 0};
+    int rc = sr_ring_forward(r, &d, rank == bad_rank ? NULL : q, k, v, o, lse, NULL);
+    if (rc != SR_EINVAL || (rank != bad_rank && !strstr(sr_error_msg(), "failed"))) {
+        fprintf(stderr, "rank %d: layer with q NULL on rank %d gave %d: %s\n", rank, bad_rank, rc, sr_error_msg());
+        fails++;
+    }
+    if (sr_ring_forward(r, &d, q, k, v, o, lse, NULL) != SR_OK) fails++;
+    sr_ring_free(r);
+    return fails;
+}
+
 int main(int argc, char **argv) {
     if (mpi_test_init(&argc, &argv)) return 1;
     sr_tp *mpi = NULL, *tcp = NULL;
@@ -222,6 +272,24 @@ int main(int argc, char **argv) {
             fails++;
         }
         tap(fails, "bad spans and shapes give SR_EINVAL");
+    }
+    tap(t_one_rank_fails(mpi), "a bad argument on rank %d only, at init and at a layer: every rank fails", size - 1);
+    tap(t_one_rank_fails(tcp), "the same over tcp");
+    {
+        sr_span sp[SR_RING_MAX_SPANS] = {{1000000, 5}};
+        int64_t e[SR_WIRE_RING_WORDS];
+        sr_wire_ring_encode(e, SR_OK, sp, 1);
+        e[1] = 1000;
+        tap(t_forged_entry(mpi, e, "n_spans 1000"), "a peer's span count of 1000 is refused by name");
+        e[1] = 1;
+        e[3] = -5;
+        tap(t_forged_entry(mpi, e, "len -5"), "a peer's negative span length is refused by name");
+        e[3] = 5;
+        e[2] = 3; /* rank 0 holds [0, 10) */
+        tap(t_forged_entry(mpi, e, "overlaps rank 0"), "a peer's span over another rank's is refused");
+        e[2] = 1000000;
+        e[0] = 77;
+        tap(t_forged_entry(tcp, e, "status 77"), "a peer's status word that is no status code is refused (tcp)");
     }
     sr_tp_close(tcp);
     sr_tp_close(mpi);
