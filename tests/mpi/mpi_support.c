@@ -10,13 +10,6 @@
 
 int rank, size, n_tests, n_failed;
 
-/* Open MPI leaks at MPI_Init and MPI_Finalize (an empty MPI program fails
- * LeakSanitizer), from components it has unloaded by the time of the check,
- * so its leaks cannot be told from ours or suppressed by name: the mpi tests
- * run without leak checks (the unit tests, which start no MPI, keep them). */
-const char *__asan_default_options(void);
-const char *__asan_default_options(void) { return "detect_leaks=0"; }
-
 int mpi_test_init(int *argc, char ***argv) {
     if (sr_tp_mpi_init(argc, argv) != SR_OK) {
         fprintf(stderr, "MPI init: %s\n", sr_error_msg());
