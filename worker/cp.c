@@ -75,7 +75,6 @@ int sr_cp_open(sr_cp **out, sr_model *m, sr_tp *tp, const sr_cp_opts *opts) {
     cp->m = m;
     cp->tp = tp;
     cp->o = *opts;
-    if (cp->o.block_size == 0) cp->o.block_size = SR_CP_DEFAULT_BLOCK;
     cp->rank = tp ? sr_tp_rank(tp) : 0;
     cp->world = tp ? sr_tp_size(tp) : 1;
     const sr_kv_cache *kv = &m->kv;
@@ -84,6 +83,9 @@ int sr_cp_open(sr_cp **out, sr_model *m, sr_tp *tp, const sr_cp_opts *opts) {
     cp->hello = calloc((size_t)cp->world, sizeof *cp->hello * SR_WIRE_HELLO_WORDS);
     if (rc == SR_OK && (!cp->agree || !cp->hello)) rc = sr_error_set(SR_ENOMEM, "context parallel: out of memory");
     if (rc == SR_OK && opts->mode != SR_CP_FULL) rc = sr_star_init(&cp->star, tp);
+    /* every rank opens or none does: one that failed would miss the others'
+     * next collective */
+    if (tp && cp->agree) rc = sr_agree(tp, rc, cp->agree, "context parallel");
     if (rc != SR_OK) {
         sr_cp_close(cp);
         return rc;

@@ -93,7 +93,8 @@ typedef struct {
 typedef struct sr_cp sr_cp;
 
 /* A context-parallel runner of model m over transport tp (not owned; NULL
- * only in full mode, meaning a single process). Collective. */
+ * only in full mode, meaning a single process). Collective: the ranks agree
+ * that every one opened. */
 int sr_cp_open(sr_cp **out, sr_model *m, sr_tp *tp, const sr_cp_opts *opts);
 void sr_cp_close(sr_cp *cp);
 
