@@ -125,7 +125,7 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(TEST_SUPPORT:%.c=$(BUILD)/obj/%.
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) -lcmocka
 
-$(BUILD)/tests/mpi_%: $(BUILD)/obj/tests/mpi/mpi_%.o $(MPI_SUPPORT:%.c=$(BUILD)/obj/%.o) $(LIB)
+$(BUILD)/tests/mpi_%: $(BUILD)/obj/tests/mpi/mpi_%.o $(MPI_SUPPORT:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/tests/unit/support_model.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) -lcmocka
 

@@ -90,7 +90,7 @@ static const opt_def opt_table[] = {
     INT_OPT("seed", 0, seed, 0, INT64_MAX, "S", "0", "random seed"),
     INT_OPT("threads", 't', threads, 1, MAX_THREADS, "N", "all cores", "threads"),
     STR_OPT("kv-type", 0, kv_type, "T", "f16", "KV cache type: f16, bf16, or f32 (reference checks)"),
-    INT_OPT("block-size", 0, block_size, 1, MAX_BLOCK, "N", "256 for the cache, 1024 for star",
+    INT_OPT("block-size", 0, block_size, 1, MAX_BLOCK, "N", "256 for the cache; star: context / workers",
             "context block: tokens per KV cache block and, in star mode,\n"
             "per placed block"),
     INT_OPT("batch", 0, batch, 1, MAX_BATCH, "N", "512", "prompt tokens per forward pass"),
@@ -397,9 +397,10 @@ static int check_context(const run_args *a, run_inputs *in, int world, int rank,
      * generated tokens; every rank checks the largest share */
     int64_t share = in->co.mode == SR_CP_FULL ? n_ctx : (n_ctx + world - 1) / world;
     if (in->co.mode == SR_CP_STAR) {
-        int64_t block = a->block_size ? a->block_size : SR_CP_DEFAULT_BLOCK;
-        int64_t anchor = a->anchor_size ? a->anchor_size : block;
-        share += anchor < n_ctx ? anchor : n_ctx;
+        sr_star_place pl; /* resolves the default sizes */
+        int rc = sr_place_star(n_ctx, a->block_size, a->anchor_size, world, 0, &pl);
+        if (rc != SR_OK) return rc;
+        share += pl.anchor_size;
     }
     int64_t tokens = share + in->n_question + in->gp.n_predict, block = m->kv.block_size, blocks = (tokens + block - 1) / block;
     int64_t budget = a->kv_budget ? a->kv_budget : machine_bytes() / local_size() >> 20, need;
@@ -507,9 +508,11 @@ static int report(sr_cp *cp, const run_inputs *in, const char *transport, const 
                 g->n_decode / t_dec, kv / 1048576.0, in->mo.n_threads);
         fprintf(stderr, "starring-run: mode %s, %d worker%s, transport %s", sr_cp_mode_name(co->mode), w,
                 w == 1 ? "" : "s", co->mode == SR_CP_FULL ? "none" : transport);
-        if (co->mode == SR_CP_STAR)
-            fprintf(stderr, ", block %lld, anchor %lld", (long long)(co->block_size ? co->block_size : SR_CP_DEFAULT_BLOCK),
-                    (long long)(co->anchor_size ? co->anchor_size : co->block_size ? co->block_size : SR_CP_DEFAULT_BLOCK));
+        if (co->mode == SR_CP_STAR) {
+            sr_cp_stats cs; /* the sizes used, defaults resolved */
+            sr_cp_get_stats(cp, &cs);
+            fprintf(stderr, ", block %lld, anchor %lld", (long long)cs.block_size, (long long)cs.anchor_size);
+        }
         fputc('\n', stderr);
         fprintf(stderr, "starring-run: prefill %lld tokens in %.3f s (%.1f tok/s)\n", (long long)n_ctx, t_pre,
                 n_ctx / (t_pre > 0 ? t_pre : 1e-9));

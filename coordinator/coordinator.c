@@ -316,8 +316,7 @@ static int ctx_estimate(coord *co, cctx *c) {
             blocks = (sp[0].len + bs - 1) / bs + (sp[1].len + bs - 1) / bs;
         } else if (c->mode == SR_CP_STAR) {
             sr_star_place pl;
-            int rc = sr_place_star(c->n_tokens, c->block_size ? c->block_size : SR_CP_DEFAULT_BLOCK, c->anchor_size, W,
-                                   w, &pl);
+            int rc = sr_place_star(c->n_tokens, c->block_size, c->anchor_size, W, w, &pl);
             if (rc != SR_OK) return rc;
             blocks = (pl.own.len + bs - 1) / bs;
         } else if (w == SR_CP_QUERY_RANK) {

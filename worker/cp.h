@@ -56,19 +56,18 @@
 
 enum { SR_CP_FULL = 0, SR_CP_RING = 1, SR_CP_STAR = 2 };
 
-/* The block_size and anchor_size that ask for the defaults, as in the
- * reference implementation: blocks of the context over the workers (one
- * per worker) and an anchor of one block. Measured on SmolLM2-135M over 4
- * workers: at ~3k tokens it finds a passkey even in the last block
- * (tests/sh/test_star_passkey.sh); at ~6k it loses it wherever it is, while
- * an anchor of half the context keeps it (scripts/demo); scripts/bench-cp
- * accuracy measures more. */
-enum { SR_CP_DEFAULT_BLOCK = 0 };
 
 #define SR_CP_QUERY_RANK 0
 
 typedef struct {
     int mode;            /* SR_CP_* */
+    /* star sizes; 0 asks for the defaults of the reference implementation:
+     * blocks of the context over the workers (one per worker), an anchor of
+     * one block. Measured on SmolLM2-135M over 4 workers: at ~3k tokens the
+     * defaults find a passkey even in the last block
+     * (tests/sh/test_star_passkey.sh); at ~6k they lose it, while an anchor
+     * of half the context keeps it (scripts/demo); scripts/bench-cp
+     * accuracy measures more. */
     int64_t block_size;  /* star: context tokens per block; 0: ceil(context / workers) */
     int64_t anchor_size; /* star: anchor tokens; 0: one block */
     int tag;             /* ring: uses transport tags tag and tag + 1 */

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "attention/cuda.h"
+#include "tests/support/rng.h"
 
 extern "C" {
 #include "base/half.h"
@@ -66,14 +67,9 @@ struct dbuf {
     float *f() const { return static_cast<float *>(p); }
 };
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static uint64_t rng_state;
 
-static float urand(float lo, float hi) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return lo + (hi - lo) * (float)((rng_state >> 40) * (1.0 / 16777216.0));
-}
+static float urand(float lo, float hi) { return sr_test_rng_float(&rng_state, lo, hi); }
 
 static void fill(std::vector<float> &x, float lo, float hi) {
     for (auto &e : x) e = urand(lo, hi);

@@ -46,14 +46,6 @@ void tap_skip(const char *name, const char *why) {
     if (rank == 0) printf("ok %d - %s # SKIP %s\n", n_tests, name, why);
 }
 
-float val(uint64_t seed, int64_t pos, int64_t idx) {
-    uint64_t z = seed * 0x9e3779b97f4a7c15ull + (uint64_t)pos * 0xbf58476d1ce4e5b9ull + (uint64_t)idx + 1;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return (float)((double)(z >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
-
 /* Writes the job secret where only this process can read it (mkstemp makes
  * the file mode 600); path gets its name. */
 static int write_secret(const unsigned char *key, size_t n, char *path, size_t path_len) {

@@ -1,6 +1,7 @@
 /* Support for the tests that run under mpirun: TAP results agreed by every
- * rank, a check macro, deterministic values, and a tcp transport on free
- * ports. Linked into every tests/mpi/mpi_test_* program. */
+ * rank, a check macro, deterministic values (sr_test_rng_at of
+ * tests/support/rng.h), and a tcp transport on free ports. Linked into every
+ * tests/mpi/mpi_test_* program. */
 #ifndef SR_TESTS_MPI_SUPPORT_H
 #define SR_TESTS_MPI_SUPPORT_H
 
@@ -8,6 +9,7 @@
 #include <stdio.h>
 
 #include "base/status.h"
+#include "tests/support/rng.h"
 #include "transport/transport.h"
 
 extern int rank, size;           /* this process in MPI_COMM_WORLD */
@@ -37,10 +39,6 @@ void tap_skip(const char *name, const char *why);
 #define EXPECT_OK(call) CHECK_CALL(call, return 1)
 /* ... counting the failure in the caller's `fails` */
 #define COUNT_OK(call) CHECK_CALL(call, fails++)
-
-/* Uniform in [-1, 1) from (seed, position, index) (splitmix64), so that every
- * rank can build any token's rows. */
-float val(uint64_t seed, int64_t pos, int64_t idx);
 
 /* Opens the tcp transport over all ranks on a random base port agreed over
  * MPI, retrying if the ports were taken, with a fresh job secret (a file of

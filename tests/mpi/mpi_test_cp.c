@@ -34,7 +34,7 @@
 #include "worker/agree.h"
 #include "worker/wire.h"
 /* the unit tests' model lookup; the mpi tests link no unit-test support */
-#include "tests/unit/support_model.c"
+#include "tests/unit/support_model.h"
 
 static uint64_t mix(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;

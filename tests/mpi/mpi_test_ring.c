@@ -37,9 +37,9 @@ static void make_rows(uint64_t seed, const sr_span *sp, int nsp, const ring_case
     for (int s = 0; s < nsp; s++)
         for (int64_t t = 0; t < sp[s].len; t++, r++) {
             int64_t pos = sp[s].pos0 + t;
-            for (int64_t i = 0; i < qw; i++) q[r * qw + i] = val(seed, pos, i);
+            for (int64_t i = 0; i < qw; i++) q[r * qw + i] = sr_test_rng_at(seed, pos, i);
             for (int64_t i = 0; i < kw; i++) {
-                float kf = val(seed + 1, pos, i), vf = val(seed + 2, pos, i);
+                float kf = sr_test_rng_at(seed + 1, pos, i), vf = sr_test_rng_at(seed + 2, pos, i);
                 int64_t at = r * kw + i;
                 if (c->dtype == SR_DT_F32) {
                     ((float *)k)[at] = kf;

@@ -52,10 +52,10 @@ static void make_rows(uint64_t seed, const int64_t *pos, int64_t n, const shape 
     int64_t qw = (int64_t)s->hq * s->hd, kw = (int64_t)s->hkv * s->hd;
     for (int64_t r = 0; r < n; r++) {
         if (q)
-            for (int64_t i = 0; i < qw; i++) q[r * qw + i] = val(seed, pos[r], i);
+            for (int64_t i = 0; i < qw; i++) q[r * qw + i] = sr_test_rng_at(seed, pos[r], i);
         for (int64_t i = 0; i < kw; i++) {
-            store(s->dtype, k, r * kw + i, val(seed + 1, pos[r], i));
-            store(s->dtype, v, r * kw + i, val(seed + 2, pos[r], i));
+            store(s->dtype, k, r * kw + i, sr_test_rng_at(seed + 1, pos[r], i));
+            store(s->dtype, v, r * kw + i, sr_test_rng_at(seed + 2, pos[r], i));
         }
     }
 }
@@ -70,8 +70,8 @@ static void reference(uint64_t seed, const shape *s, const float *q, const int64
     float *kf = malloc(sizeof(float) * (size_t)(nk * kw + 1)), *vf = malloc(sizeof(float) * (size_t)(nk * kw + 1));
     for (int64_t j = 0; j < nk; j++)
         for (int64_t i = 0; i < kw; i++) {
-            kf[j * kw + i] = rounded(s->dtype, val(seed + 1, kpos[j], i));
-            vf[j * kw + i] = rounded(s->dtype, val(seed + 2, kpos[j], i));
+            kf[j * kw + i] = rounded(s->dtype, sr_test_rng_at(seed + 1, kpos[j], i));
+            vf[j * kw + i] = rounded(s->dtype, sr_test_rng_at(seed + 2, kpos[j], i));
         }
     for (int64_t r = 0; r < nq; r++)
         for (int64_t h = 0; h < s->hq; h++) {

@@ -13,10 +13,10 @@ set -u
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
 RUN=$BUILD/starring-run
-MODEL=${SR_MODEL:-$(scripts/fetch-model | tail -n 1)}
 MPIRUN=(mpirun --oversubscribe -np 4)
 [ "$(id -u)" = 0 ] && MPIRUN=(mpirun --allow-run-as-root --oversubscribe -np 4)
 . tests/sh/tap.sh
+need_model
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 

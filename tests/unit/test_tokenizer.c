@@ -17,6 +17,7 @@
 #include "tests/unit/gguf_build.h"
 #include "gguf/gguf.h"
 #include "tokenizer/tokenizer.h"
+#include "tests/support/rng.h"
 #include "tests/unit/support_model.h"
 
 static sr_tokenizer *smol; /* SmolLM2's tokenizer, shared by the model tests */
@@ -96,13 +97,6 @@ static void test_special_parsing(void **state) {
     EXPECT(smol, "a<|endoftext|><|im_end|>", 1, 0, 81, 0, 2);
 }
 
-static uint64_t rng_next(uint64_t *s) {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
-}
-
 static void decode_all(const sr_tokenizer *t, const int32_t *ids, int64_t n, char *out, size_t cap, size_t *len) {
     size_t o = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -134,10 +128,10 @@ static void test_roundtrip_bytes(void **state) {
     assert_non_null(back);
     uint64_t seed = 0x9e3779b97f4a7c15ull;
     for (int round = 0; round < 40; round++) {
-        size_t len = 1 + rng_next(&seed) % LEN;
+        size_t len = 1 + sr_test_rng_next(&seed) % LEN;
         for (size_t i = 0; i < len; i++) {
             /* mostly ASCII and UTF-8 lead/continuation bytes, so that broken sequences are common */
-            uint64_t r = rng_next(&seed);
+            uint64_t r = sr_test_rng_next(&seed);
             text[i] = (char)(r % 3 == 0 ? ok[(r >> 8) % (uint64_t)n_ok] : r % 3 == 1 ? 'a' + (int)((r >> 8) % 26) : 0x80 + (int)((r >> 8) % 0x40));
             if (r % 17 == 0) text[i] = ' ';
         }
@@ -465,8 +459,8 @@ static void test_special_tokens_match_reference(void **state) {
     uint64_t seed = 12345;
     char text[256];
     for (int round = 0; round < 400; round++) {
-        size_t len = rng_next(&seed) % sizeof text;
-        for (size_t i = 0; i < len; i++) text[i] = alphabet[rng_next(&seed) % (sizeof alphabet - 1)];
+        size_t len = sr_test_rng_next(&seed) % sizeof text;
+        for (size_t i = 0; i < len; i++) text[i] = alphabet[sr_test_rng_next(&seed) % (sizeof alphabet - 1)];
         for (int parse = 0; parse <= 1; parse++) {
             /* reference: split at the old matcher's tokens, encode the pieces between them alone */
             int32_t *want = NULL, *ids = NULL;
