@@ -92,10 +92,11 @@ static const opt_def opt_table[] = {
     STR_OPT("kv-type", 0, kv_type, "T", "f16", "KV cache type: f16, bf16, or f32 (reference checks)"),
     INT_OPT("block-size", 0, block_size, 1, MAX_BLOCK, "N", "256 for the cache; star: context / workers",
             "context block: tokens per KV cache block and, in star mode,\n"
-            "per placed block"),
+            "per placed block: smaller blocks are faster and more\n"
+            "approximate (each sees only the anchor and itself)"),
     INT_OPT("batch", 0, batch, 1, MAX_BATCH, "N", "512", "prompt tokens per forward pass"),
     STR_OPT("mode", 0, mode, "M", "full alone, star under mpirun", "full, ring or star"),
-    INT_OPT("anchor-size", 0, anchor_size, 0, MAX_CONTEXT, "N", "one block", "star: anchor tokens, 0 = one block"),
+    INT_OPT("anchor-size", 0, anchor_size, 0, MAX_CONTEXT, "N", "one block", "star: anchor tokens, 0 = one block; longer is slower\nand more accurate"),
     STR_OPT("transport", 0, transport, "T", "mpi", "mpi or tcp (tcp needs SR_TCP_SECRET_FILE: deploy/README.md)"),
     STR_OPT("stop", 0, stop, "STR", NULL, "stop when the output contains STR"),
     STR_OPT("dump-logits", 0, dump, "FILE", NULL,

@@ -1,6 +1,7 @@
 /* model/kv_cache: blocks, the per-layer pointers into them, runs,
- * accounting, 64-bit sizes and positions, and the errors; every stored
- * value is read back through the pointers attention uses. */
+ * accounting, 64-bit sizes and positions, dropping a prefix in place,
+ * blocks of their own, and the errors; every stored value is read back
+ * through the pointers attention uses. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -311,6 +312,123 @@ static void test_kv_runs(void **state) {
     sr_kv_free(&c);
 }
 
+/* Stores n tokens at pos in blocks of their own (sr_kv_reserve_new_block:
+ * what lets each Star block be addressed as a run of its own). */
+static void kv_fill_new_block(sr_kv_cache *c, int64_t pos, int64_t n) {
+    int64_t b0, row = (int64_t)c->n_head_kv * c->head_dim;
+    assert_int_equal(sr_kv_reserve_new_block(c, pos, n, &b0), SR_OK);
+    float *k = malloc((size_t)(n * row) * sizeof(float)), *v = malloc((size_t)(n * row) * sizeof(float));
+    for (int l = 0; l < c->n_layer; l++) {
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t e = 0; e < row; e++) {
+                k[t * row + e] = kv_val(pos + t, l, 0, e);
+                v[t * row + e] = kv_val(pos + t, l, 1, e);
+            }
+        for (int64_t t = 0, b = b0; t < n; t += c->block_len[b], b++) /* block after block from b0 */
+            assert_int_equal(sr_kv_store(c, l, b, 0, c->block_len[b], k + t * row, v + t * row), SR_OK);
+    }
+    free(k);
+    free(v);
+}
+
+/* kv_check, and that the blocks hold n_tokens in increasing positions. */
+static void kv_check_n(const sr_kv_cache *c, int64_t n_tokens) {
+    kv_check(c);
+    for (int64_t b = 1; b < c->n_blocks; b++) assert_true(c->block_pos[b] >= c->block_pos[b - 1] + c->block_len[b - 1]);
+    assert_int_equal(c->n_tokens, n_tokens);
+}
+
+/* Dropping the tokens before a position in place (what Star does with the
+ * anchor after phase 1). */
+
+static void test_drop_before(void **state) {
+    for (int dt = SR_DT_F32; dt <= SR_DT_BF16; dt++) {
+        sr_kv_cache c;
+        assert_int_equal(sr_kv_build(&c, 3, 2, 16, dt, 8), SR_OK);
+        kv_fill(&c, 0, 18);   /* blocks 0..7, 8..15, 16..17 */
+        kv_fill(&c, 100, 10); /* blocks 100..107, 108..109 */
+        kv_check_n(&c, 28);
+        void *second = c.blocks[1], *fourth = c.blocks[3];
+        size_t bytes = sr_kv_bytes(&c);
+
+        /* inside block 0: it keeps 3..7, moved to its start; nothing allocated */
+        assert_int_equal(sr_kv_drop_before(&c, 3), SR_OK);
+        kv_check_n(&c, 25);
+        assert_int_equal(c.n_blocks, 5);
+        assert_int_equal(c.block_pos[0], 3);
+        assert_int_equal(c.block_len[0], 5);
+        assert_ptr_equal(c.blocks[1], second);
+        assert_int_equal(sr_kv_bytes(&c), bytes);
+
+        /* block 0 goes, block 1 keeps 10..15 */
+        assert_int_equal(sr_kv_drop_before(&c, 10), SR_OK);
+        kv_check_n(&c, 18);
+        assert_int_equal(c.n_blocks, 4);
+        assert_ptr_equal(c.blocks[0], second);
+        assert_int_equal(c.block_pos[0], 10);
+        assert_int_equal(sr_kv_bytes(&c), bytes - sr_kv_block_bytes(&c));
+
+        /* in the gap: whole blocks only */
+        assert_int_equal(sr_kv_drop_before(&c, 50), SR_OK);
+        kv_check_n(&c, 10);
+        assert_int_equal(c.n_blocks, 2);
+        assert_ptr_equal(c.blocks[0], fourth);
+        assert_int_equal(c.block_pos[0], 100);
+        sr_kv_run *runs;
+        int64_t n_runs;
+        assert_int_equal(sr_kv_runs(&c, &runs, &n_runs), SR_OK);
+        assert_int_equal(n_runs, 1);
+        assert_int_equal(runs[0].pos0, 100);
+        assert_int_equal(runs[0].len, 10);
+        free(runs);
+
+        /* before the first position: nothing changes; then the cache grows on */
+        assert_int_equal(sr_kv_drop_before(&c, 0), SR_OK);
+        kv_check_n(&c, 10);
+        kv_fill(&c, 110, 3);
+        kv_check_n(&c, 13);
+
+        /* past the end: empty, and usable again */
+        assert_int_equal(sr_kv_drop_before(&c, 1000), SR_OK);
+        kv_check_n(&c, 0);
+        assert_int_equal(c.n_blocks, 0);
+        assert_int_equal(sr_kv_bytes(&c), 0);
+        kv_fill(&c, 2000, 9);
+        kv_check_n(&c, 9);
+        assert_int_equal(sr_kv_drop_before(&c, -1), SR_EINVAL);
+        sr_kv_free(&c);
+    }
+}
+
+static void test_reserve_new_block(void **state) {
+    sr_kv_cache c;
+    assert_int_equal(sr_kv_build(&c, 2, 1, 16, SR_DT_F16, 8), SR_OK);
+    kv_fill(&c, 0, 5);
+    kv_fill_new_block(&c, 5, 7); /* would continue block 0; starts block 1 instead */
+    kv_check_n(&c, 12);
+    assert_int_equal(c.n_blocks, 2);
+    assert_int_equal(c.block_pos[1], 5);
+    assert_int_equal(c.block_len[1], 7);
+    kv_fill(&c, 12, 3); /* continues block 1, then block 2 */
+    kv_fill_new_block(&c, 15, 20);
+    kv_check_n(&c, 35);
+    /* runs: [0, 5), then [5, 15) and [15, 35) as their own runs */
+    sr_kv_run *runs;
+    int64_t n_runs;
+    assert_int_equal(sr_kv_runs(&c, &runs, &n_runs), SR_OK);
+    assert_int_equal(n_runs, 3);
+    int64_t want[3][2] = {{0, 5}, {5, 10}, {15, 20}};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(runs[i].pos0, want[i][0]);
+        assert_int_equal(runs[i].len, want[i][1]);
+    }
+    free(runs);
+    int64_t b0;
+    assert_int_equal(sr_kv_reserve_new_block(&c, 30, 1, &b0), SR_EINVAL); /* before the end */
+    assert_int_equal(sr_kv_reserve_new_block(&c, 40, 0, &b0), SR_EINVAL);
+    sr_kv_free(&c);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kv_blocks),
@@ -321,6 +439,8 @@ int main(void) {
         cmocka_unit_test(test_kv_bounds),
         cmocka_unit_test(test_kv_growth),
         cmocka_unit_test(test_kv_runs),
+        cmocka_unit_test(test_drop_before),
+        cmocka_unit_test(test_reserve_new_block),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
