@@ -53,8 +53,11 @@ check $? "asking a dropped context exits 1 with NOT_FOUND: $(cat "$tmp/err")"
 rc=$?
 [ $rc = 0 ] && grep -q '"done"' "$tmp/g" && [ "$("$BUILD/starring" "${S[@]}" --json stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["contexts"])')" = 0 ]
 check $? "generate -f -p: answered, and its context dropped after"
-id1=$("$BUILD/starring" "${S[@]}" upload "$tmp/doc" --mode star --chat --anchor-size 512 2>/dev/null)
-id2=$("$BUILD/starring" "${S[@]}" upload "$tmp/doc" --mode star --chat --anchor-size 512 2>/dev/null)
+# blocks of 1024: the first worker holds the ~1k-token context (4 KV blocks
+# of 256 tokens, 22.5 MiB of SmolLM2's KV), so one fits in --kv-budget 40M
+# and two do not (with the default, one block per worker, two would fit)
+id1=$("$BUILD/starring" "${S[@]}" upload "$tmp/doc" --mode star --chat --block-size 1024 --anchor-size 512 2>/dev/null)
+id2=$("$BUILD/starring" "${S[@]}" upload "$tmp/doc" --mode star --chat --block-size 1024 --anchor-size 512 2>/dev/null)
 "$BUILD/starring" "${S[@]}" ask "$id1" "What is the pass key?" --chat -n 4 2>"$tmp/err" >/dev/null
 rc=$?
 [ $rc = 1 ] && grep -q "NOT_FOUND.*evicted" "$tmp/err" && grep -q "evicting context $id1" "$tmp/log"
