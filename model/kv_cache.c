@@ -41,12 +41,12 @@ void sr_kv_free(sr_kv_cache *c) {
     memset(c, 0, sizeof(*c));
 }
 
-static size_t kv__elem(int dtype) {
+static size_t elem_size(int dtype) {
     return dtype == SR_DT_F32 ? 4 : 2;
 }
 
 size_t sr_kv_row_bytes(const sr_kv_cache *c) {
-    return (size_t)c->n_head_kv * (size_t)c->head_dim * kv__elem(c->dtype);
+    return (size_t)c->n_head_kv * (size_t)c->head_dim * elem_size(c->dtype);
 }
 
 size_t sr_kv_block_bytes(const sr_kv_cache *c) {
@@ -59,7 +59,7 @@ size_t sr_kv_bytes(const sr_kv_cache *c) {
 
 /* Grows the per-block arrays to hold at least need blocks. The per-layer
  * pointer arrays are laid out (layer, cap), so growing re-lays them out. */
-static int kv__grow(sr_kv_cache *c, int64_t need) {
+static int grow(sr_kv_cache *c, int64_t need) {
     if (need <= c->cap_blocks) return SR_OK;
     int64_t cap = c->cap_blocks ? c->cap_blocks : 16;
     while (cap < need) cap *= 2;
@@ -94,8 +94,8 @@ static int kv__grow(sr_kv_cache *c, int64_t need) {
 }
 
 /* Appends one block (uninitialised) starting at position pos. */
-static int kv__add_block(sr_kv_cache *c, int64_t pos) {
-    int rc = kv__grow(c, c->n_blocks + 1);
+static int add_block(sr_kv_cache *c, int64_t pos) {
+    int rc = grow(c, c->n_blocks + 1);
     if (rc) return rc;
     void *p = NULL;
     size_t bytes = sr_kv_block_bytes(c);
@@ -114,7 +114,7 @@ static int kv__add_block(sr_kv_cache *c, int64_t pos) {
 }
 
 /* Reserves n tokens at pos; fresh: always from a new block. */
-static int kv__reserve(sr_kv_cache *c, int64_t pos, int64_t n, int fresh, int64_t *b0, int64_t *off0) {
+static int reserve_at(sr_kv_cache *c, int64_t pos, int64_t n, int fresh, int64_t *b0, int64_t *off0) {
     if (n <= 0 || pos < 0)
         return sr_error_set(SR_EINVAL, "kv cache: reserve of %lld tokens at %lld", (long long)n, (long long)pos);
     int64_t last = c->n_blocks - 1;
@@ -129,7 +129,7 @@ static int kv__reserve(sr_kv_cache *c, int64_t pos, int64_t n, int fresh, int64_
         *b0 = last;
         *off0 = c->block_len[last];
     } else {
-        rc = kv__add_block(c, pos);
+        rc = add_block(c, pos);
         *b0 = c->n_blocks - 1;
         *off0 = 0;
     }
@@ -138,7 +138,7 @@ static int kv__reserve(sr_kv_cache *c, int64_t pos, int64_t n, int fresh, int64_
         if (take > left) take = left;
         c->block_len[b] += take;
         left -= take;
-        if (left > 0 && (rc = kv__add_block(c, c->block_pos[b] + c->block_size)) == SR_OK) b = c->n_blocks - 1;
+        if (left > 0 && (rc = add_block(c, c->block_pos[b] + c->block_size)) == SR_OK) b = c->n_blocks - 1;
     }
     if (rc) { /* out of memory: leave the cache as it was */
         while (c->n_blocks > old_blocks) free(c->blocks[--c->n_blocks]);
@@ -150,15 +150,15 @@ static int kv__reserve(sr_kv_cache *c, int64_t pos, int64_t n, int fresh, int64_
 }
 
 int sr_kv_reserve(sr_kv_cache *c, int64_t pos, int64_t n, int64_t *b0, int64_t *off0) {
-    return kv__reserve(c, pos, n, 0, b0, off0);
+    return reserve_at(c, pos, n, 0, b0, off0);
 }
 
 int sr_kv_reserve_new_block(sr_kv_cache *c, int64_t pos, int64_t n, int64_t *b0) {
     int64_t off0;
-    return kv__reserve(c, pos, n, 1, b0, &off0);
+    return reserve_at(c, pos, n, 1, b0, &off0);
 }
 
-static void kv__convert(void *dst, const float *src, size_t n, int dtype) {
+static void convert(void *dst, const float *src, size_t n, int dtype) {
     uint16_t *d = dst;
     size_t i = 0;
     if (dtype == SR_DT_F32) {
@@ -191,8 +191,8 @@ int sr_kv_store(sr_kv_cache *c, int layer, int64_t b0, int64_t off0, int64_t n, 
         if (take > n - done) take = n - done;
         char *kd = (char *)c->k_ptr[(int64_t)layer * c->cap_blocks + b] + (size_t)off * rb;
         char *vd = (char *)c->v_ptr[(int64_t)layer * c->cap_blocks + b] + (size_t)off * rb;
-        kv__convert(kd, k + (size_t)done * row, (size_t)take * row, c->dtype);
-        kv__convert(vd, v + (size_t)done * row, (size_t)take * row, c->dtype);
+        convert(kd, k + (size_t)done * row, (size_t)take * row, c->dtype);
+        convert(vd, v + (size_t)done * row, (size_t)take * row, c->dtype);
         done += take;
         b++;
         off = 0;
@@ -208,7 +208,7 @@ int sr_kv_push_block(sr_kv_cache *c, const void *data, int64_t pos, int64_t len)
     if (last >= 0 && pos < c->block_pos[last] + c->block_len[last])
         return sr_error_set(SR_EINVAL, "kv cache: pushed block at %lld is before the end of the cache",
                             (long long)pos);
-    int rc = kv__add_block(c, pos);
+    int rc = add_block(c, pos);
     if (rc) return rc;
     memcpy(c->blocks[c->n_blocks - 1], data, sr_kv_block_bytes(c));
     c->block_len[c->n_blocks - 1] = len;
