@@ -181,12 +181,15 @@ int sr_kv_store(sr_kv_cache *c, int layer, int64_t b0, int64_t off0, int64_t n, 
         off0 >= c->block_size)
         return sr_error_set(SR_EINVAL, "kv cache: store at layer %d block %lld offset %lld is out of range",
                             layer, (long long)b0, (long long)off0);
+    /* checked before anything is written: a failed store changes nothing
+     * (the reserved blocks are allocated, so their token count fits) */
+    if (n < 0 || n > (c->n_blocks - b0) * c->block_size - off0)
+        return sr_error_set(SR_EINVAL, "kv cache: store of %lld tokens at block %lld offset %lld runs past the "
+                            "reserved blocks (they hold %lld)", (long long)n, (long long)b0, (long long)off0,
+                            (long long)((c->n_blocks - b0) * c->block_size - off0));
     size_t row = (size_t)c->n_head_kv * (size_t)c->head_dim, rb = sr_kv_row_bytes(c); /* elements, bytes per token */
     int64_t b = b0, off = off0, done = 0;
     while (done < n) {
-        if (b >= c->n_blocks)
-            return sr_error_set(SR_EINVAL, "kv cache: store of %lld tokens runs past the reserved blocks",
-                                (long long)n);
         int64_t take = c->block_size - off;
         if (take > n - done) take = n - done;
         char *kd = (char *)c->k_ptr[(int64_t)layer * c->cap_blocks + b] + (size_t)off * rb;

@@ -5,8 +5,9 @@
 
 /* chunk c of k over n tokens: [c*n/k, (c+1)*n/k), lengths differ by <= 1 */
 static int64_t chunk_start(int64_t n, int64_t k, int64_t c) {
-    /* n * c may overflow for huge n; split it */
-    return (n / k) * c + ((n % k) * c) / k;
+    /* n * c may overflow for huge n; split it (the remainder's product is
+     * below k^2 <= 2^64, so it is taken unsigned) */
+    return (n / k) * c + (int64_t)((uint64_t)(n % k) * (uint64_t)c / (uint64_t)k);
 }
 
 int sr_place_zigzag(int64_t n, int world, int rank, sr_span spans[2]) {

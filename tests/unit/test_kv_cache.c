@@ -239,6 +239,8 @@ static void test_kv_bounds(void **state) {
     /* 2 + 4 + 4 rows from block 0 would need a third block */
     assert_int_equal(sr_kv_store(&c, 0, 0, 2, 10, k, v), SR_EINVAL);
     assert_non_null(strstr(sr_error_msg(), "runs past the reserved blocks"));
+    assert_int_equal(sr_kv_store(&c, 0, 0, 2, -1, k, v), SR_EINVAL);
+    kv_check(&c); /* a failed store wrote nothing */
     sr_kv_free(&c);
 }
 

@@ -2,6 +2,7 @@
  * checked against their definitions in placement.h over many shapes: one
  * rank, more ranks than tokens or blocks, block sizes that do not divide n,
  * anchors shorter and longer than a block, 2^62 tokens; and the errors. */
+#include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -53,6 +54,19 @@ static void test_zigzag(void **state) {
         for (size_t w = 0; w < sizeof worlds / sizeof worlds[0]; w++) check_zigzag(ns[i], worlds[w]);
     check_zigzag((int64_t)1 << 62, 3);
     check_zigzag(((int64_t)1 << 62) + 12345, 1000);
+    /* the most ranks there can be: the remainder times the chunk index
+     * passes 2^63 (a signed overflow before) */
+    const int64_t n = 2 * (int64_t)INT_MAX - 1, k = 2 * (int64_t)INT_MAX;
+    const int ranks[] = {0, 1, INT_MAX / 2, INT_MAX - 1};
+    for (size_t i = 0; i < sizeof ranks / sizeof ranks[0]; i++) {
+        sr_span sp[2];
+        assert_int_equal(sr_place_zigzag(n, INT_MAX, ranks[i], sp), SR_OK);
+        const int64_t c[2] = {ranks[i], k - 1 - ranks[i]};
+        for (int j = 0; j < 2; j++) {
+            assert_true(sp[j].pos0 == chunk_start(n, k, c[j]));
+            assert_true(sp[j].len == chunk_start(n, k, c[j] + 1) - chunk_start(n, k, c[j]));
+        }
+    }
     /* one rank holds both halves */
     sr_span s[2];
     assert_int_equal(sr_place_zigzag(11, 1, 0, s), SR_OK);
