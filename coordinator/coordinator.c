@@ -73,7 +73,8 @@ struct req {
     char *text;
     size_t n_text, cap_text;
     int32_t *tokens;
-    int64_t n_tok, cap_tok;
+    int64_t n_tok;
+    size_t cap_tok;     /* bytes */
     /* Generate */
     Starring__V1__GenerateRequest *g;
     char *prompt;           /* g->prompt with invalid UTF-8 replaced */
@@ -800,6 +801,17 @@ static int check_options(req *r, const Starring__V1__ContextOptions *o) {
     return 1;
 }
 
+
+/* buf grown to hold need bytes (doubling from 4 KiB), or NULL when out of
+ * memory (buf is then unchanged). The caller has capped need (--max-context). */
+static void *grow_bytes(void *buf, size_t *cap, size_t need) {
+    if (need <= *cap) return buf;
+    size_t c = *cap ? 2 * *cap : 4096;
+    while (c < need) c *= 2;
+    void *b = realloc(buf, c);
+    if (b) *cap = c;
+    return b;
+}
 static void create_message(sr_grpc_call *call, const uint8_t *msg, size_t len) {
     req *r = *sr_grpc_call_slot(call);
     if (!r && !(r = req_new(call, REQ_CREATE))) return;
@@ -839,36 +851,18 @@ static void create_message(sr_grpc_call *call, const uint8_t *msg, size_t len) {
     }
     int ok = 1;
     if (tl) {
-        if (r->n_text + tl + 1 > r->cap_text) {
-            size_t cap = r->cap_text ? 2 * r->cap_text : 4096;
-            while (cap < r->n_text + tl + 1) cap *= 2;
-            char *b = realloc(r->text, cap);
-            if (b) {
-                r->text = b;
-                r->cap_text = cap;
-            } else {
-                ok = 0;
-            }
-        }
-        if (ok) {
+        char *t = grow_bytes(r->text, &r->cap_text, r->n_text + tl + 1);
+        if ((ok = t != NULL)) {
+            r->text = t;
             memcpy(r->text + r->n_text, ch->text, tl);
             r->n_text += tl;
             r->text[r->n_text] = 0;
         }
     }
     if (ch->n_tokens && ok) {
-        if (r->n_tok + (int64_t)ch->n_tokens > r->cap_tok) {
-            int64_t cap = r->cap_tok ? 2 * r->cap_tok : 4096;
-            while (cap < r->n_tok + (int64_t)ch->n_tokens) cap *= 2;
-            int32_t *b = realloc(r->tokens, sizeof(int32_t) * (size_t)cap);
-            if (b) {
-                r->tokens = b;
-                r->cap_tok = cap;
-            } else {
-                ok = 0;
-            }
-        }
-        if (ok) {
+        int32_t *t = grow_bytes(r->tokens, &r->cap_tok, sizeof(int32_t) * ((size_t)r->n_tok + ch->n_tokens));
+        if ((ok = t != NULL)) {
+            r->tokens = t;
             memcpy(r->tokens + r->n_tok, ch->tokens, sizeof(int32_t) * ch->n_tokens);
             r->n_tok += (int64_t)ch->n_tokens;
         }

@@ -495,11 +495,6 @@ static void on_flush(uv_prepare_t *p) {
     }
 }
 
-static void on_alloc(uv_handle_t *h, size_t want, uv_buf_t *b) {
-    b->base = malloc(65536);
-    b->len = b->base ? 65536 : 0;
-}
-
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b) {
     conn *c = st->data;
     if (nread < 0) {
@@ -565,7 +560,7 @@ static void on_connection(uv_stream_t *ls, int status) {
         free(c->preface);
         c->preface = NULL;
     }
-    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    uv_read_start((uv_stream_t *)&c->tcp, sr_conn_alloc, on_read);
     mark(c);
 }
 

@@ -31,7 +31,7 @@ static int deliver(void *data, sr_frame *f) {
     return c->on_frame(c, f);
 }
 
-static void on_alloc(uv_handle_t *h, size_t want, uv_buf_t *b) {
+void sr_conn_alloc(uv_handle_t *h, size_t want, uv_buf_t *b) {
     b->base = malloc(65536);
     b->len = b->base ? 65536 : 0;
 }
@@ -82,7 +82,7 @@ int sr_conn_accept(sr_conn **out, uv_stream_t *server, size_t cap, sr_conn_frame
     sr_conn *c = conn_new(server->loop, cap, on_frame, on_close, data);
     if (!c) return sr_error_set(SR_ENOMEM, "out of memory for a control connection");
     int rc = uv_accept(server, (uv_stream_t *)&c->tcp);
-    if (rc == 0) rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (rc == 0) rc = uv_read_start((uv_stream_t *)&c->tcp, sr_conn_alloc, on_read);
     if (rc != 0) {
         c->on_close = NULL;
         sr_conn_close(c, NULL);
@@ -96,7 +96,7 @@ int sr_conn_accept(sr_conn **out, uv_stream_t *server, size_t cap, sr_conn_frame
 
 static void on_connected(uv_connect_t *req, int status) {
     sr_conn *c = req->data;
-    if (status == 0) status = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (status == 0) status = uv_read_start((uv_stream_t *)&c->tcp, sr_conn_alloc, on_read);
     if (status == 0) {
         uv_tcp_nodelay(&c->tcp, 1);
         sr_peer_name(&c->tcp, c->peer, sizeof c->peer);

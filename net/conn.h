@@ -58,6 +58,10 @@ int sr_addr_parse(const char *s, char *host, size_t cap, int *port);
 /* The peer's "ip:port" ("?" when unknown). */
 void sr_peer_name(const uv_tcp_t *t, char *out, size_t cap);
 
+/* A libuv alloc_cb for reads: 64 KiB from malloc (the read callback frees
+ * it; len 0 when out of memory, which libuv reports as UV_ENOBUFS). */
+void sr_conn_alloc(uv_handle_t *h, size_t want, uv_buf_t *b);
+
 /* Binds and listens on host:port (port 0: any); *bound_port tells which. */
 int sr_listen(uv_tcp_t *t, uv_loop_t *loop, const char *host, int port, uv_connection_cb cb, int *bound_port);
 
