@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <mpi.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -204,6 +205,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     sr_log_init(rank == 0 ? "coordinator" : "worker", rank, level);
+    /* a write to a peer that has gone (a client, or the coordinator at
+     * shutdown) must fail with EPIPE on that connection, not end the process */
+    signal(SIGPIPE, SIG_IGN);
     MPI_Comm workers = MPI_COMM_NULL;
     if (MPI_Comm_split(MPI_COMM_WORLD, rank == 0 ? MPI_UNDEFINED : 1, rank, &workers) != MPI_SUCCESS)
         rc = sr_error_set(SR_ECOMM, "MPI_Comm_split failed");
