@@ -288,6 +288,15 @@ static void job(rank_spec *s, int size, int ports[]) {
     }
 }
 
+/* A job of two where rank 0 will do act (send or receive bytes) with rank
+ * 1, and the test plays rank 1 over raw sockets. */
+static void facing_raw_peer(rank_spec s[2], int ports[2], int act, int64_t bytes) {
+    job(s, 2, ports);
+    s[0].act = act;
+    s[0].peer = 1;
+    s[0].bytes = bytes;
+}
+
 /* ---- the faulty peer: raw sockets ---- */
 
 /* retry: while refused (the rank may not be listening yet) */
@@ -503,15 +512,31 @@ static void test_secret_settings(void **state) {
     unsetenv("SR_TCP_MAX_MSG");
 }
 
+/* A job of two ranks that will exchange 5000 bytes; rank 0 starts now and
+ * rank 1 waits for the test (which plays impostors at rank 0 first). */
+static proc rank0_of_exchange(rank_spec s[2], int ports[2]) {
+    job(s, 2, ports);
+    s[0].act = s[1].act = ACT_EXCHANGE;
+    s[0].bytes = s[1].bytes = 5000;
+    return spawn_rank(&s[0]);
+}
+
+/* Then the real rank 1 joins and the exchange succeeds on both; returns
+ * rank 0's log. */
+static char *rank1_completes(proc *r0, const rank_spec *s1) {
+    proc r1 = spawn_rank(s1);
+    char *t0 = collect(r0), *t1 = collect(&r1);
+    expect_has(t0, "op: rc=0", "rank 0");
+    expect_has(t1, "op: rc=0", "rank 1");
+    return t0;
+}
+
 /* Connections that are not a rank of this job, each refused with its reason
  * in rank 0's log while the open goes on; then the real rank 1 gets in. */
 static void test_refused_connections(void **state) {
     rank_spec s[2];
     int ports[2];
-    job(s, 2, ports);
-    s[0].act = s[1].act = ACT_EXCHANGE;
-    s[0].bytes = s[1].bytes = 5000;
-    proc r0 = spawn_rank(&s[0]);
+    proc r0 = rank0_of_exchange(s, ports);
     unsigned char hello[SR_TP__HELLO_BYTES], reply[SR_TP__HELLO_BYTES + SR_TP__AUTH_BYTES], a[SR_TP__AUTH_BYTES];
 
     int fd = raw_connect(ports[0]); /* garbage */
@@ -565,11 +590,7 @@ static void test_refused_connections(void **state) {
     raw_await_close(fd);
     close(fd);
 
-    proc r1 = spawn_rank(&s[1]);
-    char *t0 = collect(&r0), *t1 = collect(&r1);
-    expect_has(t0, "open: rc=0", "rank 0");
-    expect_has(t0, "op: rc=0", "rank 0");
-    expect_has(t1, "op: rc=0", "rank 1");
+    char *t0 = rank1_completes(&r0, &s[1]);
     expect_has(t0, "bad magic 0x78787878", "garbage");
     expect_has(t0, "bad magic 0x4f4c4853", "old hello");
     expect_has(t0, "belongs to job 'other-job', this is job 'faults'", "other job");
@@ -586,20 +607,14 @@ static void test_idle_connections_do_not_stall(void **state) {
     enum { IDLE = 40 };
     rank_spec s[2];
     int ports[2];
-    job(s, 2, ports);
-    s[0].act = s[1].act = ACT_EXCHANGE;
-    s[0].bytes = s[1].bytes = 5000;
-    proc r0 = spawn_rank(&s[0]);
+    proc r0 = rank0_of_exchange(s, ports);
     int claimed = raw_connect(ports[0]); /* claims rank 1, then never proves it */
     unsigned char hello[SR_TP__HELLO_BYTES], reply[SR_TP__HELLO_BYTES + SR_TP__AUTH_BYTES];
     make_hello(hello, 1, 2, "faults");
     assert_true(raw_hello(claimed, hello, reply));
     int idle[IDLE];
     for (int i = 0; i < IDLE; i++) idle[i] = raw_connect(ports[0]);
-    proc r1 = spawn_rank(&s[1]);
-    char *t0 = collect(&r0), *t1 = collect(&r1);
-    expect_has(t0, "op: rc=0", "rank 0");
-    expect_has(t1, "op: rc=0", "rank 1");
+    char *t0 = rank1_completes(&r0, &s[1]);
     expect_has(t0, "dropped for a newer connection: too many handshakes pending", "rank 0");
     expect_has(t0, "unfinished handshake(s) once every rank was in", "rank 0");
     raw_await_close(claimed);
@@ -650,10 +665,7 @@ static void test_bad_frames(void **state) {
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         rank_spec s[2];
         int ports[2];
-        job(s, 2, ports);
-        s[0].act = ACT_RECV;
-        s[0].peer = 1;
-        s[0].bytes = 1000;
+        facing_raw_peer(s, ports, ACT_RECV, 1000);
         proc r0 = spawn_rank(&s[0]);
         int fd = joined(ports[0]);
         unsigned char junk[SR_TP__FRAME_BYTES + 100];
@@ -684,10 +696,7 @@ static void test_bad_frames(void **state) {
 static void test_unexpected_frames_capped(void **state) {
     rank_spec s[2];
     int ports[2];
-    job(s, 2, ports);
-    s[0].act = ACT_RECV;
-    s[0].peer = 1;
-    s[0].bytes = 16;
+    facing_raw_peer(s, ports, ACT_RECV, 16);
     s[0].max_buffered = 8 << 20;
     proc r0 = spawn_rank(&s[0]);
     int fd = joined(ports[0]);
@@ -713,10 +722,7 @@ static void test_unexpected_frames_capped(void **state) {
 static void test_silent_and_slow_peers(void **state) {
     rank_spec s[2];
     int ports[2];
-    job(s, 2, ports);
-    s[0].act = ACT_RECV;
-    s[0].peer = 1;
-    s[0].bytes = 64;
+    facing_raw_peer(s, ports, ACT_RECV, 64);
     s[0].io_timeout_s = 1;
     proc r0 = spawn_rank(&s[0]);
     int fd = joined(ports[0]);
@@ -768,10 +774,7 @@ static void test_peer_killed_mid_transfer(void **state) {
     for (int k = 0; k < 2; k++) {
         rank_spec s[2];
         int ports[2];
-        job(s, 2, ports);
-        s[0].act = k == 0 ? ACT_RECV : ACT_SEND;
-        s[0].peer = 1;
-        s[0].bytes = BIG;
+        facing_raw_peer(s, ports, k == 0 ? ACT_RECV : ACT_SEND, BIG);
         proc r0 = spawn_rank(&s[0]);
         int ready[2];
         if (pipe(ready) != 0) fail_msg("pipe: %s", strerror(errno));
