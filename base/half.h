@@ -9,17 +9,25 @@
 typedef uint16_t sr_f16;
 typedef uint16_t sr_bf16;
 
-static inline float sr_bf16_to_f32(sr_bf16 h) {
-    uint32_t u = (uint32_t)h << 16;
+static inline float sr_f32_from_bits(uint32_t u) {
     float f;
     memcpy(&f, &u, 4);
     return f;
 }
 
-/* round to nearest even; NaN stays NaN */
-static inline sr_bf16 sr_f32_to_bf16(float f) {
+static inline uint32_t sr_f32_bits(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
+    return u;
+}
+
+static inline float sr_bf16_to_f32(sr_bf16 h) {
+    return sr_f32_from_bits((uint32_t)h << 16);
+}
+
+/* round to nearest even; NaN stays NaN */
+static inline sr_bf16 sr_f32_to_bf16(float f) {
+    uint32_t u = sr_f32_bits(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (sr_bf16)((u >> 16) | 0x40);
     u += 0x7fffu + ((u >> 16) & 1u);
     return (sr_bf16)(u >> 16);
@@ -43,15 +51,12 @@ static inline float sr_f16_to_f32(sr_f16 h) {
     } else {
         u = sign | ((exp + 127 - 15) << 23) | (man << 13);
     }
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
+    return sr_f32_from_bits(u);
 }
 
 /* round to nearest even, overflow to inf */
 static inline sr_f16 sr_f32_to_f16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
+    uint32_t u = sr_f32_bits(f);
     uint32_t sign = (u >> 16) & 0x8000u;
     uint32_t a = u & 0x7fffffffu;
     if (a > 0x7f800000u) return (sr_f16)(sign | 0x7e00u);

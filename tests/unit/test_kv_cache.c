@@ -48,6 +48,17 @@ static void kv_fill(sr_kv_cache *c, int64_t pos, int64_t n) {
 
 /* Checks every stored value by walking the per-layer block pointers, and
  * that those point into the blocks as kv_cache.h lays them out. */
+/* The cache's one run of contiguous positions (it must have exactly one). */
+static sr_kv_run only_run(const sr_kv_cache *c) {
+    sr_kv_run *runs;
+    int64_t n_runs;
+    assert_int_equal(sr_kv_runs(c, &runs, &n_runs), SR_OK);
+    assert_int_equal(n_runs, 1);
+    sr_kv_run one = runs[0];
+    free(runs);
+    return one;
+}
+
 static void kv_check(const sr_kv_cache *c) {
     int64_t row = (int64_t)c->n_head_kv * c->head_dim, held = 0;
     size_t part = (size_t)c->block_size * sr_kv_row_bytes(c);
@@ -90,13 +101,11 @@ static void test_kv_blocks(void **state) {
         assert_int_equal(c.block_len[2], 2);
         assert_int_equal(sr_kv_bytes(&c), 3 * sr_kv_block_bytes(&c));
         kv_check(&c);
+        sr_kv_run one = only_run(&c);
+        assert_int_equal(one.len, 18);
+        assert_int_equal(one.n, 3);
         sr_kv_run *runs;
         int64_t n_runs;
-        assert_int_equal(sr_kv_runs(&c, &runs, &n_runs), SR_OK);
-        assert_int_equal(n_runs, 1);
-        assert_int_equal(runs[0].len, 18);
-        assert_int_equal(runs[0].n, 3);
-        free(runs);
         /* a gap in positions starts a new block and a new run */
         kv_fill(&c, 100, 10);
         assert_int_equal(c.n_blocks, 5);
@@ -180,12 +189,8 @@ static void test_kv_64bit(void **state) {
     assert_true(c.block_pos[0] == far);
     assert_true(c.block_pos[1] == far + 4);
     kv_check(&c);
-    sr_kv_run *runs;
-    int64_t n_runs;
-    assert_int_equal(sr_kv_runs(&c, &runs, &n_runs), SR_OK);
-    assert_int_equal(n_runs, 1);
-    assert_true(runs[0].pos0 == far && runs[0].len == 6);
-    free(runs);
+    sr_kv_run one = only_run(&c);
+    assert_true(one.pos0 == far && one.len == 6);
     sr_kv_free(&c);
 }
 
@@ -265,11 +270,10 @@ static void test_kv_growth(void **state) {
     for (int i = 0; i < 7; i++) kv_fill(&c, 100 + i, 1); /* one at a time over block ends */
     assert_int_equal(c.n_blocks, 36);
     kv_check(&c);
+    sr_kv_run one = only_run(&c);
+    assert_true(one.n == 36 && one.len == 107);
     sr_kv_run *runs;
     int64_t n_runs;
-    assert_int_equal(sr_kv_runs(&c, &runs, &n_runs), SR_OK);
-    assert_true(n_runs == 1 && runs[0].n == 36 && runs[0].len == 107);
-    free(runs);
     sr_kv_free(&c);
 
     assert_int_equal(sr_kv_build(&c, 1, 1, 16, SR_DT_F16, 1), SR_OK);
@@ -376,13 +380,9 @@ static void test_drop_before(void **state) {
         assert_int_equal(c.n_blocks, 2);
         assert_ptr_equal(c.blocks[0], fourth);
         assert_int_equal(c.block_pos[0], 100);
-        sr_kv_run *runs;
-        int64_t n_runs;
-        assert_int_equal(sr_kv_runs(&c, &runs, &n_runs), SR_OK);
-        assert_int_equal(n_runs, 1);
-        assert_int_equal(runs[0].pos0, 100);
-        assert_int_equal(runs[0].len, 10);
-        free(runs);
+        sr_kv_run one = only_run(&c);
+        assert_int_equal(one.pos0, 100);
+        assert_int_equal(one.len, 10);
 
         /* before the first position: nothing changes; then the cache grows on */
         assert_int_equal(sr_kv_drop_before(&c, 0), SR_OK);

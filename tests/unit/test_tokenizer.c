@@ -267,11 +267,10 @@ static const char *const spm_words[] = {"\xe2\x96\x81", "a", "b", "c", "\xe2\x96
 static const float spm_word_scores[] = {-3, -4, -4, -4, -1, -2, -0.5f, 0};
 enum { W_SP, W_A, W_B, W_C, W_SPA, W_AB, W_SPAB, W_TOOL, N_SPM_WORDS };
 
-static sr_tokenizer *spm_build(void) {
+/* The first tokens of every SentencePiece test vocabulary: <unk>, <s>,
+ * </s>, then the 256 byte tokens <0x00>..<0xFF>. */
+static void spm_base_tokens(const char **tokens, int32_t *types) {
     static char bytes[256][8];
-    const char *tokens[SPM_WORDS + N_SPM_WORDS];
-    int32_t types[SPM_WORDS + N_SPM_WORDS];
-    float scores[SPM_WORDS + N_SPM_WORDS];
     tokens[0] = "<unk>", tokens[1] = "<s>", tokens[2] = "</s>";
     types[0] = 2, types[1] = 3, types[2] = 3;
     for (int i = 0; i < 256; i++) {
@@ -279,6 +278,13 @@ static sr_tokenizer *spm_build(void) {
         tokens[SPM_BYTE0 + i] = bytes[i];
         types[SPM_BYTE0 + i] = 6;
     }
+}
+
+static sr_tokenizer *spm_build(void) {
+    const char *tokens[SPM_WORDS + N_SPM_WORDS];
+    int32_t types[SPM_WORDS + N_SPM_WORDS];
+    float scores[SPM_WORDS + N_SPM_WORDS];
+    spm_base_tokens(tokens, types);
     for (int i = 0; i < N_SPM_WORDS; i++) {
         tokens[SPM_WORDS + i] = spm_words[i];
         types[SPM_WORDS + i] = i == W_TOOL ? 4 : 1;
@@ -404,19 +410,12 @@ static void test_bad_metadata(void **state) {
  * that any text encodes. */
 static sr_tokenizer *spm_extra_build(const char *const *extra, const int32_t *extra_types, int64_t n_extra,
                                      const char *tmpl) {
-    static char bytes[256][8];
     int64_t n = SPM_WORDS + n_extra;
     const char **tokens = malloc((size_t)n * sizeof(*tokens));
     int32_t *types = malloc((size_t)n * sizeof(*types));
     assert_non_null(tokens);
     assert_non_null(types);
-    tokens[0] = "<unk>", tokens[1] = "<s>", tokens[2] = "</s>";
-    types[0] = 2, types[1] = 3, types[2] = 3;
-    for (int i = 0; i < 256; i++) {
-        snprintf(bytes[i], sizeof bytes[i], "<0x%02X>", i);
-        tokens[SPM_BYTE0 + i] = bytes[i];
-        types[SPM_BYTE0 + i] = 6;
-    }
+    spm_base_tokens(tokens, types);
     for (int64_t i = 0; i < n_extra; i++) tokens[SPM_WORDS + i] = extra[i], types[SPM_WORDS + i] = extra_types[i];
     tiny d = {.model = "llama", .tokens = tokens, .types = types, .n = n, .tmpl = tmpl};
     sr_tokenizer *t = tiny_build(&d, SR_OK);
