@@ -38,10 +38,26 @@ const sr_cfg_def sr_cfg_table[SR_CFG_N] = {
                          "append the log to this file, reopened on SIGHUP (empty: stderr)"},
 };
 
+static int is_space(char ch) { return ch == ' ' || ch == '\t' || ch == '\r'; }
+
+/* A value or key shown in a message: printable ASCII only, at most 64 bytes. */
+static void shown(char *out, size_t cap, const char *s, size_t n) {
+    size_t j = 0;
+    for (size_t i = 0; i < n && j + 5 < cap && i < 64; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch >= 0x20 && ch < 0x7f) out[j++] = (char)ch;
+        else j += (size_t)snprintf(out + j, cap - j, "\\x%02x", ch);
+    }
+    if (n > 64 && j + 4 < cap) memcpy(out + j, "...", 3), j += 3;
+    out[j] = 0;
+}
+
 /* Where a value came from, for messages: "--threads '0'" or "FILE:3: threads = '0'". */
 static void describe(char *out, size_t cap, const sr_cfg_def *d, const char *value, const char *where) {
-    if (where) snprintf(out, cap, "%s: %s = '%s'", where, d->name, value);
-    else snprintf(out, cap, "--%s '%s'", d->name, value);
+    char v[300];
+    shown(v, sizeof v, value, strlen(value));
+    if (where) snprintf(out, cap, "%s: %s = '%s'", where, d->name, v);
+    else snprintf(out, cap, "--%s '%s'", d->name, v);
 }
 
 static void allowed(char *out, size_t cap, const sr_cfg_def *d) {
@@ -70,11 +86,19 @@ static int choice_index(const char *choices, const char *word) {
 
 static int parse_value(const sr_cfg_def *d, const char *s, const char *where, double *out) {
     char what[512], ok[160];
+    describe(what, sizeof what, d, s, where);
     if (d->kind == SR_CFG_STR) {
+        /* text that a config file could not hold as it is (--print-config must write it back) */
+        size_t n = strlen(s);
+        int bad = n && (is_space(s[0]) || is_space(s[n - 1]) || s[0] == '#');
+        for (size_t i = 0; i < n && !bad; i++)
+            bad = (unsigned char)s[i] < 0x20 || s[i] == 0x7f || (s[i] == '#' && i && is_space(s[i - 1]));
+        if (bad)
+            return sr_error_set(SR_EINVAL, "%s: control characters, spaces at either end and a '#' that would begin "
+                                "a comment are not allowed in text", what);
         *out = 0;
         return SR_OK;
     }
-    describe(what, sizeof what, d, s, where);
     allowed(ok, sizeof ok, d);
     if (d->kind == SR_CFG_ENUM) {
         int i = choice_index(d->choices, s);
@@ -139,19 +163,6 @@ static int key_index(const char *name, size_t n) {
     for (int i = 0; i < SR_CFG_N; i++)
         if (strlen(sr_cfg_table[i].name) == n && memcmp(sr_cfg_table[i].name, name, n) == 0) return i;
     return -1;
-}
-
-static int is_space(char ch) { return ch == ' ' || ch == '\t' || ch == '\r'; }
-
-/* A value or key shown in a message: printable ASCII only, at most 64 bytes. */
-static void shown(char *out, size_t cap, const char *s, size_t n) {
-    size_t j = 0;
-    for (size_t i = 0; i < n && j + 5 < cap && i < 64; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch >= 0x20 && ch < 0x7f) out[j++] = (char)ch;
-        else j += (size_t)snprintf(out + j, cap - j, "\\x%02x", ch);
-    }
-    out[j] = 0;
 }
 
 int sr_config_parse_text(sr_config *c, const char *text, size_t n, const char *path) {
@@ -222,14 +233,15 @@ int sr_config_load(sr_config *c, const char *path) {
     return rc;
 }
 
-enum { OPT_CONFIG = SR_CFG_N, OPT_PRINT, OPT_HELP };
+/* getopt_long's values of the long options: above any short flag's character */
+enum { OPT_ROW = 1000, OPT_CONFIG = OPT_ROW + SR_CFG_N, OPT_PRINT, OPT_HELP };
 
 int sr_config_parse_args(sr_config *c, int argc, char **argv) {
     struct option lo[SR_CFG_N + 4];
     char shorts[2 * SR_CFG_N + 4] = ":h";
     size_t ns = 2;
     for (int i = 0; i < SR_CFG_N; i++) {
-        lo[i] = (struct option){sr_cfg_table[i].name, required_argument, 0, i};
+        lo[i] = (struct option){sr_cfg_table[i].name, required_argument, 0, OPT_ROW + i};
         if (sr_cfg_table[i].short_name) {
             shorts[ns++] = sr_cfg_table[i].short_name;
             shorts[ns++] = ':';
@@ -257,9 +269,9 @@ int sr_config_parse_args(sr_config *c, int argc, char **argv) {
         else if (k == ':') rc = sr_error_set(SR_EINVAL, "%s needs a value (see --help)", argv[optind - 1]);
         else if (k == '?') rc = sr_error_set(SR_EINVAL, "unknown option '%s' (see --help)", argv[optind - 1]);
         else {
-            for (int i = 0; i < SR_CFG_N; i++)
-                if (k == sr_cfg_table[i].short_name) k = i;
-            keys[n] = k;
+            for (int i = 0; k < OPT_ROW && i < SR_CFG_N; i++)
+                if (k == sr_cfg_table[i].short_name) k = OPT_ROW + i;
+            keys[n] = k - OPT_ROW;
             vals[n++] = optarg;
         }
     }

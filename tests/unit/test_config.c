@@ -3,13 +3,16 @@
  * config file (unknown key, no '=', a key twice, a bad value, a NUL byte)
  * and that its message names the file, the line, the key, the value and the
  * allowed range; comments and blank lines; precedence (flag over file over
- * default); and --print-config read back as a config file. */
+ * default); --print-config read back as a config file; and the inputs kept
+ * in tests/data/config/ (fuzz seeds, found cases: crash-*) each parse or
+ * fail with a message, and what parses prints and reads back the same. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <dirent.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -131,7 +134,10 @@ static void test_values_and_bounds(void **state) {
         {SR_CFG_HEARTBEAT, ".5", 0.5},   {SR_CFG_SHUTDOWN_GRACE, "0", 0}, {SR_CFG_SHUTDOWN_GRACE, "3601", -1},
         {SR_CFG_MODE, "full", 2},        {SR_CFG_MODE, "Star", -1},       {SR_CFG_MODE, "", -1},
         {SR_CFG_MODE, "sta", -1},        {SR_CFG_MODE, "star,ring", -1},  {SR_CFG_LOG_LEVEL, "warn", 1},
-        {SR_CFG_CONTROL, "", 0},         {SR_CFG_LISTEN, "0.0.0.0:1", 0},
+        {SR_CFG_CONTROL, "", 0},         {SR_CFG_LISTEN, "0.0.0.0:1", 0}, {SR_CFG_MODEL, "/a#b c", 0},
+        /* text a config file could not hold as it is */
+        {SR_CFG_MODEL, " /m", -1},       {SR_CFG_MODEL, "/m\t", -1},      {SR_CFG_MODEL, "/m\nthreads = 2", -1},
+        {SR_CFG_MODEL, "#m", -1},        {SR_CFG_MODEL, "/a #b", -1},     {SR_CFG_LOG_FILE, "/x\x7f", -1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int rc = sr_config_set(&c, cases[i].key, cases[i].text, NULL);
@@ -269,12 +275,49 @@ static void test_print_reads_back(void **state) {
     sr_config_free(&b);
 }
 
+/* The same check as tests/fuzz/fuzz_config.c, on every kept input. */
+static void test_kept_inputs(void **state) {
+    DIR *d = opendir("tests/data/config");
+    assert_non_null(d);
+    int files = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.') continue;
+        char path[512];
+        snprintf(path, sizeof path, "tests/data/config/%s", e->d_name);
+        sr_config c, back;
+        assert_int_equal(sr_config_init(&c), SR_OK);
+        files++;
+        if (sr_config_load(&c, path) != SR_OK) {
+            assert_true(*sr_error_msg());
+            sr_config_free(&c);
+            continue;
+        }
+        char *buf = NULL;
+        size_t n = 0;
+        FILE *f = open_memstream(&buf, &n);
+        sr_config_print(f, &c);
+        fclose(f);
+        assert_int_equal(sr_config_init(&back), SR_OK);
+        if (sr_config_parse_text(&back, buf, n, path) != SR_OK) fail_msg("%s: printed, it does not read back: %s", path, sr_error_msg());
+        for (int i = 0; i < SR_CFG_N; i++) {
+            if ((c.s[i] == NULL) != (back.s[i] == NULL) || (c.s[i] && strcmp(c.s[i], back.s[i])) || c.v[i] != back.v[i])
+                fail_msg("%s: %s does not read back the same", path, sr_cfg_table[i].name);
+        }
+        free(buf);
+        sr_config_free(&c);
+        sr_config_free(&back);
+    }
+    closedir(d);
+    assert_true(files >= 3);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults_parse_and_are_in_range), cmocka_unit_test(test_flags),
         cmocka_unit_test(test_flag_errors),                     cmocka_unit_test(test_values_and_bounds),
         cmocka_unit_test(test_file_format),                     cmocka_unit_test(test_file_errors),
         cmocka_unit_test(test_precedence),                      cmocka_unit_test(test_print_reads_back),
+        cmocka_unit_test(test_kept_inputs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
