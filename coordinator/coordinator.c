@@ -1384,12 +1384,16 @@ static void stop(coord *co) {
 /* While draining: stop once nothing runs, or cancel what still does when the grace is over. */
 static void on_drain(uv_timer_t *t) {
     coord *co = t->data;
-    if (co->in_flight > 0 && sr_now() < co->drain_end) return;
-    if (co->in_flight > 0) {
+    double now = sr_now();
+    if (co->in_flight > 0 && now < co->drain_end) return;
+    if (co->in_flight > 0 && !co->broken) {
         SR_WARN("%d requests still running after the %.0f s grace (--shutdown-grace): cancelling them", co->in_flight,
                 co->o->shutdown_grace_s);
         cluster_broken(co, "the server shut down before this request finished (--shutdown-grace %.0f s)",
                        co->o->shutdown_grace_s);
+        /* their statuses are flushed on the next loop turns, before stop closes the connections */
+        co->drain_end = now + 0.5;
+        return;
     }
     stop(co);
 }
