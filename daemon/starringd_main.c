@@ -122,7 +122,10 @@ int main(int argc, char **argv) {
     sigemptyset(&hup.sa_mask);
     sigaction(SIGHUP, &hup, NULL);
     /* systemd watches the job through rank 0 (see the top of this file) */
-    if (rank != 0) unsetenv("NOTIFY_SOCKET");
+    if (rank != 0) {
+        unsetenv("NOTIFY_SOCKET");
+        unsetenv("WATCHDOG_USEC");
+    }
     MPI_Comm workers = MPI_COMM_NULL;
     if (MPI_Comm_split(MPI_COMM_WORLD, rank == 0 ? MPI_UNDEFINED : 1, rank, &workers) != MPI_SUCCESS)
         rc = sr_error_set(SR_ECOMM, "MPI_Comm_split failed");
