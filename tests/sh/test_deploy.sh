@@ -4,8 +4,8 @@
 # systemd need not run; the units are installed with a real PREFIX so that
 # the programs they name exist); the committed example config is what
 # `starringd --print-config` writes; and the notify protocol, with a Python
-# listener on a Unix datagram socket as systemd would be: starringd under
-# deploy/starringd-mpirun (a coordinator and a worker) sends READY=1 once
+# listener on a Unix datagram socket as systemd would be: starringd.service's
+# command line (starringd-mpirun, a coordinator and 2 workers) sends READY=1 once
 # health is SERVING, WATCHDOG=1 every half WATCHDOG_USEC from rank 0's event
 # loop, STOPPING=1 at SIGTERM, and the script exits 0.
 set -u
@@ -97,18 +97,24 @@ python3 "$tmp/listen.py" "$tmp/notify.sock" "$tmp/notes" &
 listener=$!
 for _ in $(seq 50); do [ -S "$tmp/notify.sock" ] && break; sleep 0.1; done
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-# WATCHDOG_PID is the script's, as systemd would set it for the unit's main process
-NOTIFY_SOCKET=$tmp/notify.sock WATCHDOG_USEC=2000000 STARRINGD=$BUILD/starringd \
-    deploy/starringd-mpirun -n 2 -- --oversubscribe -- --model "$MODEL" --listen 127.0.0.1:$port -t 1 \
-    --log-file "$tmp/log" >"$tmp/out" 2>&1 &
+# starringd.service's own command line and environment, on the installed
+# script and config (with a model and a free port): a coordinator and 2
+# workers; systemd would also set WATCHDOG_PID, to the script's pid
+conf=$p/etc/starring/starringd.conf
+sed -i "s|^#model =\$|model = $MODEL|; s|^listen = .*|listen = 127.0.0.1:$port|; s|^log-file =.*|log-file = $tmp/log|" "$conf"
+exec_start=$(sed -n 's/^ExecStart=//p' "$p/lib/systemd/system/starringd.service")
+ranks=$(sed -n 's/^Environment=STARRING_RANKS=//p' "$p/lib/systemd/system/starringd.service")
+# (more ranks than this machine's cores: let Open MPI place them anyway)
+NOTIFY_SOCKET=$tmp/notify.sock WATCHDOG_USEC=2000000 WATCHDOG_PID=$$ STARRING_RANKS=$ranks \
+    OMPI_MCA_rmaps_base_oversubscribe=1 $exec_start >"$tmp/out" 2>&1 &
 daemon=$!
 for _ in $(seq 300); do grep -q " READY=1$" "$tmp/notes" 2>/dev/null && break; sleep 0.1; done
 "$BUILD/starring" --server 127.0.0.1:$port health >"$tmp/health" 2>&1
 grep -q " READY=1$" "$tmp/notes" && grep -q "^SERVING" "$tmp/health"
 check $? "READY=1 arrives, and health is SERVING then ($(cat "$tmp/health"))"
 coord=$(sed -n 's/.*coordinator\/0\[\([0-9]*\)\].*/\1/p' "$tmp/log" | head -n 1)
-grep -q "^[0-9.]* $coord STATUS=SERVING with 1 workers$" "$tmp/notes"
-check $? "from the coordinator (pid $coord), with STATUS=SERVING with 1 workers"
+grep -q "^[0-9.]* $coord STATUS=SERVING with 2 workers$" "$tmp/notes"
+check $? "from the coordinator (pid $coord) of the unit's $exec_start with STARRING_RANKS=$ranks: STATUS=SERVING with 2 workers"
 sleep 4.5
 python3 - "$tmp/notes" "$coord" <<'PY'
 import sys
