@@ -4,8 +4,9 @@
  * and that its message names the file, the line, the key, the value and the
  * allowed range; comments and blank lines; precedence (flag over file over
  * default); --print-config read back as a config file; and the inputs kept
- * in tests/data/config/ (fuzz seeds, found cases: crash-*) each parse or
- * fail with a message, and what parses prints and reads back the same. */
+ * in tests/data/config/ (seed-*: must parse; bad-*: found by the fuzzer,
+ * must fail; corpus-*: the fuzzer's merged corpus) each parse or fail with a
+ * message, and what parses prints and reads back the same. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -287,7 +288,10 @@ static void test_kept_inputs(void **state) {
         sr_config c, back;
         assert_int_equal(sr_config_init(&c), SR_OK);
         files++;
-        if (sr_config_load(&c, path) != SR_OK) {
+        int rc = sr_config_load(&c, path);
+        if (strncmp(e->d_name, "seed-", 5) == 0 && rc != SR_OK) fail_msg("%s does not parse: %s", path, sr_error_msg());
+        if (strncmp(e->d_name, "bad-", 4) == 0 && rc == SR_OK) fail_msg("%s parses", path);
+        if (rc != SR_OK) {
             assert_true(*sr_error_msg());
             sr_config_free(&c);
             continue;
