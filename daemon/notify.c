@@ -17,8 +17,11 @@ void sr_notify_tick(void *data) {
     uint64_t usec = 0;
     /* the watchdog is off (or not ours): nothing to keep alive */
     if (sd_watchdog_enabled(0, &usec) <= 0) return;
+    /* a quarter of the interval: the hooks come from timers of about a
+     * second, so a keep-alive is never more than usec/4 + 1 s apart (any
+     * WatchdogSec of 2 s and more) */
     double now = sr_now();
-    if (last >= 0 && now - last < (double)usec * 0.5e-6) return;
+    if (last >= 0 && now - last < (double)usec * 0.25e-6) return;
     last = now;
     int rc = sd_notify(0, "WATCHDOG=1");
     if (rc < 0) SR_WARN("sd_notify WATCHDOG=1: error %d", rc);

@@ -10,8 +10,9 @@
 
 /* READY=1 with a status line for systemctl status. */
 void sr_notify_ready(const char *status, void *data);
-/* WATCHDOG=1, when systemd asked for a watchdog (WATCHDOG_USEC) and half
- * its interval has passed since the last one. */
+/* WATCHDOG=1, when systemd asked for a watchdog (WATCHDOG_USEC) and a
+ * quarter of its interval has passed since the last one. Called about once
+ * a second, so WatchdogSec must be 2 s or more. */
 void sr_notify_tick(void *data);
 /* STOPPING=1 with a status line. */
 void sr_notify_stopping(const char *status, void *data);

@@ -6,7 +6,7 @@
 # `starringd --print-config` writes; and the notify protocol, with a Python
 # listener on a Unix datagram socket as systemd would be: starringd.service's
 # command line (starringd-mpirun, a coordinator and 2 workers) sends READY=1 once
-# health is SERVING, WATCHDOG=1 every half WATCHDOG_USEC from rank 0's event
+# health is SERVING, WATCHDOG=1 every quarter WATCHDOG_USEC from rank 0's event
 # loop, STOPPING=1 at SIGTERM, and the script exits 0.
 set -u
 cd "$(dirname "$0")/../.."
