@@ -32,6 +32,8 @@ for f in usr/local/bin/starringd usr/local/bin/starring usr/local/bin/starring-r
 done
 [ -z "$missing" ] && [ -x "$tmp/dest/usr/local/bin/starringd" ] && [ -x "$tmp/dest/usr/local/bin/starringd-mpirun" ]
 check $? "the programs, units, sysusers file, config and docs are in place${missing:+; missing:$missing}"
+! grep -rqs "$tmp/dest" "$tmp/dest/usr/local/lib" "$tmp/dest/usr/local/bin/starringd-mpirun"
+check $? "DESTDIR is not written into the units or the script"
 echo "model = /srv/model.gguf" >>"$tmp/dest/etc/starring/starringd.conf"
 make -s install BUILD="$BUILD" DESTDIR="$tmp/dest" >/dev/null 2>&1
 grep -q "^model = /srv/model.gguf" "$tmp/dest/etc/starring/starringd.conf" && [ -s "$tmp/dest/etc/starring/starringd.conf.new" ]
@@ -58,6 +60,12 @@ else
     systemd-analyze verify --man=no "$tmp/broken.service" >"$tmp/verify" 2>&1
     grep -q "ProtectSytem" "$tmp/verify" && grep -q "soon" "$tmp/verify"
     check $? "systemd-analyze verify reports a misspelt key and a bad value in a broken copy"
+    # hardening stays where it is: systemd's own rating, offline (10 is none, under 4 is "OK")
+    for u in "${units[@]}"; do
+        score=$(systemd-analyze security --offline=yes "$u" 2>/dev/null | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\) .*/\1/p')
+        python3 -c 'import sys; sys.exit(0 if sys.argv[1] and float(sys.argv[1]) <= 4.0 else 1)' "$score"
+        check $? "systemd-analyze security --offline: $(basename "$u") has an exposure of 4.0 or less (${score:-no rating})"
+    done
     for u in starringd.service starringd-worker@.service; do
         f=$p/lib/systemd/system/$u
         grep -q "^Type=notify$" "$f" && grep -q "^WatchdogSec=" "$f" && grep -q "^Restart=on-failure$" "$f" &&
