@@ -108,12 +108,9 @@ static int parse_value(const sr_cfg_def *d, const char *s, const char *where, do
     }
     errno = 0;
     char *end;
-    /* digits first: strtod would also take "inf", "nan", hex and leading spaces */
-    double x = (*s >= '0' && *s <= '9') || ((*s == '-' || *s == '.') && s[1] >= '0' && s[1] <= '9')
-                   ? strtod(s, &end)
-                   : (end = (char *)s, 0);
-    /* hex floats ("0x10") are not numbers a person writes in a config */
-    if (end != s && strspn(s, "0123456789.eE+-") < (size_t)(end - s)) end = (char *)s;
+    double x = strtod(s, &end);
+    /* strtod also takes leading spaces, "inf", "nan" and hex: none is a number a person writes here */
+    if (strspn(s, "0123456789.eE+-") < (size_t)(end - s)) end = (char *)s;
     if (d->kind == SR_CFG_BYTES && end != s) {
         if (*end == 'K' || *end == 'k') x *= 1024, end++;
         else if (*end == 'M' || *end == 'm') x *= 1024 * 1024, end++;
