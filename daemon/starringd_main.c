@@ -14,6 +14,7 @@
  * health is SERVING (every worker has joined), WATCHDOG=1 from its event
  * loop; the coordinator loses a worker whose loop stops (heartbeats), so
  * one watchdog covers the job. */
+#include <errno.h>
 #include <mpi.h>
 #include <signal.h>
 #include <stdio.h>
@@ -85,7 +86,11 @@ static int run_worker(const sr_config *c, int worker, int workers, MPI_Comm comm
     return rc;
 }
 
-static void on_sighup(int sig) { sr_log_reopen(); }
+static void on_sighup(int sig) {
+    int e = errno;
+    sr_log_reopen();
+    errno = e;
+}
 
 int main(int argc, char **argv) {
     sr_config c;
@@ -120,7 +125,7 @@ int main(int argc, char **argv) {
     /* logrotate's SIGHUP: the reopen is async-signal-safe (open, dup2, close) */
     struct sigaction hup = {.sa_handler = on_sighup, .sa_flags = SA_RESTART};
     sigemptyset(&hup.sa_mask);
-    sigaction(SIGHUP, &hup, NULL);
+    if (sigaction(SIGHUP, &hup, NULL) != 0) SR_WARN("cannot handle SIGHUP (%s): --log-file will not be reopened", strerror(errno));
     /* systemd watches the job through rank 0 (see the top of this file) */
     if (rank != 0) {
         unsetenv("NOTIFY_SOCKET");
