@@ -13,7 +13,7 @@
 int sr_log_level = SR_LOG_INFO;
 static char log_role[32] = "starring";
 static int log_rank = -1;
-/* each line is one write(2) to log_fd; a reopen dup2()s the new file onto
+/* each line is one write(2) to log_fd; a reopen dup3()s the new file onto
  * it, so a thread writing meanwhile writes to the old file or the new one */
 static int log_fd = 2;
 static char log_path[4096];
@@ -31,7 +31,8 @@ static int open_log(void) {
         log_fd = fd;
         return 0;
     }
-    int rc = dup2(fd, log_fd) < 0 ? -errno : 0;
+    /* dup3 keeps close-on-exec, which dup2 would drop */
+    int rc = dup3(fd, log_fd, O_CLOEXEC) < 0 ? -errno : 0;
     close(fd);
     return rc;
 }

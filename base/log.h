@@ -15,7 +15,8 @@ void sr_log_init(const char *role, int rank, int level);
 /* Appends the log to path from now on (NULL or "": stays on stderr). */
 int sr_log_open(const char *path);
 /* Opens the log file's path again (after logrotate moved it: SIGHUP).
- * Async-signal-safe, so a signal handler may call it; 0 or -errno. */
+ * Only system calls (open, dup3, close), so a signal handler may call it;
+ * 0 or -errno. */
 int sr_log_reopen(void);
 
 void sr_log_write(int level, const char *file, int line, const char *fmt, ...)

@@ -122,7 +122,7 @@ int main(int argc, char **argv) {
     /* a write to a peer that has gone (a client, or the coordinator at
      * shutdown) must fail with EPIPE on that connection, not end the process */
     signal(SIGPIPE, SIG_IGN);
-    /* logrotate's SIGHUP: the reopen is async-signal-safe (open, dup2, close) */
+    /* logrotate's SIGHUP: the reopen is system calls only (open, dup3, close) */
     struct sigaction hup = {.sa_handler = on_sighup, .sa_flags = SA_RESTART};
     sigemptyset(&hup.sa_mask);
     if (sigaction(SIGHUP, &hup, NULL) != 0) SR_WARN("cannot handle SIGHUP (%s): --log-file will not be reopened", strerror(errno));
