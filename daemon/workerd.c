@@ -3,6 +3,7 @@
 #include "daemon/workerd.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -134,6 +135,10 @@ static void on_wake(uv_async_t *a) {
         uv_close((uv_handle_t *)&w->leave, NULL);
         uv_close((uv_handle_t *)&w->sigterm, NULL);
         uv_close((uv_handle_t *)&w->sigint, NULL);
+        /* closing the handles restored the default action: leaving anyway, a
+         * SIGTERM to every rank (mpirun, systemd) must not make it a kill */
+        signal(SIGTERM, SIG_IGN);
+        signal(SIGINT, SIG_IGN);
     }
 }
 

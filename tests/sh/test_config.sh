@@ -7,7 +7,8 @@
 # SIGHUP reopens --log-file (as after logrotate); SIGTERM lets a running
 # answer finish while new requests get UNAVAILABLE and health is
 # NOT_SERVING, then exits 0; with a short --shutdown-grace a long answer is
-# cancelled with UNAVAILABLE and the cluster still exits 0.
+# cancelled with UNAVAILABLE and the cluster still exits 0; and SIGTERM to
+# every rank at once ends the job with 0 too.
 set -u
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
@@ -125,4 +126,23 @@ daemon=""
 took=$(($(date +%s) - t0))
 [ $rc = 0 ] && [ "$took" -lt 10 ] && grep -q "WARN  coordinator/0.*1 requests still running after the 1 s grace" "$tmp/log2"
 check $? "and the cluster exits 0 (exit $rc) within seconds (${took} s), saying what it cancelled: $(grep -m 1 "grace" "$tmp/log2")"
+
+# ------------- SIGTERM to every rank at once (systemd's control-group kill,
+# a batch scheduler): the workers' own shutdown must not make it a kill;
+# before the fix, half of such runs ended with "exited on signal 15"
+mpirun=(mpirun --oversubscribe -np 3)
+[ "$(id -u)" = 0 ] && mpirun=(mpirun --allow-run-as-root --oversubscribe -np 3)
+codes=""
+for i in 1 2 3; do
+    port=$(free_port)
+    "${mpirun[@]}" "$BUILD/starringd" --model "$MODEL" --listen 127.0.0.1:$port --log-level warn >"$tmp/out" 2>&1 &
+    daemon=$!
+    for _ in $(seq 300); do "$BUILD/starring" --server 127.0.0.1:$port health >/dev/null 2>&1 && break; sleep 0.2; done
+    pkill -TERM -P "$daemon"
+    wait "$daemon"
+    codes="$codes $?"
+    daemon=""
+done
+[ "$codes" = " 0 0 0" ]
+check $? "SIGTERM to all three ranks at once, three times: mpirun exits 0 each time (exits:$codes)"
 check_done
