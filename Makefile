@@ -5,6 +5,9 @@
 #   make CUDA=1       also the CUDA kernels (sm_80, sm_90) and NCCL (into build-cuda/)
 #   make test         builds, then runs every test (tests/run)
 #   make fuzz         libFuzzer targets (clang) into build-fuzz/
+#   make install      programs, systemd units, example config and docs under
+#                     $(DESTDIR)$(PREFIX) (PREFIX=/usr/local; the config under
+#                     $(DESTDIR)$(SYSCONFDIR)/starring, SYSCONFDIR=/etc)
 #
 # Sources are found by folder: every .c in the folders of MODULES goes into
 # libstarring.a (a folder joins MODULES once it has code); each
@@ -37,7 +40,7 @@ endif
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Werror=implicit-function-declaration \
            -fopenmp $(OPT) -I.
 LDFLAGS += -fopenmp $(LDSAN)
-LDLIBS  += -lopenblas -lpcre2-8 -lsodium -lprotobuf-c -luv -lnghttp2 -lm -lpthread
+LDLIBS  += -lopenblas -lpcre2-8 -lsodium -lprotobuf-c -luv -lnghttp2 -lsystemd -lm -lpthread
 # Open MPI: the mpi transport lives in the library, so everything links it
 MPICC   ?= mpicc
 MPI_CFLAGS := $(shell $(MPICC) --showme:compile 2>/dev/null)
@@ -83,7 +86,7 @@ ifeq ($(CUDA),1)
   TESTS   += $(patsubst tests/gpu/%.cu,$(BUILD)/tests/%,$(wildcard tests/gpu/*.cu))
 endif
 
-.PHONY: all test clean fuzz
+.PHONY: all test clean fuzz install
 .SECONDARY:
 all: $(LIB) $(PROGRAMS) $(TESTS)
 
@@ -138,6 +141,35 @@ test: all
 
 fuzz:
 	$(MAKE) -f tests/fuzz/Makefile
+
+# The units and scripts name /usr/local/bin and /etc/starring: they are
+# rewritten for PREFIX and SYSCONFDIR on the way in. An existing
+# starringd.conf is kept (it is the admin's); the new one goes beside it.
+PREFIX     ?= /usr/local
+SYSCONFDIR ?= /etc
+BINDIR     ?= $(PREFIX)/bin
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+DOCDIR     ?= $(PREFIX)/share/doc/starring
+DATADIR    ?= $(PREFIX)/share/starring
+UNITS      := $(wildcard deploy/*.service)
+PATHS_SED  := -e 's|/usr/local/bin|$(BINDIR)|g' -e 's|/usr/local/share/doc/starring|$(DOCDIR)|g' \
+              -e 's|/etc/starring|$(SYSCONFDIR)/starring|g'
+install: $(PROGRAMS)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(DOCDIR) \
+	    $(DESTDIR)$(DATADIR)/proto $(DESTDIR)$(SYSCONFDIR)/starring
+	install -m 755 $(PROGRAMS) $(DESTDIR)$(BINDIR)/
+	sed $(PATHS_SED) deploy/starringd-mpirun >$(DESTDIR)$(BINDIR)/starringd-mpirun
+	chmod 755 $(DESTDIR)$(BINDIR)/starringd-mpirun
+	for u in $(UNITS); do sed $(PATHS_SED) $$u >$(DESTDIR)$(UNITDIR)/$${u#deploy/} || exit 1; done
+	install -m 644 deploy/starring.sysusers $(DESTDIR)$(SYSUSERSDIR)/starring.conf
+	install -m 644 README.md docs/ARCHITECTURE.md deploy/hosts.example $(DESTDIR)$(DOCDIR)/
+	install -m 644 deploy/README.md $(DESTDIR)$(DOCDIR)/deploy.md
+	install -m 644 deploy/starringd.conf $(DESTDIR)$(DOCDIR)/starringd.conf.example
+	cp -r proto/. $(DESTDIR)$(DATADIR)/proto/
+	if [ -e $(DESTDIR)$(SYSCONFDIR)/starring/starringd.conf ]; then \
+	    install -m 644 deploy/starringd.conf $(DESTDIR)$(SYSCONFDIR)/starring/starringd.conf.new; \
+	else install -m 644 deploy/starringd.conf $(DESTDIR)$(SYSCONFDIR)/starring/starringd.conf; fi
 
 clean:
 	rm -rf build build-*

@@ -1,6 +1,7 @@
 /* Logging: one line per call, prefixed with time, level, role, rank and pid
  * so that interleaved logs of many processes stay readable. The level is
- * checked before anything is formatted. */
+ * checked before anything is formatted. Lines go to stderr, or to a file
+ * that can be reopened (log rotation). */
 #ifndef SR_BASE_LOG_H
 #define SR_BASE_LOG_H
 
@@ -10,6 +11,13 @@ extern int sr_log_level;
 
 /* Sets the prefix fields (role: "coordinator", "worker", "run", ...; rank -1 if none). */
 void sr_log_init(const char *role, int rank, int level);
+
+/* Appends the log to path from now on (NULL or "": stays on stderr). */
+int sr_log_open(const char *path);
+/* Opens the log file's path again (after logrotate moved it: SIGHUP).
+ * Only system calls (open, dup3, close), so a signal handler may call it;
+ * 0 or -errno. */
+int sr_log_reopen(void);
 
 void sr_log_write(int level, const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

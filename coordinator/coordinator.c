@@ -104,7 +104,7 @@ struct coord {
     const sr_coord_opts *o;
     uv_loop_t *loop;
     uv_tcp_t control;
-    uv_timer_t tick;
+    uv_timer_t tick, drain;
     uv_signal_t sigint, sigterm;
     sr_grpc *grpc;
     sr_gguf *gguf;
@@ -123,6 +123,9 @@ struct coord {
     int in_flight;
     int64_t prefills, prefill_tokens, generations, generated, evictions, cancelled;
     int stopping;
+    int draining;           /* SIGTERM: refuse new requests, let running ones finish until drain_end */
+    double drain_end;
+    int told_ready;
 };
 
 /* ------------------------------------------------------------ helpers */
@@ -770,6 +773,10 @@ static req *req_new(sr_grpc_call *call, int kind) {
 
 static int admit(req *r) {
     coord *co = r->co;
+    if (co->draining) {
+        req_finish(r, SR_GRPC_UNAVAILABLE, "the server is shutting down: try another one");
+        return 0;
+    }
     if (co->in_flight >= co->o->queue) {
         req_finish(r, SR_GRPC_RESOURCE_EXHAUSTED, "the queue is full (%d requests at once, --queue): try again", co->o->queue);
         return 0;
@@ -1147,7 +1154,7 @@ static void get_stats_end(sr_grpc_call *call) {
 /* ------------------------------------------------------------ health */
 
 static int health_status(coord *co) {
-    return serving(co) ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+    return serving(co) && !co->draining ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
                        : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
 }
 
@@ -1216,7 +1223,14 @@ static void watch_cancel(sr_grpc_call *call, int status) {
 
 static void health_changed(coord *co) {
     int st = health_status(co);
-    SR_INFO("health: %s", st == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING ? "SERVING" : "NOT_SERVING");
+    int up = st == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+    SR_INFO("health: %s", up ? "SERVING" : "NOT_SERVING");
+    if (up && !co->told_ready && co->o->on_ready) {
+        char status[96];
+        snprintf(status, sizeof status, "SERVING with %d workers", co->o->workers);
+        co->o->on_ready(status, co->o->data);
+    }
+    co->told_ready |= up;
     for (watcher *w = co->watchers; w; w = w->next)
         if (w->last != st) {
             w->last = st;
@@ -1343,6 +1357,7 @@ static void on_control_connection(uv_stream_t *s, int status) {
 
 static void on_tick(uv_timer_t *t) {
     coord *co = t->data;
+    if (co->o->on_tick) co->o->on_tick(co->o->data);
     double late = 10 * co->o->heartbeat_s;
     for (int i = 0; i < co->o->workers; i++)
         if (co->w[i].conn && co->w[i].joined && sr_now() - co->w[i].last_beat > late) {
@@ -1361,11 +1376,44 @@ static void stop(coord *co) {
         if (co->w[i].conn) sr_conn_close(co->w[i].conn, NULL);
     uv_close((uv_handle_t *)&co->control, NULL);
     uv_close((uv_handle_t *)&co->tick, NULL);
+    uv_close((uv_handle_t *)&co->drain, NULL);
     uv_close((uv_handle_t *)&co->sigint, NULL);
     uv_close((uv_handle_t *)&co->sigterm, NULL);
 }
 
-static void on_signal(uv_signal_t *s, int sig) { stop(s->data); }
+/* While draining: stop once nothing runs, or cancel what still does when the grace is over. */
+static void on_drain(uv_timer_t *t) {
+    coord *co = t->data;
+    double now = sr_now();
+    if (co->in_flight > 0 && now < co->drain_end) return;
+    if (co->in_flight > 0 && !co->broken) {
+        SR_WARN("%d requests still running after the %.0f s grace (--shutdown-grace): cancelling them", co->in_flight,
+                co->o->shutdown_grace_s);
+        cluster_broken(co, "the server shut down before this request finished (--shutdown-grace %.0f s)",
+                       co->o->shutdown_grace_s);
+        /* their statuses are flushed on the next loop turns, before stop closes the connections */
+        co->drain_end = now + 0.5;
+        return;
+    }
+    stop(co);
+}
+
+static void on_signal(uv_signal_t *s, int sig) {
+    coord *co = s->data;
+    if (co->draining) {
+        SR_INFO("signal %d while draining: stopping now", sig);
+        co->drain_end = 0;
+        on_drain(&co->drain);
+        return;
+    }
+    co->draining = 1;
+    co->drain_end = sr_now() + co->o->shutdown_grace_s;
+    SR_INFO("signal %d: refusing new requests; %d running may finish within %.0f s", sig, co->in_flight,
+            co->o->shutdown_grace_s);
+    if (co->o->on_stopping) co->o->on_stopping("draining: new requests get UNAVAILABLE", co->o->data);
+    health_changed(co);
+    uv_timer_start(&co->drain, on_drain, 0, 100);
+}
 
 /* ---------------------------------------------------------------- run */
 
@@ -1401,9 +1449,10 @@ int sr_coord_run(const sr_coord_opts *o) {
         rc = sr_grpc_open(&co->grpc, co->loop, o->listen_host, o->listen_port, methods,
                           (int)(sizeof methods / sizeof methods[0]), &go, co);
     uv_timer_init(co->loop, &co->tick);
+    uv_timer_init(co->loop, &co->drain);
     uv_signal_init(co->loop, &co->sigint);
     uv_signal_init(co->loop, &co->sigterm);
-    co->tick.data = co->sigint.data = co->sigterm.data = co;
+    co->tick.data = co->drain.data = co->sigint.data = co->sigterm.data = co;
     if (rc == SR_OK) {
         SR_INFO("serving gRPC on %s:%d (NOT_SERVING until %d workers join)", o->listen_host, sr_grpc_port(co->grpc),
                 o->workers);
@@ -1416,6 +1465,7 @@ int sr_coord_run(const sr_coord_opts *o) {
         if (co->grpc) sr_grpc_close(co->grpc);
         uv_close((uv_handle_t *)&co->control, NULL);
         uv_close((uv_handle_t *)&co->tick, NULL);
+        uv_close((uv_handle_t *)&co->drain, NULL);
         uv_close((uv_handle_t *)&co->sigint, NULL);
         uv_close((uv_handle_t *)&co->sigterm, NULL);
         uv_run(co->loop, UV_RUN_DEFAULT);

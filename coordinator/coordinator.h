@@ -36,12 +36,22 @@ typedef struct {
     int32_t default_tokens;   /* tokens when a question does not say */
     const char *mode;         /* default mode */
     double heartbeat_s;       /* the workers' interval; one missed for 10 of them is a lost worker */
+    double shutdown_grace_s;  /* after SIGTERM, how long running requests may take before they are cancelled */
     /* called once the control port listens (main broadcasts it to the workers) */
     int (*on_listening)(const char *host, int port, void *data);
+    /* optional, on the loop's thread (daemon/ passes them on to systemd):
+     * on_ready the first time health is SERVING, on_tick every second
+     * while the loop turns, on_stopping when SIGTERM or SIGINT arrives */
+    void (*on_ready)(const char *status, void *data);
+    void (*on_tick)(void *data);
+    void (*on_stopping)(const char *status, void *data);
     void *data;
 } sr_coord_opts;
 
-/* Runs until SIGINT or SIGTERM (SR_OK) or a fault. */
+/* Runs until SIGINT or SIGTERM (SR_OK) or a fault. On the first signal new
+ * requests get UNAVAILABLE and health is NOT_SERVING; the loop ends once
+ * the running ones are done, or after shutdown_grace_s, when they are
+ * cancelled (UNAVAILABLE); a second signal ends it at once. */
 int sr_coord_run(const sr_coord_opts *o);
 
 #endif

@@ -3,6 +3,7 @@
 #include "daemon/workerd.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -68,7 +69,7 @@ struct wrk {
     /* event loop thread */
     uv_loop_t loop;
     uv_async_t wake;
-    uv_timer_t beat;
+    uv_timer_t beat, leave;
     uv_signal_t sigterm, sigint;
     sr_conn *conn;
     pthread_t loop_th;
@@ -80,6 +81,8 @@ struct wrk {
     outmsg *out_head, *out_tail;
     int gone;               /* the coordinator went away */
     int quit;               /* compute -> loop: stop */
+    int joined;             /* compute -> loop: the model is loaded, the Join queued */
+    int told_ready;         /* loop */
     /* compute thread */
     wctx *ctxs;
     gen *gens;
@@ -129,20 +132,43 @@ static void on_wake(uv_async_t *a) {
         if (w->conn) sr_conn_close(w->conn, NULL);
         uv_close((uv_handle_t *)&w->wake, NULL);
         uv_close((uv_handle_t *)&w->beat, NULL);
+        uv_close((uv_handle_t *)&w->leave, NULL);
         uv_close((uv_handle_t *)&w->sigterm, NULL);
         uv_close((uv_handle_t *)&w->sigint, NULL);
+        /* closing the handles restored the default action: leaving anyway, a
+         * SIGTERM to every rank (mpirun, systemd) must not make it a kill */
+        signal(SIGTERM, SIG_IGN);
+        signal(SIGINT, SIG_IGN);
     }
 }
 
-/* SIGTERM (mpirun passes it on) ends the worker as the coordinator's going would */
+static void on_leave(uv_timer_t *t) {
+    wrk *w = t->data;
+    if (w->conn) sr_conn_close(w->conn, NULL);
+}
+
+/* SIGTERM (mpirun passes it to every rank): the coordinator drains its
+ * requests, which need this worker, then closes; leave by ourselves only if
+ * it does not, or at a second signal. */
 static void on_signal(uv_signal_t *s, int sig) {
     wrk *w = s->data;
-    if (w->conn) sr_conn_close(w->conn, NULL);
+    if (uv_is_active((uv_handle_t *)&w->leave) || !w->conn) on_leave(&w->leave);
+    else uv_timer_start(&w->leave, on_leave, (uint64_t)((w->o->shutdown_grace_s + 5) * 1e3), 0);
 }
 
 static void on_beat(uv_timer_t *t) {
     wrk *w = t->data;
     if (!w->conn) return;
+    if (w->o->on_tick) w->o->on_tick(w->o->data);
+    pthread_mutex_lock(&w->mu);
+    int joined = w->joined;
+    pthread_mutex_unlock(&w->mu);
+    if (joined && !w->told_ready && w->o->on_ready) {
+        char status[96];
+        snprintf(status, sizeof status, "worker %d of %d: model loaded, joined", w->o->worker, w->o->workers);
+        w->o->on_ready(status, w->o->data);
+    }
+    w->told_ready |= joined;
     FRAME(hb, heartbeat, HEARTBEAT, Starring__Control__V1__Heartbeat, STARRING__CONTROL__V1__HEARTBEAT__INIT);
     hb.worker = w->o->worker;
     hb.seq = ++w->beat_seq;
@@ -538,9 +564,10 @@ int sr_workerd_run(const sr_workerd_opts *o) {
     uv_loop_init(&w->loop);
     uv_async_init(&w->loop, &w->wake, on_wake);
     uv_timer_init(&w->loop, &w->beat);
+    uv_timer_init(&w->loop, &w->leave);
     uv_signal_init(&w->loop, &w->sigterm);
     uv_signal_init(&w->loop, &w->sigint);
-    w->wake.data = w->beat.data = w->sigterm.data = w->sigint.data = w;
+    w->wake.data = w->beat.data = w->leave.data = w->sigterm.data = w->sigint.data = w;
     uv_signal_start(&w->sigterm, on_signal, SIGTERM);
     uv_signal_start(&w->sigint, on_signal, SIGINT);
     int rc = sr_conn_connect(&w->conn, &w->loop, o->coord_host, o->coord_port, o->max_frame, on_frame, on_conn_close,
@@ -548,6 +575,7 @@ int sr_workerd_run(const sr_workerd_opts *o) {
     if (rc != SR_OK) {
         uv_close((uv_handle_t *)&w->wake, NULL);
         uv_close((uv_handle_t *)&w->beat, NULL);
+        uv_close((uv_handle_t *)&w->leave, NULL);
         uv_close((uv_handle_t *)&w->sigterm, NULL);
         uv_close((uv_handle_t *)&w->sigint, NULL);
         uv_run(&w->loop, UV_RUN_DEFAULT);
@@ -576,6 +604,9 @@ int sr_workerd_run(const sr_workerd_opts *o) {
         SR_ERROR("worker %d: %s", o->worker, j.error);
     }
     send_frame(w, &j_f);
+    pthread_mutex_lock(&w->mu);
+    w->joined = rc == SR_OK;
+    pthread_mutex_unlock(&w->mu);
 
     for (int up = rc == SR_OK; up;) {
         pthread_mutex_lock(&w->mu);

@@ -38,9 +38,19 @@ typedef struct {
     int64_t kv_budget;      /* bytes of KV this worker may hold (reported in Join; 0: no limit) */
     double heartbeat_s;
     size_t max_frame;       /* control frame cap */
+    double shutdown_grace_s; /* after SIGTERM, how long to wait for the coordinator to let this worker go */
+    /* optional, on the loop's thread (daemon/ passes them on to systemd):
+     * on_ready once the model is loaded and the Join is on its way, on_tick
+     * with every heartbeat */
+    void (*on_ready)(const char *status, void *data);
+    void (*on_tick)(void *data);
+    void *data;
 } sr_workerd_opts;
 
-/* Runs until the coordinator goes away (SR_OK) or a fault. */
+/* Runs until the coordinator goes away (SR_OK) or a fault. SIGTERM or
+ * SIGINT: the coordinator (which mpirun signals too) drains and lets the
+ * workers go; a worker leaves by itself after shutdown_grace_s + 5 s, or at
+ * a second signal. */
 int sr_workerd_run(const sr_workerd_opts *o);
 
 #endif
