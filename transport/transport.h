@@ -1,11 +1,18 @@
 /* transport: the data plane. Byte buffers between the ranks of a job (KV
- * blocks, queries, partial attention results), with one interface and three
+ * blocks, queries, partial attention results), with one interface and four
  * backends chosen by name:
  *
  *   "mpi"   Open MPI, CPU memory; the default under mpirun.
+ *   "ucx"   UCX (UCP active messages: shared memory, TCP, RDMA verbs where
+ *           present), CPU memory; worker addresses exchanged by a
+ *           caller-supplied allgather (sr_tp_opts.exchange: the coordinator
+ *           at join), or over MPI under mpirun. Peers prove the job key per
+ *           endpoint at open; see transport/ucx.c for what that protects.
  *   "tcp"   plain sockets, no MPI: for processes not started by mpirun;
  *           peers prove a shared secret at open (see sr_tp_opts).
  *   "nccl"  NCCL, GPU memory (make CUDA=1); bootstrapped over MPI.
+ *
+ * tcp next to ucx: TCP_BACKEND_NOTE
  *
  * A transport (sr_tp) is a long-lived handle; each isend/irecv is a one-shot
  * request (sr_tp_req) that completes in the background and is released by
@@ -72,6 +79,20 @@ typedef struct {
      * means MPI_COMM_WORLD. */
     const void *mpi_comm;
     int device; /* nccl: CUDA device; -1 means local rank % device count */
+    /* ucx: the address exchange, an allgather of equal-sized blocks: every
+     * rank passes len bytes in send and gets every rank's len bytes, in rank
+     * order, in recv (size * len bytes); returns SR_OK or a code with its
+     * message. Collective: called the same number of times on every rank.
+     * NULL under mpirun exchanges over MPI (mpi_comm, or MPI_COMM_WORLD) and
+     * takes rank and size from that communicator; NULL otherwise fails to
+     * open. With it, rank and size are as for tcp (-1 reads the environment). */
+    int (*exchange)(void *exchange_data, const void *send, size_t len, void *recv);
+    void *exchange_data;
+    /* ucx: the job key (16 to 4096 bytes, the same on every rank), e.g. one
+     * the coordinator hands out at join; NULL reads secret_file as tcp does.
+     * Over MPI without either, rank 0 draws a fresh key and broadcasts it. */
+    const unsigned char *key;
+    size_t key_len;
 } sr_tp_opts;
 
 /* Options with every field at its default. */
@@ -168,6 +189,7 @@ struct sr_tp_req {
 
 extern const sr_tp_backend sr_tp_mpi_backend;
 extern const sr_tp_backend sr_tp_tcp_backend;
+extern const sr_tp_backend sr_tp_ucx_backend;
 extern const sr_tp_backend sr_tp_nccl_backend;
 
 #endif

@@ -1,0 +1,902 @@
+/* transport "ucx": UCX's UCP active messages, CPU memory. UCX picks the
+ * fastest path to each peer (shared memory and CMA on one host, TCP or RDMA
+ * verbs between hosts); messages up to its eager limit arrive in the
+ * callback, longer ones by rendezvous (the receiver pulls the payload into
+ * the posted buffer once a receive matches).
+ *
+ * Why active messages and not UCP's tag matching: a tagged receive matches a
+ * message from any endpoint of the worker, so a process that reached the
+ * worker's port could inject into a posted receive by claiming a rank in the
+ * tag. An active message's callback gets the endpoint it came in on
+ * (reply_ep), so the sender's rank is the endpoint's, not a field it wrote;
+ * matching (peer, tag), first posted first matched, is done here, as in
+ * tcp.c.
+ *
+ * Addresses: UCX worker addresses are opaque blobs, exchanged through
+ * sr_tp_opts.exchange (an allgather the caller supplies: the coordinator at
+ * join), or over MPI when that is NULL under mpirun.
+ *
+ * Authentication, per endpoint, at open: each rank sends each peer a fresh
+ * nonce; each answers with HMAC-SHA256(job key, domain, its rank, the
+ * receiver's rank, the job size, the receiver's nonce) over the same
+ * endpoint; then each rank tells every peer it is ready once it has verified
+ * all of them, and nothing else is sent before the peer's "ready" arrives.
+ * What this protects:
+ *  - reading: data is only ever sent on endpoints created from the exchanged
+ *    addresses, and only after the process at the other end has proved the
+ *    key on that endpoint. A stranger gets nothing from us.
+ *  - injection by a process using UCX (or any client following its wire-up
+ *    protocol): its connection is an endpoint of its own on our worker, not
+ *    one of ours, so everything it sends is dropped; and it cannot complete
+ *    the handshake without the key.
+ * What it does not protect: the messages after the handshake carry no MAC.
+ * Someone who can forge UCX's packets (write a raw AM header naming the
+ * endpoint id of an authenticated peer into the worker's TCP port, or write
+ * into the shared-memory segments, which needs the same user) can inject;
+ * someone on the network path can read and rewrite, as with tcp. Encrypting
+ * or MACing every payload would cost the bandwidth this backend is for.
+ *
+ * Progress: a thread per transport sleeps on the worker's event fd (and wakes
+ * at least every PROGRESS_MS, for transports without events and for UCX's
+ * keepalive), so transfers go on while the caller computes, as with tcp; a
+ * caller in sr_tp_wait also drives progress itself for a short spin before
+ * sleeping, which is what keeps small-message latency low. One mutex guards
+ * the worker (UCS_THREAD_MODE_SERIALIZED) and all state here.
+ *
+ * Failures: endpoints use UCX's peer error handling with its keepalive set
+ * from io_timeout_s, so a peer that exits, is killed or whose connection
+ * breaks fails every request on it with SR_ECOMM naming the rank within
+ * about that time. Unlike tcp this does not bound silence: a peer that is
+ * alive but hung is not detected. A peer that closes its transport says so
+ * first, so requests on it fail at once. */
+#include <errno.h>
+#include <mpi.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <ucp/api/ucp.h>
+#include <unistd.h>
+
+#include "base/clock.h"
+#include "base/status.h"
+#include "transport/tcp_mesh.h"
+#include "transport/transport.h"
+
+#define MSG_BYTES 320
+#define NONCE_BYTES 32
+#define MAC_BYTES crypto_auth_hmacsha256_BYTES
+#define KEY_BYTES crypto_hash_sha256_BYTES
+#define TAG_WIRE_MAX (SR_TP_TAG_MAX + 16) /* the user's tags and the frontend's collectives */
+#define PROGRESS_MS 10
+#define SPIN_S 50e-6 /* a waiter drives progress itself this long before sleeping */
+#define DEFAULT_OPEN_S 60
+#define DEFAULT_IO_S 30
+#define DEFAULT_MAX_BUFFERED ((int64_t)1 << 30)
+#define ADDR_MAX (1 << 20) /* a worker address longer than this is not one */
+
+enum { AM_DATA = 1, AM_CTL = 2 };
+enum { CTL_HELLO = 1, CTL_PROOF, CTL_READY, CTL_BYE };
+#define CTL_BYTES (1 + NONCE_BYTES) /* kind, then a nonce or a MAC */
+
+static const char domain[] = "starring ucx proof v1";
+
+typedef struct ucx_req {
+    sr_tp_req base;
+    struct ucx_req *next;
+    char *buf;
+    int32_t hdr; /* sends: the tag, as the AM header (must live until done) */
+    int done, status;
+    char msg[MSG_BYTES];
+} ucx_req;
+
+/* a message that arrived before its receive */
+typedef struct umsg {
+    struct umsg *next;
+    int tag;
+    int64_t len;
+    char *data; /* eager: a copy */
+    void *desc; /* rendezvous: UCX's descriptor, to pull or release */
+} umsg;
+
+typedef struct {
+    ucp_ep_h ep; /* NULL for this rank itself */
+    void *owner; /* the ucx_tp, for the endpoint's error handler */
+    int rank;
+    int authed, ready, dead, err_code;
+    char err[MSG_BYTES];
+    unsigned char nonce[NONCE_BYTES]; /* ours, for this peer to answer */
+    unsigned char ctl_out[3][CTL_BYTES]; /* hello, proof, ready/bye: live until sent */
+    ucx_req *posted_head, *posted_tail;
+    umsg *unexp_head, *unexp_tail;
+    int64_t buffered; /* bytes of eager copies in the unexpected list */
+} peer;
+
+typedef struct {
+    ucp_context_h ctx;
+    ucp_worker_h worker;
+    peer *peers;
+    int rank, size;
+    unsigned char key[KEY_BYTES];
+    int64_t max_buffered;
+    double io_timeout_s;
+    int ctl_pending; /* control messages not yet sent */
+    long dropped;    /* messages from endpoints that are not an authenticated peer's */
+    int efd, wake_fd, stop, thread_started;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* a request completed */
+} ucx_tp;
+
+static void req_complete(ucx_tp *t, ucx_req *r, int status, const char *msg) {
+    r->done = 1;
+    r->status = status;
+    if (status != SR_OK) snprintf(r->msg, sizeof r->msg, "%s", msg);
+    pthread_cond_broadcast(&t->cv);
+}
+
+static void size_mismatch(ucx_tp *t, ucx_req *r, int64_t got) {
+    char msg[200];
+    snprintf(msg, sizeof msg, "message from rank %d tag %d has %lld bytes, expected %lld", r->base.peer,
+             r->base.tag, (long long)got, (long long)r->base.len);
+    req_complete(t, r, SR_EFORMAT, msg);
+}
+
+/* Fails everything pending on a peer; eager messages already in stay receivable. */
+static void peer_fail(ucx_tp *t, int p, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void peer_fail(ucx_tp *t, int p, int code, const char *fmt, ...) {
+    peer *pe = &t->peers[p];
+    if (pe->dead) return;
+    pe->dead = 1;
+    pe->err_code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(pe->err, sizeof pe->err, fmt, ap);
+    va_end(ap);
+    for (ucx_req *r = pe->posted_head, *n; r; r = n) {
+        n = r->next;
+        req_complete(t, r, code, pe->err);
+    }
+    pe->posted_head = pe->posted_tail = NULL;
+    pthread_cond_broadcast(&t->cv);
+}
+
+static int sender_rank(const ucx_tp *t, const ucp_am_recv_param_t *param) {
+    if (!(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) || !param->reply_ep) return -1;
+    for (int p = 0; p < t->size; p++)
+        if (t->peers[p].ep == param->reply_ep) return p;
+    return -1;
+}
+
+static ucx_req *posted_take(peer *pe, int tag) {
+    ucx_req *prev = NULL;
+    for (ucx_req *r = pe->posted_head; r; prev = r, r = r->next) {
+        if (r->base.tag != tag) continue;
+        if (prev) prev->next = r->next;
+        else pe->posted_head = r->next;
+        if (pe->posted_tail == r) pe->posted_tail = prev;
+        r->next = NULL;
+        return r;
+    }
+    return NULL;
+}
+
+static void unexp_append(peer *pe, umsg *m) {
+    if (pe->unexp_tail) pe->unexp_tail->next = m;
+    else pe->unexp_head = m;
+    pe->unexp_tail = m;
+    if (m->data) pe->buffered += m->len;
+}
+
+static umsg *unexp_take(peer *pe, int tag) {
+    umsg *prev = NULL;
+    for (umsg *m = pe->unexp_head; m; prev = m, m = m->next) {
+        if (m->tag != tag) continue;
+        if (prev) prev->next = m->next;
+        else pe->unexp_head = m->next;
+        if (pe->unexp_tail == m) pe->unexp_tail = prev;
+        if (m->data) pe->buffered -= m->len;
+        return m;
+    }
+    return NULL;
+}
+
+static const char *peer_word(ucs_status_t st) {
+    return st == UCS_ERR_CANCELED ? "was cancelled" : "failed";
+}
+
+/* Completion of a rendezvous receive started by rndv_pull. */
+static void pull_done(void *request, ucs_status_t status, size_t length, void *user_data) {
+    ucx_req *r = user_data;
+    ucx_tp *t = r->base.tp->impl;
+    char msg[MSG_BYTES];
+    if (status == UCS_OK && (int64_t)length == r->base.len) {
+        req_complete(t, r, SR_OK, NULL);
+    } else if (status == UCS_OK) {
+        size_mismatch(t, r, (int64_t)length);
+    } else {
+        snprintf(msg, sizeof msg, "receiving %lld bytes from rank %d tag %d %s: %s (did it exit or fail?)",
+                 (long long)r->base.len, r->base.peer, r->base.tag, peer_word(status), ucs_status_string(status));
+        req_complete(t, r, SR_ECOMM, msg);
+    }
+    ucp_request_free(request);
+}
+
+/* Pulls a rendezvous message into a matched receive of the right length. */
+static void rndv_pull(ucx_tp *t, ucx_req *r, void *desc) {
+    ucp_request_param_t prm;
+    memset(&prm, 0, sizeof prm);
+    prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_DATATYPE;
+    prm.cb.recv_am = pull_done;
+    prm.user_data = r;
+    prm.datatype = ucp_dt_make_contig(1);
+    ucs_status_ptr_t sp = ucp_am_recv_data_nbx(t->worker, desc, r->buf, (size_t)r->base.len, &prm);
+    if (sp == NULL) {
+        req_complete(t, r, SR_OK, NULL);
+    } else if (UCS_PTR_IS_ERR(sp)) {
+        char msg[MSG_BYTES];
+        snprintf(msg, sizeof msg, "receiving %lld bytes from rank %d tag %d: %s", (long long)r->base.len,
+                 r->base.peer, r->base.tag, ucs_status_string(UCS_PTR_STATUS(sp)));
+        req_complete(t, r, SR_ECOMM, msg);
+    }
+}
+
+static ucs_status_t on_data(void *arg, const void *header, size_t header_length, void *data, size_t length,
+                            const ucp_am_recv_param_t *param) {
+    ucx_tp *t = arg;
+    int p = sender_rank(t, param);
+    if (p < 0 || !t->peers[p].authed || t->peers[p].dead) {
+        t->dropped++;
+        return UCS_OK; /* a rendezvous dropped this way completes the stranger's send, and nothing is read */
+    }
+    peer *pe = &t->peers[p];
+    int32_t tag = -1;
+    if (header_length == sizeof tag) memcpy(&tag, header, sizeof tag);
+    if (tag < 0 || tag > TAG_WIRE_MAX) {
+        peer_fail(t, p, SR_EFORMAT, "rank %d sent a message with a %zu-byte header (tag %d): not this transport's",
+                  p, header_length, tag);
+        return UCS_OK;
+    }
+    int rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+    ucx_req *r = posted_take(pe, tag);
+    if (r) {
+        if (r->base.len != (int64_t)length) {
+            size_mismatch(t, r, (int64_t)length);
+            return UCS_OK;
+        }
+        if (!rndv) {
+            if (length) memcpy(r->buf, data, length);
+            req_complete(t, r, SR_OK, NULL);
+            return UCS_OK;
+        }
+        rndv_pull(t, r, data);
+        return UCS_INPROGRESS;
+    }
+    umsg *m = calloc(1, sizeof *m);
+    if (!rndv && m && (int64_t)length > t->max_buffered - pe->buffered) {
+        free(m);
+        peer_fail(t, p, SR_ERANGE,
+                  "rank %d sent a %zu-byte message (tag %d) before its receive was posted while %lld bytes of such "
+                  "messages were held: over the cap of %lld (sr_tp_opts.max_buffered_bytes)",
+                  p, length, tag, (long long)pe->buffered, (long long)t->max_buffered);
+        return UCS_OK;
+    }
+    char *copy = !rndv && length ? malloc(length) : NULL;
+    if (!m || (!rndv && length && !copy)) {
+        free(m);
+        free(copy);
+        peer_fail(t, p, SR_ENOMEM, "out of memory for a %zu-byte message from rank %d", length, p);
+        return UCS_OK;
+    }
+    m->tag = tag;
+    m->len = (int64_t)length;
+    if (rndv) {
+        m->desc = data;
+    } else if (length) {
+        memcpy(copy, data, length);
+        m->data = copy;
+    }
+    unexp_append(pe, m);
+    return rndv ? UCS_INPROGRESS : UCS_OK;
+}
+
+static void ctl_sent(void *request, ucs_status_t status, void *user_data) {
+    ucx_tp *t = user_data;
+    (void)status; /* a failed peer is reported by the endpoint's error handler */
+    t->ctl_pending--;
+    pthread_cond_broadcast(&t->cv);
+    ucp_request_free(request);
+}
+
+/* Sends a control message from slot (0 hello, 1 proof, 2 ready/bye) of p's. */
+static void ctl_send(ucx_tp *t, int p, int slot) {
+    peer *pe = &t->peers[p];
+    ucp_request_param_t prm;
+    memset(&prm, 0, sizeof prm);
+    prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+    prm.cb.send = ctl_sent;
+    prm.user_data = t;
+    prm.flags = UCP_AM_SEND_FLAG_REPLY | UCP_AM_SEND_FLAG_EAGER;
+    ucs_status_ptr_t sp = ucp_am_send_nbx(pe->ep, AM_CTL, NULL, 0, pe->ctl_out[slot], CTL_BYTES, &prm);
+    if (UCS_PTR_IS_ERR(sp))
+        peer_fail(t, p, SR_ECOMM, "sending to rank %d: %s (did it exit or fail?)", p,
+                  ucs_status_string(UCS_PTR_STATUS(sp)));
+    else if (sp)
+        t->ctl_pending++;
+}
+
+/* MAC that `from` proves the key with, answering `to`'s nonce. */
+static void proof(const ucx_tp *t, int from, int to, const unsigned char nonce[NONCE_BYTES],
+                  unsigned char out[MAC_BYTES]) {
+    int32_t v[3] = {from, to, t->size};
+    crypto_auth_hmacsha256_state st;
+    crypto_auth_hmacsha256_init(&st, t->key, KEY_BYTES);
+    crypto_auth_hmacsha256_update(&st, (const unsigned char *)domain, sizeof domain);
+    crypto_auth_hmacsha256_update(&st, (const unsigned char *)v, sizeof v);
+    crypto_auth_hmacsha256_update(&st, nonce, NONCE_BYTES);
+    crypto_auth_hmacsha256_final(&st, out);
+    sodium_memzero(&st, sizeof st);
+}
+
+static ucs_status_t on_ctl(void *arg, const void *header, size_t header_length, void *data, size_t length,
+                           const ucp_am_recv_param_t *param) {
+    ucx_tp *t = arg;
+    (void)header;
+    int p = sender_rank(t, param);
+    if (p < 0 || t->peers[p].dead || header_length != 0 || length != CTL_BYTES ||
+        (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
+        t->dropped++;
+        return UCS_OK;
+    }
+    peer *pe = &t->peers[p];
+    const unsigned char *b = data;
+    unsigned char mac[MAC_BYTES];
+    switch (b[0]) {
+    case CTL_HELLO:
+        pe->ctl_out[1][0] = CTL_PROOF;
+        proof(t, t->rank, p, b + 1, pe->ctl_out[1] + 1);
+        ctl_send(t, p, 1);
+        break;
+    case CTL_PROOF:
+        proof(t, p, t->rank, pe->nonce, mac);
+        if (sodium_memcmp(mac, b + 1, MAC_BYTES) != 0)
+            peer_fail(t, p, SR_ECOMM, "rank %d failed the ucx handshake: it does not hold this job's key", p);
+        else
+            pe->authed = 1;
+        pthread_cond_broadcast(&t->cv);
+        break;
+    case CTL_READY:
+        pe->ready = 1; /* harmless if forged: data from p is still dropped until p is authenticated */
+        pthread_cond_broadcast(&t->cv);
+        break;
+    case CTL_BYE:
+        if (pe->authed) peer_fail(t, p, SR_ECOMM, "rank %d closed its transport", p);
+        break;
+    default:
+        t->dropped++;
+    }
+    return UCS_OK;
+}
+
+static void ep_error(void *arg, ucp_ep_h ep, ucs_status_t status) {
+    peer *pe = arg;
+    ucx_tp *t = pe->owner;
+    (void)ep;
+    peer_fail(t, pe->rank, SR_ECOMM, "rank %d is unreachable: %s (did it exit or fail?)", pe->rank,
+              ucs_status_string(status));
+}
+
+/* Runs UCX's progress until it has nothing more to do; with the lock held. */
+static void drive(ucx_tp *t) {
+    while (ucp_worker_progress(t->worker) != 0) {
+    }
+}
+
+static void *progress_main(void *arg) {
+    ucx_tp *t = arg;
+    pthread_mutex_lock(&t->mu);
+    while (!t->stop) {
+        drive(t);
+        /* BUSY: events arrived since the last progress, so progress again */
+        if (t->efd >= 0 && ucp_worker_arm(t->worker) == UCS_ERR_BUSY) {
+            pthread_mutex_unlock(&t->mu);
+            pthread_mutex_lock(&t->mu);
+            continue;
+        }
+        pthread_mutex_unlock(&t->mu);
+        struct pollfd fds[2] = {{.fd = t->efd, .events = POLLIN}, {.fd = t->wake_fd, .events = POLLIN}};
+        if (poll(fds, 2, PROGRESS_MS) > 0 && (fds[1].revents & POLLIN)) {
+            uint64_t v;
+            ssize_t n = read(t->wake_fd, &v, sizeof v);
+            (void)n; /* a stop request is read from t->stop, not from the count */
+        }
+        pthread_mutex_lock(&t->mu);
+    }
+    pthread_mutex_unlock(&t->mu);
+    return NULL;
+}
+
+/* With the lock held, drives progress until cond holds (0 if the deadline
+ * passed first): for open and close, when no progress thread runs. */
+static int drive_until(ucx_tp *t, int (*cond)(ucx_tp *), double deadline) {
+    while (!cond(t)) {
+        if (sr_now() > deadline) return 0;
+        drive(t);
+        if (cond(t)) break;
+        struct timespec ts = {0, 200000};
+        pthread_mutex_unlock(&t->mu);
+        nanosleep(&ts, NULL);
+        pthread_mutex_lock(&t->mu);
+    }
+    return 1;
+}
+
+static int all_authed(ucx_tp *t) {
+    for (int p = 0; p < t->size; p++)
+        if (p != t->rank && !t->peers[p].authed && !t->peers[p].dead) return 0;
+    return 1;
+}
+
+static int all_ready(ucx_tp *t) {
+    for (int p = 0; p < t->size; p++)
+        if (p != t->rank && !t->peers[p].ready && !t->peers[p].dead) return 0;
+    return t->ctl_pending == 0;
+}
+
+static int ctl_flushed(ucx_tp *t) { return t->ctl_pending == 0; }
+
+static int mpi_exchange(void *data, const void *send, size_t len, void *recv) {
+    if (len > (size_t)INT32_MAX) return sr_error_set(SR_ERANGE, "transport ucx: %zu-byte address block over MPI", len);
+    int rc = MPI_Allgather(send, (int)len, MPI_BYTE, recv, (int)len, MPI_BYTE, *(MPI_Comm *)data);
+    return rc == MPI_SUCCESS ? SR_OK : sr_error_set(SR_ECOMM, "transport ucx: MPI_Allgather of addresses failed");
+}
+
+typedef struct {
+    int (*exchange)(void *, const void *, size_t, void *);
+    void *data;
+    MPI_Comm comm;
+    double open_s;
+} setup;
+
+static int pick_s(double v, const char *name, double dflt, double *out) {
+    if (v < 0 || v > 86400)
+        return sr_error_set(SR_EINVAL, "sr_tp_opts.%s %g is not 0 (default) or up to 86400 seconds", name, v);
+    *out = v > 0 ? v : dflt;
+    return SR_OK;
+}
+
+/* rank, size, key and limits from the options, the environment or MPI */
+static int resolve(ucx_tp *t, const sr_tp_opts *o, setup *s) {
+    int rc;
+    if (sodium_init() < 0) return sr_error_set(SR_ESTATE, "transport ucx: libsodium failed to initialise");
+    if (o->key && (o->key_len < 16 || o->key_len > 4096))
+        return sr_error_set(SR_EINVAL, "sr_tp_opts.key_len %zu is out of range 16..4096", o->key_len);
+    if (o->max_buffered_bytes < 0)
+        return sr_error_set(SR_EINVAL, "sr_tp_opts.max_buffered_bytes %lld is negative",
+                            (long long)o->max_buffered_bytes);
+    t->max_buffered = o->max_buffered_bytes ? o->max_buffered_bytes : DEFAULT_MAX_BUFFERED;
+    if ((rc = pick_s(o->timeout_s, "timeout_s", DEFAULT_OPEN_S, &s->open_s)) != SR_OK ||
+        (rc = pick_s(o->io_timeout_s, "io_timeout_s", DEFAULT_IO_S, &t->io_timeout_s)) != SR_OK)
+        return rc;
+    if (o->exchange) {
+        s->exchange = o->exchange;
+        s->data = o->exchange_data;
+        if (o->key) {
+            if (o->size < 1 || o->rank < 0 || o->rank >= o->size)
+                return sr_error_set(SR_EINVAL, "transport ucx: sr_tp_opts.rank %d of size %d is out of range 0..size-1",
+                                    o->rank, o->size);
+            t->rank = o->rank;
+            t->size = o->size;
+            crypto_hash_sha256(t->key, o->key, (unsigned long long)o->key_len);
+            return SR_OK;
+        }
+        /* the same rank, size and secret settings as tcp's (SR_RANK, SR_TCP_SECRET_FILE, ...) */
+        sr_tp__tcp_cfg c;
+        if ((rc = sr_tp__tcp_config(o, &c)) != SR_OK) return rc;
+        t->rank = c.rank;
+        t->size = c.size;
+        if (c.key) crypto_hash_sha256(t->key, c.key, (unsigned long long)c.key_len);
+        sr_tp__tcp_config_free(&c);
+        return SR_OK;
+    }
+    int inited = 0, finalized = 0;
+    if (MPI_Initialized(&inited) != MPI_SUCCESS || MPI_Finalized(&finalized) != MPI_SUCCESS || !inited || finalized)
+        return sr_error_set(SR_EINVAL,
+                            "transport ucx: no way to exchange worker addresses: set sr_tp_opts.exchange (an "
+                            "allgather, e.g. through the coordinator) or run under mpirun with MPI initialised");
+    s->comm = o->mpi_comm ? *(const MPI_Comm *)o->mpi_comm : MPI_COMM_WORLD;
+    s->exchange = mpi_exchange;
+    s->data = &s->comm;
+    if (MPI_Comm_rank(s->comm, &t->rank) != MPI_SUCCESS || MPI_Comm_size(s->comm, &t->size) != MPI_SUCCESS)
+        return sr_error_set(SR_ECOMM, "transport ucx: cannot read rank and size of the MPI communicator");
+    if (o->key) {
+        crypto_hash_sha256(t->key, o->key, (unsigned long long)o->key_len);
+        return SR_OK;
+    }
+    /* MPI already trusts every rank it started; a fresh key per open */
+    if (t->rank == 0) randombytes_buf(t->key, KEY_BYTES);
+    if (MPI_Bcast(t->key, KEY_BYTES, MPI_BYTE, 0, s->comm) != MPI_SUCCESS)
+        return sr_error_set(SR_ECOMM, "transport ucx: MPI_Bcast of the job key failed");
+    return SR_OK;
+}
+
+static int ucs_fail(ucs_status_t st, const char *what) {
+    return sr_error_set(SR_ECOMM, "transport ucx: %s: %s", what, ucs_status_string(st));
+}
+
+/* UCX context and worker, with the keepalive that bounds failure detection */
+static int start_ucx(ucx_tp *t) {
+    ucp_config_t *cfg;
+    ucs_status_t st = ucp_config_read(NULL, NULL, &cfg);
+    if (st != UCS_OK) return ucs_fail(st, "ucp_config_read");
+    char ka[32];
+    snprintf(ka, sizeof ka, "%dms", (int)(t->io_timeout_s * 1000 / 4) > 1 ? (int)(t->io_timeout_s * 1000 / 4) : 1);
+    st = ucp_config_modify(cfg, "KEEPALIVE_INTERVAL", ka);
+    if (st != UCS_OK) {
+        ucp_config_release(cfg);
+        return ucs_fail(st, "setting UCX_KEEPALIVE_INTERVAL");
+    }
+    ucp_params_t prm;
+    memset(&prm, 0, sizeof prm);
+    prm.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
+    prm.features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+    prm.name = "starring";
+    st = ucp_init(&prm, cfg, &t->ctx);
+    ucp_config_release(cfg);
+    if (st != UCS_OK) return ucs_fail(st, "ucp_init");
+    ucp_worker_params_t wp;
+    memset(&wp, 0, sizeof wp);
+    wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+    wp.thread_mode = UCS_THREAD_MODE_SERIALIZED;
+    if ((st = ucp_worker_create(t->ctx, &wp, &t->worker)) != UCS_OK) {
+        t->worker = NULL;
+        return ucs_fail(st, "ucp_worker_create");
+    }
+    const struct {
+        unsigned id;
+        ucp_am_recv_callback_t cb;
+    } h[2] = {{AM_DATA, on_data}, {AM_CTL, on_ctl}};
+    for (int i = 0; i < 2; i++) {
+        ucp_am_handler_param_t hp;
+        memset(&hp, 0, sizeof hp);
+        hp.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG;
+        hp.id = h[i].id;
+        hp.cb = h[i].cb;
+        hp.arg = t;
+        if ((st = ucp_worker_set_am_recv_handler(t->worker, &hp)) != UCS_OK)
+            return ucs_fail(st, "ucp_worker_set_am_recv_handler");
+    }
+    if (ucp_worker_get_efd(t->worker, &t->efd) != UCS_OK) t->efd = -1; /* the thread then wakes on its timer */
+    return SR_OK;
+}
+
+/* Allgathers the worker addresses (lengths first: they differ by rank) and
+ * connects to every peer. */
+static int connect_all(ucx_tp *t, const setup *s) {
+    ucp_address_t *addr = NULL;
+    size_t addr_len = 0;
+    ucs_status_t st = ucp_worker_get_address(t->worker, &addr, &addr_len);
+    if (st != UCS_OK) return ucs_fail(st, "ucp_worker_get_address");
+    uint64_t mine = addr_len, *lens = calloc((size_t)t->size, sizeof *lens);
+    char *mine_pad = NULL, *all = NULL;
+    int rc = lens ? s->exchange(s->data, &mine, sizeof mine, lens)
+                  : sr_error_set(SR_ENOMEM, "out of memory for %d address lengths", t->size);
+    uint64_t max = 0;
+    for (int p = 0; rc == SR_OK && p < t->size; p++) {
+        if (lens[p] == 0 || lens[p] > ADDR_MAX)
+            rc = sr_error_set(SR_EFORMAT, "transport ucx: rank %d's worker address is %llu bytes, allowed 1..%d", p,
+                              (unsigned long long)lens[p], ADDR_MAX);
+        else if (lens[p] > max)
+            max = lens[p];
+    }
+    if (rc == SR_OK && (!(mine_pad = calloc(1, max)) || !(all = malloc(max * (size_t)t->size))))
+        rc = sr_error_set(SR_ENOMEM, "out of memory for %d worker addresses", t->size);
+    if (rc == SR_OK) {
+        memcpy(mine_pad, addr, addr_len);
+        rc = s->exchange(s->data, mine_pad, max, all);
+    }
+    ucp_worker_release_address(t->worker, addr);
+    for (int p = 0; rc == SR_OK && p < t->size; p++) {
+        if (p == t->rank) continue;
+        ucp_ep_params_t ep;
+        memset(&ep, 0, sizeof ep);
+        ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                        UCP_EP_PARAM_FIELD_ERR_HANDLER;
+        ep.address = (const ucp_address_t *)(all + (size_t)p * max);
+        ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+        ep.err_handler.cb = ep_error;
+        ep.err_handler.arg = &t->peers[p];
+        if ((st = ucp_ep_create(t->worker, &ep, &t->peers[p].ep)) != UCS_OK) {
+            t->peers[p].ep = NULL;
+            rc = sr_error_set(SR_ECOMM, "transport ucx: connecting to rank %d: %s", p, ucs_status_string(st));
+        }
+    }
+    free(lens);
+    free(mine_pad);
+    free(all);
+    return rc;
+}
+
+/* The handshake (see the top of this file); the lock is held. */
+static int authenticate(ucx_tp *t, double open_s) {
+    double deadline = sr_now() + open_s;
+    for (int p = 0; p < t->size; p++) {
+        if (p == t->rank) continue;
+        peer *pe = &t->peers[p];
+        randombytes_buf(pe->nonce, NONCE_BYTES);
+        pe->ctl_out[0][0] = CTL_HELLO;
+        memcpy(pe->ctl_out[0] + 1, pe->nonce, NONCE_BYTES);
+        ctl_send(t, p, 0);
+    }
+    int in_time = drive_until(t, all_authed, deadline);
+    for (int p = 0; in_time && p < t->size; p++) {
+        if (p == t->rank || t->peers[p].dead) continue;
+        t->peers[p].ctl_out[2][0] = CTL_READY;
+        ctl_send(t, p, 2);
+    }
+    if (in_time) in_time = drive_until(t, all_ready, deadline);
+    for (int p = 0; p < t->size; p++) {
+        peer *pe = &t->peers[p];
+        if (p == t->rank) continue;
+        if (pe->dead) return sr_error_set(pe->err_code, "transport ucx: %s", pe->err);
+        if (!pe->authed || !pe->ready)
+            return sr_error_set(SR_ECOMM,
+                                "transport ucx: rank %d did not complete the handshake within %g s (sr_tp_opts."
+                                "timeout_s): is it running, and in this job?",
+                                p, open_s);
+    }
+    return SR_OK;
+}
+
+static void ucx_free(ucx_tp *t) {
+    for (int p = 0; t->peers && p < t->size; p++) {
+        for (umsg *m = t->peers[p].unexp_head, *n; m; m = n) {
+            n = m->next;
+            if (m->desc) ucp_am_data_release(t->worker, m->desc);
+            free(m->data);
+            free(m);
+        }
+    }
+    if (t->worker) ucp_worker_destroy(t->worker);
+    if (t->ctx) ucp_cleanup(t->ctx);
+    if (t->wake_fd >= 0) close(t->wake_fd);
+    sodium_memzero(t->key, sizeof t->key);
+    pthread_mutex_destroy(&t->mu);
+    pthread_cond_destroy(&t->cv);
+    free(t->peers);
+    free(t);
+}
+
+/* Says goodbye to every live peer and closes the endpoints, within a bound:
+ * a peer that is gone fails its endpoint rather than holding us up. */
+static void disconnect_all(ucx_tp *t) {
+    double deadline = sr_now() + (t->io_timeout_s < 5 ? t->io_timeout_s : 5);
+    for (int p = 0; p < t->size; p++) {
+        peer *pe = &t->peers[p];
+        if (!pe->ep || pe->dead) continue;
+        pe->ctl_out[2][0] = CTL_BYE;
+        ctl_send(t, p, 2);
+    }
+    drive_until(t, ctl_flushed, deadline);
+    for (int p = 0; p < t->size; p++) {
+        peer *pe = &t->peers[p];
+        if (!pe->ep) continue;
+        ucp_request_param_t prm;
+        memset(&prm, 0, sizeof prm);
+        prm.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+        prm.flags = pe->dead ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+        ucs_status_ptr_t sp = ucp_ep_close_nbx(pe->ep, &prm);
+        pe->ep = NULL;
+        while (sp && !UCS_PTR_IS_ERR(sp) && ucp_request_check_status(sp) == UCS_INPROGRESS && sr_now() < deadline)
+            ucp_worker_progress(t->worker);
+        if (sp && !UCS_PTR_IS_ERR(sp)) ucp_request_free(sp);
+    }
+}
+
+static int ucx_available(void) { return 1; }
+
+static int ucx_open(sr_tp *tp, const sr_tp_opts *o) {
+    ucx_tp *t = calloc(1, sizeof *t);
+    if (!t) return sr_error_set(SR_ENOMEM, "out of memory opening transport ucx");
+    t->efd = t->wake_fd = -1;
+    pthread_mutex_init(&t->mu, NULL);
+    pthread_cond_init(&t->cv, NULL);
+    setup s;
+    memset(&s, 0, sizeof s);
+    int rc = resolve(t, o, &s);
+    if (rc == SR_OK && !(t->peers = calloc((size_t)t->size, sizeof *t->peers)))
+        rc = sr_error_set(SR_ENOMEM, "out of memory for %d ucx peers", t->size);
+    for (int p = 0; rc == SR_OK && p < t->size; p++) {
+        t->peers[p].owner = t;
+        t->peers[p].rank = p;
+    }
+    if (rc == SR_OK) rc = start_ucx(t);
+    if (rc == SR_OK) rc = connect_all(t, &s);
+    pthread_mutex_lock(&t->mu);
+    if (rc == SR_OK) rc = authenticate(t, s.open_s);
+    pthread_mutex_unlock(&t->mu);
+    if (rc == SR_OK && (t->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
+        rc = sr_error_set(SR_ECOMM, "eventfd: %s", strerror(errno));
+    if (rc == SR_OK && pthread_create(&t->thread, NULL, progress_main, t) != 0)
+        rc = sr_error_set(SR_ECOMM, "cannot start the ucx progress thread");
+    if (rc != SR_OK) {
+        if (t->worker && t->peers) {
+            pthread_mutex_lock(&t->mu);
+            disconnect_all(t);
+            pthread_mutex_unlock(&t->mu);
+        }
+        ucx_free(t);
+        return rc;
+    }
+    tp->rank = t->rank;
+    tp->size = t->size;
+    tp->impl = t;
+    return SR_OK;
+}
+
+static void ucx_close(sr_tp *tp) {
+    ucx_tp *t = tp->impl;
+    pthread_mutex_lock(&t->mu);
+    t->stop = 1;
+    pthread_mutex_unlock(&t->mu);
+    uint64_t one = 1;
+    ssize_t n = write(t->wake_fd, &one, sizeof one);
+    (void)n; /* the thread also wakes on its timer */
+    pthread_join(t->thread, NULL);
+    pthread_mutex_lock(&t->mu);
+    disconnect_all(t);
+    pthread_mutex_unlock(&t->mu);
+    ucx_free(t);
+}
+
+static void send_done(void *request, ucs_status_t status, void *user_data) {
+    ucx_req *r = user_data;
+    ucx_tp *t = r->base.tp->impl;
+    if (status == UCS_OK) {
+        req_complete(t, r, SR_OK, NULL);
+    } else {
+        char msg[MSG_BYTES];
+        snprintf(msg, sizeof msg, "sending %lld bytes to rank %d tag %d %s: %s (did it exit or fail?)",
+                 (long long)r->base.len, r->base.peer, r->base.tag, peer_word(status), ucs_status_string(status));
+        req_complete(t, r, SR_ECOMM, msg);
+    }
+    ucp_request_free(request);
+}
+
+/* to this rank: through a posted receive or the unexpected list */
+static int send_self(ucx_tp *t, ucx_req *r, const void *buf, int64_t len, int tag) {
+    peer *pe = &t->peers[t->rank];
+    ucx_req *m = posted_take(pe, tag);
+    if (m && m->base.len != len) {
+        size_mismatch(t, m, len);
+    } else if (m) {
+        if (len) memcpy(m->buf, buf, (size_t)len);
+        req_complete(t, m, SR_OK, NULL);
+    } else {
+        umsg *u = calloc(1, sizeof *u);
+        char *data = len ? malloc((size_t)len) : NULL;
+        if (!u || (len && !data)) {
+            free(u);
+            free(data);
+            return sr_error_set(SR_ENOMEM, "out of memory for a %lld-byte message to self", (long long)len);
+        }
+        if (len) memcpy(data, buf, (size_t)len);
+        u->tag = tag;
+        u->len = len;
+        u->data = data;
+        unexp_append(pe, u);
+    }
+    req_complete(t, r, SR_OK, NULL);
+    return SR_OK;
+}
+
+static int ucx_isend(sr_tp *tp, sr_tp_req *req, const void *buf, int64_t len, int peer_rank, int tag) {
+    ucx_tp *t = tp->impl;
+    ucx_req *r = (ucx_req *)req;
+    int rc = SR_OK;
+    pthread_mutex_lock(&t->mu);
+    peer *pe = &t->peers[peer_rank];
+    if (peer_rank == t->rank) {
+        rc = send_self(t, r, buf, len, tag);
+    } else if (pe->dead) {
+        req_complete(t, r, pe->err_code, pe->err);
+    } else {
+        r->hdr = tag;
+        ucp_request_param_t prm;
+        memset(&prm, 0, sizeof prm);
+        prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS |
+                           UCP_OP_ATTR_FIELD_DATATYPE;
+        prm.cb.send = send_done;
+        prm.user_data = r;
+        prm.flags = UCP_AM_SEND_FLAG_REPLY;
+        prm.datatype = ucp_dt_make_contig(1);
+        ucs_status_ptr_t sp = ucp_am_send_nbx(pe->ep, AM_DATA, &r->hdr, sizeof r->hdr, buf, (size_t)len, &prm);
+        if (sp == NULL) {
+            req_complete(t, r, SR_OK, NULL);
+        } else if (UCS_PTR_IS_ERR(sp)) {
+            char msg[MSG_BYTES];
+            snprintf(msg, sizeof msg, "sending %lld bytes to rank %d tag %d: %s (did it exit or fail?)",
+                     (long long)len, peer_rank, tag, ucs_status_string(UCS_PTR_STATUS(sp)));
+            req_complete(t, r, SR_ECOMM, msg);
+        }
+    }
+    pthread_mutex_unlock(&t->mu);
+    return rc;
+}
+
+static int ucx_irecv(sr_tp *tp, sr_tp_req *req, void *buf, int64_t len, int peer_rank, int tag) {
+    ucx_tp *t = tp->impl;
+    ucx_req *r = (ucx_req *)req;
+    r->buf = buf;
+    pthread_mutex_lock(&t->mu);
+    peer *pe = &t->peers[peer_rank];
+    umsg *m = unexp_take(pe, tag);
+    if (m) {
+        if (m->len != len) {
+            size_mismatch(t, r, m->len);
+            if (m->desc) ucp_am_data_release(t->worker, m->desc); /* the sender's send completes */
+        } else if (m->desc) {
+            rndv_pull(t, r, m->desc);
+        } else {
+            if (len) memcpy(buf, m->data, (size_t)len);
+            req_complete(t, r, SR_OK, NULL);
+        }
+        free(m->data);
+        free(m);
+    } else if (pe->dead) {
+        req_complete(t, r, pe->err_code, pe->err);
+    } else {
+        if (pe->posted_tail) pe->posted_tail->next = r;
+        else pe->posted_head = r;
+        pe->posted_tail = r;
+    }
+    pthread_mutex_unlock(&t->mu);
+    return SR_OK;
+}
+
+static int ucx_test(sr_tp_req *req, int *done) {
+    ucx_tp *t = req->tp->impl;
+    pthread_mutex_lock(&t->mu);
+    if (!((ucx_req *)req)->done) drive(t);
+    *done = ((ucx_req *)req)->done;
+    pthread_mutex_unlock(&t->mu);
+    return SR_OK;
+}
+
+/* No deadline of its own: a request ends when the peer delivers, closes, or
+ * fails (UCX's keepalive; see the top of this file). */
+static int ucx_wait(sr_tp_req *req) {
+    ucx_tp *t = req->tp->impl;
+    ucx_req *r = (ucx_req *)req;
+    double spin_until = sr_now() + SPIN_S;
+    pthread_mutex_lock(&t->mu);
+    while (!r->done) {
+        drive(t);
+        if (r->done || sr_now() < spin_until) continue;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += PROGRESS_MS * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&t->cv, &t->mu, &ts);
+    }
+    pthread_mutex_unlock(&t->mu);
+    if (r->status != SR_OK) return sr_error_set(r->status, "%s", r->msg);
+    return SR_OK;
+}
+
+const sr_tp_backend sr_tp_ucx_backend = {
+    .name = "ucx",
+    .req_size = sizeof(ucx_req),
+    .available = ucx_available,
+    .open = ucx_open,
+    .close = ucx_close,
+    .isend = ucx_isend,
+    .irecv = ucx_irecv,
+    .test = ucx_test,
+    .wait = ucx_wait,
+};
