@@ -39,16 +39,23 @@
  * Progress: a thread per transport sleeps on the worker's event fd (and wakes
  * at least every PROGRESS_MS, for transports without events and for UCX's
  * keepalive), so transfers go on while the caller computes, as with tcp; a
- * caller in sr_tp_wait also drives progress itself for a short spin before
- * sleeping, which is what keeps small-message latency low. One mutex guards
- * the worker (UCS_THREAD_MODE_SERIALIZED) and all state here.
+ * caller in sr_tp_wait drives progress itself for a short spin before
+ * sleeping, which is what keeps small-message latency low, and the thread
+ * stands aside meanwhile (an armed worker makes every sender signal it
+ * through a syscall). One mutex guards the worker (UCS_THREAD_MODE_SERIALIZED)
+ * and all state here.
  *
- * Failures: endpoints use UCX's peer error handling with its keepalive set
- * from io_timeout_s, so a peer that exits, is killed or whose connection
- * breaks fails every request on it with SR_ECOMM naming the rank within
- * about that time. Unlike tcp this does not bound silence: a peer that is
- * alive but hung is not detected. A peer that closes its transport says so
- * first, so requests on it fail at once. */
+ * Failures: as tcp does, the progress thread sends a heartbeat to each peer
+ * it has sent nothing to for a quarter of io_timeout_s and fails a peer it
+ * has heard nothing from for the whole of it: every request on that peer
+ * ends with SR_ECOMM naming the rank, whether it exited, was killed, hung or
+ * was cut off. UCX's own peer error handling is not used: in UCX 1.13 it
+ * rules out the shared-memory transports (sysv, posix: "no peer failure
+ * handler"), which on one host are 10x faster than TCP loopback. Errors UCX
+ * still reports on a request fail that request with SR_ECOMM. A peer that
+ * closes its transport says so first, so requests on it fail at once.
+ * Requests that UCX still holds when their peer fails are detached (their
+ * completion, whenever UCX gives it, is dropped) so they can be released. */
 #include <errno.h>
 #include <mpi.h>
 #include <poll.h>
@@ -81,7 +88,7 @@
 #define ADDR_MAX (1 << 20) /* a worker address longer than this is not one */
 
 enum { AM_DATA = 1, AM_CTL = 2 };
-enum { CTL_HELLO = 1, CTL_PROOF, CTL_READY, CTL_BYE };
+enum { CTL_HELLO = 1, CTL_PROOF, CTL_READY, CTL_BYE, CTL_HEARTBEAT };
 #define CTL_BYTES (1 + NONCE_BYTES) /* kind, then a nonce or a MAC */
 
 static const char domain[] = "starring ucx proof v1";
@@ -94,6 +101,16 @@ typedef struct ucx_req {
     int done, status;
     char msg[MSG_BYTES];
 } ucx_req;
+
+/* A UCX operation in flight for a request: UCX's completion callback gets
+ * this, not the request, so a request failed early (its peer went silent)
+ * can be released while UCX still holds the operation. */
+typedef struct op {
+    struct op *prev, *next;
+    ucx_req *r;  /* NULL once detached */
+    void *owner; /* the ucx_tp */
+    int peer;
+} op;
 
 /* a message that arrived before its receive */
 typedef struct umsg {
@@ -111,7 +128,9 @@ typedef struct {
     int authed, ready, dead, err_code;
     char err[MSG_BYTES];
     unsigned char nonce[NONCE_BYTES]; /* ours, for this peer to answer */
-    unsigned char ctl_out[3][CTL_BYTES]; /* hello, proof, ready/bye: live until sent */
+    unsigned char ctl_out[4][CTL_BYTES]; /* hello, proof, ready/bye, heartbeat: live until sent */
+    op *ops;                              /* UCX operations in flight */
+    double last_rx, last_tx;
     ucx_req *posted_head, *posted_tail;
     umsg *unexp_head, *unexp_tail;
     int64_t buffered; /* bytes of eager copies in the unexpected list */
@@ -129,8 +148,10 @@ typedef struct {
     long dropped;    /* messages from endpoints that are not an authenticated peer's */
     int efd, wake_fd, stop, thread_started;
     pthread_t thread;
+    int spinning; /* waiters driving progress themselves */
     pthread_mutex_t mu;
-    pthread_cond_t cv; /* a request completed */
+    pthread_cond_t cv;   /* a request completed */
+    pthread_cond_t idle; /* no waiter is spinning, or stop */
 } ucx_tp;
 
 static void req_complete(ucx_tp *t, ucx_req *r, int status, const char *msg) {
@@ -163,7 +184,36 @@ static void peer_fail(ucx_tp *t, int p, int code, const char *fmt, ...) {
         req_complete(t, r, code, pe->err);
     }
     pe->posted_head = pe->posted_tail = NULL;
+    for (op *o = pe->ops; o; o = o->next) {
+        if (o->r) req_complete(t, o->r, code, pe->err);
+        o->r = NULL;
+    }
     pthread_cond_broadcast(&t->cv);
+}
+
+static op *op_new(ucx_tp *t, ucx_req *r) {
+    op *o = calloc(1, sizeof *o);
+    if (!o) return NULL;
+    peer *pe = &t->peers[r->base.peer];
+    o->r = r;
+    o->owner = t;
+    o->peer = r->base.peer;
+    o->next = pe->ops;
+    if (pe->ops) pe->ops->prev = o;
+    pe->ops = o;
+    return o;
+}
+
+/* UCX is done with o: returns its request, or NULL if it was detached. */
+static ucx_req *op_end(op *o) {
+    ucx_tp *t = o->owner;
+    peer *pe = &t->peers[o->peer];
+    if (o->prev) o->prev->next = o->next;
+    else pe->ops = o->next;
+    if (o->next) o->next->prev = o->prev;
+    ucx_req *r = o->r;
+    free(o);
+    return r;
 }
 
 static int sender_rank(const ucx_tp *t, const ucp_am_recv_param_t *param) {
@@ -212,30 +262,39 @@ static const char *peer_word(ucs_status_t st) {
 
 /* Completion of a rendezvous receive started by rndv_pull. */
 static void pull_done(void *request, ucs_status_t status, size_t length, void *user_data) {
-    ucx_req *r = user_data;
-    ucx_tp *t = r->base.tp->impl;
-    char msg[MSG_BYTES];
+    op *o = user_data;
+    ucx_tp *t = o->owner;
+    ucx_req *r = op_end(o);
+    ucp_request_free(request);
+    if (!r) return;
     if (status == UCS_OK && (int64_t)length == r->base.len) {
         req_complete(t, r, SR_OK, NULL);
     } else if (status == UCS_OK) {
         size_mismatch(t, r, (int64_t)length);
     } else {
+        char msg[MSG_BYTES];
         snprintf(msg, sizeof msg, "receiving %lld bytes from rank %d tag %d %s: %s (did it exit or fail?)",
                  (long long)r->base.len, r->base.peer, r->base.tag, peer_word(status), ucs_status_string(status));
         req_complete(t, r, SR_ECOMM, msg);
     }
-    ucp_request_free(request);
 }
 
 /* Pulls a rendezvous message into a matched receive of the right length. */
 static void rndv_pull(ucx_tp *t, ucx_req *r, void *desc) {
+    op *o = op_new(t, r);
+    if (!o) {
+        ucp_am_data_release(t->worker, desc);
+        req_complete(t, r, SR_ENOMEM, "out of memory for a ucx receive");
+        return;
+    }
     ucp_request_param_t prm;
     memset(&prm, 0, sizeof prm);
     prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_DATATYPE;
     prm.cb.recv_am = pull_done;
-    prm.user_data = r;
+    prm.user_data = o;
     prm.datatype = ucp_dt_make_contig(1);
     ucs_status_ptr_t sp = ucp_am_recv_data_nbx(t->worker, desc, r->buf, (size_t)r->base.len, &prm);
+    if (sp == NULL || UCS_PTR_IS_ERR(sp)) op_end(o);
     if (sp == NULL) {
         req_complete(t, r, SR_OK, NULL);
     } else if (UCS_PTR_IS_ERR(sp)) {
@@ -255,6 +314,7 @@ static ucs_status_t on_data(void *arg, const void *header, size_t header_length,
         return UCS_OK; /* a rendezvous dropped this way completes the stranger's send, and nothing is read */
     }
     peer *pe = &t->peers[p];
+    pe->last_rx = sr_now();
     int32_t tag = -1;
     if (header_length == sizeof tag) memcpy(&tag, header, sizeof tag);
     if (tag < 0 || tag > TAG_WIRE_MAX) {
@@ -313,7 +373,8 @@ static void ctl_sent(void *request, ucs_status_t status, void *user_data) {
     ucp_request_free(request);
 }
 
-/* Sends a control message from slot (0 hello, 1 proof, 2 ready/bye) of p's. */
+/* Sends a control message from slot (0 hello, 1 proof, 2 ready/bye,
+ * 3 heartbeat) of p's. */
 static void ctl_send(ucx_tp *t, int p, int slot) {
     peer *pe = &t->peers[p];
     ucp_request_param_t prm;
@@ -322,6 +383,7 @@ static void ctl_send(ucx_tp *t, int p, int slot) {
     prm.cb.send = ctl_sent;
     prm.user_data = t;
     prm.flags = UCP_AM_SEND_FLAG_REPLY | UCP_AM_SEND_FLAG_EAGER;
+    pe->last_tx = sr_now();
     ucs_status_ptr_t sp = ucp_am_send_nbx(pe->ep, AM_CTL, NULL, 0, pe->ctl_out[slot], CTL_BYTES, &prm);
     if (UCS_PTR_IS_ERR(sp))
         peer_fail(t, p, SR_ECOMM, "sending to rank %d: %s (did it exit or fail?)", p,
@@ -354,6 +416,7 @@ static ucs_status_t on_ctl(void *arg, const void *header, size_t header_length, 
         return UCS_OK;
     }
     peer *pe = &t->peers[p];
+    if (pe->authed) pe->last_rx = sr_now();
     const unsigned char *b = data;
     unsigned char mac[MAC_BYTES];
     switch (b[0]) {
@@ -377,18 +440,12 @@ static ucs_status_t on_ctl(void *arg, const void *header, size_t header_length, 
     case CTL_BYE:
         if (pe->authed) peer_fail(t, p, SR_ECOMM, "rank %d closed its transport", p);
         break;
+    case CTL_HEARTBEAT:
+        break;
     default:
         t->dropped++;
     }
     return UCS_OK;
-}
-
-static void ep_error(void *arg, ucp_ep_h ep, ucs_status_t status) {
-    peer *pe = arg;
-    ucx_tp *t = pe->owner;
-    (void)ep;
-    peer_fail(t, pe->rank, SR_ECOMM, "rank %d is unreachable: %s (did it exit or fail?)", pe->rank,
-              ucs_status_string(status));
 }
 
 /* Runs UCX's progress until it has nothing more to do; with the lock held. */
@@ -397,11 +454,37 @@ static void drive(ucx_tp *t) {
     }
 }
 
+/* Heartbeats due, silent peers failed; with the lock held. */
+static void liveness(ucx_tp *t) {
+    double now = sr_now();
+    for (int p = 0; p < t->size; p++) {
+        peer *pe = &t->peers[p];
+        if (!pe->ep || pe->dead) continue;
+        double quiet = now - pe->last_rx;
+        if (quiet >= t->io_timeout_s) {
+            peer_fail(t, p, SR_ECOMM,
+                      "rank %d has sent nothing for %.1f s, not even a heartbeat: it is stopped, hung or cut off "
+                      "(sr_tp_opts.io_timeout_s is %g s)",
+                      p, quiet, t->io_timeout_s);
+        } else if (now - pe->last_tx >= t->io_timeout_s / 4) {
+            pe->ctl_out[3][0] = CTL_HEARTBEAT;
+            ctl_send(t, p, 3);
+        }
+    }
+}
+
 static void *progress_main(void *arg) {
     ucx_tp *t = arg;
     pthread_mutex_lock(&t->mu);
     while (!t->stop) {
+        /* While a waiter spins it drives progress; arming the worker then
+         * would only make every sender signal us through a syscall. */
+        if (t->spinning) {
+            pthread_cond_wait(&t->idle, &t->mu);
+            continue;
+        }
         drive(t);
+        liveness(t);
         /* BUSY: events arrived since the last progress, so progress again */
         if (t->efd >= 0 && ucp_worker_arm(t->worker) == UCS_ERR_BUSY) {
             pthread_mutex_unlock(&t->mu);
@@ -529,18 +612,11 @@ static int ucs_fail(ucs_status_t st, const char *what) {
     return sr_error_set(SR_ECOMM, "transport ucx: %s: %s", what, ucs_status_string(st));
 }
 
-/* UCX context and worker, with the keepalive that bounds failure detection */
+/* UCX context and worker, with our two active-message handlers */
 static int start_ucx(ucx_tp *t) {
     ucp_config_t *cfg;
     ucs_status_t st = ucp_config_read(NULL, NULL, &cfg);
     if (st != UCS_OK) return ucs_fail(st, "ucp_config_read");
-    char ka[32];
-    snprintf(ka, sizeof ka, "%dms", (int)(t->io_timeout_s * 1000 / 4) > 1 ? (int)(t->io_timeout_s * 1000 / 4) : 1);
-    st = ucp_config_modify(cfg, "KEEPALIVE_INTERVAL", ka);
-    if (st != UCS_OK) {
-        ucp_config_release(cfg);
-        return ucs_fail(st, "setting UCX_KEEPALIVE_INTERVAL");
-    }
     ucp_params_t prm;
     memset(&prm, 0, sizeof prm);
     prm.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
@@ -605,12 +681,10 @@ static int connect_all(ucx_tp *t, const setup *s) {
         if (p == t->rank) continue;
         ucp_ep_params_t ep;
         memset(&ep, 0, sizeof ep);
-        ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
-                        UCP_EP_PARAM_FIELD_ERR_HANDLER;
+        /* no UCX peer error handling: see the top of this file */
+        ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
         ep.address = (const ucp_address_t *)(all + (size_t)p * max);
-        ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
-        ep.err_handler.cb = ep_error;
-        ep.err_handler.arg = &t->peers[p];
+        ep.err_mode = UCP_ERR_HANDLING_MODE_NONE;
         if ((st = ucp_ep_create(t->worker, &ep, &t->peers[p].ep)) != UCS_OK) {
             t->peers[p].ep = NULL;
             rc = sr_error_set(SR_ECOMM, "transport ucx: connecting to rank %d: %s", p, ucs_status_string(st));
@@ -633,6 +707,8 @@ static int authenticate(ucx_tp *t, double open_s) {
         memcpy(pe->ctl_out[0] + 1, pe->nonce, NONCE_BYTES);
         ctl_send(t, p, 0);
     }
+    double now = sr_now();
+    for (int p = 0; p < t->size; p++) t->peers[p].last_rx = t->peers[p].last_tx = now;
     int in_time = drive_until(t, all_authed, deadline);
     for (int p = 0; in_time && p < t->size; p++) {
         if (p == t->rank || t->peers[p].dead) continue;
@@ -663,11 +739,15 @@ static void ucx_free(ucx_tp *t) {
         }
     }
     if (t->worker) ucp_worker_destroy(t->worker);
+    /* operations UCX never completed (their peer was gone) */
+    for (int p = 0; t->peers && p < t->size; p++)
+        while (t->peers[p].ops) op_end(t->peers[p].ops);
     if (t->ctx) ucp_cleanup(t->ctx);
     if (t->wake_fd >= 0) close(t->wake_fd);
     sodium_memzero(t->key, sizeof t->key);
     pthread_mutex_destroy(&t->mu);
     pthread_cond_destroy(&t->cv);
+    pthread_cond_destroy(&t->idle);
     free(t->peers);
     free(t);
 }
@@ -706,6 +786,7 @@ static int ucx_open(sr_tp *tp, const sr_tp_opts *o) {
     t->efd = t->wake_fd = -1;
     pthread_mutex_init(&t->mu, NULL);
     pthread_cond_init(&t->cv, NULL);
+    pthread_cond_init(&t->idle, NULL);
     setup s;
     memset(&s, 0, sizeof s);
     int rc = resolve(t, o, &s);
@@ -743,6 +824,7 @@ static void ucx_close(sr_tp *tp) {
     ucx_tp *t = tp->impl;
     pthread_mutex_lock(&t->mu);
     t->stop = 1;
+    pthread_cond_signal(&t->idle);
     pthread_mutex_unlock(&t->mu);
     uint64_t one = 1;
     ssize_t n = write(t->wake_fd, &one, sizeof one);
@@ -755,8 +837,11 @@ static void ucx_close(sr_tp *tp) {
 }
 
 static void send_done(void *request, ucs_status_t status, void *user_data) {
-    ucx_req *r = user_data;
-    ucx_tp *t = r->base.tp->impl;
+    op *o = user_data;
+    ucx_tp *t = o->owner;
+    ucx_req *r = op_end(o);
+    ucp_request_free(request);
+    if (!r) return;
     if (status == UCS_OK) {
         req_complete(t, r, SR_OK, NULL);
     } else {
@@ -765,7 +850,6 @@ static void send_done(void *request, ucs_status_t status, void *user_data) {
                  (long long)r->base.len, r->base.peer, r->base.tag, peer_word(status), ucs_status_string(status));
         req_complete(t, r, SR_ECOMM, msg);
     }
-    ucp_request_free(request);
 }
 
 /* to this rank: through a posted receive or the unexpected list */
@@ -799,23 +883,28 @@ static int ucx_isend(sr_tp *tp, sr_tp_req *req, const void *buf, int64_t len, in
     ucx_tp *t = tp->impl;
     ucx_req *r = (ucx_req *)req;
     int rc = SR_OK;
+    op *o = NULL;
     pthread_mutex_lock(&t->mu);
     peer *pe = &t->peers[peer_rank];
     if (peer_rank == t->rank) {
         rc = send_self(t, r, buf, len, tag);
     } else if (pe->dead) {
         req_complete(t, r, pe->err_code, pe->err);
+    } else if (!(o = op_new(t, r))) {
+        rc = sr_error_set(SR_ENOMEM, "out of memory for a ucx send");
     } else {
         r->hdr = tag;
+        pe->last_tx = sr_now();
         ucp_request_param_t prm;
         memset(&prm, 0, sizeof prm);
         prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS |
                            UCP_OP_ATTR_FIELD_DATATYPE;
         prm.cb.send = send_done;
-        prm.user_data = r;
+        prm.user_data = o;
         prm.flags = UCP_AM_SEND_FLAG_REPLY;
         prm.datatype = ucp_dt_make_contig(1);
         ucs_status_ptr_t sp = ucp_am_send_nbx(pe->ep, AM_DATA, &r->hdr, sizeof r->hdr, buf, (size_t)len, &prm);
+        if (sp == NULL || UCS_PTR_IS_ERR(sp)) op_end(o);
         if (sp == NULL) {
             req_complete(t, r, SR_OK, NULL);
         } else if (UCS_PTR_IS_ERR(sp)) {
@@ -873,11 +962,18 @@ static int ucx_test(sr_tp_req *req, int *done) {
 static int ucx_wait(sr_tp_req *req) {
     ucx_tp *t = req->tp->impl;
     ucx_req *r = (ucx_req *)req;
-    double spin_until = sr_now() + SPIN_S;
     pthread_mutex_lock(&t->mu);
+    if (!r->done) {
+        t->spinning++;
+        for (double until = sr_now() + SPIN_S; !r->done && sr_now() < until;) {
+            drive(t);
+            if (r->done) break;
+            pthread_mutex_unlock(&t->mu);
+            pthread_mutex_lock(&t->mu);
+        }
+        if (--t->spinning == 0) pthread_cond_signal(&t->idle);
+    }
     while (!r->done) {
-        drive(t);
-        if (r->done || sr_now() < spin_until) continue;
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += PROGRESS_MS * 1000000L;

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <time.h>
 #include <ucp/api/ucp.h>
 #include <unistd.h>
@@ -402,6 +403,46 @@ static int t_ucx_stranger(sr_tp *tp, const mpi_exchange_log *log) {
     return fails;
 }
 
+/* A peer that stops (SIGSTOP: as a hung or cut-off one looks) fails the
+ * requests on it with SR_ECOMM naming it within about io_timeout_s; then it
+ * is resumed and every rank closes. */
+static int t_ucx_silent_peer(void) {
+    int fails = 0;
+    unsigned char key[32];
+    memset(key, 0x3c, sizeof key);
+    sr_tp_opts o = sr_tp_opts_default();
+    o.rank = rank;
+    o.size = size;
+    o.timeout_s = 10;
+    o.io_timeout_s = 1;
+    o.exchange = mpi_exchange;
+    o.key = key;
+    o.key_len = sizeof key;
+    sr_tp *tp = NULL;
+    EXPECT_OK(sr_tp_open(&tp, "ucx", &o));
+    int pid1 = (int)getpid();
+    MPI_Bcast(&pid1, 1, MPI_INT, 1, MPI_COMM_WORLD);
+    if (rank == 1) {
+        raise(SIGSTOP);
+    } else if (rank == 0) {
+        char b[8];
+        sr_tp_req *q = NULL;
+        double t0 = MPI_Wtime();
+        COUNT_OK(sr_tp_irecv(tp, b, 8, 1, 0, &q));
+        int rc = sr_tp_wait(q);
+        double took = MPI_Wtime() - t0;
+        if (rc != SR_ECOMM || !strstr(sr_error_msg(), "rank 1") || took > 5) {
+            fprintf(stderr, "rank 0: receive from a stopped peer gave %s after %.1f s: %s\n", sr_strerror(rc), took,
+                    sr_error_msg());
+            fails++;
+        }
+        kill((pid_t)pid1, SIGCONT);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    sr_tp_close(tp);
+    return fails;
+}
+
 /* Rank 1 holds another key: every rank's open fails in time (those that
  * verified rank 1 themselves name it and the key; the others may see a peer
  * give up first). */
@@ -455,6 +496,7 @@ int main(int argc, char **argv) {
     free(log.blocks);
     tp = NULL;
     if (size >= 2) tap(t_ucx_wrong_key(), "ucx: a rank with another key is refused at open");
+    if (size >= 2) tap(t_ucx_silent_peer(), "ucx: a stopped peer gives SR_ECOMM naming the rank within io_timeout_s");
     fails = 0;
     COUNT_OK(sr_tp_open(&tp, "ucx", NULL));
     tap(fails, "ucx: open with no exchange given, over MPI with a fresh key");
