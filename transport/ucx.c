@@ -71,6 +71,7 @@
 #include <unistd.h>
 
 #include "base/clock.h"
+#include "base/log.h"
 #include "base/status.h"
 #include "transport/tcp_mesh.h"
 #include "transport/transport.h"
@@ -123,8 +124,6 @@ typedef struct umsg {
 
 typedef struct {
     ucp_ep_h ep; /* NULL for this rank itself */
-    void *owner; /* the ucx_tp, for the endpoint's error handler */
-    int rank;
     int authed, ready, dead, err_code;
     char err[MSG_BYTES];
     unsigned char nonce[NONCE_BYTES]; /* ours, for this peer to answer */
@@ -145,8 +144,8 @@ typedef struct {
     int64_t max_buffered;
     double io_timeout_s;
     int ctl_pending; /* control messages not yet sent */
-    long dropped;    /* messages from endpoints that are not an authenticated peer's */
-    int efd, wake_fd, stop, thread_started;
+    long dropped;    /* messages from strangers' endpoints, or from peers already failed */
+    int efd, wake_fd, stop;
     pthread_t thread;
     int spinning; /* waiters driving progress themselves */
     pthread_mutex_t mu;
@@ -792,10 +791,6 @@ static int ucx_open(sr_tp *tp, const sr_tp_opts *o) {
     int rc = resolve(t, o, &s);
     if (rc == SR_OK && !(t->peers = calloc((size_t)t->size, sizeof *t->peers)))
         rc = sr_error_set(SR_ENOMEM, "out of memory for %d ucx peers", t->size);
-    for (int p = 0; rc == SR_OK && p < t->size; p++) {
-        t->peers[p].owner = t;
-        t->peers[p].rank = p;
-    }
     if (rc == SR_OK) rc = start_ucx(t);
     if (rc == SR_OK) rc = connect_all(t, &s);
     pthread_mutex_lock(&t->mu);
@@ -833,6 +828,10 @@ static void ucx_close(sr_tp *tp) {
     pthread_mutex_lock(&t->mu);
     disconnect_all(t);
     pthread_mutex_unlock(&t->mu);
+    if (t->dropped)
+        SR_WARN("transport ucx: dropped %ld messages that came from no authenticated peer's endpoint (a stranger, or a "
+                "peer already failed)",
+                t->dropped);
     ucx_free(t);
 }
 
