@@ -247,10 +247,8 @@ int srb_cmd_transport(int argc, char **argv) {
     int n_sizes = o.quick ? QUICK_SIZES : N_SIZES;
     int64_t max = sizes[n_sizes - 1];
     bufs b = {.rank = rank};
-    int ok = (b.send = malloc((size_t)max)) != NULL;
-    for (int k = 0; k < window(max) && ok; k++) ok = (b.recv[k] = malloc((size_t)max)) != NULL;
     sr_tp *tps[N_BACKENDS] = {0};
-    rc = ok ? SR_OK : sr_error_set(SR_ENOMEM, "out of memory for %lld-byte buffers", (long long)max);
+    rc = (b.send = malloc((size_t)max)) ? SR_OK : sr_error_set(SR_ENOMEM, "out of memory for %lld bytes", (long long)max);
     for (int be = 0; be < N_BACKENDS && rc == SR_OK; be++) {
         if (o.only && strcmp(o.only, backend_names[be])) continue;
         rc = be == 2 ? open_tcp(&tps[be], rank) : sr_tp_open(&tps[be], backend_names[be], NULL);
@@ -269,9 +267,18 @@ int srb_cmd_transport(int argc, char **argv) {
         srb_report_fact_str(r, "stream", "GB/s of payload, a window of sends then an ack; base is mpi");
     }
     for (int i = 0; i < n_sizes && rc == SR_OK; i++) {
-        for (int64_t k = 0; k < sizes[i]; k++) b.send[k] = pattern(k, sizes[i]);
-        rc = measure(tps, &b, sizes[i], 0, &o, r);
+        /* a window's receive buffers: at most 128 MiB, so allocated per size */
+        for (int k = 0; k < window(sizes[i]) && rc == SR_OK; k++)
+            if (!(b.recv[k] = malloc((size_t)sizes[i])))
+                rc = sr_error_set(SR_ENOMEM, "out of memory for %d buffers of %lld bytes", window(sizes[i]),
+                                  (long long)sizes[i]);
+        for (int64_t k = 0; rc == SR_OK && k < sizes[i]; k++) b.send[k] = pattern(k, sizes[i]);
+        if (rc == SR_OK) rc = measure(tps, &b, sizes[i], 0, &o, r);
         if (rc == SR_OK) rc = measure(tps, &b, sizes[i], 1, &o, r);
+        for (int k = 0; k < MAX_WINDOW; k++) {
+            free(b.recv[k]);
+            b.recv[k] = NULL;
+        }
     }
     int64_t wrong = r ? srb_report_wrong(r) : 0;
     if (r) {
@@ -281,7 +288,6 @@ int srb_cmd_transport(int argc, char **argv) {
     if (rc != SR_OK) fprintf(stderr, "starring-bench transport: rank %d: %s\n", rank, sr_error_msg());
     for (int be = 0; be < N_BACKENDS; be++) sr_tp_close(tps[be]);
     free(b.send);
-    for (int k = 0; k < MAX_WINDOW; k++) free(b.recv[k]);
     MPI_Finalize();
     if (wrong) fprintf(stderr, "starring-bench transport: %lld wrong bytes\n", (long long)wrong);
     return rc != SR_OK ? 1 : wrong ? 3 : 0;
