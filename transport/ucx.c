@@ -278,13 +278,13 @@ static void pull_done(void *request, ucs_status_t status, size_t length, void *u
     }
 }
 
-/* Pulls a rendezvous message into a matched receive of the right length. */
-static void rndv_pull(ucx_tp *t, ucx_req *r, void *desc) {
+/* Pulls a rendezvous message into a matched receive of the right length;
+ * 0 if out of memory, when desc is still the caller's to drop. */
+static int rndv_pull(ucx_tp *t, ucx_req *r, void *desc) {
     op *o = op_new(t, r);
     if (!o) {
-        ucp_am_data_release(t->worker, desc);
         req_complete(t, r, SR_ENOMEM, "out of memory for a ucx receive");
-        return;
+        return 0;
     }
     ucp_request_param_t prm;
     memset(&prm, 0, sizeof prm);
@@ -302,6 +302,7 @@ static void rndv_pull(ucx_tp *t, ucx_req *r, void *desc) {
                  r->base.peer, r->base.tag, ucs_status_string(UCS_PTR_STATUS(sp)));
         req_complete(t, r, SR_ECOMM, msg);
     }
+    return 1;
 }
 
 static ucs_status_t on_data(void *arg, const void *header, size_t header_length, void *data, size_t length,
@@ -333,8 +334,7 @@ static ucs_status_t on_data(void *arg, const void *header, size_t header_length,
             req_complete(t, r, SR_OK, NULL);
             return UCS_OK;
         }
-        rndv_pull(t, r, data);
-        return UCS_INPROGRESS;
+        return rndv_pull(t, r, data) ? UCS_INPROGRESS : UCS_OK;
     }
     umsg *m = calloc(1, sizeof *m);
     if (!rndv && m && (int64_t)length > t->max_buffered - pe->buffered) {
@@ -366,7 +366,7 @@ static ucs_status_t on_data(void *arg, const void *header, size_t header_length,
 
 static void ctl_sent(void *request, ucs_status_t status, void *user_data) {
     ucx_tp *t = user_data;
-    (void)status; /* a failed peer is reported by the endpoint's error handler */
+    (void)status; /* a peer that is gone falls silent and fails by the heartbeat timeout */
     t->ctl_pending--;
     pthread_cond_broadcast(&t->cv);
     ucp_request_free(request);
@@ -929,7 +929,7 @@ static int ucx_irecv(sr_tp *tp, sr_tp_req *req, void *buf, int64_t len, int peer
             size_mismatch(t, r, m->len);
             if (m->desc) ucp_am_data_release(t->worker, m->desc); /* the sender's send completes */
         } else if (m->desc) {
-            rndv_pull(t, r, m->desc);
+            if (!rndv_pull(t, r, m->desc)) ucp_am_data_release(t->worker, m->desc);
         } else {
             if (len) memcpy(buf, m->data, (size_t)len);
             req_complete(t, r, SR_OK, NULL);
