@@ -51,7 +51,8 @@
  * ends with SR_ECOMM naming the rank, whether it exited, was killed, hung or
  * was cut off. UCX's own peer error handling is not used: in UCX 1.13 it
  * rules out the shared-memory transports (sysv, posix: "no peer failure
- * handler"), which on one host are 10x faster than TCP loopback. Errors UCX
+ * handler"), which on one host are 10x faster than TCP loopback (8 B
+ * ping-pong here: 1.3 us against 15 us). Errors UCX
  * still reports on a request fail that request with SR_ECOMM. A peer that
  * closes its transport says so first, so requests on it fail at once.
  * Requests that UCX still holds when their peer fails are detached (their
@@ -148,6 +149,8 @@ typedef struct {
     int efd, wake_fd, stop;
     pthread_t thread;
     int spinning; /* waiters driving progress themselves */
+    int live;         /* open: heartbeats and silence checks run */
+    double next_live; /* when they are next due */
     pthread_mutex_t mu;
     pthread_cond_t cv;   /* a request completed */
     pthread_cond_t idle; /* no waiter is spinning, or stop */
@@ -447,12 +450,6 @@ static ucs_status_t on_ctl(void *arg, const void *header, size_t header_length, 
     return UCS_OK;
 }
 
-/* Runs UCX's progress until it has nothing more to do; with the lock held. */
-static void drive(ucx_tp *t) {
-    while (ucp_worker_progress(t->worker) != 0) {
-    }
-}
-
 /* Heartbeats due, silent peers failed; with the lock held. */
 static void liveness(ucx_tp *t) {
     double now = sr_now();
@@ -472,6 +469,19 @@ static void liveness(ucx_tp *t) {
     }
 }
 
+/* Runs UCX's progress until it has nothing more to do, and the liveness
+ * checks when due (whoever drives: a caller that keeps waiting keeps the
+ * progress thread aside); with the lock held. */
+static void drive(ucx_tp *t) {
+    while (ucp_worker_progress(t->worker) != 0) {
+    }
+    if (!t->live) return;
+    double now = sr_now();
+    if (now < t->next_live) return;
+    t->next_live = now + t->io_timeout_s / 8;
+    liveness(t);
+}
+
 static void *progress_main(void *arg) {
     ucx_tp *t = arg;
     pthread_mutex_lock(&t->mu);
@@ -483,7 +493,6 @@ static void *progress_main(void *arg) {
             continue;
         }
         drive(t);
-        liveness(t);
         /* BUSY: events arrived since the last progress, so progress again */
         if (t->efd >= 0 && ucp_worker_arm(t->worker) == UCS_ERR_BUSY) {
             pthread_mutex_unlock(&t->mu);
@@ -798,9 +807,11 @@ static int ucx_open(sr_tp *tp, const sr_tp_opts *o) {
     pthread_mutex_unlock(&t->mu);
     if (rc == SR_OK && (t->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
         rc = sr_error_set(SR_ECOMM, "eventfd: %s", strerror(errno));
+    t->live = rc == SR_OK;
     if (rc == SR_OK && pthread_create(&t->thread, NULL, progress_main, t) != 0)
         rc = sr_error_set(SR_ECOMM, "cannot start the ucx progress thread");
     if (rc != SR_OK) {
+        t->live = 0;
         if (t->worker && t->peers) {
             pthread_mutex_lock(&t->mu);
             disconnect_all(t);
@@ -819,6 +830,7 @@ static void ucx_close(sr_tp *tp) {
     ucx_tp *t = tp->impl;
     pthread_mutex_lock(&t->mu);
     t->stop = 1;
+    t->live = 0;
     pthread_cond_signal(&t->idle);
     pthread_mutex_unlock(&t->mu);
     uint64_t one = 1;

@@ -443,6 +443,57 @@ static int t_ucx_silent_peer(void) {
     return fails;
 }
 
+/* Ranks 0 and 1 ping-pong for 2.5 io_timeout_s while rank 2 waits for one
+ * message from rank 0: a rank busy waiting on one peer still sends the
+ * others its heartbeats, so nobody is failed for silence. */
+static int t_ucx_busy_peer(void) {
+    int fails = 0;
+    unsigned char key[32];
+    memset(key, 0x77, sizeof key);
+    sr_tp_opts o = sr_tp_opts_default();
+    o.rank = rank;
+    o.size = size;
+    o.timeout_s = 10;
+    o.io_timeout_s = 1;
+    o.exchange = mpi_exchange;
+    o.key = key;
+    o.key_len = sizeof key;
+    sr_tp *tp = NULL;
+    EXPECT_OK(sr_tp_open(&tp, "ucx", &o));
+    char b[8] = "busy";
+    sr_tp_req *q = NULL;
+    if (rank <= 1) {
+        double t0 = MPI_Wtime();
+        int more = 1;
+        while (more && !fails) {
+            if (rank == 0) more = MPI_Wtime() - t0 < 2.5;
+            sr_tp_req *r2 = NULL;
+            if (rank == 0) {
+                COUNT_OK(sr_tp_isend(tp, &more, sizeof more, 1, 1, &q));
+                COUNT_OK(sr_tp_irecv(tp, b, 8, 1, 2, &r2));
+            } else {
+                COUNT_OK(sr_tp_irecv(tp, &more, sizeof more, 0, 1, &q));
+                COUNT_OK(sr_tp_wait(q));
+                q = NULL;
+                COUNT_OK(sr_tp_isend(tp, b, 8, 0, 2, &r2));
+            }
+            COUNT_OK(sr_tp_wait(q));
+            COUNT_OK(sr_tp_wait(r2));
+            q = NULL;
+        }
+        if (rank == 0 && size > 2) {
+            COUNT_OK(sr_tp_isend(tp, b, 8, 2, 3, &q));
+            COUNT_OK(sr_tp_wait(q));
+        }
+    } else if (rank == 2) {
+        COUNT_OK(sr_tp_irecv(tp, b, 8, 0, 3, &q));
+        COUNT_OK(sr_tp_wait(q));
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    sr_tp_close(tp);
+    return fails;
+}
+
 /* Rank 1 holds another key: every rank's open fails in time (those that
  * verified rank 1 themselves name it and the key; the others may see a peer
  * give up first). */
@@ -497,6 +548,7 @@ int main(int argc, char **argv) {
     tp = NULL;
     if (size >= 2) tap(t_ucx_wrong_key(), "ucx: a rank with another key is refused at open");
     if (size >= 2) tap(t_ucx_silent_peer(), "ucx: a stopped peer gives SR_ECOMM naming the rank within io_timeout_s");
+    if (size >= 3) tap(t_ucx_busy_peer(), "ucx: ranks busy with each other past io_timeout_s still heartbeat a third");
     fails = 0;
     COUNT_OK(sr_tp_open(&tp, "ucx", NULL));
     tap(fails, "ucx: open with no exchange given, over MPI with a fresh key");
