@@ -25,35 +25,41 @@
  *  - reading: data is only ever sent on endpoints created from the exchanged
  *    addresses, and only after the process at the other end has proved the
  *    key on that endpoint. A stranger gets nothing from us.
- *  - injection by a process using UCX (or any client following its wire-up
- *    protocol): its connection is an endpoint of its own on our worker, not
- *    one of ours, so everything it sends is dropped; and it cannot complete
- *    the handshake without the key.
+ *  - injection by a process using UCX as shipped, even one holding our
+ *    worker address: its connection is an endpoint of its own on our
+ *    worker, not one of ours, so everything it sends is dropped (tested:
+ *    eager and rendezvous); and it cannot complete the handshake without
+ *    the key.
  * What it does not protect: the messages after the handshake carry no MAC.
- * Someone who can forge UCX's packets (write a raw AM header naming the
- * endpoint id of an authenticated peer into the worker's TCP port, or write
- * into the shared-memory segments, which needs the same user) can inject;
- * someone on the network path can read and rewrite, as with tcp. Encrypting
- * or MACing every payload would cost the bandwidth this backend is for.
+ * Someone who forges UCX's packets (a raw AM header naming the endpoint id
+ * of an authenticated peer, or a wire-up claiming a peer's worker id) can
+ * inject; someone on the network path can read and rewrite, as with tcp.
+ * On one host, UCX's System V segments are mode 660 (seen with ipcs -m), so
+ * a process of the same user or group can attach them and read or write
+ * what passes through; the same user can read our memory anyway (CMA,
+ * ptrace). Encrypting or MACing every payload would cost the bandwidth this
+ * backend is for. The worker addresses are only as trustworthy as the
+ * exchange that delivered them (the coordinator's authenticated join).
  *
  * Progress: a thread per transport sleeps on the worker's event fd (and wakes
- * at least every PROGRESS_MS, for transports without events and for UCX's
- * keepalive), so transfers go on while the caller computes, as with tcp; a
+ * at least every PROGRESS_MS, for transports without events and for the
+ * heartbeats), so transfers go on while the caller computes, as with tcp; a
  * caller in sr_tp_wait drives progress itself for a short spin before
  * sleeping, which is what keeps small-message latency low, and the thread
  * stands aside meanwhile (an armed worker makes every sender signal it
  * through a syscall). One mutex guards the worker (UCS_THREAD_MODE_SERIALIZED)
  * and all state here.
  *
- * Failures: as tcp does, the progress thread sends a heartbeat to each peer
- * it has sent nothing to for a quarter of io_timeout_s and fails a peer it
- * has heard nothing from for the whole of it: every request on that peer
+ * Failures: as in tcp, a heartbeat goes to each peer we have sent nothing to
+ * for a quarter of io_timeout_s and a peer we have heard nothing from for
+ * the whole of it fails (checked by whoever drives progress, the thread or a
+ * waiting caller): every request on that peer
  * ends with SR_ECOMM naming the rank, whether it exited, was killed, hung or
  * was cut off. UCX's own peer error handling is not used: in UCX 1.13 it
  * rules out the shared-memory transports (sysv, posix: "no peer failure
  * handler"), which on one host are 10x faster than TCP loopback (8 B
- * ping-pong here: 1.3 us against 15 us). Errors UCX
- * still reports on a request fail that request with SR_ECOMM. A peer that
+ * ping-pong here: 1.3 us against 15 us). Errors UCX still reports on a
+ * request fail that request with SR_ECOMM. A peer that
  * closes its transport says so first, so requests on it fail at once.
  * Requests that UCX still holds when their peer fails are detached (their
  * completion, whenever UCX gives it, is dropped) so they can be released. */
