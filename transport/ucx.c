@@ -90,6 +90,9 @@
 #define TAG_WIRE_MAX (SR_TP_TAG_MAX + 16) /* the user's tags and the frontend's collectives */
 #define PROGRESS_MS 10
 #define SPIN_S 50e-6 /* a waiter drives progress itself this long before sleeping */
+/* while waiters spin, the thread looks again this often (not at every wait's
+ * end: waking it per message cost more than the message) */
+#define IDLE_NS 1000000L
 #define DEFAULT_OPEN_S 60
 #define DEFAULT_IO_S 30
 #define DEFAULT_MAX_BUFFERED ((int64_t)1 << 30)
@@ -157,9 +160,10 @@ typedef struct {
     int spinning; /* waiters driving progress themselves */
     int live;         /* open: heartbeats and silence checks run */
     double next_live; /* when they are next due */
+    unsigned drives;  /* calls of drive, to read the clock in only some */
     pthread_mutex_t mu;
     pthread_cond_t cv;   /* a request completed */
-    pthread_cond_t idle; /* no waiter is spinning, or stop */
+    pthread_cond_t idle; /* a waiter stopped spinning without its request, or stop */
 } ucx_tp;
 
 static void req_complete(ucx_tp *t, ucx_req *r, int status, const char *msg) {
@@ -475,17 +479,22 @@ static void liveness(ucx_tp *t) {
     }
 }
 
-/* Runs UCX's progress until it has nothing more to do, and the liveness
- * checks when due (whoever drives: a caller that keeps waiting keeps the
- * progress thread aside); with the lock held. */
-static void drive(ucx_tp *t) {
-    while (ucp_worker_progress(t->worker) != 0) {
-    }
+static void liveness_due(ucx_tp *t) {
     if (!t->live) return;
     double now = sr_now();
     if (now < t->next_live) return;
     t->next_live = now + t->io_timeout_s / 8;
     liveness(t);
+}
+
+/* Runs UCX's progress until it has nothing more to do, and the liveness
+ * checks when due (whoever drives: a caller that keeps waiting keeps the
+ * progress thread aside); with the lock held. The clock is read every 64th
+ * time only: in a tight wait it was the largest cost. */
+static void drive(ucx_tp *t) {
+    while (ucp_worker_progress(t->worker) != 0) {
+    }
+    if ((++t->drives & 63) == 0) liveness_due(t);
 }
 
 static void *progress_main(void *arg) {
@@ -495,10 +504,15 @@ static void *progress_main(void *arg) {
         /* While a waiter spins it drives progress; arming the worker then
          * would only make every sender signal us through a syscall. */
         if (t->spinning) {
-            pthread_cond_wait(&t->idle, &t->mu);
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += IDLE_NS;
+            if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+            pthread_cond_timedwait(&t->idle, &t->mu, &ts);
             continue;
         }
         drive(t);
+        liveness_due(t);
         /* BUSY: events arrived since the last progress, so progress again */
         if (t->efd >= 0 && ucp_worker_arm(t->worker) == UCS_ERR_BUSY) {
             pthread_mutex_unlock(&t->mu);
@@ -982,13 +996,15 @@ static int ucx_wait(sr_tp_req *req) {
     pthread_mutex_lock(&t->mu);
     if (!r->done) {
         t->spinning++;
-        for (double until = sr_now() + SPIN_S; !r->done && sr_now() < until;) {
+        double until = sr_now() + SPIN_S;
+        for (unsigned i = 1; !r->done && ((i & 15) || sr_now() < until); i++) {
             drive(t);
             if (r->done) break;
             pthread_mutex_unlock(&t->mu);
             pthread_mutex_lock(&t->mu);
         }
-        if (--t->spinning == 0) pthread_cond_signal(&t->idle);
+        /* the thread takes over at once only if this waiter is going to sleep */
+        if (--t->spinning == 0 && !r->done) pthread_cond_signal(&t->idle);
     }
     while (!r->done) {
         struct timespec ts;
