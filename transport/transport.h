@@ -17,10 +17,10 @@
  * ping-pong 1.2 us against tcp's 49 us; streams 1.5x to 13x tcp's bandwidth
  * at every size from 8 B to 64 MiB) because UCX uses shared memory there;
  * between hosts both are TCP unless the network has RDMA. tcp earns its
- * place by what ucx lacks: it needs nothing but sockets (no UCX, and no coordinator or MPI for
- * the rendezvous: a host list does); every connection is authenticated
- * before a byte of it is accepted, and its wire format is ours, capped and
- * fuzzed. ucx's handshake keeps out UCX clients without the key, not
+ * place by what ucx lacks: it needs nothing but sockets (no UCX, and no
+ * coordinator or MPI for the rendezvous: a host list does); every
+ * connection is authenticated before a byte of it is accepted, and its wire
+ * format is ours, capped and fuzzed. ucx's handshake keeps out UCX clients without the key, not
  * someone who forges UCX's packets (see transport/ucx.c).
  *
  * A transport (sr_tp) is a long-lived handle; each isend/irecv is a one-shot
