@@ -201,9 +201,9 @@ static int measure(sr_tp *const *tps, bufs *b, int64_t n, int kind, const srb_op
         srb_row row;
         memset(&row, 0, sizeof row);
         snprintf(row.section, sizeof row.section, "%s", backend_names[be]);
-        if (n >= 1 << 20) snprintf(row.name, sizeof row.name, "%s %lld MiB", kind ? "stream" : "pingpong", (long long)(n >> 20));
-        else if (n >= 1 << 10) snprintf(row.name, sizeof row.name, "%s %lld KiB", kind ? "stream" : "pingpong", (long long)(n >> 10));
-        else snprintf(row.name, sizeof row.name, "%s %lld B", kind ? "stream" : "pingpong", (long long)n);
+        int shift = n >= 1 << 20 ? 20 : n >= 1 << 10 ? 10 : 0;
+        snprintf(row.name, sizeof row.name, "%s %lld %s", kind ? "stream" : "pingpong", (long long)(n >> shift),
+                 shift == 20 ? "MiB" : shift == 10 ? "KiB" : "B");
         snprintf(row.kv, sizeof row.kv, "-");
         row.unit = kind == 0 ? "us" : "GB/s";
         row.t.median_s = med[be];
@@ -248,7 +248,8 @@ int srb_cmd_transport(int argc, char **argv) {
     int64_t max = sizes[n_sizes - 1];
     bufs b = {.rank = rank};
     sr_tp *tps[N_BACKENDS] = {0};
-    rc = (b.send = malloc((size_t)max)) ? SR_OK : sr_error_set(SR_ENOMEM, "out of memory for %lld bytes", (long long)max);
+    rc = (b.send = malloc((size_t)max)) ? SR_OK
+                                        : sr_error_set(SR_ENOMEM, "out of memory for %lld bytes", (long long)max);
     for (int be = 0; be < N_BACKENDS && rc == SR_OK; be++) {
         if (o.only && strcmp(o.only, backend_names[be])) continue;
         rc = be == 2 ? open_tcp(&tps[be], rank) : sr_tp_open(&tps[be], backend_names[be], NULL);
