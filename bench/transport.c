@@ -12,7 +12,6 @@
  * nccl-tests: rank 1 sends back what it received, so rank 0 compares both
  * directions of the ping-pong against the pattern, and rank 1 compares every
  * streamed buffer of the last window; wrong bytes are summed over ranks. */
-#include <errno.h>
 #include <math.h>
 #include <mpi.h>
 #include <stdio.h>
