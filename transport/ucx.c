@@ -64,7 +64,6 @@
  * Requests that UCX still holds when their peer fails are detached (their
  * completion, whenever UCX gives it, is dropped) so they can be released. */
 #include <errno.h>
-#include <mpi.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sodium.h>
@@ -80,23 +79,19 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/status.h"
-#include "transport/tcp_mesh.h"
 #include "transport/transport.h"
+#include "transport/ucx_setup.h"
 
 #define MSG_BYTES 320
 #define NONCE_BYTES 32
 #define MAC_BYTES crypto_auth_hmacsha256_BYTES
-#define KEY_BYTES crypto_hash_sha256_BYTES
+#define KEY_BYTES SR_TP__UCX_KEY_BYTES
 #define TAG_WIRE_MAX (SR_TP_TAG_MAX + 16) /* the user's tags and the frontend's collectives */
 #define PROGRESS_MS 10
 #define SPIN_S 50e-6 /* a waiter drives progress itself this long before sleeping */
 /* while waiters spin, the thread looks again this often (not at every wait's
  * end: waking it per message cost more than the message) */
 #define IDLE_NS 1000000L
-#define DEFAULT_OPEN_S 60
-#define DEFAULT_IO_S 30
-#define DEFAULT_MAX_BUFFERED ((int64_t)1 << 30)
-#define ADDR_MAX (1 << 20) /* a worker address longer than this is not one */
 
 enum { AM_DATA = 1, AM_CTL = 2 };
 enum { CTL_HELLO = 1, CTL_PROOF, CTL_READY, CTL_BYE, CTL_HEARTBEAT };
@@ -561,169 +556,6 @@ static int all_ready(ucx_tp *t) {
 
 static int ctl_flushed(ucx_tp *t) { return t->ctl_pending == 0; }
 
-static int mpi_exchange(void *data, const void *send, size_t len, void *recv) {
-    if (len > (size_t)INT32_MAX) return sr_error_set(SR_ERANGE, "transport ucx: %zu-byte address block over MPI", len);
-    int rc = MPI_Allgather(send, (int)len, MPI_BYTE, recv, (int)len, MPI_BYTE, *(MPI_Comm *)data);
-    return rc == MPI_SUCCESS ? SR_OK : sr_error_set(SR_ECOMM, "transport ucx: MPI_Allgather of addresses failed");
-}
-
-typedef struct {
-    int (*exchange)(void *, const void *, size_t, void *);
-    void *data;
-    MPI_Comm comm;
-    double open_s;
-} setup;
-
-static int pick_s(double v, const char *name, double dflt, double *out) {
-    if (v < 0 || v > 86400)
-        return sr_error_set(SR_EINVAL, "sr_tp_opts.%s %g is not 0 (default) or up to 86400 seconds", name, v);
-    *out = v > 0 ? v : dflt;
-    return SR_OK;
-}
-
-/* rank, size, key and limits from the options, the environment or MPI */
-static int resolve(ucx_tp *t, const sr_tp_opts *o, setup *s) {
-    int rc;
-    if (sodium_init() < 0) return sr_error_set(SR_ESTATE, "transport ucx: libsodium failed to initialise");
-    if (o->key && (o->key_len < 16 || o->key_len > 4096))
-        return sr_error_set(SR_EINVAL, "sr_tp_opts.key_len %zu is out of range 16..4096", o->key_len);
-    if (o->max_buffered_bytes < 0)
-        return sr_error_set(SR_EINVAL, "sr_tp_opts.max_buffered_bytes %lld is negative",
-                            (long long)o->max_buffered_bytes);
-    t->max_buffered = o->max_buffered_bytes ? o->max_buffered_bytes : DEFAULT_MAX_BUFFERED;
-    if ((rc = pick_s(o->timeout_s, "timeout_s", DEFAULT_OPEN_S, &s->open_s)) != SR_OK ||
-        (rc = pick_s(o->io_timeout_s, "io_timeout_s", DEFAULT_IO_S, &t->io_timeout_s)) != SR_OK)
-        return rc;
-    if (o->exchange) {
-        s->exchange = o->exchange;
-        s->data = o->exchange_data;
-        if (o->key) {
-            if (o->size < 1 || o->rank < 0 || o->rank >= o->size)
-                return sr_error_set(SR_EINVAL, "transport ucx: sr_tp_opts.rank %d of size %d is out of range 0..size-1",
-                                    o->rank, o->size);
-            t->rank = o->rank;
-            t->size = o->size;
-            crypto_hash_sha256(t->key, o->key, (unsigned long long)o->key_len);
-            return SR_OK;
-        }
-        /* the same rank, size and secret settings as tcp's (SR_RANK, SR_TCP_SECRET_FILE, ...) */
-        sr_tp__tcp_cfg c;
-        if ((rc = sr_tp__tcp_config(o, &c)) != SR_OK) return rc;
-        t->rank = c.rank;
-        t->size = c.size;
-        if (c.key) crypto_hash_sha256(t->key, c.key, (unsigned long long)c.key_len);
-        sr_tp__tcp_config_free(&c);
-        return SR_OK;
-    }
-    int inited = 0, finalized = 0;
-    if (MPI_Initialized(&inited) != MPI_SUCCESS || MPI_Finalized(&finalized) != MPI_SUCCESS || !inited || finalized)
-        return sr_error_set(SR_EINVAL,
-                            "transport ucx: no way to exchange worker addresses: set sr_tp_opts.exchange (an "
-                            "allgather, e.g. through the coordinator) or run under mpirun with MPI initialised");
-    s->comm = o->mpi_comm ? *(const MPI_Comm *)o->mpi_comm : MPI_COMM_WORLD;
-    s->exchange = mpi_exchange;
-    s->data = &s->comm;
-    if (MPI_Comm_rank(s->comm, &t->rank) != MPI_SUCCESS || MPI_Comm_size(s->comm, &t->size) != MPI_SUCCESS)
-        return sr_error_set(SR_ECOMM, "transport ucx: cannot read rank and size of the MPI communicator");
-    if (o->key) {
-        crypto_hash_sha256(t->key, o->key, (unsigned long long)o->key_len);
-        return SR_OK;
-    }
-    /* MPI already trusts every rank it started; a fresh key per open */
-    if (t->rank == 0) randombytes_buf(t->key, KEY_BYTES);
-    if (MPI_Bcast(t->key, KEY_BYTES, MPI_BYTE, 0, s->comm) != MPI_SUCCESS)
-        return sr_error_set(SR_ECOMM, "transport ucx: MPI_Bcast of the job key failed");
-    return SR_OK;
-}
-
-static int ucs_fail(ucs_status_t st, const char *what) {
-    return sr_error_set(SR_ECOMM, "transport ucx: %s: %s", what, ucs_status_string(st));
-}
-
-/* UCX context and worker, with our two active-message handlers */
-static int start_ucx(ucx_tp *t) {
-    ucp_config_t *cfg;
-    ucs_status_t st = ucp_config_read(NULL, NULL, &cfg);
-    if (st != UCS_OK) return ucs_fail(st, "ucp_config_read");
-    ucp_params_t prm;
-    memset(&prm, 0, sizeof prm);
-    prm.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
-    prm.features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
-    prm.name = "starring";
-    st = ucp_init(&prm, cfg, &t->ctx);
-    ucp_config_release(cfg);
-    if (st != UCS_OK) return ucs_fail(st, "ucp_init");
-    ucp_worker_params_t wp;
-    memset(&wp, 0, sizeof wp);
-    wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
-    wp.thread_mode = UCS_THREAD_MODE_SERIALIZED;
-    if ((st = ucp_worker_create(t->ctx, &wp, &t->worker)) != UCS_OK) {
-        t->worker = NULL;
-        return ucs_fail(st, "ucp_worker_create");
-    }
-    const struct {
-        unsigned id;
-        ucp_am_recv_callback_t cb;
-    } h[2] = {{AM_DATA, on_data}, {AM_CTL, on_ctl}};
-    for (int i = 0; i < 2; i++) {
-        ucp_am_handler_param_t hp;
-        memset(&hp, 0, sizeof hp);
-        hp.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG;
-        hp.id = h[i].id;
-        hp.cb = h[i].cb;
-        hp.arg = t;
-        if ((st = ucp_worker_set_am_recv_handler(t->worker, &hp)) != UCS_OK)
-            return ucs_fail(st, "ucp_worker_set_am_recv_handler");
-    }
-    if (ucp_worker_get_efd(t->worker, &t->efd) != UCS_OK) t->efd = -1; /* the thread then wakes on its timer */
-    return SR_OK;
-}
-
-/* Allgathers the worker addresses (lengths first: they differ by rank) and
- * connects to every peer. */
-static int connect_all(ucx_tp *t, const setup *s) {
-    ucp_address_t *addr = NULL;
-    size_t addr_len = 0;
-    ucs_status_t st = ucp_worker_get_address(t->worker, &addr, &addr_len);
-    if (st != UCS_OK) return ucs_fail(st, "ucp_worker_get_address");
-    uint64_t mine = addr_len, *lens = calloc((size_t)t->size, sizeof *lens);
-    char *mine_pad = NULL, *all = NULL;
-    int rc = lens ? s->exchange(s->data, &mine, sizeof mine, lens)
-                  : sr_error_set(SR_ENOMEM, "out of memory for %d address lengths", t->size);
-    uint64_t max = 0;
-    for (int p = 0; rc == SR_OK && p < t->size; p++) {
-        if (lens[p] == 0 || lens[p] > ADDR_MAX)
-            rc = sr_error_set(SR_EFORMAT, "transport ucx: rank %d's worker address is %llu bytes, allowed 1..%d", p,
-                              (unsigned long long)lens[p], ADDR_MAX);
-        else if (lens[p] > max)
-            max = lens[p];
-    }
-    if (rc == SR_OK && (!(mine_pad = calloc(1, max)) || !(all = malloc(max * (size_t)t->size))))
-        rc = sr_error_set(SR_ENOMEM, "out of memory for %d worker addresses", t->size);
-    if (rc == SR_OK) {
-        memcpy(mine_pad, addr, addr_len);
-        rc = s->exchange(s->data, mine_pad, max, all);
-    }
-    ucp_worker_release_address(t->worker, addr);
-    for (int p = 0; rc == SR_OK && p < t->size; p++) {
-        if (p == t->rank) continue;
-        ucp_ep_params_t ep;
-        memset(&ep, 0, sizeof ep);
-        /* no UCX peer error handling: see the top of this file */
-        ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
-        ep.address = (const ucp_address_t *)(all + (size_t)p * max);
-        ep.err_mode = UCP_ERR_HANDLING_MODE_NONE;
-        if ((st = ucp_ep_create(t->worker, &ep, &t->peers[p].ep)) != UCS_OK) {
-            t->peers[p].ep = NULL;
-            rc = sr_error_set(SR_ECOMM, "transport ucx: connecting to rank %d: %s", p, ucs_status_string(st));
-        }
-    }
-    free(lens);
-    free(mine_pad);
-    free(all);
-    return rc;
-}
-
 /* The handshake (see the top of this file); the lock is held. */
 static int authenticate(ucx_tp *t, double open_s) {
     double deadline = sr_now() + open_s;
@@ -815,15 +647,26 @@ static int ucx_open(sr_tp *tp, const sr_tp_opts *o) {
     pthread_mutex_init(&t->mu, NULL);
     pthread_cond_init(&t->cv, NULL);
     pthread_cond_init(&t->idle, NULL);
-    setup s;
-    memset(&s, 0, sizeof s);
-    int rc = resolve(t, o, &s);
-    if (rc == SR_OK && !(t->peers = calloc((size_t)t->size, sizeof *t->peers)))
+    sr_tp__ucx_cfg cfg;
+    int rc = sr_tp__ucx_config(o, &cfg);
+    t->rank = cfg.rank;
+    t->size = cfg.size;
+    t->io_timeout_s = cfg.io_timeout_s;
+    t->max_buffered = cfg.max_buffered;
+    memcpy(t->key, cfg.key, KEY_BYTES);
+    ucp_ep_h *eps = NULL;
+    if (rc == SR_OK && (!(t->peers = calloc((size_t)t->size, sizeof *t->peers)) ||
+                        !(eps = calloc((size_t)t->size, sizeof *eps))))
         rc = sr_error_set(SR_ENOMEM, "out of memory for %d ucx peers", t->size);
-    if (rc == SR_OK) rc = start_ucx(t);
-    if (rc == SR_OK) rc = connect_all(t, &s);
+    const sr_tp__ucx_handler h[2] = {{AM_DATA, on_data}, {AM_CTL, on_ctl}};
+    if (rc == SR_OK) rc = sr_tp__ucx_worker(h, 2, t, &t->ctx, &t->worker, &t->efd);
+    if (rc == SR_OK) rc = sr_tp__ucx_connect(&cfg, t->worker, eps);
+    for (int p = 0; eps && p < t->size; p++) t->peers[p].ep = eps[p];
+    free(eps);
+    double open_s = cfg.open_s;
+    sr_tp__ucx_config_free(&cfg);
     pthread_mutex_lock(&t->mu);
-    if (rc == SR_OK) rc = authenticate(t, s.open_s);
+    if (rc == SR_OK) rc = authenticate(t, open_s);
     pthread_mutex_unlock(&t->mu);
     if (rc == SR_OK && (t->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
         rc = sr_error_set(SR_ECOMM, "eventfd: %s", strerror(errno));
