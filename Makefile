@@ -50,6 +50,13 @@ ifeq ($(strip $(MPI_LIBS)),)
 endif
 CFLAGS  += $(MPI_CFLAGS)
 LDLIBS  += $(MPI_LIBS)
+# UCX (the ucx transport, also in the library)
+UCX_LIBS := $(shell pkg-config --libs ucx 2>/dev/null)
+ifeq ($(strip $(UCX_LIBS)),)
+  $(error 'pkg-config --libs ucx' gave nothing: install libucx-dev (scripts/install-deps))
+endif
+CFLAGS  += $(shell pkg-config --cflags ucx)
+LDLIBS  += $(UCX_LIBS)
 
 ifeq ($(CUDA),1)
   CFLAGS  += -DSR_HAVE_CUDA=1 -I$(CUDA_HOME)/include

@@ -9,6 +9,9 @@ int srb_cmd_attention(int argc, char **argv);
 /* model.c: a GGUF model's prompt and generation tokens/s */
 int srb_cmd_model(int argc, char **argv);
 
+/* transport.c: latency and bandwidth of mpi, ucx and tcp between 2 ranks */
+int srb_cmd_transport(int argc, char **argv);
+
 /* ceiling.c: hidden; the sgemm ceiling in this process's environment */
 int srb_cmd_sgemm_ceiling(int argc, char **argv);
 

@@ -16,6 +16,7 @@ static const command commands[] = {
      "attention prefill and decode: GFLOP/s and GB/s against an OpenBLAS baseline and the "
      "machine's ceilings"},
     {"model", srb_cmd_model, "a GGUF model's prompt and generated tokens/s (-m MODEL)"},
+    {"transport", srb_cmd_transport, "latency and bandwidth of mpi, ucx and tcp, 8 B to 64 MiB (mpirun -np 2)"},
     {"sgemm-ceiling", srb_cmd_sgemm_ceiling, NULL},
 };
 

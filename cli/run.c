@@ -97,7 +97,7 @@ static const opt_def opt_table[] = {
     INT_OPT("batch", 0, batch, 1, MAX_BATCH, "N", "512", "prompt tokens per forward pass"),
     STR_OPT("mode", 0, mode, "M", "full alone, star under mpirun", "full, ring or star"),
     INT_OPT("anchor-size", 0, anchor_size, 0, MAX_CONTEXT, "N", "one block", "star: anchor tokens, 0 = one block; longer is slower\nand more accurate"),
-    STR_OPT("transport", 0, transport, "T", "mpi", "mpi or tcp (tcp needs SR_TCP_SECRET_FILE: deploy/README.md)"),
+    STR_OPT("transport", 0, transport, "T", "mpi", "mpi, ucx (addresses and key over MPI) or tcp (tcp needs SR_TCP_SECRET_FILE: deploy/README.md)"),
     STR_OPT("stop", 0, stop, "STR", NULL, "stop when the output contains STR"),
     STR_OPT("dump-logits", 0, dump, "FILE", NULL,
             "test hook: write float32 logits at --dump-positions of the\n"
@@ -285,8 +285,8 @@ static int check_args(const run_args *a, int world) {
         return sr_error_set(SR_EINVAL, "--kv-type: '%s' is not f16, bf16 or f32", a->kv_type);
     if (a->mode && sr_cp_mode_parse(a->mode) < 0)
         return sr_error_set(SR_EINVAL, "--mode: '%s' is not full, ring or star", a->mode);
-    if (strcmp(a->transport, "mpi") && strcmp(a->transport, "tcp"))
-        return sr_error_set(SR_EINVAL, "--transport: '%s' is not mpi or tcp", a->transport);
+    if (strcmp(a->transport, "mpi") && strcmp(a->transport, "ucx") && strcmp(a->transport, "tcp"))
+        return sr_error_set(SR_EINVAL, "--transport: '%s' is not mpi, ucx or tcp", a->transport);
     return SR_OK;
 }
 
@@ -575,7 +575,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     /* a transport when sharding, or when ranks of a job must agree even in full mode */
-    int sharded = run_mode(&a, world) != SR_CP_FULL || world > 1, use_mpi = sharded && strcmp(a.transport, "mpi") == 0;
+    /* ucx exchanges its worker addresses over MPI under starring-run */
+    int sharded = run_mode(&a, world) != SR_CP_FULL || world > 1,
+        use_mpi = sharded && (strcmp(a.transport, "mpi") == 0 || strcmp(a.transport, "ucx") == 0);
     sr_tp *tp = NULL;
     rc = use_mpi ? sr_tp_mpi_init(&argc, &argv) : SR_OK;
     if (rc == SR_OK && sharded) rc = sr_tp_open(&tp, a.transport, NULL);

@@ -10,7 +10,7 @@
 /* tags of the point-to-point collectives, above the user range */
 enum { TAG_BARRIER = SR_TP_TAG_MAX + 1, TAG_BCAST, TAG_GATHER };
 
-static const sr_tp_backend *const backends[] = {&sr_tp_mpi_backend, &sr_tp_tcp_backend,
+static const sr_tp_backend *const backends[] = {&sr_tp_mpi_backend, &sr_tp_ucx_backend, &sr_tp_tcp_backend,
                                                 &sr_tp_nccl_backend};
 
 static const sr_tp_backend *find_backend(const char *name) {
@@ -38,7 +38,7 @@ int sr_tp_open(sr_tp **out, const char *backend, const sr_tp_opts *opts) {
     *out = NULL;
     const sr_tp_backend *be = backend ? find_backend(backend) : NULL;
     if (!be)
-        return sr_error_set(SR_EINVAL, "unknown transport '%s' (choose mpi, tcp or nccl)",
+        return sr_error_set(SR_EINVAL, "unknown transport '%s' (choose mpi, ucx, tcp or nccl)",
                             backend ? backend : "(null)");
     sr_tp_opts def = sr_tp_opts_default();
     sr_tp *tp = calloc(1, sizeof *tp);

@@ -45,4 +45,18 @@ void tap_skip(const char *name, const char *why);
  * each rank's, removed once open). Collective. */
 int open_tcp(sr_tp **tp);
 
+/* An sr_tp_opts.exchange for ucx built on MPI_Allgather over
+ * MPI_COMM_WORLD. data may be NULL, or an mpi_exchange_log that keeps a copy
+ * of the last exchange's blocks (for a ucx open: every rank's worker
+ * address, each padded to len bytes). */
+typedef struct {
+    unsigned char *blocks; /* size * len bytes, malloc'd */
+    size_t len;
+} mpi_exchange_log;
+int mpi_exchange(void *data, const void *send, size_t len, void *recv);
+
+/* Opens the ucx transport with mpi_exchange and a fresh 32-byte key from
+ * rank 0, or with key if it is not NULL (key_len bytes). Collective. */
+int open_ucx(sr_tp **tp, mpi_exchange_log *log, const unsigned char *key, size_t key_len);
+
 #endif

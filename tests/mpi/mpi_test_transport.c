@@ -1,6 +1,8 @@
-/* The same transport tests over every backend available: mpi, tcp (on
- * 127.0.0.1, ports from a random base agreed over MPI so that parallel runs
- * do not collide) and nccl (only with CUDA and a GPU; a TAP SKIP otherwise).
+/* The same transport tests over every backend available: mpi, ucx (worker
+ * addresses exchanged by an MPI_Allgather callback, as the coordinator will
+ * at join, and with no callback over MPI), tcp (on 127.0.0.1, ports from a
+ * random base agreed over MPI so that parallel runs do not collide) and nccl
+ * (only with CUDA and a GPU; a TAP SKIP otherwise).
  * Every rank runs every test; failures are reduced across ranks and rank 0
  * prints the TAP lines. */
 #include <mpi.h>
@@ -9,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <time.h>
+#include <ucp/api/ucp.h>
 #include <unistd.h>
 
 #include "base/status.h"
@@ -296,8 +300,9 @@ static void run_suite(sr_tp *tp, const char *be) {
     on_device = 0;
 }
 
-/* After a peer closes, operations on it fail with SR_ECOMM and say which rank. */
-static int t_tcp_disconnect(sr_tp *tp) {
+/* After a peer closes, operations on it fail with SR_ECOMM and say which
+ * rank. Closes tp. */
+static int t_disconnect(sr_tp *tp) {
     int fails = 0;
     if (rank == 1) {
         sr_tp_close(tp);
@@ -322,6 +327,189 @@ static int t_tcp_disconnect(sr_tp *tp) {
     return fails;
 }
 
+/* A stranger: a UCX worker of its own in rank 1's process, holding rank 0's
+ * worker address (as someone who reached rank 0's port would), sends
+ * messages shaped like the transport's own (active message 1, a 4-byte tag
+ * header) for receives rank 0 has posted from rank 1: one eager, one by
+ * rendezvous. Rank 0 must drop both and receive rank 1's real messages. */
+static int stranger_send(const void *addr, int tag, const void *buf, size_t len, unsigned flags) {
+    ucp_params_t prm = {.field_mask = UCP_PARAM_FIELD_FEATURES, .features = UCP_FEATURE_AM};
+    ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE, .thread_mode = UCS_THREAD_MODE_SINGLE};
+    ucp_config_t *cfg;
+    ucp_context_h ctx;
+    ucp_worker_h w;
+    ucp_ep_h ep;
+    if (ucp_config_read(NULL, NULL, &cfg) != UCS_OK) return 1;
+    ucs_status_t st = ucp_init(&prm, cfg, &ctx);
+    ucp_config_release(cfg);
+    if (st != UCS_OK) return 1;
+    if (ucp_worker_create(ctx, &wp, &w) != UCS_OK) {
+        ucp_cleanup(ctx);
+        return 1;
+    }
+    ucp_ep_params_t ep_prm = {.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS, .address = addr};
+    int fails = ucp_ep_create(w, &ep_prm, &ep) != UCS_OK;
+    if (!fails) {
+        int32_t hdr = tag;
+        ucp_request_param_t rp = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS, .flags = UCP_AM_SEND_FLAG_REPLY | flags};
+        ucs_status_ptr_t sp = ucp_am_send_nbx(ep, 1, &hdr, sizeof hdr, buf, len, &rp);
+        double t0 = MPI_Wtime();
+        while (sp && !UCS_PTR_IS_ERR(sp) && ucp_request_check_status(sp) == UCS_INPROGRESS && MPI_Wtime() - t0 < 10)
+            ucp_worker_progress(w);
+        fails += UCS_PTR_IS_ERR(sp) || (sp && ucp_request_check_status(sp) != UCS_OK);
+        if (sp && !UCS_PTR_IS_ERR(sp)) ucp_request_free(sp);
+        /* let rank 0 see it before the real message is sent */
+        for (t0 = MPI_Wtime(); MPI_Wtime() - t0 < 0.05;) ucp_worker_progress(w);
+        ucp_request_param_t cp = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS, .flags = UCP_EP_CLOSE_FLAG_FORCE};
+        sp = ucp_ep_close_nbx(ep, &cp);
+        while (sp && !UCS_PTR_IS_ERR(sp) && ucp_request_check_status(sp) == UCS_INPROGRESS) ucp_worker_progress(w);
+        if (sp && !UCS_PTR_IS_ERR(sp)) ucp_request_free(sp);
+    }
+    ucp_worker_destroy(w);
+    ucp_cleanup(ctx);
+    return fails;
+}
+
+static int t_ucx_stranger(sr_tp *tp, const mpi_exchange_log *log) {
+    int fails = 0;
+    const int64_t small = 64, big = 1 << 20;
+    unsigned char *s1 = malloc(small), *s2 = malloc(big), *junk = malloc(big);
+    if (!s1 || !s2 || !junk || !log->blocks) return 1;
+    memset(junk, 0xab, big);
+    fill(s1, small, 1, 0, 11);
+    fill(s2, big, 1, 0, 12);
+    sr_tp_req *q[2] = {0};
+    if (rank == 0) {
+        COUNT_OK(sr_tp_irecv(tp, s1, small, 1, 11, &q[0]));
+        COUNT_OK(sr_tp_irecv(tp, s2, big, 1, 12, &q[1]));
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (rank == 1) {
+        fails += stranger_send(log->blocks, 11, junk, small, UCP_AM_SEND_FLAG_EAGER);
+        fails += stranger_send(log->blocks, 12, junk, big, UCP_AM_SEND_FLAG_RNDV);
+        if (fails) fprintf(stderr, "rank 1: the stranger could not send\n");
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (rank == 1) {
+        COUNT_OK(sr_tp_isend(tp, s1, small, 0, 11, &q[0]));
+        COUNT_OK(sr_tp_isend(tp, s2, big, 0, 12, &q[1]));
+    }
+    COUNT_OK(sr_tp_waitall(2, q));
+    if (rank == 0) fails += check(s1, small, 1, 0, 11) + check(s2, big, 1, 0, 12);
+    free(s1);
+    free(s2);
+    free(junk);
+    COUNT_OK(sr_tp_barrier(tp));
+    return fails;
+}
+
+/* A peer that stops (SIGSTOP: as a hung or cut-off one looks) fails the
+ * requests on it with SR_ECOMM naming it within about io_timeout_s; then it
+ * is resumed and every rank closes. */
+static int t_ucx_silent_peer(void) {
+    int fails = 0;
+    unsigned char key[32];
+    memset(key, 0x3c, sizeof key);
+    sr_tp_opts o = sr_tp_opts_default();
+    o.rank = rank;
+    o.size = size;
+    o.timeout_s = 10;
+    o.io_timeout_s = 1;
+    o.exchange = mpi_exchange;
+    o.key = key;
+    o.key_len = sizeof key;
+    sr_tp *tp = NULL;
+    EXPECT_OK(sr_tp_open(&tp, "ucx", &o));
+    int pid1 = (int)getpid();
+    MPI_Bcast(&pid1, 1, MPI_INT, 1, MPI_COMM_WORLD);
+    if (rank == 1) {
+        raise(SIGSTOP);
+    } else if (rank == 0) {
+        char b[8];
+        sr_tp_req *q = NULL;
+        double t0 = MPI_Wtime();
+        COUNT_OK(sr_tp_irecv(tp, b, 8, 1, 0, &q));
+        int rc = sr_tp_wait(q);
+        double took = MPI_Wtime() - t0;
+        if (rc != SR_ECOMM || !strstr(sr_error_msg(), "rank 1") || took > 5) {
+            fprintf(stderr, "rank 0: receive from a stopped peer gave %s after %.1f s: %s\n", sr_strerror(rc), took,
+                    sr_error_msg());
+            fails++;
+        }
+        kill((pid_t)pid1, SIGCONT);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    sr_tp_close(tp);
+    return fails;
+}
+
+/* Ranks 0 and 1 ping-pong for 2.5 io_timeout_s while rank 2 waits for one
+ * message from rank 0: a rank busy waiting on one peer still sends the
+ * others its heartbeats, so nobody is failed for silence. */
+static int t_ucx_busy_peer(void) {
+    int fails = 0;
+    unsigned char key[32];
+    memset(key, 0x77, sizeof key);
+    sr_tp_opts o = sr_tp_opts_default();
+    o.rank = rank;
+    o.size = size;
+    o.timeout_s = 10;
+    o.io_timeout_s = 1;
+    o.exchange = mpi_exchange;
+    o.key = key;
+    o.key_len = sizeof key;
+    sr_tp *tp = NULL;
+    EXPECT_OK(sr_tp_open(&tp, "ucx", &o));
+    char b[8] = "busy";
+    sr_tp_req *q = NULL;
+    if (rank <= 1) {
+        double t0 = MPI_Wtime();
+        int more = 1;
+        while (more && !fails) {
+            if (rank == 0) more = MPI_Wtime() - t0 < 2.5;
+            sr_tp_req *r2 = NULL;
+            if (rank == 0) {
+                COUNT_OK(sr_tp_isend(tp, &more, sizeof more, 1, 1, &q));
+                COUNT_OK(sr_tp_irecv(tp, b, 8, 1, 2, &r2));
+            } else {
+                COUNT_OK(sr_tp_irecv(tp, &more, sizeof more, 0, 1, &q));
+                COUNT_OK(sr_tp_wait(q));
+                q = NULL;
+                COUNT_OK(sr_tp_isend(tp, b, 8, 0, 2, &r2));
+            }
+            COUNT_OK(sr_tp_wait(q));
+            COUNT_OK(sr_tp_wait(r2));
+            q = NULL;
+        }
+        if (rank == 0 && size > 2) {
+            COUNT_OK(sr_tp_isend(tp, b, 8, 2, 3, &q));
+            COUNT_OK(sr_tp_wait(q));
+        }
+    } else if (rank == 2) {
+        COUNT_OK(sr_tp_irecv(tp, b, 8, 0, 3, &q));
+        COUNT_OK(sr_tp_wait(q));
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    sr_tp_close(tp);
+    return fails;
+}
+
+/* Rank 1 holds another key: every rank's open fails in time (those that
+ * verified rank 1 themselves name it and the key; the others may see a peer
+ * give up first). */
+static int t_ucx_wrong_key(void) {
+    unsigned char key[32];
+    memset(key, rank == 1 ? 0x5a : 0xa5, sizeof key);
+    sr_tp *tp = NULL;
+    int rc = open_ucx(&tp, NULL, key, sizeof key);
+    if (rc != SR_ECOMM || tp || (rank <= 1 && !strstr(sr_error_msg(), "key"))) {
+        fprintf(stderr, "rank %d: open with a wrong key gave %s: %s\n", rank, sr_strerror(rc), sr_error_msg());
+        sr_tp_close(tp);
+        return 1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (mpi_test_init(&argc, &argv)) return 1;
     int fails = 0;
@@ -340,8 +528,32 @@ int main(int argc, char **argv) {
     tap(fails, "tcp: open on 127.0.0.1 with a random base port");
     if (tp) {
         run_suite(tp, "tcp");
-        if (size >= 2) tap(t_tcp_disconnect(tp), "tcp: a closed peer gives SR_ECOMM naming the rank");
+        if (size >= 2) tap(t_disconnect(tp), "tcp: a closed peer gives SR_ECOMM naming the rank");
+        else sr_tp_close(tp);
     }
+    tp = NULL;
+
+    /* ucx, addresses through a caller-supplied allgather */
+    fails = 0;
+    mpi_exchange_log log = {0};
+    COUNT_OK(open_ucx(&tp, &log, NULL, 0));
+    tap(fails, "ucx: open with an MPI_Allgather exchange and a key in sr_tp_opts");
+    if (tp) {
+        run_suite(tp, "ucx");
+        if (size >= 2) tap(t_ucx_stranger(tp, &log), "ucx: a stranger's UCX endpoint cannot inject, eager or rendezvous");
+        if (size >= 2) tap(t_disconnect(tp), "ucx: a closed peer gives SR_ECOMM naming the rank");
+        else sr_tp_close(tp);
+    }
+    free(log.blocks);
+    tp = NULL;
+    if (size >= 2) tap(t_ucx_wrong_key(), "ucx: a rank with another key is refused at open");
+    if (size >= 2) tap(t_ucx_silent_peer(), "ucx: a stopped peer gives SR_ECOMM naming the rank within io_timeout_s");
+    if (size >= 3) tap(t_ucx_busy_peer(), "ucx: ranks busy with each other past io_timeout_s still heartbeat a third");
+    fails = 0;
+    COUNT_OK(sr_tp_open(&tp, "ucx", NULL));
+    tap(fails, "ucx: open with no exchange given, over MPI with a fresh key");
+    if (tp) tap(t_sizes(tp, 1 << 20, 0) + t_all_pairs(tp), "ucx over MPI: ring and all pairs");
+    sr_tp_close(tp);
     tp = NULL;
 
     /* nccl */
