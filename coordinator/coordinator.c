@@ -15,6 +15,7 @@
 #include "base/status.h"
 #include "coordinator/front.h"
 #include "coordinator/grpc.h"
+#include "coordinator/openai.h"
 #include "net/conn.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "model/kv_cache.h"
@@ -45,7 +46,9 @@ struct cctx {
     int mode, chat, ephemeral;
     int64_t block_size, anchor_size;
     char *text;             /* a text context keeps its text: questions are encoded after it */
+    int32_t *tokens;        /* (n_tokens) its token ids, for the prompts that start with them */
     int64_t n_tokens;
+    int kept;               /* the prompt of a request that asked for reuse, kept resident */
     int state;
     int n_prefilled, failed_rc;
     char failed[512];
@@ -115,6 +118,8 @@ struct coord {
     uv_timer_t tick;
     uv_signal_t sigint, sigterm;
     sr_grpc *grpc;
+    sr_openai *http;
+    char model_name[128];
     sr_gguf *gguf;
     sr_tokenizer *tok;
     sr_model_config cfg;
@@ -178,6 +183,17 @@ static char *utf8_clean(const char *s, size_t n, size_t *out_n) {
     *out_n = k;
     return o;
 }
+
+int sr_coord_serving(const sr_coord *co, char *msg, size_t cap) {
+    if (serving(co)) return 1;
+    if (co->broken) snprintf(msg, cap, "%s", co->broken_why);
+    else snprintf(msg, cap, "%d of %d workers are up: the others are joining or loading the model", co->n_ready, co->o->workers);
+    return 0;
+}
+
+const sr_tokenizer *sr_coord_tokenizer(const sr_coord *co) { return co->tok; }
+const char *sr_coord_model_name(const sr_coord *co) { return co->model_name; }
+int64_t sr_coord_cancelled(const sr_coord *co) { return co->cancelled; }
 
 static void ctx_message(const coord *co, const cctx *c, Starring__V1__Context *m, Starring__V1__Shard *sh,
                         Starring__V1__Shard **shp) {
@@ -294,6 +310,7 @@ static void ctx_drop(coord *co, cctx *c, const char *why) {
     }
     free(c->name);
     free(c->text);
+    free(c->tokens);
     free(c->kv_tokens);
     free(c->kv_bytes);
     free(c->est_bytes);
@@ -486,6 +503,7 @@ static void on_done(coord *co, const Starring__Control__V1__GenDone *d) {
         } else {
             static const char *const reasons[] = {"length", "eos", "stop", "cancelled"};
             sr_sink_done dn = {
+                .context_id = c->ephemeral ? "" : c->sid,
                 .stop_reason = reasons[d->stop_reason >= 0 && d->stop_reason <= 3 ? d->stop_reason : 0],
                 .prompt_tokens = d->prompt_tokens,
                 .generated_tokens = d->generated_tokens,
@@ -506,6 +524,34 @@ static void on_done(coord *co, const Starring__Control__V1__GenDone *d) {
 }
 
 /* ------------------------------------------------------------ prefill */
+
+/* Room for one more kept prompt: past --keep-prompts, the least recently
+ * used idle one goes. */
+static void keep_room(coord *co) {
+    for (;;) {
+        int n = 0;
+        cctx *lru = NULL;
+        for (cctx *o = co->ctxs; o; o = o->next) {
+            if (!o->kept) continue;
+            n++;
+            if (o->state == CTX_READY && !o->active && !o->wait_head && !o->dropping && (!lru || o->last_used < lru->last_used))
+                lru = o;
+        }
+        if (n < co->o->keep_prompts || !lru) return;
+        ctx_drop(co, lru, "the oldest kept prompt, past --keep-prompts");
+    }
+}
+
+/* The resident context with the most tokens that the n tokens start with
+ * (fewer than n: the rest is the question), or NULL. */
+static cctx *ctx_prefix(coord *co, const int32_t *tokens, int64_t n) {
+    cctx *best = NULL;
+    for (cctx *c = co->ctxs; c; c = c->next)
+        if (c->state == CTX_READY && !c->ephemeral && !c->dropping && c->tokens && c->n_tokens < n &&
+            (!best || c->n_tokens > best->n_tokens) && memcmp(c->tokens, tokens, sizeof *tokens * (size_t)c->n_tokens) == 0)
+            best = c;
+    return best;
+}
 
 static void prefill_start(coord *co, req *r, int32_t *tokens, int64_t n, int32_t *q, int64_t nq) {
     char msg[512];
@@ -556,7 +602,8 @@ static void prefill_start(coord *co, req *r, int32_t *tokens, int64_t n, int32_t
     c->block_size = block;
     c->anchor_size = anchor;
     c->n_tokens = n;
-    c->ephemeral = r->kind == REQ_GENERATE;
+    c->ephemeral = r->kind == REQ_GENERATE && !r->reuse;
+    c->kept = r->kind == REQ_GENERATE && r->reuse;
     c->chat = r->opts.chat;
     c->last_used = sr_now();
     if (r->kind == REQ_CREATE) {
@@ -572,6 +619,7 @@ static void prefill_start(coord *co, req *r, int32_t *tokens, int64_t n, int32_t
     } else {
         st = ctx_admit(co, c, msg, sizeof msg);
     }
+    if (st == SR_GRPC_OK && c->kept) keep_room(co);
     if (st != SR_GRPC_OK) {
         free(c->name);
         free(c->text);
@@ -600,7 +648,7 @@ static void prefill_start(coord *co, req *r, int32_t *tokens, int64_t n, int32_t
     p.n_tokens = (size_t)n;
     p.tokens = tokens;
     to_workers(co, &p_f, -1);
-    free(tokens);
+    c->tokens = tokens;
     SR_INFO("context %s: %lld tokens, %s mode, prefill sent to %d workers", c->sid, (long long)n, sr_cp_mode_name(mode), W);
 }
 
@@ -674,6 +722,7 @@ static void tok_done(uv_work_t *w, int status) {
     tok_job *j = w->data;
     req *r = j->r;
     coord *co = r->co;
+    cctx *m;
     r->working = 0;
     free(j->context);
     if (!r->sink || co->stopping) {
@@ -705,6 +754,44 @@ static void tok_done(uv_work_t *w, int status) {
             if (c->wait_tail) c->wait_tail->next_wait = r;
             else c->wait_head = r;
             c->wait_tail = r;
+        }
+    } else if (r->reuse && serving(co) && (m = ctx_prefix(co, j->ctx, j->n_ctx))) {
+        /* only what follows the resident context is fed */
+        int64_t nq = j->n_ctx - m->n_tokens + j->n_q;
+        int32_t *q = malloc(sizeof *q * (size_t)(nq > 0 ? nq : 1));
+        if (!q) {
+            req_finish(r, SR_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+        } else {
+            memcpy(q, j->ctx + m->n_tokens, sizeof *q * (size_t)(j->n_ctx - m->n_tokens));
+            if (j->n_q) memcpy(q + j->n_ctx - m->n_tokens, j->q, sizeof *q * (size_t)j->n_q);
+            r->q = q;
+            r->nq = nq;
+            r->ctx = m;
+            r->cached = m->n_tokens;
+            m->last_used = sr_now();
+            r->linked = 1;
+            if (!m->active) {
+                gen_start(co, r);
+            } else {
+                if (m->wait_tail) m->wait_tail->next_wait = r;
+                else m->wait_head = r;
+                m->wait_tail = r;
+            }
+        }
+        free(j->ctx);
+        free(j->q);
+    } else if (r->reuse && j->n_ctx >= 2 && !j->n_q) {
+        /* kept for the next turn without its last token, which is fed as
+         * the question: the same prompt again then matches too */
+        int32_t *q = malloc(sizeof *q);
+        if (!q) {
+            free(j->ctx);
+            free(j->q);
+            req_finish(r, SR_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+        } else {
+            *q = j->ctx[j->n_ctx - 1];
+            free(j->q);
+            prefill_start(co, r, j->ctx, j->n_ctx - 1, q, 1);
         }
     } else {
         prefill_start(co, r, j->ctx, j->n_ctx, j->q, j->n_q);
@@ -1451,6 +1538,7 @@ static void stop(coord *co) {
     co->stopping = 1;
     SR_INFO("stopping");
     sr_grpc_close(co->grpc);
+    sr_openai_close(co->http);
     for (int i = 0; i < co->o->workers; i++)
         if (co->w[i].conn) sr_conn_close(co->w[i].conn, NULL);
     uv_close((uv_handle_t *)&co->control, NULL);
@@ -1490,10 +1578,19 @@ int sr_coord_run(const sr_coord_opts *o) {
         SR_INFO("control plane on %s:%d for %d workers", o->control_host, port, o->workers);
         rc = o->on_listening ? o->on_listening(o->control_host, port, o->data) : SR_OK;
     }
-    sr_grpc_opts go = {.max_message = o->max_message};
+    const char *base = strrchr(o->model, '/');
+    snprintf(co->model_name, sizeof co->model_name, "%s", base ? base + 1 : o->model);
+    char *dot = strstr(co->model_name, ".gguf");
+    if (dot) *dot = 0;
+    sr_grpc_opts go = {.max_message = o->max_message, .api_key = o->api_key, .open_prefix = "/grpc.health.v1.Health/"};
     if (rc == SR_OK)
         rc = sr_grpc_open(&co->grpc, co->loop, o->listen_host, o->listen_port, methods,
                           (int)(sizeof methods / sizeof methods[0]), &go, co);
+    sr_openai_opts ho = {.host = o->http_host, .port = o->http_port, .api_key = o->api_key, .max_body = o->max_message};
+    if (rc == SR_OK && o->http_host) {
+        rc = sr_openai_open(&co->http, co->loop, co, &ho);
+        if (rc == SR_OK) SR_INFO("serving the OpenAI HTTP API on http://%s:%d/v1", o->http_host, sr_openai_port(co->http));
+    }
     uv_timer_init(co->loop, &co->tick);
     uv_signal_init(co->loop, &co->sigint);
     uv_signal_init(co->loop, &co->sigterm);
@@ -1508,6 +1605,7 @@ int sr_coord_run(const sr_coord_opts *o) {
     } else {
         co->stopping = 1;
         if (co->grpc) sr_grpc_close(co->grpc);
+        sr_openai_close(co->http);
         uv_close((uv_handle_t *)&co->control, NULL);
         uv_close((uv_handle_t *)&co->tick, NULL);
         uv_close((uv_handle_t *)&co->sigint, NULL);
@@ -1519,6 +1617,7 @@ int sr_coord_run(const sr_coord_opts *o) {
         co->ctxs = c->next;
         free(c->name);
         free(c->text);
+        free(c->tokens);
         free(c->kv_tokens);
         free(c->kv_bytes);
         free(c->est_bytes);

@@ -21,6 +21,7 @@ typedef struct coord sr_coord;
 typedef struct sr_sink sr_sink;
 
 typedef struct {
+    const char *context_id;     /* the context asked (an ephemeral one's id is gone already) */
     const char *stop_reason;    /* "length", "eos", "stop", "cancelled" */
     int64_t prompt_tokens;      /* tokens fed as the question (after any reused context) */
     int64_t generated_tokens;

@@ -43,7 +43,7 @@ static const opt_def opts[] = {
     {"batch", K_INT, "4096", 16, 1 << 20, "model rows per forward call; ring mode holds a worker's share in one"},
     {"kv-budget", K_BYTES, "0", 0, 1e15, "bytes of KV per worker (K, M, G suffixes); 0: no limit"},
     {"queue", K_INT, "64", 1, 1 << 20, "requests admitted at once; more get RESOURCE_EXHAUSTED"},
-    {"max-message", K_BYTES, "4M", 1024, 1 << 30, "largest gRPC request message"},
+    {"max-message", K_BYTES, "4M", 1024, 1 << 30, "largest gRPC request message and HTTP request body"},
     {"max-frame", K_BYTES, "80M", 1024, 1u << 31, "largest control-plane frame"},
     {"max-context", K_INT, "1048576", 1, 1 << 30, "most tokens of a context"},
     {"max-tokens", K_INT, "4096", 1, 1 << 30, "most tokens a question may ask for"},
@@ -51,9 +51,14 @@ static const opt_def opts[] = {
     {"mode", K_STR, "star", 0, 0, "default mode of a context: star, ring or full"},
     {"heartbeat", K_NUM, "1", 0.05, 60, "seconds between worker heartbeats; 10 missed lose the worker"},
     {"log-level", K_STR, "info", 0, 0, "error, warn, info or debug"},
+    {"http-listen", K_STR, "127.0.0.1:8080", 0, 0, "HOST:PORT of the OpenAI-compatible HTTP API; off: none"},
+    {"keep-prompts", K_INT, "8", 0, 1 << 20, "HTTP prompts kept resident for the next turn to reuse (LRU)"},
+    {"api-key", K_STR, "", 0, 0, "bearer token both APIs require (needed to listen beyond loopback)"},
+    {"api-key-file", K_STR, "", 0, 0, "file holding the API key (first line), kept out of the process list"},
 };
 enum { O_MODEL, O_LISTEN, O_CONTROL, O_THREADS, O_BATCH, O_KV_BUDGET, O_QUEUE, O_MAX_MESSAGE, O_MAX_FRAME,
-       O_MAX_CONTEXT, O_MAX_TOKENS, O_DEFAULT_TOKENS, O_MODE, O_HEARTBEAT, O_LOG_LEVEL, N_OPTS };
+       O_MAX_CONTEXT, O_MAX_TOKENS, O_DEFAULT_TOKENS, O_MODE, O_HEARTBEAT, O_LOG_LEVEL, O_HTTP_LISTEN,
+       O_KEEP_PROMPTS, O_API_KEY, O_API_KEY_FILE, N_OPTS };
 
 typedef struct {
     const char *s[N_OPTS];
@@ -149,13 +154,44 @@ static int coordinator_listening(const char *host, int port, void *data) {
     return bcast_addr(&a);
 }
 
+static int loopback(const char *host) {
+    return strncmp(host, "127.", 4) == 0 || strcmp(host, "localhost") == 0 || strcmp(host, "::1") == 0;
+}
+
+/* The API key from --api-key or the first line of --api-key-file. */
+static int api_key(const config *c, char *key, size_t cap) {
+    key[0] = 0;
+    if (*c->s[O_API_KEY] && *c->s[O_API_KEY_FILE])
+        return sr_error_set(SR_EINVAL, "give --api-key or --api-key-file, not both");
+    if (*c->s[O_API_KEY]) {
+        if (strlen(c->s[O_API_KEY]) >= cap) return sr_error_set(SR_EINVAL, "--api-key is over %zu bytes", cap - 1);
+        snprintf(key, cap, "%s", c->s[O_API_KEY]);
+        return SR_OK;
+    }
+    if (!*c->s[O_API_KEY_FILE]) return SR_OK;
+    FILE *f = fopen(c->s[O_API_KEY_FILE], "r");
+    if (!f) return sr_error_set(SR_EIO, "--api-key-file %s: %s", c->s[O_API_KEY_FILE], strerror(errno));
+    if (!fgets(key, (int)cap, f)) key[0] = 0;
+    fclose(f);
+    key[strcspn(key, "\r\n")] = 0;
+    if (!*key) return sr_error_set(SR_EINVAL, "--api-key-file %s: the first line is empty", c->s[O_API_KEY_FILE]);
+    return SR_OK;
+}
+
 static int run_coordinator(const config *c, int workers) {
-    char lhost[96], chost[96];
-    int lport, cport = 0;
+    char lhost[96], chost[96], hhost[96], key[4097];
+    int lport, cport = 0, hport = 0;
+    int http = strcmp(c->s[O_HTTP_LISTEN], "off") != 0;
     int rc = sr_addr_parse(c->s[O_LISTEN], lhost, sizeof lhost, &lport);
     if (rc == SR_OK && *c->s[O_CONTROL]) rc = sr_addr_parse(c->s[O_CONTROL], chost, sizeof chost, &cport);
     else snprintf(chost, sizeof chost, "%s", lhost);
+    if (rc == SR_OK && http) rc = sr_addr_parse(c->s[O_HTTP_LISTEN], hhost, sizeof hhost, &hport);
+    if (rc == SR_OK) rc = api_key(c, key, sizeof key);
     if (rc != SR_OK) return rc;
+    if (!*key && (!loopback(lhost) || (http && !loopback(hhost))))
+        return sr_error_set(SR_EINVAL, "the %s API would listen on %s, beyond loopback, without a key: give --api-key-file "
+                            "FILE (or --api-key KEY) so that clients must send 'Authorization: Bearer KEY', or listen "
+                            "on 127.0.0.1", !loopback(lhost) ? "gRPC" : "HTTP", !loopback(lhost) ? lhost : hhost);
     sr_coord_opts o = {
         .model = c->s[O_MODEL], .listen_host = lhost, .listen_port = lport, .control_host = chost,
         .control_port = cport, .workers = workers, .kv_budget = (int64_t)c->v[O_KV_BUDGET],
@@ -163,7 +199,8 @@ static int run_coordinator(const config *c, int workers) {
         .max_frame = (size_t)c->v[O_MAX_FRAME], .max_context = (int64_t)c->v[O_MAX_CONTEXT],
         .max_batch = (int64_t)c->v[O_BATCH], .max_tokens = (int32_t)c->v[O_MAX_TOKENS],
         .default_tokens = (int32_t)c->v[O_DEFAULT_TOKENS], .mode = c->s[O_MODE], .heartbeat_s = c->v[O_HEARTBEAT],
-        .on_listening = coordinator_listening};
+        .http_host = http ? hhost : NULL, .http_port = hport, .keep_prompts = (int)c->v[O_KEEP_PROMPTS],
+        .api_key = key, .on_listening = coordinator_listening};
     return sr_coord_run(&o);
 }
 
