@@ -310,12 +310,13 @@ static int gen_wait_grant(gen *g) {
     return go ? SR_OK : sr_error_set(SR_ESTATE, "the question was cancelled");
 }
 
-/* Every feed but the first carries the token just sampled: report it, give
- * the step back, wait for the next one. */
+/* Every feed but the question's carries the token just sampled (without a
+ * question, every feed does): report it, give the step back, wait for the
+ * next one. */
 static int gen_feed(void *data, const int32_t *tokens, int64_t n) {
     gen *g = data;
     wrk *w = g->w;
-    if (g->n_feeds++ > 0) {
+    if (g->n_feeds++ > 0 || g->n_query == 0) {
         g->n_gen++;
         int more = g->n_gen < g->max_tokens;
         gen_report(g, tokens[0], more);
