@@ -193,7 +193,6 @@ int sr_coord_serving(const sr_coord *co, char *msg, size_t cap) {
 
 const sr_tokenizer *sr_coord_tokenizer(const sr_coord *co) { return co->tok; }
 const char *sr_coord_model_name(const sr_coord *co) { return co->model_name; }
-int64_t sr_coord_cancelled(const sr_coord *co) { return co->cancelled; }
 
 static void ctx_message(const coord *co, const cctx *c, Starring__V1__Context *m, Starring__V1__Shard *sh,
                         Starring__V1__Shard **shp) {
@@ -602,8 +601,8 @@ static void prefill_start(coord *co, req *r, int32_t *tokens, int64_t n, int32_t
     c->block_size = block;
     c->anchor_size = anchor;
     c->n_tokens = n;
-    c->ephemeral = r->kind == REQ_GENERATE && !r->reuse;
-    c->kept = r->kind == REQ_GENERATE && r->reuse;
+    c->kept = r->kind == REQ_GENERATE && r->reuse && co->o->keep_prompts > 0;
+    c->ephemeral = r->kind == REQ_GENERATE && !c->kept;
     c->chat = r->opts.chat;
     c->last_used = sr_now();
     if (r->kind == REQ_CREATE) {
@@ -686,7 +685,7 @@ static void on_prefilled(coord *co, int w, const Starring__Control__V1__Prefille
         gen_start(co, r);
         return;
     }
-    r->sink->ops->ready(r->sink, c->sid);
+    if (r->sink->ops->ready) r->sink->ops->ready(r->sink, c->sid);
     req_finish(r, SR_GRPC_OK, NULL);
 }
 

@@ -32,9 +32,9 @@ typedef struct {
 } sr_sink_done;
 
 typedef struct {
-    void (*progress)(sr_sink *s, int64_t done, int64_t total);
+    void (*progress)(sr_sink *s, int64_t done, int64_t total); /* may be NULL */
     void (*token)(sr_sink *s, int32_t id, const char *text); /* text is valid UTF-8 */
-    void (*ready)(sr_sink *s, const char *context_id);     /* a context uploaded by CreateContext */
+    void (*ready)(sr_sink *s, const char *context_id);     /* a context uploaded by CreateContext; may be NULL */
     void (*done)(sr_sink *s, const sr_sink_done *d);
     void (*finish)(sr_sink *s, int status, const char *msg); /* msg NULL when OK */
 } sr_sink_ops;
@@ -73,8 +73,7 @@ void sr_coord_sink_cancel(sr_sink *s);
 /* 1 when every worker is up; else 0 and why in msg. */
 int sr_coord_serving(const sr_coord *co, char *msg, size_t cap);
 const sr_tokenizer *sr_coord_tokenizer(const sr_coord *co);
-/* The model's name (the GGUF file's base name) and its training context. */
+/* The model's name (the GGUF file's base name, without .gguf). */
 const char *sr_coord_model_name(const sr_coord *co);
-int64_t sr_coord_cancelled(const sr_coord *co);
 
 #endif

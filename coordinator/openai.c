@@ -33,10 +33,10 @@ typedef struct {
     sr_openai *api;
     sr_http_req *rq;        /* NULL once the client is gone */
     int in_op;              /* a sink op is running: the client going away mid-op frees nothing */
-    int chat, stream, include_usage, progress, started;
+    int chat, stream, include_usage, progress, started, oom;
     char id[48];
     long long created;
-    char *text;             /* the answer so far (not streamed) */
+    char *text;             /* the answer so far (not streamed; streamed, only n_text counts) */
     size_t n_text, cap_text;
     sr_sink_done done;
     char context_id[24];
@@ -205,15 +205,16 @@ static void on_token(sr_sink *s, int32_t id, const char *text) {
         size_t cap = o->cap_text ? o->cap_text * 2 : 1024;
         while (cap < o->n_text + n + 1) cap *= 2;
         char *t = realloc(o->text, cap);
-        if (!t) return;
+        if (!t) {
+            o->oom = 1;
+            return;
+        }
         o->text = t;
         o->cap_text = cap;
     }
     memcpy(o->text + o->n_text, text, n + 1);
     o->n_text += n;
 }
-
-static void on_ready(sr_sink *s, const char *context_id) {}
 
 static void on_done(sr_sink *s, const sr_sink_done *d) {
     oreq *o = s->data;
@@ -241,8 +242,8 @@ static void on_finish(sr_sink *s, int status, const char *msg) {
     }
     int http = http_of(status);
     o->in_op++;
-    if (!o->stream && status != SR_GRPC_OK) {
-        reply_error(o->rq, http, NULL, "%s", msg ? msg : "failed");
+    if (!o->stream && (status != SR_GRPC_OK || o->oom)) {
+        reply_error(o->rq, o->oom ? 500 : http, NULL, "%s", o->oom ? "out of memory for the answer" : msg ? msg : "failed");
     } else if (!o->stream) {
         json_t *j = json_pack("{s:s,s:s,s:I,s:s}", "id", o->id, "object", o->chat ? "chat.completion" : "text_completion",
                               "created", (json_int_t)o->created, "model", sr_coord_model_name(o->api->co));
@@ -275,7 +276,7 @@ static void on_finish(sr_sink *s, int status, const char *msg) {
     oreq_free(o);
 }
 
-static const sr_sink_ops http_sink = {on_progress, on_token, on_ready, on_done, on_finish};
+static const sr_sink_ops http_sink = {on_progress, on_token, NULL, on_done, on_finish};
 
 static void on_gone(sr_http_req *rq) {
     oreq *o = *sr_http_req_slot(rq);

@@ -51,8 +51,8 @@ static const opt_def opts[] = {
     {"mode", K_STR, "star", 0, 0, "default mode of a context: star, ring or full"},
     {"heartbeat", K_NUM, "1", 0.05, 60, "seconds between worker heartbeats; 10 missed lose the worker"},
     {"log-level", K_STR, "info", 0, 0, "error, warn, info or debug"},
-    {"http-listen", K_STR, "127.0.0.1:8080", 0, 0, "HOST:PORT of the OpenAI-compatible HTTP API; off: none"},
-    {"keep-prompts", K_INT, "8", 0, 1 << 20, "HTTP prompts kept resident for the next turn to reuse (LRU)"},
+    {"http-listen", K_STR, "127.0.0.1:8080", 0, 0, "HOST:PORT of the OpenAI-compatible HTTP API, or off for none"},
+    {"keep-prompts", K_INT, "8", 0, 1 << 20, "HTTP prompts kept resident for the next turn to reuse (LRU); 0: none"},
     {"api-key", K_STR, "", 0, 0, "bearer token both APIs require (needed to listen beyond loopback)"},
     {"api-key-file", K_STR, "", 0, 0, "file holding the API key (first line), kept out of the process list"},
 };

@@ -566,7 +566,6 @@ void sr_http_close(sr_http *h) {
 
 int sr_http_port(const sr_http *h) { return h->port; }
 void *sr_http_data(const sr_http *h) { return h->data; }
-int sr_http_conns(const sr_http *h) { return h->n_conns; }
 
 sr_http *sr_http_req_server(const sr_http_req *rq) { return rq->c->h; }
 const char *sr_http_req_method(const sr_http_req *rq) { return rq->method; }

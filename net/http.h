@@ -57,7 +57,6 @@ int sr_http_open(sr_http **out, uv_loop_t *loop, const char *host, int port, con
 void sr_http_close(sr_http *h);
 int sr_http_port(const sr_http *h);
 void *sr_http_data(const sr_http *h);
-int sr_http_conns(const sr_http *h);
 
 sr_http *sr_http_req_server(const sr_http_req *rq);
 const char *sr_http_req_method(const sr_http_req *rq);
