@@ -46,8 +46,10 @@ struct cctx {
     int mode, chat, ephemeral;
     int64_t block_size, anchor_size;
     char *text;             /* a text context keeps its text: questions are encoded after it */
-    int32_t *tokens;        /* (n_tokens) its token ids, for the prompts that start with them */
+    int32_t *tokens;        /* (n_tokens + n_ext) its token ids, for the prompts that start with them */
+    size_t cap_tokens;      /* bytes */
     int64_t n_tokens;
+    int64_t n_ext;          /* tokens fed by questions since, kept on the query worker (sr_cp_rewind_keep) */
     int kept;               /* the prompt of a request that asked for reuse, kept resident */
     int state;
     int n_prefilled, failed_rc;
@@ -89,6 +91,8 @@ struct req {
     uint64_t seed;
     int reuse;              /* sr_coord_question.reuse */
     int64_t cached;         /* context tokens that were resident already */
+    int64_t keep;           /* of the context's n_ext, those this question follows */
+    int extend;             /* once answered, its question tokens join the context's n_ext */
     cctx *ctx;
     uint64_t gen;
     int32_t *q;
@@ -438,6 +442,8 @@ static void gen_start(coord *co, req *r) {
     b.top_p = r->top_p;
     b.seed = r->seed;
     b.stop = r->stop ? r->stop : "";
+    b.keep = r->keep;
+    c->n_ext = r->keep; /* what the workers keep of it from now on */
     to_workers(co, &b_f, -1);
 }
 
@@ -487,6 +493,19 @@ static void on_token(coord *co, const Starring__Control__V1__TokenOut *t) {
     to_workers(co, &s_f, -1);
 }
 
+static void *grow_bytes(void *buf, size_t *cap, size_t need);
+
+/* An answered question's tokens join its context: the next question keeps
+ * their KV (Begin.keep) and a prompt that starts with them reuses it. */
+static void ctx_extend(cctx *c, const int32_t *q, int64_t nq) {
+    size_t need = sizeof *q * (size_t)(c->n_tokens + c->n_ext + nq);
+    int32_t *t = grow_bytes(c->tokens, &c->cap_tokens, need);
+    if (!t) return; /* then only the context itself is matched */
+    c->tokens = t;
+    memcpy(t + c->n_tokens + c->n_ext, q, sizeof *q * (size_t)nq);
+    c->n_ext += nq;
+}
+
 static void on_done(coord *co, const Starring__Control__V1__GenDone *d) {
     req *r = gen_find(co, d->gen);
     if (!r) return;
@@ -514,6 +533,7 @@ static void on_done(coord *co, const Starring__Control__V1__GenDone *d) {
                 .tokens_per_s = d->decode_s > 0 ? (double)(d->generated_tokens > 1 ? d->generated_tokens - 1 : 0) / d->decode_s : 0,
             };
             r->sink->ops->done(r->sink, &dn);
+            if (r->extend && !d->cancelled) ctx_extend(c, r->q, r->nq);
             req_finish(r, SR_GRPC_OK, NULL);
         }
     } else {
@@ -542,13 +562,24 @@ static void keep_room(coord *co) {
 }
 
 /* The resident context with the most tokens that the n tokens start with
- * (fewer than n: the rest is the question), or NULL. */
-static cctx *ctx_prefix(coord *co, const int32_t *tokens, int64_t n) {
+ * (fewer than n: the rest is the question), or NULL; *len tells how many
+ * matched and *keep how many of them its earlier questions fed. */
+static cctx *ctx_prefix(coord *co, const int32_t *tokens, int64_t n, int64_t *len, int64_t *keep) {
     cctx *best = NULL;
-    for (cctx *c = co->ctxs; c; c = c->next)
-        if (c->state == CTX_READY && !c->ephemeral && !c->dropping && c->tokens && c->n_tokens < n &&
-            (!best || c->n_tokens > best->n_tokens) && memcmp(c->tokens, tokens, sizeof *tokens * (size_t)c->n_tokens) == 0)
-            best = c;
+    *len = *keep = 0;
+    for (cctx *c = co->ctxs; c; c = c->next) {
+        if (c->state != CTX_READY || c->ephemeral || c->dropping || !c->tokens) continue;
+        for (int64_t ext = c->n_ext;; ext = 0) {
+            int64_t m = c->n_tokens + ext;
+            if (m < n && m > *len && memcmp(c->tokens, tokens, sizeof *tokens * (size_t)m) == 0) {
+                best = c;
+                *len = m;
+                *keep = ext;
+                break;
+            }
+            if (ext == 0) break;
+        }
+    }
     return best;
 }
 
@@ -648,6 +679,7 @@ static void prefill_start(coord *co, req *r, int32_t *tokens, int64_t n, int32_t
     p.tokens = tokens;
     to_workers(co, &p_f, -1);
     c->tokens = tokens;
+    c->cap_tokens = sizeof *tokens * (size_t)n;
     SR_INFO("context %s: %lld tokens, %s mode, prefill sent to %d workers", c->sid, (long long)n, sr_cp_mode_name(mode), W);
 }
 
@@ -722,6 +754,7 @@ static void tok_done(uv_work_t *w, int status) {
     req *r = j->r;
     coord *co = r->co;
     cctx *m;
+    int64_t len, keep;
     r->working = 0;
     free(j->context);
     if (!r->sink || co->stopping) {
@@ -754,19 +787,21 @@ static void tok_done(uv_work_t *w, int status) {
             else c->wait_head = r;
             c->wait_tail = r;
         }
-    } else if (r->reuse && serving(co) && (m = ctx_prefix(co, j->ctx, j->n_ctx))) {
+    } else if (r->reuse && serving(co) && (m = ctx_prefix(co, j->ctx, j->n_ctx, &len, &keep))) {
         /* only what follows the resident context is fed */
-        int64_t nq = j->n_ctx - m->n_tokens + j->n_q;
+        int64_t nq = j->n_ctx - len + j->n_q;
         int32_t *q = malloc(sizeof *q * (size_t)(nq > 0 ? nq : 1));
         if (!q) {
             req_finish(r, SR_GRPC_RESOURCE_EXHAUSTED, "out of memory");
         } else {
-            memcpy(q, j->ctx + m->n_tokens, sizeof *q * (size_t)(j->n_ctx - m->n_tokens));
-            if (j->n_q) memcpy(q + j->n_ctx - m->n_tokens, j->q, sizeof *q * (size_t)j->n_q);
+            memcpy(q, j->ctx + len, sizeof *q * (size_t)(j->n_ctx - len));
+            if (j->n_q) memcpy(q + j->n_ctx - len, j->q, sizeof *q * (size_t)j->n_q);
             r->q = q;
             r->nq = nq;
             r->ctx = m;
-            r->cached = m->n_tokens;
+            r->cached = len;
+            r->keep = keep;
+            r->extend = 1;
             m->last_used = sr_now();
             r->linked = 1;
             if (!m->active) {

@@ -224,7 +224,8 @@ static void on_done(sr_sink *s, const sr_sink_done *d) {
 }
 
 static json_t *usage(const sr_sink_done *d) {
-    int64_t prompt = d->context_tokens + d->prompt_tokens;
+    /* a reused context counts what earlier turns fed it too (cached_tokens) */
+    int64_t prompt = (d->cached_tokens > d->context_tokens ? d->cached_tokens : d->context_tokens) + d->prompt_tokens;
     return json_pack("{s:I,s:I,s:I,s:{s:I}}", "prompt_tokens", (json_int_t)prompt, "completion_tokens",
                      (json_int_t)d->generated_tokens, "total_tokens", (json_int_t)(prompt + d->generated_tokens),
                      "prompt_tokens_details", "cached_tokens", (json_int_t)d->cached_tokens);

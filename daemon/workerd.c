@@ -438,7 +438,7 @@ static void do_begin(wrk *w, const Starring__Control__V1__Begin *b) {
         return;
     }
     ctx_in(w, c);
-    int rc = sr_cp_rewind(c->cp);
+    int rc = sr_cp_rewind_keep(c->cp, b->keep);
     ctx_out(w, c);
     if (rc != SR_OK) {
         fault(w, rc, "rewind");

@@ -131,6 +131,23 @@ def run(t, d):
             f"the same prompt again reuses all but its last token ({c2.usage.prompt_tokens_details.cached_tokens} "
             f"of {c.usage.prompt_tokens} cached), same text")
 
+    # a conversation of three turns: each reuses all the turns before it
+    # (the second turn's question was kept on the query worker), with the
+    # same greedy text as asking the whole last prompt anew
+    p, seen = "Q: What is the capital of France?\nA:", []
+    for q in ("\nQ: And of Italy?\nA:", "\nQ: And of Spain?\nA:", None):
+        r = client.completions.create(model=MODEL_NAME, prompt=p, max_tokens=8, temperature=0)
+        seen.append((r.usage.prompt_tokens, r.usage.prompt_tokens_details.cached_tokens))
+        if q:
+            p += r.choices[0].text + q
+    g = d.client()
+    try:
+        _, fresh, _ = g.generate(p, max_tokens=8, temperature=0)
+    finally:
+        g.close()
+    t.check(seen[1][1] == seen[0][0] - 1 and seen[2][1] == seen[1][0] and r.choices[0].text == fresh,
+            f"three turns: (prompt, cached) tokens {seen}, the last answer as asked anew ({fresh!r})")
+
     msgs = [{"role": "user", "content": "Name a fruit that is yellow."}]
     cc = client.chat.completions.create(model=MODEL_NAME, messages=msgs, max_tokens=10, temperature=0)
     t.check(cc.object == "chat.completion" and cc.choices[0].message.role == "assistant" and cc.choices[0].message.content
