@@ -40,7 +40,7 @@ endif
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Werror=implicit-function-declaration \
            -fopenmp $(OPT) -I.
 LDFLAGS += -fopenmp $(LDSAN)
-LDLIBS  += -lopenblas -lpcre2-8 -lsodium -lprotobuf-c -luv -lnghttp2 -lsystemd -lm -lpthread
+LDLIBS  += -lopenblas -lpcre2-8 -lsodium -lprotobuf-c -luv -lnghttp2 -lhttp_parser -ljansson -lsystemd -lm -lpthread
 # Open MPI: the mpi transport lives in the library, so everything links it
 MPICC   ?= mpicc
 MPI_CFLAGS := $(shell $(MPICC) --showme:compile 2>/dev/null)

@@ -13,7 +13,9 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/status.h"
+#include "coordinator/front.h"
 #include "coordinator/grpc.h"
+#include "coordinator/openai.h"
 #include "net/conn.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "model/kv_cache.h"
@@ -44,7 +46,11 @@ struct cctx {
     int mode, chat, ephemeral;
     int64_t block_size, anchor_size;
     char *text;             /* a text context keeps its text: questions are encoded after it */
+    int32_t *tokens;        /* (n_tokens + n_ext) its token ids, for the prompts that start with them */
+    size_t cap_tokens;      /* bytes */
     int64_t n_tokens;
+    int64_t n_ext;          /* tokens fed by questions since, kept on the query worker (sr_cp_rewind_keep) */
+    int kept;               /* the prompt of a request that asked for reuse, kept resident */
     int state;
     int n_prefilled, failed_rc;
     char failed[512];
@@ -61,7 +67,8 @@ struct cctx {
 struct req {
     coord *co;
     int kind;
-    sr_grpc_call *call;     /* NULL once the client is gone */
+    sr_sink *sink;          /* NULL once the client is gone or answered */
+    sr_sink own;            /* the sink of a gRPC call (data: the call) */
     int working;            /* a tokenizing job is out */
     int admitted;           /* holds a queue slot */
     int linked;             /* a context refers to it */
@@ -76,8 +83,16 @@ struct req {
     int64_t n_tok;
     size_t cap_tok;     /* bytes */
     /* Generate */
-    Starring__V1__GenerateRequest *g;
-    char *prompt;           /* g->prompt with invalid UTF-8 replaced */
+    Starring__V1__GenerateRequest *g; /* the gRPC request, until it is asked */
+    char *prompt;           /* with invalid UTF-8 replaced */
+    char *stop;             /* NULL: none */
+    int32_t max_tokens, top_k;
+    float temperature, top_p;
+    uint64_t seed;
+    int reuse;              /* sr_coord_question.reuse */
+    int64_t cached;         /* context tokens that were resident already */
+    int64_t keep;           /* of the context's n_ext, those this question follows */
+    int extend;             /* once answered, its question tokens join the context's n_ext */
     cctx *ctx;
     uint64_t gen;
     int32_t *q;
@@ -107,6 +122,8 @@ struct coord {
     uv_timer_t tick, drain;
     uv_signal_t sigint, sigterm;
     sr_grpc *grpc;
+    sr_openai *http;
+    char model_name[128];
     sr_gguf *gguf;
     sr_tokenizer *tok;
     sr_model_config cfg;
@@ -174,6 +191,16 @@ static char *utf8_clean(const char *s, size_t n, size_t *out_n) {
     return o;
 }
 
+int sr_coord_serving(const sr_coord *co, char *msg, size_t cap) {
+    if (serving(co)) return 1;
+    if (co->broken) snprintf(msg, cap, "%s", co->broken_why);
+    else snprintf(msg, cap, "%d of %d workers are up: the others are joining or loading the model", co->n_ready, co->o->workers);
+    return 0;
+}
+
+const sr_tokenizer *sr_coord_tokenizer(const sr_coord *co) { return co->tok; }
+const char *sr_coord_model_name(const sr_coord *co) { return co->model_name; }
+
 static void ctx_message(const coord *co, const cctx *c, Starring__V1__Context *m, Starring__V1__Shard *sh,
                         Starring__V1__Shard **shp) {
     starring__v1__context__init(m);
@@ -222,11 +249,12 @@ static void to_workers(coord *co, const sr_frame *f, int only) {
 /* ------------------------------------------------------------ requests */
 
 static void req_free_if_done(req *r) {
-    if (r->call || r->working || r->linked) return;
+    if (r->sink || r->working || r->linked) return;
     if (r->admitted) r->co->in_flight--;
     free(r->name);
     free((char *)r->opts.mode);
     free(r->prompt);
+    free(r->stop);
     free(r->text);
     free(r->tokens);
     free(r->q);
@@ -236,7 +264,7 @@ static void req_free_if_done(req *r) {
 
 static void req_finish(req *r, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void req_finish(req *r, int status, const char *fmt, ...) {
-    if (r->call) {
+    if (r->sink) {
         char msg[1024] = "";
         if (fmt) {
             va_list ap;
@@ -244,29 +272,16 @@ static void req_finish(req *r, int status, const char *fmt, ...) {
             vsnprintf(msg, sizeof msg, fmt, ap);
             va_end(ap);
         }
-        *sr_grpc_call_slot(r->call) = NULL;
-        sr_grpc_finish(r->call, status, status == SR_GRPC_OK ? NULL : "%s", msg);
-        r->call = NULL;
+        sr_sink *s = r->sink;
+        r->sink = NULL;
+        s->req = NULL;
+        s->ops->finish(s, status, status == SR_GRPC_OK ? NULL : msg);
     }
     req_free_if_done(r);
 }
 
 static void send_progress_ctx(req *r, int64_t done, int64_t total) {
-    if (!r->call) return;
-    Starring__V1__Progress p = STARRING__V1__PROGRESS__INIT;
-    p.done = done;
-    p.total = total;
-    if (r->kind == REQ_CREATE) {
-        Starring__V1__ContextEvent e = STARRING__V1__CONTEXT_EVENT__INIT;
-        e.event_case = STARRING__V1__CONTEXT_EVENT__EVENT_PROGRESS;
-        e.progress = &p;
-        sr_grpc_send(r->call, &e.base);
-    } else {
-        Starring__V1__GenerateEvent e = STARRING__V1__GENERATE_EVENT__INIT;
-        e.event_case = STARRING__V1__GENERATE_EVENT__EVENT_PROGRESS;
-        e.progress = &p;
-        sr_grpc_send(r->call, &e.base);
-    }
+    if (r->sink && r->sink->ops->progress) r->sink->ops->progress(r->sink, done, total);
 }
 
 /* ------------------------------------------------------------ contexts */
@@ -301,6 +316,7 @@ static void ctx_drop(coord *co, cctx *c, const char *why) {
     }
     free(c->name);
     free(c->text);
+    free(c->tokens);
     free(c->kv_tokens);
     free(c->kv_bytes);
     free(c->est_bytes);
@@ -405,7 +421,7 @@ static void gen_next(coord *co, cctx *c) {
 
 static void gen_start(coord *co, req *r) {
     cctx *c = r->ctx;
-    if (!r->call) { /* the client left while it waited */
+    if (!r->sink) { /* the client left while it waited */
         r->linked = 0;
         req_free_if_done(r);
         if (!c->active) gen_next(co, c);
@@ -418,18 +434,19 @@ static void gen_start(coord *co, req *r) {
     r->gen = ++co->next_gen;
     r->next = co->gens;
     co->gens = r;
-    const Starring__V1__GenerateRequest *g = r->g;
     FRAME(b, begin, BEGIN, Starring__Control__V1__Begin, STARRING__CONTROL__V1__BEGIN__INIT);
     b.gen = r->gen;
     b.ctx = c->id;
     b.n_query = (size_t)r->nq;
     b.query = r->q;
-    b.max_tokens = g->max_tokens > 0 ? g->max_tokens : co->o->default_tokens;
-    b.temperature = g->temperature;
-    b.top_k = g->top_k;
-    b.top_p = g->top_p;
-    b.seed = g->seed;
-    b.stop = g->n_stop > 0 ? g->stop[0] : "";
+    b.max_tokens = r->max_tokens > 0 ? r->max_tokens : co->o->default_tokens;
+    b.temperature = r->temperature;
+    b.top_k = r->top_k;
+    b.top_p = r->top_p;
+    b.seed = r->seed;
+    b.stop = r->stop ? r->stop : "";
+    b.keep = r->keep;
+    c->n_ext = r->keep; /* what the workers keep of it from now on */
     to_workers(co, &b_f, -1);
 }
 
@@ -460,22 +477,16 @@ static void gen_cancel(coord *co, req *r) {
 static void on_token(coord *co, const Starring__Control__V1__TokenOut *t) {
     req *r = gen_find(co, t->gen);
     if (!r) return;
-    if (r->call) {
+    if (r->sink) {
         if (!r->t_first) r->t_first = sr_now();
         size_t n;
         char *text = utf8_clean((const char *)t->text.data, t->text.len, &n);
-        Starring__V1__Token tk = STARRING__V1__TOKEN__INIT;
-        tk.id = t->id;
-        tk.text = text ? text : "";
-        Starring__V1__GenerateEvent e = STARRING__V1__GENERATE_EVENT__INIT;
-        e.event_case = STARRING__V1__GENERATE_EVENT__EVENT_TOKEN;
-        e.token = &tk;
-        sr_grpc_send(r->call, &e.base);
+        r->sink->ops->token(r->sink, t->id, text ? text : "");
         free(text);
         if (t->id >= 0) r->n_out++;
     }
     if (!t->more) return;
-    if (!r->call) {
+    if (!r->sink) {
         gen_cancel(co, r);
         return;
     }
@@ -483,6 +494,19 @@ static void on_token(coord *co, const Starring__Control__V1__TokenOut *t) {
     s.gen = r->gen;
     s.ctx = r->ctx->id;
     to_workers(co, &s_f, -1);
+}
+
+static void *grow_bytes(void *buf, size_t *cap, size_t need);
+
+/* An answered question's tokens join its context: the next question keeps
+ * their KV (Begin.keep) and a prompt that starts with them reuses it. */
+static void ctx_extend(cctx *c, const int32_t *q, int64_t nq) {
+    size_t need = sizeof *q * (size_t)(c->n_tokens + c->n_ext + nq);
+    int32_t *t = grow_bytes(c->tokens, &c->cap_tokens, need);
+    if (!t) return; /* then only the context itself is matched */
+    c->tokens = t;
+    memcpy(t + c->n_tokens + c->n_ext, q, sizeof *q * (size_t)nq);
+    c->n_ext += nq;
 }
 
 static void on_done(coord *co, const Starring__Control__V1__GenDone *d) {
@@ -494,24 +518,25 @@ static void on_done(coord *co, const Starring__Control__V1__GenDone *d) {
     r->linked = 0;
     co->generations++;
     co->generated += d->generated_tokens;
-    if (r->call) {
+    if (r->sink) {
         if (d->status != SR_OK) {
             req_finish(r, rc_status(d->status), "the question failed on the query worker: %s", d->error);
         } else {
             static const char *const reasons[] = {"length", "eos", "stop", "cancelled"};
-            Starring__V1__Done dn = STARRING__V1__DONE__INIT;
-            dn.stop_reason = (char *)reasons[d->stop_reason >= 0 && d->stop_reason <= 3 ? d->stop_reason : 0];
-            dn.prompt_tokens = d->prompt_tokens;
-            dn.generated_tokens = d->generated_tokens;
-            dn.context_tokens = c->n_tokens;
-            dn.prefill_reused = !c->ephemeral;
-            dn.prefill_s = c->ephemeral ? c->prefill_s : 0;
-            dn.time_to_first_token_s = r->t_first ? r->t_first - r->t0 : 0;
-            dn.tokens_per_s = d->decode_s > 0 ? (double)(d->generated_tokens > 1 ? d->generated_tokens - 1 : 0) / d->decode_s : 0;
-            Starring__V1__GenerateEvent e = STARRING__V1__GENERATE_EVENT__INIT;
-            e.event_case = STARRING__V1__GENERATE_EVENT__EVENT_DONE;
-            e.done = &dn;
-            sr_grpc_send(r->call, &e.base);
+            sr_sink_done dn = {
+                .context_id = c->ephemeral ? "" : c->sid,
+                .stop_reason = reasons[d->stop_reason >= 0 && d->stop_reason <= 3 ? d->stop_reason : 0],
+                .prompt_tokens = d->prompt_tokens,
+                .generated_tokens = d->generated_tokens,
+                .context_tokens = c->n_tokens,
+                .cached_tokens = r->cached,
+                .prefill_reused = r->cached > 0,
+                .prefill_s = r->cached ? 0 : c->prefill_s,
+                .time_to_first_token_s = r->t_first ? r->t_first - r->t0 : 0,
+                .tokens_per_s = d->decode_s > 0 ? (double)(d->generated_tokens > 1 ? d->generated_tokens - 1 : 0) / d->decode_s : 0,
+            };
+            r->sink->ops->done(r->sink, &dn);
+            if (r->extend && !d->cancelled) ctx_extend(c, r->q, r->nq);
             req_finish(r, SR_GRPC_OK, NULL);
         }
     } else {
@@ -522,9 +547,48 @@ static void on_done(coord *co, const Starring__Control__V1__GenDone *d) {
 
 /* ------------------------------------------------------------ prefill */
 
+/* Room for one more kept prompt: past --keep-prompts, the least recently
+ * used idle one goes. */
+static void keep_room(coord *co) {
+    for (;;) {
+        int n = 0;
+        cctx *lru = NULL;
+        for (cctx *o = co->ctxs; o; o = o->next) {
+            if (!o->kept) continue;
+            n++;
+            if (o->state == CTX_READY && !o->active && !o->wait_head && !o->dropping && (!lru || o->last_used < lru->last_used))
+                lru = o;
+        }
+        if (n < co->o->keep_prompts || !lru) return;
+        ctx_drop(co, lru, "the oldest kept prompt, past --keep-prompts");
+    }
+}
+
+/* The resident context with the most tokens that the n tokens start with
+ * (fewer than n: the rest is the question), or NULL; *len tells how many
+ * matched and *keep how many of them its earlier questions fed. */
+static cctx *ctx_prefix(coord *co, const int32_t *tokens, int64_t n, int64_t *len, int64_t *keep) {
+    cctx *best = NULL;
+    *len = *keep = 0;
+    for (cctx *c = co->ctxs; c; c = c->next) {
+        if (c->state != CTX_READY || c->ephemeral || c->dropping || !c->tokens) continue;
+        for (int64_t ext = c->n_ext;; ext = 0) {
+            int64_t m = c->n_tokens + ext;
+            if (m < n && m > *len && memcmp(c->tokens, tokens, sizeof *tokens * (size_t)m) == 0) {
+                best = c;
+                *len = m;
+                *keep = ext;
+                break;
+            }
+            if (ext == 0) break;
+        }
+    }
+    return best;
+}
+
 static void prefill_start(coord *co, req *r, int32_t *tokens, int64_t n, int32_t *q, int64_t nq) {
     char msg[512];
-    const Starring__V1__ContextOptions *o = r->kind == REQ_CREATE ? &r->opts : r->g->options;
+    const Starring__V1__ContextOptions *o = &r->opts;
     const char *mode_name = o && o->mode && *o->mode ? o->mode : co->o->mode;
     int mode = sr_cp_mode_parse(mode_name);
     int64_t block = o ? o->block_size : 0, anchor = o ? o->anchor_size : 0;
@@ -571,8 +635,9 @@ static void prefill_start(coord *co, req *r, int32_t *tokens, int64_t n, int32_t
     c->block_size = block;
     c->anchor_size = anchor;
     c->n_tokens = n;
-    c->ephemeral = r->kind == REQ_GENERATE;
-    c->chat = r->kind == REQ_CREATE ? r->opts.chat : r->g->chat;
+    c->kept = r->kind == REQ_GENERATE && r->reuse && co->o->keep_prompts > 0;
+    c->ephemeral = r->kind == REQ_GENERATE && !c->kept;
+    c->chat = r->opts.chat;
     c->last_used = sr_now();
     if (r->kind == REQ_CREATE) {
         c->name = r->name;
@@ -587,6 +652,7 @@ static void prefill_start(coord *co, req *r, int32_t *tokens, int64_t n, int32_t
     } else {
         st = ctx_admit(co, c, msg, sizeof msg);
     }
+    if (st == SR_GRPC_OK && c->kept) keep_room(co);
     if (st != SR_GRPC_OK) {
         free(c->name);
         free(c->text);
@@ -615,7 +681,8 @@ static void prefill_start(coord *co, req *r, int32_t *tokens, int64_t n, int32_t
     p.n_tokens = (size_t)n;
     p.tokens = tokens;
     to_workers(co, &p_f, -1);
-    free(tokens);
+    c->tokens = tokens;
+    c->cap_tokens = sizeof *tokens * (size_t)n;
     SR_INFO("context %s: %lld tokens, %s mode, prefill sent to %d workers", c->sid, (long long)n, sr_cp_mode_name(mode), W);
 }
 
@@ -642,7 +709,7 @@ static void on_prefilled(coord *co, int w, const Starring__Control__V1__Prefille
     co->prefills++;
     co->prefill_tokens += c->n_tokens;
     SR_INFO("context %s ready: %lld tokens prefilled in %.2f s", c->sid, (long long)c->n_tokens, c->prefill_s);
-    if (!r->call) { /* cancelled mid-prefill: nobody knows its id */
+    if (!r->sink) { /* cancelled mid-prefill: nobody knows its id */
         req_free_if_done(r);
         ctx_drop(co, c, "its client went away during the prefill");
         return;
@@ -653,13 +720,7 @@ static void on_prefilled(coord *co, int w, const Starring__Control__V1__Prefille
         gen_start(co, r);
         return;
     }
-    Starring__V1__Shard sh[co->o->workers], *shp[co->o->workers];
-    Starring__V1__Context m;
-    ctx_message(co, c, &m, sh, shp);
-    Starring__V1__ContextEvent e = STARRING__V1__CONTEXT_EVENT__INIT;
-    e.event_case = STARRING__V1__CONTEXT_EVENT__EVENT_READY;
-    e.ready = &m;
-    sr_grpc_send(r->call, &e.base);
+    if (r->sink->ops->ready) r->sink->ops->ready(r->sink, c->sid);
     req_finish(r, SR_GRPC_OK, NULL);
 }
 
@@ -695,9 +756,11 @@ static void tok_done(uv_work_t *w, int status) {
     tok_job *j = w->data;
     req *r = j->r;
     coord *co = r->co;
+    cctx *m;
+    int64_t len, keep;
     r->working = 0;
     free(j->context);
-    if (!r->call || co->stopping) {
+    if (!r->sink || co->stopping) {
         free(j->ctx);
         free(j->q);
         free(j);
@@ -726,6 +789,46 @@ static void tok_done(uv_work_t *w, int status) {
             if (c->wait_tail) c->wait_tail->next_wait = r;
             else c->wait_head = r;
             c->wait_tail = r;
+        }
+    } else if (r->reuse && serving(co) && (m = ctx_prefix(co, j->ctx, j->n_ctx, &len, &keep))) {
+        /* only what follows the resident context is fed */
+        int64_t nq = j->n_ctx - len + j->n_q;
+        int32_t *q = malloc(sizeof *q * (size_t)(nq > 0 ? nq : 1));
+        if (!q) {
+            req_finish(r, SR_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+        } else {
+            memcpy(q, j->ctx + len, sizeof *q * (size_t)(j->n_ctx - len));
+            if (j->n_q) memcpy(q + j->n_ctx - len, j->q, sizeof *q * (size_t)j->n_q);
+            r->q = q;
+            r->nq = nq;
+            r->ctx = m;
+            r->cached = len;
+            r->keep = keep;
+            r->extend = 1;
+            m->last_used = sr_now();
+            r->linked = 1;
+            if (!m->active) {
+                gen_start(co, r);
+            } else {
+                if (m->wait_tail) m->wait_tail->next_wait = r;
+                else m->wait_head = r;
+                m->wait_tail = r;
+            }
+        }
+        free(j->ctx);
+        free(j->q);
+    } else if (r->reuse && j->n_ctx >= 2 && !j->n_q) {
+        /* kept for the next turn without its last token, which is fed as
+         * the question: the same prompt again then matches too */
+        int32_t *q = malloc(sizeof *q);
+        if (!q) {
+            free(j->ctx);
+            free(j->q);
+            req_finish(r, SR_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+        } else {
+            *q = j->ctx[j->n_ctx - 1];
+            free(j->q);
+            prefill_start(co, r, j->ctx, j->n_ctx - 1, q, 1);
         }
     } else {
         prefill_start(co, r, j->ctx, j->n_ctx, j->q, j->n_q);
@@ -756,17 +859,89 @@ static void tokenize(coord *co, req *r, const char *context, const char *questio
 
 /* ------------------------------------------------------------ methods */
 
-static req *req_new(sr_grpc_call *call, int kind) {
-    coord *co = sr_grpc_data(sr_grpc_call_server(call));
+/* The sinks of the gRPC methods: events become ContextEvent or
+ * GenerateEvent messages of the call. */
+static void grpc_progress(sr_sink *s, int64_t done, int64_t total) {
+    Starring__V1__Progress p = STARRING__V1__PROGRESS__INIT;
+    p.done = done;
+    p.total = total;
+    if (((req *)s->req)->kind == REQ_CREATE) {
+        Starring__V1__ContextEvent e = STARRING__V1__CONTEXT_EVENT__INIT;
+        e.event_case = STARRING__V1__CONTEXT_EVENT__EVENT_PROGRESS;
+        e.progress = &p;
+        sr_grpc_send(s->data, &e.base);
+    } else {
+        Starring__V1__GenerateEvent e = STARRING__V1__GENERATE_EVENT__INIT;
+        e.event_case = STARRING__V1__GENERATE_EVENT__EVENT_PROGRESS;
+        e.progress = &p;
+        sr_grpc_send(s->data, &e.base);
+    }
+}
+
+static void grpc_token(sr_sink *s, int32_t id, const char *text) {
+    Starring__V1__Token tk = STARRING__V1__TOKEN__INIT;
+    tk.id = id;
+    tk.text = (char *)text;
+    Starring__V1__GenerateEvent e = STARRING__V1__GENERATE_EVENT__INIT;
+    e.event_case = STARRING__V1__GENERATE_EVENT__EVENT_TOKEN;
+    e.token = &tk;
+    sr_grpc_send(s->data, &e.base);
+}
+
+static void grpc_ready(sr_sink *s, const char *context_id) {
+    coord *co = ((req *)s->req)->co;
+    cctx *c = ctx_find(co, context_id);
+    if (!c) return;
+    Starring__V1__Shard sh[co->o->workers], *shp[co->o->workers];
+    Starring__V1__Context m;
+    ctx_message(co, c, &m, sh, shp);
+    Starring__V1__ContextEvent e = STARRING__V1__CONTEXT_EVENT__INIT;
+    e.event_case = STARRING__V1__CONTEXT_EVENT__EVENT_READY;
+    e.ready = &m;
+    sr_grpc_send(s->data, &e.base);
+}
+
+static void grpc_done(sr_sink *s, const sr_sink_done *d) {
+    Starring__V1__Done dn = STARRING__V1__DONE__INIT;
+    dn.stop_reason = (char *)d->stop_reason;
+    dn.prompt_tokens = d->prompt_tokens;
+    dn.generated_tokens = d->generated_tokens;
+    dn.context_tokens = d->context_tokens;
+    dn.prefill_reused = d->prefill_reused;
+    dn.prefill_s = d->prefill_s;
+    dn.time_to_first_token_s = d->time_to_first_token_s;
+    dn.tokens_per_s = d->tokens_per_s;
+    Starring__V1__GenerateEvent e = STARRING__V1__GENERATE_EVENT__INIT;
+    e.event_case = STARRING__V1__GENERATE_EVENT__EVENT_DONE;
+    e.done = &dn;
+    sr_grpc_send(s->data, &e.base);
+}
+
+static void grpc_finish(sr_sink *s, int status, const char *msg) {
+    sr_grpc_call *call = s->data;
+    *sr_grpc_call_slot(call) = NULL;
+    sr_grpc_finish(call, status, msg ? "%s" : NULL, msg);
+}
+
+static const sr_sink_ops grpc_sink = {grpc_progress, grpc_token, grpc_ready, grpc_done, grpc_finish};
+
+static req *req_alloc(coord *co, int kind) {
     req *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->co = co;
+    r->kind = kind;
+    r->t0 = sr_now();
+    return r;
+}
+
+static req *req_new(sr_grpc_call *call, int kind) {
+    req *r = req_alloc(sr_grpc_data(sr_grpc_call_server(call)), kind);
     if (!r) {
         sr_grpc_finish(call, SR_GRPC_RESOURCE_EXHAUSTED, "out of memory");
         return NULL;
     }
-    r->co = co;
-    r->kind = kind;
-    r->call = call;
-    r->t0 = sr_now();
+    r->own = (sr_sink){.ops = &grpc_sink, .data = call, .req = r};
+    r->sink = &r->own;
     *sr_grpc_call_slot(call) = r;
     return r;
 }
@@ -786,23 +961,28 @@ static int admit(req *r) {
     return 1;
 }
 
-static void on_cancel_req(sr_grpc_call *call, int status) {
-    req *r = *sr_grpc_call_slot(call);
+void sr_coord_sink_cancel(sr_sink *s) {
+    req *r = s->req;
     if (!r) return;
-    r->call = NULL;
+    s->req = NULL;
+    r->sink = NULL;
     if (r->running) gen_cancel(r->co, r);
     req_free_if_done(r);
 }
 
-static int check_options(req *r, const Starring__V1__ContextOptions *o) {
-    if (!o) return 1;
-    if (o->mode && *o->mode && sr_cp_mode_parse(o->mode) < 0) {
-        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "mode '%s' does not exist: use star, ring or full (or leave it empty)", o->mode);
+static void on_cancel_req(sr_grpc_call *call, int status) {
+    req *r = *sr_grpc_call_slot(call);
+    if (r && r->sink) sr_coord_sink_cancel(r->sink);
+}
+
+static int check_options(req *r, const char *mode, int64_t block_size, int64_t anchor_size) {
+    if (mode && *mode && sr_cp_mode_parse(mode) < 0) {
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "mode '%s' does not exist: use star, ring or full (or leave it empty)", mode);
         return 0;
     }
-    if (o->block_size < 0 || o->block_size > (1 << 24) || o->anchor_size < 0 || o->anchor_size > (1 << 24)) {
+    if (block_size < 0 || block_size > (1 << 24) || anchor_size < 0 || anchor_size > (1 << 24)) {
         req_finish(r, SR_GRPC_INVALID_ARGUMENT, "block_size %lld and anchor_size %lld must be in 0..16777216 (0: the default)",
-                   (long long)o->block_size, (long long)o->anchor_size);
+                   (long long)block_size, (long long)anchor_size);
         return 0;
     }
     return 1;
@@ -831,7 +1011,7 @@ static void create_message(sr_grpc_call *call, const uint8_t *msg, size_t len) {
     if (!r->got_options) {
         r->got_options = 1;
         if (ch->options) {
-            if (!check_options(r, ch->options)) {
+            if (!check_options(r, ch->options->mode, ch->options->block_size, ch->options->anchor_size)) {
                 starring__v1__context_chunk__free_unpacked(ch, NULL);
                 return;
             }
@@ -926,54 +1106,55 @@ static void generate_message(sr_grpc_call *call, const uint8_t *msg, size_t len)
         req_finish(r, SR_GRPC_INVALID_ARGUMENT, "a GenerateRequest of %zu bytes does not decode", len);
 }
 
-static void generate_end(sr_grpc_call *call) {
-    req *r = *sr_grpc_call_slot(call);
-    if (!r) {
-        sr_grpc_finish(call, SR_GRPC_INVALID_ARGUMENT, "no GenerateRequest");
-        return;
-    }
-    coord *co = r->co;
-    Starring__V1__GenerateRequest *g = r->g;
-    if (g->max_tokens < 0 || g->max_tokens > co->o->max_tokens) {
-        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "max_tokens %d must be in 0..%d (0: %d)", g->max_tokens, co->o->max_tokens,
+/* A question (r has its sink): checked, then tokenized (see tok_done). */
+static void ask(coord *co, req *r, const sr_coord_question *q) {
+    if (q->max_tokens < 0 || q->max_tokens > co->o->max_tokens) {
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "max_tokens %d must be in 0..%d (0: %d)", q->max_tokens, co->o->max_tokens,
                    co->o->default_tokens);
         return;
     }
-    if (!(g->temperature >= 0 && g->temperature <= 100) || g->top_k < 0 || !(g->top_p >= 0 && g->top_p <= 1)) {
+    if (!(q->temperature >= 0 && q->temperature <= 100) || q->top_k < 0 || !(q->top_p >= 0 && q->top_p <= 1)) {
         req_finish(r, SR_GRPC_INVALID_ARGUMENT, "temperature %g must be in 0..100, top_k %d >= 0, top_p %g in 0..1",
-                   g->temperature, g->top_k, g->top_p);
+                   q->temperature, q->top_k, q->top_p);
         return;
     }
-    if (g->n_stop > 1 || (g->n_stop == 1 && !*g->stop[0])) {
-        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "give at most one stop string, not empty (%zu given)", g->n_stop);
-        return;
-    }
+    if (!check_options(r, q->mode, q->block_size, q->anchor_size)) return;
     size_t n;
-    char *clean = utf8_clean(g->prompt, strlen(g->prompt), &n);
-    if (!clean) {
+    const char *prompt = q->prompt ? q->prompt : "";
+    r->prompt = utf8_clean(prompt, strlen(prompt), &n);
+    if ((q->mode && *q->mode && !(r->opts.mode = strdup(q->mode))) || !r->prompt ||
+        (q->stop && *q->stop && !(r->stop = strdup(q->stop)))) {
         req_finish(r, SR_GRPC_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
-    r->prompt = clean;
-    if (!g->context_id || !*g->context_id) {
+    r->opts.block_size = q->block_size;
+    r->opts.anchor_size = q->anchor_size;
+    r->opts.chat = q->chat;
+    r->max_tokens = q->max_tokens;
+    r->temperature = q->temperature;
+    r->top_k = q->top_k;
+    r->top_p = q->top_p;
+    r->seed = q->seed;
+    r->reuse = q->reuse;
+    if (!q->context_id || !*q->context_id) {
         if (!*r->prompt) {
             req_finish(r, SR_GRPC_INVALID_ARGUMENT, "the context is empty: give a context_id or a prompt");
             return;
         }
-        if (!check_options(r, g->options) || !admit(r)) return;
-        tokenize(co, r, r->prompt, NULL, g->chat, 0);
+        if (!admit(r)) return;
+        tokenize(co, r, r->prompt, NULL, q->chat, 0);
         return;
     }
-    cctx *c = ctx_find(co, g->context_id);
+    cctx *c = ctx_find(co, q->context_id);
     if (!c) {
-        not_found(co, r, g->context_id);
+        not_found(co, r, q->context_id);
         return;
     }
     if (c->state != CTX_READY || c->dropping) {
         req_finish(r, SR_GRPC_FAILED_PRECONDITION, "context %s is %s", c->sid, c->dropping ? "being dropped" : "still prefilling");
         return;
     }
-    if (!!g->chat != !!c->chat) {
+    if (!!q->chat != !!c->chat) {
         req_finish(r, SR_GRPC_INVALID_ARGUMENT, "context %s was uploaded %s chat: ask with chat %s", c->sid,
                    c->chat ? "with" : "without", c->chat ? "true" : "false");
         return;
@@ -984,9 +1165,43 @@ static void generate_end(sr_grpc_call *call) {
     }
     if (!admit(r)) return;
     r->ctx = c;
+    r->cached = c->n_tokens;
     c->last_used = sr_now();
     /* a text context encodes the question after its text, as starring-run -f FILE -p QUESTION does */
     tokenize(co, r, c->text, r->prompt, c->chat, c->text == NULL);
+}
+
+void sr_coord_ask(sr_coord *co, const sr_coord_question *q, sr_sink *s) {
+    req *r = req_alloc(co, REQ_GENERATE);
+    if (!r) {
+        s->req = NULL;
+        s->ops->finish(s, SR_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    s->req = r;
+    r->sink = s;
+    ask(co, r, q);
+}
+
+static void generate_end(sr_grpc_call *call) {
+    req *r = *sr_grpc_call_slot(call);
+    if (!r) {
+        sr_grpc_finish(call, SR_GRPC_INVALID_ARGUMENT, "no GenerateRequest");
+        return;
+    }
+    const Starring__V1__GenerateRequest *g = r->g;
+    if (g->n_stop > 1 || (g->n_stop == 1 && !*g->stop[0])) {
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "give at most one stop string, not empty (%zu given)", g->n_stop);
+        return;
+    }
+    const Starring__V1__ContextOptions *o = g->options;
+    sr_coord_question q = {
+        .context_id = g->context_id, .prompt = g->prompt, .chat = g->chat,
+        .mode = o ? o->mode : NULL, .block_size = o ? o->block_size : 0, .anchor_size = o ? o->anchor_size : 0,
+        .max_tokens = g->max_tokens, .temperature = g->temperature, .top_p = g->top_p, .top_k = g->top_k,
+        .seed = g->seed, .stop = g->n_stop ? g->stop[0] : NULL,
+    };
+    ask(r->co, r, &q);
 }
 
 /* unary methods: the one request message, then the answer at on_end */
@@ -1372,6 +1587,7 @@ static void stop(coord *co) {
     co->stopping = 1;
     SR_INFO("stopping");
     sr_grpc_close(co->grpc);
+    sr_openai_close(co->http);
     for (int i = 0; i < co->o->workers; i++)
         if (co->w[i].conn) sr_conn_close(co->w[i].conn, NULL);
     uv_close((uv_handle_t *)&co->control, NULL);
@@ -1444,10 +1660,19 @@ int sr_coord_run(const sr_coord_opts *o) {
         SR_INFO("control plane on %s:%d for %d workers", o->control_host, port, o->workers);
         rc = o->on_listening ? o->on_listening(o->control_host, port, o->data) : SR_OK;
     }
-    sr_grpc_opts go = {.max_message = o->max_message};
+    const char *base = strrchr(o->model, '/');
+    snprintf(co->model_name, sizeof co->model_name, "%s", base ? base + 1 : o->model);
+    char *dot = strstr(co->model_name, ".gguf");
+    if (dot) *dot = 0;
+    sr_grpc_opts go = {.max_message = o->max_message, .api_key = o->api_key, .open_prefix = "/grpc.health.v1.Health/"};
     if (rc == SR_OK)
         rc = sr_grpc_open(&co->grpc, co->loop, o->listen_host, o->listen_port, methods,
                           (int)(sizeof methods / sizeof methods[0]), &go, co);
+    sr_openai_opts ho = {.host = o->http_host, .port = o->http_port, .api_key = o->api_key, .max_body = o->max_message};
+    if (rc == SR_OK && o->http_host) {
+        rc = sr_openai_open(&co->http, co->loop, co, &ho);
+        if (rc == SR_OK) SR_INFO("serving the OpenAI HTTP API on http://%s:%d/v1", o->http_host, sr_openai_port(co->http));
+    }
     uv_timer_init(co->loop, &co->tick);
     uv_timer_init(co->loop, &co->drain);
     uv_signal_init(co->loop, &co->sigint);
@@ -1463,6 +1688,7 @@ int sr_coord_run(const sr_coord_opts *o) {
     } else {
         co->stopping = 1;
         if (co->grpc) sr_grpc_close(co->grpc);
+        sr_openai_close(co->http);
         uv_close((uv_handle_t *)&co->control, NULL);
         uv_close((uv_handle_t *)&co->tick, NULL);
         uv_close((uv_handle_t *)&co->drain, NULL);
@@ -1475,6 +1701,7 @@ int sr_coord_run(const sr_coord_opts *o) {
         co->ctxs = c->next;
         free(c->name);
         free(c->text);
+        free(c->tokens);
         free(c->kv_tokens);
         free(c->kv_bytes);
         free(c->est_bytes);

@@ -37,6 +37,10 @@ typedef struct {
     const char *mode;         /* default mode */
     double heartbeat_s;       /* the workers' interval; one missed for 10 of them is a lost worker */
     double shutdown_grace_s;  /* after SIGTERM, how long running requests may take before they are cancelled */
+    const char *http_host;    /* the OpenAI-compatible HTTP API; NULL: off */
+    int http_port;
+    int keep_prompts;         /* HTTP prompts kept resident for reuse (least recently used go first) */
+    const char *api_key;      /* NULL or "": none; else both APIs need "Bearer KEY" */
     /* called once the control port listens (main broadcasts it to the workers) */
     int (*on_listening)(const char *host, int port, void *data);
     /* optional, on the loop's thread (daemon/ passes them on to systemd):

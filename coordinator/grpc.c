@@ -12,6 +12,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/status.h"
+#include "coordinator/auth.h"
 #include "net/conn.h"
 
 typedef struct conn conn;
@@ -28,6 +29,7 @@ struct sr_grpc {
     conn *conns;
     int handles;            /* open uv handles; the server is freed at 0 */
     int closing;
+    sr_auth auth;
 };
 
 struct sr_grpc_call {
@@ -36,6 +38,7 @@ struct sr_grpc_call {
     const sr_grpc_method *m; /* NULL: unknown path */
     char path[256];
     int bad_type;            /* content-type is not application/grpc */
+    int authorized;          /* the authorization metadata carries the API key */
     double deadline;         /* sr_now() seconds; 0: none */
     uv_timer_t *timer;
     uint8_t *in;             /* a partial request message: 5-byte prefix, then body */
@@ -306,6 +309,8 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
         call->path[n] = 0;
     } else if (nlen == 12 && memcmp(name, "content-type", 12) == 0) {
         call->bad_type = !(vlen >= 16 && memcmp(value, "application/grpc", 16) == 0);
+    } else if (nlen == 13 && memcmp(name, "authorization", 13) == 0) {
+        call->authorized = sr_auth_check(&call->c->g->auth, (const char *)value, vlen);
     } else if (nlen == 12 && memcmp(name, "grpc-timeout", 12) == 0) {
         double t = parse_timeout(value, vlen);
         if (t >= 0) call->deadline = sr_now() + t;
@@ -321,6 +326,13 @@ static void call_start(sr_grpc_call *call) {
     if (call->bad_type) {
         call->refused = 1;
         call_end(call, SR_GRPC_INVALID_ARGUMENT, "content-type must be application/grpc");
+        return;
+    }
+    if (g->auth.on && !call->authorized &&
+        !(g->o.open_prefix && strncmp(call->path, g->o.open_prefix, strlen(g->o.open_prefix)) == 0)) {
+        SR_WARN("gRPC %s from %s refused: no valid API key", call->path, call->c->peer);
+        call->refused = 1;
+        call_end(call, SR_GRPC_UNAUTHENTICATED, "this server needs its API key: send the metadata 'authorization: Bearer KEY'");
         return;
     }
     if (!call->m) {
@@ -583,11 +595,17 @@ int sr_grpc_open(sr_grpc **out, uv_loop_t *loop, const char *host, int port, con
     if (!g->o.max_message) g->o.max_message = SR_GRPC_MAX_MESSAGE;
     if (!g->o.max_streams) g->o.max_streams = 100;
     if (g->o.preface_timeout_s <= 0) g->o.preface_timeout_s = 5;
+    int rc = sr_auth_init(&g->auth, g->o.api_key);
+    if (rc != SR_OK) {
+        free(g->methods);
+        free(g);
+        return rc;
+    }
     uv_tcp_init(loop, &g->listener);
     uv_prepare_init(loop, &g->flush);
     g->listener.data = g->flush.data = g;
     g->handles = 2;
-    int rc = sr_listen(&g->listener, loop, host, port, on_connection, &g->port);
+    rc = sr_listen(&g->listener, loop, host, port, on_connection, &g->port);
     if (rc != SR_OK) {
         sr_grpc_close(g);
         return rc;

@@ -13,7 +13,8 @@
  *
  * Input is capped before it is buffered: a request message longer than
  * max_message is answered RESOURCE_EXHAUSTED, an unknown path
- * UNIMPLEMENTED; bytes that are not HTTP/2 close that connection, and a
+ * UNIMPLEMENTED, a call without the API key (opts.api_key)
+ * UNAUTHENTICATED; bytes that are not HTTP/2 close that connection, and a
  * connection that has not sent a valid HTTP/2 preface within a few seconds
  * is closed too. Replies are flushed once per loop turn (a uv_prepare_t). */
 #ifndef SR_COORDINATOR_GRPC_H
@@ -38,6 +39,7 @@ enum {
     SR_GRPC_UNIMPLEMENTED = 12,
     SR_GRPC_INTERNAL = 13,
     SR_GRPC_UNAVAILABLE = 14,
+    SR_GRPC_UNAUTHENTICATED = 16,
 };
 
 typedef struct sr_grpc sr_grpc;
@@ -54,6 +56,11 @@ typedef struct {
     size_t max_message;         /* request message bytes; 0: SR_GRPC_MAX_MESSAGE */
     uint32_t max_streams;       /* concurrent calls per connection; 0: 100 */
     double preface_timeout_s;   /* 0: 5 */
+    /* NULL or "": no key. Else every call needs "authorization: Bearer KEY"
+     * metadata (UNAUTHENTICATED otherwise, logged with the peer's address),
+     * but those whose path starts with open_prefix (the health checks) */
+    const char *api_key;
+    const char *open_prefix;
 } sr_grpc_opts;
 
 #define SR_GRPC_MAX_MESSAGE ((size_t)4 << 20)

@@ -21,7 +21,7 @@ const sr_cfg_def sr_cfg_table[SR_CFG_N] = {
     [SR_CFG_KV_BUDGET] = {"kv-budget", 0, SR_CFG_BYTES, "0", 0, 1e15, NULL, "bytes of KV per worker; 0: no limit"},
     [SR_CFG_QUEUE] = {"queue", 0, SR_CFG_INT, "64", 1, 1 << 20, NULL,
                       "requests admitted at once; more get RESOURCE_EXHAUSTED"},
-    [SR_CFG_MAX_MESSAGE] = {"max-message", 0, SR_CFG_BYTES, "4M", 1024, 1 << 30, NULL, "largest gRPC request message"},
+    [SR_CFG_MAX_MESSAGE] = {"max-message", 0, SR_CFG_BYTES, "4M", 1024, 1 << 30, NULL, "largest gRPC request message and HTTP request body"},
     [SR_CFG_MAX_FRAME] = {"max-frame", 0, SR_CFG_BYTES, "80M", 1024, 1u << 31, NULL, "largest control-plane frame"},
     [SR_CFG_MAX_CONTEXT] = {"max-context", 0, SR_CFG_INT, "1048576", 1, 1 << 30, NULL, "most tokens of a context"},
     [SR_CFG_MAX_TOKENS] = {"max-tokens", 0, SR_CFG_INT, "4096", 1, 1 << 30, NULL, "most tokens a question may ask for"},
@@ -36,6 +36,14 @@ const sr_cfg_def sr_cfg_table[SR_CFG_N] = {
     [SR_CFG_LOG_LEVEL] = {"log-level", 0, SR_CFG_ENUM, "info", 0, 0, "error,warn,info,debug", "what is logged"},
     [SR_CFG_LOG_FILE] = {"log-file", 0, SR_CFG_STR, "", 0, 0, NULL,
                          "append the log to this file, reopened on SIGHUP (empty: stderr)"},
+    [SR_CFG_HTTP_LISTEN] = {"http-listen", 0, SR_CFG_STR, "127.0.0.1:8080", 0, 0, NULL,
+                            "HOST:PORT of the OpenAI-compatible HTTP API, or off for none"},
+    [SR_CFG_KEEP_PROMPTS] = {"keep-prompts", 0, SR_CFG_INT, "8", 0, 1 << 20, NULL,
+                             "HTTP prompts kept resident for the next turn to reuse (least recently used go first); 0: none"},
+    [SR_CFG_API_KEY] = {"api-key", 0, SR_CFG_STR, "", 0, 0, NULL,
+                        "bearer token both APIs require (needed to listen beyond loopback); prefer api-key-file"},
+    [SR_CFG_API_KEY_FILE] = {"api-key-file", 0, SR_CFG_STR, "", 0, 0, NULL,
+                             "file whose first line is the API key, kept out of the process list"},
 };
 
 static int is_space(char ch) { return ch == ' ' || ch == '\t' || ch == '\r'; }

@@ -48,13 +48,44 @@ static int coordinator_listening(const char *host, int port, void *data) {
     return bcast_addr(&a);
 }
 
+static int loopback(const char *host) {
+    return strncmp(host, "127.", 4) == 0 || strcmp(host, "localhost") == 0 || strcmp(host, "::1") == 0;
+}
+
+/* The API key from --api-key or the first line of --api-key-file. */
+static int api_key(const sr_config *c, char *key, size_t cap) {
+    key[0] = 0;
+    const char *k = c->s[SR_CFG_API_KEY], *file = c->s[SR_CFG_API_KEY_FILE];
+    if (*k && *file) return sr_error_set(SR_EINVAL, "give --api-key or --api-key-file, not both");
+    if (*k) {
+        if (strlen(k) >= cap) return sr_error_set(SR_EINVAL, "--api-key is over %zu bytes", cap - 1);
+        snprintf(key, cap, "%s", k);
+        return SR_OK;
+    }
+    if (!*file) return SR_OK;
+    FILE *f = fopen(file, "r");
+    if (!f) return sr_error_set(SR_EIO, "--api-key-file %s: %s", file, strerror(errno));
+    if (!fgets(key, (int)cap, f)) key[0] = 0;
+    fclose(f);
+    key[strcspn(key, "\r\n")] = 0;
+    if (!*key) return sr_error_set(SR_EINVAL, "--api-key-file %s: the first line is empty", file);
+    return SR_OK;
+}
+
 static int run_coordinator(const sr_config *c, int workers) {
-    char lhost[96], chost[96];
-    int lport, cport = 0;
+    char lhost[96], chost[96], hhost[96], key[4097];
+    int lport, cport = 0, hport = 0;
+    int http = strcmp(c->s[SR_CFG_HTTP_LISTEN], "off") != 0;
     int rc = sr_addr_parse(c->s[SR_CFG_LISTEN], lhost, sizeof lhost, &lport);
     if (rc == SR_OK && *c->s[SR_CFG_CONTROL]) rc = sr_addr_parse(c->s[SR_CFG_CONTROL], chost, sizeof chost, &cport);
     else snprintf(chost, sizeof chost, "%s", lhost);
+    if (rc == SR_OK && http) rc = sr_addr_parse(c->s[SR_CFG_HTTP_LISTEN], hhost, sizeof hhost, &hport);
+    if (rc == SR_OK) rc = api_key(c, key, sizeof key);
     if (rc != SR_OK) return rc;
+    if (!*key && (!loopback(lhost) || (http && !loopback(hhost))))
+        return sr_error_set(SR_EINVAL, "the %s API would listen on %s, beyond loopback, without a key: give --api-key-file "
+                            "FILE (or --api-key KEY) so that clients must send 'Authorization: Bearer KEY', or listen "
+                            "on 127.0.0.1", !loopback(lhost) ? "gRPC" : "HTTP", !loopback(lhost) ? lhost : hhost);
     sr_coord_opts o = {
         .model = c->s[SR_CFG_MODEL], .listen_host = lhost, .listen_port = lport, .control_host = chost,
         .control_port = cport, .workers = workers, .kv_budget = (int64_t)c->v[SR_CFG_KV_BUDGET],
@@ -62,7 +93,8 @@ static int run_coordinator(const sr_config *c, int workers) {
         .max_frame = (size_t)c->v[SR_CFG_MAX_FRAME], .max_context = (int64_t)c->v[SR_CFG_MAX_CONTEXT],
         .max_batch = (int64_t)c->v[SR_CFG_BATCH], .max_tokens = (int32_t)c->v[SR_CFG_MAX_TOKENS],
         .default_tokens = (int32_t)c->v[SR_CFG_DEFAULT_TOKENS], .mode = c->s[SR_CFG_MODE], .heartbeat_s = c->v[SR_CFG_HEARTBEAT],
-        .shutdown_grace_s = c->v[SR_CFG_SHUTDOWN_GRACE], .on_listening = coordinator_listening,
+        .shutdown_grace_s = c->v[SR_CFG_SHUTDOWN_GRACE], .http_host = http ? hhost : NULL, .http_port = hport,
+        .keep_prompts = (int)c->v[SR_CFG_KEEP_PROMPTS], .api_key = key, .on_listening = coordinator_listening,
         .on_ready = sr_notify_ready, .on_tick = sr_notify_tick, .on_stopping = sr_notify_stopping};
     return sr_coord_run(&o);
 }

@@ -336,12 +336,13 @@ static int gen_wait_grant(gen *g) {
     return go ? SR_OK : sr_error_set(SR_ESTATE, "the question was cancelled");
 }
 
-/* Every feed but the first carries the token just sampled: report it, give
- * the step back, wait for the next one. */
+/* Every feed but the question's carries the token just sampled (without a
+ * question, every feed does): report it, give the step back, wait for the
+ * next one. */
 static int gen_feed(void *data, const int32_t *tokens, int64_t n) {
     gen *g = data;
     wrk *w = g->w;
-    if (g->n_feeds++ > 0) {
+    if (g->n_feeds++ > 0 || g->n_query == 0) {
         g->n_gen++;
         int more = g->n_gen < g->max_tokens;
         gen_report(g, tokens[0], more);
@@ -463,7 +464,7 @@ static void do_begin(wrk *w, const Starring__Control__V1__Begin *b) {
         return;
     }
     ctx_in(w, c);
-    int rc = sr_cp_rewind(c->cp);
+    int rc = sr_cp_rewind_keep(c->cp, b->keep);
     ctx_out(w, c);
     if (rc != SR_OK) {
         fault(w, rc, "rewind");

@@ -164,3 +164,65 @@ int sr_tok_chat_prompt(const sr_tokenizer *t, const char *system, const char *us
     *out_len = b.n;
     return SR_OK;
 }
+
+int sr_tok_chat_render(const sr_tokenizer *t, const sr_chat_msg *m, int n, char **out, size_t *out_len) {
+    if (out) *out = NULL;
+    if (out_len) *out_len = 0;
+    if (!t || !out || !out_len || n < 0 || (n && !m)) return sr_error_set(SR_EINVAL, "sr_tok_chat_render: NULL argument");
+    const char *tmpl = t->chat_template;
+    int fam = family_of(tmpl);
+    text b = {0};
+    char *dflt = NULL;
+    const char *system = NULL;
+    int first = 0;
+    if (n > 0 && strcmp(m[0].role, "system") == 0) system = m[0].content, first = 1;
+    else if (fam == FAM_CHATML && tmpl) system = dflt = chatml_default_system(tmpl, &b.oom);
+    if (fam == FAM_CHATML && system) {
+        put_str(&b, "<|im_start|>system\n");
+        put(&b, system, first ? m[0].len : strlen(system));
+        put_str(&b, "<|im_end|>\n");
+    } else if (fam == FAM_LLAMA3 && system) {
+        put_str(&b, "<|start_header_id|>system<|end_header_id|>\n\n");
+        put(&b, system, m[0].len);
+        put_str(&b, "<|eot_id|>");
+    }
+    for (int i = first; i < n; i++) {
+        int user = strcmp(m[i].role, "user") == 0;
+        if (fam == FAM_CHATML) {
+            put_str(&b, "<|im_start|>");
+            put_str(&b, m[i].role);
+            put_str(&b, "\n");
+            put(&b, m[i].content, m[i].len);
+            put_str(&b, "<|im_end|>\n");
+        } else if (fam == FAM_LLAMA3) {
+            put_str(&b, "<|start_header_id|>");
+            put_str(&b, m[i].role);
+            put_str(&b, "<|end_header_id|>\n\n");
+            put(&b, m[i].content, m[i].len);
+            put_str(&b, "<|eot_id|>");
+        } else if (user) { /* Llama 2: the system text folds into the first turn */
+            put_str(&b, "[INST] ");
+            if (system && i == first) {
+                if (strstr(tmpl, "<<SYS>>")) put_str(&b, "<<SYS>>\n");
+                put(&b, system, m[0].len);
+                put_str(&b, strstr(tmpl, "<<SYS>>") ? "\n<</SYS>>\n\n" : "\n\n");
+            }
+            put(&b, m[i].content, m[i].len);
+            put_str(&b, " [/INST]");
+        } else {
+            put_str(&b, " ");
+            put(&b, m[i].content, m[i].len);
+            put_str(&b, " </s><s>");
+        }
+    }
+    if (fam == FAM_CHATML) put_str(&b, "<|im_start|>assistant\n");
+    else if (fam == FAM_LLAMA3) put_str(&b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    free(dflt);
+    if (b.oom) {
+        free(b.p);
+        return sr_error_set(SR_ENOMEM, "chat: out of memory for a conversation of %d messages", n);
+    }
+    *out = b.p;
+    *out_len = b.n;
+    return SR_OK;
+}

@@ -40,4 +40,19 @@ int64_t sr_tok_vocab_size(const sr_tokenizer *t);
 int sr_tok_chat_prompt(const sr_tokenizer *t, const char *system, const char *user, size_t user_len, char **out,
                        size_t *out_len);
 
+/* One message of a conversation: role "system" (first only), "user" or
+ * "assistant"; content of len bytes. */
+typedef struct {
+    const char *role;
+    const char *content;
+    size_t len;
+} sr_chat_msg;
+
+/* Applies the model's chat template to a whole conversation, adding the
+ * assistant prefix after it; the same text as sr_tok_chat_prompt for one
+ * user message. A conversation and its next turn render to texts one of
+ * which starts with the other, so a resident context of the first is
+ * reused by the second. *out is malloc'ed and NUL-terminated. */
+int sr_tok_chat_render(const sr_tokenizer *t, const sr_chat_msg *m, int n, char **out, size_t *out_len);
+
 #endif

@@ -540,13 +540,21 @@ static int cp__kv_keep_before(sr_kv_cache *c, int64_t end) {
     return SR_OK;
 }
 
-int sr_cp_rewind(sr_cp *cp) {
+int sr_cp_rewind(sr_cp *cp) { return sr_cp_rewind_keep(cp, 0); }
+
+int sr_cp_rewind_keep(sr_cp *cp, int64_t keep) {
     if (!cp || !cp->prefilled) return sr_error_set(SR_ESTATE, "sr_cp_rewind: no context is prefilled");
+    int full = cp->o.mode == SR_CP_FULL, root = cp->rank == SR_CP_QUERY_RANK;
+    /* full mode feeds the model's own cache, on the query rank only */
+    int64_t fed = full ? (root ? sr_model_next_pos(cp->m) - cp->n_ctx : 0) : cp->n_new;
+    if (keep < 0 || (keep > fed && (root || !full)))
+        return sr_error_set(SR_EINVAL, "sr_cp_rewind_keep: keep %lld must be in 0..%lld (the tokens fed since the prefill)",
+                            (long long)keep, (long long)fed);
     int rc = SR_OK;
-    if (cp->o.mode == SR_CP_FULL && cp->rank == SR_CP_QUERY_RANK && sr_model_next_pos(cp->m) > cp->n_ctx)
-        rc = cp__kv_keep_before(&cp->m->kv, cp->n_ctx);
-    sr_kv_clear(&cp->gen);
-    cp->n_new = 0;
+    if (full && root && fed > keep) rc = cp__kv_keep_before(&cp->m->kv, cp->n_ctx + keep);
+    else if (!full && keep == 0) sr_kv_clear(&cp->gen);
+    else if (!full && root && fed > keep) rc = cp__kv_keep_before(&cp->gen, cp->n_ctx + keep);
+    if (rc == SR_OK && !full) cp->n_new = keep;
     return rc;
 }
 

@@ -131,6 +131,12 @@ int sr_cp_end(sr_cp *cp);
  * caller to have kept them. */
 int sr_cp_rewind(sr_cp *cp);
 
+/* Every rank, outside a query: as sr_cp_rewind, but the first keep tokens
+ * fed since the prefill stay (0..those fed): their KV, on the query rank,
+ * becomes part of the context that the next query follows (the daemon
+ * keeps a conversation's turns so). */
+int sr_cp_rewind_keep(sr_cp *cp, int64_t keep);
+
 /* Query rank: ends the query with an error (status < 0) that every other
  * rank's sr_cp_serve returns; the context must be prefilled again. */
 int sr_cp_abort(sr_cp *cp, int status);

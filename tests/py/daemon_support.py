@@ -44,8 +44,12 @@ def mpirun(np):
 class Daemon:
     """starringd under mpirun: a coordinator and `workers` workers."""
 
-    def __init__(self, workers, *args):
+    def __init__(self, workers, *args, http=False):
+        """http: serve the OpenAI HTTP API too, on self.http_port (else off,
+        so that parallel daemons do not share its default port)."""
         self.port, self.control = free_port(), free_port()
+        self.http_port = free_port() if http else None
+        args = list(args) + ["--http-listen", f"127.0.0.1:{self.http_port}" if http else "off"]
         self.log = tempfile.NamedTemporaryFile(prefix="starringd-", suffix=".log", delete=False)
         env = dict(os.environ, OMP_WAIT_POLICY="passive", OMP_NUM_THREADS="1")
         self.proc = subprocess.Popen(

@@ -15,7 +15,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 S=(--server 127.0.0.1:$port)
 mpirun=(mpirun --oversubscribe -np 3)
 [ "$(id -u)" = 0 ] && mpirun=(mpirun --allow-run-as-root --oversubscribe -np 3)
-OMP_NUM_THREADS=1 "${mpirun[@]}" "$BUILD/starringd" --model "$MODEL" --listen 127.0.0.1:$port -t 1 \
+OMP_NUM_THREADS=1 "${mpirun[@]}" "$BUILD/starringd" --model "$MODEL" --listen 127.0.0.1:$port --http-listen off -t 1 \
     --kv-budget 40M >"$tmp/log" 2>&1 &
 daemon=$!
 trap 'kill "$daemon" 2>/dev/null; wait "$daemon" 2>/dev/null; rm -rf "$tmp"' EXIT
