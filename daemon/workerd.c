@@ -65,6 +65,11 @@ struct wrk {
     sr_model *m;
     sr_tokenizer *tok;
     sr_kv_cache parked;     /* the model's own empty cache, in m->kv between commands */
+    sr_model_state spare;   /* the run state of steps run between a prefill's chunks */
+    int64_t *between;       /* [3 * data-plane ranks] scratch of prefill_between */
+    uint64_t pf_ctx;        /* the context being prefilled */
+    int pf_cancelled;       /* and the workers agreed to stop it */
+    double pf_mark;         /* when its last chunk began */
     /* event loop thread */
     uv_loop_t loop;
     uv_async_t wake;
@@ -214,6 +219,121 @@ static void ctx_free(wctx *c) {
     free(c);
 }
 
+static void handle(wrk *w, const sr_frame *f);
+
+/* Commands a worker may run in the middle of a prefill: Begin and Step are
+ * collective (the workers run them together), Cancel and Drop local. A
+ * Prefill, or a PrefillCancel that a later chunk must see, waits. */
+static int cmd_collective(const sr_frame *f) {
+    return f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_BEGIN ||
+           f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_STEP;
+}
+static int cmd_between(const sr_frame *f) {
+    return cmd_collective(f) || f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_CANCEL ||
+           f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_DROP;
+}
+
+/* Runs the queued commands up to the n-th collective one, in order, with
+ * the spare run state and each command's own context in the model; the
+ * prefill's activations and KV are put back after. */
+static void run_between(wrk *w, int64_t n) {
+    sr_kv_cache kv = w->m->kv;
+    sr_model_state st = w->m->state;
+    w->m->state = w->spare;
+    for (int64_t ran = 0; ran < n;) {
+        pthread_mutex_lock(&w->mu);
+        cmd *k = w->in_head;
+        if (k && cmd_between(k->f) && !(w->in_head = k->next)) w->in_tail = NULL;
+        pthread_mutex_unlock(&w->mu);
+        if (!k || !cmd_between(k->f)) break;
+        ran += cmd_collective(k->f);
+        handle(w, k->f);
+        sr_frame_free(k->f);
+        free(k);
+    }
+    w->spare = w->m->state;
+    w->m->state = st;
+    w->m->kv = kv;
+}
+
+/* The collective commands this worker has in front of the next Prefill (or
+ * PrefillCancel), and whether the prefill's PrefillCancel is queued. Under
+ * w->mu. */
+static int64_t queued_between(wrk *w, int *cancelled) {
+    int64_t n = 0;
+    int open = 1;
+    for (cmd *k = w->in_head; k; k = k->next) {
+        if (k->f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_PREFILL_CANCEL && k->f->prefill_cancel->ctx == w->pf_ctx)
+            *cancelled = 1;
+        if (!cmd_between(k->f)) open = 0;
+        if (open) n += cmd_collective(k->f);
+    }
+    return n;
+}
+
+/* Waits up to `ms` for a collective command to run between chunks. */
+static void wait_between(wrk *w, int ms) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += (long)ms * 1000000L;
+    until.tv_sec += until.tv_nsec / 1000000000L;
+    until.tv_nsec %= 1000000000L;
+    int cancelled = 0;
+    pthread_mutex_lock(&w->mu);
+    while (!w->gone && queued_between(w, &cancelled) == 0 && !cancelled)
+        if (pthread_cond_timedwait(&w->cv, &w->mu, &until) != 0) break;
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Between two chunks of a prefill (sr_cp_opts.between), on every worker, in
+ * rounds: one allgather over the data plane agrees whether the prefill is
+ * cancelled (a worker has its PrefillCancel, or lost the coordinator), how
+ * many collective commands every worker has received (every worker gets the
+ * same commands in the same order, so running the first n is the same on
+ * all) and whether there is time for another round. The questions that run
+ * get up to half as long as the chunk took, one step each per round (the
+ * next step comes from the coordinator once a token is out), so a running
+ * question waits at most one chunk and the prefill keeps at least two
+ * thirds of the time. The query worker reports the progress. */
+static int prefill_between(void *data, int64_t done, int64_t total) {
+    wrk *w = data;
+    sr_tp *tp = w->o->tp;
+    double until = sr_now() + (sr_now() - w->pf_mark) / 2;
+    for (int round = 0;; round++) {
+        if (round > 0) wait_between(w, 50);
+        int cancelled = 0;
+        pthread_mutex_lock(&w->mu);
+        int64_t mine[3] = {w->gone, queued_between(w, &cancelled), sr_now() < until};
+        pthread_mutex_unlock(&w->mu);
+        mine[0] |= cancelled;
+        int rc = sr_tp_allgather(tp, mine, (int64_t)sizeof mine, w->between);
+        if (rc != SR_OK) return rc;
+        int64_t stop = 0, n = mine[1], more = 1;
+        for (int p = 0; p < sr_tp_size(tp); p++) {
+            stop |= w->between[3 * p];
+            if (w->between[3 * p + 1] < n) n = w->between[3 * p + 1];
+            more &= w->between[3 * p + 2];
+        }
+        if (stop) {
+            w->pf_cancelled = 1;
+            return sr_error_set(SR_ESTATE, "the prefill of context %016llx was cancelled at %lld of %lld tokens",
+                                (unsigned long long)w->pf_ctx, (long long)done, (long long)total);
+        }
+        if (round == 0 && sr_tp_rank(tp) == SR_CP_QUERY_RANK) {
+            FRAME(g, progress, PROGRESS, Starring__Control__V1__PrefillProgress, STARRING__CONTROL__V1__PREFILL_PROGRESS__INIT);
+            g.ctx = w->pf_ctx;
+            g.done = done;
+            g.total = total;
+            send_frame(w, &g_f);
+        }
+        if (n == 0) break;
+        run_between(w, n);
+        if (!more) break;
+    }
+    w->pf_mark = sr_now();
+    return SR_OK;
+}
+
 static void do_prefill(wrk *w, const Starring__Control__V1__Prefill *p) {
     FRAME(r, prefilled, PREFILLED, Starring__Control__V1__Prefilled, STARRING__CONTROL__V1__PREFILLED__INIT);
     r.ctx = p->ctx;
@@ -227,7 +347,10 @@ static void do_prefill(wrk *w, const Starring__Control__V1__Prefill *p) {
     if (rc == SR_OK) {
         c->id = p->ctx;
         c->mode = p->mode;
-        sr_cp_opts co = {.mode = p->mode, .block_size = p->block_size, .anchor_size = p->anchor_size, .tag = 0};
+        sr_cp_opts co = {.mode = p->mode, .block_size = p->block_size, .anchor_size = p->anchor_size, .tag = 0,
+                         .between = prefill_between, .between_data = w};
+        w->pf_ctx = p->ctx;
+        w->pf_mark = sr_now();
         ctx_in(w, c);
         rc = sr_cp_open(&c->cp, w->m, w->o->tp, &co);
         if (rc == SR_OK) rc = sr_cp_prefill(c->cp, p->tokens, (int64_t)p->n_tokens);
@@ -251,8 +374,12 @@ static void do_prefill(wrk *w, const Starring__Control__V1__Prefill *p) {
                 p->n_tokens, r.seconds, (long long)r.kv_tokens, (long long)r.kv_bytes);
     } else {
         r.error = (char *)sr_error_msg();
+        r.cancelled = w->pf_cancelled;
+        if (r.cancelled) SR_INFO("%s", r.error);
         if (c) ctx_free(c);
     }
+    w->pf_ctx = 0;
+    w->pf_cancelled = 0;
     send_frame(w, &r_f);
 }
 
@@ -523,6 +650,7 @@ static void handle(wrk *w, const sr_frame *f) {
     case STARRING__CONTROL__V1__FRAME__KIND_STEP: do_step(w, f->step); break;
     case STARRING__CONTROL__V1__FRAME__KIND_CANCEL: do_cancel(w, f->cancel->gen); break;
     case STARRING__CONTROL__V1__FRAME__KIND_DROP: do_drop(w, f->drop->ctx); break;
+    case STARRING__CONTROL__V1__FRAME__KIND_PREFILL_CANCEL: break; /* its prefill is over: nothing to stop */
     default: SR_WARN("worker %d: ignoring a control frame of kind %d", w->o->worker, (int)f->kind_case);
     }
 }
@@ -563,6 +691,9 @@ int sr_workerd_run(const sr_workerd_opts *o) {
     double t0 = sr_now();
     rc = sr_model_load(&w->m, o->model, &mo);
     if (rc == SR_OK) rc = sr_tok_from_gguf(&w->tok, w->m->gguf);
+    if (rc == SR_OK) rc = sr_model_state_build(&w->spare, w->m);
+    if (rc == SR_OK && !(w->between = calloc((size_t)sr_tp_size(o->tp), 3 * sizeof(int64_t))))
+        rc = sr_error_set(SR_ENOMEM, "out of memory");
     j.worker = o->worker;
     j.workers = o->workers;
     j.pid = (int)getpid();
@@ -614,6 +745,8 @@ int sr_workerd_run(const sr_workerd_opts *o) {
     }
     if (w->m) w->m->kv = w->parked.n_layer ? w->parked : w->m->kv;
     if (w->tok) sr_tok_free(w->tok);
+    sr_model_state_free(&w->spare);
+    free(w->between);
     sr_model_free(w->m);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);
