@@ -591,6 +591,9 @@ static void do_begin(wrk *w, const Starring__Control__V1__Begin *b) {
     g->ctx = c;
     memcpy(g->query, b->query, sizeof(int32_t) * b->n_query);
     g->n_query = (int64_t)b->n_query;
+    /* with no question the first feed already carries a sampled token, to
+     * report before its step (the other workers served no question) */
+    g->n_feeds = g->n_query == 0;
     g->max_tokens = b->max_tokens;
     g->p.sampling = sr_sampler_defaults();
     g->p.sampling.temperature = b->temperature;
