@@ -189,7 +189,7 @@ static int cp__between_rest(sr_cp *cp, int rc) {
     return rc;
 }
 
-/* The query rank's batch of rank p's view (the hello table), or this one's. */
+/* Rank p's batch rows (the hello table; without a transport, this rank's). */
 static int64_t cp__batch_of(const sr_cp *cp, int p) {
     return cp->tp ? cp->hello[p * SR_WIRE_HELLO_WORDS + SR_WIRE_HELLO_BATCH] : cp->m->state.max_batch;
 }
