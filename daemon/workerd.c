@@ -70,6 +70,7 @@ struct wrk {
     uint64_t pf_ctx;        /* the context being prefilled */
     int pf_cancelled;       /* and the workers agreed to stop it */
     double pf_mark;         /* when its last chunk began */
+    int64_t small_prefill;  /* tokens of a prefill that may run between chunks */
     /* event loop thread */
     uv_loop_t loop;
     uv_async_t wake;
@@ -221,16 +222,22 @@ static void ctx_free(wctx *c) {
 
 static void handle(wrk *w, const sr_frame *f);
 
-/* Commands a worker may run in the middle of a prefill: Begin and Step are
- * collective (the workers run them together), Cancel and Drop local. A
- * Prefill, or a PrefillCancel that a later chunk must see, waits. */
-static int cmd_collective(const sr_frame *f) {
+/* Commands a worker may run in the middle of a prefill. Collective (the
+ * workers run them together): Begin, Step, and a Prefill of at most
+ * small_prefill tokens (no more work than one chunk; it runs whole). Local:
+ * Cancel, Drop, and a PrefillCancel of another context (its Prefill is
+ * ahead of it in the queue, so it is over or waits in front). A larger
+ * Prefill waits, and so does the running prefill's PrefillCancel, which
+ * the next chunk must see. */
+static int cmd_collective(const wrk *w, const sr_frame *f) {
     return f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_BEGIN ||
-           f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_STEP;
+           f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_STEP ||
+           (f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_PREFILL && (int64_t)f->prefill->n_tokens <= w->small_prefill);
 }
-static int cmd_between(const sr_frame *f) {
-    return cmd_collective(f) || f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_CANCEL ||
-           f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_DROP;
+static int cmd_between(const wrk *w, const sr_frame *f) {
+    return cmd_collective(w, f) || f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_CANCEL ||
+           f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_DROP ||
+           (f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_PREFILL_CANCEL && f->prefill_cancel->ctx != w->pf_ctx);
 }
 
 /* Runs the queued commands up to the n-th collective one, in order, with
@@ -243,10 +250,10 @@ static void run_between(wrk *w, int64_t n) {
     for (int64_t ran = 0; ran < n;) {
         pthread_mutex_lock(&w->mu);
         cmd *k = w->in_head;
-        if (k && cmd_between(k->f) && !(w->in_head = k->next)) w->in_tail = NULL;
+        if (k && cmd_between(w, k->f) && !(w->in_head = k->next)) w->in_tail = NULL;
         pthread_mutex_unlock(&w->mu);
-        if (!k || !cmd_between(k->f)) break;
-        ran += cmd_collective(k->f);
+        if (!k || !cmd_between(w, k->f)) break;
+        ran += cmd_collective(w, k->f);
         handle(w, k->f);
         sr_frame_free(k->f);
         free(k);
@@ -256,17 +263,17 @@ static void run_between(wrk *w, int64_t n) {
     w->m->kv = kv;
 }
 
-/* The collective commands this worker has in front of the next Prefill (or
- * PrefillCancel), and whether the prefill's PrefillCancel is queued. Under
- * w->mu. */
+/* The collective commands this worker has in front of the first command
+ * that must wait (cmd_between), and whether the running prefill's
+ * PrefillCancel is queued. Under w->mu. */
 static int64_t queued_between(wrk *w, int *cancelled) {
     int64_t n = 0;
     int open = 1;
     for (cmd *k = w->in_head; k; k = k->next) {
         if (k->f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_PREFILL_CANCEL && k->f->prefill_cancel->ctx == w->pf_ctx)
             *cancelled = 1;
-        if (!cmd_between(k->f)) open = 0;
-        if (open) n += cmd_collective(k->f);
+        if (!cmd_between(w, k->f)) open = 0;
+        if (open) n += cmd_collective(w, k->f);
     }
     return n;
 }
@@ -288,7 +295,7 @@ static void wait_between(wrk *w, int ms) {
 /* Between two chunks of a prefill (sr_cp_opts.between), on every worker, in
  * rounds: one allgather over the data plane agrees whether the prefill is
  * cancelled (a worker has its PrefillCancel, or lost the coordinator), how
- * many collective commands every worker has received (every worker gets the
+ * many runnable collective commands every worker has (every worker gets the
  * same commands in the same order, so running the first n is the same on
  * all) and whether there is time for another round. The questions that run
  * get up to half as long as the chunk took, one step each per round (the
@@ -338,6 +345,7 @@ static void do_prefill(wrk *w, const Starring__Control__V1__Prefill *p) {
     FRAME(r, prefilled, PREFILLED, Starring__Control__V1__Prefilled, STARRING__CONTROL__V1__PREFILLED__INIT);
     r.ctx = p->ctx;
     sr_error_clear();
+    int nested = w->pf_ctx != 0;
     wctx *c = calloc(1, sizeof *c);
     int rc = c ? SR_OK : sr_error_set(SR_ENOMEM, "out of memory for a context");
     const sr_kv_cache *pk = &w->parked;
@@ -347,10 +355,13 @@ static void do_prefill(wrk *w, const Starring__Control__V1__Prefill *p) {
     if (rc == SR_OK) {
         c->id = p->ctx;
         c->mode = p->mode;
+        /* a small prefill between another's chunks runs whole */
         sr_cp_opts co = {.mode = p->mode, .block_size = p->block_size, .anchor_size = p->anchor_size, .tag = 0,
-                         .between = prefill_between, .between_data = w};
-        w->pf_ctx = p->ctx;
-        w->pf_mark = sr_now();
+                         .between = nested ? NULL : prefill_between, .between_data = w};
+        if (!nested) {
+            w->pf_ctx = p->ctx;
+            w->pf_mark = sr_now();
+        }
         ctx_in(w, c);
         rc = sr_cp_open(&c->cp, w->m, w->o->tp, &co);
         if (rc == SR_OK) rc = sr_cp_prefill(c->cp, p->tokens, (int64_t)p->n_tokens);
@@ -374,12 +385,14 @@ static void do_prefill(wrk *w, const Starring__Control__V1__Prefill *p) {
                 p->n_tokens, r.seconds, (long long)r.kv_tokens, (long long)r.kv_bytes);
     } else {
         r.error = (char *)sr_error_msg();
-        r.cancelled = w->pf_cancelled;
+        r.cancelled = !nested && w->pf_cancelled;
         if (r.cancelled) SR_INFO("%s", r.error);
         if (c) ctx_free(c);
     }
-    w->pf_ctx = 0;
-    w->pf_cancelled = 0;
+    if (!nested) {
+        w->pf_ctx = 0;
+        w->pf_cancelled = 0;
+    }
     send_frame(w, &r_f);
 }
 
@@ -695,6 +708,7 @@ int sr_workerd_run(const sr_workerd_opts *o) {
     rc = sr_model_load(&w->m, o->model, &mo);
     if (rc == SR_OK) rc = sr_tok_from_gguf(&w->tok, w->m->gguf);
     if (rc == SR_OK) rc = sr_model_state_build(&w->spare, w->m);
+    if (rc == SR_OK) w->small_prefill = w->m->state.max_batch / w->m->config.n_layer;
     if (rc == SR_OK && !(w->between = calloc((size_t)sr_tp_size(o->tp), 3 * sizeof(int64_t))))
         rc = sr_error_set(SR_ENOMEM, "out of memory");
     j.worker = o->worker;

@@ -259,10 +259,22 @@ def run(t, d, ctx_text, ref):
     c.close()
 
 
+SHORT = "The capital of France is"
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. " * 20
 
 
 def interleave_and_cancel(t, d, c, ctx_text, ring_s):
+    short_alone = c.generate(SHORT, max_tokens=6)[:2]
+    short = {}
+
+    def ask_short():
+        cl = d.client()
+        try:
+            short["got"] = cl.generate(SHORT, max_tokens=6)[:2]
+            short["at"] = time.time()
+        finally:
+            cl.close()
+
     before = c.stats()
     times = []
     gen = c.api.Generate(pb.GenerateRequest(prompt=FILLER, max_tokens=4000))
@@ -283,10 +295,13 @@ def interleave_and_cancel(t, d, c, ctx_text, ring_s):
     opts = pb.ContextOptions(mode="ring", chat=True)
     up = c.api.CreateContext(iter([pb.ContextChunk(text=ctx_text, options=opts)]))
     prog = []
+    th_short = threading.Thread(target=ask_short)
     try:
         for ev in up:
             if ev.HasField("progress"):
                 prog.append((time.time(), ev.progress.done, ev.progress.total))
+                if len(prog) == 2:
+                    th_short.start()
             if len(prog) >= 5 or ev.HasField("ready"):
                 break
     except grpc.RpcError as e:
@@ -307,6 +322,10 @@ def interleave_and_cancel(t, d, c, ctx_text, ring_s):
     t.check(len(mid) >= len(prog) and worst <= chunk + 1.0,
             f"a question on another context goes on while a context prefills ({len(mid)} tokens, worst gap "
             f"{worst:.2f} s, a chunk {chunk:.2f} s)")
+    th_short.join(timeout=120)
+    t.check(short.get("got") == short_alone and short.get("at", t_cancel + 1) < t_cancel,
+            f"a short request (its own small context) is answered in the middle of the prefill, as alone "
+            f"({short.get('got')}, {short.get('at', 0) - prog[1][0]:.1f} s after it was sent)")
     dones = [p[1] for p in prog]
     t.check(dones[0] == 0 and all(a < b < prog[0][2] for a, b in zip(dones, dones[1:])),
             f"its progress events arrive with done rising ({dones} of {prog[0][2]})")
@@ -321,10 +340,10 @@ def interleave_and_cancel(t, d, c, ctx_text, ring_s):
     th.join()
     st = wait_idle(c)
     t.check(st.contexts == before.contexts and st.kv_bytes == before.kv_bytes and st.queue_depth == 0 and
-            st.cancelled >= before.cancelled + 2 and st.prefills == before.prefills + 1,
+            st.cancelled >= before.cancelled + 2 and st.prefills == before.prefills + 2,
             f"the cancelled prefill holds no KV and no queue slot (contexts {st.contexts}, KV {st.kv_bytes} bytes, "
             f"queue {st.queue_depth}, cancelled {st.cancelled - before.cancelled}, prefills "
-            f"{st.prefills - before.prefills}: the question's own)")
+            f"{st.prefills - before.prefills}: the two questions' own)")
 
 
 def wait_idle(c, timeout=120):
