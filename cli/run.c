@@ -20,6 +20,7 @@
 #include "attention/attention.h"
 #include "base/clock.h"
 #include "base/log.h"
+#include "base/progress.h"
 #include "base/status.h"
 #include "model/generate.h"
 #include "model/model.h"
@@ -537,6 +538,12 @@ static int report(sr_cp *cp, const run_inputs *in, const char *transport, const 
 }
 
 /* Prefills the context over the ranks and generates after the question. */
+/* Between the prefill's chunks (every rank): rank 0 draws the bar. */
+static int show_progress(void *data, int64_t done, int64_t total) {
+    if (data) sr_progress_show(data, done, total);
+    return 0;
+}
+
 static int generate(const run_args *a, run_inputs *in, sr_tp *tp, int rank) {
     /* ring holds every local row in one batch */
     int64_t rows = sr_cp_batch_rows(&in->co, in->n_ids, tp ? sr_tp_size(tp) : 1);
@@ -547,10 +554,21 @@ static int generate(const run_args *a, run_inputs *in, sr_tp *tp, int rank) {
         in->mo.max_batch = rows;
         if ((rc = sr_model_load(&in->m, a->model, &in->mo))) return rc;
     }
+    /* a progress bar when rank 0's stderr is a terminal (the hook is
+     * collective: every rank learns whether it is set) */
+    sr_progress bar;
+    sr_progress_init(&bar, "starring-run", "prefill", 0);
+    int32_t tty = rank == 0 && bar.tty;
+    if (tp && (rc = sr_tp_bcast(tp, &tty, sizeof tty, 0))) return rc;
+    if (tty) {
+        in->co.between = show_progress;
+        in->co.between_data = rank == 0 ? &bar : NULL;
+    }
     sr_cp *cp = NULL;
     sr_gen_stats st = {0};
     if ((rc = sr_cp_open(&cp, in->m, tp, &in->co))) return rc;
     rc = sr_cp_prefill(cp, in->ids, in->n_ids);
+    if (rc == SR_OK && bar.shown) sr_progress_show(&bar, in->n_ids, in->n_ids);
     if (rc == SR_OK) rc = sr_cp_generate(cp, in->tok, in->question, in->n_question, &in->gp, emit_stdout, NULL, &st);
     if (rc == SR_OK && rank == 0) {
         fputc('\n', stdout);

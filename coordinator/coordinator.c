@@ -686,6 +686,24 @@ static void prefill_start(coord *co, req *r, int32_t *tokens, int64_t n, int32_t
     SR_INFO("context %s: %lld tokens, %s mode, prefill sent to %d workers", c->sid, (long long)n, sr_cp_mode_name(mode), W);
 }
 
+/* The query worker's progress between two chunks of a prefill. */
+static void on_progress(coord *co, const Starring__Control__V1__PrefillProgress *p) {
+    cctx *c = ctx_by_id(co, p->ctx);
+    if (c && c->state == CTX_PREFILLING && c->creator && p->done < c->n_tokens)
+        send_progress_ctx(c->creator, p->done, c->n_tokens);
+}
+
+/* The client of a prefill is gone: every worker stops it at its next
+ * chunk; on_prefilled frees the context and the request's queue slot. */
+static void prefill_cancel(coord *co, req *r) {
+    cctx *c = r->ctx;
+    if (!c || c->state != CTX_PREFILLING || c->creator != r) return;
+    co->cancelled++;
+    FRAME(k, prefill_cancel, PREFILL_CANCEL, Starring__Control__V1__PrefillCancel, STARRING__CONTROL__V1__PREFILL_CANCEL__INIT);
+    k.ctx = c->id;
+    to_workers(co, &k_f, -1);
+}
+
 static void on_prefilled(coord *co, int w, const Starring__Control__V1__Prefilled *p) {
     cctx *c = ctx_by_id(co, p->ctx);
     if (!c || c->state != CTX_PREFILLING) return;
@@ -702,7 +720,7 @@ static void on_prefilled(coord *co, int w, const Starring__Control__V1__Prefille
     r->linked = 0;
     if (c->failed_rc) {
         req_finish(r, rc_status(c->failed_rc), "prefill failed: %s", c->failed);
-        ctx_drop(co, c, "its prefill failed");
+        ctx_drop(co, c, p->cancelled ? "its client went away during the prefill" : "its prefill failed");
         return;
     }
     c->state = CTX_READY;
@@ -967,6 +985,7 @@ void sr_coord_sink_cancel(sr_sink *s) {
     s->req = NULL;
     r->sink = NULL;
     if (r->running) gen_cancel(r->co, r);
+    prefill_cancel(r->co, r);
     req_free_if_done(r);
 }
 
@@ -1542,6 +1561,7 @@ static int on_control_frame(sr_conn *c, sr_frame *f) {
     switch (f->kind_case) {
     case STARRING__CONTROL__V1__FRAME__KIND_HEARTBEAT: break;
     case STARRING__CONTROL__V1__FRAME__KIND_PREFILLED: on_prefilled(co, w, f->prefilled); break;
+    case STARRING__CONTROL__V1__FRAME__KIND_PROGRESS: if (w == SR_CP_QUERY_RANK) on_progress(co, f->progress); break;
     case STARRING__CONTROL__V1__FRAME__KIND_TOKEN: if (w == SR_CP_QUERY_RANK) on_token(co, f->token); break;
     case STARRING__CONTROL__V1__FRAME__KIND_DONE: if (w == SR_CP_QUERY_RANK) on_done(co, f->done); break;
     case STARRING__CONTROL__V1__FRAME__KIND_DROPPED: break;

@@ -11,7 +11,11 @@
  * step of a question as soon as its last token is back, so questions over
  * different contexts interleave token by token at the workers. Questions
  * over one context take turns (they share the context's runner). A prefill
- * is one command: running questions wait for it. All of it runs on the
+ * is one command that the workers run in chunks, running the steps that
+ * came in the meantime between two chunks, so a question waits at most one
+ * chunk; the query worker reports progress per chunk (forwarded as
+ * Progress events), and a client gone during a prefill sends every worker
+ * a PrefillCancel, which stops it at the next chunk. All of it runs on the
  * event loop's thread but tokenizing, which runs on libuv's thread pool. */
 #ifndef SR_COORDINATOR_COORDINATOR_H
 #define SR_COORDINATOR_COORDINATOR_H

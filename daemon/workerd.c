@@ -66,6 +66,12 @@ struct wrk {
     sr_model *m;
     sr_tokenizer *tok;
     sr_kv_cache parked;     /* the model's own empty cache, in m->kv between commands */
+    sr_model_state spare;   /* the run state of steps run between a prefill's chunks */
+    int64_t *between;       /* [3 * data-plane ranks] scratch of prefill_between */
+    uint64_t pf_ctx;        /* the context being prefilled */
+    int pf_cancelled;       /* and the workers agreed to stop it */
+    double pf_mark;         /* when its last chunk began */
+    int64_t small_prefill;  /* tokens of a prefill that may run between chunks */
     /* event loop thread */
     uv_loop_t loop;
     uv_async_t wake;
@@ -240,10 +246,132 @@ static void ctx_free(wctx *c) {
     free(c);
 }
 
+static void handle(wrk *w, const sr_frame *f);
+
+/* Commands a worker may run in the middle of a prefill. Collective (the
+ * workers run them together): Begin, Step, and a Prefill of at most
+ * small_prefill tokens (no more work than one chunk; it runs whole). Local:
+ * Cancel, Drop, and a PrefillCancel of another context (its Prefill is
+ * ahead of it in the queue, so it is over or waits in front). A larger
+ * Prefill waits, and so does the running prefill's PrefillCancel, which
+ * the next chunk must see. */
+static int cmd_collective(const wrk *w, const sr_frame *f) {
+    return f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_BEGIN ||
+           f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_STEP ||
+           (f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_PREFILL && (int64_t)f->prefill->n_tokens <= w->small_prefill);
+}
+static int cmd_between(const wrk *w, const sr_frame *f) {
+    return cmd_collective(w, f) || f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_CANCEL ||
+           f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_DROP ||
+           (f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_PREFILL_CANCEL && f->prefill_cancel->ctx != w->pf_ctx);
+}
+
+/* Runs the queued commands up to the n-th collective one, in order, with
+ * the spare run state and each command's own context in the model; the
+ * prefill's activations and KV are put back after. */
+static void run_between(wrk *w, int64_t n) {
+    sr_kv_cache kv = w->m->kv;
+    sr_model_state st = w->m->state;
+    w->m->state = w->spare;
+    for (int64_t ran = 0; ran < n;) {
+        pthread_mutex_lock(&w->mu);
+        cmd *k = w->in_head;
+        if (k && cmd_between(w, k->f) && !(w->in_head = k->next)) w->in_tail = NULL;
+        pthread_mutex_unlock(&w->mu);
+        if (!k || !cmd_between(w, k->f)) break;
+        ran += cmd_collective(w, k->f);
+        handle(w, k->f);
+        sr_frame_free(k->f);
+        free(k);
+    }
+    w->spare = w->m->state;
+    w->m->state = st;
+    w->m->kv = kv;
+}
+
+/* The collective commands this worker has in front of the first command
+ * that must wait (cmd_between), and whether the running prefill's
+ * PrefillCancel is queued. Under w->mu. */
+static int64_t queued_between(wrk *w, int *cancelled) {
+    int64_t n = 0;
+    int open = 1;
+    for (cmd *k = w->in_head; k; k = k->next) {
+        if (k->f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_PREFILL_CANCEL && k->f->prefill_cancel->ctx == w->pf_ctx)
+            *cancelled = 1;
+        if (!cmd_between(w, k->f)) open = 0;
+        if (open) n += cmd_collective(w, k->f);
+    }
+    return n;
+}
+
+/* Waits up to `ms` for a collective command to run between chunks. */
+static void wait_between(wrk *w, int ms) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += (long)ms * 1000000L;
+    until.tv_sec += until.tv_nsec / 1000000000L;
+    until.tv_nsec %= 1000000000L;
+    int cancelled = 0;
+    pthread_mutex_lock(&w->mu);
+    while (!w->gone && queued_between(w, &cancelled) == 0 && !cancelled)
+        if (pthread_cond_timedwait(&w->cv, &w->mu, &until) != 0) break;
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Between two chunks of a prefill (sr_cp_opts.between), on every worker, in
+ * rounds: one allgather over the data plane agrees whether the prefill is
+ * cancelled (a worker has its PrefillCancel, or lost the coordinator), how
+ * many runnable collective commands every worker has (every worker gets the
+ * same commands in the same order, so running the first n is the same on
+ * all) and whether there is time for another round. The questions that run
+ * get up to half as long as the chunk took, one step each per round (the
+ * next step comes from the coordinator once a token is out), so a running
+ * question waits at most one chunk and the prefill keeps at least two
+ * thirds of the time. The query worker reports the progress. */
+static int prefill_between(void *data, int64_t done, int64_t total) {
+    wrk *w = data;
+    sr_tp *tp = w->o->tp;
+    double until = sr_now() + (sr_now() - w->pf_mark) / 2;
+    for (int round = 0;; round++) {
+        if (round > 0) wait_between(w, 50);
+        int cancelled = 0;
+        pthread_mutex_lock(&w->mu);
+        int64_t mine[3] = {w->gone, queued_between(w, &cancelled), sr_now() < until};
+        pthread_mutex_unlock(&w->mu);
+        mine[0] |= cancelled;
+        int rc = sr_tp_allgather(tp, mine, (int64_t)sizeof mine, w->between);
+        if (rc != SR_OK) return rc;
+        int64_t stop = 0, n = mine[1], more = 1;
+        for (int p = 0; p < sr_tp_size(tp); p++) {
+            stop |= w->between[3 * p];
+            if (w->between[3 * p + 1] < n) n = w->between[3 * p + 1];
+            more &= w->between[3 * p + 2];
+        }
+        if (stop) {
+            w->pf_cancelled = 1;
+            return sr_error_set(SR_ESTATE, "the prefill of context %016llx was cancelled at %lld of %lld tokens",
+                                (unsigned long long)w->pf_ctx, (long long)done, (long long)total);
+        }
+        if (round == 0 && sr_tp_rank(tp) == SR_CP_QUERY_RANK) {
+            FRAME(g, progress, PROGRESS, Starring__Control__V1__PrefillProgress, STARRING__CONTROL__V1__PREFILL_PROGRESS__INIT);
+            g.ctx = w->pf_ctx;
+            g.done = done;
+            g.total = total;
+            send_frame(w, &g_f);
+        }
+        if (n == 0) break;
+        run_between(w, n);
+        if (!more) break;
+    }
+    w->pf_mark = sr_now();
+    return SR_OK;
+}
+
 static void do_prefill(wrk *w, const Starring__Control__V1__Prefill *p) {
     FRAME(r, prefilled, PREFILLED, Starring__Control__V1__Prefilled, STARRING__CONTROL__V1__PREFILLED__INIT);
     r.ctx = p->ctx;
     sr_error_clear();
+    int nested = w->pf_ctx != 0;
     wctx *c = calloc(1, sizeof *c);
     int rc = c ? SR_OK : sr_error_set(SR_ENOMEM, "out of memory for a context");
     const sr_kv_cache *pk = &w->parked;
@@ -253,7 +381,13 @@ static void do_prefill(wrk *w, const Starring__Control__V1__Prefill *p) {
     if (rc == SR_OK) {
         c->id = p->ctx;
         c->mode = p->mode;
-        sr_cp_opts co = {.mode = p->mode, .block_size = p->block_size, .anchor_size = p->anchor_size, .tag = 0};
+        /* a small prefill between another's chunks runs whole */
+        sr_cp_opts co = {.mode = p->mode, .block_size = p->block_size, .anchor_size = p->anchor_size, .tag = 0,
+                         .between = nested ? NULL : prefill_between, .between_data = w};
+        if (!nested) {
+            w->pf_ctx = p->ctx;
+            w->pf_mark = sr_now();
+        }
         ctx_in(w, c);
         rc = sr_cp_open(&c->cp, w->m, w->o->tp, &co);
         if (rc == SR_OK) rc = sr_cp_prefill(c->cp, p->tokens, (int64_t)p->n_tokens);
@@ -277,7 +411,13 @@ static void do_prefill(wrk *w, const Starring__Control__V1__Prefill *p) {
                 p->n_tokens, r.seconds, (long long)r.kv_tokens, (long long)r.kv_bytes);
     } else {
         r.error = (char *)sr_error_msg();
+        r.cancelled = !nested && w->pf_cancelled;
+        if (r.cancelled) SR_INFO("%s", r.error);
         if (c) ctx_free(c);
+    }
+    if (!nested) {
+        w->pf_ctx = 0;
+        w->pf_cancelled = 0;
     }
     send_frame(w, &r_f);
 }
@@ -342,7 +482,7 @@ static int gen_wait_grant(gen *g) {
 static int gen_feed(void *data, const int32_t *tokens, int64_t n) {
     gen *g = data;
     wrk *w = g->w;
-    if (g->n_feeds++ > 0 || g->n_query == 0) {
+    if (g->n_feeds++ > 0) {
         g->n_gen++;
         int more = g->n_gen < g->max_tokens;
         gen_report(g, tokens[0], more);
@@ -491,6 +631,9 @@ static void do_begin(wrk *w, const Starring__Control__V1__Begin *b) {
     g->ctx = c;
     memcpy(g->query, b->query, sizeof(int32_t) * b->n_query);
     g->n_query = (int64_t)b->n_query;
+    /* with no question the first feed already carries a sampled token, to
+     * report before its step (the other workers served no question) */
+    g->n_feeds = g->n_query == 0;
     g->max_tokens = b->max_tokens;
     g->p.sampling = sr_sampler_defaults();
     g->p.sampling.temperature = b->temperature;
@@ -550,6 +693,7 @@ static void handle(wrk *w, const sr_frame *f) {
     case STARRING__CONTROL__V1__FRAME__KIND_STEP: do_step(w, f->step); break;
     case STARRING__CONTROL__V1__FRAME__KIND_CANCEL: do_cancel(w, f->cancel->gen); break;
     case STARRING__CONTROL__V1__FRAME__KIND_DROP: do_drop(w, f->drop->ctx); break;
+    case STARRING__CONTROL__V1__FRAME__KIND_PREFILL_CANCEL: break; /* its prefill is over: nothing to stop */
     default: SR_WARN("worker %d: ignoring a control frame of kind %d", w->o->worker, (int)f->kind_case);
     }
 }
@@ -592,6 +736,10 @@ int sr_workerd_run(const sr_workerd_opts *o) {
     double t0 = sr_now();
     rc = sr_model_load(&w->m, o->model, &mo);
     if (rc == SR_OK) rc = sr_tok_from_gguf(&w->tok, w->m->gguf);
+    if (rc == SR_OK) rc = sr_model_state_build(&w->spare, w->m);
+    if (rc == SR_OK) w->small_prefill = w->m->state.max_batch / w->m->config.n_layer;
+    if (rc == SR_OK && !(w->between = calloc((size_t)sr_tp_size(o->tp), 3 * sizeof(int64_t))))
+        rc = sr_error_set(SR_ENOMEM, "out of memory");
     j.worker = o->worker;
     j.workers = o->workers;
     j.pid = (int)getpid();
@@ -646,6 +794,8 @@ int sr_workerd_run(const sr_workerd_opts *o) {
     }
     if (w->m) w->m->kv = w->parked.n_layer ? w->parked : w->m->kv;
     if (w->tok) sr_tok_free(w->tok);
+    sr_model_state_free(&w->spare);
+    free(w->between);
     sr_model_free(w->m);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);

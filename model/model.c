@@ -313,6 +313,14 @@ static void free_state(sr_model_state *s) {
     memset(s, 0, sizeof(*s));
 }
 
+int sr_model_state_build(sr_model_state *s, const sr_model *m) {
+    int rc = build_state(s, &m->config, &m->weights, m->state.max_batch);
+    if (rc != SR_OK) free_state(s);
+    return rc;
+}
+
+void sr_model_state_free(sr_model_state *s) { free_state(s); }
+
 /* ------------------------------------------------------------ load, free */
 
 int sr_model_load(sr_model **out, const char *path, const sr_model_opts *opts) {

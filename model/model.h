@@ -120,6 +120,12 @@ int sr_model_config_read(sr_model_config *c, const sr_gguf *g);
 int sr_model_load(sr_model **out, const char *path, const sr_model_opts *opts);
 void sr_model_free(sr_model *m);
 
+/* A second run state of m's size, for work that must not clobber m->state
+ * (the daemon runs other contexts' steps between a prefill's layers by
+ * swapping one in); state_free takes it or an unbuilt one. */
+int sr_model_state_build(sr_model_state *s, const sr_model *m);
+void sr_model_state_free(sr_model_state *s);
+
 /* The steps (see above). n <= max_batch. */
 int sr_model_embed(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0);
 int sr_model_kv_reserve(sr_model *m);

@@ -30,6 +30,9 @@ struct sr_cp {
     int64_t *hello;     /* [world][SR_WIRE_HELLO_WORDS] scratch of the prefill's check */
     int prefilled;
     int aborted;        /* query rank: a failed step has already ended the query */
+    int64_t b_done, b_total; /* prefill chunks passed and in all (the most of any rank) */
+    int b_stop;              /* the ranks agreed on a failure: no more chunks */
+    int64_t b_tokens;        /* the context being prefilled */
     sr_cp_stats st;
 };
 
@@ -169,6 +172,49 @@ static void cp__kv_gather(const sr_kv_cache *c, int l, int64_t b, int64_t off, i
     }
 }
 
+/* Between two chunks of a prefill: the caller's hook (sr_cp_opts.between),
+ * then the ranks agree on it and on rc. Every rank passes the same
+ * b_total - 1 boundaries (a rank with less work calls cp__between_rest at
+ * its end); after an agreed failure there are no more. */
+static int cp__between(sr_cp *cp, int rc) {
+    if (!cp->o.between || cp->b_stop || cp->b_done + 1 >= cp->b_total) return rc;
+    cp->b_done++;
+    int h = cp->o.between(cp->o.between_data, cp->b_tokens * cp->b_done / cp->b_total, cp->b_tokens);
+    if ((rc = cp__agree(cp, rc != SR_OK ? rc : h)) != SR_OK) cp->b_stop = 1;
+    return rc;
+}
+
+static int cp__between_rest(sr_cp *cp, int rc) {
+    while (cp->o.between && !cp->b_stop && cp->b_done + 1 < cp->b_total) rc = cp__between(cp, rc);
+    return rc;
+}
+
+/* Rank p's batch rows (the hello table; without a transport, this rank's). */
+static int64_t cp__batch_of(const sr_cp *cp, int p) {
+    return cp->tp ? cp->hello[p * SR_WIRE_HELLO_WORDS + SR_WIRE_HELLO_BATCH] : cp->m->state.max_batch;
+}
+
+static int64_t cp__groups(int64_t n, int64_t batch) { return n > 0 ? (n + batch - 1) / batch : 0; }
+
+/* sr_model_forward without the logits, with a boundary after each layer of
+ * each group of rows. */
+static int cp__forward(sr_cp *cp, const int32_t *tokens, int64_t n, int64_t pos0) {
+    sr_model *m = cp->m;
+    int rc = SR_OK;
+    for (int64_t done = 0; done < n && rc == SR_OK;) {
+        int64_t take = n - done < m->state.max_batch ? n - done : m->state.max_batch;
+        if ((rc = sr_model_embed(m, tokens + done, take, pos0 + done)) == SR_OK) rc = sr_model_kv_reserve(m);
+        for (int l = 0; l < m->config.n_layer && rc == SR_OK; l++) {
+            if ((rc = sr_model_layer_qkv(m, l)) == SR_OK && (rc = sr_model_layer_kv_append(m, l)) == SR_OK &&
+                (rc = sr_model_layer_attention(m, l)) == SR_OK && (rc = sr_model_layer_attn_out(m, l)) == SR_OK)
+                rc = sr_model_layer_mlp(m, l);
+            rc = cp__between(cp, rc);
+        }
+        done += take;
+    }
+    return rc;
+}
+
 /* Broadcasts the logits of the last context token from the rank that
  * computed them to every rank. */
 static int cp__share_logits(sr_cp *cp, int owner) {
@@ -248,6 +294,7 @@ static int cp__prefill_ring(sr_cp *cp, const int32_t *tokens, int64_t n) {
             (rc = sr_ring_forward(ring, &d, s->q, kbuf, vbuf, s->att, s->lse, &cp->st.ring)) != SR_OK)
             break;
         if (nloc > 0 && (rc = sr_model_layer_attn_out(m, l)) == SR_OK) rc = sr_model_layer_mlp(m, l);
+        rc = cp__between(cp, rc);
     }
     /* the rank whose last row is token n-1 has the logits */
     int owner = 0;
@@ -334,6 +381,7 @@ static int cp__star_blocks(sr_cp *cp, const int32_t *tokens, const sr_star_place
                                     s->lse + sg->row0 * c->n_head, s->att_part, s->lse_part);
             }
             if (rc == SR_OK && (rc = sr_model_layer_attn_out(m, l)) == SR_OK) rc = sr_model_layer_mlp(m, l);
+            rc = cp__between(cp, rc);
         }
         c0 += take;
     }
@@ -350,20 +398,23 @@ static int cp__prefill_star(sr_cp *cp, const int32_t *tokens, int64_t n) {
     if (rc != SR_OK) return rc;
     cp->st.block_size = pl.block_size;
     cp->st.anchor_size = pl.anchor_size;
-    if (pl.own.len > 0) {
-        /* the anchor is the context's prefix, so its K/V are exact causal
-         * attention over it: computed once, whatever the number of blocks */
-        if (pl.anchor.len > 0) rc = sr_model_forward(m, tokens, pl.anchor.len, 0);
-        if (rc == SR_OK) rc = cp__star_blocks(cp, tokens, &pl);
-        if (rc == SR_OK && pl.own.pos0 + pl.own.len == n) rc = sr_model_logits(m);
-        if (rc == SR_OK && pl.anchor.len > 0) rc = sr_kv_drop_before(&m->kv, pl.own.pos0);
-    }
     int owner = 0;
     for (int p = 0; p < cp->world; p++) {
         sr_star_place q;
         sr_place_star(n, cp->o.block_size, cp->o.anchor_size, cp->world, p, &q);
         if (q.own.len > 0 && q.own.pos0 + q.own.len == n) owner = p;
+        int64_t b = cp__batch_of(cp, p), units = (cp__groups(q.anchor.len, b) + cp__groups(q.own.len, b)) * m->config.n_layer;
+        if (units > cp->b_total) cp->b_total = units;
     }
+    if (pl.own.len > 0) {
+        /* the anchor is the context's prefix, so its K/V are exact causal
+         * attention over it: computed once, whatever the number of blocks */
+        if (pl.anchor.len > 0) rc = cp__forward(cp, tokens, pl.anchor.len, 0);
+        if (rc == SR_OK) rc = cp__star_blocks(cp, tokens, &pl);
+        if (rc == SR_OK && pl.own.pos0 + pl.own.len == n) rc = sr_model_logits(m);
+        if (rc == SR_OK && pl.anchor.len > 0) rc = sr_kv_drop_before(&m->kv, pl.own.pos0);
+    }
+    rc = cp__between_rest(cp, rc);
     if ((rc = cp__agree(cp, rc)) == SR_OK) rc = cp__share_logits(cp, owner);
     return rc;
 }
@@ -382,15 +433,20 @@ int sr_cp_prefill(sr_cp *cp, const int32_t *tokens, int64_t n) {
     cp->n_runs = 0;
     cp->prefilled = cp->aborted = 0;
     memset(&cp->st, 0, sizeof cp->st);
+    cp->b_done = cp->b_total = 0;
+    cp->b_stop = 0;
+    cp->b_tokens = n;
     /* a rank given no context still says so to the others */
     int rc = tokens && n >= 1 ? SR_OK : sr_error_set(SR_EINVAL, "sr_cp_prefill: no context (%lld tokens)", (long long)n);
     if (cp->tp) rc = cp__hello(cp, rc, tokens, n);
     if (rc != SR_OK) return rc;
     double t0 = sr_now();
     if (cp->o.mode == SR_CP_FULL) {
-        if (cp->rank == SR_CP_QUERY_RANK) rc = sr_model_forward(m, tokens, n, 0);
-        rc = cp__agree(cp, rc);
+        cp->b_total = cp__groups(n, cp__batch_of(cp, SR_CP_QUERY_RANK)) * m->config.n_layer;
+        if (cp->rank == SR_CP_QUERY_RANK && (rc = cp__forward(cp, tokens, n, 0)) == SR_OK) rc = sr_model_logits(m);
+        rc = cp__agree(cp, cp__between_rest(cp, rc));
     } else if (cp->o.mode == SR_CP_RING) {
+        cp->b_total = m->config.n_layer;
         rc = cp__prefill_ring(cp, tokens, n);
     } else {
         rc = cp__prefill_star(cp, tokens, n);

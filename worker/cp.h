@@ -71,6 +71,18 @@ typedef struct {
     int64_t block_size;  /* star: context tokens per block; 0: ceil(context / workers) */
     int64_t anchor_size; /* star: anchor tokens; 0: one block */
     int tag;             /* ring: uses transport tags tag and tag + 1 */
+    /* Optional, called on every rank between two chunks of a prefill, so
+     * that a caller can do other work (the daemon runs other contexts'
+     * steps) and report progress: ring after each layer, star after each
+     * layer of each max_batch group (the anchor pass, then the blocks),
+     * full after each layer of each max_batch group (the other ranks call
+     * it as often, idle). Every rank calls it at the same points, with
+     * nothing of the prefill in flight, so it may run collectives of its
+     * own. done/total are context tokens, done = total * chunks done /
+     * chunks (a share of the work, not of the tokens). A non-zero return
+     * on any rank ends the prefill on every rank with that status. */
+    int (*between)(void *data, int64_t done, int64_t total);
+    void *between_data;
 } sr_cp_opts;
 
 /* This rank's accounting. */

@@ -15,7 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "base/clock.h"
+#include "base/progress.h"
 #include "base/status.h"
 #include "clients/c/grpc_client.h"
 #include "grpc/health/v1/health.pb-c.h"
@@ -36,7 +36,6 @@ static const char usage[] =
 typedef struct {
     sr_gc *gc;
     int json;
-    int tty;
     /* options of upload / ask / generate */
     const char *mode, *name, *file, *prompt;
     int chat, n;
@@ -87,36 +86,16 @@ static void print_context(const cli *c, const Starring__V1__Context *m, int id_o
 /* ------------------------------------------------------------ progress */
 
 typedef struct {
-    const cli *c;
-    double t0;
-    int shown;
+    sr_progress bar;
     Starring__V1__Context *ready;
 } upload_state;
-
-static void progress(upload_state *u, int64_t done, int64_t total, const char *what) {
-    double el = sr_now() - u->t0, rate = el > 0 && done > 0 ? (double)done / el : 0;
-    if (u->c->tty) {
-        int w = 30, fill = total > 0 ? (int)(w * done / total) : 0;
-        char bar[64];
-        for (int i = 0; i < w; i++) bar[i] = i < fill ? '#' : '.';
-        bar[w] = 0;
-        fprintf(stderr, "\r%s [%s] %lld/%lld tokens", what, bar, (long long)done, (long long)total);
-        if (rate > 0 && done < total) fprintf(stderr, "  %.0f tok/s  %.0f s left", rate, (double)(total - done) / rate);
-        else fprintf(stderr, "  %.1f s", el);
-        fprintf(stderr, "\033[K");
-        if (done == total) fputc('\n', stderr);
-    } else {
-        fprintf(stderr, "starring: %s %lld/%lld tokens after %.1f s\n", what, (long long)done, (long long)total, el);
-    }
-    u->shown = 1;
-}
 
 static int on_context_event(void *data, const uint8_t *msg, size_t len) {
     upload_state *u = data;
     Starring__V1__ContextEvent *e = starring__v1__context_event__unpack(NULL, len, msg);
     if (!e) return 1;
     if (e->event_case == STARRING__V1__CONTEXT_EVENT__EVENT_PROGRESS)
-        progress(u, e->progress->done, e->progress->total, "prefill");
+        sr_progress_show(&u->bar, e->progress->done, e->progress->total);
     if (e->event_case == STARRING__V1__CONTEXT_EVENT__EVENT_READY) {
         u->ready = e->ready;
         e->ready = NULL;
@@ -168,7 +147,8 @@ static int upload(cli *c, Starring__V1__Context **ready) {
         if (len == 0) break;
     }
     free(text);
-    upload_state u = {c, sr_now(), 0, NULL};
+    upload_state u = {.ready = NULL};
+    sr_progress_init(&u.bar, "starring", "prefill", 1);
     char msg[512];
     int st = sr_gc_call(c->gc, "/starring.v1.Starring/CreateContext", on_context_event, &u, msg, sizeof msg);
     if (st != 0) return fail(st, msg);
@@ -218,6 +198,7 @@ static int ask(cli *c, const char *id, const char *question) {
     char msg[512];
     int st = sr_gc_call(c->gc, "/starring.v1.Starring/Generate", on_generate_event, &a, msg, sizeof msg);
     if (!c->json) putchar('\n');
+    fflush(stdout); /* the answer's end before the timing line on stderr */
     if (st != 0) return fail(st, msg);
     if (a.done) {
         Starring__V1__Done *d = a.done;
@@ -367,7 +348,6 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *cmd = pos[0];
-    c.tty = isatty(2);
     char host[256];
     const char *colon = strrchr(server, ':');
     if (!colon || colon == server || (size_t)(colon - server) >= sizeof host) {

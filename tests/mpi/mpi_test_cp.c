@@ -12,7 +12,9 @@
  *    and anchors shorter and longer than a block; with one block per worker
  *    it equals the [anchor | own] span that star computed before; each rank
  *    holds at most ceil(n/W) + one block of KV tokens, read from its cache;
- *  - sr_cp_generate streams the same text as sr_gen_run.
+ *  - sr_cp_generate streams the same text as sr_gen_run;
+ *  - the prefill's chunk hook: called at the same points on every rank,
+ *    the result unchanged; a failing hook ends the prefill on every rank.
  * Every rank runs every case; rank 0 computes the references and prints TAP. */
 #include <math.h>
 #include <mpi.h>
@@ -537,6 +539,81 @@ static int t_prefill_disagrees(sr_model *m, sr_tp *tp, int32_t *ids, int64_t n) 
     return fails;
 }
 
+/* ---- the prefill's chunk hook (sr_cp_opts.between) ---- */
+
+typedef struct {
+    sr_tp *tp;
+    int calls, abort_at, bad_order;
+    int64_t last;
+} between_rec;
+
+/* Counts calls and checks with a collective of its own that every rank is
+ * at the same one; fails on this rank at call abort_at. */
+static int on_between(void *data, int64_t done, int64_t total) {
+    between_rec *b = data;
+    int32_t mine = ++b->calls, all[64];
+    if (sr_tp_allgather(b->tp, &mine, sizeof mine, all) != SR_OK) return SR_ECOMM;
+    for (int p = 0; p < size && p < 64; p++) b->bad_order += all[p] != mine;
+    b->bad_order += !(done > b->last && done < total);
+    b->last = done;
+    return b->calls == b->abort_at ? sr_error_set(SR_ERANGE, "the test's hook stops at call %d", b->calls) : SR_OK;
+}
+
+/* In each mode: the hook runs at the same points on every rank, with done
+ * rising below the total, and leaves the prefill as it is without it
+ * (the same logits); a hook failing on one rank ends the prefill on every
+ * rank with an error, and a prefill after it works. */
+static int t_between(const char *path, sr_tp *tp) {
+    sr_model *m = NULL;
+    EXPECT_OK(load(path, 160, 16, &m)); /* ring holds a rank's share, at 2 ranks too */
+    int64_t n = 301;
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
+    float *want = malloc(sizeof(float) * (size_t)m->config.vocab_size);
+    for (int64_t i = 0; i < n; i++) ids[i] = (int32_t)(mix(9 + (uint64_t)i) % (uint64_t)m->config.vocab_size);
+    int fails = 0;
+    static const sr_cp_opts modes[] = {{.mode = SR_CP_RING, .tag = 7}, {.mode = SR_CP_STAR, .block_size = 40, .tag = 7},
+                                       {.mode = SR_CP_STAR, .anchor_size = 100, .tag = 7}, {.mode = SR_CP_FULL, .tag = 7}};
+    for (size_t k = 0; k < sizeof modes / sizeof modes[0]; k++) {
+        sr_cp_opts o = modes[k];
+        sr_cp *cp = NULL;
+        EXPECT_OK(sr_cp_open(&cp, m, tp, &o));
+        EXPECT_OK(sr_cp_prefill(cp, ids, n));
+        memcpy(want, m->state.logits, sizeof(float) * (size_t)m->config.vocab_size);
+        sr_cp_close(cp);
+        between_rec b = {tp, 0, -1, 0, 0};
+        o.between = on_between;
+        o.between_data = &b;
+        EXPECT_OK(sr_cp_open(&cp, m, tp, &o));
+        int rc = sr_cp_prefill(cp, ids, n);
+        int same = rc == SR_OK && memcmp(want, m->state.logits, sizeof(float) * (size_t)m->config.vocab_size) == 0;
+        int32_t calls = b.calls, all[64];
+        EXPECT_OK(sr_tp_allgather(tp, &calls, sizeof calls, all));
+        int agree = calls >= 1 && all[0] == calls && all[size - 1] == calls;
+        if (o.mode == SR_CP_RING) agree = agree && calls == m->config.n_layer - 1;
+        /* the hook fails on the last rank halfway: every rank fails, none calls it again */
+        between_rec bad = {tp, 0, rank == size - 1 ? (calls + 1) / 2 : -1, 0, 0};
+        o.between_data = &bad;
+        sr_cp_close(cp);
+        EXPECT_OK(sr_cp_open(&cp, m, tp, &o));
+        int rc_bad = sr_cp_prefill(cp, ids, n);
+        int stopped = rc_bad != SR_OK && bad.calls == (calls + 1) / 2 && (rank != size - 1 || rc_bad == SR_ERANGE);
+        o.between_data = &b;
+        b = (between_rec){tp, 0, -1, 0, 0};
+        int again = sr_cp_prefill(cp, ids, n) == SR_OK;
+        if (!(same && agree && b.bad_order == 0 && stopped && again)) {
+            fprintf(stderr, "rank %d: %s hook: rc %d, same logits %d, calls %d (agreed %d, out of order %d), "
+                    "abort gave %d after %d calls, again %d: %s\n", rank, sr_cp_mode_name(o.mode), rc, same, calls,
+                    agree, b.bad_order, rc_bad, bad.calls, again, sr_error_msg());
+            fails++;
+        }
+        sr_cp_close(cp);
+    }
+    free(ids);
+    free(want);
+    sr_model_free(m);
+    return fails;
+}
+
 static int t_failures(const char *path, sr_tp *tp) {
     sr_model *m = NULL;
     EXPECT_OK(load(path, 64, 16, &m));
@@ -616,6 +693,9 @@ int main(int argc, char **argv) {
     tap(t_failures(tiny, mpi), "a step failing on the query rank or on rank %d, a forged step header, ranks given "
                                "different contexts: every rank returns an error", size - 1);
     tap(t_failures(tiny, tcp), "the same over tcp");
+    tap(t_between(tiny, mpi), "the prefill's chunk hook: ring, star and full call it at the same points on every rank "
+                              "with done rising, the logits unchanged; a hook failing on rank %d ends the prefill on "
+                              "every rank, and the next prefill works", size - 1);
     /* blockwise phase 1 against its definition, f32 throughout: 1, 2 and 5
      * blocks per worker, lengths not divisible by the block, anchors shorter
      * and longer than a block, blocks across the batch's chunks */

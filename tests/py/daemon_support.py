@@ -93,6 +93,24 @@ class Daemon:
         with open(self.log.name, errors="replace") as f:
             return f.read()
 
+    def wait_log(self, text, timeout=30, stamp=False):
+        """Waits for a log line with text (mpirun forwards lines late on a
+        busy machine); with stamp, returns the line's own time (the log's
+        HH:MM:SS.mmm, today's) instead of True."""
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            for line in self.log_text().splitlines():
+                if text in line:
+                    if not stamp:
+                        return True
+                    m = re.match(r"(\d\d):(\d\d):(\d\d\.\d+) ", line)
+                    if not m:
+                        return None
+                    day = time.time() - time.time() % 86400
+                    return day + int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+            time.sleep(0.05)
+        return None if stamp else False
+
     def alive(self):
         return self.proc.poll() is None
 

@@ -8,8 +8,12 @@ grpcio client whose stubs are generated from proto/ at test time:
 - the same context in star mode finds the pass key;
 - four clients at once on the two contexts each get their single-client
   answer;
-- cancel mid-generation and mid-prefill: the work stops, the KV returns,
-  the next request is served;
+- cancel mid-generation and mid-prefill: the work stops (a prefill within
+  one chunk), the KV returns, no queue slot is held, the next request is
+  served;
+- a question on another context keeps producing tokens while a context
+  prefills (the worst gap is one chunk), and the prefill's progress events
+  rise chunk by chunk;
 - bad input, each with its status and the daemon serving the next request:
   unknown context, empty context, a mode that does not exist, too many
   tokens, a message over the cap, a deadline, an unknown method, invalid
@@ -97,8 +101,11 @@ def run(t, d, ctx_text, ref):
             f"a ~6k-token context in ring mode is ready ({ring.n_tokens} tokens, {ring.state})")
     t.check(len(ring.shards) == 3 and sum(s.kv_tokens for s in ring.shards) == ring.n_tokens and
             all(s.kv_bytes > 0 for s in ring.shards), "its KV is on the 3 workers, every token once")
-    t.check(bool(progress) and progress[-1] == (ring.n_tokens, ring.n_tokens) and progress[0][0] == 0,
-            f"progress events from 0 to {ring.n_tokens} ({progress})")
+    dones = [p[0] for p in progress]
+    t.check(bool(progress) and progress[-1] == (ring.n_tokens, ring.n_tokens) and progress[0][0] == 0 and
+            len(progress) >= 10 and all(a < b for a, b in zip(dones, dones[1:])),
+            f"progress events per chunk, done rising from 0 to {ring.n_tokens} ({dones})")
+    ring_s = time.time() - t0
     ids, text, done = c.generate(Q1, context_id=ring.id, chat=True, max_tokens=16)
     ref_text = ref.communicate(timeout=600)[0].rstrip("\n")
     t.note(f"daemon: {text!r}")
@@ -212,7 +219,7 @@ def run(t, d, ctx_text, ref):
     s.settimeout(10)
     closed = drain(s)
     s.close()
-    t.check(closed and c.serving() and "over the cap" in d.log_text(),
+    t.check(closed and c.serving() and d.wait_log("over the cap"),
             "a frame over the cap on the control port: closed, logged, the daemon serves")
     s = socket.create_connection(("127.0.0.1", d.control))
     s.sendall(b"\x00\x00\x00\x02\x10\x01")  # a heartbeat before any Join
@@ -220,7 +227,13 @@ def run(t, d, ctx_text, ref):
     t.check(drain(s) and c.serving(), "a control connection that does not Join first is closed")
     s.close()
 
-    # 7. cancel mid-prefill: the client goes, the context is dropped once its prefill ends
+    # 7. while a context prefills, a question on another keeps producing
+    # tokens; the client of the prefill cancels: it stops within a chunk
+    interleave_and_cancel(t, d, c, ctx_text, ring_s)
+    _, text5, _ = c.generate(Q1, context_id=ring.id, chat=True, max_tokens=16)
+    t.check(text5 == text, "after the cancelled prefill the next request is served")
+
+    # 8. a deadline during the prefill: the context is dropped, its KV returns
     before = c.stats()
     code, _ = code_of(lambda: c.upload(ctx_text[:6000], mode="ring", timeout=1.0))
     t.check(code == grpc.StatusCode.DEADLINE_EXCEEDED, f"a deadline during the prefill: DEADLINE_EXCEEDED ({code})")
@@ -230,7 +243,7 @@ def run(t, d, ctx_text, ref):
     _, text4, _ = c.generate(Q1, context_id=ring.id, chat=True, max_tokens=16)
     t.check(text4 == text, "the next request is served")
 
-    # 8. drop frees the KV
+    # 9. drop frees the KV
     before = c.stats()
     dropped = c.drop(star.id)
     st = c.stats()
@@ -244,6 +257,93 @@ def run(t, d, ctx_text, ref):
     t.check(st.contexts == 0 and st.kv_bytes == 0 and st.queue_depth == 0,
             f"nothing is left (contexts {st.contexts}, KV {st.kv_bytes}, queue {st.queue_depth})")
     c.close()
+
+
+SHORT = "The capital of France is"
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. " * 20
+
+
+def interleave_and_cancel(t, d, c, ctx_text, ring_s):
+    short_alone = c.generate(SHORT, max_tokens=6)[:2]
+    short = {}
+
+    def ask_short():
+        cl = d.client()
+        try:
+            short["got"] = cl.generate(SHORT, max_tokens=6)[:2]
+            short["at"] = time.time()
+        finally:
+            cl.close()
+
+    before = c.stats()
+    times = []
+    gen = c.api.Generate(pb.GenerateRequest(prompt=FILLER, max_tokens=4000))
+
+    def consume():
+        try:
+            for ev in gen:
+                if ev.HasField("token"):
+                    times.append(time.time())
+        except grpc.RpcError:
+            pass
+
+    th = threading.Thread(target=consume)
+    th.start()
+    t0 = time.time()
+    while len(times) < 3 and time.time() - t0 < 120:
+        time.sleep(0.05)
+    opts = pb.ContextOptions(mode="ring", chat=True)
+    up = c.api.CreateContext(iter([pb.ContextChunk(text=ctx_text, options=opts)]))
+    prog = []
+    th_short = threading.Thread(target=ask_short)
+    try:
+        for ev in up:
+            if ev.HasField("progress"):
+                prog.append((time.time(), ev.progress.done, ev.progress.total))
+                if len(prog) == 2:
+                    th_short.start()
+            if len(prog) >= 5 or ev.HasField("ready"):
+                break
+    except grpc.RpcError as e:
+        t.note(f"upload: {e.code()} {e.details()}")
+    t_cancel = time.time()
+    up.cancel()
+    if not t.check(len(prog) >= 5, f"progress of the second prefill: {[p[1] for p in prog]}"):
+        gen.cancel()
+        th.join()
+        return
+    start = prog[0][0]
+    mid = [x for x in times if start <= x <= t_cancel]
+    gaps = [b - a for a, b in zip(times, times[1:]) if b > start and a < t_cancel]
+    chunk = max(b[0] - a[0] for a, b in zip(prog[1:], prog[2:]))
+    worst = max(gaps) if gaps else t_cancel - start
+    t.note(f"during {len(prog) - 1} chunks of the prefill ({t_cancel - start:.1f} s, a chunk up to {chunk:.2f} s): "
+           f"{len(mid)} tokens of the other question, the worst gap {worst:.2f} s")
+    t.check(len(mid) >= len(prog) and worst <= chunk + 1.0,
+            f"a question on another context goes on while a context prefills ({len(mid)} tokens, worst gap "
+            f"{worst:.2f} s, a chunk {chunk:.2f} s)")
+    th_short.join(timeout=120)
+    t.check(short.get("got") == short_alone and short.get("at", t_cancel + 1) < t_cancel,
+            f"a short request (its own small context) is answered in the middle of the prefill, as alone "
+            f"({short.get('got')}, {short.get('at', 0) - prog[1][0]:.1f} s after it was sent)")
+    dones = [p[1] for p in prog]
+    t.check(dones[0] == 0 and all(a < b < prog[0][2] for a, b in zip(dones, dones[1:])),
+            f"its progress events arrive with done rising ({dones} of {prog[0][2]})")
+    # mpirun forwards the workers' log lines late on a busy machine: the
+    # time is the worker's own stamp of the line
+    t_stop = d.wait_log("was cancelled at", stamp=True)
+    took = (t_stop or time.time()) - t_cancel
+    t.check(t_stop is not None and took < 2 * chunk + 1.0,
+            f"a cancel mid-prefill stops it within a chunk ({took:.2f} s; a chunk {chunk:.2f} s, the whole prefill "
+            f"{ring_s:.0f} s)")
+    gen.cancel()
+    th.join()
+    st = wait_idle(c)
+    t.check(st.contexts == before.contexts and st.kv_bytes == before.kv_bytes and st.queue_depth == 0 and
+            st.cancelled >= before.cancelled + 2 and st.prefills == before.prefills + 2,
+            f"the cancelled prefill holds no KV and no queue slot (contexts {st.contexts}, KV {st.kv_bytes} bytes, "
+            f"queue {st.queue_depth}, cancelled {st.cancelled - before.cancelled}, prefills "
+            f"{st.prefills - before.prefills}: the two questions' own)")
 
 
 def wait_idle(c, timeout=120):
