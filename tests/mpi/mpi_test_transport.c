@@ -403,13 +403,11 @@ static int t_ucx_stranger(sr_tp *tp, const mpi_exchange_log *log) {
     return fails;
 }
 
-/* A peer that stops (SIGSTOP: as a hung or cut-off one looks) fails the
- * requests on it with SR_ECOMM naming it within about io_timeout_s; then it
- * is resumed and every rank closes. */
-static int t_ucx_silent_peer(void) {
-    int fails = 0;
+/* The ucx transport over every rank with an I/O timeout of 1 s, addresses
+ * exchanged over MPI, a key of 32 bytes of fill. */
+static int open_ucx_1s(sr_tp **tp, unsigned char fill) {
     unsigned char key[32];
-    memset(key, 0x3c, sizeof key);
+    memset(key, fill, sizeof key);
     sr_tp_opts o = sr_tp_opts_default();
     o.rank = rank;
     o.size = size;
@@ -418,8 +416,16 @@ static int t_ucx_silent_peer(void) {
     o.exchange = mpi_exchange;
     o.key = key;
     o.key_len = sizeof key;
+    return sr_tp_open(tp, "ucx", &o);
+}
+
+/* A peer that stops (SIGSTOP: as a hung or cut-off one looks) fails the
+ * requests on it with SR_ECOMM naming it within about io_timeout_s; then it
+ * is resumed and every rank closes. */
+static int t_ucx_silent_peer(void) {
+    int fails = 0;
     sr_tp *tp = NULL;
-    EXPECT_OK(sr_tp_open(&tp, "ucx", &o));
+    EXPECT_OK(open_ucx_1s(&tp, 0x3c));
     int pid1 = (int)getpid();
     MPI_Bcast(&pid1, 1, MPI_INT, 1, MPI_COMM_WORLD);
     if (rank == 1) {
@@ -448,18 +454,8 @@ static int t_ucx_silent_peer(void) {
  * others its heartbeats, so nobody is failed for silence. */
 static int t_ucx_busy_peer(void) {
     int fails = 0;
-    unsigned char key[32];
-    memset(key, 0x77, sizeof key);
-    sr_tp_opts o = sr_tp_opts_default();
-    o.rank = rank;
-    o.size = size;
-    o.timeout_s = 10;
-    o.io_timeout_s = 1;
-    o.exchange = mpi_exchange;
-    o.key = key;
-    o.key_len = sizeof key;
     sr_tp *tp = NULL;
-    EXPECT_OK(sr_tp_open(&tp, "ucx", &o));
+    EXPECT_OK(open_ucx_1s(&tp, 0x77));
     char b[8] = "busy";
     sr_tp_req *q = NULL;
     if (rank <= 1) {
