@@ -2,6 +2,7 @@
 
 The client and its stubs (generated from proto/ at import) are
 clients/python/starring_client.py."""
+import calendar
 import os
 import re
 import signal
@@ -96,18 +97,17 @@ class Daemon:
     def wait_log(self, text, timeout=30, stamp=False):
         """Waits for a log line with text (mpirun forwards lines late on a
         busy machine); with stamp, returns the line's own time (the log's
-        HH:MM:SS.mmm, today's) instead of True."""
+        ISO 8601 UTC stamp) instead of True."""
         t0 = time.time()
         while time.time() - t0 < timeout:
             for line in self.log_text().splitlines():
                 if text in line:
                     if not stamp:
                         return True
-                    m = re.match(r"(\d\d):(\d\d):(\d\d\.\d+) ", line)
+                    m = re.search(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)Z ", line)
                     if not m:
                         return None
-                    day = time.time() - time.time() % 86400
-                    return day + int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+                    return calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")) + float(m.group(2))
             time.sleep(0.05)
         return None if stamp else False
 
