@@ -43,6 +43,7 @@ static const int kv_types[] = {SR_DT_F32, SR_DT_F16};
 
 typedef struct {
     srb_ceilings ceil;
+    srb_report *r;
 } attn_ctx;
 
 static uint64_t mix64(uint64_t x) {
@@ -329,7 +330,6 @@ static int decode_setup(void *ctx, int i, const srb_opts *o, void **state) {
                       .causal = 1, .q_pos0 = n - 1, .kv_dtype = SR_DT_F16};
     c->d = d;
     c->threads = o->threads;
-    c->ceiling = a->ceil.read_gbs;
     size_t nq = 32 * HEAD_DIM, nkv = (size_t)n * 8 * HEAD_DIM;
     c->q = malloc(nq * 4), c->o = malloc(nq * 4), c->lse = malloc(32 * 4);
     c->k = malloc(nkv * 2), c->v = malloc(nkv * 2);
@@ -341,6 +341,22 @@ static int decode_setup(void *ctx, int i, const srb_opts *o, void **state) {
     fill_f16(c->k, nkv, 5, o->threads);
     fill_f16(c->v, nkv, 6, o->threads);
     memset(c->o, 0xff, nq * 4), memset(c->lse, 0xff, 32 * 4);
+    /* the read bandwidth again, just before this row: on a shared machine
+     * it drifts over the minutes a run takes, and the ratio is the figure */
+    srb_ceilings now;
+    memset(&now, 0, sizeof now);
+    int rc = srb_ceiling_memory(o, &now);
+    if (rc < 0) {
+        decode_teardown(c);
+        return rc;
+    }
+    c->ceiling = now.read_gbs;
+    char key[48];
+    snprintf(key, sizeof key, "read_gbs_nk_%lld", (long long)n);
+    if ((rc = srb_report_fact_num(a->r, key, now.read_gbs)) < 0) {
+        decode_teardown(c);
+        return rc;
+    }
     *state = c;
     return SR_OK;
 }
@@ -415,7 +431,8 @@ int srb_cmd_attention(int argc, char **argv) {
         argc, argv, "attention",
         "Prefill (causal, d=128, Hq=8, Hkv=2, nq=nk 1k..32k, f32 and f16 K/V) against an OpenBLAS\n"
         "baseline (sgemm per 256-row block and head, softmax, sgemm) and the sgemm ceiling;\n"
-        "decode (nq=1, Hq=32, Hkv=8, f16 K/V, nk 64k..1M) against the read bandwidth.\n"
+        "decode (nq=1, Hq=32, Hkv=8, f16 K/V, nk 64k..1M) against the read bandwidth, measured\n"
+        "again just before each decode row.\n"
         "Every row is checked; exit status 1 if any element is wrong.",
         &o);
     if (rc != 0) return rc > 0 ? 0 : 2;
@@ -440,6 +457,7 @@ int srb_cmd_attention(int argc, char **argv) {
         fprintf(stderr, "starring-bench attention: out of memory\n");
         return 1;
     }
+    ctx.r = r;
     rc = srb_report_fact_num(r, "threads", o.threads);
     if (rc == SR_OK) rc = srb_report_fact_str(r, "baseline_core", openblas_get_corename());
     if (rc == SR_OK) rc = srb_ceiling_report(&ctx.ceil, &o, r);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "base/clock.h"
 #include "base/status.h"
@@ -235,10 +236,40 @@ static void json_num(double v) {
     else printf("null");
 }
 
+/* "MODEL NAME, N cores" from /proc/cpuinfo, or "unknown": the charts made
+ * from the JSON say which machine measured it. */
+static void machine_name(char *buf, size_t cap) {
+    snprintf(buf, cap, "unknown");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f) return;
+    char line[256], model[160] = "";
+    int cores = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (!strncmp(line, "processor", 9)) cores++;
+        const char *colon = strchr(line, ':');
+        if (!model[0] && !strncmp(line, "model name", 10) && colon) {
+            snprintf(model, sizeof model, "%s", colon + 2);
+            model[strcspn(model, "\n")] = '\0';
+        }
+    }
+    fclose(f);
+    if (model[0]) snprintf(buf, cap, "%s, %d cores", model, cores);
+}
+
 int srb_report_finish(srb_report *r) {
     fflush(r->out);
     if (!r->opts.json) return SR_OK;
-    printf("{\n  \"threads\": %d,\n  \"quick\": %s,\n  \"repeats\": %d,\n  \"budget_s\": %g,\n"
+    char machine[200], date[32];
+    machine_name(machine, sizeof machine);
+    time_t now = time(NULL);
+    struct tm tm;
+    if (!gmtime_r(&now, &tm) || !strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", &tm))
+        snprintf(date, sizeof date, "unknown");
+    printf("{\n  \"machine\": ");
+    json_str(machine);
+    printf(",\n  \"date\": ");
+    json_str(date);
+    printf(",\n  \"threads\": %d,\n  \"quick\": %s,\n  \"repeats\": %d,\n  \"budget_s\": %g,\n"
            "  \"max_n\": %lld,\n  \"facts\": {",
            r->opts.threads, r->opts.quick ? "true" : "false", r->opts.repeats, r->opts.budget_s,
            (long long)r->opts.max_n);

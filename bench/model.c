@@ -9,7 +9,11 @@
  * tokens on every repeat as on the warm-up, and a batched prefill of the
  * depth-0 generated sequence gives the same last logits as decoding it one
  * token at a time. llama.cpp's figures quoted in issue 3 stand beside ours
- * for scale; they are not measured here. */
+ * for scale; they are not measured here (scripts/bench-peer measures them).
+ *
+ * A generated token reads every weight matrix once and, at depth, the whole
+ * KV cache: its ceiling is the read bandwidth (measured just before each
+ * generation row) over those bytes. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +22,7 @@
 #include "attention/attention.h"
 #include "base/clock.h"
 #include "base/status.h"
+#include "bench/ceiling.h"
 #include "bench/commands.h"
 #include "bench/harness.h"
 #include "gguf/gguf.h"
@@ -63,6 +68,8 @@ typedef struct {
     int32_t *now;          /* (gen + 1) the current run's */
     float *decoded;        /* (vocab) logits of the last decode step */
     const char *kv;        /* K/V dtype name */
+    double weight_bytes;   /* the matrices a token reads, bytes */
+    double kv_token_bytes; /* K and V of one position in every layer, bytes */
 } bench_ctx;
 
 static uint64_t mix64(uint64_t x) {
@@ -141,8 +148,24 @@ static int check_batched(bench_ctx *x, const bench_case *c, int64_t *wrong) {
     return SR_OK;
 }
 
+static double matrix_bytes(const sr_matmul_weight *w) {
+    return (double)sr_ggml_row_bytes(w->type, w->k) * (double)w->m;
+}
+
+/* Bytes a decode step reads from the weights: every layer's matrices and
+ * the output matrix (the norms are noise beside them). */
+static double token_weight_bytes(const sr_model *m) {
+    double b = matrix_bytes(&m->weights.output);
+    for (int l = 0; l < m->config.n_layer; l++) {
+        const struct sr_model_layer_weights *L = &m->weights.layers[l];
+        b += matrix_bytes(&L->wq) + matrix_bytes(&L->wk) + matrix_bytes(&L->wv) + matrix_bytes(&L->wo) +
+             matrix_bytes(&L->w_gate) + matrix_bytes(&L->w_up) + matrix_bytes(&L->w_down);
+    }
+    return b;
+}
+
 static int add_row(bench_ctx *x, const char *section, const char *name, double median_s,
-                   int samples, double work, double ref, int64_t wrong) {
+                   int samples, double work, double ref, double ceil_rate, int64_t wrong) {
     srb_row row;
     memset(&row, 0, sizeof row);
     snprintf(row.section, sizeof row.section, "%s", section);
@@ -155,7 +178,7 @@ static int add_row(bench_ctx *x, const char *section, const char *name, double m
     row.base_rate = ref;
     row.base_samples = 0; /* quoted, not measured */
     row.vs_base = row.rate / ref;
-    row.vs_ceil = NAN;
+    row.vs_ceil = row.rate / ceil_rate;
     row.wrong = wrong;
     return srb_report_row(x->r, &row);
 }
@@ -187,7 +210,7 @@ static int run_case(bench_ctx *x, const bench_case *c) {
     char name[48];
     if (want_prompt) {
         snprintf(name, sizeof name, "prefill %lld tokens", (long long)c->prompt);
-        rc = add_row(x, "prompt", name, median(ps, n), n, (double)c->prompt, c->ref_prompt,
+        rc = add_row(x, "prompt", name, median(ps, n), n, (double)c->prompt, c->ref_prompt, NAN,
                      bad[0] + diff[0]);
         if (rc < 0) return rc;
     }
@@ -199,9 +222,21 @@ static int run_case(bench_ctx *x, const bench_case *c) {
     if (c->prompt == 1) rc = check_batched(x, c, &wrong);
     if (rc < 0) return rc;
     /* a 1-token prompt only gives the first logits: depth 0 */
-    snprintf(name, sizeof name, "decode %d tokens at depth %lld", c->gen,
-             (long long)(c->prompt == 1 ? 0 : c->prompt));
-    return add_row(x, "generate", name, median(gs, n), n, (double)c->gen, c->ref_gen, wrong);
+    int64_t depth = c->prompt == 1 ? 0 : c->prompt;
+    /* the read bandwidth now, next to the row: a shared machine's drifts */
+    srb_ceilings ceil;
+    memset(&ceil, 0, sizeof ceil);
+    if ((rc = srb_ceiling_memory(o, &ceil)) < 0) return rc;
+    /* the mean depth over the generated tokens */
+    double bytes = x->weight_bytes + x->kv_token_bytes * ((double)depth + 0.5 * c->gen);
+    double ceil_rate = ceil.read_gbs * 1e9 / bytes;
+    snprintf(name, sizeof name, "decode %d tokens at depth %lld", c->gen, (long long)depth);
+    rc = add_row(x, "generate", name, median(gs, n), n, (double)c->gen, c->ref_gen, ceil_rate, wrong);
+    if (rc < 0) return rc;
+    snprintf(name, sizeof name, "read_gbs_depth_%lld", (long long)depth);
+    if ((rc = srb_report_fact_num(x->r, name, ceil.read_gbs)) < 0) return rc;
+    snprintf(name, sizeof name, "ceiling_tok_s_depth_%lld", (long long)depth);
+    return srb_report_fact_num(x->r, name, ceil_rate);
 }
 
 /* "q4_1 x169, f32 x61, q6_k x1": tensor counts by type, most common first */
@@ -271,6 +306,9 @@ static int bench_model(const char *path, const srb_opts *o, srb_report *r) {
     }
     int64_t longest = o->quick ? QUICK_TOKENS : 4096;
     bench_ctx x = {.m = m, .o = o, .r = r, .kv = dtype_name(m->kv.dtype)};
+    x.weight_bytes = token_weight_bytes(m);
+    x.kv_token_bytes = 2.0 * m->config.n_layer * m->config.n_head_kv * m->config.head_dim *
+                       (m->kv.dtype == SR_DT_F32 ? 4.0 : 2.0);
     int32_t *tokens = malloc((size_t)longest * sizeof *tokens);
     x.first = malloc((size_t)(gen + 1) * sizeof *x.first);
     x.now = malloc((size_t)(gen + 1) * sizeof *x.now);
@@ -287,6 +325,8 @@ static int bench_model(const char *path, const srb_opts *o, srb_report *r) {
     }
     if (rc == SR_OK) rc = srb_report_fact_num(r, "threads", o->threads);
     if (rc == SR_OK) rc = srb_report_fact_str(r, "kv_dtype", x.kv);
+    if (rc == SR_OK) rc = srb_report_fact_num(r, "token_weight_mb", x.weight_bytes * 1e-6);
+    if (rc == SR_OK) rc = srb_report_fact_num(r, "token_kv_mb_per_1k_depth", x.kv_token_bytes * 1024 * 1e-6);
     if (rc == SR_OK)
         rc = srb_report_fact_str(r, "base_rate_source",
                                  ref ? "llama.cpp, CPU, 2 threads, SmolLM2-135M-shaped Q4_1: "
@@ -325,7 +365,8 @@ int srb_cmd_model(int argc, char **argv) {
         n_rest, rest, "model -m MODEL",
         "A GGUF model on CPU: prompt tokens/s (batched prefill of 512 and 4096 tokens into an\n"
         "empty cache) and generated tokens/s (greedy, one token per forward, at depth 0 and\n"
-        "after the 4096-token prompt); --quick: 64 tokens, 8 generated. Sections: prompt,\n"
+        "after the 4096-token prompt) against the read-bandwidth ceiling (the weights and the\n"
+        "KV a token reads); --quick: 64 tokens, 8 generated. Sections: prompt,\n"
         "generate. -m MODEL (required): the GGUF file (scripts/fetch-model prints SmolLM2's).\n"
         "Every run is checked (finite logits, the same greedy tokens on every repeat, batched\n"
         "prefill agreeing with decode); exit status 1 if anything is wrong.",

@@ -7,6 +7,7 @@
 
 #include <immintrin.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "base/half.h"
 #include "gguf/gguf.h"
@@ -70,7 +71,21 @@ static inline __attribute__((always_inline)) void sr_matmul__load32(uint32_t typ
         /* the 16 possible values d * q + m in one register, looked up by
          * nibble (vpermps reads only the low 4 bits of each index) */
         const sr_block_q4_1 *b = (const sr_block_q4_1 *)row + g;
-        __m512 d = _mm512_set1_ps(sr_matmul__h2f(b->d)), m = _mm512_set1_ps(sr_matmul__h2f(b->m));
+        __m512 d, m;
+#if defined(__F16C__)
+        /* d and m are adjacent: one 32-bit broadcast load (no shuffle-port
+         * work), converted as (d, m) pairs, then one lane-duplicating
+         * shuffle each, instead of two scalar conversions and broadcasts;
+         * the shuffle port is what bounds this loop */
+        uint32_t dm;
+        memcpy(&dm, &b->d, sizeof dm);
+        __m512 pairs = _mm512_cvtph_ps(_mm256_set1_epi32((int)dm));
+        d = _mm512_moveldup_ps(pairs);
+        m = _mm512_movehdup_ps(pairs);
+#else
+        d = _mm512_set1_ps(sr_matmul__h2f(b->d));
+        m = _mm512_set1_ps(sr_matmul__h2f(b->m));
+#endif
         __m512 table = _mm512_fmadd_ps(_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), d, m);
         __m128i v = _mm_loadu_si128((const __m128i *)b->qs);
         w[0] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(v), table);

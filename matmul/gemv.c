@@ -134,16 +134,30 @@ static void rows(const sr_matmul_weight *w, int nx, const float *x, float *y, in
 }
 #endif
 
-int sr_matmul__gemv(const sr_matmul_weight *w, const float *x, float *y, int64_t n, int n_threads) {
-    const int64_t k = w->k, m = w->m;
-#pragma omp parallel num_threads(sr_matmul__gemv_threads(m, n_threads))
-    {
+int sr_matmul__gemv_multi(int n_w, const sr_matmul_weight *const *w, const float *x, float *const *y, int64_t n,
+                          int n_threads) {
+    const int64_t k = w[0]->k;
+    int nt = 1;
+    for (int i = 0; i < n_w; i++) {
+        int t = sr_matmul__gemv_threads(w[i]->m, n_threads);
+        nt = t > nt ? t : nt;
+    }
+    /* one team for all the weights: a decode step makes hundreds of these
+     * calls, and each start and join of a team costs more than a small
+     * product's share of the work */
+#pragma omp parallel num_threads(nt)
+    for (int i = 0; i < n_w; i++) {
+        const int64_t m = w[i]->m;
         int64_t r0, r1;
         sr_matmul__gemv_rows(m, omp_get_thread_num(), omp_get_num_threads(), &r0, &r1);
         for (int64_t i0 = 0; i0 < n && r0 < r1; i0 += SR_MATMUL__GEMV_ROWS) {
             int nx = n - i0 < SR_MATMUL__GEMV_ROWS ? (int)(n - i0) : SR_MATMUL__GEMV_ROWS;
-            rows(w, nx, x + i0 * k, y + i0 * m, r0, r1);
+            rows(w[i], nx, x + i0 * k, y[i] + i0 * m, r0, r1);
         }
     }
     return SR_OK;
+}
+
+int sr_matmul__gemv(const sr_matmul_weight *w, const float *x, float *y, int64_t n, int n_threads) {
+    return sr_matmul__gemv_multi(1, &w, x, &y, n, n_threads);
 }

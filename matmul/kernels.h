@@ -25,6 +25,10 @@ void sr_matmul__dequant_row(const sr_matmul_weight *w, int64_t r, float *out);
  * SR_MATMUL__GEMV_ROWS activation rows, dequantizing in registers. */
 enum { SR_MATMUL__GEMV_ROWS = 4 };
 int sr_matmul__gemv(const sr_matmul_weight *w, const float *x, float *y, int64_t n, int n_threads);
+/* The same for n_w weights of one k against the same X, in one team of
+ * threads, each thread taking its share of every weight's rows. */
+int sr_matmul__gemv_multi(int n_w, const sr_matmul_weight *const *w, const float *x, float *const *y, int64_t n,
+                          int n_threads);
 
 /* Matrix-matrix: dequantizes panels of weight rows into fp32 and reuses each
  * panel across all activation rows. */

@@ -45,6 +45,26 @@ int sr_matmul(const sr_matmul_weight *w, const float *x, float *y, int64_t n, in
     return sr_matmul__gemm(w, x, y, n, n_threads);
 }
 
+int sr_matmul_multi(int n_w, const sr_matmul_weight *const *w, const float *x, float *const *y, int64_t n,
+                    int n_threads) {
+    if (n_w < 1 || !w || !y)
+        return sr_error_set(SR_EINVAL, "sr_matmul_multi: n_w=%d must be at least 1, with weights and outputs", n_w);
+    for (int i = 0; i < n_w; i++) {
+        int rc = sr_matmul__check(w[i], x, y[i], n, n_threads, "sr_matmul_multi");
+        if (rc != SR_OK) return rc;
+        if (w[i]->k != w[0]->k)
+            return sr_error_set(SR_EINVAL, "sr_matmul_multi: weight %d has k=%lld, weight 0 k=%lld: they must agree",
+                                i, (long long)w[i]->k, (long long)w[0]->k);
+    }
+    if (n == 0) return SR_OK;
+    if (n < SR_MATMUL__GEMM_MIN_N) return sr_matmul__gemv_multi(n_w, w, x, y, n, n_threads);
+    for (int i = 0; i < n_w; i++) {
+        int rc = sr_matmul__gemm(w[i], x, y[i], n, n_threads);
+        if (rc != SR_OK) return rc;
+    }
+    return SR_OK;
+}
+
 int sr_matmul_weight_row(const sr_matmul_weight *w, int64_t r, float *out) {
     int rc = check_weight(w, "sr_matmul_weight_row");
     if (rc != SR_OK) return rc;

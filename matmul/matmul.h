@@ -20,6 +20,13 @@ typedef struct {
  * (prefill) is a blocked matrix-matrix product. Runs on n_threads threads. */
 int sr_matmul(const sr_matmul_weight *w, const float *x, float *y, int64_t n, int n_threads);
 
+/* Y_i[n, m_i] = X[n, k] * W_i^T for n_w weights of the same k (the Q, K
+ * and V projections; gate and up): the same results as n_w calls of
+ * sr_matmul, but a matrix-vector product (small n) starts its threads once
+ * for all of them. */
+int sr_matmul_multi(int n_w, const sr_matmul_weight *const *w, const float *x, float *const *y, int64_t n,
+                    int n_threads);
+
 /* Dequantizes row r of W into out[k] (embedding look-up, tests). */
 int sr_matmul_weight_row(const sr_matmul_weight *w, int64_t r, float *out);
 

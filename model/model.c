@@ -468,9 +468,9 @@ int sr_model_layer_qkv(sr_model *m, int l) {
     sr_model_state *s = &m->state;
     int nt = m->n_threads, rc;
     rmsnorm(s->xb, s->x, L->attn_norm, s->n, c->dim, c->norm_eps, nt);
-    if ((rc = sr_matmul(&L->wq, s->xb, s->q, s->n, nt)) || (rc = sr_matmul(&L->wk, s->xb, s->k, s->n, nt)) ||
-        (rc = sr_matmul(&L->wv, s->xb, s->v, s->n, nt)))
-        return rc;
+    const sr_matmul_weight *qkv[3] = {&L->wq, &L->wk, &L->wv};
+    float *qkv_out[3] = {s->q, s->k, s->v};
+    if ((rc = sr_matmul_multi(3, qkv, s->xb, qkv_out, s->n, nt))) return rc;
     add_bias(s->q, L->bq, s->n, (int64_t)c->n_head * c->head_dim);
     add_bias(s->k, L->bk, s->n, (int64_t)c->n_head_kv * c->head_dim);
     add_bias(s->v, L->bv, s->n, (int64_t)c->n_head_kv * c->head_dim);
@@ -532,8 +532,9 @@ int sr_model_layer_mlp(sr_model *m, int l) {
     sr_model_state *s = &m->state;
     int nt = m->n_threads, rc;
     rmsnorm(s->xb, s->x, L->ffn_norm, s->n, c->dim, c->norm_eps, nt);
-    if ((rc = sr_matmul(&L->w_gate, s->xb, s->hb, s->n, nt)) || (rc = sr_matmul(&L->w_up, s->xb, s->hb2, s->n, nt)))
-        return rc;
+    const sr_matmul_weight *gate_up[2] = {&L->w_gate, &L->w_up};
+    float *gate_up_out[2] = {s->hb, s->hb2};
+    if ((rc = sr_matmul_multi(2, gate_up, s->xb, gate_up_out, s->n, nt))) return rc;
     int64_t count = s->n * c->hidden_dim;
     float *restrict gate = s->hb;
     const float *restrict up = s->hb2;

@@ -64,7 +64,7 @@ int sr_attn_cpu_forward(const sr_attn_desc *d, const float *q, const sr_attn_kv 
 #pragma omp parallel num_threads(n_threads)
     {
         sr_attn__ws ws;
-        int ok = sr_attn__ws_init(&ws, d->head_dim, m_max) == SR_OK;
+        int ok = sr_attn__ws_init(&ws, d->head_dim, d->n_head_kv, m_max) == SR_OK;
         if (!ok) {
 #pragma omp atomic write
             failed = 1;

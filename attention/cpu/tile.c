@@ -24,7 +24,7 @@ static void *alloc64(size_t n) {
     return p;
 }
 
-int sr_attn__ws_init(sr_attn__ws *ws, int head_dim, int m_max) {
+int sr_attn__ws_init(sr_attn__ws *ws, int head_dim, int n_head_kv, int m_max) {
     memset(ws, 0, sizeof *ws);
     ws->d = head_dim;
     ws->m_max = m_max;
@@ -39,7 +39,9 @@ int sr_attn__ws_init(sr_attn__ws *ws, int head_dim, int m_max) {
     ws->kc = alloc64((size_t)SR_ATTN_BK * d * sizeof(float));
     ws->vc = alloc64((size_t)SR_ATTN_BK * d * sizeof(float));
     ws->vis = alloc64(mp * sizeof(int64_t));
-    if (!ws->q || !ws->o || !ws->m || !ws->l || !ws->alpha || !ws->s || !ws->kc || !ws->vc || !ws->vis) {
+    ws->zrow = calloc((size_t)n_head_kv * d, sizeof(float));
+    if (!ws->q || !ws->o || !ws->m || !ws->l || !ws->alpha || !ws->s || !ws->kc || !ws->vc || !ws->vis ||
+        !ws->zrow) {
         sr_attn__ws_free(ws);
         return sr_error_set(SR_ENOMEM, "attention: out of memory for a %d-row work space", m_max);
     }
@@ -56,6 +58,7 @@ void sr_attn__ws_free(sr_attn__ws *ws) {
     free(ws->kc);
     free(ws->vc);
     free(ws->vis);
+    free(ws->zrow);
     memset(ws, 0, sizeof *ws);
 }
 
@@ -127,10 +130,10 @@ static const float *kv_rows(const sr_attn_desc *d, const sr_attn_kv *kv, int whi
 }
 
 /* Pointers to rows [j0, j0 + kn) of K (which = 0) or V (1), KV head g,
- * then zero rows up to a multiple of 16; walks pages without dividing. */
-static void row_ptrs(const sr_attn_desc *d, const sr_attn_kv *kv, int which, int g, int64_t j0, int64_t kn,
-                     const void **out) {
-    static const float zeros[256];
+ * then pointers to the zero row up to a multiple of 16; walks pages
+ * without dividing. */
+static void row_ptrs(const sr_attn__ws *ws, const sr_attn_desc *d, const sr_attn_kv *kv, int which, int g,
+                     int64_t j0, int64_t kn, const void **out) {
     size_t es = sr_attn__dtype_size(d->kv_dtype);
     size_t row = (size_t)d->n_head_kv * d->head_dim * es, off = (size_t)g * d->head_dim * es;
     int64_t j = 0;
@@ -148,7 +151,7 @@ static void row_ptrs(const sr_attn_desc *d, const sr_attn_kv *kv, int which, int
             }
         }
     }
-    for (; j % 16; j++) out[j] = zeros;
+    for (; j % 16; j++) out[j] = ws->zrow;
 }
 
 /* Online-softmax step of one row: new max from the tile max mt, returns
@@ -236,34 +239,34 @@ static void wide_tile(sr_attn__ws *ws, const sr_attn_desc *d, const sr_attn_kv *
     pv(ws->o, rows, D, ws->s, 1, mpad, kn, vp, ldv);
 }
 
-/* Decode streams the cache once: ask for the next tile's rows of this KV
- * head while this one computes, since its rows are strided by the other
- * heads and the hardware prefetcher does not follow them across pages. */
-static void narrow_prefetch(const sr_attn_desc *d, const sr_attn_kv *kv, int g, int64_t j0) {
+/* Decode streams the cache once: ask for the rows of heads [g0, g1) of a
+ * tile ahead while this one computes, in address order, so that the
+ * requests run ahead of the loads as one sequential stream. */
+static void narrow_prefetch(const sr_attn__ws *ws, const sr_attn_desc *d, const sr_attn_kv *kv, int g0, int g1,
+                            int64_t j0) {
     if (j0 >= d->nk) return;
     int64_t kn = d->nk - j0 < SR_ATTN_BK ? d->nk - j0 : SR_ATTN_BK;
     const void *kr[SR_ATTN_BK], *vr[SR_ATTN_BK];
-    row_ptrs(d, kv, 0, g, j0, kn, kr);
-    row_ptrs(d, kv, 1, g, j0, kn, vr);
-    size_t bytes = (size_t)d->head_dim * (d->kv_dtype == SR_DT_F32 ? 4 : 2);
+    row_ptrs(ws, d, kv, 0, g0, j0, kn, kr);
+    row_ptrs(ws, d, kv, 1, g0, j0, kn, vr);
+    size_t bytes = (size_t)(g1 - g0) * d->head_dim * sr_attn__dtype_size(d->kv_dtype);
     for (int64_t j = 0; j < kn; j++)
-        for (size_t b = 0; b < bytes; b += 64) {
-            __builtin_prefetch((const char *)kr[j] + b, 0, 2);
-            __builtin_prefetch((const char *)vr[j] + b, 0, 2);
-        }
+        for (size_t b = 0; b < bytes; b += 64) __builtin_prefetch((const char *)kr[j] + b, 0, 2);
+    for (int64_t j = 0; j < kn; j++)
+        for (size_t b = 0; b < bytes; b += 64) __builtin_prefetch((const char *)vr[j] + b, 0, 2);
 }
 
-/* One tile of the narrow shape: rows [r0, r0 + rows) of KV head g. */
-static void narrow_tile(sr_attn__ws *ws, const sr_attn_desc *d, const sr_attn_kv *kv, int g, int r0,
-                        int rows, int64_t j0, int64_t kn) {
-    int D = d->head_dim;
+/* One tile of the narrow shape: the M rows of each KV head in [g0, g1). */
+static void narrow_tile(sr_attn__ws *ws, const sr_attn_desc *d, const sr_attn_kv *kv, int g0, int g1, int M,
+                        int64_t j0, int64_t kn) {
+    int D = d->head_dim, nh = g1 - g0, rows = nh * M;
+    size_t hs = (size_t)D * sr_attn__dtype_size(d->kv_dtype);
     const void *kr[SR_ATTN_BK], *vr[SR_ATTN_BK];
-    row_ptrs(d, kv, 0, g, j0, kn, kr);
-    row_ptrs(d, kv, 1, g, j0, kn, vr);
-    narrow_prefetch(d, kv, g, j0 + 2 * SR_ATTN_BK);
-    float *s0 = ws->s + (int64_t)r0 * SR_ATTN_BK;
-    sr_attn__narrow_scores(d->kv_dtype, D, ws->q + (int64_t)r0 * D, rows, kr, kn, s0);
-    for (int r = r0; r < r0 + rows; r++) {
+    row_ptrs(ws, d, kv, 0, g0, j0, kn, kr);
+    row_ptrs(ws, d, kv, 1, g0, j0, kn, vr);
+    narrow_prefetch(ws, d, kv, g0, g1, j0 + 2 * SR_ATTN_BK);
+    sr_attn__narrow_scores(d->kv_dtype, D, ws->q, M, nh, kr, hs, kn, ws->s);
+    for (int r = 0; r < rows; r++) {
         float *s = ws->s + (int64_t)r * SR_ATTN_BK;
         int64_t lim = ws->vis[r] - j0;
         for (int64_t j = lim < 0 ? 0 : lim; j < kn; j++) s[j] = -INFINITY;
@@ -271,9 +274,8 @@ static void narrow_tile(sr_attn__ws *ws, const sr_attn_desc *d, const sr_attn_kv
         float muse = row_step(&ws->m[r], mt, &ws->alpha[r]);
         ws->l[r] = ws->l[r] * ws->alpha[r] + sr_attn__exp2_sum(s, kn, muse);
     }
-    float *o = ws->o + (int64_t)r0 * D;
-    scale_rows(o, ws->alpha + r0, rows, D);
-    sr_attn__narrow_pv(d->kv_dtype, D, o, rows, s0, vr, kn);
+    scale_rows(ws->o, ws->alpha, rows, D);
+    sr_attn__narrow_pv(d->kv_dtype, D, ws->o, M, nh, ws->s, vr, hs, kn);
 }
 
 void sr_attn__tile_run(sr_attn__ws *ws, const sr_attn_desc *d, const sr_attn_kv *kv, const float *q,
@@ -313,7 +315,7 @@ void sr_attn__tile_run(sr_attn__ws *ws, const sr_attn_desc *d, const sr_attn_kv 
     for (int64_t j0 = ka; j0 < vis_max; j0 += SR_ATTN_BK) {
         int64_t kn = vis_max - j0 < SR_ATTN_BK ? vis_max - j0 : SR_ATTN_BK;
         if (narrow) {
-            for (int g = g0; g < g1; g++) narrow_tile(ws, d, kv, g, (g - g0) * M, M, j0, kn);
+            narrow_tile(ws, d, kv, g0, g1, M, j0, kn);
         } else {
             wide_tile(ws, d, kv, g0, rows, mpad, j0, kn, vis_min);
         }

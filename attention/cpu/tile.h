@@ -5,6 +5,7 @@
 #ifndef SR_ATTENTION_CPU_TILE_H
 #define SR_ATTENTION_CPU_TILE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "attention/attention.h"
@@ -17,7 +18,7 @@
 #define SR_ATTN_NARROW_MAX_ROWS 12
 
 /* Per-thread scratch, sized for at most m_max rows (query positions x
- * heads per KV head) of head_dim d. */
+ * heads per KV head) of head_dim d and K/V rows of up to n_head_kv heads. */
 typedef struct {
     int d, m_max, mpad_max;
     float *q;      /* wide: Q^T [d, mpad]; narrow: Q [m, d]; scaled by scale * log2(e) */
@@ -27,17 +28,21 @@ typedef struct {
     float *s;      /* wide: S^T then P^T [BK, mpad]; narrow: S then P [m, BK] */
     float *kc, *vc; /* [BK, d] K and V rows converted to fp32 */
     int64_t *vis;  /* [m_max] end of the keys each row sees */
+    void *zrow;    /* a zero K/V row of every head, the padding of narrow tiles */
 } sr_attn__ws;
 
-/* Narrow-shape kernels (decode.c). Rows of q at stride d; s and p rows at
- * stride SR_ATTN_BK. kr/vr: kn row pointers of KV head g, padded with
- * pointers to zeros up to a multiple of 16.
- * scores: s[r][j] = q_r . k_j;  pv: o[r] += sum_j p[r][j] v_j. */
-void sr_attn__narrow_scores(int dt, int d, const float *q, int rows, const void *const *kr, int64_t kn,
-                            float *s);
-void sr_attn__narrow_pv(int dt, int d, float *o, int rows, const float *p, const void *const *vr, int64_t kn);
+/* Narrow-shape kernels (decode.c) over nh KV heads of `rows` rows each:
+ * row h * rows + r of q at stride d, of s and p at stride SR_ATTN_BK.
+ * kr/vr: kn pointers to the first head's part of each key row (head h is
+ * h * hs bytes on), padded with pointers to a zero row up to a multiple
+ * of 16 (scores reads the padding, pv does not).
+ * scores: s[h,r][j] = q_{h,r} . k_{j,h};  pv: o[h,r] += sum_j p[h,r][j] v_{j,h}. */
+void sr_attn__narrow_scores(int dt, int d, const float *q, int rows, int nh, const void *const *kr, size_t hs,
+                            int64_t kn, float *s);
+void sr_attn__narrow_pv(int dt, int d, float *o, int rows, int nh, const float *p, const void *const *vr, size_t hs,
+                        int64_t kn);
 
-int sr_attn__ws_init(sr_attn__ws *ws, int head_dim, int m_max);
+int sr_attn__ws_init(sr_attn__ws *ws, int head_dim, int n_head_kv, int m_max);
 void sr_attn__ws_free(sr_attn__ws *ws);
 
 /* Query positions [i0, i0 + n_pos) x the query heads of KV heads

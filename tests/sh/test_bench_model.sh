@@ -18,6 +18,7 @@ grep -q '^section ' "$tmp/err" && grep -q '^generate .* tok/s ' "$tmp/err"
 check $? "the table goes to stderr beside the JSON"
 
 check_json "$tmp/out" <<'PY'
+import re
 rows = lambda d, section: [r for r in d["rows"] if r["section"] == section]
 CHECKS = [
     ("one prompt row and two generate rows",
@@ -28,6 +29,13 @@ CHECKS = [
     ("every row checked, nothing wrong", lambda d: all(r["wrong"] == 0 for r in d["rows"]) and d["wrong_total"] == 0),
     ("model, shape, types, kv dtype and threads reported",
      lambda d: all(d["facts"][k] for k in ("model", "shape", "tensor_types", "kv_dtype")) and d["facts"]["threads"] == 2),
+    ("the machine and the date of the run", lambda d: d["machine"] and re.match(r"\d{4}-\d\d-\d\dT", d["date"])),
+    # SmolLM2-135M Q4_1: 30 layers of Q4_1 matrices and a tied Q8_0 output, ~96 MB a token
+    ("the bytes a token reads: SmolLM2's weights, 23.6 MB of f16 KV per 1k of depth",
+     lambda d: 90 < d["facts"]["token_weight_mb"] < 100 and abs(d["facts"]["token_kv_mb_per_1k_depth"] - 23.59) < 0.01),
+    ("each generate row against its read-bandwidth ceiling, measured beside it",
+     lambda d: all(pos(r["ours_over_ceiling"]) for r in rows(d, "generate")) and
+               all(pos(d["facts"][f"read_gbs_depth_{n}"]) and pos(d["facts"][f"ceiling_tok_s_depth_{n}"]) for n in (0, 64))),
 ]
 PY
 

@@ -205,6 +205,42 @@ static void test_large_scores(void **state) {
     }
 }
 
+/* K/V of t in blocks of bl rows, each its own allocation, the unused tail
+ * of the last one poisoned: those rows must not be read. */
+typedef struct {
+    void **kb, **vb;
+    int64_t nb;
+} tpages;
+
+static sr_attn_kv make_pages(const tcase *c, const tdata *t, int64_t bl, tpages *p) {
+    size_t row = (size_t)c->hkv * c->d * dt_size(c->dtype);
+    p->nb = (c->nk + bl - 1) / bl;
+    p->kb = xmalloc((size_t)p->nb * sizeof *p->kb);
+    p->vb = xmalloc((size_t)p->nb * sizeof *p->vb);
+    for (int64_t i = 0; i < p->nb; i++) {
+        int64_t used = (i == p->nb - 1) ? c->nk - i * bl : bl;
+        p->kb[i] = xmalloc((size_t)bl * row);
+        p->vb[i] = xmalloc((size_t)bl * row);
+        memcpy(p->kb[i], (char *)t->k + (size_t)(i * bl) * row, (size_t)used * row);
+        memcpy(p->vb[i], (char *)t->v + (size_t)(i * bl) * row, (size_t)used * row);
+        if (used < bl) {
+            memset((char *)p->kb[i] + (size_t)used * row, 0xff, (size_t)(bl - used) * row);
+            memset((char *)p->vb[i] + (size_t)used * row, 0xff, (size_t)(bl - used) * row);
+        }
+    }
+    sr_attn_kv kv = {0, 0, (const void *const *)p->kb, (const void *const *)p->vb, bl};
+    return kv;
+}
+
+static void free_pages(tpages *p) {
+    for (int64_t i = 0; i < p->nb; i++) {
+        free(p->kb[i]);
+        free(p->vb[i]);
+    }
+    free(p->kb);
+    free(p->vb);
+}
+
 /* K/V in blocks of block_len rows, each its own allocation, the last one
  * partly used. */
 static void test_paged(void **state) {
@@ -217,31 +253,43 @@ static void test_paged(void **state) {
                 tcase c = {nqi ? 4 : 50, 301, 4, 2, 64, 1, 290, 0, dts[di], 0};
                 tdata t;
                 make_data(&c, &t, -1.0f, 1.0f);
-                int64_t bl = block_lens[b], nb = (c.nk + bl - 1) / bl;
-                size_t row = (size_t)c.hkv * c.d * dt_size(c.dtype);
-                void **kb = xmalloc((size_t)nb * sizeof *kb), **vb = xmalloc((size_t)nb * sizeof *vb);
-                for (int64_t i = 0; i < nb; i++) {
-                    int64_t used = (i == nb - 1) ? c.nk - i * bl : bl;
-                    kb[i] = xmalloc((size_t)bl * row);
-                    vb[i] = xmalloc((size_t)bl * row);
-                    memcpy(kb[i], (char *)t.k + (size_t)(i * bl) * row, (size_t)used * row);
-                    memcpy(vb[i], (char *)t.v + (size_t)(i * bl) * row, (size_t)used * row);
-                    if (used < bl) { /* unused tail rows must not be read */
-                        memset((char *)kb[i] + (size_t)used * row, 0xff, (size_t)(bl - used) * row);
-                        memset((char *)vb[i] + (size_t)used * row, 0xff, (size_t)(bl - used) * row);
-                    }
-                }
-                sr_attn_kv kv = {0, 0, (const void *const *)kb, (const void *const *)vb, bl};
+                tpages p;
+                sr_attn_kv kv = make_pages(&c, &t, block_lens[b], &p);
                 assert_int_equal(run_and_compare(&t, &kv, 2, "paged"), 0);
-                for (int64_t i = 0; i < nb; i++) {
-                    free(kb[i]);
-                    free(vb[i]);
-                }
-                free(kb);
-                free(vb);
+                free_pages(&p);
                 free_data(&t);
             }
         }
+    }
+}
+
+/* Decode over several KV heads, which the narrow kernels take together,
+ * key row by key row: GQA ratios 1, 4 and 8, KV ranges long enough that
+ * one item takes every head (>= 2048 keys) and shorter ones where items
+ * take a subset, odd lengths, a causal tail, dense and paged (odd pages). */
+static void test_decode_heads(void **state) {
+    (void)state;
+    static const tcase cases[] = {
+        /* nq  nk  hq hkv d  causal qpos kpos dtype scale */
+        {1, 4099, 8, 8, 64, 0, 0, 0, SR_DT_F16, 0},     /* GQA 1 */
+        {1, 4099, 32, 8, 128, 0, 0, 0, SR_DT_F16, 0},   /* GQA 4, the bench's shape */
+        {1, 2501, 16, 2, 80, 1, 2500, 0, SR_DT_BF16, 0}, /* GQA 8 */
+        {2, 3001, 12, 3, 96, 1, 2990, 0, SR_DT_F32, 0},  /* two positions, causal tail */
+        {1, 1500, 32, 8, 128, 0, 0, 0, SR_DT_F16, 0},   /* short: items take a subset of heads */
+        {3, 777, 6, 6, 16, 1, 770, 0, SR_DT_BF16, 0},
+    };
+    const int threads[] = {1, 2, 3};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tdata t;
+        make_data(&cases[i], &t, -1.0f, 1.0f);
+        sr_attn_kv kv = sr_attn_kv_dense(t.k, t.v);
+        for (size_t j = 0; j < sizeof threads / sizeof threads[0]; j++)
+            assert_int_equal(run_and_compare(&t, &kv, threads[j], "decode heads"), 0);
+        tpages p;
+        kv = make_pages(&cases[i], &t, 61, &p);
+        assert_int_equal(run_and_compare(&t, &kv, 2, "decode heads paged"), 0);
+        free_pages(&p);
+        free_data(&t);
     }
 }
 
@@ -431,6 +479,7 @@ int main(void) {
         cmocka_unit_test(test_kv_dtypes),    cmocka_unit_test(test_large_scores),
         cmocka_unit_test(test_paged),        cmocka_unit_test(test_merge_split),
         cmocka_unit_test(test_merge_empty),  cmocka_unit_test(test_decode_long),
+        cmocka_unit_test(test_decode_heads),
         cmocka_unit_test(test_errors),       cmocka_unit_test(test_flops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -314,6 +314,54 @@ static void test_products_model_shapes(void **state) {
     }
 }
 
+/* sr_matmul_multi: the same bits as one sr_matmul per weight (decode
+ * relies on it to stay equal to the reference), for weights of different
+ * types and row counts (the Q, K and V shapes) on 1-3 threads, GEMV and
+ * GEMM sizes; and its argument errors. */
+static void test_multi(void **state) {
+    (void)state;
+    static const int64_t ns[] = {1, 3, 9};
+    const int64_t k = 576, ms[3] = {576, 192, 37};
+    const uint32_t types[3] = {SR_GGML_Q4_1, SR_GGML_Q8_0, SR_GGML_F16};
+    for (size_t a = 0; a < sizeof ns / sizeof ns[0]; a++)
+        for (int threads = 1; threads <= 3; threads++) {
+            int64_t n = ns[a];
+            sr_matmul_weight w[3];
+            const sr_matmul_weight *wp[3];
+            float *y[3], *want[3];
+            float *x = random_x(n * k);
+            for (int i = 0; i < 3; i++) {
+                w[i] = (sr_matmul_weight){types[i], k, ms[i], random_weight(types[i], k, ms[i])};
+                wp[i] = &w[i];
+                y[i] = malloc((size_t)(n * ms[i]) * sizeof(float));
+                want[i] = malloc((size_t)(n * ms[i]) * sizeof(float));
+                assert_non_null(y[i]);
+                assert_non_null(want[i]);
+                for (int64_t j = 0; j < n * ms[i]; j++) y[i][j] = NAN;
+                assert_int_equal(sr_matmul(&w[i], x, want[i], n, threads), SR_OK);
+            }
+            assert_int_equal(sr_matmul_multi(3, wp, x, y, n, threads), SR_OK);
+            for (int i = 0; i < 3; i++) {
+                assert_memory_equal(y[i], want[i], (size_t)(n * ms[i]) * sizeof(float));
+                free(y[i]);
+                free(want[i]);
+                free((void *)w[i].data);
+            }
+            free(x);
+        }
+    float x[64] = {0}, y0[64], y1[64];
+    uint8_t data[1024] = {0};
+    sr_matmul_weight a = {SR_GGML_F32, 32, 1, data}, b = {SR_GGML_F32, 64, 1, data};
+    const sr_matmul_weight *ab[2] = {&a, &b};
+    float *ys[2] = {y0, y1};
+    assert_int_equal(sr_matmul_multi(2, ab, x, ys, 1, 1), SR_EINVAL);
+    assert_non_null(strstr(sr_error_msg(), "k=64"));
+    assert_int_equal(sr_matmul_multi(0, ab, x, ys, 1, 1), SR_EINVAL);
+    ys[1] = NULL;
+    ab[1] = &a;
+    assert_int_equal(sr_matmul_multi(2, ab, x, ys, 1, 1), SR_EINVAL);
+}
+
 /* sr_matmul_q8 against the exact product with activations rounded to int8 as
  * its header specifies (groups of 32, the last one possibly shorter). */
 static void round_q8(const float *x, int64_t n, int64_t k, float *xr) {
@@ -475,6 +523,7 @@ int main(void) {
         cmocka_unit_test(test_products_model_shapes),
         cmocka_unit_test(test_products_odd_k),
         cmocka_unit_test(test_products_q8_activations),
+        cmocka_unit_test(test_multi),
         cmocka_unit_test(test_unaligned),
         cmocka_unit_test(test_weight_row),
         cmocka_unit_test(test_errors),
