@@ -28,6 +28,15 @@ static float kv_load(const sr_kv_cache *c, const void *part, int64_t i) {
     return c->dtype == SR_DT_F16 ? sr_f16_to_f32(h) : sr_bf16_to_f32(h);
 }
 
+/* Layer l's K and V rows (row floats each) of the n tokens at pos. */
+static void kv_rows(int64_t pos, int64_t n, int l, int64_t row, float *k, float *v) {
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t e = 0; e < row; e++) {
+            k[t * row + e] = kv_val(pos + t, l, 0, e);
+            v[t * row + e] = kv_val(pos + t, l, 1, e);
+        }
+}
+
 /* Stores n tokens at pos for every layer, with values from kv_val. */
 static void kv_fill(sr_kv_cache *c, int64_t pos, int64_t n) {
     int64_t b0, off0;
@@ -35,11 +44,7 @@ static void kv_fill(sr_kv_cache *c, int64_t pos, int64_t n) {
     assert_int_equal(sr_kv_reserve(c, pos, n, &b0, &off0), SR_OK);
     float *k = malloc((size_t)(n * row) * sizeof(float)), *v = malloc((size_t)(n * row) * sizeof(float));
     for (int l = 0; l < c->n_layer; l++) {
-        for (int64_t t = 0; t < n; t++)
-            for (int64_t e = 0; e < row; e++) {
-                k[t * row + e] = kv_val(pos + t, l, 0, e);
-                v[t * row + e] = kv_val(pos + t, l, 1, e);
-            }
+        kv_rows(pos, n, l, row, k, v);
         assert_int_equal(sr_kv_store(c, l, b0, off0, n, k, v), SR_OK);
     }
     free(k);
@@ -325,11 +330,7 @@ static void kv_fill_new_block(sr_kv_cache *c, int64_t pos, int64_t n) {
     assert_int_equal(sr_kv_reserve_new_block(c, pos, n, &b0), SR_OK);
     float *k = malloc((size_t)(n * row) * sizeof(float)), *v = malloc((size_t)(n * row) * sizeof(float));
     for (int l = 0; l < c->n_layer; l++) {
-        for (int64_t t = 0; t < n; t++)
-            for (int64_t e = 0; e < row; e++) {
-                k[t * row + e] = kv_val(pos + t, l, 0, e);
-                v[t * row + e] = kv_val(pos + t, l, 1, e);
-            }
+        kv_rows(pos, n, l, row, k, v);
         for (int64_t t = 0, b = b0; t < n; t += c->block_len[b], b++) /* block after block from b0 */
             assert_int_equal(sr_kv_store(c, l, b, 0, c->block_len[b], k + t * row, v + t * row), SR_OK);
     }
