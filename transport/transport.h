@@ -107,6 +107,12 @@ typedef struct {
     size_t key_len;
 } sr_tp_opts;
 
+/* Reads a secret file as tcp's secret_file (16 to 4096 bytes, a regular
+ * file of mode 600) into key, the SHA-256 of its bytes; `what` names the
+ * option in the messages ("--cluster-secret-file"). */
+#define SR_TP_SECRET_BYTES 32
+int sr_tp_secret_read(const char *path, const char *what, unsigned char key[SR_TP_SECRET_BYTES]);
+
 /* Options with every field at its default. */
 sr_tp_opts sr_tp_opts_default(void);
 
