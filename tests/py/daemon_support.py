@@ -103,7 +103,8 @@ class Daemon:
                 if text in line:
                     if not stamp:
                         return True
-                    m = re.match(r"(\d\d):(\d\d):(\d\d\.\d+) ", line)
+                    # the log's stamp is UTC, "2026-12-02T04:56:12.085Z" (or HH:MM:SS.mmm alone)
+                    m = re.match(r"(?:\d{4}-\d\d-\d\dT)?(\d\d):(\d\d):(\d\d\.\d+)Z? ", line)
                     if not m:
                         return None
                     day = time.time() - time.time() % 86400
