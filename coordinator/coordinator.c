@@ -1552,7 +1552,7 @@ static int on_hello(coord *co, peer *p, const sr_frame *f) {
                             "coordinator's?)", sr_error_msg());
     int slot = -1;
     if (h->worker >= 0) {
-        if (h->worker >= W || co->w[h->worker].conn || co->w[h->worker].joined)
+        if (h->worker >= W || co->w[h->worker].conn || co->w[h->worker].joined || co->w[h->worker].lost)
             return sr_error_set(SR_EINVAL, "refused the join: Hello.worker %d is taken or out of range 0..%d",
                                 h->worker, W - 1);
         slot = h->worker;
@@ -1560,7 +1560,7 @@ static int on_hello(coord *co, peer *p, const sr_frame *f) {
         return sr_error_set(SR_EINVAL, "refused the join: Hello.worker %d is not -1 (any) or 0..%d", h->worker, W - 1);
     }
     for (int i = 0; slot < 0 && i < W; i++)
-        if (!co->w[i].conn && !co->w[i].joined) slot = i;
+        if (!co->w[i].conn && !co->w[i].joined && !co->w[i].lost) slot = i;
     if (slot < 0)
         return sr_error_set(SR_ESTATE, "refused the join: the cluster has its %d workers (--workers); a worker that "
                             "left does not come back this round", W);
@@ -1685,7 +1685,17 @@ static void on_control_close(sr_conn *c, const char *why) {
     co->w[w].conn = NULL;
     co->w[w].lost = 1;
     if (co->w[w].ok) co->n_ready--;
-    if (!co->stopping) cluster_broken(co, "worker %d is gone (%s): its contexts are lost", w, why ? why : "closed");
+    if (co->stopping) return;
+    cluster_broken(co, "worker %d is gone (%s): its contexts are lost", w, why ? why : "closed");
+    /* gone before its Join: the others' address exchange cannot complete */
+    if (!co->w[w].joined) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "worker %d left during the join", w);
+        FRAME(l, address_list, ADDRESS_LIST, Starring__Control__V1__AddressList, STARRING__CONTROL__V1__ADDRESS_LIST__INIT);
+        l.round = co->x_round + 1;
+        l.error = msg;
+        to_workers(co, &l_f, -1);
+    }
 }
 
 static void on_join_deadline(uv_timer_t *t) {

@@ -199,9 +199,10 @@ class Proc:
             return None
 
     def stop(self, sig=signal.SIGTERM, timeout=30):
+        """Sends sig and waits timeout s for the exit (then SIGKILL); timeout 0: only sends it."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-            if self.wait(timeout) is None:
+            if timeout and self.wait(timeout) is None:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
@@ -215,7 +216,7 @@ class Cluster:
         self.port, self.cluster_port = free_port(), free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.join = f"127.0.0.1:{self.cluster_port}"
-        self.secret = secret_file(directory)
+        self.secret = secret_file(tempfile.mkdtemp(dir=directory))
         self.args = list(args)
         self.coordinator = Proc("coordinator", [
             "--role", "coordinator", "--model", model_path(), "--listen", self.addr, "--http-listen", "off",

@@ -16,6 +16,7 @@
 - SIGTERM to the coordinator: it exits 0 and the workers leave by
   themselves."""
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -65,6 +66,22 @@ def main():
     rc = p.wait(30)
     t.check(rc == 2 and "--cluster-secret-file" in p.log_text() and "chmod 600" in p.log_text(),
             f"a secret file of mode 644 is refused at start (exit {rc}: {p.log_text().strip()[-200:]!r})")
+
+    # a worker lost during the join: the others' address exchange fails at once, with the reason
+    part = Cluster(tmp, 3, "--join-timeout", str(JOIN_TIMEOUT))
+    try:
+        part.wait_port(part.cluster_port)
+        a, b = part.start_worker(), part.start_worker()
+        ok = all(w.wait_log("proved the cluster secret", 30) for w in (a, b))
+        time.sleep(0.5)
+        a.stop(signal.SIGKILL)
+        rc = b.wait(20)
+        t.check(ok and rc not in (None, 0) and re.search(r"worker \d left during the join", b.log_text()),
+                f"a worker lost during the join: the others leave at once, saying why ({rc}: "
+                f"{b.log_text().strip()[-160:]!r})")
+        t.check(part.coordinator.alive(), "and the coordinator keeps running")
+    finally:
+        part.stop()
 
     cl = Cluster(tmp, 2, "--heartbeat", "0.2", "--join-timeout", str(JOIN_TIMEOUT), "--max-context", "4096")
     try:
@@ -145,12 +162,19 @@ def run(t, cl, ctx_text, ref, tmp):
     t.check(text2 == ref_text, "and answers the same again")
 
     # a worker killed: the coordinator stays, requests get UNAVAILABLE naming it
+    # indexes go in the order the workers proved the secret
+    gone = re.search(r"worker (\d) of 2: joined", w1.log_text()).group(1)
     w1.stop(signal.SIGKILL)
     t.check(cl.wait_serving(5, want=False), "a worker killed (SIGKILL): health turns NOT_SERVING within 5 s")
     code, msg = code_of(lambda: c.generate(Q, context_id=ctx.id, chat=True, max_tokens=4, timeout=30))
-    t.check(code == grpc.StatusCode.UNAVAILABLE and "worker 1" in msg,
+    t.check(code == grpc.StatusCode.UNAVAILABLE and f"worker {gone}" in msg,
             f"a request then gets UNAVAILABLE naming the worker ({code}: {msg!r})")
     t.check(cl.coordinator.alive(), "the coordinator keeps running")
+
+    # a worker that stops answering (SIGSTOP) is lost after 10 heartbeats
+    w0.stop(signal.SIGSTOP, timeout=0)
+    t.check(cl.coordinator.wait_log("no heartbeat for", 6), "a stopped worker is dropped after 10 missed heartbeats")
+    w0.proc.send_signal(signal.SIGCONT)
     c.close()
 
 
