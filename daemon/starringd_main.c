@@ -212,6 +212,11 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (parsed == SR_CFG_RUN && c.v[SR_CFG_ROLE] != ROLE_MPIRUN) return run_role(&c);
+    /* a bad command line outside mpirun (a role's, say) starts no MPI just to say so */
+    if (parsed < 0 && !getenv("OMPI_COMM_WORLD_SIZE") && !getenv("PMI_SIZE")) {
+        fprintf(stderr, "starringd: %s\n", sr_error_msg());
+        return 2;
+    }
     char why[1024];
     snprintf(why, sizeof why, "%s", parsed < 0 ? sr_error_msg() : "");
     int rc = sr_tp_mpi_init(&argc, &argv);
@@ -238,6 +243,7 @@ int main(int argc, char **argv) {
     MPI_Comm workers = MPI_COMM_NULL;
     if (MPI_Comm_split(MPI_COMM_WORLD, rank == 0 ? MPI_UNDEFINED : 1, rank, &workers) != MPI_SUCCESS)
         rc = sr_error_set(SR_ECOMM, "MPI_Comm_split failed");
+    /* the run's cluster secret: 32 fresh random bytes, broadcast with the address */
     if (rc == SR_OK && rank == 0) rc = sr_join_nonce(mpirun_addr.secret);
     if (rc == SR_OK)
         rc = rank == 0 ? run_coordinator(&c, size - 1, mpirun_addr.secret) : run_worker(&c, rank - 1, size - 1, workers, NULL);

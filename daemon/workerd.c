@@ -932,7 +932,8 @@ int sr_workerd_run(const sr_workerd_opts *o) {
                 sr_tp_name(w->tp), sr_now() - t0);
     } else {
         j.error = (char *)sr_error_msg();
-        SR_ERROR("worker %d: %s", w->index, j.error);
+        /* without a Welcome main logs it, and there is no index yet */
+        if (welcomed) SR_ERROR("worker %d: %s", w->index, j.error);
     }
     if (welcomed) send_frame(w, &j_f);
     pthread_mutex_lock(&w->mu);
