@@ -54,9 +54,12 @@ const sr_cfg_def sr_cfg_table[SR_CFG_N] = {
                                     "file on every node (head -c 32 /dev/urandom >F; chmod 600 F); proved at join, never sent"},
     [SR_CFG_WORKERS] = {"workers", 0, SR_CFG_INT, "1", 1, 65536, NULL,
                         "role coordinator: the workers that must join before it serves"},
-    [SR_CFG_TRANSPORT] = {"transport", 0, SR_CFG_ENUM, "auto", 0, 0, "auto,mpi,ucx",
+    [SR_CFG_TRANSPORT] = {"transport", 0, SR_CFG_ENUM, "auto", 0, 0, "auto,mpi,ucx,tcp",
                           "the workers' data plane; auto: mpi under mpirun, ucx for role worker (addresses through the "
-                          "coordinator)"},
+                          "coordinator); tcp: role worker only, with --data-listen"},
+    [SR_CFG_DATA_LISTEN] = {"data-listen", 0, SR_CFG_STR, "", 0, 0, NULL,
+                            "role worker, --transport tcp: HOST:PORT this worker's data plane listens on, reachable by "
+                            "the other workers"},
     [SR_CFG_JOIN_TIMEOUT] = {"join-timeout", 0, SR_CFG_NUM, "5", 0.1, 600, NULL,
                              "seconds a control connection may take to prove the cluster secret before it is dropped"},
 };

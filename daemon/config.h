@@ -63,6 +63,7 @@ enum {
     SR_CFG_WORKERS,
     SR_CFG_TRANSPORT,
     SR_CFG_JOIN_TIMEOUT,
+    SR_CFG_DATA_LISTEN,
     SR_CFG_N
 };
 

@@ -41,7 +41,7 @@
 #include "transport/transport.h"
 
 enum { ROLE_MPIRUN = 0, ROLE_COORDINATOR = 1, ROLE_WORKER = 2 };
-enum { TP_AUTO = 0, TP_MPI = 1, TP_UCX = 2 };
+enum { TP_AUTO = 0, TP_MPI = 1, TP_UCX = 2, TP_TCP = 3 };
 
 /* The control address and the run's cluster secret, from rank 0 to every
  * rank (MPI trusts the ranks it started). */
@@ -139,17 +139,21 @@ static int run_worker(const sr_config *c, int worker, int workers, MPI_Comm comm
     sr_tp *tp = NULL;
     if (secret) {
         if (!*c->s[SR_CFG_JOIN]) return sr_error_set(SR_EINVAL, "--role worker needs --join HOST:PORT, the coordinator's --cluster-listen");
-        if (tpk == TP_MPI) return sr_error_set(SR_EINVAL, "--transport mpi needs mpirun; --role worker takes auto or ucx");
+        if (tpk == TP_MPI) return sr_error_set(SR_EINVAL, "--transport mpi needs mpirun; --role worker takes auto, ucx or tcp");
+        if (tpk == TP_TCP && !*c->s[SR_CFG_DATA_LISTEN])
+            return sr_error_set(SR_EINVAL, "--transport tcp needs --data-listen HOST:PORT, where the other workers reach this one");
         rc = sr_addr_parse(c->s[SR_CFG_JOIN], a.host, sizeof a.host, &a.port);
         memcpy(a.secret, secret, sizeof a.secret);
     } else {
+        if (tpk == TP_TCP) return sr_error_set(SR_EINVAL, "--transport tcp is for --role worker; under mpirun use mpi or ucx");
         rc = bcast_addr(&a);
         sr_tp_opts to = sr_tp_opts_default();
         to.mpi_comm = &comm;
         if (rc == SR_OK) rc = sr_tp_open(&tp, tpk == TP_UCX ? "ucx" : "mpi", &to);
     }
     if (rc != SR_OK) return rc;
-    sr_workerd_opts o = {.model = c->s[SR_CFG_MODEL], .worker = worker, .workers = workers, .tp = tp, .transport = "ucx",
+    sr_workerd_opts o = {.model = c->s[SR_CFG_MODEL], .worker = worker, .workers = workers, .tp = tp, .transport = tpk == TP_TCP ? "tcp" : "ucx",
+                         .data_listen = c->s[SR_CFG_DATA_LISTEN],
                          .secret = a.secret, .secret_len = sizeof a.secret, .join_timeout_s = c->v[SR_CFG_JOIN_TIMEOUT],
                          .coord_host = a.host, .coord_port = a.port, .n_threads = (int)c->v[SR_CFG_THREADS],
                          .max_batch = (int64_t)c->v[SR_CFG_BATCH], .kv_budget = (int64_t)c->v[SR_CFG_KV_BUDGET],

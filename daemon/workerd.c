@@ -860,16 +860,49 @@ static int cluster_exchange(void *data, const void *send, size_t len, void *recv
     return rc;
 }
 
+/* tcp takes a host list: every worker's --data-listen, gathered with one
+ * round of the exchange, in worker order. */
+#define ENDPOINT_BYTES 280
+static int tcp_hosts(wrk *w, char **out) {
+    char mine[ENDPOINT_BYTES] = {0};
+    if (strlen(w->o->data_listen) >= sizeof mine)
+        return sr_error_set(SR_EINVAL, "--data-listen '%.40s...' is over %d characters", w->o->data_listen, ENDPOINT_BYTES - 1);
+    snprintf(mine, sizeof mine, "%s", w->o->data_listen);
+    char *all = malloc((size_t)w->n_workers * ENDPOINT_BYTES), *hosts = malloc((size_t)w->n_workers * (ENDPOINT_BYTES + 1));
+    int rc = all && hosts ? cluster_exchange(w, mine, sizeof mine, all) : sr_error_set(SR_ENOMEM, "out of memory for hosts");
+    size_t at = 0;
+    for (int i = 0; rc == SR_OK && i < w->n_workers; i++) {
+        const char *e = all + (size_t)i * ENDPOINT_BYTES;
+        size_t n = strnlen(e, ENDPOINT_BYTES);
+        if (n == 0 || n == ENDPOINT_BYTES || strchr(e, ',')) {
+            rc = sr_error_set(SR_EFORMAT, "worker %d's --data-listen is empty, unterminated or holds a comma", i);
+            break;
+        }
+        memcpy(hosts + at, e, n);
+        at += n;
+        hosts[at++] = i + 1 < w->n_workers ? ',' : 0;
+    }
+    free(all);
+    if (rc != SR_OK) free(hosts);
+    else *out = hosts;
+    return rc;
+}
+
 /* The data plane over the workers the coordinator has welcomed. */
 static int open_data_plane(wrk *w) {
     sr_tp_opts to = sr_tp_opts_default();
+    char *hosts = NULL;
+    int tcp = strcmp(w->o->transport, "tcp") == 0;
+    int rc = tcp ? tcp_hosts(w, &hosts) : SR_OK;
     to.rank = w->index;
     to.size = w->n_workers;
-    to.exchange = cluster_exchange;
+    to.hosts = hosts;
+    to.exchange = tcp ? NULL : cluster_exchange;
     to.exchange_data = w;
     to.key = w->data_key;
     to.key_len = sizeof w->data_key;
-    int rc = sr_tp_open(&w->own_tp, w->o->transport, &to);
+    if (rc == SR_OK) rc = sr_tp_open(&w->own_tp, w->o->transport, &to);
+    free(hosts);
     w->tp = w->own_tp;
     return rc;
 }

@@ -41,7 +41,8 @@ typedef struct {
      * open `transport` over the workers, its addresses exchanged through the
      * coordinator and its key derived at join (net/join.h) */
     sr_tp *tp;
-    const char *transport;
+    const char *transport;  /* "ucx" or "tcp" */
+    const char *data_listen; /* tcp: this worker's HOST:PORT, sent to the others through the coordinator */
     const unsigned char *secret; /* the cluster secret, proved at join */
     size_t secret_len;
     double join_timeout_s;  /* how long the join may take (the model loads after it) */

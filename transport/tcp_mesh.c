@@ -251,7 +251,14 @@ static int config(const sr_tp_opts *o, sr_tp__tcp_cfg *cfg) {
     }
 
     /* one rank has no peers: nothing to prove */
-    if (cfg->size > 1) {
+    if (cfg->size > 1 && o->key) {
+        if (o->key_len < SR_TP__KEY_MIN || o->key_len > SR_TP__KEY_MAX)
+            return sr_error_set(SR_EINVAL, "sr_tp_opts.key_len %zu is out of range %d..%d", o->key_len, SR_TP__KEY_MIN,
+                                SR_TP__KEY_MAX);
+        if (!(cfg->key = malloc(SR_TP_SECRET_BYTES))) return sr_error_set(SR_ENOMEM, "out of memory for the job secret");
+        cfg->key_len = SR_TP_SECRET_BYTES;
+        crypto_hash_sha256(cfg->key, o->key, (unsigned long long)o->key_len);
+    } else if (cfg->size > 1) {
         const char *path = o->secret_file ? o->secret_file : getenv("SR_TCP_SECRET_FILE");
         if (!path || !*path)
             return sr_error_set(SR_EINVAL,

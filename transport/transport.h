@@ -100,9 +100,9 @@ typedef struct {
      * open. With it, rank and size are as for tcp (-1 reads the environment). */
     int (*exchange)(void *exchange_data, const void *send, size_t len, void *recv);
     void *exchange_data;
-    /* ucx: the job key (16 to 4096 bytes, the same on every rank), e.g. one
-     * the coordinator hands out at join; NULL reads secret_file as tcp does.
-     * Over MPI without either, rank 0 draws a fresh key and broadcasts it. */
+    /* ucx, tcp: the job key (16 to 4096 bytes, the same on every rank), e.g.
+     * one the coordinator hands out at join; NULL reads secret_file. ucx over
+     * MPI without either: rank 0 draws a fresh key and broadcasts it. */
     const unsigned char *key;
     size_t key_len;
 } sr_tp_opts;

@@ -223,11 +223,12 @@ class Cluster:
             "--cluster-listen", self.join, "--cluster-secret-file", self.secret, "--workers", str(workers)] + self.args)
         self.workers = []
 
-    def start_worker(self, secret=None):
-        """A worker that joins the coordinator (with secret, another key file)."""
+    def start_worker(self, *args, secret=None):
+        """A worker that joins the coordinator (with secret, another key
+        file), with args of its own."""
         w = Proc(f"worker{len(self.workers)}", [
             "--role", "worker", "--model", model_path(), "--join", self.join,
-            "--cluster-secret-file", secret or self.secret, "-t", "1"] + self.args)
+            "--cluster-secret-file", secret or self.secret, "-t", "1"] + self.args + list(args))
         self.workers.append(w)
         return w
 

@@ -13,8 +13,12 @@
 - a secret file others can read is refused at start, naming the file;
 - a worker killed (SIGKILL): the coordinator keeps running, health turns
   NOT_SERVING, a request gets UNAVAILABLE naming the worker;
+- a worker lost during the join: the others' exchange fails at once;
+- a worker stopped (SIGSTOP) is dropped after 10 missed heartbeats;
 - SIGTERM to the coordinator: it exits 0 and the workers leave by
-  themselves."""
+  themselves;
+- --transport tcp, the workers' --data-listen through the coordinator:
+  ring answers as starring-run too."""
 import os
 import re
 import signal
@@ -27,7 +31,7 @@ import time
 import grpc
 
 sys.path.insert(0, os.path.dirname(__file__))
-from daemon_support import BUILD, ROOT, Cluster, Proc, Tap, model_path, secret_file  # noqa: E402
+from daemon_support import BUILD, ROOT, Cluster, Proc, Tap, free_port, model_path, secret_file  # noqa: E402
 
 KEY = "72941"
 Q = "What is the pass key?"
@@ -84,8 +88,9 @@ def main():
         part.stop()
 
     cl = Cluster(tmp, 2, "--heartbeat", "0.2", "--join-timeout", str(JOIN_TIMEOUT), "--max-context", "4096")
+    ref_text = None
     try:
-        run(t, cl, ctx_text, ref, tmp)
+        ref_text = run(t, cl, ctx_text, ref, tmp)
     finally:
         ref.kill()
         rc, wrc = cl.stop()
@@ -93,6 +98,23 @@ def main():
     t.check(all(r is not None for r in wrc), f"the workers that were left exit by themselves ({wrc})")
     if t.failed:
         t.note(cl.logs())
+
+    # the tcp data plane: each worker's --data-listen goes to the others through the coordinator
+    tc = Cluster(tmp, 2, "--transport", "tcp", "--max-context", "4096")
+    try:
+        tc.wait_port(tc.cluster_port)
+        ws = [tc.start_worker("--data-listen", f"127.0.0.1:{free_port()}") for _ in range(2)]
+        t.check(tc.wait_serving(120) and all(w.wait_log("data plane (tcp) open") for w in ws),
+                "with --transport tcp the cluster serves, its tcp data plane opened from the workers' --data-listen")
+        c = tc.client()
+        ctx = c.upload(ctx_text, mode="ring", chat=True)
+        _, text, _ = c.generate(Q, context_id=ctx.id, chat=True, max_tokens=16)
+        c.close()
+        t.check(ref_text is not None and text == ref_text, f"and ring over tcp answers as starring-run ({text!r})")
+    finally:
+        rc, _ = tc.stop()
+    if t.failed:
+        t.note(tc.logs())
     return t.done()
 
 
@@ -176,6 +198,7 @@ def run(t, cl, ctx_text, ref, tmp):
     t.check(cl.coordinator.wait_log("no heartbeat for", 6), "a stopped worker is dropped after 10 missed heartbeats")
     w0.proc.send_signal(signal.SIGCONT)
     c.close()
+    return ref_text
 
 
 if __name__ == "__main__":
