@@ -167,6 +167,20 @@ def run(t, cl, ctx_text, ref, tmp):
             f"the answer = single-process starring-run, greedy, up to 16 tokens ({len(ids)})")
     t.check(KEY in text, f"and it finds the pass key {KEY}")
 
+    # garbage on the cluster port instead of a Hello: dropped at once, logged
+    g = socket.create_connection(("127.0.0.1", cl.cluster_port))
+    g.settimeout(10)
+    g.sendall(b"\x00\x00\x00\x10" + b"\xff" * 16)
+    try:
+        while g.recv(4096):
+            pass
+        closed = True
+    except OSError:
+        closed = False
+    g.close()
+    t.check(closed and cl.coordinator.wait_log("is not a starring.control.v1.Frame", 5) and c.serving(),
+            "garbage instead of a Hello is dropped with a log line, and the cluster serves on")
+
     # a worker with another secret
     bad = cl.start_worker(secret=secret_file(tmp, "other.key"))
     rc = bad.wait(30)
