@@ -1619,7 +1619,8 @@ static int on_address(coord *co, int w, const Starring__Control__V1__Address *a)
     for (int i = 0; i < W; i++)
         if (!co->w[i].addr) return SR_OK;
     FRAME(l, address_list, ADDRESS_LIST, Starring__Control__V1__AddressList, STARRING__CONTROL__V1__ADDRESS_LIST__INIT);
-    ProtobufCBinaryData blocks[W];
+    ProtobufCBinaryData *blocks = malloc(sizeof *blocks * (size_t)W);
+    if (!blocks) return sr_error_set(SR_ENOMEM, "out of memory for the address list of %d workers", W);
     int same = 1;
     l.round = ++co->x_round;
     for (int i = 0; i < W; i++) {
@@ -1634,6 +1635,7 @@ static int on_address(coord *co, int w, const Starring__Control__V1__Address *a)
         l.block = blocks;
     }
     to_workers(co, &l_f, -1);
+    free(blocks);
     for (int i = 0; i < W; i++) {
         free(co->w[i].addr);
         co->w[i].addr = NULL;
