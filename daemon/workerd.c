@@ -901,6 +901,9 @@ static int open_data_plane(wrk *w) {
     to.exchange_data = w;
     to.key = w->data_key;
     to.key_len = sizeof w->data_key;
+    /* a peer silent for as long as the coordinator waits for a heartbeat
+     * is lost, so that a worker blocked on a dead one gives up as soon */
+    to.io_timeout_s = 10 * w->o->heartbeat_s < 5 ? 5 : 10 * w->o->heartbeat_s;
     if (rc == SR_OK) rc = sr_tp_open(&w->own_tp, w->o->transport, &to);
     free(hosts);
     w->tp = w->own_tp;

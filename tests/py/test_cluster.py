@@ -11,8 +11,9 @@
 - a connection to the cluster port that never answers the challenge is
   dropped after --join-timeout;
 - a secret file others can read is refused at start, naming the file;
-- a worker killed (SIGKILL): the coordinator keeps running, health turns
-  NOT_SERVING, a request gets UNAVAILABLE naming the worker;
+- a worker killed (SIGKILL) mid-generation: that request ends UNAVAILABLE
+  naming the worker, health turns NOT_SERVING, later requests get
+  UNAVAILABLE too, the coordinator keeps running;
 - a worker lost during the join: the others' exchange fails at once;
 - a worker stopped (SIGSTOP) is dropped after 10 missed heartbeats;
 - SIGTERM to the coordinator: it exits 0 and the workers leave by
@@ -197,11 +198,23 @@ def run(t, cl, ctx_text, ref, tmp):
     _, text2, _ = c.generate(Q, context_id=ctx.id, chat=True, max_tokens=16)
     t.check(text2 == ref_text, "and answers the same again")
 
-    # a worker killed: the coordinator stays, requests get UNAVAILABLE naming it
+    # a worker killed mid-generation: that request and the later ones get
+    # UNAVAILABLE naming it; the coordinator stays
     # indexes go in the order the workers proved the secret
     gone = re.search(r"worker (\d) of 2: joined", w1.log_text()).group(1)
-    w1.stop(signal.SIGKILL)
-    t.check(cl.wait_serving(5, want=False), "a worker killed (SIGKILL): health turns NOT_SERVING within 5 s")
+    got = []
+
+    def kill_at_first(text):
+        got.append(text)
+        if len(got) == 1:
+            w1.stop(signal.SIGKILL)
+
+    code, msg = code_of(lambda: c.generate("Write a long story about the pass key.", context_id=ctx.id, chat=True,
+                                           max_tokens=400, on_text=kill_at_first, timeout=60))
+    t.check(code == grpc.StatusCode.UNAVAILABLE and f"worker {gone}" in msg and 0 < len(got) < 400,
+            f"a worker killed (SIGKILL) mid-generation: the request ends UNAVAILABLE naming it after {len(got)} "
+            f"tokens ({code}: {msg!r})")
+    t.check(cl.wait_serving(5, want=False), "health turns NOT_SERVING")
     code, msg = code_of(lambda: c.generate(Q, context_id=ctx.id, chat=True, max_tokens=4, timeout=30))
     t.check(code == grpc.StatusCode.UNAVAILABLE and f"worker {gone}" in msg,
             f"a request then gets UNAVAILABLE naming the worker ({code}: {msg!r})")
