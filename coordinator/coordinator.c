@@ -17,6 +17,7 @@
 #include "coordinator/grpc.h"
 #include "coordinator/openai.h"
 #include "net/conn.h"
+#include "net/join.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "model/kv_cache.h"
 #include "model/model.h"
@@ -33,11 +34,23 @@ enum { CTX_PREFILLING = 0, CTX_READY = 1 };
 enum { REQ_CREATE = 0, REQ_GENERATE = 1 };
 
 typedef struct {
-    sr_conn *conn;
+    sr_conn *conn;          /* set at the Welcome */
     int joined, ok, lost;
     double last_beat;
     int64_t kv_budget;
+    uint8_t *addr;          /* its block of the address exchange's round, until all are in */
+    size_t addr_len;
 } wslot;
+
+/* A control connection: the join's challenge and deadline, then its worker. */
+typedef struct peer {
+    coord *co;
+    sr_conn *conn;
+    uv_timer_t deadline;
+    unsigned char nonce[SR_JOIN_NONCE_BYTES];
+    int slot;               /* the worker's index; -1 until the Welcome */
+    struct peer *next;
+} peer;
 
 struct cctx {
     uint64_t id;
@@ -129,6 +142,9 @@ struct coord {
     sr_model_config cfg;
     int64_t block_bytes;    /* one KV block of the workers' caches */
     wslot *w;
+    peer *peers;
+    unsigned char key_salt[SR_JOIN_NONCE_BYTES]; /* the data plane's key, with the secret (net/join.h) */
+    int64_t x_round;        /* address exchange rounds done */
     int n_ready;
     int broken;             /* a worker is gone: the contexts are not whole */
     char broken_why[256];
@@ -1519,47 +1535,128 @@ static void cluster_broken(coord *co, const char *fmt, ...) {
     }
 }
 
-static int worker_of(coord *co, sr_conn *c) {
-    for (int i = 0; i < co->o->workers; i++)
-        if (co->w[i].conn == c) return i;
-    return -1;
+/* The Hello, the first frame of a connection: a worker that proves the
+ * secret gets a free index (or the one it asks for) and the Welcome. */
+static int on_hello(coord *co, peer *p, const sr_frame *f) {
+    int W = co->o->workers;
+    if (f->kind_case != STARRING__CONTROL__V1__FRAME__KIND_HELLO)
+        return sr_error_set(SR_EFORMAT, "refused the join: the first control frame must be a Hello, not kind %d",
+                            (int)f->kind_case);
+    const Starring__Control__V1__Hello *h = f->hello;
+    if (h->nonce.len != SR_JOIN_NONCE_BYTES)
+        return sr_error_set(SR_EFORMAT, "refused the join: Hello.nonce has %zu bytes, not %d", h->nonce.len,
+                            SR_JOIN_NONCE_BYTES);
+    if (sr_join_check(h->proof.data, h->proof.len, co->o->secret, co->o->secret_len, SR_JOIN_WORKER, p->nonce,
+                      h->nonce.data) != SR_OK)
+        return sr_error_set(SR_ECOMM, "refused the join: %s (is --cluster-secret-file the same file as the "
+                            "coordinator's?)", sr_error_msg());
+    int slot = -1;
+    if (h->worker >= 0) {
+        if (h->worker >= W || co->w[h->worker].conn || co->w[h->worker].joined || co->w[h->worker].lost)
+            return sr_error_set(SR_EINVAL, "refused the join: Hello.worker %d is taken or out of range 0..%d",
+                                h->worker, W - 1);
+        slot = h->worker;
+    } else if (h->worker != -1) {
+        return sr_error_set(SR_EINVAL, "refused the join: Hello.worker %d is not -1 (any) or 0..%d", h->worker, W - 1);
+    }
+    for (int i = 0; slot < 0 && i < W; i++)
+        if (!co->w[i].conn && !co->w[i].joined && !co->w[i].lost) slot = i;
+    if (slot < 0)
+        return sr_error_set(SR_ESTATE, "refused the join: the cluster has its %d workers (--workers); a worker that "
+                            "left does not come back this round", W);
+    unsigned char proof[SR_JOIN_PROOF_BYTES];
+    sr_join_proof(proof, co->o->secret, co->o->secret_len, SR_JOIN_COORDINATOR, h->nonce.data, p->nonce);
+    FRAME(wl, welcome, WELCOME, Starring__Control__V1__Welcome, STARRING__CONTROL__V1__WELCOME__INIT);
+    wl.proof.data = proof;
+    wl.proof.len = sizeof proof;
+    wl.worker = slot;
+    wl.workers = W;
+    wl.key_salt.data = co->key_salt;
+    wl.key_salt.len = sizeof co->key_salt;
+    int rc = sr_conn_send(p->conn, &wl_f);
+    if (rc != SR_OK) return rc;
+    uv_timer_stop(&p->deadline);
+    p->slot = slot;
+    co->w[slot].conn = p->conn;
+    co->w[slot].last_beat = sr_now();
+    SR_INFO("worker %d of %d at %s proved the cluster secret; loading", slot, W, p->conn->peer);
+    return SR_OK;
+}
+
+static int on_join(coord *co, int w, sr_conn *c, const Starring__Control__V1__Join *j) {
+    wslot *s = &co->w[w];
+    if (s->joined || j->worker != w || j->workers != co->o->workers)
+        return sr_error_set(SR_EFORMAT, "Join of worker %d of %d on the connection of worker %d of %d: each joins once, "
+                            "as it was welcomed", j->worker, j->workers, w, co->o->workers);
+    s->joined = 1;
+    s->kv_budget = j->kv_budget_bytes;
+    if (j->error && *j->error) {
+        SR_ERROR("worker %d (pid %d) could not start: %s", w, j->pid, j->error);
+        cluster_broken(co, "worker %d could not start: %s", w, j->error);
+    } else if (j->vocab_size != co->cfg.vocab_size) {
+        cluster_broken(co, "worker %d has a vocabulary of %d, the coordinator %d: not the same model", w,
+                       j->vocab_size, co->cfg.vocab_size);
+    } else {
+        s->ok = 1;
+        co->n_ready++;
+        SR_INFO("worker %d of %d joined (pid %d, %s)", w, co->o->workers, j->pid, c->peer);
+        if (serving(co)) health_changed(co);
+    }
+    return SR_OK;
+}
+
+/* One round of the data plane's address exchange: once every worker's
+ * block is in, every worker gets them all, in worker order. */
+static int on_address(coord *co, int w, const Starring__Control__V1__Address *a) {
+    int W = co->o->workers;
+    wslot *s = &co->w[w];
+    if (a->round != co->x_round + 1 || s->addr)
+        return sr_error_set(SR_EFORMAT, "worker %d sent Address.round %lld; this round is %lld, one block each", w,
+                            (long long)a->round, (long long)co->x_round + 1);
+    if (!(s->addr = malloc(a->block.len ? a->block.len : 1))) return sr_error_set(SR_ENOMEM, "out of memory for an address");
+    memcpy(s->addr, a->block.data, a->block.len);
+    s->addr_len = a->block.len;
+    for (int i = 0; i < W; i++)
+        if (!co->w[i].addr) return SR_OK;
+    FRAME(l, address_list, ADDRESS_LIST, Starring__Control__V1__AddressList, STARRING__CONTROL__V1__ADDRESS_LIST__INIT);
+    ProtobufCBinaryData *blocks = malloc(sizeof *blocks * (size_t)W);
+    if (!blocks) return sr_error_set(SR_ENOMEM, "out of memory for the address list of %d workers", W);
+    int same = 1;
+    l.round = ++co->x_round;
+    for (int i = 0; i < W; i++) {
+        blocks[i] = (ProtobufCBinaryData){co->w[i].addr_len, co->w[i].addr};
+        same &= co->w[i].addr_len == s->addr_len;
+    }
+    if (!same) {
+        l.error = "the workers sent address blocks of different lengths";
+        SR_ERROR("address exchange round %lld: %s", (long long)l.round, l.error);
+    } else {
+        l.n_block = (size_t)W;
+        l.block = blocks;
+    }
+    to_workers(co, &l_f, -1);
+    free(blocks);
+    for (int i = 0; i < W; i++) {
+        free(co->w[i].addr);
+        co->w[i].addr = NULL;
+    }
+    return SR_OK;
 }
 
 static int on_control_frame(sr_conn *c, sr_frame *f) {
-    coord *co = c->data;
-    int w = worker_of(co, c), rc = SR_OK;
+    peer *p = c->data;
+    coord *co = p->co;
+    int w = p->slot, rc = SR_OK;
     if (w < 0) {
-        if (f->kind_case != STARRING__CONTROL__V1__FRAME__KIND_JOIN) {
-            rc = sr_error_set(SR_EFORMAT, "the first control frame must be a Join, not kind %d", (int)f->kind_case);
-        } else if (f->join->worker < 0 || f->join->worker >= co->o->workers || co->w[f->join->worker].joined ||
-                   f->join->workers != co->o->workers) {
-            rc = sr_error_set(SR_EFORMAT, "Join of worker %d of %d: this cluster has workers 0..%d, each joins once",
-                              f->join->worker, f->join->workers, co->o->workers - 1);
-        } else {
-            wslot *s = &co->w[f->join->worker];
-            s->conn = c;
-            s->joined = 1;
-            s->last_beat = sr_now();
-            s->kv_budget = f->join->kv_budget_bytes;
-            if (f->join->error && *f->join->error) {
-                SR_ERROR("worker %d (pid %d) could not start: %s", f->join->worker, f->join->pid, f->join->error);
-                cluster_broken(co, "worker %d could not start: %s", f->join->worker, f->join->error);
-            } else if (f->join->vocab_size != co->cfg.vocab_size) {
-                cluster_broken(co, "worker %d has a vocabulary of %d, the coordinator %d: not the same model",
-                               f->join->worker, f->join->vocab_size, co->cfg.vocab_size);
-            } else {
-                s->ok = 1;
-                co->n_ready++;
-                SR_INFO("worker %d of %d joined (pid %d, %s)", f->join->worker, co->o->workers, f->join->pid, c->peer);
-                if (serving(co)) health_changed(co);
-            }
-        }
+        rc = on_hello(co, p, f);
         sr_frame_free(f);
         return rc;
     }
     co->w[w].last_beat = sr_now();
     switch (f->kind_case) {
     case STARRING__CONTROL__V1__FRAME__KIND_HEARTBEAT: break;
+    case STARRING__CONTROL__V1__FRAME__KIND_JOIN: rc = on_join(co, w, c, f->join); break;
+    case STARRING__CONTROL__V1__FRAME__KIND_ADDRESS: rc = on_address(co, w, f->address); break;
     case STARRING__CONTROL__V1__FRAME__KIND_PREFILLED: on_prefilled(co, w, f->prefilled); break;
     case STARRING__CONTROL__V1__FRAME__KIND_PROGRESS: if (w == SR_CP_QUERY_RANK) on_progress(co, f->progress); break;
     case STARRING__CONTROL__V1__FRAME__KIND_TOKEN: if (w == SR_CP_QUERY_RANK) on_token(co, f->token); break;
@@ -1572,22 +1669,71 @@ static int on_control_frame(sr_conn *c, sr_frame *f) {
     return rc;
 }
 
+static void peer_free(uv_handle_t *h) { free(h->data); }
+
 static void on_control_close(sr_conn *c, const char *why) {
-    coord *co = c->data;
-    int w = worker_of(co, c);
+    peer *p = c->data;
+    coord *co = p->co;
+    int w = p->slot;
+    for (peer **q = &co->peers; *q; q = &(*q)->next)
+        if (*q == p) {
+            *q = p->next;
+            break;
+        }
+    uv_close((uv_handle_t *)&p->deadline, peer_free);
     if (w < 0) return;
+    free(co->w[w].addr);
+    co->w[w].addr = NULL;
     co->w[w].conn = NULL;
     co->w[w].lost = 1;
     if (co->w[w].ok) co->n_ready--;
-    if (!co->stopping) cluster_broken(co, "worker %d is gone (%s): its contexts are lost", w, why ? why : "closed");
+    if (co->stopping) return;
+    cluster_broken(co, "worker %d is gone (%s): its contexts are lost", w, why ? why : "closed");
+    /* gone before its Join: the others' address exchange cannot complete */
+    if (!co->w[w].joined) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "worker %d left during the join", w);
+        FRAME(l, address_list, ADDRESS_LIST, Starring__Control__V1__AddressList, STARRING__CONTROL__V1__ADDRESS_LIST__INIT);
+        l.round = co->x_round + 1;
+        l.error = msg;
+        to_workers(co, &l_f, -1);
+    }
 }
 
+static void on_join_deadline(uv_timer_t *t) {
+    peer *p = t->data;
+    char why[96];
+    snprintf(why, sizeof why, "no join within %.0f s (a worker proves the cluster secret first)", p->co->o->join_timeout_s);
+    sr_conn_close(p->conn, why);
+}
+
+/* A new control connection gets its challenge, and join_timeout_s to answer. */
 static void on_control_connection(uv_stream_t *s, int status) {
     coord *co = s->data;
     sr_conn *c;
     if (status < 0 || co->stopping) return;
-    if (sr_conn_accept(&c, s, co->o->max_frame, on_control_frame, on_control_close, co) != SR_OK)
+    peer *p = calloc(1, sizeof *p);
+    if (!p) {
+        SR_WARN("out of memory for a control connection");
+        return;
+    }
+    if (sr_conn_accept(&c, s, co->o->max_frame, on_control_frame, on_control_close, p) != SR_OK) {
         SR_WARN("%s", sr_error_msg());
+        free(p);
+        return;
+    }
+    p->co = co;
+    p->conn = c;
+    p->slot = -1;
+    p->next = co->peers;
+    co->peers = p;
+    uv_timer_init(co->loop, &p->deadline);
+    p->deadline.data = p;
+    uv_timer_start(&p->deadline, on_join_deadline, (uint64_t)(co->o->join_timeout_s * 1e3), 0);
+    FRAME(ch, challenge, CHALLENGE, Starring__Control__V1__Challenge, STARRING__CONTROL__V1__CHALLENGE__INIT);
+    ch.nonce.data = p->nonce;
+    ch.nonce.len = sizeof p->nonce;
+    if (sr_join_nonce(p->nonce) != SR_OK || sr_conn_send(c, &ch_f) != SR_OK) sr_conn_close(c, sr_error_msg());
 }
 
 static void on_tick(uv_timer_t *t) {
@@ -1595,7 +1741,7 @@ static void on_tick(uv_timer_t *t) {
     if (co->o->on_tick) co->o->on_tick(co->o->data);
     double late = 10 * co->o->heartbeat_s;
     for (int i = 0; i < co->o->workers; i++)
-        if (co->w[i].conn && co->w[i].joined && sr_now() - co->w[i].last_beat > late) {
+        if (co->w[i].conn && sr_now() - co->w[i].last_beat > late) {
             char why[96];
             snprintf(why, sizeof why, "no heartbeat for %.0f s", sr_now() - co->w[i].last_beat);
             sr_conn_close(co->w[i].conn, why);
@@ -1608,8 +1754,7 @@ static void stop(coord *co) {
     SR_INFO("stopping");
     sr_grpc_close(co->grpc);
     sr_openai_close(co->http);
-    for (int i = 0; i < co->o->workers; i++)
-        if (co->w[i].conn) sr_conn_close(co->w[i].conn, NULL);
+    while (co->peers) sr_conn_close(co->peers->conn, NULL);
     uv_close((uv_handle_t *)&co->control, NULL);
     uv_close((uv_handle_t *)&co->tick, NULL);
     uv_close((uv_handle_t *)&co->drain, NULL);
@@ -1672,6 +1817,9 @@ int sr_coord_run(const sr_coord_opts *o) {
     }
     /* ids differ between runs, so an old id does not name a new context */
     co->next_id = ((uint64_t)getpid() << 40) ^ ((uint64_t)(sr_now() * 1e6) << 16);
+    if (rc == SR_OK && (!o->secret || o->secret_len < 16))
+        rc = sr_error_set(SR_EINVAL, "the coordinator needs a cluster secret of 16 bytes or more (--cluster-secret-file)");
+    if (rc == SR_OK) rc = sr_join_nonce(co->key_salt);
     int port = 0;
     uv_tcp_init(co->loop, &co->control);
     co->control.data = co;

@@ -45,7 +45,10 @@ typedef struct {
     int http_port;
     int keep_prompts;         /* HTTP prompts kept resident for reuse (least recently used go first) */
     const char *api_key;      /* NULL or "": none; else both APIs need "Bearer KEY" */
-    /* called once the control port listens (main broadcasts it to the workers) */
+    const unsigned char *secret; /* the cluster secret, which every worker proves at join (net/join.h) */
+    size_t secret_len;
+    double join_timeout_s;    /* a connection that has not proved the secret by then is dropped */
+    /* called once the control port listens (main broadcasts it to the workers); may be NULL */
     int (*on_listening)(const char *host, int port, void *data);
     /* optional, on the loop's thread (daemon/ passes them on to systemd):
      * on_ready the first time health is SERVING, on_tick every second

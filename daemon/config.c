@@ -44,6 +44,24 @@ const sr_cfg_def sr_cfg_table[SR_CFG_N] = {
                         "bearer token both APIs require (needed to listen beyond loopback); prefer api-key-file"},
     [SR_CFG_API_KEY_FILE] = {"api-key-file", 0, SR_CFG_STR, "", 0, 0, NULL,
                              "file whose first line is the API key, kept out of the process list"},
+    [SR_CFG_ROLE] = {"role", 0, SR_CFG_ENUM, "mpirun", 0, 0, "mpirun,coordinator,worker",
+                     "mpirun: rank 0 coordinates, the other ranks work; coordinator or worker: one role, no MPI"},
+    [SR_CFG_CLUSTER_LISTEN] = {"cluster-listen", 0, SR_CFG_STR, "", 0, 0, NULL,
+                               "role coordinator: HOST:PORT the workers join at (empty: as --control)"},
+    [SR_CFG_JOIN] = {"join", 0, SR_CFG_STR, "", 0, 0, NULL, "role worker: the coordinator's --cluster-listen HOST:PORT"},
+    [SR_CFG_CLUSTER_SECRET_FILE] = {"cluster-secret-file", 0, SR_CFG_STR, "", 0, 0, NULL,
+                                    "roles coordinator and worker: the cluster secret, 16 to 4096 bytes, mode 600, the same "
+                                    "file on every node (head -c 32 /dev/urandom >F; chmod 600 F); proved at join, never sent"},
+    [SR_CFG_WORKERS] = {"workers", 0, SR_CFG_INT, "1", 1, 65536, NULL,
+                        "role coordinator: the workers that must join before it serves"},
+    [SR_CFG_TRANSPORT] = {"transport", 0, SR_CFG_ENUM, "auto", 0, 0, "auto,mpi,ucx,tcp",
+                          "the workers' data plane; auto: mpi under mpirun, ucx for role worker (addresses through the "
+                          "coordinator); tcp: role worker only, with --data-listen"},
+    [SR_CFG_DATA_LISTEN] = {"data-listen", 0, SR_CFG_STR, "", 0, 0, NULL,
+                            "role worker, --transport tcp: HOST:PORT this worker's data plane listens on, reachable by "
+                            "the other workers"},
+    [SR_CFG_JOIN_TIMEOUT] = {"join-timeout", 0, SR_CFG_NUM, "5", 0.1, 600, NULL,
+                             "seconds a control connection may take to prove the cluster secret before it is dropped"},
 };
 
 static int is_space(char ch) { return ch == ' ' || ch == '\t' || ch == '\r'; }

@@ -4,11 +4,18 @@
  *   mpirun -np N build/starringd --model FILE --listen 127.0.0.1:7070
  *
  * The workers get a communicator of their own for the data plane (the mpi
- * transport), and learn the coordinator's control address from rank 0
- * (MPI_Bcast); everything else goes over the control plane, so a start
- * without mpirun only needs another way to hand out that address and the
- * data plane's peers. Options come from one table (daemon/config.c): flags,
- * --config FILE, --help and --print-config.
+ * transport, or ucx over it), and learn the coordinator's control address
+ * and a cluster secret drawn for the run from rank 0 (MPI_Bcast);
+ * everything else goes over the control plane. Without mpirun each process
+ * has one role, and MPI is never initialised:
+ *
+ *   starringd --role coordinator --cluster-listen HOST:PORT --cluster-secret-file F --workers N --model FILE
+ *   starringd --role worker --join HOST:PORT --cluster-secret-file F --model FILE
+ *
+ * Workers prove the secret at join, get their index, and open the ucx data
+ * plane with the addresses the coordinator gathers (daemon/workerd.c).
+ * Options come from one table (daemon/config.c): flags, --config FILE,
+ * --help and --print-config.
  *
  * Under systemd (NOTIFY_SOCKET set) rank 0 alone talks to it: READY=1 once
  * health is SERVING (every worker has joined), WATCHDOG=1 from its event
@@ -16,6 +23,7 @@
  * one watchdog covers the job. */
 #include <errno.h>
 #include <mpi.h>
+#include <sodium.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,13 +37,21 @@
 #include "daemon/notify.h"
 #include "daemon/workerd.h"
 #include "net/conn.h"
+#include "net/join.h"
 #include "transport/transport.h"
 
-/* The control address, from rank 0 to every rank. */
+enum { ROLE_MPIRUN = 0, ROLE_COORDINATOR = 1, ROLE_WORKER = 2 };
+enum { TP_AUTO = 0, TP_MPI = 1, TP_UCX = 2, TP_TCP = 3 };
+
+/* The control address and the run's cluster secret, from rank 0 to every
+ * rank (MPI trusts the ranks it started). */
 typedef struct {
     char host[96];
     int port;
+    unsigned char secret[SR_TP_SECRET_BYTES];
 } ctl_addr;
+
+static ctl_addr mpirun_addr;
 
 static int bcast_addr(ctl_addr *a) {
     SR_MPI_CHECK(MPI_Bcast(a, (int)sizeof *a, MPI_BYTE, 0, MPI_COMM_WORLD));
@@ -43,9 +59,18 @@ static int bcast_addr(ctl_addr *a) {
 }
 
 static int coordinator_listening(const char *host, int port, void *data) {
-    ctl_addr a = {{0}, port};
-    snprintf(a.host, sizeof a.host, "%s", strcmp(host, "0.0.0.0") == 0 ? "127.0.0.1" : host);
-    return bcast_addr(&a);
+    mpirun_addr.port = port;
+    snprintf(mpirun_addr.host, sizeof mpirun_addr.host, "%s", strcmp(host, "0.0.0.0") == 0 ? "127.0.0.1" : host);
+    return bcast_addr(&mpirun_addr);
+}
+
+/* The secret of roles coordinator and worker, from --cluster-secret-file. */
+static int cluster_secret(const sr_config *c, unsigned char secret[SR_TP_SECRET_BYTES]) {
+    const char *file = c->s[SR_CFG_CLUSTER_SECRET_FILE];
+    if (!*file)
+        return sr_error_set(SR_EINVAL, "--role %s needs --cluster-secret-file FILE, the same file on every node (make "
+                            "one with: head -c 32 /dev/urandom >FILE; chmod 600 FILE)", c->s[SR_CFG_ROLE]);
+    return sr_tp_secret_read(file, "--cluster-secret-file", secret);
 }
 
 static int loopback(const char *host) {
@@ -72,12 +97,16 @@ static int api_key(const sr_config *c, char *key, size_t cap) {
     return SR_OK;
 }
 
-static int run_coordinator(const sr_config *c, int workers) {
+static int run_coordinator(const sr_config *c, int workers, const unsigned char *secret) {
     char lhost[96], chost[96], hhost[96], key[4097];
     int lport, cport = 0, hport = 0;
-    int http = strcmp(c->s[SR_CFG_HTTP_LISTEN], "off") != 0;
+    int http = strcmp(c->s[SR_CFG_HTTP_LISTEN], "off") != 0, role = (int)c->v[SR_CFG_ROLE];
+    /* without mpirun the workers must know where to join */
+    const char *control = *c->s[SR_CFG_CLUSTER_LISTEN] ? c->s[SR_CFG_CLUSTER_LISTEN] : c->s[SR_CFG_CONTROL];
+    if (role == ROLE_COORDINATOR && !*control)
+        return sr_error_set(SR_EINVAL, "--role coordinator needs --cluster-listen HOST:PORT, where the workers --join");
     int rc = sr_addr_parse(c->s[SR_CFG_LISTEN], lhost, sizeof lhost, &lport);
-    if (rc == SR_OK && *c->s[SR_CFG_CONTROL]) rc = sr_addr_parse(c->s[SR_CFG_CONTROL], chost, sizeof chost, &cport);
+    if (rc == SR_OK && *control) rc = sr_addr_parse(control, chost, sizeof chost, &cport);
     else snprintf(chost, sizeof chost, "%s", lhost);
     if (rc == SR_OK && http) rc = sr_addr_parse(c->s[SR_CFG_HTTP_LISTEN], hhost, sizeof hhost, &hport);
     if (rc == SR_OK) rc = api_key(c, key, sizeof key);
@@ -94,20 +123,38 @@ static int run_coordinator(const sr_config *c, int workers) {
         .max_batch = (int64_t)c->v[SR_CFG_BATCH], .max_tokens = (int32_t)c->v[SR_CFG_MAX_TOKENS],
         .default_tokens = (int32_t)c->v[SR_CFG_DEFAULT_TOKENS], .mode = c->s[SR_CFG_MODE], .heartbeat_s = c->v[SR_CFG_HEARTBEAT],
         .shutdown_grace_s = c->v[SR_CFG_SHUTDOWN_GRACE], .http_host = http ? hhost : NULL, .http_port = hport,
-        .keep_prompts = (int)c->v[SR_CFG_KEEP_PROMPTS], .api_key = key, .on_listening = coordinator_listening,
+        .keep_prompts = (int)c->v[SR_CFG_KEEP_PROMPTS], .api_key = key, .secret = secret,
+        .secret_len = SR_TP_SECRET_BYTES, .join_timeout_s = c->v[SR_CFG_JOIN_TIMEOUT],
+        .on_listening = role == ROLE_MPIRUN ? coordinator_listening : NULL,
         .on_ready = sr_notify_ready, .on_tick = sr_notify_tick, .on_stopping = sr_notify_stopping};
     return sr_coord_run(&o);
 }
 
-static int run_worker(const sr_config *c, int worker, int workers, MPI_Comm comm) {
+/* A worker: under mpirun (comm its workers' communicator) with the data
+ * plane opened here; with --role worker (secret given) the coordinator at
+ * --join gives its index, and the worker opens ucx itself. */
+static int run_worker(const sr_config *c, int worker, int workers, MPI_Comm comm, const unsigned char *secret) {
     ctl_addr a;
-    int rc = bcast_addr(&a);
+    int rc = SR_OK, tpk = (int)c->v[SR_CFG_TRANSPORT];
     sr_tp *tp = NULL;
-    sr_tp_opts to = sr_tp_opts_default();
-    to.mpi_comm = &comm;
-    if (rc == SR_OK) rc = sr_tp_open(&tp, "mpi", &to);
+    if (secret) {
+        if (!*c->s[SR_CFG_JOIN]) return sr_error_set(SR_EINVAL, "--role worker needs --join HOST:PORT, the coordinator's --cluster-listen");
+        if (tpk == TP_MPI) return sr_error_set(SR_EINVAL, "--transport mpi needs mpirun; --role worker takes auto, ucx or tcp");
+        if (tpk == TP_TCP && !*c->s[SR_CFG_DATA_LISTEN])
+            return sr_error_set(SR_EINVAL, "--transport tcp needs --data-listen HOST:PORT, where the other workers reach this one");
+        rc = sr_addr_parse(c->s[SR_CFG_JOIN], a.host, sizeof a.host, &a.port);
+        memcpy(a.secret, secret, sizeof a.secret);
+    } else {
+        if (tpk == TP_TCP) return sr_error_set(SR_EINVAL, "--transport tcp is for --role worker; under mpirun use mpi or ucx");
+        rc = bcast_addr(&a);
+        sr_tp_opts to = sr_tp_opts_default();
+        to.mpi_comm = &comm;
+        if (rc == SR_OK) rc = sr_tp_open(&tp, tpk == TP_UCX ? "ucx" : "mpi", &to);
+    }
     if (rc != SR_OK) return rc;
-    sr_workerd_opts o = {.model = c->s[SR_CFG_MODEL], .worker = worker, .workers = workers, .tp = tp,
+    sr_workerd_opts o = {.model = c->s[SR_CFG_MODEL], .worker = worker, .workers = workers, .tp = tp, .transport = tpk == TP_TCP ? "tcp" : "ucx",
+                         .data_listen = c->s[SR_CFG_DATA_LISTEN],
+                         .secret = a.secret, .secret_len = sizeof a.secret, .join_timeout_s = c->v[SR_CFG_JOIN_TIMEOUT],
                          .coord_host = a.host, .coord_port = a.port, .n_threads = (int)c->v[SR_CFG_THREADS],
                          .max_batch = (int64_t)c->v[SR_CFG_BATCH], .kv_budget = (int64_t)c->v[SR_CFG_KV_BUDGET],
                          .heartbeat_s = c->v[SR_CFG_HEARTBEAT], .max_frame = (size_t)c->v[SR_CFG_MAX_FRAME],
@@ -115,6 +162,7 @@ static int run_worker(const sr_config *c, int worker, int workers, MPI_Comm comm
                          .on_tick = sr_notify_tick};
     rc = sr_workerd_run(&o);
     sr_tp_close(tp);
+    sodium_memzero(a.secret, sizeof a.secret);
     return rc;
 }
 
@@ -122,6 +170,39 @@ static void on_sighup(int sig) {
     int e = errno;
     sr_log_reopen();
     errno = e;
+}
+
+static void signals(void) {
+    /* a write to a peer that has gone (a client, or the coordinator at
+     * shutdown) must fail with EPIPE on that connection, not end the process */
+    signal(SIGPIPE, SIG_IGN);
+    /* logrotate's SIGHUP: the reopen is system calls only (open, dup3, close) */
+    struct sigaction hup = {.sa_handler = on_sighup, .sa_flags = SA_RESTART};
+    sigemptyset(&hup.sa_mask);
+    if (sigaction(SIGHUP, &hup, NULL) != 0) SR_WARN("cannot handle SIGHUP (%s): --log-file will not be reopened", strerror(errno));
+}
+
+/* --role coordinator or worker: one process, one role, no MPI. */
+static int run_role(sr_config *c) {
+    int role = (int)c->v[SR_CFG_ROLE];
+    unsigned char secret[SR_TP_SECRET_BYTES];
+    int rc = sr_log_open(c->s[SR_CFG_LOG_FILE]);
+    if (rc == SR_OK) rc = cluster_secret(c, secret);
+    if (rc != SR_OK) {
+        fprintf(stderr, "starringd: %s\n", sr_error_msg());
+        sr_config_free(c);
+        return 2;
+    }
+    /* a worker's rank in the log is its index, known once it has joined */
+    sr_log_init(role == ROLE_COORDINATOR ? "coordinator" : "worker", role == ROLE_COORDINATOR ? 0 : -1,
+                (int)c->v[SR_CFG_LOG_LEVEL]);
+    signals();
+    rc = role == ROLE_COORDINATOR ? run_coordinator(c, (int)c->v[SR_CFG_WORKERS], secret)
+                                  : run_worker(c, -1, 0, MPI_COMM_NULL, secret);
+    sodium_memzero(secret, sizeof secret);
+    if (rc != SR_OK) SR_ERROR("%s", sr_error_msg());
+    sr_config_free(c);
+    return rc == SR_OK ? 0 : 1;
 }
 
 int main(int argc, char **argv) {
@@ -133,6 +214,12 @@ int main(int argc, char **argv) {
         else sr_config_print(stdout, &c);
         sr_config_free(&c);
         return 0;
+    }
+    if (parsed == SR_CFG_RUN && c.v[SR_CFG_ROLE] != ROLE_MPIRUN) return run_role(&c);
+    /* a bad command line outside mpirun (a role's, say) starts no MPI just to say so */
+    if (parsed < 0 && !getenv("OMPI_COMM_WORLD_SIZE") && !getenv("PMI_SIZE")) {
+        fprintf(stderr, "starringd: %s\n", sr_error_msg());
+        return 2;
     }
     char why[1024];
     snprintf(why, sizeof why, "%s", parsed < 0 ? sr_error_msg() : "");
@@ -151,13 +238,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     sr_log_init(rank == 0 ? "coordinator" : "worker", rank, (int)c.v[SR_CFG_LOG_LEVEL]);
-    /* a write to a peer that has gone (a client, or the coordinator at
-     * shutdown) must fail with EPIPE on that connection, not end the process */
-    signal(SIGPIPE, SIG_IGN);
-    /* logrotate's SIGHUP: the reopen is system calls only (open, dup3, close) */
-    struct sigaction hup = {.sa_handler = on_sighup, .sa_flags = SA_RESTART};
-    sigemptyset(&hup.sa_mask);
-    if (sigaction(SIGHUP, &hup, NULL) != 0) SR_WARN("cannot handle SIGHUP (%s): --log-file will not be reopened", strerror(errno));
+    signals();
     /* systemd watches the job through rank 0 (see the top of this file) */
     if (rank != 0) {
         unsetenv("NOTIFY_SOCKET");
@@ -166,7 +247,10 @@ int main(int argc, char **argv) {
     MPI_Comm workers = MPI_COMM_NULL;
     if (MPI_Comm_split(MPI_COMM_WORLD, rank == 0 ? MPI_UNDEFINED : 1, rank, &workers) != MPI_SUCCESS)
         rc = sr_error_set(SR_ECOMM, "MPI_Comm_split failed");
-    if (rc == SR_OK) rc = rank == 0 ? run_coordinator(&c, size - 1) : run_worker(&c, rank - 1, size - 1, workers);
+    /* the run's cluster secret: 32 fresh random bytes, broadcast with the address */
+    if (rc == SR_OK && rank == 0) rc = sr_join_nonce(mpirun_addr.secret);
+    if (rc == SR_OK)
+        rc = rank == 0 ? run_coordinator(&c, size - 1, mpirun_addr.secret) : run_worker(&c, rank - 1, size - 1, workers, NULL);
     if (rc != SR_OK) {
         SR_ERROR("%s", sr_error_msg());
         /* one rank's failure ends the job rather than leaving the others waiting */

@@ -8,13 +8,20 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/status.h"
 #include "net/conn.h"
+#include "net/join.h"
 #include "worker/cp.h"
 
 typedef struct wrk wrk;
+
+/* How long one round of the address exchange may wait for the others: they
+ * load the model before they open the data plane. */
+#define EXCHANGE_TIMEOUT_S 120
 
 /* A resident context: its runner and its KV, out of the model between commands. */
 typedef struct wctx {
@@ -63,6 +70,11 @@ typedef struct cmd {
 
 struct wrk {
     const sr_workerd_opts *o;
+    int index, n_workers;   /* this worker's, given at join */
+    sr_tp *tp, *own_tp;     /* the data plane; own_tp when this worker opened it */
+    unsigned char nonce[SR_JOIN_NONCE_BYTES], coord_nonce[SR_JOIN_NONCE_BYTES];
+    int challenged;         /* loop */
+    int64_t x_round;        /* compute: address exchange rounds */
     sr_model *m;
     sr_tokenizer *tok;
     sr_kv_cache parked;     /* the model's own empty cache, in m->kv between commands */
@@ -88,6 +100,10 @@ struct wrk {
     int gone;               /* the coordinator went away */
     int quit;               /* compute -> loop: stop */
     int joined;             /* compute -> loop: the model is loaded, the Join queued */
+    int welcomed;           /* loop -> compute: the coordinator proved the secret and gave index and key */
+    unsigned char data_key[SR_JOIN_KEY_BYTES];
+    char join_error[512];   /* loop -> compute: why the join failed */
+    sr_frame *x_list;       /* loop -> compute: the coordinator's AddressList */
     int told_ready;         /* loop */
     /* compute thread */
     wctx *ctxs;
@@ -100,7 +116,7 @@ struct wrk {
 static void send_frame(wrk *w, const sr_frame *f) {
     outmsg *o = calloc(1, sizeof *o);
     if (!o || sr_frame_pack(f, &o->bytes, &o->n) != SR_OK) {
-        SR_ERROR("worker %d: could not queue a control frame: %s", w->o->worker, sr_error_msg());
+        SR_ERROR("worker %d: could not queue a control frame: %s", w->index, sr_error_msg());
         free(o);
         return;
     }
@@ -164,25 +180,103 @@ static void on_signal(uv_signal_t *s, int sig) {
 
 static void on_beat(uv_timer_t *t) {
     wrk *w = t->data;
-    if (!w->conn) return;
+    if (!w->conn || !w->welcomed) return;
     if (w->o->on_tick) w->o->on_tick(w->o->data);
     pthread_mutex_lock(&w->mu);
     int joined = w->joined;
     pthread_mutex_unlock(&w->mu);
     if (joined && !w->told_ready && w->o->on_ready) {
         char status[96];
-        snprintf(status, sizeof status, "worker %d of %d: model loaded, joined", w->o->worker, w->o->workers);
+        snprintf(status, sizeof status, "worker %d of %d: model loaded, joined", w->index, w->n_workers);
         w->o->on_ready(status, w->o->data);
     }
     w->told_ready |= joined;
     FRAME(hb, heartbeat, HEARTBEAT, Starring__Control__V1__Heartbeat, STARRING__CONTROL__V1__HEARTBEAT__INIT);
-    hb.worker = w->o->worker;
+    hb.worker = w->index;
     hb.seq = ++w->beat_seq;
     sr_conn_send(w->conn, &hb_f);
 }
 
+static int queue_cmd(wrk *w, sr_frame *f);
+
+/* The coordinator's challenge: the answer proves the secret. */
+static int on_challenge(wrk *w, const Starring__Control__V1__Challenge *ch) {
+    if (w->challenged) return sr_error_set(SR_EFORMAT, "a second Challenge from the coordinator");
+    if (ch->nonce.len != SR_JOIN_NONCE_BYTES)
+        return sr_error_set(SR_EFORMAT, "Challenge.nonce has %zu bytes, not %d", ch->nonce.len, SR_JOIN_NONCE_BYTES);
+    w->challenged = 1;
+    memcpy(w->coord_nonce, ch->nonce.data, SR_JOIN_NONCE_BYTES);
+    int rc = sr_join_nonce(w->nonce);
+    if (rc != SR_OK) return rc;
+    unsigned char proof[SR_JOIN_PROOF_BYTES];
+    sr_join_proof(proof, w->o->secret, w->o->secret_len, SR_JOIN_WORKER, w->coord_nonce, w->nonce);
+    FRAME(h, hello, HELLO, Starring__Control__V1__Hello, STARRING__CONTROL__V1__HELLO__INIT);
+    h.nonce.data = w->nonce;
+    h.nonce.len = sizeof w->nonce;
+    h.proof.data = proof;
+    h.proof.len = sizeof proof;
+    h.worker = w->o->worker;
+    return sr_conn_send(w->conn, &h_f);
+}
+
+/* The coordinator's Welcome: it proves the secret too, and gives this
+ * worker its index and the data plane's key. */
+static int on_welcome(wrk *w, const Starring__Control__V1__Welcome *wl) {
+    int rc = SR_OK;
+    if (!w->challenged || w->welcomed) rc = sr_error_set(SR_EFORMAT, "a Welcome out of turn");
+    else if (sr_join_check(wl->proof.data, wl->proof.len, w->o->secret, w->o->secret_len, SR_JOIN_COORDINATOR,
+                           w->nonce, w->coord_nonce) != SR_OK)
+        rc = sr_error_set(SR_ECOMM, "the coordinator at %s:%d did not prove the cluster secret: %s", w->o->coord_host,
+                          w->o->coord_port, sr_error_msg());
+    else if (wl->workers < 1 || wl->workers > 65536 || wl->worker < 0 || wl->worker >= wl->workers ||
+             (w->o->worker >= 0 && (wl->worker != w->o->worker || wl->workers != w->o->workers)))
+        rc = sr_error_set(SR_EFORMAT, "Welcome.worker %d of %d is out of range (0..workers-1, workers 1..65536%s)",
+                          wl->worker, wl->workers, w->o->worker >= 0 ? ", and this worker's rank" : "");
+    else if (wl->key_salt.len != SR_JOIN_NONCE_BYTES)
+        rc = sr_error_set(SR_EFORMAT, "Welcome.key_salt has %zu bytes, not %d", wl->key_salt.len, SR_JOIN_NONCE_BYTES);
+    pthread_mutex_lock(&w->mu);
+    if (rc == SR_OK) {
+        w->index = wl->worker;
+        w->n_workers = wl->workers;
+        sr_join_data_key(w->data_key, w->o->secret, w->o->secret_len, wl->key_salt.data);
+        w->welcomed = 1;
+    } else {
+        snprintf(w->join_error, sizeof w->join_error, "%s", sr_error_msg());
+    }
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    if (rc == SR_OK) {
+        /* the log's rank is the data plane's, as under mpirun */
+        sr_log_init("worker", w->index + 1, sr_log_level);
+        SR_INFO("worker %d of %d: joined the coordinator at %s:%d, both proved the cluster secret", w->index,
+                w->n_workers, w->o->coord_host, w->o->coord_port);
+    }
+    return rc;
+}
+
 static int on_frame(sr_conn *c, sr_frame *f) {
     wrk *w = c->data;
+    int rc = SR_OK;
+    switch (f->kind_case) {
+    case STARRING__CONTROL__V1__FRAME__KIND_CHALLENGE: rc = on_challenge(w, f->challenge); break;
+    case STARRING__CONTROL__V1__FRAME__KIND_WELCOME: rc = on_welcome(w, f->welcome); break;
+    case STARRING__CONTROL__V1__FRAME__KIND_ADDRESS_LIST:
+        /* the compute thread waits for it in the exchange */
+        pthread_mutex_lock(&w->mu);
+        if (w->x_list) sr_frame_free(w->x_list);
+        w->x_list = f;
+        pthread_cond_broadcast(&w->cv);
+        pthread_mutex_unlock(&w->mu);
+        return SR_OK;
+    default:
+        if (!w->welcomed) rc = sr_error_set(SR_EFORMAT, "a control frame of kind %d before the Welcome", (int)f->kind_case);
+        else return queue_cmd(w, f);
+    }
+    sr_frame_free(f);
+    return rc;
+}
+
+static int queue_cmd(wrk *w, sr_frame *f) {
     cmd *k = calloc(1, sizeof *k);
     if (!k) {
         sr_frame_free(f);
@@ -211,7 +305,7 @@ static void on_conn_close(sr_conn *c, const char *why) {
 static void on_connect(sr_conn *c, int status) {
     wrk *w = c->data;
     if (status != 0) {
-        SR_ERROR("worker %d: cannot reach the coordinator at %s:%d: %s", w->o->worker, w->o->coord_host,
+        SR_ERROR("worker %d: cannot reach the coordinator at %s:%d: %s", w->index, w->o->coord_host,
                  w->o->coord_port, uv_strerror(status));
         return;
     }
@@ -330,7 +424,7 @@ static void wait_between(wrk *w, int ms) {
  * thirds of the time. The query worker reports the progress. */
 static int prefill_between(void *data, int64_t done, int64_t total) {
     wrk *w = data;
-    sr_tp *tp = w->o->tp;
+    sr_tp *tp = w->tp;
     double until = sr_now() + (sr_now() - w->pf_mark) / 2;
     for (int round = 0;; round++) {
         if (round > 0) wait_between(w, 50);
@@ -389,7 +483,7 @@ static void do_prefill(wrk *w, const Starring__Control__V1__Prefill *p) {
             w->pf_mark = sr_now();
         }
         ctx_in(w, c);
-        rc = sr_cp_open(&c->cp, w->m, w->o->tp, &co);
+        rc = sr_cp_open(&c->cp, w->m, w->tp, &co);
         if (rc == SR_OK) rc = sr_cp_prefill(c->cp, p->tokens, (int64_t)p->n_tokens);
         if (rc == SR_OK && sr_cp_is_query_rank(c->cp)) {
             size_t nb = sizeof(float) * (size_t)w->m->config.vocab_size;
@@ -589,7 +683,7 @@ static void gen_step(wrk *w, gen *g) {
 static void fault(wrk *w, int rc, const char *what) {
     FRAME(f, fault, FAULT, Starring__Control__V1__Fault, STARRING__CONTROL__V1__FAULT__INIT);
     char msg[700];
-    snprintf(msg, sizeof msg, "worker %d: %s: %s", w->o->worker, what, sr_error_msg());
+    snprintf(msg, sizeof msg, "worker %d: %s: %s", w->index, what, sr_error_msg());
     SR_ERROR("%s", msg);
     f.status = rc;
     f.error = msg;
@@ -694,8 +788,126 @@ static void handle(wrk *w, const sr_frame *f) {
     case STARRING__CONTROL__V1__FRAME__KIND_CANCEL: do_cancel(w, f->cancel->gen); break;
     case STARRING__CONTROL__V1__FRAME__KIND_DROP: do_drop(w, f->drop->ctx); break;
     case STARRING__CONTROL__V1__FRAME__KIND_PREFILL_CANCEL: break; /* its prefill is over: nothing to stop */
-    default: SR_WARN("worker %d: ignoring a control frame of kind %d", w->o->worker, (int)f->kind_case);
+    default: SR_WARN("worker %d: ignoring a control frame of kind %d", w->index, (int)f->kind_case);
     }
+}
+
+/* ------------------------------------------------------------ the join */
+
+/* Waits for the Welcome (or the reason there is none). */
+static int wait_welcome(wrk *w) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += (time_t)w->o->join_timeout_s + 1;
+    pthread_mutex_lock(&w->mu);
+    int timed_out = 0;
+    while (!w->welcomed && !w->gone && !*w->join_error && !timed_out)
+        timed_out = pthread_cond_timedwait(&w->cv, &w->mu, &until) != 0;
+    int ok = w->welcomed;
+    char why[sizeof w->join_error];
+    snprintf(why, sizeof why, "%s", w->join_error);
+    pthread_mutex_unlock(&w->mu);
+    if (ok) return SR_OK;
+    if (*why) return sr_error_set(SR_ECOMM, "the join failed: %s", why);
+    return sr_error_set(SR_ECOMM, "no Welcome from the coordinator at %s:%d%s: is it up, and is --cluster-secret-file "
+                        "the same file as the coordinator's? (a refusal is in the coordinator's log)",
+                        w->o->coord_host, w->o->coord_port, timed_out ? " in time" : " (it closed the connection)");
+}
+
+/* sr_tp_opts.exchange through the coordinator: this worker's block goes out
+ * in an Address, every worker's come back in the AddressList. On the
+ * compute thread; blocks until the coordinator answers. */
+static int cluster_exchange(void *data, const void *send, size_t len, void *recv) {
+    wrk *w = data;
+    FRAME(a, address, ADDRESS, Starring__Control__V1__Address, STARRING__CONTROL__V1__ADDRESS__INIT);
+    a.round = ++w->x_round;
+    a.block.data = (uint8_t *)send;
+    a.block.len = len;
+    send_frame(w, &a_f);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += EXCHANGE_TIMEOUT_S;
+    sr_frame *f = NULL;
+    int timed_out = 0;
+    pthread_mutex_lock(&w->mu);
+    while (!w->gone && !timed_out && !(w->x_list && w->x_list->address_list->round == a.round))
+        timed_out = pthread_cond_timedwait(&w->cv, &w->mu, &until) != 0;
+    if (w->x_list && w->x_list->address_list->round == a.round) {
+        f = w->x_list;
+        w->x_list = NULL;
+    }
+    pthread_mutex_unlock(&w->mu);
+    if (!f && timed_out)
+        return sr_error_set(SR_ECOMM, "no AddressList from the coordinator within %d s in round %lld of the data plane's "
+                            "address exchange: are all %d workers up?", EXCHANGE_TIMEOUT_S,
+                            (long long)a.round, w->n_workers);
+    if (!f)
+        return sr_error_set(SR_ECOMM, "lost the coordinator in round %lld of the data plane's address exchange",
+                            (long long)a.round);
+    const Starring__Control__V1__AddressList *l = f->address_list;
+    int rc = SR_OK;
+    if (l->error && *l->error)
+        rc = sr_error_set(SR_ECOMM, "the address exchange failed at the coordinator: %s", l->error);
+    else if (l->n_block != (size_t)w->n_workers)
+        rc = sr_error_set(SR_EFORMAT, "AddressList has %zu blocks, not one per worker (%d)", l->n_block, w->n_workers);
+    for (size_t i = 0; rc == SR_OK && i < l->n_block; i++) {
+        if (l->block[i].len != len)
+            rc = sr_error_set(SR_EFORMAT, "AddressList.block[%zu] has %zu bytes, not %zu", i,
+                              l->block[i].len, len);
+        else memcpy((uint8_t *)recv + i * len, l->block[i].data, len);
+    }
+    sr_frame_free(f);
+    return rc;
+}
+
+/* tcp takes a host list: every worker's --data-listen, gathered with one
+ * round of the exchange, in worker order. */
+#define ENDPOINT_BYTES 280
+static int tcp_hosts(wrk *w, char **out) {
+    char mine[ENDPOINT_BYTES] = {0};
+    if (strlen(w->o->data_listen) >= sizeof mine)
+        return sr_error_set(SR_EINVAL, "--data-listen '%.40s...' is over %d characters", w->o->data_listen, ENDPOINT_BYTES - 1);
+    snprintf(mine, sizeof mine, "%s", w->o->data_listen);
+    char *all = malloc((size_t)w->n_workers * ENDPOINT_BYTES), *hosts = malloc((size_t)w->n_workers * (ENDPOINT_BYTES + 1));
+    int rc = all && hosts ? cluster_exchange(w, mine, sizeof mine, all) : sr_error_set(SR_ENOMEM, "out of memory for hosts");
+    size_t at = 0;
+    for (int i = 0; rc == SR_OK && i < w->n_workers; i++) {
+        const char *e = all + (size_t)i * ENDPOINT_BYTES;
+        size_t n = strnlen(e, ENDPOINT_BYTES);
+        if (n == 0 || n == ENDPOINT_BYTES || strchr(e, ',')) {
+            rc = sr_error_set(SR_EFORMAT, "worker %d's --data-listen is empty, unterminated or holds a comma", i);
+            break;
+        }
+        memcpy(hosts + at, e, n);
+        at += n;
+        hosts[at++] = i + 1 < w->n_workers ? ',' : 0;
+    }
+    free(all);
+    if (rc != SR_OK) free(hosts);
+    else *out = hosts;
+    return rc;
+}
+
+/* The data plane over the workers the coordinator has welcomed. */
+static int open_data_plane(wrk *w) {
+    sr_tp_opts to = sr_tp_opts_default();
+    char *hosts = NULL;
+    int tcp = strcmp(w->o->transport, "tcp") == 0;
+    int rc = tcp ? tcp_hosts(w, &hosts) : SR_OK;
+    to.rank = w->index;
+    to.size = w->n_workers;
+    to.hosts = hosts;
+    to.exchange = tcp ? NULL : cluster_exchange;
+    to.exchange_data = w;
+    to.key = w->data_key;
+    to.key_len = sizeof w->data_key;
+    /* a peer silent for as long as the coordinator waits for a heartbeat
+     * is lost, so that a worker blocked on a dead one gives up as soon */
+    to.io_timeout_s = 10 * w->o->heartbeat_s < 5 ? 5 : 10 * w->o->heartbeat_s;
+    if (rc == SR_OK) rc = sr_tp_open(&w->own_tp, w->o->transport, &to);
+    free(hosts);
+    w->tp = w->own_tp;
+    return rc;
 }
 
 /* --------------------------------------------------------------- main */
@@ -704,6 +916,9 @@ int sr_workerd_run(const sr_workerd_opts *o) {
     wrk *w = calloc(1, sizeof *w);
     if (!w) return sr_error_set(SR_ENOMEM, "out of memory");
     w->o = o;
+    w->index = o->worker;
+    w->n_workers = o->workers;
+    w->tp = o->tp;
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
     uv_loop_init(&w->loop);
@@ -730,29 +945,33 @@ int sr_workerd_run(const sr_workerd_opts *o) {
     }
     pthread_create(&w->loop_th, NULL, loop_main, w);
 
-    /* load, then tell the coordinator how it went */
+    /* the join, then load and open the data plane, then tell the coordinator how it went */
     FRAME(j, join, JOIN, Starring__Control__V1__Join, STARRING__CONTROL__V1__JOIN__INIT);
     sr_model_opts mo = {.n_threads = o->n_threads, .kv_dtype = SR_DT_F16, .block_size = 0, .max_batch = o->max_batch};
     double t0 = sr_now();
-    rc = sr_model_load(&w->m, o->model, &mo);
+    int welcomed = (rc = wait_welcome(w)) == SR_OK;
+    if (rc == SR_OK) rc = sr_model_load(&w->m, o->model, &mo);
     if (rc == SR_OK) rc = sr_tok_from_gguf(&w->tok, w->m->gguf);
     if (rc == SR_OK) rc = sr_model_state_build(&w->spare, w->m);
     if (rc == SR_OK) w->small_prefill = w->m->state.max_batch / w->m->config.n_layer;
-    if (rc == SR_OK && !(w->between = calloc((size_t)sr_tp_size(o->tp), 3 * sizeof(int64_t))))
+    if (rc == SR_OK && !w->tp) rc = open_data_plane(w);
+    if (rc == SR_OK && !(w->between = calloc((size_t)sr_tp_size(w->tp), 3 * sizeof(int64_t))))
         rc = sr_error_set(SR_ENOMEM, "out of memory");
-    j.worker = o->worker;
-    j.workers = o->workers;
+    j.worker = w->index;
+    j.workers = w->n_workers;
     j.pid = (int)getpid();
     j.kv_budget_bytes = o->kv_budget;
     if (rc == SR_OK) {
         w->parked = w->m->kv;
         j.vocab_size = w->m->config.vocab_size;
-        SR_INFO("worker %d of %d: model loaded in %.2f s", o->worker, o->workers, sr_now() - t0);
+        SR_INFO("worker %d of %d: model loaded and data plane (%s) open in %.2f s", w->index, w->n_workers,
+                sr_tp_name(w->tp), sr_now() - t0);
     } else {
         j.error = (char *)sr_error_msg();
-        SR_ERROR("worker %d: %s", o->worker, j.error);
+        /* without a Welcome main logs it, and there is no index yet */
+        if (welcomed) SR_ERROR("worker %d: %s", w->index, j.error);
     }
-    send_frame(w, &j_f);
+    if (welcomed) send_frame(w, &j_f);
     pthread_mutex_lock(&w->mu);
     w->joined = rc == SR_OK;
     pthread_mutex_unlock(&w->mu);
@@ -796,6 +1015,9 @@ int sr_workerd_run(const sr_workerd_opts *o) {
     if (w->tok) sr_tok_free(w->tok);
     sr_model_state_free(&w->spare);
     free(w->between);
+    sr_tp_close(w->own_tp);
+    if (w->x_list) sr_frame_free(w->x_list);
+    sodium_memzero(w->data_key, sizeof w->data_key);
     sr_model_free(w->m);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);

@@ -3,8 +3,13 @@
  * resident context and runs the coordinator's commands (control.proto):
  * prefill a context, a question's steps, drop.
  *
+ * Join: the worker and the coordinator prove the cluster secret to each
+ * other (net/join.h) before the worker loads the model and sends its Join.
+ *
  * Threads: the thread that calls sr_workerd_run computes (it is the one
- * that may call MPI, and the data plane is MPI under mpirun); the libuv
+ * that may call MPI, and the data plane is MPI under mpirun; without
+ * mpirun it opens the data plane, and its address exchange blocks it until
+ * the coordinator has every worker's address); the libuv
  * event loop, with the control connection and the heartbeats, runs on a
  * thread of its own and hands commands over through a queue; results go
  * back through another, with uv_async_send to wake the loop.
@@ -29,8 +34,18 @@
 
 typedef struct {
     const char *model;      /* GGUF path */
-    int worker, workers;    /* this worker's rank on the data plane, and how many */
-    sr_tp *tp;              /* the data plane between the workers (not owned); NULL with one worker */
+    /* under mpirun: this worker's rank on the data plane, and how many;
+     * -1 and 0: the coordinator gives them at join */
+    int worker, workers;
+    /* the data plane between the workers (not owned), or NULL: once welcomed
+     * open `transport` over the workers, its addresses exchanged through the
+     * coordinator and its key derived at join (net/join.h) */
+    sr_tp *tp;
+    const char *transport;  /* "ucx" or "tcp" */
+    const char *data_listen; /* tcp: this worker's HOST:PORT, sent to the others through the coordinator */
+    const unsigned char *secret; /* the cluster secret, proved at join */
+    size_t secret_len;
+    double join_timeout_s;  /* how long the join may take (the model loads after it) */
     const char *coord_host; /* the coordinator's control address */
     int coord_port;
     int n_threads;

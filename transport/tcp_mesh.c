@@ -155,7 +155,7 @@ static int parse_hosts(const char *s, sr_tp__endpoint *ep, int size) {
  * so a file and the same file with NULs appended would otherwise be one key.
  * Like ssh with its keys, refuse a file others can read: the secret is the
  * only thing that keeps strangers out. */
-static int read_secret(const char *path, const char *what, sr_tp__tcp_cfg *cfg) {
+int sr_tp_secret_read(const char *path, const char *what, unsigned char key[SR_TP_SECRET_BYTES]) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return sr_error_set(SR_EIO, "%s %s: %s", what, path, strerror(errno));
     struct stat st;
@@ -179,14 +179,16 @@ static int read_secret(const char *path, const char *what, sr_tp__tcp_cfg *cfg) 
         else got += (size_t)k;
     }
     close(fd);
-    if (rc == SR_OK && !(cfg->key = malloc(crypto_hash_sha256_BYTES)))
-        rc = sr_error_set(SR_ENOMEM, "out of memory for the job secret");
-    if (rc == SR_OK) {
-        crypto_hash_sha256(cfg->key, file, (unsigned long long)n);
-        cfg->key_len = crypto_hash_sha256_BYTES;
-    }
+    if (rc == SR_OK && sodium_init() < 0) rc = sr_error_set(SR_ESTATE, "libsodium failed to initialise");
+    if (rc == SR_OK) crypto_hash_sha256(key, file, (unsigned long long)n);
     sodium_memzero(file, sizeof file);
     return rc;
+}
+
+static int read_secret(const char *path, const char *what, sr_tp__tcp_cfg *cfg) {
+    if (!(cfg->key = malloc(SR_TP_SECRET_BYTES))) return sr_error_set(SR_ENOMEM, "out of memory for the job secret");
+    cfg->key_len = SR_TP_SECRET_BYTES;
+    return sr_tp_secret_read(path, what, cfg->key);
 }
 
 /* Without SR_TCP_JOB_ID, jobs are told apart by their size and endpoints. */
@@ -249,7 +251,14 @@ static int config(const sr_tp_opts *o, sr_tp__tcp_cfg *cfg) {
     }
 
     /* one rank has no peers: nothing to prove */
-    if (cfg->size > 1) {
+    if (cfg->size > 1 && o->key) {
+        if (o->key_len < SR_TP__KEY_MIN || o->key_len > SR_TP__KEY_MAX)
+            return sr_error_set(SR_EINVAL, "sr_tp_opts.key_len %zu is out of range %d..%d", o->key_len, SR_TP__KEY_MIN,
+                                SR_TP__KEY_MAX);
+        if (!(cfg->key = malloc(SR_TP_SECRET_BYTES))) return sr_error_set(SR_ENOMEM, "out of memory for the job secret");
+        cfg->key_len = SR_TP_SECRET_BYTES;
+        crypto_hash_sha256(cfg->key, o->key, (unsigned long long)o->key_len);
+    } else if (cfg->size > 1) {
         const char *path = o->secret_file ? o->secret_file : getenv("SR_TCP_SECRET_FILE");
         if (!path || !*path)
             return sr_error_set(SR_EINVAL,

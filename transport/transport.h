@@ -100,12 +100,18 @@ typedef struct {
      * open. With it, rank and size are as for tcp (-1 reads the environment). */
     int (*exchange)(void *exchange_data, const void *send, size_t len, void *recv);
     void *exchange_data;
-    /* ucx: the job key (16 to 4096 bytes, the same on every rank), e.g. one
-     * the coordinator hands out at join; NULL reads secret_file as tcp does.
-     * Over MPI without either, rank 0 draws a fresh key and broadcasts it. */
+    /* ucx, tcp: the job key (16 to 4096 bytes, the same on every rank), e.g.
+     * one the coordinator hands out at join; NULL reads secret_file. ucx over
+     * MPI without either: rank 0 draws a fresh key and broadcasts it. */
     const unsigned char *key;
     size_t key_len;
 } sr_tp_opts;
+
+/* Reads a secret file as tcp's secret_file (16 to 4096 bytes, a regular
+ * file of mode 600) into key, the SHA-256 of its bytes; `what` names the
+ * option in the messages ("--cluster-secret-file"). */
+#define SR_TP_SECRET_BYTES 32
+int sr_tp_secret_read(const char *path, const char *what, unsigned char key[SR_TP_SECRET_BYTES]);
 
 /* Options with every field at its default. */
 sr_tp_opts sr_tp_opts_default(void);

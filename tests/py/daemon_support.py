@@ -154,3 +154,121 @@ class Tap:
     def done(self):
         print(f"1..{self.n}", flush=True)
         return 1 if self.failed else 0
+
+
+def secret_file(directory, name="cluster.key"):
+    """A fresh cluster secret (32 random bytes, mode 600) in directory."""
+    path = os.path.join(directory, name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(os.urandom(32))
+    return path
+
+
+class Proc:
+    """One starringd process of a cluster without mpirun, its log in a file."""
+
+    def __init__(self, name, args):
+        self.name = name
+        self.log = tempfile.NamedTemporaryFile(prefix=f"starringd-{name}-", suffix=".log", delete=False)
+        env = dict(os.environ, OMP_WAIT_POLICY="passive", OMP_NUM_THREADS="1")
+        self.proc = subprocess.Popen([os.path.join(ROOT, BUILD, "starringd")] + args, stdout=self.log,
+                                     stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+    def log_text(self):
+        with open(self.log.name, errors="replace") as f:
+            return f.read()
+
+    def wait_log(self, text, timeout=30):
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if text in self.log_text():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def wait(self, timeout=30):
+        """The exit status, or None if it is still running after timeout."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        """Sends sig and waits timeout s for the exit (then SIGKILL); timeout 0: only sends it."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            if timeout and self.wait(timeout) is None:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+class Cluster:
+    """starringd without mpirun: `--role coordinator` and `--role worker
+    --join` as plain processes on loopback, with one cluster secret."""
+
+    def __init__(self, directory, workers, *args):
+        self.port, self.cluster_port = free_port(), free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self.join = f"127.0.0.1:{self.cluster_port}"
+        self.secret = secret_file(tempfile.mkdtemp(dir=directory))
+        self.args = list(args)
+        self.coordinator = Proc("coordinator", [
+            "--role", "coordinator", "--model", model_path(), "--listen", self.addr, "--http-listen", "off",
+            "--cluster-listen", self.join, "--cluster-secret-file", self.secret, "--workers", str(workers)] + self.args)
+        self.workers = []
+
+    def start_worker(self, *args, secret=None):
+        """A worker that joins the coordinator (with secret, another key
+        file), with args of its own."""
+        w = Proc(f"worker{len(self.workers)}", [
+            "--role", "worker", "--model", model_path(), "--join", self.join,
+            "--cluster-secret-file", secret or self.secret, "-t", "1"] + self.args + list(args))
+        self.workers.append(w)
+        return w
+
+    def wait_port(self, port, timeout=60):
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if not self.coordinator.alive():
+                raise RuntimeError("the coordinator exited: " + self.coordinator.log_text()[-2000:])
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return True
+            except OSError:
+                time.sleep(0.01)
+        return False
+
+    def client(self):
+        return starring_client.Client(self.addr)
+
+    def wait_serving(self, timeout=60, want=True):
+        c = self.client()
+        t0 = time.time()
+        try:
+            while time.time() - t0 < timeout:
+                try:
+                    if c.serving(timeout=2) == want:
+                        return True
+                except Exception:
+                    pass
+                time.sleep(0.1)
+            return False
+        finally:
+            c.close()
+
+    def logs(self):
+        return "\n".join(f"--- {p.name}\n{p.log_text()[-3000:]}" for p in [self.coordinator] + self.workers)
+
+    def stop(self):
+        """SIGTERM to the coordinator (which lets the workers go); its exit
+        status, and the workers' (None for one still running)."""
+        rc = self.coordinator.stop()
+        wrc = [w.wait(30) if w.alive() else w.proc.returncode for w in self.workers]
+        for w in self.workers:
+            w.stop(signal.SIGKILL)
+        return rc, wrc
