@@ -76,10 +76,13 @@ static int run_coordinator(const sr_config *c, int workers) {
     char lhost[96], chost[96], hhost[96], key[4097];
     int lport, cport = 0, hport = 0;
     int http = strcmp(c->s[SR_CFG_HTTP_LISTEN], "off") != 0;
+    char mhost[96];
+    int mport = 0, metrics = strcmp(c->s[SR_CFG_METRICS_LISTEN], "off") != 0;
     int rc = sr_addr_parse(c->s[SR_CFG_LISTEN], lhost, sizeof lhost, &lport);
     if (rc == SR_OK && *c->s[SR_CFG_CONTROL]) rc = sr_addr_parse(c->s[SR_CFG_CONTROL], chost, sizeof chost, &cport);
     else snprintf(chost, sizeof chost, "%s", lhost);
     if (rc == SR_OK && http) rc = sr_addr_parse(c->s[SR_CFG_HTTP_LISTEN], hhost, sizeof hhost, &hport);
+    if (rc == SR_OK && metrics) rc = sr_addr_parse(c->s[SR_CFG_METRICS_LISTEN], mhost, sizeof mhost, &mport);
     if (rc == SR_OK) rc = api_key(c, key, sizeof key);
     if (rc != SR_OK) return rc;
     if (!*key && (!loopback(lhost) || (http && !loopback(hhost))))
@@ -94,6 +97,7 @@ static int run_coordinator(const sr_config *c, int workers) {
         .max_batch = (int64_t)c->v[SR_CFG_BATCH], .max_tokens = (int32_t)c->v[SR_CFG_MAX_TOKENS],
         .default_tokens = (int32_t)c->v[SR_CFG_DEFAULT_TOKENS], .mode = c->s[SR_CFG_MODE], .heartbeat_s = c->v[SR_CFG_HEARTBEAT],
         .shutdown_grace_s = c->v[SR_CFG_SHUTDOWN_GRACE], .http_host = http ? hhost : NULL, .http_port = hport,
+        .metrics_host = metrics ? mhost : NULL, .metrics_port = mport,
         .keep_prompts = (int)c->v[SR_CFG_KEEP_PROMPTS], .api_key = key, .on_listening = coordinator_listening,
         .on_ready = sr_notify_ready, .on_tick = sr_notify_tick, .on_stopping = sr_notify_stopping};
     return sr_coord_run(&o);
