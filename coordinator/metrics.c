@@ -209,7 +209,13 @@ int sr_metrics_serve(sr_metrics *m, uv_loop_t *loop, const char *host, int port,
     m->data = data;
     /* a scrape is one small GET: no body, few connections */
     sr_http_opts ho = {.max_body = 1024, .max_conns = 16, .timeout_s = 10};
-    return sr_http_open(&m->http, loop, host, port, routes, 1, &ho, m);
+    int rc = sr_http_open(&m->http, loop, host, port, routes, 1, &ho, m);
+    if (rc != SR_OK) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", sr_error_msg());
+        return sr_error_set(rc, "--metrics-listen %s:%d: %s", host, port, why);
+    }
+    return SR_OK;
 }
 
 int sr_metrics_port(const sr_metrics *m) { return m->http ? sr_http_port(m->http) : 0; }

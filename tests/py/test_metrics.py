@@ -9,6 +9,8 @@ GetStats carries the same figures."""
 import http.client
 import json
 import os
+import socket
+import subprocess
 import sys
 
 import grpc
@@ -78,7 +80,26 @@ def main():
         t.check(rc in (0, 1), f"the daemon stops on SIGTERM (mpirun {rc})")
         if t.failed:
             t.note(d.log_text()[-4000:])
+    port_in_use(t)
     return t.done()
+
+
+def port_in_use(t):
+    """A metrics port that is taken: the daemon does not start, and says which option."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    d = Daemon(1, "--metrics-listen", f"127.0.0.1:{s.getsockname()[1]}")
+    try:
+        d.proc.wait(timeout=60)
+        log = d.log_text()
+        t.check(d.proc.returncode != 0 and "--metrics-listen 127.0.0.1:" in log and "address already in use" in log,
+                f"a metrics port in use: starringd exits ({d.proc.returncode}) naming --metrics-listen")
+    except subprocess.TimeoutExpired:
+        t.check(False, "a metrics port in use: starringd exits")
+    finally:
+        d.stop()
+        s.close()
 
 
 def run(t, d, mport):
