@@ -1369,43 +1369,11 @@ static void get_stats_end(sr_grpc_call *call) {
     s.cancelled = co->cancelled;
     s.queue_depth = co->in_flight;
     s.queue_capacity = co->o->queue;
-    s.prompt_tokens = (int64_t)sr_metrics_counter(co->metrics, SR_METRIC_PROMPT_TOKENS);
-    s.control_received_bytes = (int64_t)sr_metrics_counter(co->metrics, SR_METRIC_CONTROL_IN_BYTES);
-    s.control_sent_bytes = (int64_t)sr_metrics_counter(co->metrics, SR_METRIC_CONTROL_OUT_BYTES);
-    size_t n_rc;
-    const sr_metrics_requests *rcs = sr_metrics_request_counts(co->metrics, &n_rc);
-    Starring__V1__RequestCount rq[n_rc + 1], *rqp[n_rc + 1];
-    for (size_t i = 0; i < n_rc; i++) {
-        starring__v1__request_count__init(&rq[i]);
-        rq[i].api = (char *)rcs[i].api;
-        rq[i].method = (char *)rcs[i].method;
-        rq[i].code = rcs[i].status;
-        rq[i].count = (int64_t)rcs[i].count;
-        rqp[i] = &rq[i];
+    sr_metrics_stats_buf mb;
+    if (sr_metrics_stats(co->metrics, &s, &mb) != SR_OK) {
+        sr_grpc_finish(call, SR_GRPC_RESOURCE_EXHAUSTED, "%s", sr_error_msg());
+        return;
     }
-    s.n_requests = n_rc;
-    s.requests = rqp;
-    Starring__V1__Histogram hm[SR_METRIC_N_HISTOGRAMS];
-    double bounds[SR_METRIC_N_HISTOGRAMS][SR_METRICS_N_BUCKETS];
-    int64_t cum[SR_METRIC_N_HISTOGRAMS][SR_METRICS_N_BUCKETS + 1];
-    for (int h = 0; h < SR_METRIC_N_HISTOGRAMS; h++) {
-        const sr_metrics_hist *mh = sr_metrics_histogram(co->metrics, h);
-        starring__v1__histogram__init(&hm[h]);
-        int64_t total = 0;
-        for (int b = 0; b <= SR_METRICS_N_BUCKETS; b++) {
-            if (b < SR_METRICS_N_BUCKETS) bounds[h][b] = mh->bounds[b];
-            cum[h][b] = total += (int64_t)mh->counts[b];
-        }
-        hm[h].n_bounds = SR_METRICS_N_BUCKETS;
-        hm[h].bounds = bounds[h];
-        hm[h].n_counts = SR_METRICS_N_BUCKETS + 1;
-        hm[h].counts = cum[h];
-        hm[h].sum = mh->sum;
-        hm[h].count = (int64_t)mh->count;
-    }
-    s.prefill_seconds = &hm[SR_METRIC_PREFILL_SECONDS];
-    s.decode_seconds = &hm[SR_METRIC_DECODE_SECONDS];
-    s.time_to_first_token_seconds = &hm[SR_METRIC_TTFT_SECONDS];
     for (int w = 0; w < W; w++) {
         starring__v1__worker_stats__init(&ws[w]);
         ws[w].worker = w;
@@ -1430,6 +1398,7 @@ static void get_stats_end(sr_grpc_call *call) {
     s.worker = wp;
     sr_grpc_send(call, &s.base);
     sr_grpc_finish(call, SR_GRPC_OK, NULL);
+    sr_metrics_stats_done(&mb);
 }
 
 /* The state at a /metrics scrape (the same figures as GetStats). */

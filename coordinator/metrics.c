@@ -103,9 +103,52 @@ const sr_metrics_hist *sr_metrics_histogram(const sr_metrics *m, int histogram) 
     return histogram >= 0 && histogram < SR_METRIC_N_HISTOGRAMS ? &m->hist[histogram] : NULL;
 }
 
-const sr_metrics_requests *sr_metrics_request_counts(const sr_metrics *m, size_t *n) {
-    *n = m->n_req;
-    return m->req;
+int sr_metrics_stats(const sr_metrics *m, Starring__V1__Stats *s, sr_metrics_stats_buf *b) {
+    memset(b, 0, sizeof *b);
+    if (!(b->rq = calloc(m->n_req + 1, sizeof *b->rq)) || !(b->rqp = calloc(m->n_req + 1, sizeof *b->rqp))) {
+        sr_metrics_stats_done(b);
+        return sr_error_set(SR_ENOMEM, "out of memory for the stats");
+    }
+    for (size_t i = 0; i < m->n_req; i++) {
+        starring__v1__request_count__init(&b->rq[i]);
+        b->rq[i].api = (char *)m->req[i].api;
+        b->rq[i].method = (char *)m->req[i].method;
+        b->rq[i].code = m->req[i].status;
+        b->rq[i].count = (int64_t)m->req[i].count;
+        b->rqp[i] = &b->rq[i];
+    }
+    s->n_requests = m->n_req;
+    s->requests = b->rqp;
+    for (int h = 0; h < SR_METRIC_N_HISTOGRAMS; h++) {
+        const sr_metrics_hist *mh = &m->hist[h];
+        Starring__V1__Histogram *ph = &b->h[h];
+        starring__v1__histogram__init(ph);
+        int64_t total = 0;
+        for (int k = 0; k <= SR_METRICS_N_BUCKETS; k++) {
+            if (k < SR_METRICS_N_BUCKETS) b->bounds[h][k] = mh->bounds[k];
+            b->counts[h][k] = total += (int64_t)mh->counts[k];
+        }
+        ph->n_bounds = SR_METRICS_N_BUCKETS;
+        ph->bounds = b->bounds[h];
+        ph->n_counts = SR_METRICS_N_BUCKETS + 1;
+        ph->counts = b->counts[h];
+        ph->sum = mh->sum;
+        ph->count = (int64_t)mh->count;
+    }
+    s->prefill_seconds = &b->h[SR_METRIC_PREFILL_SECONDS];
+    s->decode_seconds = &b->h[SR_METRIC_DECODE_SECONDS];
+    s->time_to_first_token_seconds = &b->h[SR_METRIC_TTFT_SECONDS];
+    s->prompt_tokens = (int64_t)m->counter[SR_METRIC_PROMPT_TOKENS];
+    s->control_received_bytes = (int64_t)m->counter[SR_METRIC_CONTROL_IN_BYTES];
+    s->control_sent_bytes = (int64_t)m->counter[SR_METRIC_CONTROL_OUT_BYTES];
+    return SR_OK;
+}
+
+void sr_metrics_stats_done(sr_metrics_stats_buf *b) {
+    free(b->rq);
+    free(b->rqp);
+    b->rq = NULL;
+    b->rqp = NULL;
 }
 
 /* ---------------------------------------------------------------- text */

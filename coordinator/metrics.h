@@ -18,6 +18,8 @@
 
 #include <uv.h>
 
+#include "starring/v1/starring.pb-c.h"
+
 typedef struct sr_metrics sr_metrics;
 
 /* counters */
@@ -82,8 +84,20 @@ void sr_metrics_observe(sr_metrics *m, int histogram, double seconds);
 
 uint64_t sr_metrics_counter(const sr_metrics *m, int counter);
 const sr_metrics_hist *sr_metrics_histogram(const sr_metrics *m, int histogram);
-/* The request counts; *n tells how many. */
-const sr_metrics_requests *sr_metrics_request_counts(const sr_metrics *m, size_t *n);
+
+/* What sr_metrics_stats points a Stats message at. */
+typedef struct {
+    Starring__V1__RequestCount *rq, **rqp; /* (requests) */
+    Starring__V1__Histogram h[SR_METRIC_N_HISTOGRAMS];
+    double bounds[SR_METRIC_N_HISTOGRAMS][SR_METRICS_N_BUCKETS];
+    int64_t counts[SR_METRIC_N_HISTOGRAMS][SR_METRICS_N_BUCKETS + 1]; /* cumulative, the last: +Inf */
+} sr_metrics_stats_buf;
+
+/* Sets the metrics' fields of a GetStats answer (prompt_tokens, control
+ * bytes, requests, the histograms), pointing into b, which must outlive
+ * the packing of s; sr_metrics_stats_done(b) after. */
+int sr_metrics_stats(const sr_metrics *m, Starring__V1__Stats *s, sr_metrics_stats_buf *b);
+void sr_metrics_stats_done(sr_metrics_stats_buf *b);
 
 /* The text exposition (malloc'ed, NUL-terminated, *len bytes). */
 int sr_metrics_render(const sr_metrics *m, const sr_metrics_gauges *g, char **out, size_t *len);

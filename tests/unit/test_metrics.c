@@ -80,6 +80,36 @@ static void test_render(void **state) {
         p = nl + 1;
     }
     free(text);
+
+    /* GetStats: the same figures, buckets cumulative as in the text */
+    Starring__V1__Stats st = STARRING__V1__STATS__INIT;
+    sr_metrics_stats_buf b;
+    assert_int_equal(sr_metrics_stats(m, &st, &b), SR_OK);
+    assert_int_equal(st.n_requests, 3);
+    assert_string_equal(st.requests[0]->method, method);
+    assert_int_equal(st.requests[0]->code, 5);
+    assert_int_equal(st.requests[0]->count, 2);
+    assert_string_equal(st.requests[2]->method, "other");
+    const Starring__V1__Histogram *h = st.time_to_first_token_seconds;
+    assert_int_equal(h->n_bounds, SR_METRICS_N_BUCKETS);
+    assert_int_equal(h->n_counts, SR_METRICS_N_BUCKETS + 1);
+    assert_int_equal(h->counts[0], 1);
+    assert_int_equal(h->counts[5], 2); /* le 0.25 */
+    assert_int_equal(h->counts[SR_METRICS_N_BUCKETS - 1], 2);
+    assert_int_equal(h->counts[SR_METRICS_N_BUCKETS], 3);
+    assert_int_equal(h->count, 3);
+    assert_int_equal(st.decode_seconds->count, 0);
+    /* and it packs: every pointer is set */
+    size_t n = starring__v1__stats__get_packed_size(&st);
+    uint8_t *packed = malloc(n);
+    assert_non_null(packed);
+    assert_int_equal(starring__v1__stats__pack(&st, packed), n);
+    Starring__V1__Stats *back = starring__v1__stats__unpack(NULL, n, packed);
+    assert_non_null(back);
+    assert_int_equal(back->time_to_first_token_seconds->counts[SR_METRICS_N_BUCKETS], 3);
+    starring__v1__stats__free_unpacked(back, NULL);
+    free(packed);
+    sr_metrics_stats_done(&b);
     sr_metrics_free(m);
 }
 
