@@ -15,6 +15,7 @@
 #include "base/status.h"
 #include "coordinator/front.h"
 #include "coordinator/grpc.h"
+#include "coordinator/metrics.h"
 #include "coordinator/openai.h"
 #include "net/conn.h"
 #include "net/join.h"
@@ -136,6 +137,7 @@ struct coord {
     uv_signal_t sigint, sigterm;
     sr_grpc *grpc;
     sr_openai *http;
+    sr_metrics *metrics;
     char model_name[128];
     sr_gguf *gguf;
     sr_tokenizer *tok;
@@ -252,6 +254,7 @@ static void to_workers(coord *co, const sr_frame *f, int only) {
         if (!copy) continue;
         memcpy(copy, b, n);
         sr_conn_send_packed(co->w[i].conn, copy, n);
+        sr_metrics_add(co->metrics, SR_METRIC_CONTROL_OUT_BYTES, (int64_t)n);
     }
     free(b);
 }
@@ -534,6 +537,10 @@ static void on_done(coord *co, const Starring__Control__V1__GenDone *d) {
     r->linked = 0;
     co->generations++;
     co->generated += d->generated_tokens;
+    sr_metrics_add(co->metrics, SR_METRIC_PROMPT_TOKENS, d->prompt_tokens);
+    sr_metrics_add(co->metrics, SR_METRIC_GENERATED_TOKENS, d->generated_tokens);
+    sr_metrics_observe(co->metrics, SR_METRIC_DECODE_SECONDS, d->decode_s);
+    if (r->t_first) sr_metrics_observe(co->metrics, SR_METRIC_TTFT_SECONDS, r->t_first - r->t0);
     if (r->sink) {
         if (d->status != SR_OK) {
             req_finish(r, rc_status(d->status), "the question failed on the query worker: %s", d->error);
@@ -742,6 +749,8 @@ static void on_prefilled(coord *co, int w, const Starring__Control__V1__Prefille
     c->state = CTX_READY;
     co->prefills++;
     co->prefill_tokens += c->n_tokens;
+    sr_metrics_add(co->metrics, SR_METRIC_PROMPT_TOKENS, c->n_tokens);
+    sr_metrics_observe(co->metrics, SR_METRIC_PREFILL_SECONDS, c->prefill_s);
     SR_INFO("context %s ready: %lld tokens prefilled in %.2f s", c->sid, (long long)c->n_tokens, c->prefill_s);
     if (!r->sink) { /* cancelled mid-prefill: nobody knows its id */
         req_free_if_done(r);
@@ -1376,12 +1385,18 @@ static void get_stats_end(sr_grpc_call *call) {
     s.cancelled = co->cancelled;
     s.queue_depth = co->in_flight;
     s.queue_capacity = co->o->queue;
+    sr_metrics_stats_buf mb;
+    if (sr_metrics_stats(co->metrics, &s, &mb) != SR_OK) {
+        sr_grpc_finish(call, SR_GRPC_RESOURCE_EXHAUSTED, "%s", sr_error_msg());
+        return;
+    }
     for (int w = 0; w < W; w++) {
         starring__v1__worker_stats__init(&ws[w]);
         ws[w].worker = w;
         ws[w].state = co->w[w].lost ? "lost" : co->w[w].ok ? "ready" : co->w[w].joined ? "failed" : "joining";
         ws[w].kv_budget_bytes = co->o->kv_budget;
         ws[w].last_heartbeat_s = co->w[w].last_beat ? sr_now() - co->w[w].last_beat : -1;
+        ws[w].up = co->w[w].ok && !co->w[w].lost;
         wp[w] = &ws[w];
     }
     for (cctx *c = co->ctxs; c; c = c->next) {
@@ -1399,6 +1414,27 @@ static void get_stats_end(sr_grpc_call *call) {
     s.worker = wp;
     sr_grpc_send(call, &s.base);
     sr_grpc_finish(call, SR_GRPC_OK, NULL);
+    sr_metrics_stats_done(&mb);
+}
+
+/* The state at a /metrics scrape (the same figures as GetStats). */
+static void metrics_gauges(sr_metrics_gauges *g, void *data) {
+    coord *co = data;
+    int W = co->o->workers;
+    sr_metrics_worker *ws = g->worker;
+    g->queue_depth = co->in_flight;
+    g->queue_capacity = co->o->queue;
+    for (int w = 0; w < W; w++)
+        ws[w] = (sr_metrics_worker){.worker = w, .up = co->w[w].ok && !co->w[w].lost, .kv_budget_bytes = co->o->kv_budget};
+    for (cctx *c = co->ctxs; c; c = c->next) {
+        if (c->state != CTX_READY) continue;
+        g->contexts += !c->ephemeral;
+        for (int w = 0; w < W; w++) ws[w].kv_bytes += c->kv_bytes[w];
+    }
+}
+
+static void grpc_status(const char *method, int status, void *data) {
+    sr_metrics_request(((coord *)data)->metrics, "grpc", method, status);
 }
 
 /* ------------------------------------------------------------ health */
@@ -1647,6 +1683,7 @@ static int on_control_frame(sr_conn *c, sr_frame *f) {
     peer *p = c->data;
     coord *co = p->co;
     int w = p->slot, rc = SR_OK;
+    sr_metrics_add(co->metrics, SR_METRIC_CONTROL_IN_BYTES, 4 + (int64_t)starring__control__v1__frame__get_packed_size(f));
     if (w < 0) {
         rc = on_hello(co, p, f);
         sr_frame_free(f);
@@ -1754,6 +1791,7 @@ static void stop(coord *co) {
     SR_INFO("stopping");
     sr_grpc_close(co->grpc);
     sr_openai_close(co->http);
+    sr_metrics_close(co->metrics);
     while (co->peers) sr_conn_close(co->peers->conn, NULL);
     uv_close((uv_handle_t *)&co->control, NULL);
     uv_close((uv_handle_t *)&co->tick, NULL);
@@ -1806,7 +1844,8 @@ int sr_coord_run(const sr_coord_opts *o) {
     }
     co->o = o;
     co->loop = uv_default_loop();
-    int rc = sr_gguf_open(&co->gguf, o->model);
+    int rc = sr_metrics_new(&co->metrics, o->workers);
+    if (rc == SR_OK) rc = sr_gguf_open(&co->gguf, o->model);
     if (rc == SR_OK) rc = sr_model_config_read(&co->cfg, co->gguf);
     if (rc == SR_OK) rc = sr_tok_from_gguf(&co->tok, co->gguf);
     if (rc == SR_OK) {
@@ -1832,14 +1871,21 @@ int sr_coord_run(const sr_coord_opts *o) {
     snprintf(co->model_name, sizeof co->model_name, "%s", base ? base + 1 : o->model);
     char *dot = strstr(co->model_name, ".gguf");
     if (dot) *dot = 0;
-    sr_grpc_opts go = {.max_message = o->max_message, .api_key = o->api_key, .open_prefix = "/grpc.health.v1.Health/"};
+    sr_grpc_opts go = {.max_message = o->max_message, .api_key = o->api_key, .open_prefix = "/grpc.health.v1.Health/",
+                       .on_status = grpc_status};
     if (rc == SR_OK)
         rc = sr_grpc_open(&co->grpc, co->loop, o->listen_host, o->listen_port, methods,
                           (int)(sizeof methods / sizeof methods[0]), &go, co);
-    sr_openai_opts ho = {.host = o->http_host, .port = o->http_port, .api_key = o->api_key, .max_body = o->max_message};
+    sr_openai_opts ho = {.host = o->http_host, .port = o->http_port, .api_key = o->api_key, .max_body = o->max_message,
+                         .metrics = co->metrics};
     if (rc == SR_OK && o->http_host) {
         rc = sr_openai_open(&co->http, co->loop, co, &ho);
         if (rc == SR_OK) SR_INFO("serving the OpenAI HTTP API on http://%s:%d/v1", o->http_host, sr_openai_port(co->http));
+    }
+    if (rc == SR_OK && o->metrics_host) {
+        rc = sr_metrics_serve(co->metrics, co->loop, o->metrics_host, o->metrics_port, metrics_gauges, co);
+        if (rc == SR_OK)
+            SR_INFO("serving Prometheus metrics on http://%s:%d/metrics", o->metrics_host, sr_metrics_port(co->metrics));
     }
     uv_timer_init(co->loop, &co->tick);
     uv_timer_init(co->loop, &co->drain);
@@ -1857,6 +1903,7 @@ int sr_coord_run(const sr_coord_opts *o) {
         co->stopping = 1;
         if (co->grpc) sr_grpc_close(co->grpc);
         sr_openai_close(co->http);
+        sr_metrics_close(co->metrics);
         uv_close((uv_handle_t *)&co->control, NULL);
         uv_close((uv_handle_t *)&co->tick, NULL);
         uv_close((uv_handle_t *)&co->drain, NULL);
@@ -1887,6 +1934,7 @@ int sr_coord_run(const sr_coord_opts *o) {
     }
     if (co->tok) sr_tok_free(co->tok);
     sr_gguf_close(co->gguf);
+    sr_metrics_free(co->metrics);
     free(co->w);
     free(co);
     return rc;

@@ -43,6 +43,8 @@ typedef struct {
     double shutdown_grace_s;  /* after SIGTERM, how long running requests may take before they are cancelled */
     const char *http_host;    /* the OpenAI-compatible HTTP API; NULL: off */
     int http_port;
+    const char *metrics_host; /* Prometheus /metrics; NULL: off */
+    int metrics_port;
     int keep_prompts;         /* HTTP prompts kept resident for reuse (least recently used go first) */
     const char *api_key;      /* NULL or "": none; else both APIs need "Bearer KEY" */
     const unsigned char *secret; /* the cluster secret, which every worker proves at join (net/join.h) */

@@ -229,6 +229,7 @@ static void call_end(sr_grpc_call *call, int status, const char *msg) {
     call->status = status;
     call->message = msg && *msg ? strdup(msg) : NULL;
     timer_drop(&call->timer);
+    if (call->c->g->o.on_status) call->c->g->o.on_status(call->m ? call->m->path : NULL, status, call->c->g->data);
     if (status != SR_GRPC_OK)
         SR_DEBUG("gRPC %s from %s: %s %s", call->path, call->c->peer, sr_grpc_status_name(status), msg ? msg : "");
     if (call->headers_sent)

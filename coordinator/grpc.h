@@ -61,6 +61,9 @@ typedef struct {
      * but those whose path starts with open_prefix (the health checks) */
     const char *api_key;
     const char *open_prefix;
+    /* optional: every call's status as it ends (method: the method table's
+     * path, NULL for an unknown one), with sr_grpc_data's data */
+    void (*on_status)(const char *method, int status, void *data);
 } sr_grpc_opts;
 
 #define SR_GRPC_MAX_MESSAGE ((size_t)4 << 20)

@@ -25,6 +25,7 @@ struct sr_openai {
     sr_coord *co;
     sr_auth auth;
     uint64_t next_id;
+    sr_metrics *metrics;
 };
 
 /* One request being answered: the coordinator's sink. */
@@ -549,13 +550,19 @@ static const sr_http_route routes[] = {
     {"GET", "/health", on_health},
 };
 
+static void count_status(const char *route, int status, void *data) {
+    sr_metrics_request(((sr_openai *)data)->metrics, "http", route, status);
+}
+
 int sr_openai_open(sr_openai **out, uv_loop_t *loop, sr_coord *co, const sr_openai_opts *o) {
     *out = NULL;
     sr_openai *a = calloc(1, sizeof *a);
     if (!a) return sr_error_set(SR_ENOMEM, "openai: out of memory");
     a->co = co;
+    a->metrics = o->metrics;
     int rc = sr_auth_init(&a->auth, o->api_key);
-    sr_http_opts ho = {.max_body = o->max_body, .error_body = error_body, .error_type = "application/json"};
+    sr_http_opts ho = {.max_body = o->max_body, .error_body = error_body, .error_type = "application/json",
+                       .on_status = count_status};
     if (rc == SR_OK)
         rc = sr_http_open(&a->http, loop, o->host, o->port, routes, (int)(sizeof routes / sizeof routes[0]), &ho, a);
     if (rc != SR_OK) {

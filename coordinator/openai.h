@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include "coordinator/front.h"
+#include "coordinator/metrics.h"
 
 typedef struct sr_openai sr_openai;
 
@@ -20,6 +21,7 @@ typedef struct {
     int port;               /* 0: any */
     const char *api_key;    /* NULL or "": none; /health needs none */
     size_t max_body;        /* request body bytes */
+    sr_metrics *metrics;    /* NULL: none; else every answer's status is counted */
 } sr_openai_opts;
 
 int sr_openai_open(sr_openai **out, uv_loop_t *loop, sr_coord *co, const sr_openai_opts *o);

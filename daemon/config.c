@@ -38,6 +38,10 @@ const sr_cfg_def sr_cfg_table[SR_CFG_N] = {
                          "append the log to this file, reopened on SIGHUP (empty: stderr)"},
     [SR_CFG_HTTP_LISTEN] = {"http-listen", 0, SR_CFG_STR, "127.0.0.1:8080", 0, 0, NULL,
                             "HOST:PORT of the OpenAI-compatible HTTP API, or off for none"},
+    [SR_CFG_METRICS_LISTEN] = {"metrics-listen", 0, SR_CFG_STR, "off", 0, 0, NULL,
+                               "HOST:PORT of Prometheus metrics (GET /metrics: request counts by method and status, token "
+                               "counts, queue, timing histograms, contexts, KV bytes, workers up; no prompt or token text), "
+                               "or off. Off by default: it needs no API key, so choose where it listens"},
     [SR_CFG_KEEP_PROMPTS] = {"keep-prompts", 0, SR_CFG_INT, "8", 0, 1 << 20, NULL,
                              "HTTP prompts kept resident for the next turn to reuse (least recently used go first); 0: none"},
     [SR_CFG_API_KEY] = {"api-key", 0, SR_CFG_STR, "", 0, 0, NULL,

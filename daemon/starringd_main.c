@@ -105,10 +105,13 @@ static int run_coordinator(const sr_config *c, int workers, const unsigned char 
     const char *control = *c->s[SR_CFG_CLUSTER_LISTEN] ? c->s[SR_CFG_CLUSTER_LISTEN] : c->s[SR_CFG_CONTROL];
     if (role == ROLE_COORDINATOR && !*control)
         return sr_error_set(SR_EINVAL, "--role coordinator needs --cluster-listen HOST:PORT, where the workers --join");
+    char mhost[96];
+    int mport = 0, metrics = strcmp(c->s[SR_CFG_METRICS_LISTEN], "off") != 0;
     int rc = sr_addr_parse(c->s[SR_CFG_LISTEN], lhost, sizeof lhost, &lport);
     if (rc == SR_OK && *control) rc = sr_addr_parse(control, chost, sizeof chost, &cport);
     else snprintf(chost, sizeof chost, "%s", lhost);
     if (rc == SR_OK && http) rc = sr_addr_parse(c->s[SR_CFG_HTTP_LISTEN], hhost, sizeof hhost, &hport);
+    if (rc == SR_OK && metrics) rc = sr_addr_parse(c->s[SR_CFG_METRICS_LISTEN], mhost, sizeof mhost, &mport);
     if (rc == SR_OK) rc = api_key(c, key, sizeof key);
     if (rc != SR_OK) return rc;
     if (!*key && (!loopback(lhost) || (http && !loopback(hhost))))
@@ -123,6 +126,7 @@ static int run_coordinator(const sr_config *c, int workers, const unsigned char 
         .max_batch = (int64_t)c->v[SR_CFG_BATCH], .max_tokens = (int32_t)c->v[SR_CFG_MAX_TOKENS],
         .default_tokens = (int32_t)c->v[SR_CFG_DEFAULT_TOKENS], .mode = c->s[SR_CFG_MODE], .heartbeat_s = c->v[SR_CFG_HEARTBEAT],
         .shutdown_grace_s = c->v[SR_CFG_SHUTDOWN_GRACE], .http_host = http ? hhost : NULL, .http_port = hport,
+        .metrics_host = metrics ? mhost : NULL, .metrics_port = mport,
         .keep_prompts = (int)c->v[SR_CFG_KEEP_PROMPTS], .api_key = key, .secret = secret,
         .secret_len = SR_TP_SECRET_BYTES, .join_timeout_s = c->v[SR_CFG_JOIN_TIMEOUT],
         .on_listening = role == ROLE_MPIRUN ? coordinator_listening : NULL,

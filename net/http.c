@@ -26,6 +26,7 @@ struct sr_http_req {
     size_t n_body, cap_body;
     void *slot;
     void (*on_gone)(sr_http_req *rq);
+    const char *route;              /* the route table's path once dispatched, else NULL */
     int keep_alive, streaming;
 };
 
@@ -200,6 +201,7 @@ static void request_done(conn *c) {
     c->busy = 0;
     rq->slot = NULL;
     rq->on_gone = NULL;
+    rq->route = NULL;
     rq->streaming = 0;
     rq->n_body = 0;
     if (!keep) {
@@ -216,6 +218,7 @@ int sr_http_respond(sr_http_req *rq, int status, const char *content_type, const
     if (!c->busy || rq->streaming) return sr_error_set(SR_ESTATE, "sr_http_respond: the request is not waiting for an answer");
     char head[512], framing[64];
     snprintf(framing, sizeof framing, "Content-Length: %zu\r\n", len);
+    if (c->h->o.on_status) c->h->o.on_status(rq->route, status, c->h->data);
     int nh = head_line(c, head, sizeof head, status, content_type, framing);
     int rc = conn_write(c, head, (size_t)nh, body, len, NULL, 0);
     if (!c->closing) request_done(c);
@@ -227,6 +230,7 @@ int sr_http_stream_start(sr_http_req *rq, int status, const char *content_type) 
     if (!c->busy || rq->streaming) return sr_error_set(SR_ESTATE, "sr_http_stream_start: the request is not waiting for an answer");
     char head[512];
     int nh = head_line(c, head, sizeof head, status, content_type, "Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n");
+    if (c->h->o.on_status) c->h->o.on_status(rq->route, status, c->h->data);
     rq->streaming = 1;
     return conn_write(c, head, (size_t)nh, NULL, 0, NULL, 0);
 }
@@ -393,10 +397,12 @@ static void dispatch(conn *c) {
     sr_http *h = c->h;
     sr_http_req *rq = &c->rq;
     int path_known = 0;
+    rq->route = NULL;
     for (int i = 0; i < h->n_routes; i++) {
         if (strcmp(h->routes[i].path, rq->path) != 0) continue;
         path_known = 1;
         if (strcmp(h->routes[i].method, rq->method) == 0) {
+            rq->route = h->routes[i].path;
             h->routes[i].handler(rq);
             return;
         }

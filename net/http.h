@@ -46,6 +46,9 @@ typedef struct {
      * NUL-terminated); NULL: the message as text/plain */
     void (*error_body)(int status, const char *msg, char *buf, size_t cap);
     const char *error_type; /* its content type */
+    /* optional: every answer's status as it starts (route: the route
+     * table's path, NULL for the server's own answers), with sr_http_data's data */
+    void (*on_status)(const char *route, int status, void *data);
 } sr_http_opts;
 
 /* Listens on host:port (port 0: any; sr_http_port tells which) and serves
