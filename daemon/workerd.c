@@ -723,7 +723,7 @@ static void do_begin(wrk *w, const Starring__Control__V1__Begin *b) {
     g->w = w;
     g->id = b->gen;
     g->ctx = c;
-    memcpy(g->query, b->query, sizeof(int32_t) * b->n_query);
+    if (b->n_query) memcpy(g->query, b->query, sizeof(int32_t) * b->n_query);
     g->n_query = (int64_t)b->n_query;
     /* with no question the first feed already carries a sampled token, to
      * report before its step (the other workers served no question) */

@@ -49,10 +49,13 @@ OPENBLAS_CORETYPE=Nehalem "$BENCH" attention --quick --json >"$out" 2>"$err"
 check $? "attention --quick --json exits 0 with OPENBLAS_CORETYPE=Nehalem"
 check_json "$out" <<'PY'
 CHECKS = [
-    ("OPENBLAS_CORETYPE: honoured as-is, removed for the second sgemm and the baseline",
+    # the baseline re-executes without it only when that sgemm was over 3%
+    # faster; where OpenBLAS falls back to an SSE core of its own (Prescott,
+    # on CPUs it does not know) the two are as fast, and either may win
+    ("OPENBLAS_CORETYPE: honoured as-is, removed for the second sgemm; the baseline on one of the two",
      lambda d: d["facts"]["OPENBLAS_CORETYPE"] == "Nehalem" and d["facts"]["sgemm_core_as_is"] == "Nehalem"
      and d["facts"]["sgemm_core_unset"] != "Nehalem"
-     and d["facts"]["baseline_core"] == d["facts"]["sgemm_core_unset"]),  # re-executed without it
+     and d["facts"]["baseline_core"] in (d["facts"]["sgemm_core_as_is"], d["facts"]["sgemm_core_unset"])),
 ]
 PY
 
