@@ -15,6 +15,7 @@ import time
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
 import starring_client  # noqa: E402
+import grpc  # noqa: E402
 
 BUILD = os.environ.get("BUILD", "build")
 
@@ -25,6 +26,15 @@ def model_path():
         return m
     out = subprocess.run([os.path.join(ROOT, "scripts", "fetch-model")], capture_output=True, text=True, check=True)
     return out.stdout.strip().splitlines()[-1]
+
+
+def code_of(fn):
+    """The gRPC status code and details that fn() ends with (OK, "" when it returns)."""
+    try:
+        fn()
+        return grpc.StatusCode.OK, ""
+    except grpc.RpcError as e:
+        return e.code(), e.details()
 
 
 def free_port():

@@ -32,19 +32,11 @@ import time
 import grpc
 
 sys.path.insert(0, os.path.dirname(__file__))
-from daemon_support import BUILD, ROOT, Cluster, Proc, Tap, free_port, model_path, secret_file  # noqa: E402
+from daemon_support import BUILD, ROOT, code_of, Cluster, Proc, Tap, free_port, model_path, secret_file  # noqa: E402
 
 KEY = "72941"
 Q = "What is the pass key?"
 JOIN_TIMEOUT = 3
-
-
-def code_of(fn):
-    try:
-        fn()
-        return grpc.StatusCode.OK, ""
-    except grpc.RpcError as e:
-        return e.code(), e.details()
 
 
 def main():

@@ -31,21 +31,13 @@ import time
 import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from daemon_support import BUILD, ROOT, Daemon, Tap, model_path, starring_client  # noqa: E402
+from daemon_support import BUILD, ROOT, code_of, Daemon, Tap, model_path, starring_client  # noqa: E402
 
 pb = starring_client.pb
 health_pb = starring_client.health_pb
 KEY = "72941"
 Q1 = "What is the pass key?"
 Q2 = "What is the first sentence of the text?"
-
-
-def code_of(fn):
-    try:
-        fn()
-        return grpc.StatusCode.OK, ""
-    except grpc.RpcError as e:
-        return e.code(), e.details()
 
 
 def main():
