@@ -64,23 +64,19 @@ template <> struct kv_type<__nv_bfloat16> {
     }
 };
 
-/* The "memory" clobbers keep the compiler from moving shared-memory reads
- * and writes across the cp.async waits and __syncthreads. */
-__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *smem) {
-    uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a)
-                 : "memory");
-}
+/* Four 8x8 b16 tiles from shared memory into r, as stored (mod "") or
+ * transposed (".trans"). The "memory" clobbers keep the compiler from
+ * moving shared-memory reads and writes across the cp.async waits and
+ * __syncthreads. */
+#define LDSM_X4(mod, r, smem)                                                                  \
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4" mod ".shared.b16 {%0,%1,%2,%3}, [%4];\n"     \
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])                              \
+                 : "r"((uint32_t)__cvta_generic_to_shared(smem))                                \
+                 : "memory")
 
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t r[4], const void *smem) {
-    uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a)
-                 : "memory");
-}
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *smem) { LDSM_X4("", r, smem); }
+
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t r[4], const void *smem) { LDSM_X4(".trans", r, smem); }
 
 /* 16 bytes global -> shared; with valid false the destination is zero-filled
  * and nothing is read. */
