@@ -14,10 +14,12 @@ static int64_t cost(int64_t copied) { return copied + (int64_t)sizeof(sr_tp__ums
 
 static int64_t umsg_cost(const sr_tp__umsg *m) { return cost(m->desc ? 0 : m->len); }
 
-int sr_tp__peers_init(sr_tp__peers *ps, int size) {
+int sr_tp__peers_init(sr_tp__peers *ps, const sr_tp__peers_backend *be, void *owner, int rank, int size,
+                      int64_t max_buffered, double io_timeout_s) {
+    *ps = (sr_tp__peers){.rank = rank, .size = size, .max_buffered = max_buffered, .io_timeout_s = io_timeout_s,
+                         .be = be, .owner = owner};
     pthread_mutex_init(&ps->mu, NULL);
     pthread_cond_init(&ps->cv, NULL);
-    ps->size = size;
     ps->peer = calloc((size_t)size, sizeof *ps->peer);
     if (!ps->peer) return sr_error_set(SR_ENOMEM, "out of memory for %d transport peers", size);
     return SR_OK;
@@ -70,7 +72,7 @@ void sr_tp__peer_fail(sr_tp__peers *ps, int p, int code, const char *fmt, ...) {
         sr_tp__complete(ps, r, code, pe->err);
     }
     pe->posted_head = pe->posted_tail = NULL;
-    ps->on_fail(ps->owner, p);
+    ps->be->on_fail(ps->owner, p);
     pthread_cond_broadcast(&ps->cv);
 }
 
@@ -80,7 +82,7 @@ int sr_tp__silent(sr_tp__peers *ps, int p, double now) {
     sr_tp__peer_fail(ps, p, SR_ECOMM,
                      "rank %d has sent nothing for %.1f s, not even a heartbeat: it is stopped, hung or cut off "
                      "(%s is %g s)",
-                     p, quiet, ps->io_timeout_opt, ps->io_timeout_s);
+                     p, quiet, ps->be->io_timeout_opt, ps->io_timeout_s);
     return 1;
 }
 
@@ -134,7 +136,7 @@ int sr_tp__unexp_admit(sr_tp__peers *ps, int p, int64_t len, int tag) {
                      "rank %d sent a %lld-byte message (tag %d) before its receive was posted while %lld bytes of such "
                      "messages were held: over the cap of %lld (%s)",
                      p, (long long)len, tag, (long long)pe->buffered, (long long)ps->max_buffered,
-                     ps->max_buffered_opt);
+                     ps->be->max_buffered_opt);
     return 0;
 }
 

@@ -44,22 +44,28 @@ typedef struct {
     double last_rx, last_tx;
 } sr_tp__peer;
 
+/* What a backend tells the bookkeeping about itself. */
+typedef struct {
+    /* where the user sets max_buffered and io_timeout_s, for the messages */
+    const char *max_buffered_opt, *io_timeout_opt;
+    /* fails what else the backend holds for peer p (sends, operations in flight) */
+    void (*on_fail)(void *owner, int p);
+} sr_tp__peers_backend;
+
 typedef struct {
     sr_tp__peer *peer; /* (size) */
     int rank, size;
     int64_t max_buffered;
     double io_timeout_s;
-    /* where the user sets the two, for the messages */
-    const char *max_buffered_opt, *io_timeout_opt;
-    /* fails what else the backend holds for peer p (sends, operations in flight) */
-    void (*on_fail)(void *owner, int p);
-    void *owner;
+    const sr_tp__peers_backend *be;
+    void *owner; /* the backend's state, for be->on_fail */
     pthread_mutex_t mu; /* guards all of this and the backend's state */
     pthread_cond_t cv;  /* a request completed */
 } sr_tp__peers;
 
 /* Allocates size peers; sr_tp__peers_free is safe after either outcome. */
-int sr_tp__peers_init(sr_tp__peers *ps, int size);
+int sr_tp__peers_init(sr_tp__peers *ps, const sr_tp__peers_backend *be, void *owner, int rank, int size,
+                      int64_t max_buffered, double io_timeout_s);
 /* Frees the unexpected messages (their descriptors must be released first). */
 void sr_tp__peers_free(sr_tp__peers *ps);
 

@@ -89,6 +89,8 @@ static void on_fail(void *owner, int p) {
     if (pe->fd >= 0) shutdown(pe->fd, SHUT_RDWR);
 }
 
+static const sr_tp__peers_backend peers_backend = {"SR_TCP_MAX_BUFFERED", "SR_TCP_IO_TIMEOUT", on_fail};
+
 /* An unexpected frame is complete: hand it to its receive, if one matched. */
 static void unexp_done(tcp_tp *t, sr_tp__peer *q, umsg *m) {
     if (m->discard) {
@@ -355,14 +357,7 @@ static int tcp_open(sr_tp *tp, const sr_tp_opts *o) {
     }
     t->wake_fd = -1;
     t->max_msg = cfg.max_msg;
-    rc = sr_tp__peers_init(&t->ps, size);
-    t->ps.rank = cfg.rank;
-    t->ps.max_buffered = cfg.max_buffered;
-    t->ps.io_timeout_s = cfg.io_timeout_s;
-    t->ps.max_buffered_opt = "SR_TCP_MAX_BUFFERED";
-    t->ps.io_timeout_opt = "SR_TCP_IO_TIMEOUT";
-    t->ps.on_fail = on_fail;
-    t->ps.owner = t;
+    rc = sr_tp__peers_init(&t->ps, &peers_backend, t, cfg.rank, size, cfg.max_buffered, cfg.io_timeout_s);
     int *fds = calloc((size_t)size, sizeof *fds);
     t->peers = calloc((size_t)size, sizeof *t->peers);
     t->scratch = malloc(SCRATCH_BYTES);

@@ -148,6 +148,9 @@ static void on_fail(void *owner, int p) {
     }
 }
 
+static const sr_tp__peers_backend peers_backend = {"sr_tp_opts.max_buffered_bytes", "sr_tp_opts.io_timeout_s",
+                                                   on_fail};
+
 static op *op_new(ucx_tp *t, ucx_req *r) {
     op *o = calloc(1, sizeof *o);
     if (!o) return NULL;
@@ -543,14 +546,7 @@ static int ucx_open(sr_tp *tp, const sr_tp_opts *o) {
     }
     t->efd = t->wake_fd = -1;
     pthread_cond_init(&t->idle, NULL);
-    rc = sr_tp__peers_init(&t->ps, cfg.size);
-    t->ps.rank = cfg.rank;
-    t->ps.io_timeout_s = cfg.io_timeout_s;
-    t->ps.max_buffered = cfg.max_buffered;
-    t->ps.max_buffered_opt = "sr_tp_opts.max_buffered_bytes";
-    t->ps.io_timeout_opt = "sr_tp_opts.io_timeout_s";
-    t->ps.on_fail = on_fail;
-    t->ps.owner = t;
+    rc = sr_tp__peers_init(&t->ps, &peers_backend, t, cfg.rank, cfg.size, cfg.max_buffered, cfg.io_timeout_s);
     memcpy(t->key, cfg.key, KEY_BYTES);
     ucp_ep_h *eps = NULL;
     if (rc == SR_OK && (!(t->peers = calloc((size_t)t->ps.size, sizeof *t->peers)) ||

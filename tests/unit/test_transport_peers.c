@@ -24,15 +24,11 @@ static void on_fail(void *owner, int p) {
     failed_peer = p;
 }
 
+static const sr_tp__peers_backend backend = {"SR_TEST_MAX_BUFFERED", "SR_TEST_IO_TIMEOUT", on_fail};
+
 static int setup(void **state) {
     sr_tp__peers *ps = test_calloc(1, sizeof *ps);
-    if (!ps || sr_tp__peers_init(ps, 3) != SR_OK) return -1;
-    ps->rank = 0;
-    ps->max_buffered = 1000;
-    ps->io_timeout_s = 2;
-    ps->max_buffered_opt = "SR_TEST_MAX_BUFFERED";
-    ps->io_timeout_opt = "SR_TEST_IO_TIMEOUT";
-    ps->on_fail = on_fail;
+    if (!ps || sr_tp__peers_init(ps, &backend, NULL, 0, 3, 1000, 2) != SR_OK) return -1;
     fails_seen = 0;
     failed_peer = -1;
     *state = ps;
