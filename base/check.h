@@ -10,21 +10,18 @@
 
 #include "base/status.h"
 
-#define SR_CUDA_CHECK(call)                                                                    \
+/* The shape of CUDA's and NCCL's: a call returns a code of type, ok on
+ * success, that str names. what is the call as written. */
+#define SR_CHECK__CODE(type, ok, str, what, call)                                              \
     do {                                                                                       \
-        cudaError_t sr_cuda_e_ = (call);                                                       \
-        if (sr_cuda_e_ != cudaSuccess)                                                         \
-            return sr_error_set(SR_EDEVICE, "%s:%d: %s: %s", __FILE__, __LINE__, #call,        \
-                                cudaGetErrorString(sr_cuda_e_));                               \
+        type sr_check_e_ = (call);                                                             \
+        if (sr_check_e_ != (ok))                                                               \
+            return sr_error_set(SR_EDEVICE, "%s:%d: %s: %s", __FILE__, __LINE__, what,         \
+                                str(sr_check_e_));                                             \
     } while (0)
 
-#define SR_NCCL_CHECK(call)                                                                    \
-    do {                                                                                       \
-        ncclResult_t sr_nccl_r_ = (call);                                                      \
-        if (sr_nccl_r_ != ncclSuccess)                                                         \
-            return sr_error_set(SR_EDEVICE, "%s:%d: %s: %s", __FILE__, __LINE__, #call,        \
-                                ncclGetErrorString(sr_nccl_r_));                               \
-    } while (0)
+#define SR_CUDA_CHECK(call) SR_CHECK__CODE(cudaError_t, cudaSuccess, cudaGetErrorString, #call, call)
+#define SR_NCCL_CHECK(call) SR_CHECK__CODE(ncclResult_t, ncclSuccess, ncclGetErrorString, #call, call)
 
 #define SR_MPI_CHECK(call)                                                                     \
     do {                                                                                       \

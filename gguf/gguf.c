@@ -74,21 +74,17 @@ static int need(cursor *c, uint64_t n, const char *what) {
     return SR_OK;
 }
 
-static int read_u32(cursor *c, uint32_t *v, const char *what) {
-    int rc = need(c, 4, what);
+static int read_bytes(cursor *c, void *v, uint64_t n, const char *what) {
+    int rc = need(c, n, what);
     if (rc) return rc;
-    memcpy(v, c->p + c->pos, 4);
-    c->pos += 4;
+    memcpy(v, c->p + c->pos, (size_t)n);
+    c->pos += n;
     return SR_OK;
 }
 
-static int read_u64(cursor *c, uint64_t *v, const char *what) {
-    int rc = need(c, 8, what);
-    if (rc) return rc;
-    memcpy(v, c->p + c->pos, 8);
-    c->pos += 8;
-    return SR_OK;
-}
+static int read_u32(cursor *c, uint32_t *v, const char *what) { return read_bytes(c, v, 4, what); }
+
+static int read_u64(cursor *c, uint64_t *v, const char *what) { return read_bytes(c, v, 8, what); }
 
 static int read_str(cursor *c, sr_gguf_str *s, const char *what) {
     uint64_t len;

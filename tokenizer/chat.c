@@ -103,66 +103,25 @@ static void put(text *b, const char *s, size_t n) {
         b->p = p;
         b->cap = cap;
     }
-    memcpy(b->p + b->n, s, n);
+    if (n) memcpy(b->p + b->n, s, n);
     b->n += n;
     b->p[b->n] = 0;
 }
 
 static void put_str(text *b, const char *z) { put(b, z, strlen(z)); }
 
+/* one user message, after an optional system one: a conversation of its own */
 int sr_tok_chat_prompt(const sr_tokenizer *t, const char *system, const char *user, size_t user_len, char **out,
                        size_t *out_len) {
     if (out) *out = NULL;
     if (out_len) *out_len = 0;
     if (!t || !out || !out_len || (!user && user_len))
         return sr_error_set(SR_EINVAL, "sr_tok_chat_prompt: NULL argument");
-    const char *tmpl = t->chat_template;
-    text b = {0};
-    char *dflt = NULL;
-    switch (family_of(tmpl)) {
-    case FAM_LLAMA3:
-        if (system) {
-            put_str(&b, "<|start_header_id|>system<|end_header_id|>\n\n");
-            put_str(&b, system);
-            put_str(&b, "<|eot_id|>");
-        }
-        put_str(&b, "<|start_header_id|>user<|end_header_id|>\n\n");
-        put(&b, user, user_len);
-        put_str(&b, "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
-        break;
-    case FAM_LLAMA2:
-        put_str(&b, "[INST] ");
-        if (system && strstr(tmpl, "<<SYS>>")) {
-            put_str(&b, "<<SYS>>\n");
-            put_str(&b, system);
-            put_str(&b, "\n<</SYS>>\n\n");
-        } else if (system) { /* Mistral-style templates fold the system text into the first turn */
-            put_str(&b, system);
-            put_str(&b, "\n\n");
-        }
-        put(&b, user, user_len);
-        put_str(&b, " [/INST]");
-        break;
-    default:
-        if (!system && tmpl) system = dflt = chatml_default_system(tmpl, &b.oom);
-        if (system) {
-            put_str(&b, "<|im_start|>system\n");
-            put_str(&b, system);
-            put_str(&b, "<|im_end|>\n");
-        }
-        put_str(&b, "<|im_start|>user\n");
-        put(&b, user, user_len);
-        put_str(&b, "<|im_end|>\n<|im_start|>assistant\n");
-        break;
-    }
-    free(dflt);
-    if (b.oom) {
-        free(b.p);
-        return sr_error_set(SR_ENOMEM, "chat: out of memory for a prompt of %zu bytes", user_len);
-    }
-    *out = b.p;
-    *out_len = b.n;
-    return SR_OK;
+    sr_chat_msg m[2];
+    int n = 0;
+    if (system) m[n++] = (sr_chat_msg){"system", system, strlen(system)};
+    m[n++] = (sr_chat_msg){"user", user, user_len};
+    return sr_tok_chat_render(t, m, n, out, out_len);
 }
 
 int sr_tok_chat_render(const sr_tokenizer *t, const sr_chat_msg *m, int n, char **out, size_t *out_len) {

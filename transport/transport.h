@@ -82,10 +82,11 @@ typedef struct {
      * says more fails it. 0 reads env SR_TCP_MAX_MSG (bytes, or with a K, M,
      * G or T suffix), else 4G. */
     int64_t max_msg_bytes;
-    /* tcp: bytes a peer may have sent for receives not yet posted; more fail
-     * it. 0 reads env SR_TCP_MAX_BUFFERED, else two largest messages + 1M.
-     * ucx: the same cap on eager messages held (rendezvous ones stay with the
-     * sender until received); 0 means 1 GiB. */
+    /* tcp: bytes a peer may have sent for receives not yet posted, each
+     * message's record (64 bytes) included; more fail it. 0 reads env
+     * SR_TCP_MAX_BUFFERED, else two largest messages + 1M. ucx: the same cap
+     * on eager messages (a rendezvous one stays with the sender until
+     * received, and adds only its record); 0 means 1 GiB. */
     int64_t max_buffered_bytes;
     /* mpi, nccl: pointer to the MPI_Comm to use (it is duplicated); NULL
      * means MPI_COMM_WORLD. */

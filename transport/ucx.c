@@ -9,8 +9,8 @@
  * worker's port could inject into a posted receive by claiming a rank in the
  * tag. An active message's callback gets the endpoint it came in on
  * (reply_ep), so the sender's rank is the endpoint's, not a field it wrote;
- * matching (peer, tag), first posted first matched, is done here, as in
- * tcp.c.
+ * matching (peer, tag), first posted first matched, is done in peers.c,
+ * as for tcp.
  *
  * Addresses: UCX worker addresses are opaque blobs, exchanged through
  * sr_tp_opts.exchange (an allgather the caller supplies: the coordinator at
@@ -67,7 +67,6 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sodium.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,10 +78,11 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/status.h"
+#include "transport/peers.h"
 #include "transport/transport.h"
 #include "transport/ucx_setup.h"
 
-#define MSG_BYTES 320
+#define MSG_BYTES SR_TP__MSG_BYTES
 #define NONCE_BYTES 32
 #define MAC_BYTES crypto_auth_hmacsha256_BYTES
 #define KEY_BYTES SR_TP__UCX_KEY_BYTES
@@ -99,14 +99,8 @@ enum { CTL_HELLO = 1, CTL_PROOF, CTL_READY, CTL_BYE, CTL_HEARTBEAT };
 
 static const char domain[] = "starring ucx proof v1";
 
-typedef struct ucx_req {
-    sr_tp_req base;
-    struct ucx_req *next;
-    char *buf;
-    int32_t hdr; /* sends: the tag, as the AM header (must live until done) */
-    int done, status;
-    char msg[MSG_BYTES];
-} ucx_req;
+typedef sr_tp__req ucx_req;
+typedef sr_tp__umsg umsg;
 
 /* A UCX operation in flight for a request: UCX's completion callback gets
  * this, not the request, so a request failed early (its peer went silent)
@@ -118,36 +112,20 @@ typedef struct op {
     int peer;
 } op;
 
-/* a message that arrived before its receive */
-typedef struct umsg {
-    struct umsg *next;
-    int tag;
-    int64_t len;
-    char *data; /* eager: a copy */
-    void *desc; /* rendezvous: UCX's descriptor, to pull or release */
-} umsg;
-
 typedef struct {
     ucp_ep_h ep; /* NULL for this rank itself */
-    int authed, ready, dead, err_code;
-    char err[MSG_BYTES];
+    int authed, ready;
     unsigned char nonce[NONCE_BYTES]; /* ours, for this peer to answer */
     unsigned char ctl_out[4][CTL_BYTES]; /* hello, proof, ready/bye, heartbeat: live until sent */
     op *ops;                              /* UCX operations in flight */
-    double last_rx, last_tx;
-    ucx_req *posted_head, *posted_tail;
-    umsg *unexp_head, *unexp_tail;
-    int64_t buffered; /* bytes of eager copies in the unexpected list */
 } peer;
 
 typedef struct {
+    sr_tp__peers ps; /* the lock, and what matching and failing need per peer */
     ucp_context_h ctx;
     ucp_worker_h worker;
     peer *peers;
-    int rank, size;
     unsigned char key[KEY_BYTES];
-    int64_t max_buffered;
-    double io_timeout_s;
     int ctl_pending; /* control messages not yet sent */
     long dropped;    /* messages from strangers' endpoints, or from peers already failed */
     int efd, wake_fd, stop;
@@ -156,47 +134,22 @@ typedef struct {
     int live;         /* open: heartbeats and silence checks run */
     double next_live; /* when they are next due */
     unsigned drives;  /* calls of drive, to read the clock in only some */
-    pthread_mutex_t mu;
-    pthread_cond_t cv;   /* a request completed */
     pthread_cond_t idle; /* a waiter stopped spinning without its request, or stop */
 } ucx_tp;
 
-static void req_complete(ucx_tp *t, ucx_req *r, int status, const char *msg) {
-    r->done = 1;
-    r->status = status;
-    if (status != SR_OK) snprintf(r->msg, sizeof r->msg, "%s", msg);
-    pthread_cond_broadcast(&t->cv);
-}
-
-static void size_mismatch(ucx_tp *t, ucx_req *r, int64_t got) {
-    char msg[200];
-    snprintf(msg, sizeof msg, "message from rank %d tag %d has %lld bytes, expected %lld", r->base.peer,
-             r->base.tag, (long long)got, (long long)r->base.len);
-    req_complete(t, r, SR_EFORMAT, msg);
-}
-
-/* Fails everything pending on a peer; eager messages already in stay receivable. */
-static void peer_fail(ucx_tp *t, int p, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static void peer_fail(ucx_tp *t, int p, int code, const char *fmt, ...) {
-    peer *pe = &t->peers[p];
-    if (pe->dead) return;
-    pe->dead = 1;
-    pe->err_code = code;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(pe->err, sizeof pe->err, fmt, ap);
-    va_end(ap);
-    for (ucx_req *r = pe->posted_head, *n; r; r = n) {
-        n = r->next;
-        req_complete(t, r, code, pe->err);
-    }
-    pe->posted_head = pe->posted_tail = NULL;
-    for (op *o = pe->ops; o; o = o->next) {
-        if (o->r) req_complete(t, o->r, code, pe->err);
+/* The peer has failed (sr_tp__peer_fail): so do the requests UCX still
+ * holds for it, detached from their operations. */
+static void on_fail(void *owner, int p) {
+    ucx_tp *t = owner;
+    sr_tp__peer *q = &t->ps.peer[p];
+    for (op *o = t->peers[p].ops; o; o = o->next) {
+        if (o->r) sr_tp__complete(&t->ps, o->r, q->err_code, q->err);
         o->r = NULL;
     }
-    pthread_cond_broadcast(&t->cv);
 }
+
+static const sr_tp__peers_backend peers_backend = {"sr_tp_opts.max_buffered_bytes", "sr_tp_opts.io_timeout_s",
+                                                   on_fail};
 
 static op *op_new(ucx_tp *t, ucx_req *r) {
     op *o = calloc(1, sizeof *o);
@@ -225,42 +178,9 @@ static ucx_req *op_end(op *o) {
 
 static int sender_rank(const ucx_tp *t, const ucp_am_recv_param_t *param) {
     if (!(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) || !param->reply_ep) return -1;
-    for (int p = 0; p < t->size; p++)
+    for (int p = 0; p < t->ps.size; p++)
         if (t->peers[p].ep == param->reply_ep) return p;
     return -1;
-}
-
-static ucx_req *posted_take(peer *pe, int tag) {
-    ucx_req *prev = NULL;
-    for (ucx_req *r = pe->posted_head; r; prev = r, r = r->next) {
-        if (r->base.tag != tag) continue;
-        if (prev) prev->next = r->next;
-        else pe->posted_head = r->next;
-        if (pe->posted_tail == r) pe->posted_tail = prev;
-        r->next = NULL;
-        return r;
-    }
-    return NULL;
-}
-
-static void unexp_append(peer *pe, umsg *m) {
-    if (pe->unexp_tail) pe->unexp_tail->next = m;
-    else pe->unexp_head = m;
-    pe->unexp_tail = m;
-    if (m->data) pe->buffered += m->len;
-}
-
-static umsg *unexp_take(peer *pe, int tag) {
-    umsg *prev = NULL;
-    for (umsg *m = pe->unexp_head; m; prev = m, m = m->next) {
-        if (m->tag != tag) continue;
-        if (prev) prev->next = m->next;
-        else pe->unexp_head = m->next;
-        if (pe->unexp_tail == m) pe->unexp_tail = prev;
-        if (m->data) pe->buffered -= m->len;
-        return m;
-    }
-    return NULL;
 }
 
 static const char *peer_word(ucs_status_t st) {
@@ -275,14 +195,14 @@ static void pull_done(void *request, ucs_status_t status, size_t length, void *u
     ucp_request_free(request);
     if (!r) return;
     if (status == UCS_OK && (int64_t)length == r->base.len) {
-        req_complete(t, r, SR_OK, NULL);
+        sr_tp__complete(&t->ps, r, SR_OK, NULL);
     } else if (status == UCS_OK) {
-        size_mismatch(t, r, (int64_t)length);
+        sr_tp__size_mismatch(&t->ps, r, (int64_t)length);
     } else {
         char msg[MSG_BYTES];
         snprintf(msg, sizeof msg, "receiving %lld bytes from rank %d tag %d %s: %s (did it exit or fail?)",
                  (long long)r->base.len, r->base.peer, r->base.tag, peer_word(status), ucs_status_string(status));
-        req_complete(t, r, SR_ECOMM, msg);
+        sr_tp__complete(&t->ps, r, SR_ECOMM, msg);
     }
 }
 
@@ -291,7 +211,7 @@ static void pull_done(void *request, ucs_status_t status, size_t length, void *u
 static int rndv_pull(ucx_tp *t, ucx_req *r, void *desc) {
     op *o = op_new(t, r);
     if (!o) {
-        req_complete(t, r, SR_ENOMEM, "out of memory for a ucx receive");
+        sr_tp__complete(&t->ps, r, SR_ENOMEM, "out of memory for a ucx receive");
         return 0;
     }
     ucp_request_param_t prm;
@@ -303,12 +223,12 @@ static int rndv_pull(ucx_tp *t, ucx_req *r, void *desc) {
     ucs_status_ptr_t sp = ucp_am_recv_data_nbx(t->worker, desc, r->buf, (size_t)r->base.len, &prm);
     if (sp == NULL || UCS_PTR_IS_ERR(sp)) op_end(o);
     if (sp == NULL) {
-        req_complete(t, r, SR_OK, NULL);
+        sr_tp__complete(&t->ps, r, SR_OK, NULL);
     } else if (UCS_PTR_IS_ERR(sp)) {
         char msg[MSG_BYTES];
         snprintf(msg, sizeof msg, "receiving %lld bytes from rank %d tag %d: %s", (long long)r->base.len,
                  r->base.peer, r->base.tag, ucs_status_string(UCS_PTR_STATUS(sp)));
-        req_complete(t, r, SR_ECOMM, msg);
+        sr_tp__complete(&t->ps, r, SR_ECOMM, msg);
     }
     return 1;
 }
@@ -317,58 +237,43 @@ static ucs_status_t on_data(void *arg, const void *header, size_t header_length,
                             const ucp_am_recv_param_t *param) {
     ucx_tp *t = arg;
     int p = sender_rank(t, param);
-    if (p < 0 || !t->peers[p].authed || t->peers[p].dead) {
+    if (p < 0 || !t->peers[p].authed || t->ps.peer[p].dead) {
         t->dropped++;
         return UCS_OK; /* a rendezvous dropped this way completes the stranger's send, and nothing is read */
     }
-    peer *pe = &t->peers[p];
-    pe->last_rx = sr_now();
+    sr_tp__peer *q = &t->ps.peer[p];
+    q->last_rx = sr_now();
     int32_t tag = -1;
     if (header_length == sizeof tag) memcpy(&tag, header, sizeof tag);
     if (tag < 0 || tag > TAG_WIRE_MAX) {
-        peer_fail(t, p, SR_EFORMAT, "rank %d sent a message with a %zu-byte header (tag %d): not this transport's",
-                  p, header_length, tag);
+        sr_tp__peer_fail(&t->ps, p, SR_EFORMAT,
+                         "rank %d sent a message with a %zu-byte header (tag %d): not this transport's", p,
+                         header_length, tag);
         return UCS_OK;
     }
     int rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
-    ucx_req *r = posted_take(pe, tag);
+    ucx_req *r = sr_tp__posted_take(q, tag);
     if (r) {
         if (r->base.len != (int64_t)length) {
-            size_mismatch(t, r, (int64_t)length);
+            sr_tp__size_mismatch(&t->ps, r, (int64_t)length);
             return UCS_OK;
         }
         if (!rndv) {
             if (length) memcpy(r->buf, data, length);
-            req_complete(t, r, SR_OK, NULL);
+            sr_tp__complete(&t->ps, r, SR_OK, NULL);
             return UCS_OK;
         }
         return rndv_pull(t, r, data) ? UCS_INPROGRESS : UCS_OK;
     }
-    umsg *m = calloc(1, sizeof *m);
-    if (!rndv && m && (int64_t)length > t->max_buffered - pe->buffered) {
-        free(m);
-        peer_fail(t, p, SR_ERANGE,
-                  "rank %d sent a %zu-byte message (tag %d) before its receive was posted while %lld bytes of such "
-                  "messages were held: over the cap of %lld (sr_tp_opts.max_buffered_bytes)",
-                  p, length, tag, (long long)pe->buffered, (long long)t->max_buffered);
+    if (!rndv && !sr_tp__unexp_admit(&t->ps, p, (int64_t)length, tag)) return UCS_OK;
+    umsg *m = sr_tp__umsg_new(tag, (int64_t)length, !rndv);
+    if (!m) {
+        sr_tp__peer_fail(&t->ps, p, SR_ENOMEM, "out of memory for a %zu-byte message from rank %d", length, p);
         return UCS_OK;
     }
-    char *copy = !rndv && length ? malloc(length) : NULL;
-    if (!m || (!rndv && length && !copy)) {
-        free(m);
-        free(copy);
-        peer_fail(t, p, SR_ENOMEM, "out of memory for a %zu-byte message from rank %d", length, p);
-        return UCS_OK;
-    }
-    m->tag = tag;
-    m->len = (int64_t)length;
-    if (rndv) {
-        m->desc = data;
-    } else if (length) {
-        memcpy(copy, data, length);
-        m->data = copy;
-    }
-    unexp_append(pe, m);
+    if (rndv) m->desc = data;
+    else if (length) memcpy(m->data, data, length);
+    sr_tp__unexp_append(q, m);
     return rndv ? UCS_INPROGRESS : UCS_OK;
 }
 
@@ -376,7 +281,7 @@ static void ctl_sent(void *request, ucs_status_t status, void *user_data) {
     ucx_tp *t = user_data;
     (void)status; /* a peer that is gone falls silent and fails by the heartbeat timeout */
     t->ctl_pending--;
-    pthread_cond_broadcast(&t->cv);
+    pthread_cond_broadcast(&t->ps.cv);
     ucp_request_free(request);
 }
 
@@ -390,11 +295,11 @@ static void ctl_send(ucx_tp *t, int p, int slot) {
     prm.cb.send = ctl_sent;
     prm.user_data = t;
     prm.flags = UCP_AM_SEND_FLAG_REPLY | UCP_AM_SEND_FLAG_EAGER;
-    pe->last_tx = sr_now();
+    t->ps.peer[p].last_tx = sr_now();
     ucs_status_ptr_t sp = ucp_am_send_nbx(pe->ep, AM_CTL, NULL, 0, pe->ctl_out[slot], CTL_BYTES, &prm);
     if (UCS_PTR_IS_ERR(sp))
-        peer_fail(t, p, SR_ECOMM, "sending to rank %d: %s (did it exit or fail?)", p,
-                  ucs_status_string(UCS_PTR_STATUS(sp)));
+        sr_tp__peer_fail(&t->ps, p, SR_ECOMM, "sending to rank %d: %s (did it exit or fail?)", p,
+                         ucs_status_string(UCS_PTR_STATUS(sp)));
     else if (sp)
         t->ctl_pending++;
 }
@@ -402,7 +307,7 @@ static void ctl_send(ucx_tp *t, int p, int slot) {
 /* MAC that `from` proves the key with, answering `to`'s nonce. */
 static void proof(const ucx_tp *t, int from, int to, const unsigned char nonce[NONCE_BYTES],
                   unsigned char out[MAC_BYTES]) {
-    int32_t v[3] = {from, to, t->size};
+    int32_t v[3] = {from, to, t->ps.size};
     crypto_auth_hmacsha256_state st;
     crypto_auth_hmacsha256_init(&st, t->key, KEY_BYTES);
     crypto_auth_hmacsha256_update(&st, (const unsigned char *)domain, sizeof domain);
@@ -417,35 +322,36 @@ static ucs_status_t on_ctl(void *arg, const void *header, size_t header_length, 
     ucx_tp *t = arg;
     (void)header;
     int p = sender_rank(t, param);
-    if (p < 0 || t->peers[p].dead || header_length != 0 || length != CTL_BYTES ||
+    if (p < 0 || t->ps.peer[p].dead || header_length != 0 || length != CTL_BYTES ||
         (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
         t->dropped++;
         return UCS_OK;
     }
     peer *pe = &t->peers[p];
-    if (pe->authed) pe->last_rx = sr_now();
+    if (pe->authed) t->ps.peer[p].last_rx = sr_now();
     const unsigned char *b = data;
     unsigned char mac[MAC_BYTES];
     switch (b[0]) {
     case CTL_HELLO:
         pe->ctl_out[1][0] = CTL_PROOF;
-        proof(t, t->rank, p, b + 1, pe->ctl_out[1] + 1);
+        proof(t, t->ps.rank, p, b + 1, pe->ctl_out[1] + 1);
         ctl_send(t, p, 1);
         break;
     case CTL_PROOF:
-        proof(t, p, t->rank, pe->nonce, mac);
+        proof(t, p, t->ps.rank, pe->nonce, mac);
         if (sodium_memcmp(mac, b + 1, MAC_BYTES) != 0)
-            peer_fail(t, p, SR_ECOMM, "rank %d failed the ucx handshake: it does not hold this job's key", p);
+            sr_tp__peer_fail(&t->ps, p, SR_ECOMM, "rank %d failed the ucx handshake: it does not hold this job's key",
+                             p);
         else
             pe->authed = 1;
-        pthread_cond_broadcast(&t->cv);
+        pthread_cond_broadcast(&t->ps.cv);
         break;
     case CTL_READY:
         pe->ready = 1; /* harmless if forged: data from p is still dropped until p is authenticated */
-        pthread_cond_broadcast(&t->cv);
+        pthread_cond_broadcast(&t->ps.cv);
         break;
     case CTL_BYE:
-        if (pe->authed) peer_fail(t, p, SR_ECOMM, "rank %d closed its transport", p);
+        if (pe->authed) sr_tp__peer_fail(&t->ps, p, SR_ECOMM, "rank %d closed its transport", p);
         break;
     case CTL_HEARTBEAT:
         break;
@@ -458,16 +364,10 @@ static ucs_status_t on_ctl(void *arg, const void *header, size_t header_length, 
 /* Heartbeats due, silent peers failed; with the lock held. */
 static void liveness(ucx_tp *t) {
     double now = sr_now();
-    for (int p = 0; p < t->size; p++) {
+    for (int p = 0; p < t->ps.size; p++) {
         peer *pe = &t->peers[p];
-        if (!pe->ep || pe->dead) continue;
-        double quiet = now - pe->last_rx;
-        if (quiet >= t->io_timeout_s) {
-            peer_fail(t, p, SR_ECOMM,
-                      "rank %d has sent nothing for %.1f s, not even a heartbeat: it is stopped, hung or cut off "
-                      "(sr_tp_opts.io_timeout_s is %g s)",
-                      p, quiet, t->io_timeout_s);
-        } else if (now - pe->last_tx >= t->io_timeout_s / 4) {
+        if (!pe->ep || t->ps.peer[p].dead || sr_tp__silent(&t->ps, p, now)) continue;
+        if (now - t->ps.peer[p].last_tx >= t->ps.io_timeout_s / 4) {
             pe->ctl_out[3][0] = CTL_HEARTBEAT;
             ctl_send(t, p, 3);
         }
@@ -478,7 +378,7 @@ static void liveness_due(ucx_tp *t) {
     if (!t->live) return;
     double now = sr_now();
     if (now < t->next_live) return;
-    t->next_live = now + t->io_timeout_s / 8;
+    t->next_live = now + t->ps.io_timeout_s / 8;
     liveness(t);
 }
 
@@ -494,7 +394,7 @@ static void drive(ucx_tp *t) {
 
 static void *progress_main(void *arg) {
     ucx_tp *t = arg;
-    pthread_mutex_lock(&t->mu);
+    pthread_mutex_lock(&t->ps.mu);
     while (!t->stop) {
         /* While a waiter spins it drives progress; arming the worker then
          * would only make every sender signal us through a syscall. */
@@ -503,27 +403,27 @@ static void *progress_main(void *arg) {
             clock_gettime(CLOCK_REALTIME, &ts);
             ts.tv_nsec += IDLE_NS;
             if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
-            pthread_cond_timedwait(&t->idle, &t->mu, &ts);
+            pthread_cond_timedwait(&t->idle, &t->ps.mu, &ts);
             continue;
         }
         drive(t);
         liveness_due(t);
         /* BUSY: events arrived since the last progress, so progress again */
         if (t->efd >= 0 && ucp_worker_arm(t->worker) == UCS_ERR_BUSY) {
-            pthread_mutex_unlock(&t->mu);
-            pthread_mutex_lock(&t->mu);
+            pthread_mutex_unlock(&t->ps.mu);
+            pthread_mutex_lock(&t->ps.mu);
             continue;
         }
-        pthread_mutex_unlock(&t->mu);
+        pthread_mutex_unlock(&t->ps.mu);
         struct pollfd fds[2] = {{.fd = t->efd, .events = POLLIN}, {.fd = t->wake_fd, .events = POLLIN}};
         if (poll(fds, 2, PROGRESS_MS) > 0 && (fds[1].revents & POLLIN)) {
             uint64_t v;
             ssize_t n = read(t->wake_fd, &v, sizeof v);
             (void)n; /* a stop request is read from t->stop, not from the count */
         }
-        pthread_mutex_lock(&t->mu);
+        pthread_mutex_lock(&t->ps.mu);
     }
-    pthread_mutex_unlock(&t->mu);
+    pthread_mutex_unlock(&t->ps.mu);
     return NULL;
 }
 
@@ -535,22 +435,22 @@ static int drive_until(ucx_tp *t, int (*cond)(ucx_tp *), double deadline) {
         drive(t);
         if (cond(t)) break;
         struct timespec ts = {0, 200000};
-        pthread_mutex_unlock(&t->mu);
+        pthread_mutex_unlock(&t->ps.mu);
         nanosleep(&ts, NULL);
-        pthread_mutex_lock(&t->mu);
+        pthread_mutex_lock(&t->ps.mu);
     }
     return 1;
 }
 
 static int all_authed(ucx_tp *t) {
-    for (int p = 0; p < t->size; p++)
-        if (p != t->rank && !t->peers[p].authed && !t->peers[p].dead) return 0;
+    for (int p = 0; p < t->ps.size; p++)
+        if (p != t->ps.rank && !t->peers[p].authed && !t->ps.peer[p].dead) return 0;
     return 1;
 }
 
 static int all_ready(ucx_tp *t) {
-    for (int p = 0; p < t->size; p++)
-        if (p != t->rank && !t->peers[p].ready && !t->peers[p].dead) return 0;
+    for (int p = 0; p < t->ps.size; p++)
+        if (p != t->ps.rank && !t->peers[p].ready && !t->ps.peer[p].dead) return 0;
     return t->ctl_pending == 0;
 }
 
@@ -559,8 +459,8 @@ static int ctl_flushed(ucx_tp *t) { return t->ctl_pending == 0; }
 /* The handshake (see the top of this file); the lock is held. */
 static int authenticate(ucx_tp *t, double open_s) {
     double deadline = sr_now() + open_s;
-    for (int p = 0; p < t->size; p++) {
-        if (p == t->rank) continue;
+    for (int p = 0; p < t->ps.size; p++) {
+        if (p == t->ps.rank) continue;
         peer *pe = &t->peers[p];
         randombytes_buf(pe->nonce, NONCE_BYTES);
         pe->ctl_out[0][0] = CTL_HELLO;
@@ -568,18 +468,19 @@ static int authenticate(ucx_tp *t, double open_s) {
         ctl_send(t, p, 0);
     }
     double now = sr_now();
-    for (int p = 0; p < t->size; p++) t->peers[p].last_rx = t->peers[p].last_tx = now;
+    for (int p = 0; p < t->ps.size; p++) t->ps.peer[p].last_rx = t->ps.peer[p].last_tx = now;
     int in_time = drive_until(t, all_authed, deadline);
-    for (int p = 0; in_time && p < t->size; p++) {
-        if (p == t->rank || t->peers[p].dead) continue;
+    for (int p = 0; in_time && p < t->ps.size; p++) {
+        if (p == t->ps.rank || t->ps.peer[p].dead) continue;
         t->peers[p].ctl_out[2][0] = CTL_READY;
         ctl_send(t, p, 2);
     }
     if (in_time) in_time = drive_until(t, all_ready, deadline);
-    for (int p = 0; p < t->size; p++) {
+    for (int p = 0; p < t->ps.size; p++) {
         peer *pe = &t->peers[p];
-        if (p == t->rank) continue;
-        if (pe->dead) return sr_error_set(pe->err_code, "transport ucx: %s", pe->err);
+        const sr_tp__peer *q = &t->ps.peer[p];
+        if (p == t->ps.rank) continue;
+        if (q->dead) return sr_error_set(q->err_code, "transport ucx: %s", q->err);
         if (!pe->authed || !pe->ready)
             return sr_error_set(SR_ECOMM,
                                 "transport ucx: rank %d did not complete the handshake within %g s (sr_tp_opts."
@@ -590,23 +491,17 @@ static int authenticate(ucx_tp *t, double open_s) {
 }
 
 static void ucx_free(ucx_tp *t) {
-    for (int p = 0; t->peers && p < t->size; p++) {
-        for (umsg *m = t->peers[p].unexp_head, *n; m; m = n) {
-            n = m->next;
+    for (int p = 0; t->ps.peer && p < t->ps.size; p++)
+        for (umsg *m = t->ps.peer[p].unexp_head; m; m = m->next)
             if (m->desc) ucp_am_data_release(t->worker, m->desc);
-            free(m->data);
-            free(m);
-        }
-    }
     if (t->worker) ucp_worker_destroy(t->worker);
     /* operations UCX never completed (their peer was gone) */
-    for (int p = 0; t->peers && p < t->size; p++)
+    for (int p = 0; t->peers && p < t->ps.size; p++)
         while (t->peers[p].ops) op_end(t->peers[p].ops);
     if (t->ctx) ucp_cleanup(t->ctx);
     if (t->wake_fd >= 0) close(t->wake_fd);
     sodium_memzero(t->key, sizeof t->key);
-    pthread_mutex_destroy(&t->mu);
-    pthread_cond_destroy(&t->cv);
+    sr_tp__peers_free(&t->ps);
     pthread_cond_destroy(&t->idle);
     free(t->peers);
     free(t);
@@ -615,21 +510,21 @@ static void ucx_free(ucx_tp *t) {
 /* Says goodbye to every live peer and closes the endpoints, within a bound:
  * a peer that is gone fails its endpoint rather than holding us up. */
 static void disconnect_all(ucx_tp *t) {
-    double deadline = sr_now() + (t->io_timeout_s < 5 ? t->io_timeout_s : 5);
-    for (int p = 0; p < t->size; p++) {
+    double deadline = sr_now() + (t->ps.io_timeout_s < 5 ? t->ps.io_timeout_s : 5);
+    for (int p = 0; p < t->ps.size; p++) {
         peer *pe = &t->peers[p];
-        if (!pe->ep || pe->dead) continue;
+        if (!pe->ep || t->ps.peer[p].dead) continue;
         pe->ctl_out[2][0] = CTL_BYE;
         ctl_send(t, p, 2);
     }
     drive_until(t, ctl_flushed, deadline);
-    for (int p = 0; p < t->size; p++) {
+    for (int p = 0; p < t->ps.size; p++) {
         peer *pe = &t->peers[p];
         if (!pe->ep) continue;
         ucp_request_param_t prm;
         memset(&prm, 0, sizeof prm);
         prm.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-        prm.flags = pe->dead ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+        prm.flags = t->ps.peer[p].dead ? UCP_EP_CLOSE_FLAG_FORCE : 0;
         ucs_status_ptr_t sp = ucp_ep_close_nbx(pe->ep, &prm);
         pe->ep = NULL;
         while (sp && !UCS_PTR_IS_ERR(sp) && ucp_request_check_status(sp) == UCS_INPROGRESS && sr_now() < deadline)
@@ -641,33 +536,32 @@ static void disconnect_all(ucx_tp *t) {
 static int ucx_available(void) { return 1; }
 
 static int ucx_open(sr_tp *tp, const sr_tp_opts *o) {
-    ucx_tp *t = calloc(1, sizeof *t);
-    if (!t) return sr_error_set(SR_ENOMEM, "out of memory opening transport ucx");
-    t->efd = t->wake_fd = -1;
-    pthread_mutex_init(&t->mu, NULL);
-    pthread_cond_init(&t->cv, NULL);
-    pthread_cond_init(&t->idle, NULL);
     sr_tp__ucx_cfg cfg;
     int rc = sr_tp__ucx_config(o, &cfg);
-    t->rank = cfg.rank;
-    t->size = cfg.size;
-    t->io_timeout_s = cfg.io_timeout_s;
-    t->max_buffered = cfg.max_buffered;
+    if (rc != SR_OK) return rc;
+    ucx_tp *t = calloc(1, sizeof *t);
+    if (!t) {
+        sr_tp__ucx_config_free(&cfg);
+        return sr_error_set(SR_ENOMEM, "out of memory opening transport ucx");
+    }
+    t->efd = t->wake_fd = -1;
+    pthread_cond_init(&t->idle, NULL);
+    rc = sr_tp__peers_init(&t->ps, &peers_backend, t, cfg.rank, cfg.size, cfg.max_buffered, cfg.io_timeout_s);
     memcpy(t->key, cfg.key, KEY_BYTES);
     ucp_ep_h *eps = NULL;
-    if (rc == SR_OK && (!(t->peers = calloc((size_t)t->size, sizeof *t->peers)) ||
-                        !(eps = calloc((size_t)t->size, sizeof *eps))))
-        rc = sr_error_set(SR_ENOMEM, "out of memory for %d ucx peers", t->size);
+    if (rc == SR_OK && (!(t->peers = calloc((size_t)t->ps.size, sizeof *t->peers)) ||
+                        !(eps = calloc((size_t)t->ps.size, sizeof *eps))))
+        rc = sr_error_set(SR_ENOMEM, "out of memory for %d ucx peers", t->ps.size);
     const sr_tp__ucx_handler h[2] = {{AM_DATA, on_data}, {AM_CTL, on_ctl}};
     if (rc == SR_OK) rc = sr_tp__ucx_worker(h, 2, t, &t->ctx, &t->worker, &t->efd);
     if (rc == SR_OK) rc = sr_tp__ucx_connect(&cfg, t->worker, eps);
-    for (int p = 0; eps && p < t->size; p++) t->peers[p].ep = eps[p];
+    for (int p = 0; eps && p < t->ps.size; p++) t->peers[p].ep = eps[p];
     free(eps);
     double open_s = cfg.open_s;
     sr_tp__ucx_config_free(&cfg);
-    pthread_mutex_lock(&t->mu);
+    pthread_mutex_lock(&t->ps.mu);
     if (rc == SR_OK) rc = authenticate(t, open_s);
-    pthread_mutex_unlock(&t->mu);
+    pthread_mutex_unlock(&t->ps.mu);
     if (rc == SR_OK && (t->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
         rc = sr_error_set(SR_ECOMM, "eventfd: %s", strerror(errno));
     t->live = rc == SR_OK;
@@ -676,33 +570,33 @@ static int ucx_open(sr_tp *tp, const sr_tp_opts *o) {
     if (rc != SR_OK) {
         t->live = 0;
         if (t->worker && t->peers) {
-            pthread_mutex_lock(&t->mu);
+            pthread_mutex_lock(&t->ps.mu);
             disconnect_all(t);
-            pthread_mutex_unlock(&t->mu);
+            pthread_mutex_unlock(&t->ps.mu);
         }
         ucx_free(t);
         return rc;
     }
-    tp->rank = t->rank;
-    tp->size = t->size;
+    tp->rank = t->ps.rank;
+    tp->size = t->ps.size;
     tp->impl = t;
     return SR_OK;
 }
 
 static void ucx_close(sr_tp *tp) {
     ucx_tp *t = tp->impl;
-    pthread_mutex_lock(&t->mu);
+    pthread_mutex_lock(&t->ps.mu);
     t->stop = 1;
     t->live = 0;
     pthread_cond_signal(&t->idle);
-    pthread_mutex_unlock(&t->mu);
+    pthread_mutex_unlock(&t->ps.mu);
     uint64_t one = 1;
     ssize_t n = write(t->wake_fd, &one, sizeof one);
     (void)n; /* the thread also wakes on its timer */
     pthread_join(t->thread, NULL);
-    pthread_mutex_lock(&t->mu);
+    pthread_mutex_lock(&t->ps.mu);
     disconnect_all(t);
-    pthread_mutex_unlock(&t->mu);
+    pthread_mutex_unlock(&t->ps.mu);
     if (t->dropped)
         SR_WARN("transport ucx: dropped %ld messages that came from no authenticated peer's endpoint (a stranger, or a "
                 "peer already failed)",
@@ -717,40 +611,13 @@ static void send_done(void *request, ucs_status_t status, void *user_data) {
     ucp_request_free(request);
     if (!r) return;
     if (status == UCS_OK) {
-        req_complete(t, r, SR_OK, NULL);
+        sr_tp__complete(&t->ps, r, SR_OK, NULL);
     } else {
         char msg[MSG_BYTES];
         snprintf(msg, sizeof msg, "sending %lld bytes to rank %d tag %d %s: %s (did it exit or fail?)",
                  (long long)r->base.len, r->base.peer, r->base.tag, peer_word(status), ucs_status_string(status));
-        req_complete(t, r, SR_ECOMM, msg);
+        sr_tp__complete(&t->ps, r, SR_ECOMM, msg);
     }
-}
-
-/* to this rank: through a posted receive or the unexpected list */
-static int send_self(ucx_tp *t, ucx_req *r, const void *buf, int64_t len, int tag) {
-    peer *pe = &t->peers[t->rank];
-    ucx_req *m = posted_take(pe, tag);
-    if (m && m->base.len != len) {
-        size_mismatch(t, m, len);
-    } else if (m) {
-        if (len) memcpy(m->buf, buf, (size_t)len);
-        req_complete(t, m, SR_OK, NULL);
-    } else {
-        umsg *u = calloc(1, sizeof *u);
-        char *data = len ? malloc((size_t)len) : NULL;
-        if (!u || (len && !data)) {
-            free(u);
-            free(data);
-            return sr_error_set(SR_ENOMEM, "out of memory for a %lld-byte message to self", (long long)len);
-        }
-        if (len) memcpy(data, buf, (size_t)len);
-        u->tag = tag;
-        u->len = len;
-        u->data = data;
-        unexp_append(pe, u);
-    }
-    req_complete(t, r, SR_OK, NULL);
-    return SR_OK;
 }
 
 static int ucx_isend(sr_tp *tp, sr_tp_req *req, const void *buf, int64_t len, int peer_rank, int tag) {
@@ -758,17 +625,19 @@ static int ucx_isend(sr_tp *tp, sr_tp_req *req, const void *buf, int64_t len, in
     ucx_req *r = (ucx_req *)req;
     int rc = SR_OK;
     op *o = NULL;
-    pthread_mutex_lock(&t->mu);
+    pthread_mutex_lock(&t->ps.mu);
     peer *pe = &t->peers[peer_rank];
-    if (peer_rank == t->rank) {
-        rc = send_self(t, r, buf, len, tag);
-    } else if (pe->dead) {
-        req_complete(t, r, pe->err_code, pe->err);
+    sr_tp__peer *q = &t->ps.peer[peer_rank];
+    if (peer_rank == t->ps.rank) {
+        rc = sr_tp__send_self(&t->ps, r, buf, len, tag);
+    } else if (q->dead) {
+        sr_tp__complete(&t->ps, r, q->err_code, q->err);
     } else if (!(o = op_new(t, r))) {
         rc = sr_error_set(SR_ENOMEM, "out of memory for a ucx send");
     } else {
-        r->hdr = tag;
-        pe->last_tx = sr_now();
+        int32_t wire_tag = tag;
+        memcpy(r->hdr, &wire_tag, sizeof wire_tag);
+        q->last_tx = sr_now();
         ucp_request_param_t prm;
         memset(&prm, 0, sizeof prm);
         prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS |
@@ -777,18 +646,18 @@ static int ucx_isend(sr_tp *tp, sr_tp_req *req, const void *buf, int64_t len, in
         prm.user_data = o;
         prm.flags = UCP_AM_SEND_FLAG_REPLY;
         prm.datatype = ucp_dt_make_contig(1);
-        ucs_status_ptr_t sp = ucp_am_send_nbx(pe->ep, AM_DATA, &r->hdr, sizeof r->hdr, buf, (size_t)len, &prm);
+        ucs_status_ptr_t sp = ucp_am_send_nbx(pe->ep, AM_DATA, r->hdr, sizeof wire_tag, buf, (size_t)len, &prm);
         if (sp == NULL || UCS_PTR_IS_ERR(sp)) op_end(o);
         if (sp == NULL) {
-            req_complete(t, r, SR_OK, NULL);
+            sr_tp__complete(&t->ps, r, SR_OK, NULL);
         } else if (UCS_PTR_IS_ERR(sp)) {
             char msg[MSG_BYTES];
             snprintf(msg, sizeof msg, "sending %lld bytes to rank %d tag %d: %s (did it exit or fail?)",
                      (long long)len, peer_rank, tag, ucs_status_string(UCS_PTR_STATUS(sp)));
-            req_complete(t, r, SR_ECOMM, msg);
+            sr_tp__complete(&t->ps, r, SR_ECOMM, msg);
         }
     }
-    pthread_mutex_unlock(&t->mu);
+    pthread_mutex_unlock(&t->ps.mu);
     return rc;
 }
 
@@ -796,38 +665,30 @@ static int ucx_irecv(sr_tp *tp, sr_tp_req *req, void *buf, int64_t len, int peer
     ucx_tp *t = tp->impl;
     ucx_req *r = (ucx_req *)req;
     r->buf = buf;
-    pthread_mutex_lock(&t->mu);
-    peer *pe = &t->peers[peer_rank];
-    umsg *m = unexp_take(pe, tag);
+    pthread_mutex_lock(&t->ps.mu);
+    umsg *m = sr_tp__recv_match(&t->ps, peer_rank, tag, r);
     if (m) {
         if (m->len != len) {
-            size_mismatch(t, r, m->len);
+            sr_tp__size_mismatch(&t->ps, r, m->len);
             if (m->desc) ucp_am_data_release(t->worker, m->desc); /* the sender's send completes */
         } else if (m->desc) {
             if (!rndv_pull(t, r, m->desc)) ucp_am_data_release(t->worker, m->desc);
         } else {
             if (len) memcpy(buf, m->data, (size_t)len);
-            req_complete(t, r, SR_OK, NULL);
+            sr_tp__complete(&t->ps, r, SR_OK, NULL);
         }
-        free(m->data);
-        free(m);
-    } else if (pe->dead) {
-        req_complete(t, r, pe->err_code, pe->err);
-    } else {
-        if (pe->posted_tail) pe->posted_tail->next = r;
-        else pe->posted_head = r;
-        pe->posted_tail = r;
+        sr_tp__unexp_remove(&t->ps.peer[peer_rank], m);
     }
-    pthread_mutex_unlock(&t->mu);
+    pthread_mutex_unlock(&t->ps.mu);
     return SR_OK;
 }
 
 static int ucx_test(sr_tp_req *req, int *done) {
     ucx_tp *t = req->tp->impl;
-    pthread_mutex_lock(&t->mu);
+    pthread_mutex_lock(&t->ps.mu);
     if (!((ucx_req *)req)->done) drive(t);
     *done = ((ucx_req *)req)->done;
-    pthread_mutex_unlock(&t->mu);
+    pthread_mutex_unlock(&t->ps.mu);
     return SR_OK;
 }
 
@@ -836,15 +697,15 @@ static int ucx_test(sr_tp_req *req, int *done) {
 static int ucx_wait(sr_tp_req *req) {
     ucx_tp *t = req->tp->impl;
     ucx_req *r = (ucx_req *)req;
-    pthread_mutex_lock(&t->mu);
+    pthread_mutex_lock(&t->ps.mu);
     if (!r->done) {
         t->spinning++;
         double until = sr_now() + SPIN_S;
         for (unsigned i = 1; !r->done && ((i & 15) || sr_now() < until); i++) {
             drive(t);
             if (r->done) break;
-            pthread_mutex_unlock(&t->mu);
-            pthread_mutex_lock(&t->mu);
+            pthread_mutex_unlock(&t->ps.mu);
+            pthread_mutex_lock(&t->ps.mu);
         }
         /* the thread takes over at once only if this waiter is going to sleep */
         if (--t->spinning == 0 && !r->done) pthread_cond_signal(&t->idle);
@@ -854,11 +715,10 @@ static int ucx_wait(sr_tp_req *req) {
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += PROGRESS_MS * 1000000L;
         if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
-        pthread_cond_timedwait(&t->cv, &t->mu, &ts);
+        pthread_cond_timedwait(&t->ps.cv, &t->ps.mu, &ts);
     }
-    pthread_mutex_unlock(&t->mu);
-    if (r->status != SR_OK) return sr_error_set(r->status, "%s", r->msg);
-    return SR_OK;
+    pthread_mutex_unlock(&t->ps.mu);
+    return sr_tp__result(r);
 }
 
 const sr_tp_backend sr_tp_ucx_backend = {

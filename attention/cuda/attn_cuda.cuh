@@ -33,6 +33,26 @@ struct sr_attn_cuda_args {
     int n_split;
 };
 
+/* What CTA blockIdx.z of a split computes for the query tile of bm rows at
+ * m0: keys [kbeg, kend) of its split, less those after the tile's last row,
+ * and where its partial O and LSE go (see split_len). */
+struct sr_attn_cuda__split {
+    int64_t kbeg, kend;
+    float *o, *lse;
+};
+
+__device__ __forceinline__ sr_attn_cuda__split sr_attn_cuda__split_of(const sr_attn_cuda_args &a, int64_t m0, int bm,
+                                                                       int d) {
+    sr_attn_cuda__split sp;
+    sp.kbeg = (int64_t)blockIdx.z * a.split_len;
+    sp.kend = min(a.nk, sp.kbeg + a.split_len);
+    if (a.causal) sp.kend = min(sp.kend, min(m0 + bm, a.nq) - 1 + a.delta + 1);
+    const int64_t rows_total = a.nq * a.n_head_q;
+    sp.o = a.o + (int64_t)blockIdx.z * rows_total * d;
+    sp.lse = a.lse + (int64_t)blockIdx.z * rows_total;
+    return sp;
+}
+
 /* fp16/bf16 K/V on tensor cores (mma.sync m16n8k16). */
 int sr_attn_cuda_forward_mma(const sr_attn_cuda_args *a, int head_dim, int kv_dtype,
                              cudaStream_t stream);

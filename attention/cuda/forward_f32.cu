@@ -37,13 +37,9 @@ template <int D> __global__ void __launch_bounds__(NTHREADS) fwd_f32_kernel(cons
     const int64_t row = m0 + rl;
     const bool row_ok = row < a.nq;
 
-    /* keys [kbeg, kend) of this CTA's split, less those after the last row */
-    const int64_t kbeg = (int64_t)blockIdx.z * a.split_len;
-    int64_t kend = min(a.nk, kbeg + a.split_len);
-    if (a.causal) kend = min(kend, min(m0 + BM, a.nq) - 1 + a.delta + 1);
-    const int64_t rows_total = a.nq * a.n_head_q;
-    float *const out_o = a.o + (int64_t)blockIdx.z * rows_total * D;
-    float *const out_lse = a.lse + (int64_t)blockIdx.z * rows_total;
+    const sr_attn_cuda__split sp = sr_attn_cuda__split_of(a, m0, BM, D);
+    const int64_t kbeg = sp.kbeg, kend = sp.kend;
+    float *const out_o = sp.o, *const out_lse = sp.lse;
 
     const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
     float4 q[NV], o[NV];

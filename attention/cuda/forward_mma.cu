@@ -36,49 +36,47 @@ constexpr unsigned FULL = 0xffffffffu;
 
 template <typename T> struct kv_type;
 
+/* c += a b on the tensor cores, the K/V type named in PTX as ty ("f16", "bf16") */
+#define MMA_M16N8K16(ty, c, a, b0, b1)                                                           \
+    asm("mma.sync.aligned.m16n8k16.row.col.f32." ty "." ty ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, " \
+        "{%8,%9}, {%0,%1,%2,%3};\n"                                                              \
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                         \
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
+
+/* the two 16-bit halves of a pair, as the register mma reads */
+template <typename P> __device__ __forceinline__ uint32_t bits(P pair) {
+    return *reinterpret_cast<uint32_t *>(&pair);
+}
+
 template <> struct kv_type<__half> {
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-        __half2 h = __floats2half2_rn(lo, hi);
-        return *reinterpret_cast<uint32_t *>(&h);
-    }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) { return bits(__floats2half2_rn(lo, hi)); }
     static __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        MMA_M16N8K16("f16", c, a, b0, b1);
     }
 };
 
 template <> struct kv_type<__nv_bfloat16> {
     static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-        __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-        return *reinterpret_cast<uint32_t *>(&h);
+        return bits(__floats2bfloat162_rn(lo, hi));
     }
     static __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        MMA_M16N8K16("bf16", c, a, b0, b1);
     }
 };
 
-/* The "memory" clobbers keep the compiler from moving shared-memory reads
- * and writes across the cp.async waits and __syncthreads. */
-__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *smem) {
-    uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a)
-                 : "memory");
-}
+/* Four 8x8 b16 tiles from shared memory into r, as stored (mod "") or
+ * transposed (".trans"). The "memory" clobbers keep the compiler from
+ * moving shared-memory reads and writes across the cp.async waits and
+ * __syncthreads. */
+#define LDSM_X4(mod, r, smem)                                                                  \
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4" mod ".shared.b16 {%0,%1,%2,%3}, [%4];\n"     \
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])                              \
+                 : "r"((uint32_t)__cvta_generic_to_shared(smem))                                \
+                 : "memory")
 
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t r[4], const void *smem) {
-    uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a)
-                 : "memory");
-}
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *smem) { LDSM_X4("", r, smem); }
+
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t r[4], const void *smem) { LDSM_X4(".trans", r, smem); }
 
 /* 16 bytes global -> shared; with valid false the destination is zero-filled
  * and nothing is read. */
@@ -131,13 +129,9 @@ __global__ void __launch_bounds__(NTHREADS) fwd_mma_kernel(const sr_attn_cuda_ar
     const int64_t row[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};
     const bool row_ok[2] = {row[0] < a.nq, row[1] < a.nq};
 
-    /* keys [kbeg, kend) of this CTA's split, less those after the last row */
-    const int64_t kbeg = (int64_t)blockIdx.z * a.split_len;
-    int64_t kend = min(a.nk, kbeg + a.split_len);
-    if (a.causal) kend = min(kend, min(m0 + BM, a.nq) - 1 + a.delta + 1);
-    const int64_t rows_total = a.nq * a.n_head_q;
-    float *const out_o = a.o + (int64_t)blockIdx.z * rows_total * D;
-    float *const out_lse = a.lse + (int64_t)blockIdx.z * rows_total;
+    const sr_attn_cuda__split sp = sr_attn_cuda__split_of(a, m0, BM, D);
+    const int64_t kbeg = sp.kbeg, kend = sp.kend;
+    float *const out_o = sp.o, *const out_lse = sp.lse;
 
     /* Q fragments, rounded to T, held for the whole key loop. */
     uint32_t qf[KSTEPS][4];

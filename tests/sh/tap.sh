@@ -2,7 +2,8 @@
 # (STATUS 0 passes), `check_merge FILE` to count TAP lines another program
 # wrote (numbered on from $n), `check_json FILE` to run Python checks on a
 # JSON document (tests/sh/tap_json.py), and `check_done` last (the plan and
-# the exit status). `need_model` sets MODEL for the tests of the real model.
+# the exit status). `need_model` sets MODEL for the tests of the real model;
+# `make_tmp` sets tmp to a new folder that is removed at exit.
 n=0
 failed=0
 check() {
@@ -43,4 +44,8 @@ need_model() {
         check_done
         exit 1
     fi
+}
+make_tmp() {
+    tmp=$(mktemp -d) || exit 1
+    trap 'rm -rf "$tmp"' EXIT
 }

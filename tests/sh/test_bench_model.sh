@@ -7,8 +7,7 @@ cd "$(dirname "$0")/../.."
 BENCH=${BUILD:-build}/starring-bench
 . tests/sh/tap.sh
 need_model
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+make_tmp
 
 "$BENCH" model -m "$MODEL" --quick --json >"$tmp/out" 2>"$tmp/err"
 rc=$?

@@ -6,8 +6,7 @@ set -u
 cd "$(dirname "$0")/../.."
 BENCH=${BUILD:-build}/starring-bench
 . tests/sh/tap.sh
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+make_tmp
 
 "$BENCH" attention --quick --json >"$tmp/attn.json" 2>"$tmp/err"
 check $? "attention --quick --json exits 0"

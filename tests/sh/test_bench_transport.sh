@@ -7,8 +7,7 @@ set -u
 cd "$(dirname "$0")/../.."
 BENCH=${BUILD:-build}/starring-bench
 . tests/sh/tap.sh
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+make_tmp
 # as tests/run starts the mpi tests: Open MPI's leaks at exit suppressed under ASan
 export LSAN_OPTIONS=${LSAN_OPTIONS:+$LSAN_OPTIONS:}suppressions=$PWD/tests/support/lsan-openmpi.supp:fast_unwind_on_malloc=0
 MPIRUN=(mpirun --oversubscribe)

@@ -22,6 +22,15 @@ export STARRINGD=$BUILD/starringd
 launch=(deploy/starringd-mpirun -n 2 -- --oversubscribe --)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pid_of() { sed -n "s|.*$1\\[\\([0-9]*\\)\\].*|\\1|p" "$2" | head -n 1; }
+# until the API on 127.0.0.1:PORT answers health (a minute at most)
+await_api() { for _ in $(seq 300); do "$BUILD/starring" --server 127.0.0.1:$1 health >/dev/null 2>&1 && return; sleep 0.2; done; }
+# waits for the cluster signalled at t0 to exit: its status in rc, the seconds since t0 in took
+cluster_exit() {
+    wait "$daemon"
+    rc=$?
+    daemon=""
+    took=$(($(date +%s) - t0))
+}
 
 # --------------------------------------------------------- errors at start
 printf 'model = %s\n# a comment\nthreads = 2\nlisten-port = 7070\n' "$MODEL" >"$tmp/bad.conf"
@@ -48,7 +57,7 @@ EOF
 "${launch[@]}" --config "$tmp/good.conf" --log-level info >"$tmp/out" 2>&1 &
 daemon=$!
 S=(--server 127.0.0.1:$port)
-for _ in $(seq 300); do "$BUILD/starring" "${S[@]}" health >/dev/null 2>&1 && break; sleep 0.2; done
+await_api $port
 "$BUILD/starring" "${S[@]}" health >"$tmp/health" 2>&1
 grep -q "^SERVING" "$tmp/health"
 check $? "the API listens on the file's port ($port): $(cat "$tmp/health")"
@@ -95,10 +104,7 @@ wait "$asker"
 rc=$?
 [ $rc = 0 ] && grep -q "^starring: 200 tokens" "$tmp/e1"
 check $? "the answer running at SIGTERM finishes (exit $rc): $(cat "$tmp/e1")"
-wait "$daemon"
-rc=$?
-daemon=""
-took=$(($(date +%s) - t0))
+cluster_exit
 [ $rc = 0 ] && [ "$took" -lt 30 ]
 check $? "then the cluster exits 0 (exit $rc), without waiting out the 30 s grace (${took} s)"
 grep -q "coordinator/0.*stopping" "$tmp/log" && ! grep -q "cancelling" "$tmp/log"
@@ -109,7 +115,7 @@ port=$(free_port)
 S=(--server 127.0.0.1:$port)
 "${launch[@]}" --config "$tmp/good.conf" --listen 127.0.0.1:$port --shutdown-grace 1 --log-level info --log-file "$tmp/log2" >"$tmp/out" 2>&1 &
 daemon=$!
-for _ in $(seq 300); do "$BUILD/starring" "${S[@]}" health >/dev/null 2>&1 && break; sleep 0.2; done
+await_api $port
 id=$("$BUILD/starring" "${S[@]}" upload "$tmp/ctx" 2>/dev/null)
 "$BUILD/starring" "${S[@]}" ask "$id" "Tell a long story about a dragon." -n 4000 >"$tmp/a1" 2>"$tmp/e1" &
 asker=$!
@@ -120,10 +126,7 @@ wait "$asker"
 rc=$?
 [ $rc = 1 ] && grep -q "UNAVAILABLE: the server shut down before this request finished (--shutdown-grace 1 s)" "$tmp/e1"
 check $? "with --shutdown-grace 1 a long answer is cancelled with UNAVAILABLE: $(cat "$tmp/e1")"
-wait "$daemon"
-rc=$?
-daemon=""
-took=$(($(date +%s) - t0))
+cluster_exit
 [ $rc = 0 ] && [ "$took" -lt 10 ] && grep -q "WARN  coordinator/0.*1 requests still running after the 1 s grace" "$tmp/log2"
 check $? "and the cluster exits 0 (exit $rc) within seconds (${took} s), saying what it cancelled: $(grep -m 1 "grace" "$tmp/log2")"
 
@@ -137,7 +140,7 @@ for i in 1 2 3; do
     port=$(free_port)
     "${mpirun[@]}" "$BUILD/starringd" --model "$MODEL" --listen 127.0.0.1:$port --log-level warn >"$tmp/out" 2>&1 &
     daemon=$!
-    for _ in $(seq 300); do "$BUILD/starring" --server 127.0.0.1:$port health >/dev/null 2>&1 && break; sleep 0.2; done
+    await_api $port
     pkill -TERM -P "$daemon"
     wait "$daemon"
     codes="$codes $?"

@@ -11,8 +11,7 @@ RUN=$BUILD/starring-run
 TOKENIZE=$BUILD/starring-tokenize
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 . tests/sh/tap.sh
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+make_tmp
 
 model=$tmp/tiny.gguf # context length 4096, vocabulary 512
 scripts/make-tiny-model "$model" --type F32 --layers 2 --dim 64 --heads 1 --kv-heads 1 --ffn 128 --vocab 512 >/dev/null

@@ -5,8 +5,7 @@
 set -u
 cd "$(dirname "$0")/../.."
 . tests/sh/tap.sh
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+make_tmp
 unset SR_MODEL SR_ALLOW_SKIP # the runner under test fetches its fake model and is not strict
 
 mkdir -p "$tmp/tests/gpu" "$tmp/tests/sh" "$tmp/build/tests" "$tmp/scripts"

@@ -10,8 +10,7 @@ RUN=$BUILD/starring-run
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 . tests/sh/tap.sh
 need_model
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+make_tmp
 
 # 1. the capital of France
 "$RUN" -m "$MODEL" --chat -p "What is the capital of France?" -n 32 --temp 0 -t 2 >"$tmp/out" 2>"$tmp/err"

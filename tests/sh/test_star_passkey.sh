@@ -17,8 +17,7 @@ MPIRUN=(mpirun --oversubscribe -np 4)
 [ "$(id -u)" = 0 ] && MPIRUN=(mpirun --allow-run-as-root --oversubscribe -np 4)
 . tests/sh/tap.sh
 need_model
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+make_tmp
 
 key=72941
 scripts/make-passkey 120 100 $key >"$tmp/context"

@@ -250,17 +250,34 @@ static void test_truncation(void **state) {
     }
 }
 
+/* the data section: padding to the default alignment, then n zero bytes */
+static void zero_data(sr_test_gguf_buf *b, size_t n) {
+    sr_test_gguf_pad(b, 32);
+    for (size_t i = 0; i < n; i++) sr_test_gguf_u8(b, 0);
+}
+
 /* A file with no metadata and one tensor whose info is given; `data` zero
  * bytes of data follow at the default alignment. */
 static void one_tensor(sr_test_gguf_buf *b, const char *name, uint32_t n_dims, const int64_t *ne, uint32_t type,
                        uint64_t offset, size_t data) {
     sr_test_gguf_header(b, 3, 1, 0);
     sr_test_gguf_tensor(b, name, n_dims, ne, type, offset);
-    sr_test_gguf_pad(b, 32);
-    for (size_t i = 0; i < data; i++) sr_test_gguf_u8(b, 0);
+    zero_data(b, data);
 }
 
 static void kv_header(sr_test_gguf_buf *b, uint64_t n_kv) { sr_test_gguf_header(b, 3, 0, n_kv); }
+/* a file of one metadata entry, up to its type: the caller writes the value */
+static void one_kv(sr_test_gguf_buf *b, const char *key, uint32_t type) {
+    kv_header(b, 1);
+    sr_test_gguf_str(b, key);
+    sr_test_gguf_u32(b, type);
+}
+/* the same for an array of n elements of type elem, up to its elements */
+static void one_array(sr_test_gguf_buf *b, const char *key, uint32_t elem, uint64_t n) {
+    one_kv(b, key, SR_GGUF_ARRAY);
+    sr_test_gguf_u32(b, elem);
+    sr_test_gguf_u64(b, n);
+}
 
 static void bad_magic(sr_test_gguf_buf *b) {
     sr_test_gguf_small(b, 3, 0);
@@ -295,9 +312,7 @@ static void bad_key_length_max(sr_test_gguf_buf *b) {
     sr_test_gguf_raw(b, "abcdefghijklmnop", 16);
 }
 static void bad_value_length(sr_test_gguf_buf *b) {
-    kv_header(b, 1);
-    sr_test_gguf_str(b, "general.name");
-    sr_test_gguf_u32(b, SR_GGUF_STRING);
+    one_kv(b, "general.name", SR_GGUF_STRING);
     sr_test_gguf_u64(b, 100);
     sr_test_gguf_raw(b, "short", 5);
 }
@@ -327,64 +342,36 @@ static void bad_bool(sr_test_gguf_buf *b) {
     sr_test_gguf_kv_raw(b, "x", SR_GGUF_BOOL, &v, 1);
 }
 static void bad_array_overflow(sr_test_gguf_buf *b) {
-    kv_header(b, 1);
-    sr_test_gguf_str(b, "x");
-    sr_test_gguf_u32(b, SR_GGUF_ARRAY);
-    sr_test_gguf_u32(b, SR_GGUF_U64);
-    sr_test_gguf_u64(b, UINT64_C(1) << 61); /* x 8 bytes wraps to 0 */
+    one_array(b, "x", SR_GGUF_U64, UINT64_C(1) << 61); /* x 8 bytes wraps to 0 */
     sr_test_gguf_u64(b, 0);
 }
 static void bad_array_past_end(sr_test_gguf_buf *b) {
     int32_t v[3] = {1, 2, 3};
-    kv_header(b, 1);
-    sr_test_gguf_str(b, "x");
-    sr_test_gguf_u32(b, SR_GGUF_ARRAY);
-    sr_test_gguf_u32(b, SR_GGUF_I32);
-    sr_test_gguf_u64(b, 4);
+    one_array(b, "x", SR_GGUF_I32, 4);
     sr_test_gguf_raw(b, v, sizeof v);
 }
 static void bad_string_array_count(sr_test_gguf_buf *b) {
-    kv_header(b, 1);
-    sr_test_gguf_str(b, "tokenizer.ggml.tokens");
-    sr_test_gguf_u32(b, SR_GGUF_ARRAY);
-    sr_test_gguf_u32(b, SR_GGUF_STRING);
-    sr_test_gguf_u64(b, UINT64_MAX / 2);
+    one_array(b, "tokenizer.ggml.tokens", SR_GGUF_STRING, UINT64_MAX / 2);
     sr_test_gguf_str(b, "a");
 }
 static void bad_string_in_array(sr_test_gguf_buf *b) {
-    kv_header(b, 1);
-    sr_test_gguf_str(b, "tokenizer.ggml.tokens");
-    sr_test_gguf_u32(b, SR_GGUF_ARRAY);
-    sr_test_gguf_u32(b, SR_GGUF_STRING);
-    sr_test_gguf_u64(b, 3);
+    one_array(b, "tokenizer.ggml.tokens", SR_GGUF_STRING, 3);
     sr_test_gguf_str(b, "a");
     sr_test_gguf_u64(b, 1000);
     sr_test_gguf_str(b, "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb");
 }
 static void bad_nested_array(sr_test_gguf_buf *b) {
-    kv_header(b, 1);
-    sr_test_gguf_str(b, "x");
-    sr_test_gguf_u32(b, SR_GGUF_ARRAY);
-    sr_test_gguf_u32(b, SR_GGUF_ARRAY);
-    sr_test_gguf_u64(b, 1);
+    one_array(b, "x", SR_GGUF_ARRAY, 1);
     sr_test_gguf_u32(b, SR_GGUF_U8);
     sr_test_gguf_u64(b, 1);
     sr_test_gguf_u8(b, 1);
 }
 static void bad_array_type(sr_test_gguf_buf *b) {
-    kv_header(b, 1);
-    sr_test_gguf_str(b, "x");
-    sr_test_gguf_u32(b, SR_GGUF_ARRAY);
-    sr_test_gguf_u32(b, 77);
-    sr_test_gguf_u64(b, 1);
+    one_array(b, "x", 77, 1);
     sr_test_gguf_u64(b, 0);
 }
 static void bad_bool_array(sr_test_gguf_buf *b) {
-    kv_header(b, 1);
-    sr_test_gguf_str(b, "x");
-    sr_test_gguf_u32(b, SR_GGUF_ARRAY);
-    sr_test_gguf_u32(b, SR_GGUF_BOOL);
-    sr_test_gguf_u64(b, 3);
+    one_array(b, "x", SR_GGUF_BOOL, 3);
     sr_test_gguf_raw(b, "\x00\x01\x05", 3);
 }
 static void bad_alignment_npot(sr_test_gguf_buf *b) {
@@ -466,8 +453,7 @@ static void bad_overlap(sr_test_gguf_buf *b) {
     sr_test_gguf_header(b, 3, 2, 0);
     sr_test_gguf_tensor(b, "a", 1, ne, SR_GGML_F32, 0);
     sr_test_gguf_tensor(b, "b", 1, ne, SR_GGML_F32, 32);
-    sr_test_gguf_pad(b, 32);
-    for (int i = 0; i < 128; i++) sr_test_gguf_u8(b, 0);
+    zero_data(b, 128);
 }
 static void bad_overlap_same(sr_test_gguf_buf *b) {
     int64_t ne[1] = {8};
@@ -475,16 +461,14 @@ static void bad_overlap_same(sr_test_gguf_buf *b) {
     sr_test_gguf_tensor(b, "a", 1, ne, SR_GGML_F32, 64);
     sr_test_gguf_tensor(b, "b", 1, ne, SR_GGML_F32, 0);
     sr_test_gguf_tensor(b, "c", 1, ne, SR_GGML_F32, 64);
-    sr_test_gguf_pad(b, 32);
-    for (int i = 0; i < 128; i++) sr_test_gguf_u8(b, 0);
+    zero_data(b, 128);
 }
 static void bad_duplicate_tensor(sr_test_gguf_buf *b) {
     int64_t ne[1] = {8};
     sr_test_gguf_header(b, 3, 2, 0);
     sr_test_gguf_tensor(b, "token_embd.weight", 1, ne, SR_GGML_F32, 0);
     sr_test_gguf_tensor(b, "token_embd.weight", 1, ne, SR_GGML_F32, 32);
-    sr_test_gguf_pad(b, 32);
-    for (int i = 0; i < 64; i++) sr_test_gguf_u8(b, 0);
+    zero_data(b, 64);
 }
 static void bad_tensor_name_length(sr_test_gguf_buf *b) {
     sr_test_gguf_header(b, 3, 1, 0);

@@ -128,17 +128,24 @@ static void round_trip(sr_tp *tp) {
     free(r);
 }
 
-static void test_round_trip(void **state) {
-    (void)state;
-    int fd;
-    pid_t pid = start_rank1(&fd, 0);
-    pair p = {fd, 0};
+/* Forks rank 1, opens rank 0 with it and does the round trip. */
+static sr_tp *open_pair(int wait_for_kill, int *fd, pid_t *pid) {
+    *pid = start_rank1(fd, wait_for_kill);
+    pair p = {*fd, 0}; /* the exchange is used only while opening */
     sr_tp *tp = NULL;
     int rc = open_rank(&p, &tp);
     if (rc != SR_OK) fprintf(stderr, "rank 0: open: %s\n", sr_error_msg());
     assert_int_equal(rc, SR_OK);
     assert_int_equal(sr_tp_size(tp), 2);
     round_trip(tp);
+    return tp;
+}
+
+static void test_round_trip(void **state) {
+    (void)state;
+    int fd;
+    pid_t pid;
+    sr_tp *tp = open_pair(0, &fd, &pid);
     sr_tp_close(tp);
     int st = 0;
     assert_int_equal(waitpid(pid, &st, 0), pid);
@@ -149,11 +156,8 @@ static void test_round_trip(void **state) {
 static void test_killed_peer(void **state) {
     (void)state;
     int fd;
-    pid_t pid = start_rank1(&fd, 1);
-    pair p = {fd, 0};
-    sr_tp *tp = NULL;
-    assert_int_equal(open_rank(&p, &tp), SR_OK);
-    round_trip(tp);
+    pid_t pid;
+    sr_tp *tp = open_pair(1, &fd, &pid);
     char c = 0;
     assert_int_equal(full_io(fd, &c, 1, 0), 0);
     char b[8];
