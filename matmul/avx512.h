@@ -23,6 +23,17 @@ static inline float sr_matmul__h2f(sr_f16 h) {
 
 static inline __m512 sr_matmul__i8_ps(__m128i q) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)); }
 
+/* The 32 weights of a 4-bit group: table[nibble], low nibbles first. One
+ * widening of the 16 bytes serves both halves: the low nibbles are the
+ * index as is (vpermps reads only the low 4 bits of each index), the high
+ * ones a shift away. */
+static inline __attribute__((always_inline)) void sr_matmul__q4_lookup32(const uint8_t *qs, __m512 table,
+                                                                         __m512 w[2]) {
+    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
+    w[0] = _mm512_permutexvar_ps(v, table);
+    w[1] = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), table);
+}
+
 /* Weights 32g .. 32g+31 of `row` into w[0] (first 16) and w[1]. For Q6_K a
  * group of 32 is one (half, quarter) of a super-block: one ql nibble plane,
  * one qh bit pair, two scales. Called with a constant type, so that each
@@ -62,9 +73,7 @@ static inline __attribute__((always_inline)) void sr_matmul__load32(uint32_t typ
         const sr_block_q4_0 *b = (const sr_block_q4_0 *)row + g;
         __m512 table = _mm512_mul_ps(_mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7),
                                      _mm512_set1_ps(sr_matmul__h2f(b->d)));
-        __m128i v = _mm_loadu_si128((const __m128i *)b->qs);
-        w[0] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(v), table);
-        w[1] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_srli_epi16(v, 4)), table);
+        sr_matmul__q4_lookup32(b->qs, table, w);
         break;
     }
     case SR_GGML_Q4_1: {
@@ -87,9 +96,9 @@ static inline __attribute__((always_inline)) void sr_matmul__load32(uint32_t typ
         m = _mm512_set1_ps(sr_matmul__h2f(b->m));
 #endif
         __m512 table = _mm512_fmadd_ps(_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), d, m);
-        __m128i v = _mm_loadu_si128((const __m128i *)b->qs);
-        w[0] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(v), table);
-        w[1] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_srli_epi16(v, 4)), table);
+        /* one widening of the 16 bytes serves both nibbles: the low ones
+         * are the index as is, the high ones a shift away */
+        sr_matmul__q4_lookup32(b->qs, table, w);
         break;
     }
     case SR_GGML_Q6_K: {
@@ -109,6 +118,20 @@ static inline __attribute__((always_inline)) void sr_matmul__load32(uint32_t typ
     }
     default: break;
     }
+}
+
+/* d and m of Q4_1 groups g0 .. g0+n-1 (n <= 16) of `row` as fp32: one
+ * gather of the (d, m) pairs and one conversion each, where converting and
+ * broadcasting them group by group costs three shuffles a group. */
+static inline void sr_matmul__q4_1_scales16(const uint8_t *row, int64_t g0, int n, float d[16], float m[16]) {
+    const int bs = (int)sizeof(sr_block_q4_1);
+    const __m512i at = _mm512_setr_epi32(0, bs, 2 * bs, 3 * bs, 4 * bs, 5 * bs, 6 * bs, 7 * bs, 8 * bs, 9 * bs,
+                                         10 * bs, 11 * bs, 12 * bs, 13 * bs, 14 * bs, 15 * bs);
+    /* masked lanes read nothing: safe at the end of the row */
+    __m512i dm = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), (__mmask16)((1u << n) - 1u), at,
+                                             row + (size_t)bs * (size_t)g0, 1);
+    _mm512_storeu_ps(d, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)));
+    _mm512_storeu_ps(m, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))));
 }
 
 /* Q8_0 group g as integer-valued floats and its scale: a dot product can

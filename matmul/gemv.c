@@ -53,7 +53,37 @@ static inline __attribute__((always_inline)) void rows_t(uint32_t type, int nx, 
                     }
                 }
             }
-        for (int64_t g = 0; g < groups && type != SR_GGML_Q8_0; g++) {
+        /* Q4_1: the scales of 16 groups come in together (one gather), so
+         * that a group's table is an FMA of broadcast loads; group by group
+         * they cost three shuffles, and the shuffle port bounds this loop.
+         * A tail of fewer than 8 groups is cheaper group by group (below). */
+        int64_t gdone = 0;
+        for (; type == SR_GGML_Q4_1 && groups - gdone >= 8; gdone += 16) {
+            const int64_t g0 = gdone;
+            const int ng = groups - g0 < 16 ? (int)(groups - g0) : 16;
+            const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            float ds[2][16], ms[2][16];
+            for (int a = 0; a < nw; a++) sr_matmul__q4_1_scales16(row[a], g0, ng, ds[a], ms[a]);
+            for (int u = 0; u < ng; u++) {
+                const int64_t g = g0 + u;
+                __m512 wv[2][2];
+                _mm_prefetch((const char *)row[0] + ahead + (uint64_t)g * gbytes, _MM_HINT_T0);
+                _mm_prefetch((const char *)row[1] + ahead + (uint64_t)g * gbytes, _MM_HINT_T0);
+                for (int a = 0; a < nw; a++)
+                    sr_matmul__q4_lookup32(((const sr_block_q4_1 *)row[a] + g)->qs,
+                                           _mm512_fmadd_ps(iota, _mm512_set1_ps(ds[a][u]), _mm512_set1_ps(ms[a][u])),
+                                           wv[a]);
+                for (int i = 0; i < nx; i++) {
+                    __m512 x0 = _mm512_loadu_ps(x + i * k + 32 * g), x1 = _mm512_loadu_ps(x + i * k + 32 * g + 16);
+                    for (int a = 0; a < nw; a++) {
+                        acc[a][i][0] = _mm512_fmadd_ps(wv[a][0], x0, acc[a][i][0]);
+                        acc[a][i][1] = _mm512_fmadd_ps(wv[a][1], x1, acc[a][i][1]);
+                    }
+                }
+            }
+        }
+        if (gdone > groups) gdone = groups;
+        for (int64_t g = gdone; g < groups && type != SR_GGML_Q8_0; g++) {
             __m512 wv[2][2];
             _mm_prefetch((const char *)row[0] + ahead + (uint64_t)g * gbytes, _MM_HINT_T0);
             _mm_prefetch((const char *)row[1] + ahead + (uint64_t)g * gbytes, _MM_HINT_T0);

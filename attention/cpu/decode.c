@@ -7,6 +7,16 @@
 #include "attention/cpu/tile.h"
 #include "attention/cpu/simd.h"
 
+/* Into L2: head h of rows [j, j + 16) of pf (of pfn), one 64-byte line at a
+ * time. The kernels spread these over their compute, so that the stream
+ * that comes next (V while scoring, the next tile's K while summing V) is
+ * on its way without a burst of requests that would stall the loads. */
+static inline void prefetch_rows(const void *const *pf, int64_t pfn, int64_t j, int h, size_t hs) {
+    int64_t n = pfn - j < 16 ? pfn - j : 16;
+    for (int64_t t = 0; t < n; t++)
+        for (size_t b = 0; b < hs; b += 64) __builtin_prefetch((const char *)pf[j + t] + (size_t)h * hs + b, 0, 2);
+}
+
 #if defined(__AVX512F__)
 
 SR_ATTN_INLINE __m512 ld16(const void *row, int dt, int c) {
@@ -61,9 +71,10 @@ SR_ATTN_INLINE void scores_block(int rb, int dt, int d, const float *q, const vo
 }
 
 SR_ATTN_INLINE void scores_dt(int dt, int d, const float *q, int rows, int nh, const void *const *kr,
-                              size_t hs, int64_t kn, float *s) {
+                              size_t hs, int64_t kn, float *s, const void *const *pf, int64_t pfn) {
     for (int64_t j = 0; j < kn; j += 16)
         for (int h = 0; h < nh; h++) {
+            prefetch_rows(pf, pfn, j, h, hs);
             const float *qh = q + (size_t)h * rows * d;
             const void *const *kj = kr + j;
             float *sh = s + (size_t)h * rows * SR_ATTN_BK + j;
@@ -80,13 +91,13 @@ SR_ATTN_INLINE void scores_dt(int dt, int d, const float *q, int rows, int nh, c
 }
 
 void sr_attn__narrow_scores(int dt, int d, const float *q, int rows, int nh, const void *const *kr, size_t hs,
-                            int64_t kn, float *s) {
+                            int64_t kn, float *s, const void *const *pf, int64_t pfn) {
     if (dt == SR_DT_F16)
-        scores_dt(SR_DT_F16, d, q, rows, nh, kr, hs, kn, s);
+        scores_dt(SR_DT_F16, d, q, rows, nh, kr, hs, kn, s, pf, pfn);
     else if (dt == SR_DT_BF16)
-        scores_dt(SR_DT_BF16, d, q, rows, nh, kr, hs, kn, s);
+        scores_dt(SR_DT_BF16, d, q, rows, nh, kr, hs, kn, s, pf, pfn);
     else
-        scores_dt(SR_DT_F32, d, q, rows, nh, kr, hs, kn, s);
+        scores_dt(SR_DT_F32, d, q, rows, nh, kr, hs, kn, s, pf, pfn);
 }
 
 /* o[rb rows, 16 nv columns] += P V over kn keys. */
@@ -149,23 +160,25 @@ SR_ATTN_INLINE void pv_head(int dt, float *o, int d, int rows, const float *p, c
 }
 
 SR_ATTN_INLINE void pv_dt(int dt, float *o, int d, int rows, int nh, const float *p, const void *const *vr,
-                          size_t hs, int64_t kn) {
+                          size_t hs, int64_t kn, const void *const *pf, int64_t pfn) {
     for (int64_t j = 0; j < kn; j += 16) {
         int64_t n = kn - j < 16 ? kn - j : 16;
-        for (int h = 0; h < nh; h++)
+        for (int h = 0; h < nh; h++) {
+            prefetch_rows(pf, pfn, j, h, hs);
             pv_head(dt, o + (size_t)h * rows * d, d, rows, p + (size_t)h * rows * SR_ATTN_BK + j, vr + j,
                     (size_t)h * hs, n);
+        }
     }
 }
 
 void sr_attn__narrow_pv(int dt, int d, float *o, int rows, int nh, const float *p, const void *const *vr, size_t hs,
-                        int64_t kn) {
+                        int64_t kn, const void *const *pf, int64_t pfn) {
     if (dt == SR_DT_F16)
-        pv_dt(SR_DT_F16, o, d, rows, nh, p, vr, hs, kn);
+        pv_dt(SR_DT_F16, o, d, rows, nh, p, vr, hs, kn, pf, pfn);
     else if (dt == SR_DT_BF16)
-        pv_dt(SR_DT_BF16, o, d, rows, nh, p, vr, hs, kn);
+        pv_dt(SR_DT_BF16, o, d, rows, nh, p, vr, hs, kn, pf, pfn);
     else
-        pv_dt(SR_DT_F32, o, d, rows, nh, p, vr, hs, kn);
+        pv_dt(SR_DT_F32, o, d, rows, nh, p, vr, hs, kn, pf, pfn);
 }
 
 #else
@@ -177,7 +190,9 @@ static float ld1(const void *row, int dt, int c) {
 }
 
 void sr_attn__narrow_scores(int dt, int d, const float *q, int rows, int nh, const void *const *kr, size_t hs,
-                            int64_t kn, float *s) {
+                            int64_t kn, float *s, const void *const *pf, int64_t pfn) {
+    for (int64_t j = 0; j < pfn; j += 16)
+        for (int h = 0; h < nh; h++) prefetch_rows(pf, pfn, j, h, hs);
     for (int h = 0; h < nh; h++)
         for (int r = 0; r < rows; r++)
             for (int64_t j = 0; j < kn; j++) {
@@ -190,7 +205,9 @@ void sr_attn__narrow_scores(int dt, int d, const float *q, int rows, int nh, con
 }
 
 void sr_attn__narrow_pv(int dt, int d, float *o, int rows, int nh, const float *p, const void *const *vr, size_t hs,
-                        int64_t kn) {
+                        int64_t kn, const void *const *pf, int64_t pfn) {
+    for (int64_t j = 0; j < pfn; j += 16)
+        for (int h = 0; h < nh; h++) prefetch_rows(pf, pfn, j, h, hs);
     for (int64_t j = 0; j < kn; j++)
         for (int h = 0; h < nh; h++)
             for (int r = 0; r < rows; r++) {

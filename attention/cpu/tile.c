@@ -239,33 +239,20 @@ static void wide_tile(sr_attn__ws *ws, const sr_attn_desc *d, const sr_attn_kv *
     pv(ws->o, rows, D, ws->s, 1, mpad, kn, vp, ldv);
 }
 
-/* Decode streams the cache once: ask for the rows of heads [g0, g1) of a
- * tile ahead while this one computes, in address order, so that the
- * requests run ahead of the loads as one sequential stream. */
-static void narrow_prefetch(const sr_attn__ws *ws, const sr_attn_desc *d, const sr_attn_kv *kv, int g0, int g1,
-                            int64_t j0) {
-    if (j0 >= d->nk) return;
-    int64_t kn = d->nk - j0 < SR_ATTN_BK ? d->nk - j0 : SR_ATTN_BK;
-    const void *kr[SR_ATTN_BK], *vr[SR_ATTN_BK];
-    row_ptrs(ws, d, kv, 0, g0, j0, kn, kr);
-    row_ptrs(ws, d, kv, 1, g0, j0, kn, vr);
-    size_t bytes = (size_t)(g1 - g0) * d->head_dim * sr_attn__dtype_size(d->kv_dtype);
-    for (int64_t j = 0; j < kn; j++)
-        for (size_t b = 0; b < bytes; b += 64) __builtin_prefetch((const char *)kr[j] + b, 0, 2);
-    for (int64_t j = 0; j < kn; j++)
-        for (size_t b = 0; b < bytes; b += 64) __builtin_prefetch((const char *)vr[j] + b, 0, 2);
-}
-
 /* One tile of the narrow shape: the M rows of each KV head in [g0, g1). */
 static void narrow_tile(sr_attn__ws *ws, const sr_attn_desc *d, const sr_attn_kv *kv, int g0, int g1, int M,
-                        int64_t j0, int64_t kn) {
+                        int64_t j0, int64_t kn, int64_t kend) {
     int D = d->head_dim, nh = g1 - g0, rows = nh * M;
     size_t hs = (size_t)D * sr_attn__dtype_size(d->kv_dtype);
-    const void *kr[SR_ATTN_BK], *vr[SR_ATTN_BK];
+    const void *kr[SR_ATTN_BK], *vr[SR_ATTN_BK], *kn_r[SR_ATTN_BK];
     row_ptrs(ws, d, kv, 0, g0, j0, kn, kr);
     row_ptrs(ws, d, kv, 1, g0, j0, kn, vr);
-    narrow_prefetch(ws, d, kv, g0, g1, j0 + 2 * SR_ATTN_BK);
-    sr_attn__narrow_scores(d->kv_dtype, D, ws->q, M, nh, kr, hs, kn, ws->s);
+    /* the cache streams once: V is fetched while K is scored, the next
+     * tile's K while V is summed */
+    int64_t j1 = j0 + kn, kn1 = kend - j1 < SR_ATTN_BK ? kend - j1 : SR_ATTN_BK;
+    if (kn1 > 0) row_ptrs(ws, d, kv, 0, g0, j1, kn1, kn_r);
+    else kn1 = 0;
+    sr_attn__narrow_scores(d->kv_dtype, D, ws->q, M, nh, kr, hs, kn, ws->s, vr, kn);
     for (int r = 0; r < rows; r++) {
         float *s = ws->s + (int64_t)r * SR_ATTN_BK;
         int64_t lim = ws->vis[r] - j0;
@@ -275,7 +262,7 @@ static void narrow_tile(sr_attn__ws *ws, const sr_attn_desc *d, const sr_attn_kv
         ws->l[r] = ws->l[r] * ws->alpha[r] + sr_attn__exp2_sum(s, kn, muse);
     }
     scale_rows(ws->o, ws->alpha, rows, D);
-    sr_attn__narrow_pv(d->kv_dtype, D, ws->o, M, nh, ws->s, vr, hs, kn);
+    sr_attn__narrow_pv(d->kv_dtype, D, ws->o, M, nh, ws->s, vr, hs, kn, kn_r, kn1);
 }
 
 void sr_attn__tile_run(sr_attn__ws *ws, const sr_attn_desc *d, const sr_attn_kv *kv, const float *q,
@@ -315,7 +302,7 @@ void sr_attn__tile_run(sr_attn__ws *ws, const sr_attn_desc *d, const sr_attn_kv 
     for (int64_t j0 = ka; j0 < vis_max; j0 += SR_ATTN_BK) {
         int64_t kn = vis_max - j0 < SR_ATTN_BK ? vis_max - j0 : SR_ATTN_BK;
         if (narrow) {
-            narrow_tile(ws, d, kv, g0, g1, M, j0, kn);
+            narrow_tile(ws, d, kv, g0, g1, M, j0, kn, vis_max);
         } else {
             wide_tile(ws, d, kv, g0, rows, mpad, j0, kn, vis_min);
         }

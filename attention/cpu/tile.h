@@ -36,11 +36,13 @@ typedef struct {
  * kr/vr: kn pointers to the first head's part of each key row (head h is
  * h * hs bytes on), padded with pointers to a zero row up to a multiple
  * of 16 (scores reads the padding, pv does not).
- * scores: s[h,r][j] = q_{h,r} . k_{j,h};  pv: o[h,r] += sum_j p[h,r][j] v_{j,h}. */
+ * scores: s[h,r][j] = q_{h,r} . k_{j,h};  pv: o[h,r] += sum_j p[h,r][j] v_{j,h}.
+ * pf: pfn row pointers (laid out as kr) that the kernel prefetches into L2
+ * as it goes: the rows it reads next. */
 void sr_attn__narrow_scores(int dt, int d, const float *q, int rows, int nh, const void *const *kr, size_t hs,
-                            int64_t kn, float *s);
+                            int64_t kn, float *s, const void *const *pf, int64_t pfn);
 void sr_attn__narrow_pv(int dt, int d, float *o, int rows, int nh, const float *p, const void *const *vr, size_t hs,
-                        int64_t kn);
+                        int64_t kn, const void *const *pf, int64_t pfn);
 
 int sr_attn__ws_init(sr_attn__ws *ws, int head_dim, int n_head_kv, int m_max);
 void sr_attn__ws_free(sr_attn__ws *ws);

@@ -293,6 +293,29 @@ static void test_decode_heads(void **state) {
     }
 }
 
+/* Decode prefetches each next tile's K rows while it sums V: KV ranges that
+ * end one row past, at, and one row short of a tile and a page, with pages
+ * of one row and of one tile (the row pointers of the next tile walk the
+ * page list up to its last entry, never past it; the sanitizer build
+ * checks that), on one and two threads. */
+static void test_decode_prefetch_pages(void **state) {
+    (void)state;
+    static const int64_t nks[] = {2049, 4096, 4159};
+    static const int64_t block_lens[] = {1, 64};
+    for (size_t i = 0; i < sizeof nks / sizeof nks[0]; i++) {
+        tcase c = {1, nks[i], 32, 8, 128, 1, nks[i] - 1, 0, SR_DT_F16, 0};
+        tdata t;
+        make_data(&c, &t, -1.0f, 1.0f);
+        for (size_t b = 0; b < sizeof block_lens / sizeof block_lens[0]; b++) {
+            tpages p;
+            sr_attn_kv kv = make_pages(&c, &t, block_lens[b], &p);
+            for (int th = 1; th <= 2; th++) assert_int_equal(run_and_compare(&t, &kv, th, "decode prefetch paged"), 0);
+            free_pages(&p);
+        }
+        free_data(&t);
+    }
+}
+
 /* Splitting the KV range at random cut points (some pieces fully masked)
  * and merging equals the unsplit result, with sr_attn_merge and with a chain
  * of sr_attn_merge_into. */
@@ -479,7 +502,7 @@ int main(void) {
         cmocka_unit_test(test_kv_dtypes),    cmocka_unit_test(test_large_scores),
         cmocka_unit_test(test_paged),        cmocka_unit_test(test_merge_split),
         cmocka_unit_test(test_merge_empty),  cmocka_unit_test(test_decode_long),
-        cmocka_unit_test(test_decode_heads),
+        cmocka_unit_test(test_decode_heads), cmocka_unit_test(test_decode_prefetch_pages),
         cmocka_unit_test(test_errors),       cmocka_unit_test(test_flops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -314,6 +314,21 @@ static void test_products_model_shapes(void **state) {
     }
 }
 
+/* Row lengths around the GEMV's scale chunks (Q4_1 takes the scales of 16
+ * groups at a time, a tail of under 8 groups one by one): 7, 8, 15, 16,
+ * 23 and 24 groups, one and two activation rows, odd and even row counts. */
+static void test_products_scale_chunks(void **state) {
+    (void)state;
+    static const int64_t groups[] = {7, 8, 15, 16, 23, 24};
+    for (size_t t = 0; t < N_TYPES; t++) {
+        if (sr_dequant_block_size(TYPES[t]) != SR_QK) continue;
+        for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
+            run_case(TYPES[t], SR_QK * groups[g], 33, 1, 1);
+            run_case(TYPES[t], SR_QK * groups[g], 34, 2, 2);
+        }
+    }
+}
+
 /* sr_matmul_multi: the same bits as one sr_matmul per weight (decode
  * relies on it to stay equal to the reference), for weights of different
  * types and row counts (the Q, K and V shapes) on 1-3 threads, GEMV and
@@ -521,6 +536,7 @@ int main(void) {
         cmocka_unit_test(test_dequant_random),
         cmocka_unit_test(test_products_all_types),
         cmocka_unit_test(test_products_model_shapes),
+        cmocka_unit_test(test_products_scale_chunks),
         cmocka_unit_test(test_products_odd_k),
         cmocka_unit_test(test_products_q8_activations),
         cmocka_unit_test(test_multi),
