@@ -1872,12 +1872,14 @@ int sr_coord_run(const sr_coord_opts *o) {
     char *dot = strstr(co->model_name, ".gguf");
     if (dot) *dot = 0;
     sr_grpc_opts go = {.max_message = o->max_message, .api_key = o->api_key, .open_prefix = "/grpc.health.v1.Health/",
-                       .on_status = grpc_status};
+                       .on_status = grpc_status, .max_conns = o->max_conns, .timeout_s = o->client_timeout_s,
+                       .idle_s = o->idle_timeout_s};
     if (rc == SR_OK)
         rc = sr_grpc_open(&co->grpc, co->loop, o->listen_host, o->listen_port, methods,
                           (int)(sizeof methods / sizeof methods[0]), &go, co);
     sr_openai_opts ho = {.host = o->http_host, .port = o->http_port, .api_key = o->api_key, .max_body = o->max_message,
-                         .metrics = co->metrics};
+                         .metrics = co->metrics, .max_conns = o->max_conns, .timeout_s = o->client_timeout_s,
+                         .idle_s = o->idle_timeout_s};
     if (rc == SR_OK && o->http_host) {
         rc = sr_openai_open(&co->http, co->loop, co, &ho);
         if (rc == SR_OK) SR_INFO("serving the OpenAI HTTP API on http://%s:%d/v1", o->http_host, sr_openai_port(co->http));
