@@ -18,22 +18,25 @@ typedef struct {
     grpc_feed_result *r;
 } feed;
 
-/* each method's request type; the answers are small messages of any type */
+/* the API's methods and their request types; the answers are small
+ * messages of any type */
+static const struct {
+    const char *path;
+    const ProtobufCMessageDescriptor *d;
+} types[] = {
+    {"/starring.v1.Starring/CreateContext", &starring__v1__context_chunk__descriptor},
+    {"/starring.v1.Starring/Generate", &starring__v1__generate_request__descriptor},
+    {"/starring.v1.Starring/GetContext", &starring__v1__context_ref__descriptor},
+    {"/starring.v1.Starring/ListContexts", &starring__v1__list_contexts_request__descriptor},
+    {"/starring.v1.Starring/DropContext", &starring__v1__context_ref__descriptor},
+    {"/starring.v1.Starring/GetStats", &starring__v1__stats_request__descriptor},
+    {"/grpc.health.v1.Health/Check", &grpc__health__v1__health_check_request__descriptor},
+    {"/grpc.health.v1.Health/Watch", &grpc__health__v1__health_check_request__descriptor},
+};
+#define N_TYPES (sizeof types / sizeof types[0])
+
 static const ProtobufCMessageDescriptor *request_type(const char *path) {
-    static const struct {
-        const char *path;
-        const ProtobufCMessageDescriptor *d;
-    } types[] = {
-        {"/starring.v1.Starring/CreateContext", &starring__v1__context_chunk__descriptor},
-        {"/starring.v1.Starring/Generate", &starring__v1__generate_request__descriptor},
-        {"/starring.v1.Starring/GetContext", &starring__v1__context_ref__descriptor},
-        {"/starring.v1.Starring/ListContexts", &starring__v1__list_contexts_request__descriptor},
-        {"/starring.v1.Starring/DropContext", &starring__v1__context_ref__descriptor},
-        {"/starring.v1.Starring/GetStats", &starring__v1__stats_request__descriptor},
-        {"/grpc.health.v1.Health/Check", &grpc__health__v1__health_check_request__descriptor},
-        {"/grpc.health.v1.Health/Watch", &grpc__health__v1__health_check_request__descriptor},
-    };
-    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+    for (size_t i = 0; i < N_TYPES; i++)
         if (strcmp(types[i].path, path) == 0) return types[i].d;
     return NULL;
 }
@@ -143,16 +146,8 @@ static void parse_output(const feed *f, grpc_feed_result *r) {
 }
 
 int grpc_feed(const uint8_t *data, size_t n, size_t piece, grpc_feed_result *r) {
-    static const sr_grpc_method methods[] = {
-        {"/starring.v1.Starring/CreateContext", on_message, on_end, on_cancel},
-        {"/starring.v1.Starring/Generate", on_message, on_end, on_cancel},
-        {"/starring.v1.Starring/GetContext", on_message, on_end, on_cancel},
-        {"/starring.v1.Starring/ListContexts", on_message, on_end, on_cancel},
-        {"/starring.v1.Starring/DropContext", on_message, on_end, on_cancel},
-        {"/starring.v1.Starring/GetStats", on_message, on_end, on_cancel},
-        {"/grpc.health.v1.Health/Check", on_message, on_end, on_cancel},
-        {"/grpc.health.v1.Health/Watch", on_message, on_end, on_cancel},
-    };
+    sr_grpc_method methods[N_TYPES];
+    for (size_t i = 0; i < N_TYPES; i++) methods[i] = (sr_grpc_method){types[i].path, on_message, on_end, on_cancel};
     memset(r, 0, sizeof *r);
     feed f = {.r = r};
     uv_loop_t loop;
@@ -160,7 +155,7 @@ int grpc_feed(const uint8_t *data, size_t n, size_t piece, grpc_feed_result *r) 
     sr_grpc *g;
     sr_grpc__conn *c;
     sr_grpc_opts o = {.max_message = GRPC_FEED_MAX_MESSAGE, .max_streams = 8};
-    if (sr_grpc__new(&g, &loop, methods, (int)(sizeof methods / sizeof methods[0]), &o, &f) != 0) {
+    if (sr_grpc__new(&g, &loop, methods, (int)N_TYPES, &o, &f) != 0) {
         uv_loop_close(&loop);
         return -1;
     }
