@@ -32,7 +32,7 @@ from daemon_support import code_of, Daemon, Tap, starring_client  # noqa: E402
 
 pb = starring_client.pb
 MAX_CONNS = 12
-CLIENT_TIMEOUT = 2
+CLIENT_TIMEOUT = 1
 IDLE_TIMEOUT = 4
 MAX_MESSAGE = 64 << 10
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -272,7 +272,6 @@ def flood(t, d, w):
             except OSError:
                 pass
             socks.append(s)
-        ok = w.served()
         n_refused = sum(refused(f) for f in first_answers(socks))
         time.sleep(1.2)  # a refusal after the first one's second is logged, with the count of those unlogged
         late = socket.create_connection(("127.0.0.1", port))
@@ -282,6 +281,7 @@ def flood(t, d, w):
             pass
         late_refused = refused(first_answers([late])[0])
         late.close()
+        ok = w.served()
         for s in socks:
             s.close()
         t.check(ok and n_refused == over and late_refused,
