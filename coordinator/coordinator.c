@@ -38,6 +38,7 @@ typedef struct {
     sr_conn *conn;          /* set at the Welcome */
     int joined, ok, lost;
     double last_beat;
+    int64_t data_sent, data_received; /* its data-plane bytes, as of its last heartbeat */
     int64_t kv_budget;
     uint8_t *addr;          /* its block of the address exchange's round, until all are in */
     size_t addr_len;
@@ -1397,6 +1398,10 @@ static void get_stats_end(sr_grpc_call *call) {
         ws[w].kv_budget_bytes = co->o->kv_budget;
         ws[w].last_heartbeat_s = co->w[w].last_beat ? sr_now() - co->w[w].last_beat : -1;
         ws[w].up = co->w[w].ok && !co->w[w].lost;
+        ws[w].data_sent_bytes = co->w[w].data_sent;
+        ws[w].data_received_bytes = co->w[w].data_received;
+        s.data_sent_bytes += co->w[w].data_sent;
+        s.data_received_bytes += co->w[w].data_received;
         wp[w] = &ws[w];
     }
     for (cctx *c = co->ctxs; c; c = c->next) {
@@ -1425,7 +1430,8 @@ static void metrics_gauges(sr_metrics_gauges *g, void *data) {
     g->queue_depth = co->in_flight;
     g->queue_capacity = co->o->queue;
     for (int w = 0; w < W; w++)
-        ws[w] = (sr_metrics_worker){.worker = w, .up = co->w[w].ok && !co->w[w].lost, .kv_budget_bytes = co->o->kv_budget};
+        ws[w] = (sr_metrics_worker){.worker = w, .up = co->w[w].ok && !co->w[w].lost, .kv_budget_bytes = co->o->kv_budget,
+                                    .data_sent_bytes = co->w[w].data_sent, .data_received_bytes = co->w[w].data_received};
     for (cctx *c = co->ctxs; c; c = c->next) {
         if (c->state != CTX_READY) continue;
         g->contexts += !c->ephemeral;
@@ -1691,7 +1697,10 @@ static int on_control_frame(sr_conn *c, sr_frame *f) {
     }
     co->w[w].last_beat = sr_now();
     switch (f->kind_case) {
-    case STARRING__CONTROL__V1__FRAME__KIND_HEARTBEAT: break;
+    case STARRING__CONTROL__V1__FRAME__KIND_HEARTBEAT:
+        co->w[w].data_sent = f->heartbeat->data_sent_bytes;
+        co->w[w].data_received = f->heartbeat->data_received_bytes;
+        break;
     case STARRING__CONTROL__V1__FRAME__KIND_JOIN: rc = on_join(co, w, c, f->join); break;
     case STARRING__CONTROL__V1__FRAME__KIND_ADDRESS: rc = on_address(co, w, f->address); break;
     case STARRING__CONTROL__V1__FRAME__KIND_PREFILLED: on_prefilled(co, w, f->prefilled); break;
@@ -1872,12 +1881,14 @@ int sr_coord_run(const sr_coord_opts *o) {
     char *dot = strstr(co->model_name, ".gguf");
     if (dot) *dot = 0;
     sr_grpc_opts go = {.max_message = o->max_message, .api_key = o->api_key, .open_prefix = "/grpc.health.v1.Health/",
-                       .on_status = grpc_status};
+                       .on_status = grpc_status, .max_conns = o->max_conns, .timeout_s = o->client_timeout_s,
+                       .idle_s = o->idle_timeout_s};
     if (rc == SR_OK)
         rc = sr_grpc_open(&co->grpc, co->loop, o->listen_host, o->listen_port, methods,
                           (int)(sizeof methods / sizeof methods[0]), &go, co);
     sr_openai_opts ho = {.host = o->http_host, .port = o->http_port, .api_key = o->api_key, .max_body = o->max_message,
-                         .metrics = co->metrics};
+                         .metrics = co->metrics, .max_conns = o->max_conns, .timeout_s = o->client_timeout_s,
+                         .idle_s = o->idle_timeout_s};
     if (rc == SR_OK && o->http_host) {
         rc = sr_openai_open(&co->http, co->loop, co, &ho);
         if (rc == SR_OK) SR_INFO("serving the OpenAI HTTP API on http://%s:%d/v1", o->http_host, sr_openai_port(co->http));

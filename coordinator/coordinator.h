@@ -34,6 +34,9 @@ typedef struct {
     int queue;                /* requests admitted at once */
     size_t max_message;       /* gRPC request message bytes */
     size_t max_frame;         /* control frame bytes */
+    int max_conns;            /* client connections at once, per client port */
+    double client_timeout_s;  /* a client's time to its first request, and to send a request whole */
+    double idle_timeout_s;    /* a client connection with nothing in progress is closed after */
     int64_t max_context;      /* tokens of a context */
     int64_t max_batch;        /* the workers' model rows (ring holds a worker's share in one batch) */
     int32_t max_tokens;       /* most tokens a question may ask for */

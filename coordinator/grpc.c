@@ -13,9 +13,11 @@
 #include "base/log.h"
 #include "base/status.h"
 #include "coordinator/auth.h"
+#include "coordinator/grpc_session.h"
 #include "net/conn.h"
+#include "net/limit.h"
 
-typedef struct conn conn;
+typedef struct sr_grpc__conn conn;
 
 struct sr_grpc {
     uv_loop_t *loop;
@@ -30,6 +32,7 @@ struct sr_grpc {
     int handles;            /* open uv handles; the server is freed at 0 */
     int closing;
     sr_auth auth;
+    sr_limit limit;
 };
 
 struct sr_grpc_call {
@@ -41,6 +44,8 @@ struct sr_grpc_call {
     int authorized;          /* the authorization metadata carries the API key */
     double deadline;         /* sr_now() seconds; 0: none */
     uv_timer_t *timer;
+    uv_timer_t *input;       /* the client's time to send the headers, a message whole, or the next one */
+    int64_t n_msgs;          /* request messages taken */
     uint8_t *in;             /* a partial request message: 5-byte prefix, then body */
     size_t n_in, cap_in;
     int refused;             /* input refused: the rest is ignored */
@@ -53,13 +58,15 @@ struct sr_grpc_call {
     sr_grpc_call *next;      /* in the connection's list */
 };
 
-struct conn {
-    uv_tcp_t tcp;
+struct sr_grpc__conn {
+    uv_tcp_t tcp;            /* not opened for a socketless connection (sink set) */
+    sr_grpc__sink sink;
+    void *sink_data;
     sr_grpc *g;
     nghttp2_session *s;
-    uv_timer_t *preface;     /* closes a connection that never speaks HTTP/2 */
+    uv_timer_t *timer;       /* no call open: the time to the preface, to the end of a frame begun, or to idle */
     sr_grpc_call *calls;
-    int dirty, closing;
+    int dirty, closing, counted, spoke, in_frame;
     char peer[64];
     conn *next, *prev;
 };
@@ -102,12 +109,29 @@ static void timer_drop(uv_timer_t **t) {
     *t = NULL;
 }
 
+/* (Re)starts *t, made on first use, to fire after s seconds. */
+static int timer_set(sr_grpc *g, uv_timer_t **t, void *data, uv_timer_cb cb, double s) {
+    if (!*t) {
+        if (!(*t = malloc(sizeof **t)) || uv_timer_init(g->loop, *t) != 0) {
+            free(*t);
+            *t = NULL;
+            return sr_error_set(SR_ENOMEM, "gRPC: out of memory for a timer");
+        }
+    }
+    (*t)->data = data;
+    uv_timer_start(*t, cb, s > 0 ? (uint64_t)(s * 1e3) + 1 : 0, 0);
+    return SR_OK;
+}
+
 static void mark(conn *c) { c->dirty = 1; }
+
+static void conn_close(conn *c, const char *why);
 
 /* --------------------------------------------------------------- calls */
 
 static void call_free(sr_grpc_call *call) {
     timer_drop(&call->timer);
+    timer_drop(&call->input);
     free(call->in);
     free(call->out);
     free(call->message);
@@ -229,6 +253,7 @@ static void call_end(sr_grpc_call *call, int status, const char *msg) {
     call->status = status;
     call->message = msg && *msg ? strdup(msg) : NULL;
     timer_drop(&call->timer);
+    timer_drop(&call->input);
     if (call->c->g->o.on_status) call->c->g->o.on_status(call->m ? call->m->path : NULL, status, call->c->g->data);
     if (status != SR_GRPC_OK)
         SR_DEBUG("gRPC %s from %s: %s %s", call->path, call->c->peer, sr_grpc_status_name(status), msg ? msg : "");
@@ -257,6 +282,32 @@ static void call_abort(sr_grpc_call *call, int status, const char *msg) {
     call->refused = 1;
     call_cancel(call, status);
     call_end(call, status, msg);
+}
+
+/* The server refuses what the client sent: logged, naming the peer. */
+static void call_refuse(sr_grpc_call *call, int status, const char *msg) {
+    SR_WARN("gRPC %s from %s refused: %s %s", call->path, call->c->peer, sr_grpc_status_name(status), msg);
+    call_abort(call, status, msg);
+}
+
+/* A client too slow to send its request (or silent within it) holds a
+ * stream and a connection: it loses the connection. */
+static void on_input_timeout(uv_timer_t *t) {
+    sr_grpc_call *call = t->data;
+    if (!call) return;
+    const sr_grpc_opts *o = &call->c->g->o;
+    int between = call->path[0] && !call->n_in; /* headers done, no message begun */
+    char why[400];
+    snprintf(why, sizeof why, "%s of %.200s not received within %.3g s (starringd %s)",
+             between ? "the next request message" : call->path[0] ? "a request message" : "the request headers",
+             call->path[0] ? call->path : "a call", between ? o->idle_s : o->timeout_s,
+             between ? "--idle-timeout" : "--client-timeout");
+    conn_close(call->c, why);
+}
+
+static void input_wait(sr_grpc_call *call, double s) {
+    if (timer_set(call->c->g, &call->input, call, on_input_timeout, s) != SR_OK)
+        SR_WARN("gRPC: %s (no input deadline for a call of %s)", sr_error_msg(), call->c->peer);
 }
 
 static void on_deadline(uv_timer_t *t) {
@@ -296,6 +347,9 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud
     call->next = c->calls;
     c->calls = call;
     nghttp2_session_set_stream_user_data(s, f->hd.stream_id, call);
+    if (c->timer) uv_timer_stop(c->timer); /* a call is open: the connection is not idle */
+    c->in_frame = 0;
+    input_wait(call, c->g->o.timeout_s);
     return 0;
 }
 
@@ -366,14 +420,15 @@ static void call_input(sr_grpc_call *call) {
             char msg[160];
             snprintf(msg, sizeof msg, "request message of %zu bytes is over the server's cap of %zu bytes "
                      "(starringd --max-message)", len, cap);
-            call_abort(call, SR_GRPC_RESOURCE_EXHAUSTED, msg);
+            call_refuse(call, SR_GRPC_RESOURCE_EXHAUSTED, msg);
             return;
         }
         if (h[0] != 0) {
-            call_abort(call, SR_GRPC_UNIMPLEMENTED, "compressed messages are not supported (send identity)");
+            call_refuse(call, SR_GRPC_UNIMPLEMENTED, "compressed messages are not supported (send identity)");
             return;
         }
         if (call->n_in < 5 + len) return;
+        call->n_msgs++;
         call->m->on_message(call, call->in + 5, len);
         if (call->finished || call->released) return;
         memmove(call->in, call->in + 5 + len, call->n_in - 5 - len);
@@ -386,6 +441,8 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
     if (!call || call->refused || call->finished || !call->m) return 0;
     /* only the prefix and what the cap allows are ever buffered */
     size_t cap = call->c->g->o.max_message + 5;
+    int64_t msgs = call->n_msgs;
+    int began = call->n_in == 0 && len > 0;
     while (len > 0 && !call->refused && !call->finished) {
         size_t room = cap - call->n_in, take = len < room ? len : room;
         if (take == 0) break;
@@ -397,19 +454,31 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
         len -= take;
         call_input(call);
     }
+    /* a message begun has timeout_s to arrive whole; between two, idle_s */
+    if (!call->refused && !call->finished && !call->released && call->input) {
+        if (call->n_in == 0 && (began || call->n_msgs != msgs)) input_wait(call, call->c->g->o.idle_s);
+        else if (call->n_in > 0 && (began || call->n_msgs != msgs)) input_wait(call, call->c->g->o.timeout_s);
+    }
     return 0;
 }
 
+static void conn_idle(conn *c);
+
 static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud) {
     conn *c = ud;
-    timer_drop(&c->preface);
+    c->spoke = 1;
+    if (!c->calls) conn_idle(c);
     if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) return 0;
     sr_grpc_call *call = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
     if (!call) return 0;
-    if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_REQUEST) call_start(call);
+    if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        call_start(call);
+        if (call->input && !call->finished) input_wait(call, c->g->o.idle_s);
+    }
+    if (f->hd.flags & NGHTTP2_FLAG_END_STREAM) timer_drop(&call->input);
     if ((f->hd.flags & NGHTTP2_FLAG_END_STREAM) && !call->refused && !call->finished && !call->released && call->m) {
         if (call->n_in > 0)
-            call_abort(call, SR_GRPC_INTERNAL, "the request ended inside a message");
+            call_refuse(call, SR_GRPC_INTERNAL, "the request ended inside a message");
         else if (call->m->on_end)
             call->m->on_end(call);
     }
@@ -427,23 +496,45 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t error_code, 
             break;
         }
     call_free(call);
+    if (!c->calls) conn_idle(c);
     return 0;
 }
 
+/* Once the answer of a call has ended while the client may still send on
+ * it (a refusal, or an answer before the request's end), the stream is
+ * reset, as gRPC servers do, so that the client stops sending. */
+static int on_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *ud) {
+    conn *c = ud;
+    /* what nghttp2 found wrong with the client's bytes, as it answers them */
+    if (f->hd.type == NGHTTP2_GOAWAY && f->goaway.error_code != NGHTTP2_NO_ERROR)
+        SR_WARN("gRPC: the HTTP/2 of %s is wrong: %s (%.*s); GOAWAY sent", c->peer,
+                nghttp2_http2_strerror(f->goaway.error_code), (int)(f->goaway.opaque_data_len > 200 ? 200 : f->goaway.opaque_data_len),
+                (const char *)f->goaway.opaque_data);
+    if (f->hd.type == NGHTTP2_RST_STREAM && f->rst_stream.error_code != NGHTTP2_NO_ERROR)
+        SR_INFO("gRPC: stream %d of %s reset: %s", f->hd.stream_id, c->peer, nghttp2_http2_strerror(f->rst_stream.error_code));
+    if (f->hd.type != NGHTTP2_HEADERS || !(f->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;
+    if (nghttp2_session_get_stream_remote_close(s, f->hd.stream_id) == 0)
+        nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_NO_ERROR);
+    return 0;
+}
+
+
 /* ---------------------------------------------------------- connections */
 
-static void on_conn_closed(uv_handle_t *h) {
-    conn *c = h->data;
+static void conn_free(conn *c) {
     sr_grpc *g = c->g;
+    if (c->counted) sr_limit_give(&g->limit);
     free(c);
     server_unref(g);
 }
 
+static void on_conn_closed(uv_handle_t *h) { conn_free(h->data); }
+
 static void conn_close(conn *c, const char *why) {
     if (c->closing) return;
     c->closing = 1;
-    if (why) SR_INFO("gRPC: closing the connection of %s: %s", c->peer, why);
-    timer_drop(&c->preface);
+    if (why) SR_WARN("gRPC: closing the connection of %s: %s", c->peer, why);
+    timer_drop(&c->timer);
     for (sr_grpc_call *call = c->calls, *next; call; call = next) {
         next = call->next;
         call_cancel(call, SR_GRPC_CANCELLED);
@@ -456,13 +547,18 @@ static void conn_close(conn *c, const char *why) {
     if (c->prev) c->prev->next = c->next;
     else c->g->conns = c->next;
     if (c->next) c->next->prev = c->prev;
-    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+    if (c->sink) {
+        c->sink(c->sink_data, NULL, 0);
+        conn_free(c);
+    } else {
+        uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+    }
 }
 
 static void on_written(uv_write_t *w, int status) {
     conn *c = w->data;
     free(w);
-    if (status < 0) conn_close(c, uv_strerror(status));
+    if (status < 0 && status != UV_ECANCELED) conn_close(c, uv_strerror(status));
 }
 
 static void conn_flush(conn *c) {
@@ -486,7 +582,10 @@ static void conn_flush(conn *c) {
         }
         if (buf_append(&buf, &n, &cap, data, (size_t)k) != SR_OK) break;
     }
-    if (buf) {
+    if (buf && c->sink) {
+        c->sink(c->sink_data, buf + sizeof(uv_write_t), n - sizeof(uv_write_t));
+        free(buf);
+    } else if (buf) {
         uv_write_t *w = (uv_write_t *)buf;
         w->data = c;
         uv_buf_t b = uv_buf_init((char *)buf + sizeof(uv_write_t), (unsigned)(n - sizeof(uv_write_t)));
@@ -508,94 +607,178 @@ static void on_flush(uv_prepare_t *p) {
     }
 }
 
+/* Bytes from the client; SR_OK, or an error once the connection is closed
+ * over them (it is gone then). */
+static void on_conn_timeout(uv_timer_t *t);
+
+static int conn_feed(conn *c, const uint8_t *b, size_t n) {
+    /* with no call open, a frame begun has timeout_s to end (a call's
+     * frames have their own deadlines), else a slow client idles */
+    if (c->spoke && !c->calls && !c->in_frame && n > 0) {
+        c->in_frame = 1;
+        if (timer_set(c->g, &c->timer, c, on_conn_timeout, c->g->o.timeout_s) != SR_OK)
+            SR_WARN("gRPC: %s (no frame deadline for %s)", sr_error_msg(), c->peer);
+    }
+    ssize_t k = nghttp2_session_mem_recv(c->s, b, n);
+    if (k < 0) {
+        char why[128];
+        snprintf(why, sizeof why, "not HTTP/2 (%s)", nghttp2_strerror((int)k));
+        conn_close(c, why);
+        return SR_EFORMAT;
+    }
+    mark(c);
+    return SR_OK;
+}
+
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b) {
     conn *c = st->data;
     if (nread < 0) {
         free(b->base);
-        conn_close(c, nread == UV_EOF ? NULL : uv_strerror((int)nread));
+        /* a peer that goes mid-request, or before it spoke HTTP/2, is worth a line */
+        conn_close(c, nread != UV_EOF ? uv_strerror((int)nread)
+                      : !c->spoke     ? "it went away before its HTTP/2 preface"
+                      : c->calls      ? "it went away with calls open"
+                                      : NULL);
         return;
     }
-    if (nread > 0 && !c->closing) {
-        ssize_t k = nghttp2_session_mem_recv(c->s, (const uint8_t *)b->base, (size_t)nread);
-        if (k < 0) {
-            char why[128];
-            snprintf(why, sizeof why, "not HTTP/2 (%s)", nghttp2_strerror((int)k));
-            free(b->base);
-            conn_close(c, why);
-            return;
-        }
-        mark(c);
-    }
+    if (nread > 0 && !c->closing) conn_feed(c, (const uint8_t *)b->base, (size_t)nread);
     free(b->base);
 }
 
-static void on_preface_timeout(uv_timer_t *t) {
+static void on_conn_timeout(uv_timer_t *t) {
     conn *c = t->data;
-    if (c) conn_close(c, "no HTTP/2 preface in time");
+    if (!c) return;
+    if (!c->spoke || c->in_frame) {
+        char why[128];
+        snprintf(why, sizeof why, "%s within %.3g s (starringd --client-timeout)",
+                 c->spoke ? "an HTTP/2 frame begun was not received whole" : "no HTTP/2 preface", c->g->o.timeout_s);
+        conn_close(c, why);
+        return;
+    }
+    /* idle: GOAWAY (the client reconnects when it needs to), then the close */
+    SR_INFO("gRPC: closing the connection of %s: idle for %.3g s", c->peer, c->g->o.idle_s);
+    if (nghttp2_session_terminate_session(c->s, NGHTTP2_NO_ERROR) != 0) conn_close(c, NULL);
+    else mark(c);
+}
+
+/* No call is open (any more): the connection may idle for idle_s. */
+static void conn_idle(conn *c) {
+    c->in_frame = 0;
+    if (c->closing || c->calls) return;
+    if (timer_set(c->g, &c->timer, c, on_conn_timeout, c->g->o.idle_s) != SR_OK)
+        SR_WARN("gRPC: %s (no idle timeout for %s)", sr_error_msg(), c->peer);
+}
+
+/* A connection's session, its first SETTINGS and the preface deadline. */
+static int conn_start(conn *c) {
+    sr_grpc *g = c->g;
+    nghttp2_session_callbacks *cb;
+    if (nghttp2_session_callbacks_new(&cb) != 0) return sr_error_set(SR_ENOMEM, "gRPC: out of memory");
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    int rv = nghttp2_session_server_new(&c->s, cb, c);
+    nghttp2_session_callbacks_del(cb);
+    nghttp2_settings_entry set[] = {{NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, g->o.max_streams}};
+    if (rv != 0 || nghttp2_submit_settings(c->s, NGHTTP2_FLAG_NONE, set, 1) != 0)
+        return sr_error_set(SR_ENOMEM, "gRPC: could not start an HTTP/2 session");
+    int rc = timer_set(g, &c->timer, c, on_conn_timeout, g->o.timeout_s);
+    if (rc != SR_OK) return rc;
+    mark(c);
+    return SR_OK;
+}
+
+static conn *conn_new(sr_grpc *g) {
+    conn *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->g = g;
+    g->handles++;
+    c->next = g->conns;
+    if (g->conns) g->conns->prev = c;
+    g->conns = c;
+    return c;
 }
 
 static void on_connection(uv_stream_t *ls, int status) {
     sr_grpc *g = ls->data;
     if (status < 0 || g->closing) return;
-    conn *c = calloc(1, sizeof *c);
-    if (!c) return;
-    c->g = g;
+    conn *c = conn_new(g);
+    if (!c) {
+        SR_WARN("gRPC: out of memory for a connection");
+        return;
+    }
     uv_tcp_init(g->loop, &c->tcp);
     c->tcp.data = c;
-    g->handles++;
-    c->next = g->conns;
-    if (g->conns) g->conns->prev = c;
-    g->conns = c;
     if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
         conn_close(c, "accept failed");
         return;
     }
     sr_peer_name(&c->tcp, c->peer, sizeof c->peer);
-    uv_tcp_nodelay(&c->tcp, 1);
-    nghttp2_session_callbacks *cb;
-    nghttp2_session_callbacks_new(&cb);
-    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
-    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
-    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
-    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
-    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
-    int rv = nghttp2_session_server_new(&c->s, cb, c);
-    nghttp2_session_callbacks_del(cb);
-    nghttp2_settings_entry set[] = {{NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, g->o.max_streams}};
-    if (rv != 0 || nghttp2_submit_settings(c->s, NGHTTP2_FLAG_NONE, set, 1) != 0) {
-        conn_close(c, "could not start an HTTP/2 session");
+    /* accepted and closed at once: left in the backlog it would stall everyone */
+    if (!(c->counted = sr_limit_take(&g->limit, "gRPC", c->peer))) {
+        conn_close(c, NULL);
         return;
     }
-    if ((c->preface = malloc(sizeof *c->preface)) && uv_timer_init(g->loop, c->preface) == 0) {
-        c->preface->data = c;
-        uv_timer_start(c->preface, on_preface_timeout, (uint64_t)(g->o.preface_timeout_s * 1e3), 0);
-    } else {
-        free(c->preface);
-        c->preface = NULL;
+    uv_tcp_nodelay(&c->tcp, 1);
+    if (conn_start(c) != SR_OK) {
+        conn_close(c, sr_error_msg());
+        return;
     }
-    uv_read_start((uv_stream_t *)&c->tcp, sr_conn_alloc, on_read);
-    mark(c);
+    if (uv_read_start((uv_stream_t *)&c->tcp, sr_conn_alloc, on_read) != 0) conn_close(c, "cannot read");
 }
+
+int sr_grpc__conn_open(sr_grpc__conn **out, sr_grpc *g, sr_grpc__sink sink, void *data) {
+    *out = NULL;
+    if (!sink) return sr_error_set(SR_EINVAL, "sr_grpc__conn_open: no sink");
+    conn *c = conn_new(g);
+    if (!c) return sr_error_set(SR_ENOMEM, "gRPC: out of memory for a connection");
+    c->sink = sink;
+    c->sink_data = data;
+    snprintf(c->peer, sizeof c->peer, "(socketless)");
+    int rc = conn_start(c);
+    if (rc != SR_OK) {
+        c->sink = NULL; /* says nothing to a caller that gets the error */
+        c->closing = 1;
+        timer_drop(&c->timer);
+        if (c->s) nghttp2_session_del(c->s);
+        if (c->prev) c->prev->next = c->next;
+        else g->conns = c->next;
+        if (c->next) c->next->prev = c->prev;
+        conn_free(c);
+        return rc;
+    }
+    *out = c;
+    return SR_OK;
+}
+
+int sr_grpc__conn_feed(sr_grpc__conn *c, const uint8_t *b, size_t n) { return conn_feed(c, b, n); }
 
 /* --------------------------------------------------------------- server */
 
-int sr_grpc_open(sr_grpc **out, uv_loop_t *loop, const char *host, int port, const sr_grpc_method *methods,
-                 int n_methods, const sr_grpc_opts *opts, void *data) {
+int sr_grpc__new(sr_grpc **out, uv_loop_t *loop, const sr_grpc_method *methods, int n_methods,
+                 const sr_grpc_opts *opts, void *data) {
     *out = NULL;
-    if (port < 0 || port > 65535) return sr_error_set(SR_EINVAL, "gRPC: port %d must be in 0..65535", port);
+    if (n_methods < 0 || (n_methods && !methods))
+        return sr_error_set(SR_EINVAL, "gRPC: %d methods at %p", n_methods, (const void *)methods);
     sr_grpc *g = calloc(1, sizeof *g);
     if (!g || !(g->methods = malloc(sizeof *methods * (size_t)(n_methods + 1)))) {
         free(g);
         return sr_error_set(SR_ENOMEM, "gRPC: out of memory");
     }
-    memcpy(g->methods, methods, sizeof *methods * (size_t)n_methods);
+    if (n_methods) memcpy(g->methods, methods, sizeof *methods * (size_t)n_methods);
     g->n_methods = n_methods;
     g->loop = loop;
     g->data = data;
     if (opts) g->o = *opts;
     if (!g->o.max_message) g->o.max_message = SR_GRPC_MAX_MESSAGE;
     if (!g->o.max_streams) g->o.max_streams = 100;
-    if (g->o.preface_timeout_s <= 0) g->o.preface_timeout_s = 5;
+    if (g->o.max_conns <= 0) g->o.max_conns = 1024;
+    if (!(g->o.timeout_s > 0)) g->o.timeout_s = 10;
+    if (!(g->o.idle_s > 0)) g->o.idle_s = 300;
+    sr_limit_init(&g->limit, g->o.max_conns);
     int rc = sr_auth_init(&g->auth, g->o.api_key);
     if (rc != SR_OK) {
         free(g->methods);
@@ -606,12 +789,23 @@ int sr_grpc_open(sr_grpc **out, uv_loop_t *loop, const char *host, int port, con
     uv_prepare_init(loop, &g->flush);
     g->listener.data = g->flush.data = g;
     g->handles = 2;
+    uv_prepare_start(&g->flush, on_flush);
+    *out = g;
+    return SR_OK;
+}
+
+int sr_grpc_open(sr_grpc **out, uv_loop_t *loop, const char *host, int port, const sr_grpc_method *methods,
+                 int n_methods, const sr_grpc_opts *opts, void *data) {
+    *out = NULL;
+    if (port < 0 || port > 65535) return sr_error_set(SR_EINVAL, "gRPC: port %d must be in 0..65535", port);
+    sr_grpc *g;
+    int rc = sr_grpc__new(&g, loop, methods, n_methods, opts, data);
+    if (rc != SR_OK) return rc;
     rc = sr_listen(&g->listener, loop, host, port, on_connection, &g->port);
     if (rc != SR_OK) {
         sr_grpc_close(g);
         return rc;
     }
-    uv_prepare_start(&g->flush, on_flush);
     *out = g;
     return SR_OK;
 }

@@ -14,9 +14,15 @@
  * Input is capped before it is buffered: a request message longer than
  * max_message is answered RESOURCE_EXHAUSTED, an unknown path
  * UNIMPLEMENTED, a call without the API key (opts.api_key)
- * UNAUTHENTICATED; bytes that are not HTTP/2 close that connection, and a
- * connection that has not sent a valid HTTP/2 preface within a few seconds
- * is closed too. Replies are flushed once per loop turn (a uv_prepare_t). */
+ * UNAUTHENTICATED; bytes that are not HTTP/2 close that connection. A
+ * refusal is logged with the peer's address. A client that is too slow
+ * loses its connection (logged): one that has not sent the HTTP/2 preface
+ * within timeout_s, a call's headers or a request message not whole within
+ * timeout_s of their first byte, a call silent for idle_s between two
+ * messages; an idle connection (no call open for idle_s) gets GOAWAY. A
+ * connection over max_conns is closed as it is accepted (logged at most
+ * once a second, net/limit.h). Replies are flushed once per loop turn (a
+ * uv_prepare_t). */
 #ifndef SR_COORDINATOR_GRPC_H
 #define SR_COORDINATOR_GRPC_H
 
@@ -55,7 +61,13 @@ typedef struct {
 typedef struct {
     size_t max_message;         /* request message bytes; 0: SR_GRPC_MAX_MESSAGE */
     uint32_t max_streams;       /* concurrent calls per connection; 0: 100 */
-    double preface_timeout_s;   /* 0: 5 */
+    int max_conns;              /* connections at once; 0: 1024 */
+    /* a client's time to send its HTTP/2 preface, a call's headers, and a
+     * request message whole once begun; 0: 10 */
+    double timeout_s;
+    /* a connection with no call open, or a call between two request
+     * messages, may be silent for this long; 0: 300 */
+    double idle_s;
     /* NULL or "": no key. Else every call needs "authorization: Bearer KEY"
      * metadata (UNAUTHENTICATED otherwise, logged with the peer's address),
      * but those whose path starts with open_prefix (the health checks) */

@@ -214,6 +214,16 @@ int sr_metrics_render(const sr_metrics *m, const sr_metrics_gauges *g, char **ou
         for (int w = 0; w < g->workers; w++)
             fprintf(f, "starring_kv_budget_bytes{worker=\"%d\"} %lld\n", g->worker[w].worker,
                     (long long)g->worker[w].kv_budget_bytes);
+        head(f, "starring_data_plane_sent_bytes_total", "counter",
+             "Data-plane bytes (KV blocks, queries, partial outputs) the worker sent to other workers, as of its last heartbeat.");
+        for (int w = 0; w < g->workers; w++)
+            fprintf(f, "starring_data_plane_sent_bytes_total{worker=\"%d\"} %lld\n", g->worker[w].worker,
+                    (long long)g->worker[w].data_sent_bytes);
+        head(f, "starring_data_plane_received_bytes_total", "counter",
+             "Data-plane bytes the worker received from other workers, as of its last heartbeat.");
+        for (int w = 0; w < g->workers; w++)
+            fprintf(f, "starring_data_plane_received_bytes_total{worker=\"%d\"} %lld\n", g->worker[w].worker,
+                    (long long)g->worker[w].data_received_bytes);
     }
     if (fclose(f) != 0 || !buf) {
         free(buf);

@@ -562,7 +562,8 @@ int sr_openai_open(sr_openai **out, uv_loop_t *loop, sr_coord *co, const sr_open
     a->metrics = o->metrics;
     int rc = sr_auth_init(&a->auth, o->api_key);
     sr_http_opts ho = {.max_body = o->max_body, .error_body = error_body, .error_type = "application/json",
-                       .on_status = count_status};
+                       .on_status = count_status, .max_conns = o->max_conns, .timeout_s = o->timeout_s,
+                       .idle_s = o->idle_s};
     if (rc == SR_OK)
         rc = sr_http_open(&a->http, loop, o->host, o->port, routes, (int)(sizeof routes / sizeof routes[0]), &ho, a);
     if (rc != SR_OK) {

@@ -22,6 +22,8 @@ typedef struct {
     const char *api_key;    /* NULL or "": none; /health needs none */
     size_t max_body;        /* request body bytes */
     sr_metrics *metrics;    /* NULL: none; else every answer's status is counted */
+    int max_conns;          /* connections at once (net/http.h's opts; 0: its defaults) */
+    double timeout_s, idle_s;
 } sr_openai_opts;
 
 int sr_openai_open(sr_openai **out, uv_loop_t *loop, sr_coord *co, const sr_openai_opts *o);

@@ -23,6 +23,16 @@ const sr_cfg_def sr_cfg_table[SR_CFG_N] = {
                       "requests admitted at once; more get RESOURCE_EXHAUSTED"},
     [SR_CFG_MAX_MESSAGE] = {"max-message", 0, SR_CFG_BYTES, "4M", 1024, 1 << 30, NULL, "largest gRPC request message and HTTP request body"},
     [SR_CFG_MAX_FRAME] = {"max-frame", 0, SR_CFG_BYTES, "80M", 1024, 1u << 31, NULL, "largest control-plane frame"},
+    [SR_CFG_MAX_CONNECTIONS] = {"max-connections", 0, SR_CFG_INT, "1024", 1, 1 << 20, NULL,
+                                "client connections at once on each client port (gRPC, HTTP); more are closed as they "
+                                "come (logged at most once a second)"},
+    [SR_CFG_CLIENT_TIMEOUT] = {"client-timeout", 0, SR_CFG_NUM, "10", 0.1, 3600, NULL,
+                               "seconds a client has to send its first request (gRPC: the HTTP/2 preface), and a request "
+                               "(its headers, each message, an HTTP body) to arrive whole once begun; a slower client is "
+                               "dropped (logged)"},
+    [SR_CFG_IDLE_TIMEOUT] = {"idle-timeout", 0, SR_CFG_NUM, "300", 0.1, 86400, NULL,
+                             "seconds a client connection may stay open with no request in progress (gRPC: no call "
+                             "open, or a call between two of its messages) before it is closed"},
     [SR_CFG_MAX_CONTEXT] = {"max-context", 0, SR_CFG_INT, "1048576", 1, 1 << 30, NULL, "most tokens of a context"},
     [SR_CFG_MAX_TOKENS] = {"max-tokens", 0, SR_CFG_INT, "4096", 1, 1 << 30, NULL, "most tokens a question may ask for"},
     [SR_CFG_DEFAULT_TOKENS] = {"default-tokens", 0, SR_CFG_INT, "128", 1, 1 << 30, NULL,

@@ -123,6 +123,8 @@ static int run_coordinator(const sr_config *c, int workers, const unsigned char 
         .control_port = cport, .workers = workers, .kv_budget = (int64_t)c->v[SR_CFG_KV_BUDGET],
         .queue = (int)c->v[SR_CFG_QUEUE], .max_message = (size_t)c->v[SR_CFG_MAX_MESSAGE],
         .max_frame = (size_t)c->v[SR_CFG_MAX_FRAME], .max_context = (int64_t)c->v[SR_CFG_MAX_CONTEXT],
+        .max_conns = (int)c->v[SR_CFG_MAX_CONNECTIONS], .client_timeout_s = c->v[SR_CFG_CLIENT_TIMEOUT],
+        .idle_timeout_s = c->v[SR_CFG_IDLE_TIMEOUT],
         .max_batch = (int64_t)c->v[SR_CFG_BATCH], .max_tokens = (int32_t)c->v[SR_CFG_MAX_TOKENS],
         .default_tokens = (int32_t)c->v[SR_CFG_DEFAULT_TOKENS], .mode = c->s[SR_CFG_MODE], .heartbeat_s = c->v[SR_CFG_HEARTBEAT],
         .shutdown_grace_s = c->v[SR_CFG_SHUTDOWN_GRACE], .http_host = http ? hhost : NULL, .http_port = hport,

@@ -194,6 +194,7 @@ static void on_beat(uv_timer_t *t) {
     FRAME(hb, heartbeat, HEARTBEAT, Starring__Control__V1__Heartbeat, STARRING__CONTROL__V1__HEARTBEAT__INIT);
     hb.worker = w->index;
     hb.seq = ++w->beat_seq;
+    if (joined) sr_tp_bytes(w->tp, &hb.data_sent_bytes, &hb.data_received_bytes); /* w->tp is set before joined */
     sr_conn_send(w->conn, &hb_f);
 }
 

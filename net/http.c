@@ -11,6 +11,7 @@
 #include "base/log.h"
 #include "base/status.h"
 #include "net/conn.h"
+#include "net/limit.h"
 
 #define MAX_HEADERS 64
 
@@ -40,6 +41,8 @@ struct conn {
     char *head;                     /* request line and headers, NUL-separated; max_header + slack bytes */
     size_t n_head, cap_head;
     int last_was_value, in_message, busy, processing, reading, ending, closing, handles;
+    int counted;                    /* holds a place under the connection limit */
+    int64_t served;                 /* requests answered */
     int fail_status;                /* a parser callback's reason to answer an error */
     char fail_msg[160];
     char *in;                       /* bytes read, not yet parsed */
@@ -55,7 +58,8 @@ struct sr_http {
     int n_routes;
     sr_http_opts o;
     void *data;
-    int port, n_conns, refs, closing;
+    int port, refs, closing;
+    sr_limit limit;
     conn *conns;
 };
 
@@ -146,7 +150,7 @@ static void conn_close(conn *c, const char *why) {
     c->busy = 0;
     *c->pprev = c->next;
     if (c->next) c->next->pprev = c->pprev;
-    c->h->n_conns--;
+    if (c->counted) sr_limit_give(&c->h->limit);
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
 }
@@ -176,14 +180,19 @@ static void on_timeout(uv_timer_t *t) {
                           "Connection: close\r\n\r\n", c->h->o.error_body ? c->h->o.error_type : "text/plain",
                           strlen(body));
         if (conn_write(c, head, (size_t)nh, body, strlen(body), NULL, 0) == SR_OK) conn_close_after_writes(c);
+    } else if (!c->served) {
+        SR_WARN("http: closing the connection of %s: no request within %.1f s of connecting", c->peer,
+                c->h->o.timeout_s);
+        conn_close(c, NULL);
     } else {
+        SR_INFO("http: closing the connection of %s: idle for %.3g s", c->peer, c->h->o.idle_s);
         conn_close(c, NULL);
     }
 }
 
-static void timer_arm(conn *c) {
-    uv_timer_start(&c->timer, on_timeout, (uint64_t)(c->h->o.timeout_s * 1000), 0);
-}
+/* A request (or the first one) has timeout_s to arrive; between requests a
+ * connection may idle for idle_s. */
+static void timer_arm(conn *c, double s) { uv_timer_start(&c->timer, on_timeout, (uint64_t)(s * 1000), 0); }
 
 /* ------------------------------------------------------------ answers */
 
@@ -204,11 +213,12 @@ static void request_done(conn *c) {
     rq->route = NULL;
     rq->streaming = 0;
     rq->n_body = 0;
+    c->served++;
     if (!keep) {
         conn_close_after_writes(c);
         return;
     }
-    timer_arm(c);
+    timer_arm(c, c->h->o.idle_s);
     if (!c->reading && !c->closing) read_start(c);
     conn_process(c);
 }
@@ -250,13 +260,14 @@ int sr_http_stream_end(sr_http_req *rq) {
     return rc;
 }
 
-/* The server's own error answer; the connection closes after it. */
-static void conn_fail(conn *c, int status, const char *msg) {
+/* The server's own error answer; the connection closes after it (logged
+ * unless quiet: the caller has logged it). */
+static void conn_fail(conn *c, int status, const char *msg, int quiet) {
     sr_http *h = c->h;
     char body[1024];
     if (h->o.error_body) h->o.error_body(status, msg, body, sizeof body);
     else snprintf(body, sizeof body, "%s\n", msg);
-    SR_INFO("http: %s: %d %s", c->peer, status, msg);
+    if (!quiet) SR_INFO("http: %s: %d %s", c->peer, status, msg);
     c->rq.keep_alive = 0;
     char head[512], framing[64];
     snprintf(framing, sizeof framing, "Content-Length: %zu\r\n", strlen(body));
@@ -302,7 +313,7 @@ static int on_message_begin(http_parser *p) {
     rq->n_headers = 0;
     rq->n_body = 0;
     rq->url = c->head;
-    timer_arm(c);
+    timer_arm(c, c->h->o.timeout_s);
     return 0;
 }
 
@@ -420,14 +431,14 @@ static void conn_process(conn *c) {
         c->off_in += n;
         enum http_errno e = HTTP_PARSER_ERRNO(&c->p);
         if (c->fail_status) {
-            conn_fail(c, c->fail_status, c->fail_msg);
+            conn_fail(c, c->fail_status, c->fail_msg, 0);
             break;
         }
         if (e == HPE_PAUSED) {
             http_parser_pause(&c->p, 0);
             dispatch(c);
         } else if (e != HPE_OK) {
-            conn_fail(c, 400, http_errno_description(e));
+            conn_fail(c, 400, http_errno_description(e), 0);
             break;
         }
     }
@@ -441,7 +452,11 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
     conn *c = s->data;
     if (nread < 0) {
         free(b->base);
-        conn_close(c, c->busy ? (nread == UV_EOF ? "the client went away mid-answer" : uv_strerror((int)nread)) : NULL);
+        const char *why = nread != UV_EOF ? uv_strerror((int)nread)
+                          : c->busy       ? "the client went away mid-answer"
+                          : c->in_message ? "the client went away mid-request"
+                                          : NULL;
+        conn_close(c, why);
         return;
     }
     if (nread > 0 && !c->closing && !c->ending) {
@@ -496,7 +511,6 @@ static void on_connection(uv_stream_t *s, int status) {
     c->tcp.data = c->timer.data = c;
     c->handles = 2;
     h->refs++;
-    h->n_conns++;
     c->next = h->conns;
     if (c->next) c->next->pprev = &c->next;
     c->pprev = &h->conns;
@@ -508,14 +522,13 @@ static void on_connection(uv_stream_t *s, int status) {
         return;
     }
     sr_peer_name(&c->tcp, c->peer, sizeof c->peer);
-    if (h->n_conns > h->o.max_conns) {
+    if (!(c->counted = sr_limit_take(&h->limit, "http", c->peer))) {
         char msg[128];
-        SR_WARN("http: refusing %s: %d connections at once is the limit", c->peer, h->o.max_conns);
         snprintf(msg, sizeof msg, "this server takes %d connections at once: try again", h->o.max_conns);
-        conn_fail(c, 503, msg);
+        conn_fail(c, 503, msg, 1);
         return;
     }
-    timer_arm(c);
+    timer_arm(c, h->o.timeout_s);
     read_start(c);
 }
 
@@ -544,6 +557,8 @@ int sr_http_open(sr_http **out, uv_loop_t *loop, const char *host, int port, con
     if (!h->o.max_body) h->o.max_body = 1 << 20;
     if (h->o.max_conns <= 0) h->o.max_conns = 256;
     if (!(h->o.timeout_s > 0)) h->o.timeout_s = 30;
+    if (!(h->o.idle_s > 0)) h->o.idle_s = h->o.timeout_s;
+    sr_limit_init(&h->limit, h->o.max_conns);
     if (!h->o.max_unsent) h->o.max_unsent = 16 << 20;
     if (!h->o.error_type) h->o.error_type = "text/plain";
     h->refs = 1;

@@ -17,8 +17,10 @@
  * 413 for a body over max_body (refused on its Content-Length before any
  * of it is buffered), 404 for an unknown path, 405 for a known path with
  * another method, 408 for a request not read within timeout_s of its first
- * byte (a slow client), and 503 for a connection over max_conns. An idle
- * keep-alive connection is closed after timeout_s. */
+ * byte (a slow client), and 503 for a connection over max_conns (logged
+ * at most once a second: net/limit.h). A connection that sends no request
+ * within timeout_s of connecting is closed (logged), and so is a keep-alive
+ * one idle for idle_s. */
 #ifndef SR_NET_HTTP_H
 #define SR_NET_HTTP_H
 
@@ -40,7 +42,8 @@ typedef struct {
     size_t max_header;  /* bytes of the request line and headers; 0: 16 KiB */
     size_t max_body;    /* bytes of a body; 0: 1 MiB */
     int max_conns;      /* connections at once; 0: 256 */
-    double timeout_s;   /* to read a request, and to idle between requests; 0: 30 */
+    double timeout_s;   /* to send the first request, and to send a request whole once begun; 0: 30 */
+    double idle_s;      /* to idle between requests; 0: timeout_s */
     size_t max_unsent;  /* response bytes a client may leave unread before it is dropped; 0: 16 MiB */
     /* the body of the server's own error answers (writes at most cap bytes,
      * NUL-terminated); NULL: the message as text/plain */

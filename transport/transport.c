@@ -130,9 +130,21 @@ int sr_tp_test(sr_tp_req *req, int *done) {
     return req->tp->be->test(req, done);
 }
 
+static void count(sr_tp *tp, int64_t sent, int64_t received) {
+    __atomic_fetch_add(&tp->sent_bytes, sent, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&tp->received_bytes, received, __ATOMIC_RELAXED);
+}
+
+void sr_tp_bytes(const sr_tp *tp, int64_t *sent, int64_t *received) {
+    *sent = __atomic_load_n(&tp->sent_bytes, __ATOMIC_RELAXED);
+    *received = __atomic_load_n(&tp->received_bytes, __ATOMIC_RELAXED);
+}
+
 int sr_tp_wait(sr_tp_req *req) {
     if (!req) return SR_OK;
-    int rc = req->tp->be->wait(req);
+    sr_tp *tp = req->tp;
+    int rc = tp->be->wait(req);
+    if (rc == SR_OK && req->peer != tp->rank) count(tp, req->is_send ? req->len : 0, req->is_send ? 0 : req->len);
     free(req);
     return rc;
 }
@@ -204,8 +216,10 @@ int sr_tp_bcast(sr_tp *tp, void *buf, int64_t len, int root) {
         return sr_error_set(SR_EINVAL, "sr_tp_bcast: bad buffer (%lld bytes)", (long long)len);
     if (root < 0 || root >= tp->size)
         return sr_error_set(SR_EINVAL, "bcast root %d out of range 0..%d", root, tp->size - 1);
-    if (tp->be->bcast) return tp->be->bcast(tp, buf, len, root);
-    return p2p_bcast(tp, buf, len, root);
+    if (!tp->be->bcast) return p2p_bcast(tp, buf, len, root);
+    int rc = tp->be->bcast(tp, buf, len, root);
+    if (rc == SR_OK) count(tp, tp->rank == root ? len * (tp->size - 1) : 0, tp->rank == root ? 0 : len);
+    return rc;
 }
 
 int sr_tp_gather(sr_tp *tp, const void *send, int64_t len, void *recv, int root) {
@@ -214,8 +228,10 @@ int sr_tp_gather(sr_tp *tp, const void *send, int64_t len, void *recv, int root)
         return sr_error_set(SR_EINVAL, "gather root %d out of range 0..%d", root, tp->size - 1);
     if (len < 0 || (len > 0 && (!send || (tp->rank == root && !recv))))
         return sr_error_set(SR_EINVAL, "sr_tp_gather: bad buffer (%lld bytes)", (long long)len);
-    if (tp->be->gather) return tp->be->gather(tp, send, len, recv, root);
-    return p2p_gather(tp, send, len, recv, root, TAG_GATHER);
+    if (!tp->be->gather) return p2p_gather(tp, send, len, recv, root, TAG_GATHER);
+    int rc = tp->be->gather(tp, send, len, recv, root);
+    if (rc == SR_OK) count(tp, tp->rank == root ? 0 : len, tp->rank == root ? len * (tp->size - 1) : 0);
+    return rc;
 }
 
 int sr_tp_allgather(sr_tp *tp, const void *send, int64_t len, void *recv) {

@@ -159,6 +159,11 @@ int sr_tp_wait(sr_tp_req *req);
  * returns the first failure. */
 int sr_tp_waitall(int n, sr_tp_req **reqs);
 
+/* Bytes of the messages completed to and from other ranks (collectives
+ * included; a rank's messages to itself are not), since the open. Any
+ * thread may read them while another uses the transport. */
+void sr_tp_bytes(const sr_tp *tp, int64_t *sent, int64_t *received);
+
 /* Returns once every rank has entered the barrier. */
 int sr_tp_barrier(sr_tp *tp);
 
@@ -196,6 +201,7 @@ struct sr_tp {
     int device_memory;
     void *impl; /* the backend's state */
     void *data; /* free for the user */
+    int64_t sent_bytes, received_bytes; /* sr_tp_bytes (atomic) */
 };
 
 struct sr_tp_req {

@@ -4,14 +4,17 @@ HTTP, one gRPC call failing with NOT_FOUND, one HTTP request on no route),
 parsed by prometheus_client's own text parser (so the format is right):
 requests by method and status, tokens out equal to the tokens generated,
 the time-to-first-token, decode and prefill histograms, resident contexts,
-KV bytes and budget per worker, workers up, control-plane bytes; and
-GetStats carries the same figures."""
+KV bytes and budget per worker, workers up, control-plane bytes,
+data-plane bytes per worker both ways (a Ring prefill over 2 workers moves
+KV between them: each one's counters grow); and GetStats carries the same
+figures."""
 import http.client
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 
 import grpc
 
@@ -102,6 +105,25 @@ def port_in_use(t):
         s.close()
 
 
+def data_plane_moved(mport, before, timeout=30):
+    """Waits until every worker's data-plane counters (sent and received)
+    are above those of the scrape `before`, and (the heartbeats of the
+    workers come at their own times) until what they sent in all equals
+    what they received."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        _, _, now = scrape(mport)
+        grew = [by_label(now, n, "worker").get(str(w), 0) > by_label(before, n, "worker").get(str(w), 0)
+                for n in ("starring_data_plane_sent_bytes_total", "starring_data_plane_received_bytes_total")
+                for w in range(WORKERS)]
+        total = [sum(by_label(now, n, "worker").values())
+                 for n in ("starring_data_plane_sent_bytes_total", "starring_data_plane_received_bytes_total")]
+        if all(grew) and total[0] == total[1]:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def run(t, d, mport):
     ctype, fams, before = scrape(mport)
     t.check(ctype and ctype.startswith("text/plain") and "version=0.0.4" in ctype, f"Content-Type {ctype}")
@@ -110,7 +132,8 @@ def run(t, d, mport):
             "starring_prefill_seconds": "histogram", "starring_decode_seconds": "histogram",
             "starring_time_to_first_token_seconds": "histogram", "starring_queue_depth": "gauge",
             "starring_contexts": "gauge", "starring_kv_bytes": "gauge", "starring_kv_budget_bytes": "gauge",
-            "starring_worker_up": "gauge"}
+            "starring_worker_up": "gauge", "starring_data_plane_sent_bytes": "counter",
+            "starring_data_plane_received_bytes": "counter"}
     wrong = {n: (fams[n].type if n in fams else None) for n, ty in want.items() if n not in fams or fams[n].type != ty}
     t.check(not wrong, f"every family parses with its type ({len(fams)} families; wrong or missing: {wrong})")
     ups = by_label(before, "starring_worker_up", "worker")
@@ -136,10 +159,13 @@ def run(t, d, mport):
         t.check(st == 200 and usage.get("completion_tokens") == 6, f"an HTTP completion: {st} {usage}")
         st404, _, _ = request(d.http_port, "GET", "/v1/nothing")
         t.check(st404 == 404, f"an HTTP request on no route: {st404}")
+        # the workers' data-plane bytes come with their heartbeats (one a second)
+        moved = data_plane_moved(mport, before)
         stats = g.stats()
         _, _, after = scrape(mport)
     finally:
         g.close()
+    t.check(moved, "data-plane bytes grew on every worker both ways after the Ring prefill and questions")
 
     def delta(name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)
@@ -189,6 +215,17 @@ def run(t, d, mport):
             all(h.counts[i] == value(after, "starring_time_to_first_token_seconds_bucket", le=f"{b:g}")
                 for i, b in enumerate(h.bounds)),
             f"GetStats' time-to-first-token histogram is the scraped one ({h.count} observations)")
+    sent = by_label(after, "starring_data_plane_sent_bytes_total", "worker")
+    got_ = by_label(after, "starring_data_plane_received_bytes_total", "worker")
+    t.check(stats.data_sent_bytes == sum(w.data_sent_bytes for w in stats.worker) > 0 and
+            stats.data_received_bytes == sum(w.data_received_bytes for w in stats.worker) > 0 and
+            all(w.data_sent_bytes <= sent[str(w.worker)] and w.data_received_bytes <= got_[str(w.worker)]
+                for w in stats.worker),
+            f"GetStats: data-plane bytes per worker, sent {[w.data_sent_bytes for w in stats.worker]}, received "
+            f"{[w.data_received_bytes for w in stats.worker]} (scraped after: {sent}, {got_})")
+    # what one worker sends the other receives: a pair's totals agree once the heartbeats are in
+    t.check(sum(sent.values()) == sum(got_.values()), f"bytes sent equal bytes received over the workers "
+            f"({sum(sent.values())}, {sum(got_.values())})")
     t.check([w.up for w in stats.worker] == [True] * WORKERS and
             stats.control_sent_bytes <= value(after, "starring_control_sent_bytes_total"),
             "GetStats: workers up, control bytes")
