@@ -227,10 +227,15 @@ class Cluster:
         self.join = f"127.0.0.1:{self.cluster_port}"
         self.secret = secret_file(tempfile.mkdtemp(dir=directory))
         self.args = list(args)
-        self.coordinator = Proc("coordinator", [
+        self.coordinator_args = [
             "--role", "coordinator", "--model", model_path(), "--listen", self.addr, "--http-listen", "off",
-            "--cluster-listen", self.join, "--cluster-secret-file", self.secret, "--workers", str(workers)] + self.args)
+            "--cluster-listen", self.join, "--cluster-secret-file", self.secret, "--workers", str(workers)] + self.args
+        self.coordinator = Proc("coordinator", self.coordinator_args)
         self.workers = []
+
+    def restart_coordinator(self):
+        """A new coordinator on the same ports and secret (the old one must be gone)."""
+        self.coordinator = Proc("coordinator", self.coordinator_args)
 
     def start_worker(self, *args, secret=None):
         """A worker that joins the coordinator (with secret, another key
