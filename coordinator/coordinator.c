@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sodium.h>
 #include <uv.h>
 
 #include "base/clock.h"
@@ -1681,6 +1682,10 @@ static int on_hello(coord *co, peer *p, const sr_frame *f) {
     wl.key_salt.len = sizeof co->key_salt;
     int rc = sr_conn_send(p->conn, &wl_f);
     if (rc != SR_OK) return rc;
+    unsigned char key[SR_JOIN_KEY_BYTES];
+    sr_join_session_key(key, co->o->secret, co->o->secret_len, p->nonce, h->nonce.data);
+    sr_conn_secure(p->conn, key, SR_JOIN_COORDINATOR, SR_JOIN_WORKER);
+    sodium_memzero(key, sizeof key);
     uv_timer_stop(&p->deadline);
     p->slot = slot;
     co->w[slot].conn = p->conn;

@@ -250,6 +250,10 @@ static int on_welcome(wrk *w, const Starring__Control__V1__Welcome *wl) {
         w->index = wl->worker;
         w->n_workers = wl->workers;
         sr_join_data_key(w->data_key, w->o->secret, w->o->secret_len, wl->key_salt.data);
+        unsigned char key[SR_JOIN_KEY_BYTES];
+        sr_join_session_key(key, w->o->secret, w->o->secret_len, w->coord_nonce, w->nonce);
+        sr_conn_secure(w->conn, key, SR_JOIN_WORKER, SR_JOIN_COORDINATOR);
+        sodium_memzero(key, sizeof key);
         w->welcomed = 1;
     } else {
         snprintf(w->join_error, sizeof w->join_error, "%s", sr_error_msg());
