@@ -51,6 +51,7 @@ typedef struct peer {
     uv_timer_t deadline;
     unsigned char nonce[SR_JOIN_NONCE_BYTES];
     int slot;               /* the worker's index; -1 until the Welcome */
+    int pending;            /* counted in n_pending: the Welcome is not out yet */
     struct peer *next;
 } peer;
 
@@ -155,6 +156,9 @@ struct coord {
     int broken;             /* a worker is gone for good (mpirun) or could not start */
     char broken_why[256];
     int fixed;              /* the workers asked for their indexes (mpirun ranks): a loss cannot be mended */
+    int n_pending;          /* control connections that have not proved the secret yet */
+    double refused_at;      /* when the last refusal over max_pending was logged */
+    int64_t refused_quiet;  /* refusals since, not logged */
     char lost_why[256];     /* the last loss, until the workers are all up again */
     cctx *ctxs;
     req *gens;
@@ -1686,7 +1690,10 @@ static int on_hello(coord *co, peer *p, const sr_frame *f) {
     sr_join_session_key(key, co->o->secret, co->o->secret_len, p->nonce, h->nonce.data);
     sr_conn_secure(p->conn, key, SR_JOIN_COORDINATOR, SR_JOIN_WORKER);
     sodium_memzero(key, sizeof key);
+    p->conn->rd.cap = co->o->max_frame;
     uv_timer_stop(&p->deadline);
+    co->n_pending -= p->pending;
+    p->pending = 0;
     p->slot = slot;
     co->w[slot].conn = p->conn;
     co->w[slot].last_beat = sr_now();
@@ -1797,6 +1804,7 @@ static void on_control_close(sr_conn *c, const char *why) {
             break;
         }
     uv_close((uv_handle_t *)&p->deadline, peer_free);
+    co->n_pending -= p->pending;
     if (w < 0) return;
     free(co->w[w].addr);
     co->w[w].addr = NULL;
@@ -1834,7 +1842,7 @@ static void on_control_connection(uv_stream_t *s, int status) {
         SR_WARN("out of memory for a control connection");
         return;
     }
-    if (sr_conn_accept(&c, s, co->o->max_frame, on_control_frame, on_control_close, p) != SR_OK) {
+    if (sr_conn_accept(&c, s, SR_JOIN_FRAME_MAX, on_control_frame, on_control_close, p) != SR_OK) {
         SR_WARN("%s", sr_error_msg());
         free(p);
         return;
@@ -1846,6 +1854,23 @@ static void on_control_connection(uv_stream_t *s, int status) {
     co->peers = p;
     uv_timer_init(co->loop, &p->deadline);
     p->deadline.data = p;
+    /* a flood of connections that never join must not crowd out the workers */
+    if (co->o->max_pending > 0 && co->n_pending >= co->o->max_pending) {
+        /* one line a second at most, so that the flood does not flood the log */
+        if (sr_now() - co->refused_at >= 1) {
+            SR_WARN("refused a control connection from %s: %d are already proving the cluster secret "
+                    "(--cluster-max-pending); %lld more refused since the last such line", c->peer, co->n_pending,
+                    (long long)co->refused_quiet);
+            co->refused_at = sr_now();
+            co->refused_quiet = 0;
+        } else {
+            co->refused_quiet++;
+        }
+        sr_conn_close(c, NULL);
+        return;
+    }
+    p->pending = 1;
+    co->n_pending++;
     uv_timer_start(&p->deadline, on_join_deadline, (uint64_t)(co->o->join_timeout_s * 1e3), 0);
     FRAME(ch, challenge, CHALLENGE, Starring__Control__V1__Challenge, STARRING__CONTROL__V1__CHALLENGE__INIT);
     ch.nonce.data = p->nonce;

@@ -129,6 +129,7 @@ static int run_coordinator(const sr_config *c, int workers, const unsigned char 
         .metrics_host = metrics ? mhost : NULL, .metrics_port = mport,
         .keep_prompts = (int)c->v[SR_CFG_KEEP_PROMPTS], .api_key = key, .secret = secret,
         .secret_len = SR_TP_SECRET_BYTES, .join_timeout_s = c->v[SR_CFG_JOIN_TIMEOUT],
+        .max_pending = (int)c->v[SR_CFG_CLUSTER_MAX_PENDING],
         .on_listening = role == ROLE_MPIRUN ? coordinator_listening : NULL,
         .on_ready = sr_notify_ready, .on_tick = sr_notify_tick, .on_stopping = sr_notify_stopping};
     return sr_coord_run(&o);

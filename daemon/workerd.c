@@ -254,6 +254,7 @@ static int on_welcome(wrk *w, const Starring__Control__V1__Welcome *wl) {
         sr_join_session_key(key, w->o->secret, w->o->secret_len, w->coord_nonce, w->nonce);
         sr_conn_secure(w->conn, key, SR_JOIN_WORKER, SR_JOIN_COORDINATOR);
         sodium_memzero(key, sizeof key);
+        w->conn->rd.cap = w->o->max_frame;
         w->welcomed = 1;
     } else {
         snprintf(w->join_error, sizeof w->join_error, "%s", sr_error_msg());
@@ -350,7 +351,7 @@ static void on_connect(sr_conn *c, int status) {
  * loop runs, so that a bad address fails the start). */
 static void connect_coordinator(wrk *w) {
     w->challenged = 0;
-    if (sr_conn_connect(&w->conn, &w->loop, w->o->coord_host, w->o->coord_port, w->o->max_frame, on_frame,
+    if (sr_conn_connect(&w->conn, &w->loop, w->o->coord_host, w->o->coord_port, SR_JOIN_FRAME_MAX, on_frame,
                         on_conn_close, on_connect, w) == SR_OK)
         return;
     SR_ERROR("worker %d: %s", w->index, sr_error_msg());
@@ -1127,7 +1128,7 @@ int sr_workerd_run(const sr_workerd_opts *o) {
     w->wake.data = w->beat.data = w->leave.data = w->sigterm.data = w->sigint.data = w;
     uv_signal_start(&w->sigterm, on_signal, SIGTERM);
     uv_signal_start(&w->sigint, on_signal, SIGINT);
-    int rc = sr_conn_connect(&w->conn, &w->loop, o->coord_host, o->coord_port, o->max_frame, on_frame, on_conn_close,
+    int rc = sr_conn_connect(&w->conn, &w->loop, o->coord_host, o->coord_port, SR_JOIN_FRAME_MAX, on_frame, on_conn_close,
                              on_connect, w);
     if (rc != SR_OK) {
         uv_close((uv_handle_t *)&w->wake, NULL);

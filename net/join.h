@@ -26,6 +26,11 @@
 
 enum { SR_JOIN_WORKER = 1, SR_JOIN_COORDINATOR = 2 };
 
+/* The frames of the join are small: the frame cap until the Welcome, so
+ * that a peer that has proved nothing cannot make either side allocate
+ * more (the configured cap, --max-frame, applies after it). */
+#define SR_JOIN_FRAME_MAX 4096
+
 /* A fresh random nonce. */
 int sr_join_nonce(unsigned char nonce[SR_JOIN_NONCE_BYTES]);
 
