@@ -178,11 +178,12 @@ def secret_file(directory, name="cluster.key"):
 class Proc:
     """One starringd process of a cluster without mpirun, its log in a file."""
 
-    def __init__(self, name, args):
+    def __init__(self, name, args, wrap=()):
+        """wrap: a command line that runs starringd (such as `ip netns exec NS`)."""
         self.name = name
         self.log = tempfile.NamedTemporaryFile(prefix=f"starringd-{name}-", suffix=".log", delete=False)
         env = dict(os.environ, OMP_WAIT_POLICY="passive", OMP_NUM_THREADS="1")
-        self.proc = subprocess.Popen([os.path.join(ROOT, BUILD, "starringd")] + args, stdout=self.log,
+        self.proc = subprocess.Popen(list(wrap) + [os.path.join(ROOT, BUILD, "starringd")] + args, stdout=self.log,
                                      stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
     def log_text(self):

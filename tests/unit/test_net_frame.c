@@ -4,7 +4,10 @@
  * field, and a receiver that stops the stream. Frames with a MAC: the MAC
  * is HMAC-SHA256 over direction, sequence number and body (checked against
  * libsodium directly), and a frame tampered with, replayed, reordered,
- * reflected, under another key, or without a MAC is refused. */
+ * reflected, under another key, or without a MAC is refused. Every input
+ * kept in tests/data/control/ (fuzz seeds: seed-* decode to frames;
+ * refusals: bad-*; what the fuzzer found: found-*; its merged corpus:
+ * corpus-*) passes the check of tests/fuzz/fuzz_control_frame.c. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,10 +16,15 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <dirent.h>
 #include <sodium.h>
+#include <stdio.h>
 
 #include "base/status.h"
 #include "net/frame.h"
+#include "tests/unit/control_frame_check.h"
+
+#define DATA_DIR "tests/data/control"
 
 typedef struct {
     int n;          /* frames received */
@@ -296,13 +304,42 @@ static void test_mac_missing(void **state) {
     expect_cut_off(1, big, sizeof big, 0);
 }
 
+static void test_kept_inputs(void **state) {
+    DIR *d = opendir(DATA_DIR);
+    if (!d) fail_msg("cannot open %s (run from the repository root)", DATA_DIR);
+    int seeds = 0, bad = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.') continue;
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", DATA_DIR, e->d_name);
+        FILE *f = fopen(path, "rb");
+        if (!f) fail_msg("cannot read %s", path);
+        static uint8_t buf[1 << 16];
+        size_t n = fread(buf, 1, sizeof buf, f);
+        fclose(f);
+        int frames, rc;
+        const char *why = sr_test_control_stream(buf, n, &frames, &rc);
+        if (why) fail_msg("%s: %s", path, why);
+        if (strncmp(e->d_name, "seed-", 5) == 0) {
+            seeds++;
+            if (rc != SR_OK || frames < 1) fail_msg("%s: a seed gives %d frames and status %d", path, frames, rc);
+        } else if (strncmp(e->d_name, "bad-", 4) == 0) {
+            bad++;
+            if (rc == SR_OK) fail_msg("%s: a bad input is not refused (%d frames)", path, frames);
+        }
+    }
+    closedir(d);
+    if (seeds < 10 || bad < 8) fail_msg("%s holds %d seed-* and %d bad-* files; expected the seeds and refusals", DATA_DIR,
+                                        seeds, bad);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip_in_pieces), cmocka_unit_test(test_short_input_waits),
         cmocka_unit_test(test_oversized_refused_from_the_length), cmocka_unit_test(test_garbage),
         cmocka_unit_test(test_receiver_stops), cmocka_unit_test(test_mac_round_trip),
         cmocka_unit_test(test_mac_tampered), cmocka_unit_test(test_mac_replayed_reordered_reflected),
-        cmocka_unit_test(test_mac_missing),
+        cmocka_unit_test(test_mac_missing), cmocka_unit_test(test_kept_inputs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
