@@ -152,6 +152,7 @@ struct coord {
     peer *peers;
     unsigned char key_salt[SR_JOIN_NONCE_BYTES]; /* the data plane's key, with the secret (net/join.h) */
     int64_t x_round;        /* address exchange rounds done */
+    int64_t beat_seq;       /* the coordinator's heartbeats to the workers */
     int n_ready;
     int broken;             /* a worker is gone for good (mpirun) or could not start */
     char broken_why[256];
@@ -1878,9 +1879,16 @@ static void on_control_connection(uv_stream_t *s, int status) {
     if (sr_join_nonce(p->nonce) != SR_OK || sr_conn_send(c, &ch_f) != SR_OK) sr_conn_close(c, sr_error_msg());
 }
 
+/* Every heartbeat interval (1 s at most): the coordinator's own heartbeat
+ * to the workers, so that they notice a coordinator that went silent (its
+ * host gone, a link cut) as it notices them. */
 static void on_tick(uv_timer_t *t) {
     coord *co = t->data;
     if (co->o->on_tick) co->o->on_tick(co->o->data);
+    FRAME(hb, heartbeat, HEARTBEAT, Starring__Control__V1__Heartbeat, STARRING__CONTROL__V1__HEARTBEAT__INIT);
+    hb.worker = -1;
+    hb.seq = ++co->beat_seq;
+    to_workers(co, &hb_f, -1);
     double late = 10 * co->o->heartbeat_s;
     for (int i = 0; i < co->o->workers; i++)
         if (co->w[i].conn && sr_now() - co->w[i].last_beat > late) {
@@ -2003,7 +2011,8 @@ int sr_coord_run(const sr_coord_opts *o) {
     if (rc == SR_OK) {
         SR_INFO("serving gRPC on %s:%d (NOT_SERVING until %d workers join)", o->listen_host, sr_grpc_port(co->grpc),
                 o->workers);
-        uv_timer_start(&co->tick, on_tick, 1000, 1000);
+        uint64_t beat_ms = o->heartbeat_s > 0 && o->heartbeat_s < 1 ? (uint64_t)(o->heartbeat_s * 1e3) : 1000;
+        uv_timer_start(&co->tick, on_tick, beat_ms, beat_ms);
         uv_signal_start(&co->sigint, on_signal, SIGINT);
         uv_signal_start(&co->sigterm, on_signal, SIGTERM);
         uv_run(co->loop, UV_RUN_DEFAULT);

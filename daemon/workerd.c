@@ -90,6 +90,7 @@ struct wrk {
     uv_timer_t beat, leave;
     uv_signal_t sigterm, sigint;
     sr_conn *conn;
+    double last_heard;      /* the last frame from the coordinator */
     pthread_t loop_th;
     int64_t beat_seq;
     /* shared, under mu */
@@ -192,6 +193,15 @@ static void on_signal(uv_signal_t *s, int sig) {
 static void on_beat(uv_timer_t *t) {
     wrk *w = t->data;
     if (!w->conn || !w->welcomed) return;
+    /* the coordinator beats too (at most every second): silent for 10 of
+     * them, it is gone even if TCP has not said so (its host, a link) */
+    double late = 10 * (w->o->heartbeat_s > 1 ? w->o->heartbeat_s : 1);
+    if (sr_now() - w->last_heard > late) {
+        char why[96];
+        snprintf(why, sizeof why, "no frame from the coordinator for %.0f s", sr_now() - w->last_heard);
+        sr_conn_close(w->conn, why);
+        return;
+    }
     if (w->o->on_tick) w->o->on_tick(w->o->data);
     pthread_mutex_lock(&w->mu);
     int joined = w->joined;
@@ -287,6 +297,11 @@ static int on_frame(sr_conn *c, sr_frame *f) {
     wrk *w = c->data;
     int rc = SR_OK;
     int rejoin = f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_REJOIN;
+    w->last_heard = sr_now();
+    if (w->welcomed && f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_HEARTBEAT) {
+        sr_frame_free(f);
+        return SR_OK;
+    }
     if (w->welcomed && (rejoin || f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_LEAVE)) {
         on_part(w, c, rejoin, rejoin ? f->rejoin->reason : f->leave->reason);
         sr_frame_free(f);
@@ -350,6 +365,14 @@ static void on_connect(sr_conn *c, int status) {
 /* A new control connection, for a join again (the first is made before the
  * loop runs, so that a bad address fails the start). */
 static void connect_coordinator(wrk *w) {
+    /* an attempt still connecting (to a host that does not answer) is dropped, unheard */
+    if (w->conn) {
+        sr_conn *old = w->conn;
+        w->conn = NULL;
+        old->on_close = NULL;
+        uv_timer_stop(&w->beat);
+        sr_conn_close(old, "no Welcome in time; trying again");
+    }
     w->challenged = 0;
     if (sr_conn_connect(&w->conn, &w->loop, w->o->coord_host, w->o->coord_port, SR_JOIN_FRAME_MAX, on_frame,
                         on_conn_close, on_connect, w) == SR_OK)

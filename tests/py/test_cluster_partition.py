@@ -10,6 +10,8 @@ with an API key.
   worker joins again;
 - the link restored: the cut-off worker joins again, the cluster serves and
   answers;
+- the coordinator's link cut: the workers notice its silence (10 of its
+  heartbeats) and keep trying; restored, they join again and it answers;
 - teardown kills the processes and leaves no namespace behind (also when a
   check fails).
 
@@ -114,10 +116,30 @@ def run(t, hosts, secret, key_file, auth):
     t.check(ws["w1"].log_text().count("both proved the cluster secret") >= 2, "w1 proved the secret again")
     code, _ = code_of(ask)
     t.check(code == grpc.StatusCode.OK, f"and answers ({code})")
+
+    # cut the coordinator off: the workers hear nothing from it, leave the session and keep trying
+    marks = {n: len(w.log_text()) for n, w in ws.items()}
+    hosts.cut("coord")
+    t.check(all(wait_after(w, marks[n], "no frame from the coordinator for", 30) for n, w in ws.items()),
+            "the coordinator's link cut: both workers notice its silence")
+    hosts.cut("coord", up=True)
+    t.check(serving(60), "restored, the workers join it again and it serves")
+    code, _ = code_of(ask)
+    t.check(code == grpc.StatusCode.OK and all(w.alive() for w in ws.values()) and co.alive(), f"and answers ({code})")
     c.close()
     if t.failed:
         for p in [co] + list(ws.values()):
             t.note(f"--- {p.name}\n{p.log_text()[-3000:]}")
+
+
+def wait_after(p, mark, text, timeout):
+    """Whether text turns up in p's log after its first mark characters, within timeout s."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if text in p.log_text()[mark:]:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def wait_unavailable(ask, timeout):
