@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sodium.h>
 #include <uv.h>
 
 #include "base/clock.h"
@@ -51,6 +52,7 @@ typedef struct peer {
     uv_timer_t deadline;
     unsigned char nonce[SR_JOIN_NONCE_BYTES];
     int slot;               /* the worker's index; -1 until the Welcome */
+    int pending;            /* counted in n_pending: the Welcome is not out yet */
     struct peer *next;
 } peer;
 
@@ -118,9 +120,12 @@ struct req {
     req *next;              /* in the coordinator's list of running questions */
 };
 
+/* A context that is gone without a client's Drop, so that its id gets a
+ * better answer than "no context". */
 typedef struct evicted {
     char sid[20];
     double when;
+    char why[200];          /* "was ..." */
     struct evicted *next;
 } evicted;
 
@@ -148,9 +153,15 @@ struct coord {
     peer *peers;
     unsigned char key_salt[SR_JOIN_NONCE_BYTES]; /* the data plane's key, with the secret (net/join.h) */
     int64_t x_round;        /* address exchange rounds done */
+    int64_t beat_seq;       /* the coordinator's heartbeats to the workers */
     int n_ready;
-    int broken;             /* a worker is gone: the contexts are not whole */
+    int broken;             /* a worker is gone for good (mpirun) or could not start */
     char broken_why[256];
+    int fixed;              /* the workers asked for their indexes (mpirun ranks): a loss cannot be mended */
+    int n_pending;          /* control connections that have not proved the secret yet */
+    double refused_at;      /* when the last refusal over max_pending was logged */
+    int64_t refused_quiet;  /* refusals since, not logged */
+    char lost_why[256];     /* the last loss, until the workers are all up again */
     cctx *ctxs;
     req *gens;
     evicted *evicted;
@@ -213,6 +224,9 @@ static char *utf8_clean(const char *s, size_t n, size_t *out_n) {
 int sr_coord_serving(const sr_coord *co, char *msg, size_t cap) {
     if (serving(co)) return 1;
     if (co->broken) snprintf(msg, cap, "%s", co->broken_why);
+    else if (*co->lost_why)
+        snprintf(msg, cap, "%s; %d of %d workers have joined again, the cluster serves when all have", co->lost_why,
+                 co->n_ready, co->o->workers);
     else snprintf(msg, cap, "%d of %d workers are up: the others are joining or loading the model", co->n_ready, co->o->workers);
     return 0;
 }
@@ -318,6 +332,16 @@ static cctx *ctx_by_id(coord *co, uint64_t id) {
     return NULL;
 }
 
+static void ctx_free(cctx *c) {
+    free(c->name);
+    free(c->text);
+    free(c->tokens);
+    free(c->kv_tokens);
+    free(c->kv_bytes);
+    free(c->est_bytes);
+    free(c);
+}
+
 /* Removes a context from the table and tells the workers to drop it. */
 static void ctx_drop(coord *co, cctx *c, const char *why) {
     for (cctx **p = &co->ctxs; *p; p = &(*p)->next)
@@ -334,13 +358,7 @@ static void ctx_drop(coord *co, cctx *c, const char *why) {
         r->linked = 0;
         req_finish(r, SR_GRPC_NOT_FOUND, "context %s was dropped", c->sid);
     }
-    free(c->name);
-    free(c->text);
-    free(c->tokens);
-    free(c->kv_tokens);
-    free(c->kv_bytes);
-    free(c->est_bytes);
-    free(c);
+    ctx_free(c);
 }
 
 /* KV bytes each worker will hold for n tokens in this placement. */
@@ -365,6 +383,16 @@ static int ctx_estimate(coord *co, cctx *c) {
         c->est_bytes[w] = blocks * co->block_bytes;
     }
     return SR_OK;
+}
+
+static void ctx_forget(coord *co, const cctx *c, const char *why) {
+    evicted *e = calloc(1, sizeof *e);
+    if (!e) return;
+    snprintf(e->sid, sizeof e->sid, "%s", c->sid);
+    snprintf(e->why, sizeof e->why, "%s", why);
+    e->when = sr_now();
+    e->next = co->evicted;
+    co->evicted = e;
 }
 
 /* Makes room for c under the KV budget, evicting idle contexts least
@@ -398,13 +426,7 @@ static int ctx_admit(coord *co, cctx *c, char *msg, size_t cap) {
                      "try again when they are answered", (long long)budget);
             return SR_GRPC_RESOURCE_EXHAUSTED;
         }
-        evicted *e = calloc(1, sizeof *e);
-        if (e) {
-            snprintf(e->sid, sizeof e->sid, "%s", lru->sid);
-            e->when = sr_now();
-            e->next = co->evicted;
-            co->evicted = e;
-        }
+        ctx_forget(co, lru, "evicted to make room under the KV budget (--kv-budget, least recently used first)");
         co->evictions++;
         SR_WARN("evicting context %s (%lld tokens, idle %.1f s) to make room for %lld tokens under --kv-budget",
                 lru->sid, (long long)lru->n_tokens, sr_now() - lru->last_used, (long long)c->n_tokens);
@@ -415,8 +437,8 @@ static int ctx_admit(coord *co, cctx *c, char *msg, size_t cap) {
 static void not_found(coord *co, req *r, const char *sid) {
     for (evicted *e = co->evicted; e; e = e->next)
         if (strcmp(e->sid, sid) == 0) {
-            req_finish(r, SR_GRPC_NOT_FOUND, "context %s was evicted %.0f s ago to make room under the KV budget "
-                       "(--kv-budget, least recently used first): upload it again", sid, sr_now() - e->when);
+            req_finish(r, SR_GRPC_NOT_FOUND, "context %s was %s %.0f s ago: upload it again", sid, e->why,
+                       sr_now() - e->when);
             return;
         }
     req_finish(r, SR_GRPC_NOT_FOUND, "no context '%s' (ListContexts shows the resident ones)", sid);
@@ -619,7 +641,8 @@ static void prefill_start(coord *co, req *r, int32_t *tokens, int64_t n, int32_t
     if (!serving(co)) {
         free(tokens);
         free(q);
-        req_finish(r, SR_GRPC_UNAVAILABLE, "%s", co->broken ? co->broken_why : "the workers are not all up yet (Health/Check says SERVING when they are)");
+        sr_coord_serving(co, msg, sizeof msg);
+        req_finish(r, SR_GRPC_UNAVAILABLE, "%s (Health/Check says SERVING when they are up)", msg);
         return;
     }
     if (n > co->o->max_context) {
@@ -678,12 +701,7 @@ static void prefill_start(coord *co, req *r, int32_t *tokens, int64_t n, int32_t
     }
     if (st == SR_GRPC_OK && c->kept) keep_room(co);
     if (st != SR_GRPC_OK) {
-        free(c->name);
-        free(c->text);
-        free(c->kv_tokens);
-        free(c->kv_bytes);
-        free(c->est_bytes);
-        free(c);
+        ctx_free(c);
         free(tokens);
         free(q);
         req_finish(r, st, "%s", msg);
@@ -1205,7 +1223,9 @@ static void ask(coord *co, req *r, const sr_coord_question *q) {
         return;
     }
     if (!serving(co)) {
-        req_finish(r, SR_GRPC_UNAVAILABLE, "%s", co->broken ? co->broken_why : "the workers are not all up");
+        char msg[600];
+        sr_coord_serving(co, msg, sizeof msg);
+        req_finish(r, SR_GRPC_UNAVAILABLE, "%s", msg);
         return;
     }
     if (!admit(r)) return;
@@ -1543,7 +1563,33 @@ static const sr_grpc_method methods[] = {
 
 /* ------------------------------------------------------------ workers */
 
-/* A worker is gone: what it held is lost, and the cluster stops serving. */
+/* Every request on the workers ends UNAVAILABLE with why. */
+static void fail_all(coord *co, const char *why) {
+    for (req *r = co->gens, *n; r; r = n) {
+        n = r->next;
+        r->running = 0;
+        r->linked = 0;
+        req_finish(r, SR_GRPC_UNAVAILABLE, "%s", why);
+    }
+    co->gens = NULL;
+    for (cctx *c = co->ctxs; c; c = c->next) {
+        c->active = NULL;
+        if (c->creator) {
+            c->creator->linked = 0;
+            req_finish(c->creator, SR_GRPC_UNAVAILABLE, "%s", why);
+            c->creator = NULL;
+        }
+        for (req *r = c->wait_head, *n; r; r = n) {
+            n = r->next_wait;
+            r->linked = 0;
+            req_finish(r, SR_GRPC_UNAVAILABLE, "%s", why);
+        }
+        c->wait_head = c->wait_tail = NULL;
+    }
+}
+
+/* The cluster cannot serve again: a worker could not start, or one is gone
+ * from an mpirun job. */
 static void cluster_broken(coord *co, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void cluster_broken(coord *co, const char *fmt, ...) {
     if (co->broken) return;
@@ -1554,27 +1600,56 @@ static void cluster_broken(coord *co, const char *fmt, ...) {
     co->broken = 1;
     SR_ERROR("%s", co->broken_why);
     health_changed(co);
-    for (req *r = co->gens, *n; r; r = n) {
-        n = r->next;
-        r->running = 0;
-        r->linked = 0;
-        req_finish(r, SR_GRPC_UNAVAILABLE, "%s", co->broken_why);
+    fail_all(co, co->broken_why);
+}
+
+/* A worker is gone, or the workers are out of step: every context spans
+ * every worker, so they are all lost. The requests end UNAVAILABLE, the
+ * workers that are left are told to rejoin (they keep the model, drop their
+ * contexts and open a new data plane), and the cluster serves again once
+ * --workers have joined, a restarted one among them. Under mpirun the job
+ * is fixed and the cluster stays broken. */
+static void cluster_reset(coord *co, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void cluster_reset(coord *co, const char *fmt, ...) {
+    char why[sizeof co->lost_why];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    if (co->fixed || co->broken || co->stopping) {
+        cluster_broken(co, "%s", why);
+        return;
     }
-    co->gens = NULL;
-    for (cctx *c = co->ctxs; c; c = c->next) {
-        c->active = NULL;
-        if (c->creator) {
-            c->creator->linked = 0;
-            req_finish(c->creator, SR_GRPC_UNAVAILABLE, "%s", co->broken_why);
-            c->creator = NULL;
-        }
-        for (req *r = c->wait_head, *n; r; r = n) {
-            n = r->next_wait;
-            r->linked = 0;
-            req_finish(r, SR_GRPC_UNAVAILABLE, "%s", co->broken_why);
-        }
-        c->wait_head = c->wait_tail = NULL;
+    int n_ctx = 0;
+    for (cctx *c = co->ctxs; c; c = c->next) n_ctx += !c->ephemeral;
+    SR_ERROR("%s: %d contexts lost; the workers left rejoin", why, n_ctx);
+    snprintf(co->lost_why, sizeof co->lost_why, "%s", why);
+    fail_all(co, why);
+    char lost[sizeof ((evicted *)0)->why];
+    snprintf(lost, sizeof lost, "lost (%.180s)", why);
+    while (co->ctxs) {
+        cctx *c = co->ctxs;
+        co->ctxs = c->next;
+        if (!c->ephemeral) ctx_forget(co, c, lost);
+        ctx_free(c);
     }
+    FRAME(rj, rejoin, REJOIN, Starring__Control__V1__Rejoin, STARRING__CONTROL__V1__REJOIN__INIT);
+    rj.reason = why;
+    to_workers(co, &rj_f, -1);
+    for (peer *p = co->peers; p; p = p->next)
+        if (p->slot >= 0) {
+            p->slot = -1; /* its close is no second loss */
+            sr_conn_close(p->conn, NULL);
+        }
+    for (int i = 0; i < co->o->workers; i++) {
+        free(co->w[i].addr);
+        memset(&co->w[i], 0, sizeof co->w[i]);
+    }
+    co->n_ready = 0;
+    co->x_round = 0;
+    /* a new data-plane key for the new data plane */
+    if (sr_join_nonce(co->key_salt) != SR_OK) cluster_broken(co, "%s", sr_error_msg());
+    health_changed(co);
 }
 
 /* The Hello, the first frame of a connection: a worker that proves the
@@ -1593,6 +1668,7 @@ static int on_hello(coord *co, peer *p, const sr_frame *f) {
         return sr_error_set(SR_ECOMM, "refused the join: %s (is --cluster-secret-file the same file as the "
                             "coordinator's?)", sr_error_msg());
     int slot = -1;
+    co->fixed |= h->worker >= 0;
     if (h->worker >= 0) {
         if (h->worker >= W || co->w[h->worker].conn || co->w[h->worker].joined || co->w[h->worker].lost)
             return sr_error_set(SR_EINVAL, "refused the join: Hello.worker %d is taken or out of range 0..%d",
@@ -1604,8 +1680,8 @@ static int on_hello(coord *co, peer *p, const sr_frame *f) {
     for (int i = 0; slot < 0 && i < W; i++)
         if (!co->w[i].conn && !co->w[i].joined && !co->w[i].lost) slot = i;
     if (slot < 0)
-        return sr_error_set(SR_ESTATE, "refused the join: the cluster has its %d workers (--workers); a worker that "
-                            "left does not come back this round", W);
+        return sr_error_set(SR_ESTATE, "refused the join: the cluster has its %d workers (--workers)%s", W,
+                            co->fixed ? "; under mpirun a worker that left does not come back" : "");
     unsigned char proof[SR_JOIN_PROOF_BYTES];
     sr_join_proof(proof, co->o->secret, co->o->secret_len, SR_JOIN_COORDINATOR, h->nonce.data, p->nonce);
     FRAME(wl, welcome, WELCOME, Starring__Control__V1__Welcome, STARRING__CONTROL__V1__WELCOME__INIT);
@@ -1617,7 +1693,14 @@ static int on_hello(coord *co, peer *p, const sr_frame *f) {
     wl.key_salt.len = sizeof co->key_salt;
     int rc = sr_conn_send(p->conn, &wl_f);
     if (rc != SR_OK) return rc;
+    unsigned char key[SR_JOIN_KEY_BYTES];
+    sr_join_session_key(key, co->o->secret, co->o->secret_len, p->nonce, h->nonce.data);
+    sr_conn_secure(p->conn, key, SR_JOIN_COORDINATOR, SR_JOIN_WORKER);
+    sodium_memzero(key, sizeof key);
+    p->conn->rd.cap = co->o->max_frame;
     uv_timer_stop(&p->deadline);
+    co->n_pending -= p->pending;
+    p->pending = 0;
     p->slot = slot;
     co->w[slot].conn = p->conn;
     co->w[slot].last_beat = sr_now();
@@ -1642,7 +1725,11 @@ static int on_join(coord *co, int w, sr_conn *c, const Starring__Control__V1__Jo
         s->ok = 1;
         co->n_ready++;
         SR_INFO("worker %d of %d joined (pid %d, %s)", w, co->o->workers, j->pid, c->peer);
-        if (serving(co)) health_changed(co);
+        if (serving(co)) {
+            if (*co->lost_why) SR_INFO("the cluster is whole again, after: %s", co->lost_why);
+            *co->lost_why = 0;
+            health_changed(co);
+        }
     }
     return SR_OK;
 }
@@ -1708,7 +1795,7 @@ static int on_control_frame(sr_conn *c, sr_frame *f) {
     case STARRING__CONTROL__V1__FRAME__KIND_TOKEN: if (w == SR_CP_QUERY_RANK) on_token(co, f->token); break;
     case STARRING__CONTROL__V1__FRAME__KIND_DONE: if (w == SR_CP_QUERY_RANK) on_done(co, f->done); break;
     case STARRING__CONTROL__V1__FRAME__KIND_DROPPED: break;
-    case STARRING__CONTROL__V1__FRAME__KIND_FAULT: cluster_broken(co, "%s", f->fault->error); break;
+    case STARRING__CONTROL__V1__FRAME__KIND_FAULT: cluster_reset(co, "%s", f->fault->error); break;
     default: rc = sr_error_set(SR_EFORMAT, "worker %d sent a frame of kind %d, which workers do not send", w, (int)f->kind_case);
     }
     sr_frame_free(f);
@@ -1727,6 +1814,7 @@ static void on_control_close(sr_conn *c, const char *why) {
             break;
         }
     uv_close((uv_handle_t *)&p->deadline, peer_free);
+    co->n_pending -= p->pending;
     if (w < 0) return;
     free(co->w[w].addr);
     co->w[w].addr = NULL;
@@ -1734,9 +1822,10 @@ static void on_control_close(sr_conn *c, const char *why) {
     co->w[w].lost = 1;
     if (co->w[w].ok) co->n_ready--;
     if (co->stopping) return;
-    cluster_broken(co, "worker %d is gone (%s): its contexts are lost", w, why ? why : "closed");
-    /* gone before its Join: the others' address exchange cannot complete */
-    if (!co->w[w].joined) {
+    int joined = co->w[w].joined;
+    cluster_reset(co, "worker %d is gone (%s)%s", w, why ? why : "closed", joined ? "" : ": it left during the join");
+    /* under mpirun, gone before its Join: the others' address exchange cannot complete */
+    if (co->broken && !joined) {
         char msg[160];
         snprintf(msg, sizeof msg, "worker %d left during the join", w);
         FRAME(l, address_list, ADDRESS_LIST, Starring__Control__V1__AddressList, STARRING__CONTROL__V1__ADDRESS_LIST__INIT);
@@ -1763,7 +1852,7 @@ static void on_control_connection(uv_stream_t *s, int status) {
         SR_WARN("out of memory for a control connection");
         return;
     }
-    if (sr_conn_accept(&c, s, co->o->max_frame, on_control_frame, on_control_close, p) != SR_OK) {
+    if (sr_conn_accept(&c, s, SR_JOIN_FRAME_MAX, on_control_frame, on_control_close, p) != SR_OK) {
         SR_WARN("%s", sr_error_msg());
         free(p);
         return;
@@ -1775,6 +1864,23 @@ static void on_control_connection(uv_stream_t *s, int status) {
     co->peers = p;
     uv_timer_init(co->loop, &p->deadline);
     p->deadline.data = p;
+    /* a flood of connections that never join must not crowd out the workers */
+    if (co->o->max_pending > 0 && co->n_pending >= co->o->max_pending) {
+        /* one line a second at most, so that the flood does not flood the log */
+        if (sr_now() - co->refused_at >= 1) {
+            SR_WARN("refused a control connection from %s: %d are already proving the cluster secret "
+                    "(--cluster-max-pending); %lld more refused since the last such line", c->peer, co->n_pending,
+                    (long long)co->refused_quiet);
+            co->refused_at = sr_now();
+            co->refused_quiet = 0;
+        } else {
+            co->refused_quiet++;
+        }
+        sr_conn_close(c, NULL);
+        return;
+    }
+    p->pending = 1;
+    co->n_pending++;
     uv_timer_start(&p->deadline, on_join_deadline, (uint64_t)(co->o->join_timeout_s * 1e3), 0);
     FRAME(ch, challenge, CHALLENGE, Starring__Control__V1__Challenge, STARRING__CONTROL__V1__CHALLENGE__INIT);
     ch.nonce.data = p->nonce;
@@ -1782,9 +1888,16 @@ static void on_control_connection(uv_stream_t *s, int status) {
     if (sr_join_nonce(p->nonce) != SR_OK || sr_conn_send(c, &ch_f) != SR_OK) sr_conn_close(c, sr_error_msg());
 }
 
+/* Every heartbeat interval (1 s at most): the coordinator's own heartbeat
+ * to the workers, so that they notice a coordinator that went silent (its
+ * host gone, a link cut) as it notices them. */
 static void on_tick(uv_timer_t *t) {
     coord *co = t->data;
     if (co->o->on_tick) co->o->on_tick(co->o->data);
+    FRAME(hb, heartbeat, HEARTBEAT, Starring__Control__V1__Heartbeat, STARRING__CONTROL__V1__HEARTBEAT__INIT);
+    hb.worker = -1;
+    hb.seq = ++co->beat_seq;
+    to_workers(co, &hb_f, -1);
     double late = 10 * co->o->heartbeat_s;
     for (int i = 0; i < co->o->workers; i++)
         if (co->w[i].conn && sr_now() - co->w[i].last_beat > late) {
@@ -1798,6 +1911,9 @@ static void stop(coord *co) {
     if (co->stopping) return;
     co->stopping = 1;
     SR_INFO("stopping");
+    FRAME(lv, leave, LEAVE, Starring__Control__V1__Leave, STARRING__CONTROL__V1__LEAVE__INIT);
+    lv.reason = "the coordinator is stopping";
+    to_workers(co, &lv_f, -1);
     sr_grpc_close(co->grpc);
     sr_openai_close(co->http);
     sr_metrics_close(co->metrics);
@@ -1906,7 +2022,8 @@ int sr_coord_run(const sr_coord_opts *o) {
     if (rc == SR_OK) {
         SR_INFO("serving gRPC on %s:%d (NOT_SERVING until %d workers join)", o->listen_host, sr_grpc_port(co->grpc),
                 o->workers);
-        uv_timer_start(&co->tick, on_tick, 1000, 1000);
+        uint64_t beat_ms = o->heartbeat_s > 0 && o->heartbeat_s < 1 ? (uint64_t)(o->heartbeat_s * 1e3) : 1000;
+        uv_timer_start(&co->tick, on_tick, beat_ms, beat_ms);
         uv_signal_start(&co->sigint, on_signal, SIGINT);
         uv_signal_start(&co->sigterm, on_signal, SIGTERM);
         uv_run(co->loop, UV_RUN_DEFAULT);
@@ -1925,13 +2042,7 @@ int sr_coord_run(const sr_coord_opts *o) {
     while (co->ctxs) {
         cctx *c = co->ctxs;
         co->ctxs = c->next;
-        free(c->name);
-        free(c->text);
-        free(c->tokens);
-        free(c->kv_tokens);
-        free(c->kv_bytes);
-        free(c->est_bytes);
-        free(c);
+        ctx_free(c);
     }
     while (co->evicted) {
         evicted *e = co->evicted;

@@ -53,6 +53,7 @@ typedef struct {
     const unsigned char *secret; /* the cluster secret, which every worker proves at join (net/join.h) */
     size_t secret_len;
     double join_timeout_s;    /* a connection that has not proved the secret by then is dropped */
+    int max_pending;          /* control connections at most that have not proved it yet; more are refused */
     /* called once the control port listens (main broadcasts it to the workers); may be NULL */
     int (*on_listening)(const char *host, int port, void *data);
     /* optional, on the loop's thread (daemon/ passes them on to systemd):

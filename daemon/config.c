@@ -76,6 +76,12 @@ const sr_cfg_def sr_cfg_table[SR_CFG_N] = {
                             "the other workers"},
     [SR_CFG_JOIN_TIMEOUT] = {"join-timeout", 0, SR_CFG_NUM, "5", 0.1, 600, NULL,
                              "seconds a control connection may take to prove the cluster secret before it is dropped"},
+    [SR_CFG_REJOIN_TIMEOUT] = {"rejoin-timeout", 0, SR_CFG_NUM, "300", 0, 86400, NULL,
+                               "role worker: seconds to keep joining again after the coordinator is lost or asks it to "
+                               "(its contexts are gone, the model stays loaded); 0: leave at once"},
+    [SR_CFG_CLUSTER_MAX_PENDING] = {"cluster-max-pending", 0, SR_CFG_INT, "64", 1, 65536, NULL,
+                                    "role coordinator: control connections at most that are still proving the cluster "
+                                    "secret; more are closed at once, with a log line"},
 };
 
 static int is_space(char ch) { return ch == ' ' || ch == '\t' || ch == '\r'; }

@@ -131,6 +131,7 @@ static int run_coordinator(const sr_config *c, int workers, const unsigned char 
         .metrics_host = metrics ? mhost : NULL, .metrics_port = mport,
         .keep_prompts = (int)c->v[SR_CFG_KEEP_PROMPTS], .api_key = key, .secret = secret,
         .secret_len = SR_TP_SECRET_BYTES, .join_timeout_s = c->v[SR_CFG_JOIN_TIMEOUT],
+        .max_pending = (int)c->v[SR_CFG_CLUSTER_MAX_PENDING],
         .on_listening = role == ROLE_MPIRUN ? coordinator_listening : NULL,
         .on_ready = sr_notify_ready, .on_tick = sr_notify_tick, .on_stopping = sr_notify_stopping};
     return sr_coord_run(&o);
@@ -164,8 +165,8 @@ static int run_worker(const sr_config *c, int worker, int workers, MPI_Comm comm
                          .coord_host = a.host, .coord_port = a.port, .n_threads = (int)c->v[SR_CFG_THREADS],
                          .max_batch = (int64_t)c->v[SR_CFG_BATCH], .kv_budget = (int64_t)c->v[SR_CFG_KV_BUDGET],
                          .heartbeat_s = c->v[SR_CFG_HEARTBEAT], .max_frame = (size_t)c->v[SR_CFG_MAX_FRAME],
-                         .shutdown_grace_s = c->v[SR_CFG_SHUTDOWN_GRACE], .on_ready = sr_notify_ready,
-                         .on_tick = sr_notify_tick};
+                         .shutdown_grace_s = c->v[SR_CFG_SHUTDOWN_GRACE], .rejoin_timeout_s = c->v[SR_CFG_REJOIN_TIMEOUT],
+                         .on_ready = sr_notify_ready, .on_tick = sr_notify_tick};
     rc = sr_workerd_run(&o);
     sr_tp_close(tp);
     sodium_memzero(a.secret, sizeof a.secret);

@@ -90,6 +90,7 @@ struct wrk {
     uv_timer_t beat, leave;
     uv_signal_t sigterm, sigint;
     sr_conn *conn;
+    double last_heard;      /* the last frame from the coordinator */
     pthread_t loop_th;
     int64_t beat_seq;
     /* shared, under mu */
@@ -98,6 +99,9 @@ struct wrk {
     cmd *in_head, *in_tail;
     outmsg *out_head, *out_tail;
     int gone;               /* the coordinator went away */
+    int leaving;            /* loop -> compute: SIGTERM or the coordinator's Leave: do not join again */
+    int connect;            /* compute -> loop: connect to the coordinator again */
+    char rejoin_why[256];   /* loop -> compute: why the coordinator asked this worker to rejoin */
     int quit;               /* compute -> loop: stop */
     int joined;             /* compute -> loop: the model is loaded, the Join queued */
     int welcomed;           /* loop -> compute: the coordinator proved the secret and gave index and key */
@@ -136,13 +140,17 @@ static void send_frame(wrk *w, const sr_frame *f) {
 
 /* ------------------------------------------------------------ the loop */
 
+static void connect_coordinator(wrk *w);
+
 static void on_wake(uv_async_t *a) {
     wrk *w = a->data;
     pthread_mutex_lock(&w->mu);
     outmsg *o = w->out_head;
     w->out_head = w->out_tail = NULL;
-    int quit = w->quit;
+    int quit = w->quit, connect = w->connect && !w->leaving;
+    w->connect = 0;
     pthread_mutex_unlock(&w->mu);
+    if (connect && !quit) connect_coordinator(w);
     while (o) {
         outmsg *next = o->next;
         if (w->conn) sr_conn_send_packed(w->conn, o->bytes, o->n);
@@ -166,6 +174,10 @@ static void on_wake(uv_async_t *a) {
 
 static void on_leave(uv_timer_t *t) {
     wrk *w = t->data;
+    pthread_mutex_lock(&w->mu);
+    w->leaving = 1;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
     if (w->conn) sr_conn_close(w->conn, NULL);
 }
 
@@ -181,6 +193,15 @@ static void on_signal(uv_signal_t *s, int sig) {
 static void on_beat(uv_timer_t *t) {
     wrk *w = t->data;
     if (!w->conn || !w->welcomed) return;
+    /* the coordinator beats too (at most every second): silent for 10 of
+     * them, it is gone even if TCP has not said so (its host, a link) */
+    double late = 10 * (w->o->heartbeat_s > 1 ? w->o->heartbeat_s : 1);
+    if (sr_now() - w->last_heard > late) {
+        char why[96];
+        snprintf(why, sizeof why, "no frame from the coordinator for %.0f s", sr_now() - w->last_heard);
+        sr_conn_close(w->conn, why);
+        return;
+    }
     if (w->o->on_tick) w->o->on_tick(w->o->data);
     pthread_mutex_lock(&w->mu);
     int joined = w->joined;
@@ -240,6 +261,11 @@ static int on_welcome(wrk *w, const Starring__Control__V1__Welcome *wl) {
         w->index = wl->worker;
         w->n_workers = wl->workers;
         sr_join_data_key(w->data_key, w->o->secret, w->o->secret_len, wl->key_salt.data);
+        unsigned char key[SR_JOIN_KEY_BYTES];
+        sr_join_session_key(key, w->o->secret, w->o->secret_len, w->coord_nonce, w->nonce);
+        sr_conn_secure(w->conn, key, SR_JOIN_WORKER, SR_JOIN_COORDINATOR);
+        sodium_memzero(key, sizeof key);
+        w->conn->rd.cap = w->o->max_frame;
         w->welcomed = 1;
     } else {
         snprintf(w->join_error, sizeof w->join_error, "%s", sr_error_msg());
@@ -255,9 +281,33 @@ static int on_welcome(wrk *w, const Starring__Control__V1__Welcome *wl) {
     return rc;
 }
 
+/* The coordinator's Rejoin (it lost another worker, so every context is
+ * gone) or Leave (it stops): the connection ends here, and the compute
+ * thread joins again or leaves. */
+static void on_part(wrk *w, sr_conn *c, int rejoin, const char *reason) {
+    pthread_mutex_lock(&w->mu);
+    if (rejoin) snprintf(w->rejoin_why, sizeof w->rejoin_why, "%s", reason);
+    else w->leaving = 1;
+    pthread_mutex_unlock(&w->mu);
+    if (rejoin) SR_WARN("worker %d: the coordinator asks this worker to join again: %s", w->index, reason);
+    else SR_INFO("worker %d: the coordinator lets this worker go: %s", w->index, reason);
+    sr_conn_close(c, NULL);
+}
+
 static int on_frame(sr_conn *c, sr_frame *f) {
     wrk *w = c->data;
     int rc = SR_OK;
+    int rejoin = f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_REJOIN;
+    w->last_heard = sr_now();
+    if (w->welcomed && f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_HEARTBEAT) {
+        sr_frame_free(f);
+        return SR_OK;
+    }
+    if (w->welcomed && (rejoin || f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_LEAVE)) {
+        on_part(w, c, rejoin, rejoin ? f->rejoin->reason : f->leave->reason);
+        sr_frame_free(f);
+        return SR_OK;
+    }
     switch (f->kind_case) {
     case STARRING__CONTROL__V1__FRAME__KIND_CHALLENGE: rc = on_challenge(w, f->challenge); break;
     case STARRING__CONTROL__V1__FRAME__KIND_WELCOME: rc = on_welcome(w, f->welcome); break;
@@ -311,6 +361,28 @@ static void on_connect(sr_conn *c, int status) {
         return;
     }
     uv_timer_start(&w->beat, on_beat, (uint64_t)(w->o->heartbeat_s * 1e3), (uint64_t)(w->o->heartbeat_s * 1e3));
+}
+
+/* A new control connection, for a join again (the first is made before the
+ * loop runs, so that a bad address fails the start). */
+static void connect_coordinator(wrk *w) {
+    /* an attempt still connecting (to a host that does not answer) is dropped, unheard */
+    if (w->conn) {
+        sr_conn *old = w->conn;
+        w->conn = NULL;
+        old->on_close = NULL;
+        uv_timer_stop(&w->beat);
+        sr_conn_close(old, "no Welcome in time; trying again");
+    }
+    w->challenged = 0;
+    if (sr_conn_connect(&w->conn, &w->loop, w->o->coord_host, w->o->coord_port, SR_JOIN_FRAME_MAX, on_frame,
+                        on_conn_close, on_connect, w) == SR_OK)
+        return;
+    SR_ERROR("worker %d: %s", w->index, sr_error_msg());
+    pthread_mutex_lock(&w->mu);
+    w->gone = 1;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
 }
 
 static void *loop_main(void *arg) {
@@ -913,6 +985,155 @@ static int open_data_plane(wrk *w) {
 
 /* --------------------------------------------------------------- main */
 
+/* One session with the coordinator: the Welcome, the model (loaded at the
+ * first), the data plane, the Join, then the commands until the
+ * connection goes. *served: the Join went out without an error. */
+static int session(wrk *w, int *served) {
+    const sr_workerd_opts *o = w->o;
+    FRAME(j, join, JOIN, Starring__Control__V1__Join, STARRING__CONTROL__V1__JOIN__INIT);
+    sr_model_opts mo = {.n_threads = o->n_threads, .kv_dtype = SR_DT_F16, .block_size = 0, .max_batch = o->max_batch};
+    double t0 = sr_now();
+    int rc = wait_welcome(w), welcomed = rc == SR_OK;
+    if (rc == SR_OK && !w->m) {
+        rc = sr_model_load(&w->m, o->model, &mo);
+        if (rc == SR_OK) rc = sr_tok_from_gguf(&w->tok, w->m->gguf);
+        if (rc == SR_OK) rc = sr_model_state_build(&w->spare, w->m);
+        if (rc == SR_OK) {
+            w->small_prefill = w->m->state.max_batch / w->m->config.n_layer;
+            w->parked = w->m->kv;
+        }
+    }
+    if (rc == SR_OK && !w->tp) rc = open_data_plane(w);
+    if (rc == SR_OK && !(w->between = calloc((size_t)sr_tp_size(w->tp), 3 * sizeof(int64_t))))
+        rc = sr_error_set(SR_ENOMEM, "out of memory");
+    j.worker = w->index;
+    j.workers = w->n_workers;
+    j.pid = (int)getpid();
+    j.kv_budget_bytes = o->kv_budget;
+    if (rc == SR_OK) {
+        j.vocab_size = w->m->config.vocab_size;
+        SR_INFO("worker %d of %d: model loaded and data plane (%s) open in %.2f s", w->index, w->n_workers,
+                sr_tp_name(w->tp), sr_now() - t0);
+    } else {
+        j.error = (char *)sr_error_msg();
+        /* without a Welcome main logs it, and there is no index yet */
+        if (welcomed) SR_ERROR("worker %d: %s", w->index, j.error);
+    }
+    if (welcomed) send_frame(w, &j_f);
+    pthread_mutex_lock(&w->mu);
+    w->joined = rc == SR_OK;
+    pthread_mutex_unlock(&w->mu);
+    *served = rc == SR_OK;
+
+    for (int up = rc == SR_OK; up;) {
+        pthread_mutex_lock(&w->mu);
+        while (!w->in_head && !w->gone) pthread_cond_wait(&w->cv, &w->mu);
+        /* once the coordinator is gone the queue is not run: the other
+         * workers may not have had the same commands */
+        cmd *k = w->gone ? NULL : w->in_head;
+        if (k && !(w->in_head = k->next)) w->in_tail = NULL;
+        pthread_mutex_unlock(&w->mu);
+        if (!k) break;
+        handle(w, k->f);
+        sr_frame_free(k->f);
+        free(k);
+        gen_reap(w, 0);
+    }
+    return rc;
+}
+
+static void free_queues(wrk *w) {
+    for (cmd *k = w->in_head, *n; k; k = n) {
+        n = k->next;
+        sr_frame_free(k->f);
+        free(k);
+    }
+    for (outmsg *m = w->out_head, *n; m; m = n) {
+        n = m->next;
+        free(m->bytes);
+        free(m);
+    }
+    w->in_head = w->in_tail = NULL;
+    w->out_head = w->out_tail = NULL;
+    if (w->x_list) sr_frame_free(w->x_list);
+    w->x_list = NULL;
+}
+
+/* After a session: its contexts span its data plane, so they go with it;
+ * what was queued for it goes too. */
+static void session_end(wrk *w, const char *why) {
+    gen_reap(w, 1);
+    int n = 0;
+    for (; w->ctxs; n++) {
+        wctx *c = w->ctxs;
+        w->ctxs = c->next;
+        ctx_free(c);
+    }
+    if (w->joined) SR_WARN("worker %d: the session with the coordinator is over (%s): %d resident contexts dropped",
+                           w->index, why, n);
+    free(w->between);
+    w->between = NULL;
+    if (w->own_tp) sr_tp_close(w->own_tp);
+    w->own_tp = NULL;
+    w->tp = w->o->tp;
+    w->x_round = 0;
+    sodium_memzero(w->data_key, sizeof w->data_key);
+    pthread_mutex_lock(&w->mu);
+    free_queues(w);
+    w->gone = w->welcomed = w->joined = 0;
+    *w->join_error = *w->rejoin_why = 0;
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Sleeps up to s seconds; 1 if the worker is leaving. */
+static int wait_leaving(wrk *w, double s) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    long ns = until.tv_nsec + (long)(s * 1e9);
+    until.tv_sec += ns / 1000000000L;
+    until.tv_nsec = ns % 1000000000L;
+    pthread_mutex_lock(&w->mu);
+    while (!w->leaving && pthread_cond_timedwait(&w->cv, &w->mu, &until) == 0) {}
+    int leaving = w->leaving;
+    pthread_mutex_unlock(&w->mu);
+    return leaving;
+}
+
+/* Sessions until the coordinator lets this worker go, or it cannot join
+ * again (see sr_workerd_run). */
+static int sessions(wrk *w) {
+    int served, ever_welcomed = 0, rc = session(w, &served);
+    double since = sr_now(), backoff = 0.1;
+    for (;;) {
+        pthread_mutex_lock(&w->mu);
+        int leaving = w->leaving, refused = *w->join_error != 0;
+        char why[sizeof w->rejoin_why];
+        snprintf(why, sizeof why, "%s", *w->rejoin_why ? w->rejoin_why : "the connection closed");
+        ever_welcomed |= w->welcomed;
+        pthread_mutex_unlock(&w->mu);
+        session_end(w, why);
+        if (served) {
+            since = sr_now();
+            backoff = 0.1;
+        }
+        /* let go (or SIGTERM): whatever the session was doing, the leave is on purpose */
+        if (leaving) return SR_OK;
+        if (w->o->tp || refused || !ever_welcomed || !w->m || w->o->rejoin_timeout_s <= 0) return rc;
+        if (sr_now() - since > w->o->rejoin_timeout_s)
+            return sr_error_set(SR_ECOMM, "could not join the coordinator at %s:%d again within %.0f s "
+                                "(--rejoin-timeout): leaving", w->o->coord_host, w->o->coord_port,
+                                w->o->rejoin_timeout_s);
+        if (wait_leaving(w, backoff)) return SR_OK;
+        backoff = backoff * 2 < 2 ? backoff * 2 : 2;
+        SR_INFO("worker %d: joining the coordinator at %s:%d again", w->index, w->o->coord_host, w->o->coord_port);
+        pthread_mutex_lock(&w->mu);
+        w->connect = 1;
+        pthread_mutex_unlock(&w->mu);
+        uv_async_send(&w->wake);
+        rc = session(w, &served);
+    }
+}
+
 int sr_workerd_run(const sr_workerd_opts *o) {
     wrk *w = calloc(1, sizeof *w);
     if (!w) return sr_error_set(SR_ENOMEM, "out of memory");
@@ -931,7 +1152,7 @@ int sr_workerd_run(const sr_workerd_opts *o) {
     w->wake.data = w->beat.data = w->leave.data = w->sigterm.data = w->sigint.data = w;
     uv_signal_start(&w->sigterm, on_signal, SIGTERM);
     uv_signal_start(&w->sigint, on_signal, SIGINT);
-    int rc = sr_conn_connect(&w->conn, &w->loop, o->coord_host, o->coord_port, o->max_frame, on_frame, on_conn_close,
+    int rc = sr_conn_connect(&w->conn, &w->loop, o->coord_host, o->coord_port, SR_JOIN_FRAME_MAX, on_frame, on_conn_close,
                              on_connect, w);
     if (rc != SR_OK) {
         uv_close((uv_handle_t *)&w->wake, NULL);
@@ -945,80 +1166,17 @@ int sr_workerd_run(const sr_workerd_opts *o) {
         return rc;
     }
     pthread_create(&w->loop_th, NULL, loop_main, w);
-
-    /* the join, then load and open the data plane, then tell the coordinator how it went */
-    FRAME(j, join, JOIN, Starring__Control__V1__Join, STARRING__CONTROL__V1__JOIN__INIT);
-    sr_model_opts mo = {.n_threads = o->n_threads, .kv_dtype = SR_DT_F16, .block_size = 0, .max_batch = o->max_batch};
-    double t0 = sr_now();
-    int welcomed = (rc = wait_welcome(w)) == SR_OK;
-    if (rc == SR_OK) rc = sr_model_load(&w->m, o->model, &mo);
-    if (rc == SR_OK) rc = sr_tok_from_gguf(&w->tok, w->m->gguf);
-    if (rc == SR_OK) rc = sr_model_state_build(&w->spare, w->m);
-    if (rc == SR_OK) w->small_prefill = w->m->state.max_batch / w->m->config.n_layer;
-    if (rc == SR_OK && !w->tp) rc = open_data_plane(w);
-    if (rc == SR_OK && !(w->between = calloc((size_t)sr_tp_size(w->tp), 3 * sizeof(int64_t))))
-        rc = sr_error_set(SR_ENOMEM, "out of memory");
-    j.worker = w->index;
-    j.workers = w->n_workers;
-    j.pid = (int)getpid();
-    j.kv_budget_bytes = o->kv_budget;
-    if (rc == SR_OK) {
-        w->parked = w->m->kv;
-        j.vocab_size = w->m->config.vocab_size;
-        SR_INFO("worker %d of %d: model loaded and data plane (%s) open in %.2f s", w->index, w->n_workers,
-                sr_tp_name(w->tp), sr_now() - t0);
-    } else {
-        j.error = (char *)sr_error_msg();
-        /* without a Welcome main logs it, and there is no index yet */
-        if (welcomed) SR_ERROR("worker %d: %s", w->index, j.error);
-    }
-    if (welcomed) send_frame(w, &j_f);
-    pthread_mutex_lock(&w->mu);
-    w->joined = rc == SR_OK;
-    pthread_mutex_unlock(&w->mu);
-
-    for (int up = rc == SR_OK; up;) {
-        pthread_mutex_lock(&w->mu);
-        while (!w->in_head && !w->gone) pthread_cond_wait(&w->cv, &w->mu);
-        cmd *k = w->in_head;
-        if (k && !(w->in_head = k->next)) w->in_tail = NULL;
-        int gone = w->gone;
-        pthread_mutex_unlock(&w->mu);
-        if (!k && gone) break;
-        handle(w, k->f);
-        sr_frame_free(k->f);
-        free(k);
-        gen_reap(w, 0);
-    }
-    gen_reap(w, 1);
+    rc = sessions(w);
     pthread_mutex_lock(&w->mu);
     w->quit = 1;
     pthread_mutex_unlock(&w->mu);
     uv_async_send(&w->wake);
     pthread_join(w->loop_th, NULL);
     uv_loop_close(&w->loop);
-    for (cmd *k = w->in_head, *n; k; k = n) {
-        n = k->next;
-        sr_frame_free(k->f);
-        free(k);
-    }
-    for (outmsg *m = w->out_head, *n; m; m = n) {
-        n = m->next;
-        free(m->bytes);
-        free(m);
-    }
-    while (w->ctxs) {
-        wctx *c = w->ctxs;
-        w->ctxs = c->next;
-        ctx_free(c);
-    }
+    free_queues(w);
     if (w->m) w->m->kv = w->parked.n_layer ? w->parked : w->m->kv;
     if (w->tok) sr_tok_free(w->tok);
     sr_model_state_free(&w->spare);
-    free(w->between);
-    sr_tp_close(w->own_tp);
-    if (w->x_list) sr_frame_free(w->x_list);
-    sodium_memzero(w->data_key, sizeof w->data_key);
     sr_model_free(w->m);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);

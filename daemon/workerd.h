@@ -54,6 +54,9 @@ typedef struct {
     double heartbeat_s;
     size_t max_frame;       /* control frame cap */
     double shutdown_grace_s; /* after SIGTERM, how long to wait for the coordinator to let this worker go */
+    /* without mpirun: how long to keep joining again once the coordinator is
+     * lost (or asks it to rejoin) before giving up; 0: leave at once */
+    double rejoin_timeout_s;
     /* optional, on the loop's thread (daemon/ passes them on to systemd):
      * on_ready once the model is loaded and the Join is on its way, on_tick
      * with every heartbeat */
@@ -62,10 +65,14 @@ typedef struct {
     void *data;
 } sr_workerd_opts;
 
-/* Runs until the coordinator goes away (SR_OK) or a fault. SIGTERM or
- * SIGINT: the coordinator (which mpirun signals too) drains and lets the
- * workers go; a worker leaves by itself after shutdown_grace_s + 5 s, or at
- * a second signal. */
+/* Runs until the coordinator lets the workers go (SR_OK) or a fault.
+ * Without mpirun, a coordinator that is lost or that sends a Rejoin (it lost
+ * another worker) is joined again, with backoff, for up to
+ * rejoin_timeout_s: the contexts are dropped (and logged), the data plane
+ * reopened, the model kept. A join refused, or a coordinator that fails its
+ * proof, ends the run. SIGTERM or SIGINT: the coordinator (which mpirun
+ * signals too) drains and lets the workers go; a worker leaves by itself
+ * after shutdown_grace_s + 5 s, or at a second signal. */
 int sr_workerd_run(const sr_workerd_opts *o);
 
 #endif

@@ -5,13 +5,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sodium.h>
+
 #include "base/log.h"
 #include "base/status.h"
 
 static void on_closed(uv_handle_t *h) {
     sr_conn *c = h->data;
     sr_frame_reader_free(&c->rd);
+    sodium_memzero(&c->seal, sizeof c->seal);
     free(c);
+}
+
+void sr_conn_secure(sr_conn *c, const unsigned char key[SR_FRAME_MAC_BYTES], int mine, int theirs) {
+    sr_frame_mac_init(&c->seal, key, mine);
+    sr_frame_mac_init(&c->rd.mac, key, theirs);
 }
 
 void sr_conn_close(sr_conn *c, const char *why) {
@@ -139,13 +147,19 @@ int sr_conn_send_packed(sr_conn *c, uint8_t *bytes, size_t n) {
         return sr_error_set(SR_EIO, "control connection %s is closed", c->peer);
     }
     /* the request and the bytes are freed together */
-    uv_write_t *w = malloc(sizeof *w + n);
+    size_t mac = c->seal.on ? SR_FRAME_MAC_BYTES : 0;
+    uv_write_t *w = malloc(sizeof *w + n + mac);
     if (!w) {
         free(bytes);
         return sr_error_set(SR_ENOMEM, "out of memory for a control frame of %zu bytes", n);
     }
     memcpy(w + 1, bytes, n);
     free(bytes);
+    if (mac && sr_frame_seal(&c->seal, (uint8_t *)(w + 1), n) != SR_OK) {
+        free(w);
+        return SR_ERANGE;
+    }
+    n += mac;
     w->data = c;
     uv_buf_t b = uv_buf_init((char *)(w + 1), (unsigned)n);
     int rc = uv_write(w, (uv_stream_t *)&c->tcp, &b, 1, on_written);

@@ -28,6 +28,7 @@ struct sr_conn {
     uv_tcp_t tcp;
     uv_connect_t connect;
     sr_frame_reader rd;
+    sr_frame_mac seal;         /* on: the frames written carry a MAC (sr_conn_secure) */
     sr_conn_frame_fn on_frame;
     sr_conn_close_fn on_close;
     sr_conn_connect_fn on_connect;
@@ -51,6 +52,12 @@ int sr_conn_send(sr_conn *c, const sr_frame *f);
 int sr_conn_send_packed(sr_conn *c, uint8_t *bytes, size_t n);
 
 void sr_conn_close(sr_conn *c, const char *why);
+
+/* From now on every frame written carries a MAC under key as role mine,
+ * and every frame read must carry the peer's (role theirs); see frame.h.
+ * Called by both sides at the end of the join, each after its last
+ * unauthenticated frame (net/join.h). */
+void sr_conn_secure(sr_conn *c, const unsigned char key[SR_FRAME_MAC_BYTES], int mine, int theirs);
 
 /* "host:port" (IPv4 or a name, or [IPv6]:port) into host and port. */
 int sr_addr_parse(const char *s, char *host, size_t cap, int *port);

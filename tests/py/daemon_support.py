@@ -178,11 +178,12 @@ def secret_file(directory, name="cluster.key"):
 class Proc:
     """One starringd process of a cluster without mpirun, its log in a file."""
 
-    def __init__(self, name, args):
+    def __init__(self, name, args, wrap=()):
+        """wrap: a command line that runs starringd (such as `ip netns exec NS`)."""
         self.name = name
         self.log = tempfile.NamedTemporaryFile(prefix=f"starringd-{name}-", suffix=".log", delete=False)
         env = dict(os.environ, OMP_WAIT_POLICY="passive", OMP_NUM_THREADS="1")
-        self.proc = subprocess.Popen([os.path.join(ROOT, BUILD, "starringd")] + args, stdout=self.log,
+        self.proc = subprocess.Popen(list(wrap) + [os.path.join(ROOT, BUILD, "starringd")] + args, stdout=self.log,
                                      stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
     def log_text(self):
@@ -227,10 +228,15 @@ class Cluster:
         self.join = f"127.0.0.1:{self.cluster_port}"
         self.secret = secret_file(tempfile.mkdtemp(dir=directory))
         self.args = list(args)
-        self.coordinator = Proc("coordinator", [
+        self.coordinator_args = [
             "--role", "coordinator", "--model", model_path(), "--listen", self.addr, "--http-listen", "off",
-            "--cluster-listen", self.join, "--cluster-secret-file", self.secret, "--workers", str(workers)] + self.args)
+            "--cluster-listen", self.join, "--cluster-secret-file", self.secret, "--workers", str(workers)] + self.args
+        self.coordinator = Proc("coordinator", self.coordinator_args)
         self.workers = []
+
+    def restart_coordinator(self):
+        """A new coordinator on the same ports and secret (the old one must be gone)."""
+        self.coordinator = Proc("coordinator", self.coordinator_args)
 
     def start_worker(self, *args, secret=None):
         """A worker that joins the coordinator (with secret, another key

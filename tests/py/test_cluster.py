@@ -13,9 +13,16 @@
 - a secret file others can read is refused at start, naming the file;
 - a worker killed (SIGKILL) mid-generation: that request ends UNAVAILABLE
   naming the worker, health turns NOT_SERVING, later requests get
-  UNAVAILABLE too, the coordinator keeps running;
-- a worker lost during the join: the others' exchange fails at once;
-- a worker stopped (SIGSTOP) is dropped after 10 missed heartbeats;
+  UNAVAILABLE too, the coordinator keeps running; the worker left is told
+  to rejoin and drops its contexts; a restarted worker joins, the cluster
+  serves again, and a new context answers as starring-run;
+- a worker lost during the join: the others are told to rejoin at once;
+- a worker stopped (SIGSTOP) is dropped after 10 missed heartbeats, and
+  rejoins once continued;
+- the coordinator killed (SIGKILL) mid-generation: that request ends
+  UNAVAILABLE, so does a new one while it is down (no hang); restarted on
+  the same ports, the workers join it again (saying their contexts are
+  gone) and it answers as starring-run;
 - SIGTERM to the coordinator: it exits 0 and the workers leave by
   themselves;
 - --transport tcp, the workers' --data-listen through the coordinator:
@@ -64,7 +71,7 @@ def main():
     t.check(rc == 2 and "--cluster-secret-file" in p.log_text() and "chmod 600" in p.log_text(),
             f"a secret file of mode 644 is refused at start (exit {rc}: {p.log_text().strip()[-200:]!r})")
 
-    # a worker lost during the join: the others' address exchange fails at once, with the reason
+    # a worker lost during the join: the others are told to join again at once, with the reason
     part = Cluster(tmp, 3, "--join-timeout", str(JOIN_TIMEOUT))
     try:
         part.wait_port(part.cluster_port)
@@ -72,13 +79,18 @@ def main():
         ok = all(w.wait_log("proved the cluster secret", 30) for w in (a, b))
         time.sleep(0.5)
         a.stop(signal.SIGKILL)
-        rc = b.wait(20)
-        t.check(ok and rc not in (None, 0) and re.search(r"worker \d left during the join", b.log_text()),
-                f"a worker lost during the join: the others leave at once, saying why ({rc}: "
-                f"{b.log_text().strip()[-160:]!r})")
+        ok = ok and b.wait_log("asks this worker to join again", 20)
+        t0 = time.time()
+        while b.log_text().count("both proved the cluster secret") < 2 and time.time() - t0 < 20:
+            time.sleep(0.05)
+        t.check(ok and b.alive() and re.search(r"worker \d is gone \(.*\): it left during the join", b.log_text()) and
+                b.log_text().count("both proved the cluster secret") == 2,
+                f"a worker lost during the join: the others are told to rejoin at once, saying why, and do "
+                f"({b.log_text().strip()[-200:]!r})")
         t.check(part.coordinator.alive(), "and the coordinator keeps running")
     finally:
-        part.stop()
+        rc, wrc = part.stop()
+    t.check(wrc[1] == 0, f"and the worker asked to rejoin leaves when the coordinator stops (exit {wrc[1]})")
 
     cl = Cluster(tmp, 2, "--heartbeat", "0.2", "--join-timeout", str(JOIN_TIMEOUT), "--max-context", "4096")
     ref_text = None
@@ -208,14 +220,63 @@ def run(t, cl, ctx_text, ref, tmp):
             f"tokens ({code}: {msg!r})")
     t.check(cl.wait_serving(5, want=False), "health turns NOT_SERVING")
     code, msg = code_of(lambda: c.generate(Q, context_id=ctx.id, chat=True, max_tokens=4, timeout=30))
-    t.check(code == grpc.StatusCode.UNAVAILABLE and f"worker {gone}" in msg,
-            f"a request then gets UNAVAILABLE naming the worker ({code}: {msg!r})")
+    t.check(code == grpc.StatusCode.NOT_FOUND and f"was lost (worker {gone} is gone" in msg,
+            f"a request on its context then gets NOT_FOUND naming the worker ({code}: {msg!r})")
+    code, msg = code_of(lambda: c.generate(Q, chat=True, max_tokens=4, timeout=30))
+    t.check(code == grpc.StatusCode.UNAVAILABLE and f"worker {gone} is gone" in msg,
+            f"a new request gets UNAVAILABLE naming the worker until the cluster is whole ({code}: {msg!r})")
     t.check(cl.coordinator.alive(), "the coordinator keeps running")
 
-    # a worker that stops answering (SIGSTOP) is lost after 10 heartbeats
+    # the worker left is told to rejoin, a restarted one takes the free place
+    t.check(w0.wait_log("asks this worker to join again", 10) and w0.wait_log("1 resident contexts dropped", 20),
+            "the worker left is told to rejoin, and drops its context")
+    t.check("1 contexts lost; the workers left rejoin" in cl.coordinator.log_text(),
+            "the coordinator logs the contexts lost with the worker")
+    w1b = cl.start_worker()
+    t.check(cl.wait_serving(120), "a restarted worker joins: the cluster serves again")
+    ctx = c.upload(ctx_text, mode="ring", chat=True)
+    _, text3, _ = c.generate(Q, context_id=ctx.id, chat=True, max_tokens=16)
+    t.check(text3 == ref_text, f"a new context on the worker left and the restarted one answers as starring-run "
+            f"({text3!r})")
+    t.check(w0.alive() and cl.coordinator.alive(), "no other process went down")
+
+    # a worker that stops answering (SIGSTOP) is lost after 10 heartbeats, and rejoins when continued
     w0.stop(signal.SIGSTOP, timeout=0)
     t.check(cl.coordinator.wait_log("no heartbeat for", 6), "a stopped worker is dropped after 10 missed heartbeats")
     w0.proc.send_signal(signal.SIGCONT)
+    t.check(cl.wait_serving(60), "continued, it joins again and the cluster serves")
+    c.close()
+
+    # the coordinator killed mid-generation, then restarted
+    got = []
+
+    def kill_coordinator(text):
+        got.append(text)
+        if len(got) == 1:
+            cl.coordinator.stop(signal.SIGKILL)
+
+    c = cl.client()
+    ctx = c.upload(ctx_text, mode="ring", chat=True)
+    marks = [len(w.log_text()) for w in (w0, w1b)]
+    code, msg = code_of(lambda: c.generate("Write a long story about the pass key.", context_id=ctx.id, chat=True,
+                                           max_tokens=400, on_text=kill_coordinator, timeout=60))
+    t.check(code == grpc.StatusCode.UNAVAILABLE and len(got) > 0,
+            f"the coordinator killed mid-generation: the request ends UNAVAILABLE ({code}: {msg!r})")
+    c.close()
+    c = cl.client()
+    t0 = time.time()
+    code, msg = code_of(lambda: c.generate(Q, chat=True, max_tokens=4, timeout=20))
+    t.check(code == grpc.StatusCode.UNAVAILABLE and time.time() - t0 < 15,
+            f"while it is down a request gets UNAVAILABLE, no hang ({code} after {time.time() - t0:.1f} s)")
+    c.close()
+    cl.restart_coordinator()
+    t.check(cl.wait_serving(120), "restarted on the same ports, the workers join it again and it serves")
+    t.check(all("the session with the coordinator is over (the connection closed): 1 resident contexts dropped"
+                in w.log_text()[m:] for w, m in zip((w0, w1b), marks)), "each worker says that its context is gone")
+    c = cl.client()
+    ctx = c.upload(ctx_text, mode="ring", chat=True)
+    _, text4, _ = c.generate(Q, context_id=ctx.id, chat=True, max_tokens=16)
+    t.check(text4 == ref_text, f"and answers as starring-run ({text4!r})")
     c.close()
     return ref_text
 

@@ -2,7 +2,8 @@
  * with the secret, role and nonces it was made with, and with no other (a
  * wrong secret, the other role's label, a reflected proof with the nonces
  * swapped, one bit changed, a short proof); the data plane's key depends on
- * the secret and the salt; nonces are fresh. */
+ * the secret and the salt, a control connection's key on the secret and
+ * both nonces in their order; nonces are fresh. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -63,6 +64,29 @@ static void test_data_key(void **state) {
     assert_memory_not_equal(k1, secret, sizeof k1);
 }
 
+static void test_session_key(void **state) {
+    unsigned char k1[SR_JOIN_KEY_BYTES], k2[SR_JOIN_KEY_BYTES], k3[SR_JOIN_KEY_BYTES], k4[SR_JOIN_KEY_BYTES],
+        k5[SR_JOIN_KEY_BYTES], d[SR_JOIN_KEY_BYTES];
+    unsigned char c[SR_JOIN_NONCE_BYTES];
+    memcpy(c, a, sizeof c);
+    c[31] ^= 1;
+    sr_join_session_key(k1, secret, sizeof secret, a, b);
+    sr_join_session_key(k2, secret, sizeof secret, a, b);
+    sr_join_session_key(k3, other, sizeof other, a, b);
+    sr_join_session_key(k4, secret, sizeof secret, b, a);
+    sr_join_session_key(k5, secret, sizeof secret, c, b);
+    sr_join_data_key(d, secret, sizeof secret, a);
+    assert_memory_equal(k1, k2, sizeof k1);
+    assert_memory_not_equal(k1, k3, sizeof k1);
+    assert_memory_not_equal(k1, k4, sizeof k1);
+    assert_memory_not_equal(k1, k5, sizeof k1);
+    assert_memory_not_equal(k1, d, sizeof k1);
+    /* nor the worker's proof over the same nonces, which crossed the network */
+    unsigned char p[SR_JOIN_PROOF_BYTES];
+    sr_join_proof(p, secret, sizeof secret, SR_JOIN_WORKER, a, b);
+    assert_memory_not_equal(k1, p, sizeof k1);
+}
+
 static void test_nonces_fresh(void **state) { assert_memory_not_equal(a, b, sizeof a); }
 
 int main(void) {
@@ -70,6 +94,7 @@ int main(void) {
         cmocka_unit_test(test_proof_verifies),
         cmocka_unit_test(test_proof_refused),
         cmocka_unit_test(test_data_key),
+        cmocka_unit_test(test_session_key),
         cmocka_unit_test(test_nonces_fresh),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
