@@ -280,18 +280,26 @@ static int cp__zigzag_logits(sr_cp *cp, int64_t n, int rc) {
     return rc;
 }
 
+/* This rank's zigzag spans and their rows, which must fit the run state;
+ * a rank that fails here returns (a status to agree on) after placing. */
+static int cp__zigzag_rows(sr_cp *cp, int64_t n, sr_span sp[2], int64_t *nloc, int *rc, const char *what) {
+    if ((*rc = sr_place_zigzag(n, cp->world, cp->rank, sp)) != SR_OK) return *rc;
+    *nloc = sr_span_total(sp, 2);
+    if (*nloc > cp->m->state.max_batch)
+        *rc = sr_error_set(SR_EINVAL, "%s: %lld local tokens do not fit a batch of %lld rows "
+                           "(load the model with max_batch >= sr_cp_batch_rows)", what, (long long)*nloc,
+                           (long long)cp->m->state.max_batch);
+    return SR_OK;
+}
+
 static int cp__prefill_ring(sr_cp *cp, const int32_t *tokens, int64_t n) {
     sr_model *m = cp->m;
     sr_model_state *s = &m->state;
     const sr_model_config *c = &m->config;
     sr_span sp[2];
-    int rc = sr_place_zigzag(n, cp->world, cp->rank, sp);
-    if (rc != SR_OK) return rc;
-    int64_t nloc = sr_span_total(sp, 2), kvd = (int64_t)c->n_head_kv * c->head_dim;
-    if (nloc > s->max_batch)
-        rc = sr_error_set(SR_EINVAL, "ring prefill: %lld local tokens do not fit a batch of %lld rows "
-                          "(load the model with max_batch >= sr_cp_batch_rows)", (long long)nloc,
-                          (long long)s->max_batch);
+    int64_t nloc = 0, kvd = (int64_t)c->n_head_kv * c->head_dim;
+    int rc;
+    if (cp__zigzag_rows(cp, n, sp, &nloc, &rc, "ring prefill") != SR_OK) return rc;
     size_t rb = sr_kv_row_bytes(&m->kv);
     char *kbuf = malloc(rb * (size_t)(nloc + 1)), *vbuf = malloc(rb * (size_t)(nloc + 1));
     int32_t *local = malloc(sizeof(int32_t) * (size_t)(nloc + 1));
@@ -340,13 +348,9 @@ static int cp__prefill_cad(sr_cp *cp, const int32_t *tokens, int64_t n) {
     sr_model_state *s = &m->state;
     const sr_model_config *c = &m->config;
     sr_span sp[2];
-    int rc = sr_place_zigzag(n, cp->world, cp->rank, sp);
-    if (rc != SR_OK) return rc;
-    int64_t nloc = sr_span_total(sp, 2);
-    if (nloc > s->max_batch)
-        rc = sr_error_set(SR_EINVAL, "cad prefill: %lld local tokens do not fit a batch of %lld rows "
-                          "(load the model with max_batch >= sr_cp_batch_rows)", (long long)nloc,
-                          (long long)s->max_batch);
+    int64_t nloc = 0;
+    int rc;
+    if (cp__zigzag_rows(cp, n, sp, &nloc, &rc, "cad prefill") != SR_OK) return rc;
     int32_t *local = malloc(sizeof(int32_t) * (size_t)(nloc + 1));
     if (rc == SR_OK && !local) rc = sr_error_set(SR_ENOMEM, "cad prefill: out of memory");
     if (rc == SR_OK && nloc > 0) rc = cp__embed_spans(m, tokens, sp, 2, local);
