@@ -184,6 +184,9 @@ typedef struct {
     int64_t n_runs;
     sr_star_run *qruns;  /* [n_runs] */
     float *in_kv, *in_q, *out, *tmp; /* this server's messages of one layer, and scratch */
+    int64_t n_mine, n_mq;
+    int64_t *mine, *kv_at;      /* [n_mine] this server's pieces (in position order), their offsets in in_kv */
+    int64_t *mq, *q_at, *out_at; /* [n_mq] its queries in the order answered, offsets in in_q and out */
     int64_t tmp_rows;
     sr_tp_req **reqs;
     int64_t n_reqs;
@@ -202,6 +205,13 @@ static void server_drop(server *s) {
     free(s->out);
     free(s->tmp);
     free(s->reqs);
+    free(s->mine);
+    free(s->kv_at);
+    free(s->mq);
+    free(s->q_at);
+    free(s->out_at);
+    s->mine = s->kv_at = s->mq = s->q_at = s->out_at = NULL;
+    s->n_mine = s->n_mq = 0;
     s->b0 = s->off0 = NULL;
     s->runs = NULL;
     s->qruns = NULL;
@@ -212,13 +222,27 @@ static void server_drop(server *s) {
     s->st.kv_tokens = s->st.kv_bytes = 0;
 }
 
-/* Layer l's runs of this server's KV. */
-static int64_t layer_runs(const sr_kv_cache *kv, const sr_kv_run *runs, int64_t n, int l, sr_star_run *out) {
-    for (int64_t i = 0; i < n; i++) {
-        int64_t at = (int64_t)l * kv->cap_blocks + runs[i].b0;
-        out[i] = (sr_star_run){{NULL, NULL, &kv->k_ptr[at], &kv->v_ptr[at], kv->block_size}, runs[i].pos0, runs[i].len};
+/* Layer l's runs of this server's KV before position end: in a ping-pong
+ * layer the slots after it may not hold this layer's KV yet. */
+static int64_t layer_runs(const sr_kv_cache *kv, const sr_kv_run *runs, int64_t n, int l, int64_t end,
+                          sr_star_run *out) {
+    int64_t m = 0;
+    for (int64_t i = 0; i < n && runs[i].pos0 < end; i++) {
+        int64_t at = (int64_t)l * kv->cap_blocks + runs[i].b0, len = end - runs[i].pos0;
+        out[m++] = (sr_star_run){{NULL, NULL, &kv->k_ptr[at], &kv->v_ptr[at], kv->block_size}, runs[i].pos0,
+                                 len < runs[i].len ? len : runs[i].len};
     }
-    return n;
+    return m;
+}
+
+static const qmsg *by_end_base;
+
+/* queries by the end of their span, then worker: the order answered */
+static int by_end(const void *a, const void *b) {
+    const qmsg *x = &by_end_base[*(const int64_t *)a], *y = &by_end_base[*(const int64_t *)b];
+    int64_t ex = x->pos0 + x->len, ey = y->pos0 + y->len;
+    if (ex != ey) return ex < ey ? -1 : 1;
+    return x->worker < y->worker ? -1 : x->worker > y->worker;
 }
 
 /* The cache slots, buffers and runs of a new context (s->ctx). */
@@ -228,30 +252,52 @@ static int server_setup(server *s) {
     if (rc == SR_OK) rc = sr_kv_build(&s->kv, c->n_layer, c->n_head_kv, c->head_dim, c->kv_dtype, c->kv_block);
     if (rc != SR_OK) return rc;
     const layout *y = &s->lay;
-    int64_t nkv = 0, nq = 0, nout = 0, most = c->max_step;
-    for (int64_t i = 0; i < y->n_pieces; i++)
-        if (y->pieces[i].server == s->me) nkv += kv_floats(c, y->pieces[i].len);
-    for (int64_t i = 0; i < y->n_q; i++)
-        if (y->q[i].server == s->me) {
-            nq += q_floats(c, y->q[i].len);
-            nout += out_floats(c, y->q[i].len);
-            if (y->q[i].len > most) most = y->q[i].len;
-        }
-    if (nq < q_floats(c, c->max_step)) nq = q_floats(c, c->max_step); /* a step's query and result */
-    if (nout < out_floats(c, c->max_step)) nout = out_floats(c, c->max_step);
+    int64_t np = 0, nq = 0;
+    for (int64_t i = 0; i < y->n_pieces; i++) np += y->pieces[i].server == s->me;
+    for (int64_t i = 0; i < y->n_q; i++) nq += y->q[i].server == s->me;
     s->b0 = malloc(sizeof *s->b0 * (size_t)(y->n_pieces + 1));
     s->off0 = malloc(sizeof *s->off0 * (size_t)(y->n_pieces + 1));
+    s->mine = malloc(sizeof *s->mine * (size_t)(np + 1));
+    s->kv_at = malloc(sizeof *s->kv_at * (size_t)(np + 1));
+    s->mq = malloc(sizeof *s->mq * (size_t)(nq + 1));
+    s->q_at = malloc(sizeof *s->q_at * (size_t)(nq + 1));
+    s->out_at = malloc(sizeof *s->out_at * (size_t)(nq + 1));
+    s->n_reqs = np + 2 * nq + 1;
+    s->reqs = calloc((size_t)s->n_reqs, sizeof *s->reqs);
+    if (!s->b0 || !s->off0 || !s->mine || !s->kv_at || !s->mq || !s->q_at || !s->out_at || !s->reqs)
+        return sr_error_set(SR_ENOMEM, "cad server: out of memory for a context of %lld tokens", (long long)c->n_ctx);
+    int64_t nkv = 0, nqf = 0, nout = 0, most = c->max_step;
+    for (int64_t i = 0; i < y->n_pieces; i++)
+        if (y->pieces[i].server == s->me) {
+            s->kv_at[s->n_mine] = nkv;
+            s->mine[s->n_mine++] = i;
+            nkv += kv_floats(c, y->pieces[i].len);
+        }
+    for (int64_t i = 0; i < y->n_q; i++)
+        if (y->q[i].server == s->me) s->mq[s->n_mq++] = i;
+    by_end_base = y->q;
+    qsort(s->mq, (size_t)s->n_mq, sizeof *s->mq, by_end);
+    for (int64_t j = 0; j < s->n_mq; j++) {
+        const qmsg *m = &y->q[s->mq[j]];
+        s->q_at[j] = nqf;
+        s->out_at[j] = nout;
+        nqf += q_floats(c, m->len);
+        nout += out_floats(c, m->len);
+        if (m->len > most) most = m->len;
+    }
+    if (nqf < q_floats(c, c->max_step)) nqf = q_floats(c, c->max_step); /* a step's query and result */
+    if (nout < out_floats(c, c->max_step)) nout = out_floats(c, c->max_step);
     s->in_kv = calloc((size_t)(nkv + 1), sizeof(float));
-    s->in_q = calloc((size_t)nq, sizeof(float));
+    s->in_q = calloc((size_t)nqf, sizeof(float));
     s->out = calloc((size_t)nout, sizeof(float));
     s->tmp_rows = most;
     s->tmp = malloc(sizeof(float) * (size_t)(most * c->n_head * (c->head_dim + 1)));
-    s->n_reqs = y->n_pieces + 2 * y->n_q + 1;
-    s->reqs = calloc((size_t)s->n_reqs, sizeof *s->reqs);
-    if (!s->b0 || !s->off0 || !s->in_kv || !s->in_q || !s->out || !s->tmp || !s->reqs)
+    if (!s->in_kv || !s->in_q || !s->out || !s->tmp)
         return sr_error_set(SR_ENOMEM, "cad server: out of memory for a context of %lld tokens", (long long)c->n_ctx);
-    for (int64_t i = 0; i < y->n_pieces && rc == SR_OK; i++)
-        if (y->pieces[i].server == s->me) rc = sr_kv_reserve(&s->kv, y->pieces[i].pos0, y->pieces[i].len, &s->b0[i], &s->off0[i]);
+    for (int64_t j = 0; j < s->n_mine && rc == SR_OK; j++) {
+        const piece *p = &y->pieces[s->mine[j]];
+        rc = sr_kv_reserve(&s->kv, p->pos0, p->len, &s->b0[s->mine[j]], &s->off0[s->mine[j]]);
+    }
     if (rc == SR_OK) rc = sr_kv_runs(&s->kv, &s->runs, &s->n_runs);
     if (rc == SR_OK && !(s->qruns = malloc(sizeof *s->qruns * (size_t)(s->n_runs + 1))))
         rc = sr_error_set(SR_ENOMEM, "cad server: out of memory");
@@ -268,7 +314,7 @@ static int server_attend(server *s, int l, int rc, int64_t nq, int64_t pos0, con
     double t0 = sr_now();
     if (rc == SR_OK) {
         sr_star_desc d = star_desc(c, s->n_threads);
-        rc = sr_star_attend(&d, nq, pos0, q, s->qruns, layer_runs(&s->kv, s->runs, s->n_runs, l, s->qruns), out,
+        rc = sr_star_attend(&d, nq, pos0, q, s->qruns, layer_runs(&s->kv, s->runs, s->n_runs, l, pos0 + nq, s->qruns), out,
                             out + qn, s->tmp, s->tmp + qn);
     }
     put_status(out + qn + nq * c->n_head, rc);
@@ -277,90 +323,84 @@ static int server_attend(server *s, int l, int rc, int64_t nq, int64_t pos0, con
     return rc;
 }
 
-/* One prefill layer: this server's pieces, then its queries one by one,
- * each answered as soon as computed. A failure of the attention (in *rc)
- * goes on through every message; the return is the transport's. */
+/* Waits for request i of this layer, counting the time as waiting. */
+static int server_wait(server *s, int64_t i) {
+    double t0 = sr_now();
+    int rc = sr_tp_wait(s->reqs[i]);
+    s->reqs[i] = NULL;
+    s->st.wait_s += sr_now() - t0;
+    return rc;
+}
+
+/* Stores piece j of this server's (a received message) in layer l. */
+static int server_store(server *s, int l, int64_t j, int rc) {
+    const sr_cad_cmd *c = &s->ctx;
+    const piece *p = &s->lay.pieces[s->mine[j]];
+    const float *kvm = s->in_kv + s->kv_at[j];
+    int64_t kvd = (int64_t)c->n_head_kv * c->head_dim;
+    int st = SR_OK;
+    double t0 = sr_now();
+    if (rc == SR_OK) rc = get_status(kvm + 2 * p->len * kvd, p->worker, &st);
+    if (rc == SR_OK) rc = sr_kv_store(&s->kv, l, s->b0[s->mine[j]], s->off0[s->mine[j]], p->len, kvm, kvm + p->len * kvd);
+    s->st.busy_s += sr_now() - t0;
+    return rc;
+}
+
+/* One prefill layer. Every receive is posted first; then the queries are
+ * answered in the order of their spans' ends, each as soon as the pieces
+ * before its end have arrived (ping-pong: the early spans' attention runs
+ * while the late spans' KV and queries are in flight), each answer sent at
+ * once. With s->ctx.overlap off everything is awaited first (the
+ * benchmark's baseline). A failure of the attention (in *rcp) goes on
+ * through every message; the return is the transport's. */
 static int server_layer(server *s, int l, int *rcp) {
     int rc = *rcp;
     const sr_cad_cmd *c = &s->ctx;
     const layout *y = &s->lay;
-    int64_t nr = 0, at = 0, kvd = (int64_t)c->n_head_kv * c->head_dim;
-    for (int64_t i = 0; i < y->n_pieces; i++) {
-        const piece *p = &y->pieces[i];
-        if (p->server != s->me) continue;
+    int64_t nr = 0, np = s->n_mine, nq = s->n_mq;
+    int trc = SR_OK;
+    for (int64_t j = 0; j < np && trc == SR_OK; j++) {
+        const piece *p = &y->pieces[s->mine[j]];
         int64_t n = kv_floats(c, p->len);
-        int prc = sr_tp_irecv(s->tp, s->in_kv + at, n * (int64_t)sizeof(float), p->worker, s->tag + TAG_KV, &s->reqs[nr++]);
-        if (prc != SR_OK) { /* the transport itself failed: nothing more can be exchanged */
-            sr_tp_waitall((int)nr, s->reqs);
-            return prc;
-        }
+        trc = sr_tp_irecv(s->tp, s->in_kv + s->kv_at[j], n * (int64_t)sizeof(float), p->worker, s->tag + TAG_KV,
+                          &s->reqs[nr++]);
         s->st.bytes_recv += n * (int64_t)sizeof(float);
-        at += n;
     }
-    int64_t q_first = nr;
-    float *qat = s->in_q;
-    for (int64_t i = 0; i < y->n_q; i++) {
-        const qmsg *m = &y->q[i];
-        if (m->server != s->me) continue;
+    for (int64_t j = 0; j < nq && trc == SR_OK; j++) {
+        const qmsg *m = &y->q[s->mq[j]];
         int64_t n = q_floats(c, m->len);
-        int prc = sr_tp_irecv(s->tp, qat, n * (int64_t)sizeof(float), m->worker, s->tag + TAG_Q, &s->reqs[nr++]);
-        if (prc != SR_OK) {
-            sr_tp_waitall((int)nr, s->reqs);
-            return prc;
-        }
+        trc = sr_tp_irecv(s->tp, s->in_q + s->q_at[j], n * (int64_t)sizeof(float), m->worker, s->tag + TAG_Q,
+                          &s->reqs[nr++]);
         s->st.bytes_recv += n * (int64_t)sizeof(float);
-        qat += n;
     }
-    double t0 = sr_now();
-    int wrc = sr_tp_waitall((int)q_first, s->reqs);
-    s->st.wait_s += sr_now() - t0;
-    if (wrc != SR_OK) {
+    if (trc != SR_OK) { /* the transport itself failed: nothing more can be exchanged */
         sr_tp_waitall((int)nr, s->reqs);
-        return wrc;
+        return trc;
     }
-    t0 = sr_now();
-    at = 0;
-    for (int64_t i = 0; i < y->n_pieces; i++) {
-        const piece *p = &y->pieces[i];
-        if (p->server != s->me) continue;
-        const float *kvm = s->in_kv + at;
-        int st = SR_OK;
-        if (rc == SR_OK) rc = get_status(kvm + 2 * p->len * kvd, p->worker, &st);
-        if (rc == SR_OK) rc = sr_kv_store(&s->kv, l, s->b0[i], s->off0[i], p->len, kvm, kvm + p->len * kvd);
-        at += kv_floats(c, p->len);
-    }
-    s->st.busy_s += sr_now() - t0;
-    qat = s->in_q;
-    float *oat = s->out;
-    int64_t sends = nr;
-    for (int64_t i = 0, j = q_first; i < y->n_q; i++) {
-        const qmsg *m = &y->q[i];
-        if (m->server != s->me) continue;
-        t0 = sr_now();
-        wrc = sr_tp_wait(s->reqs[j]);
-        s->reqs[j++] = NULL;
-        s->st.wait_s += sr_now() - t0;
-        if (wrc != SR_OK) {
-            sr_tp_waitall((int)sends, s->reqs);
-            return wrc;
-        }
+    if (!c->overlap)
+        for (int64_t j = 0; j < np + nq && trc == SR_OK; j++) trc = server_wait(s, j);
+    int64_t stored = 0, sends = np + nq;
+    for (int64_t j = 0; j < nq && trc == SR_OK; j++) {
+        const qmsg *m = &y->q[s->mq[j]];
+        for (; stored < np && y->pieces[s->mine[stored]].pos0 < m->pos0 + m->len && trc == SR_OK; stored++)
+            if ((trc = server_wait(s, stored)) == SR_OK) rc = server_store(s, l, stored, rc);
+        if (trc != SR_OK || (trc = server_wait(s, np + j)) != SR_OK) break;
+        float *qm = s->in_q + s->q_at[j], *out = s->out + s->out_at[j];
         int qrc = rc, st = SR_OK;
-        if (qrc == SR_OK) qrc = get_status(qat + q_floats(c, m->len) - 1, m->worker, &st);
+        if (qrc == SR_OK) qrc = get_status(qm + q_floats(c, m->len) - 1, m->worker, &st);
         /* a sender's failure is its own; this server's is every later answer's */
-        int arc = server_attend(s, l, qrc, m->len, m->pos0, qat, oat);
+        int arc = server_attend(s, l, qrc, m->len, m->pos0, qm, out);
         if (rc == SR_OK && qrc == SR_OK) rc = arc;
         int64_t n = out_floats(c, m->len);
-        int prc = sr_tp_isend(s->tp, oat, n * (int64_t)sizeof(float), m->worker, s->tag + TAG_OUT, &s->reqs[sends++]);
-        if (prc != SR_OK) {
-            sr_tp_waitall((int)sends, s->reqs);
-            return prc;
-        }
+        trc = sr_tp_isend(s->tp, out, n * (int64_t)sizeof(float), m->worker, s->tag + TAG_OUT, &s->reqs[sends++]);
         s->st.bytes_sent += n * (int64_t)sizeof(float);
-        qat += q_floats(c, m->len);
-        oat += n;
     }
+    /* pieces after every query this server answers: none, but stored alike */
+    for (; stored < np && trc == SR_OK; stored++)
+        if ((trc = server_wait(s, stored)) == SR_OK) rc = server_store(s, l, stored, rc);
+    int wrc = sr_tp_waitall((int)sends, s->reqs);
     *rcp = rc;
-    return sr_tp_waitall((int)sends, s->reqs);
+    return trc != SR_OK ? trc : wrc;
 }
 
 /* A prefill command: answer with this server's status, learn whether it
@@ -578,7 +618,7 @@ int sr_cad_prefill_begin(sr_cad *c, const sr_cad_shape *sh, int64_t n_ctx, int r
     if (rc == SR_OK) {
         c->ctx = (sr_cad_cmd){SR_CAD_OP_PREFILL, n_ctx, c->w, sh->n_layer, sh->n_head, sh->n_head_kv, sh->head_dim,
                               sh->kv_dtype, sh->kv_block, sh->chunk > 0 ? sh->chunk : SR_CAD_DEFAULT_CHUNK,
-                              sh->max_step, 0, 0};
+                              sh->max_step, sh->overlap, 0, 0};
         c->n_threads = sh->n_threads;
         /* the check the servers will make, here first: a bad shape fails every worker alike */
         int64_t words[SR_CAD_WIRE_CMD_WORDS];

@@ -16,6 +16,13 @@
  * servers' parts by LSE (sr_attn_merge_into). The servers keep that KV:
  * the model workers hold none of the context's.
  *
+ * Overlap (ping-pong). A server answers the spans in the order of their
+ * ends, each as soon as the KV before its end has arrived: under zigzag the
+ * early halves' attention runs while the late halves' KV and queries are
+ * still in flight, and every answer goes out while the next is computed.
+ * Its wait time (sr_cad_server_stats) is the transfer left exposed; with
+ * overlap off, the time of every transfer and the workers' compute.
+ *
  * Decode. For each layer of each step the query worker (rank 0) sends its
  * queries to every server; each returns (O, LSE) over its KV, merged with
  * the part over the new tokens' KV, which the query worker keeps (as phase
@@ -49,7 +56,8 @@ typedef struct {
     int64_t kv_block; /* tokens per block of the servers' KV caches */
     int64_t chunk;    /* the plan's starting chunk; 0: SR_CAD_DEFAULT_CHUNK */
     int64_t max_step; /* the most queries a decode step carries */
-    int n_threads;    /* the workers' own merges */
+    int overlap;      /* 1: the servers' ping-pong; 0: they await each layer's messages first */
+    int n_threads;    /* the query worker's own part of a decode step */
 } sr_cad_shape;
 
 /* A model worker's figures, accumulated until the handle is closed. */

@@ -13,7 +13,7 @@ void sr_cad_wire_cmd_encode(int64_t out[SR_CAD_WIRE_CMD_WORDS], const sr_cad_cmd
     out[0] = c->op;
     if (c->op == SR_CAD_OP_PREFILL) {
         int64_t w[] = {c->n_ctx, c->workers, c->n_layer, c->n_head, c->n_head_kv, c->head_dim, c->kv_dtype,
-                       c->kv_block, c->chunk, c->max_step};
+                       c->kv_block, c->chunk, c->max_step, c->overlap};
         memcpy(out + 1, w, sizeof w);
     } else if (c->op == SR_CAD_OP_STEP) {
         out[1] = c->nq;
@@ -22,7 +22,7 @@ void sr_cad_wire_cmd_encode(int64_t out[SR_CAD_WIRE_CMD_WORDS], const sr_cad_cmd
 }
 
 static const char *const prefill_names[] = {"context tokens", "workers", "layers", "query heads", "kv heads",
-                                            "head dim", "kv type", "kv block", "chunk", "max step"};
+                                            "head dim", "kv type", "kv block", "chunk", "max step", "overlap"};
 
 static int field(const int64_t *in, int i, int64_t lo, int64_t hi, int64_t *v) {
     if (in[i] < lo || in[i] > hi)
@@ -33,12 +33,12 @@ static int field(const int64_t *in, int i, int64_t lo, int64_t hi, int64_t *v) {
 }
 
 static int decode_prefill(const int64_t *in, int workers, sr_cad_cmd *c) {
-    int64_t v[10];
-    const int64_t lo[10] = {1, workers, 1, 1, 1, 1, SR_DT_F32, 1, 1, 1};
-    const int64_t hi[10] = {SR_WIRE_MAX_POS, workers, SR_CAD_WIRE_MAX_LAYERS, SR_CAD_WIRE_MAX_HEADS,
+    int64_t v[11];
+    const int64_t lo[11] = {1, workers, 1, 1, 1, 1, SR_DT_F32, 1, 1, 1, 0};
+    const int64_t hi[11] = {SR_WIRE_MAX_POS, workers, SR_CAD_WIRE_MAX_LAYERS, SR_CAD_WIRE_MAX_HEADS,
                             SR_CAD_WIRE_MAX_HEADS, SR_CAD_WIRE_MAX_HEAD_DIM, SR_DT_BF16, SR_CAD_WIRE_MAX_BLOCK,
-                            SR_WIRE_MAX_POS, SR_CAD_WIRE_MAX_STEP};
-    for (int i = 0; i < 10; i++) {
+                            SR_WIRE_MAX_POS, SR_CAD_WIRE_MAX_STEP, 1};
+    for (int i = 0; i < 11; i++) {
         int rc = field(in, i + 1, lo[i], hi[i], &v[i]);
         if (rc != SR_OK) return rc;
     }
@@ -53,7 +53,7 @@ static int decode_prefill(const int64_t *in, int workers, sr_cad_cmd *c) {
                             "bytes, allowed up to %lld", (long long)v[9], (long long)v[3], (long long)v[5],
                             (long long)bytes, (long long)SR_CAD_WIRE_MAX_MSG);
     *c = (sr_cad_cmd){SR_CAD_OP_PREFILL, v[0], (int)v[1], (int)v[2], (int)v[3], (int)v[4], (int)v[5], (int)v[6],
-                      v[7], v[8], v[9], 0, 0};
+                      v[7], v[8], v[9], (int)v[10], 0, 0};
     return SR_OK;
 }
 
@@ -63,7 +63,7 @@ int sr_cad_wire_cmd_decode(const int64_t in[SR_CAD_WIRE_CMD_WORDS], int workers,
     memset(out, 0, sizeof *out);
     int last = 0; /* the last word the op uses */
     switch (in[0]) {
-    case SR_CAD_OP_PREFILL: last = 10; break;
+    case SR_CAD_OP_PREFILL: last = 11; break;
     case SR_CAD_OP_STEP: last = 2; break;
     case SR_CAD_OP_STATS:
     case SR_CAD_OP_CLOSE: break;

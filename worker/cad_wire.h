@@ -6,7 +6,7 @@
  * Messages are int64 words in the host's byte order.
  *
  *   prefill  [op, n_ctx, workers, layers, heads, kv heads, head dim,
- *             kv type, kv block, chunk, max step]
+ *             kv type, kv block, chunk, max step, overlap]
  *   step     [op, nq, pos]: per layer one query message of nq rows follows
  *   stats    [op]: the server replies with SR_CAD_WIRE_STATS_WORDS words
  *   close    [op]: the server returns from sr_cad_serve
@@ -18,7 +18,7 @@
 #include <stdint.h>
 
 enum { SR_CAD_OP_PREFILL = 1, SR_CAD_OP_STEP = 2, SR_CAD_OP_STATS = 3, SR_CAD_OP_CLOSE = 4 };
-enum { SR_CAD_WIRE_CMD_WORDS = 11 };
+enum { SR_CAD_WIRE_CMD_WORDS = 12 };
 
 /* Shapes a peer may name. */
 #define SR_CAD_WIRE_MAX_LAYERS 4096
@@ -37,6 +37,7 @@ typedef struct {
     int64_t kv_block;   /* prefill: tokens per block of the server's KV cache */
     int64_t chunk;      /* prefill: the plan's starting chunk size */
     int64_t max_step;   /* prefill: the most queries a step carries */
+    int overlap;        /* prefill: 1 ping-pong (see worker/cad.h), 0 await each layer's messages first */
     int64_t nq, pos;    /* step: queries, at positions pos.. */
 } sr_cad_cmd;
 

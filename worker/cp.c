@@ -355,7 +355,7 @@ static int cp__prefill_cad(sr_cp *cp, const int32_t *tokens, int64_t n) {
     if (rc == SR_OK && !local) rc = sr_error_set(SR_ENOMEM, "cad prefill: out of memory");
     if (rc == SR_OK && nloc > 0) rc = cp__embed_spans(m, tokens, sp, 2, local);
     sr_cad_shape sh = {c->n_layer, c->n_head, c->n_head_kv, c->head_dim, m->kv.dtype, m->kv.block_size,
-                       cp->o.block_size, cp->max_step, m->n_threads};
+                       cp->o.block_size, cp->max_step, !cp->o.cad_serial, m->n_threads};
     if ((rc = sr_cad_prefill_begin(cp->cad, &sh, n, rc)) == SR_OK) {
         for (int l = 0; l < c->n_layer; l++) {
             if (rc == SR_OK && nloc > 0) rc = sr_model_layer_qkv(m, l);

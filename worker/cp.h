@@ -79,8 +79,11 @@ typedef struct {
     /* cad: the last attn_servers ranks of the transport are attention
      * servers (they run sr_cad_serve, never sr_cp_open); the others are the
      * model workers, and sr_cp's ranks and collectives are theirs alone.
-     * block_size is the plan's starting chunk (0: SR_CAD_DEFAULT_CHUNK). */
+     * block_size is the plan's starting chunk (0: SR_CAD_DEFAULT_CHUNK).
+     * cad_serial: the servers await each layer's messages before computing
+     * (no ping-pong; the benchmark's baseline). */
     int attn_servers;
+    int cad_serial;
     /* Optional, called on every rank between two chunks of a prefill, so
      * that a caller can do other work (the daemon runs other contexts'
      * steps) and report progress: ring after each layer, star after each

@@ -40,6 +40,7 @@ typedef struct {
     int64_t kv_block;
     int kv_dtype;
     double tol;
+    int serial;      /* the servers without ping-pong */
 } cad_case;
 
 /* The servers: the last k ranks. */
@@ -137,7 +138,7 @@ static int run_case(const char *path, sr_tp *tp, const cad_case *c, const int32_
         EXPECT_OK(sr_cad_serve(tp, k, TAG, 1));
         return 0;
     }
-    sr_cp_opts o = {.mode = SR_CP_CAD, .block_size = c->chunk, .tag = TAG, .attn_servers = k};
+    sr_cp_opts o = {.mode = SR_CP_CAD, .block_size = c->chunk, .tag = TAG, .attn_servers = k, .cad_serial = c->serial};
     int64_t batch = sr_cp_batch_rows(&o, c->n, size);
     if (batch < 64) batch = 64;
     sr_model *m = NULL;
@@ -197,6 +198,44 @@ static int run_case(const char *path, sr_tp *tp, const cad_case *c, const int32_
     return fails;
 }
 
+static int fail_between(void *data, int64_t done, int64_t total) { return *(const int *)data ? SR_EIO : SR_OK; }
+
+/* The last model worker fails between the two layers of a prefill: every
+ * worker's prefill fails (the servers get the failure in the messages of
+ * the layer that still runs), and the next prefill and a step work. */
+static int t_prefill_fails(const char *path, sr_tp *tp) {
+    int k = servers_for(size), w = size - k, bad = rank == w - 1, fails = 0;
+    if (sr_cad_is_server(rank, size, k)) {
+        EXPECT_OK(sr_cad_serve(tp, k, TAG, 1));
+        return 0;
+    }
+    cad_case c = {"", 100, 0, 1, 16, 16, SR_DT_F32, 0, 0};
+    sr_model *m = NULL;
+    sr_cp *cp = NULL;
+    EXPECT_OK(load_model(path, &c, 100, &m));
+    sr_cp_opts o = {.mode = SR_CP_CAD, .block_size = 16, .tag = TAG, .attn_servers = k, .between = fail_between,
+                    .between_data = &bad};
+    EXPECT_OK(sr_cp_open(&cp, m, tp, &o));
+    int32_t ids[100];
+    for (int i = 0; i < 100; i++) ids[i] = (i * 37 + 11) % m->config.vocab_size;
+    int rc = sr_cp_prefill(cp, ids, 100);
+    if (rc != SR_EIO) {
+        fprintf(stderr, "rank %d: a hook failing on rank %d gave %d: %s\n", rank, w - 1, rc, sr_error_msg());
+        fails++;
+    }
+    bad = 0;
+    COUNT_OK(sr_cp_prefill(cp, ids, 100));
+    if (sr_cp_is_query_rank(cp)) {
+        COUNT_OK(sr_cp_feed(cp, ids, 2));
+        COUNT_OK(sr_cp_end(cp));
+    } else {
+        COUNT_OK(sr_cp_serve(cp));
+    }
+    sr_cp_close(cp);
+    sr_model_free(m);
+    return fails;
+}
+
 /* Counts of servers a job cannot have are refused by name, on any rank. */
 static int t_bad_count(sr_tp *tp) {
     int fails = 0;
@@ -246,11 +285,13 @@ int main(int argc, char **argv) {
     int k = servers_for(size);
 
     tap(t_bad_count(mpi), "a job of %d ranks refuses %d or 0 attention servers, and a tag past the range", size, size);
+    tap(t_prefill_fails(tiny, mpi), "a model worker failing between two layers fails every worker's prefill, and the "
+        "next prefill and a step work");
     static const cad_case tiny_cases[] = {
-        {"tiny, n=301, question 5, chunks from 64, KV block 16", 301, 5, 5, 64, 16, 0, 1e-5},
-        {"tiny, n=37, chunks from 256 (the plan cuts finer)", 37, 2, 4, 0, 16, 0, 1e-5},
-        {"tiny, n=5 (some workers hold nothing)", 5, 0, 3, 0, 16, 0, 1e-5},
-        {"tiny, n=1000, chunks from 100, KV block 48", 1000, 3, 4, 100, 48, 0, 1e-5},
+        {"tiny, n=301, question 5, chunks from 64, KV block 16", 301, 5, 5, 64, 16, 0, 1e-5, 0},
+        {"tiny, n=37, chunks from 256 (the plan cuts finer)", 37, 2, 4, 0, 16, 0, 1e-5, 0},
+        {"tiny, n=5 (some workers hold nothing)", 5, 0, 3, 0, 16, 0, 1e-5, 0},
+        {"tiny, n=1000, chunks from 100, KV block 48", 1000, 3, 4, 100, 48, 0, 1e-5, 0},
     };
     for (size_t i = 0; i < sizeof tiny_cases / sizeof tiny_cases[0]; i++) {
         cad_case c = tiny_cases[i];
@@ -259,12 +300,15 @@ int main(int argc, char **argv) {
             "K=%d)", c.name, size - k, k);
     }
     {
-        cad_case c = {"tiny GQA 4, n=333 over tcp", 333, 4, 4, 50, 32, SR_DT_F32, 1e-5};
+        cad_case c = {"tiny GQA 4, n=333 over tcp", 333, 4, 4, 50, 32, SR_DT_F32, 1e-5, 0};
         tap(run_case(tiny_gqa, tcp, &c, NULL), "cad %s: f32 logits within 1e-5, greedy tokens equal (W=%d, K=%d)",
             c.name, size - k, k);
-        cad_case h = {"tiny GQA 4, n=333, f16 KV", 333, 4, 4, 50, 32, SR_DT_F16, 1e-4};
+        cad_case h = {"tiny GQA 4, n=333, f16 KV", 333, 4, 4, 50, 32, SR_DT_F16, 1e-4, 0};
         tap(run_case(tiny_gqa, mpi, &h, NULL), "cad %s: logits within 1e-4, greedy tokens equal (W=%d, K=%d)", h.name,
             size - k, k);
+        cad_case z = {"tiny GQA 4, n=333, servers without ping-pong", 333, 2, 3, 50, 32, SR_DT_F32, 1e-5, 1};
+        tap(run_case(tiny_gqa, mpi, &z, NULL), "cad %s: f32 logits within 1e-5, greedy tokens equal (W=%d, K=%d)",
+            z.name, size - k, k);
     }
 
     /* SmolLM2 over a short text */
@@ -291,7 +335,7 @@ int main(int argc, char **argv) {
             MPI_Bcast(hdr, 2, MPI_INT64_T, 0, MPI_COMM_WORLD);
             if (rank != 0 && hdr[0] == SR_OK) ids = malloc(sizeof(int32_t) * (size_t)hdr[1]);
             if (hdr[0] == SR_OK) MPI_Bcast(ids, (int)hdr[1], MPI_INT32_T, 0, MPI_COMM_WORLD);
-            cad_case c = {"SmolLM2, a short text", hdr[1] - 4, 4, 4, 16, 16, SR_DT_F16, 1e-3};
+            cad_case c = {"SmolLM2, a short text", hdr[1] - 4, 4, 4, 16, 16, SR_DT_F16, 1e-3, 0};
             tap(hdr[0] != SR_OK || run_case(model, mpi, &c, ids), "cad %s of %lld tokens: greedy tokens equal one "
                 "process (W=%d, K=%d)", c.name, (long long)hdr[1], size - k, k);
             free(ids);
