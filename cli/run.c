@@ -33,8 +33,9 @@
 /* What the command line sets. Integers are int64_t and floats float, as the
  * table's types say; unset strings are NULL. */
 typedef struct {
-    const char *model, *prompt, *file, *ids, *system, *stop, *dump, *dump_positions, *kv_type, *mode, *transport;
-    int chat;
+    const char *model, *prompt, *file, *ids, *system, *stop, *dump, *dump_positions, *kv_type, *mode, *transport,
+        *plan_docs;
+    int chat, cad_serial;
     int64_t n_predict, threads, top_k, seed, block_size, batch, anchor_size, random_context, ctx_size, kv_budget,
         attn_servers;
     float temp, top_p, repeat_penalty;
@@ -101,6 +102,8 @@ static const opt_def opt_table[] = {
     INT_OPT("attn-servers", 0, attn_servers, 0, 65535, "K", "0",
             "cad: the last K ranks are attention servers; they load no\n"
             "model and run every layer's core attention, balanced"),
+    FLAG_OPT("cad-serial", cad_serial, "cad: the servers await each layer's messages before\n"
+                                       "computing (no ping-pong; a benchmark's baseline)"),
     INT_OPT("anchor-size", 0, anchor_size, 0, MAX_CONTEXT, "N", "one block", "star: anchor tokens, 0 = one block; longer is slower\nand more accurate"),
     STR_OPT("transport", 0, transport, "T", "mpi", "mpi, ucx (addresses and key over MPI) or tcp (tcp needs SR_TCP_SECRET_FILE: deploy/README.md)"),
     STR_OPT("stop", 0, stop, "STR", NULL, "stop when the output contains STR"),
@@ -108,6 +111,10 @@ static const opt_def opt_table[] = {
             "test hook: write float32 logits at --dump-positions of the\n"
             "prompt to FILE ([positions][vocab]) and exit"),
     STR_OPT("dump-positions", 0, dump_positions, "L", NULL, "comma-separated prompt positions for --dump-logits"),
+    STR_OPT("plan-docs", 0, plan_docs, "\"N ...\"", NULL,
+            "benchmark hook: print the cad plan of a batch of documents\n"
+            "of these lengths over --attn-servers K (chunks from\n"
+            "--block-size, shapes of -m) and exit"),
 };
 enum { N_OPTS = sizeof(opt_table) / sizeof(opt_table[0]) };
 
@@ -280,6 +287,9 @@ static int read_args(int argc, char **argv, run_args *a, int *help) {
 /* The options that depend on each other, and the named choices. */
 static int check_args(const run_args *a, int world) {
     if (!a->model) return sr_error_set(SR_EINVAL, "-m MODEL is required");
+    if (a->plan_docs) /* one process, no prompt: the planner alone */
+        return a->attn_servers > 0 && world == 1 ? SR_OK
+                                                 : sr_error_set(SR_EINVAL, "--plan-docs needs --attn-servers K and one process");
     if (!a->prompt && !a->file && !a->ids && !a->random_context)
         return sr_error_set(SR_EINVAL, "give a prompt: -p, -f, --ids or --random-context");
     if (a->file && (a->ids || a->random_context)) return sr_error_set(SR_EINVAL, "give the context with one of -f, --ids or --random-context");
@@ -338,7 +348,7 @@ static void make_opts(const run_args *a, int world, run_inputs *in) {
                                                                                                               : SR_DT_F16};
     in->co = (sr_cp_opts){.mode = run_mode(a, world),
                           .block_size = a->block_size, .anchor_size = a->anchor_size, .tag = 0,
-                          .attn_servers = (int)a->attn_servers};
+                          .attn_servers = (int)a->attn_servers, .cad_serial = a->cad_serial};
     /* a logit dump generates nothing */
     in->gp = (sr_gen_params){.n_predict = a->dump ? 0 : a->n_predict, .sampling = sr_sampler_defaults(), .stop = a->stop};
     in->gp.sampling.temperature = a->temp;
@@ -499,6 +509,36 @@ static int dump_logits(const run_args *a, run_inputs *in) {
     return rc;
 }
 
+/* --plan-docs: the planner's view of a batch, one line per server. */
+static int print_plan(const run_args *a) {
+    int64_t *docs = NULL, n = 0;
+    sr_model *m = NULL;
+    sr_model_opts mo = {.n_threads = 1, .max_batch = 1};
+    int rc = parse_list("--plan-docs", a->plan_docs, 1, MAX_CONTEXT, &docs, &n);
+    if (rc == SR_OK) rc = sr_model_load(&m, a->model, &mo);
+    sr_cad_plan p = {0};
+    if (rc == SR_OK) {
+        sr_cad_cost cost = sr_cad_cost_of(m->config.n_head, m->config.n_head_kv, m->config.head_dim);
+        rc = sr_cad_plan_build(&p, docs, n, a->block_size ? a->block_size : SR_CAD_DEFAULT_CHUNK,
+                               (int)a->attn_servers, &cost);
+    }
+    if (rc == SR_OK) {
+        int64_t tokens = 0, bytes = 0;
+        for (int64_t d = 0; d < n; d++) tokens += docs[d];
+        for (int s = 0; s < p.n_servers; s++) bytes += p.bytes[s];
+        printf("cad plan: %lld documents, %lld tokens, %d servers, chunk %lld (%lld chunks, %s), imbalance %.4f, "
+               "%.3f MiB per layer, %.6f bytes/FLOP\n", (long long)n, (long long)tokens, p.n_servers, (long long)p.chunk,
+               (long long)p.n_chunks, p.head_tail ? "head-tail" : "contiguous", p.imbalance, bytes / 1048576.0,
+               p.bytes_per_flop);
+        for (int s = 0; s < p.n_servers; s++)
+            printf("cad plan server %d: %.4f GFLOP, %.3f MiB per layer\n", s, p.flops[s] * 1e-9, p.bytes[s] / 1048576.0);
+    }
+    sr_cad_plan_free(&p);
+    sr_model_free(m);
+    free(docs);
+    return rc;
+}
+
 /* Rank 0: the attention servers' figures, and the plan's imbalance against
  * the measured one (max / mean busy time). */
 static int report_cad(sr_cp *cp) {
@@ -636,6 +676,10 @@ int main(int argc, char **argv) {
     if (rc) {
         fprintf(stderr, "starring-run: %s (see --help)\n", sr_error_msg());
         return 2;
+    }
+    if (a.plan_docs) {
+        if ((rc = print_plan(&a)) != SR_OK) fprintf(stderr, "starring-run: %s\n", sr_error_msg());
+        return rc ? 1 : 0;
     }
     /* a transport when sharding, or when ranks of a job must agree even in full mode */
     /* ucx exchanges its worker addresses over MPI under starring-run */

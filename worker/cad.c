@@ -73,17 +73,16 @@ static int by_pos(const void *a, const void *b) {
     return x->s.pos0 < y->s.pos0 ? -1 : x->s.pos0 > y->s.pos0;
 }
 
-static sr_cad_cost plan_cost(const sr_cad_cmd *c) {
-    int64_t qd = (int64_t)c->n_head * c->head_dim;
-    return (sr_cad_cost){4 * qd, 8 * (int64_t)c->n_head_kv * c->head_dim, 4 * (qd + c->n_head),
-                         4.0 * (double)qd};
+sr_cad_cost sr_cad_cost_of(int n_head, int n_head_kv, int head_dim) {
+    int64_t qd = (int64_t)n_head * head_dim;
+    return (sr_cad_cost){4 * qd, 8 * (int64_t)n_head_kv * head_dim, 4 * (qd + n_head), 4.0 * (double)qd};
 }
 
 static int layout_build(layout *y, const sr_cad_cmd *c, int k) {
     memset(y, 0, sizeof *y);
     int w = c->workers;
     sr_cad_plan plan;
-    sr_cad_cost cost = plan_cost(c);
+    sr_cad_cost cost = sr_cad_cost_of(c->n_head, c->n_head_kv, c->head_dim);
     int rc = sr_cad_plan_build(&plan, &c->n_ctx, 1, c->chunk, k, &cost);
     if (rc != SR_OK) return rc;
     wspan *ws = malloc(sizeof *ws * (size_t)(2 * w));

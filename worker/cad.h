@@ -72,6 +72,10 @@ typedef struct {
 
 typedef struct sr_cad sr_cad;
 
+/* The plan's cost model for these shapes, as the runtime moves them:
+ * queries, K/V and answers (O and LSE) in fp32. */
+sr_cad_cost sr_cad_cost_of(int n_head, int n_head_kv, int head_dim);
+
 /* Whether rank is one of the n_servers attention servers of a job of size
  * ranks (the last ones). */
 int sr_cad_is_server(int rank, int size, int n_servers);
