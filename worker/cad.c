@@ -134,16 +134,16 @@ static int layout_build(layout *y, const sr_cad_cmd *c, int k) {
 
 /* ------------------------------------------------------------ messages */
 
-/* The status word after a message's floats. */
-static void put_status(float *slot, int status) {
-    int32_t v = status;
-    memcpy(slot, &v, sizeof v);
-}
+/* The sender's status after a message's floats, as a float: the codes are
+ * small integers, exact in one. */
+static void put_status(float *slot, int status) { *slot = (float)status; }
 
+/* A peer's failure is returned as its error; a slot that is no status code
+ * is SR_EFORMAT. */
 static int get_status(const float *slot, int peer, int *status) {
-    int32_t v;
-    memcpy(&v, slot, sizeof v);
-    int rc = sr_wire_status(v, peer, "cad attention", status);
+    float f = *slot;
+    int rc = sr_wire_status(f == f && fabsf(f) < 1e6f && f == (float)(int)f ? (int64_t)f : INT64_MIN, peer,
+                            "cad attention", status);
     if (rc == SR_OK && *status != SR_OK)
         rc = sr_error_set(*status, "cad attention: rank %d failed (%s)", peer, sr_strerror(*status));
     return rc;

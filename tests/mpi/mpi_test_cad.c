@@ -53,31 +53,33 @@ static int load_model(const char *path, const cad_case *c, int64_t batch, sr_mod
 
 static int32_t best_of(const float *x, int n) {
     int32_t b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
+    for (int i = 1; i < n; i++) b = x[i] > x[b] ? i : b;
     return b;
 }
 
-/* max |a - b| over max |b| */
+/* max |a - b| over max |b|; a NaN anywhere in a is infinitely far */
 static double scaled_diff(const float *a, const float *b, int n) {
     double e = 0, s = 0;
-    for (int i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (!(d <= e)) e = isnan(d) ? INFINITY : d;
-        if (fabs(b[i]) > s) s = fabs(b[i]);
-    }
+    for (int i = 0; i < n; i++) e = fmax(e, isnan(a[i]) ? INFINITY : fabs((double)a[i] - b[i])), s = fmax(s, fabs(b[i]));
     return e / (s > 0 ? s : 1);
 }
 
-/* Rank 0 of the workers: the question, then greedy steps; logits[steps][vocab] and toks[steps]. */
-static int drive(sr_cp *cp, sr_model *m, const int32_t *q, int64_t nq, int steps, float *logits, int32_t *toks) {
-    int vocab = m->config.vocab_size, rc = nq > 0 ? sr_cp_feed(cp, q, nq) : SR_OK;
+/* Every model worker: prefills n ids; then the query worker feeds the
+ * question (nq ids after them) and greedy steps, logits[steps][vocab] and
+ * toks[steps], while the others serve. */
+static int prefill_query(sr_cp *cp, sr_model *m, const int32_t *ids, int64_t n, int64_t nq, int steps, float *logits,
+                         int32_t *toks) {
+    int rc = sr_cp_prefill(cp, ids, n);
+    if (rc != SR_OK || !sr_cp_is_query_rank(cp)) return rc == SR_OK ? sr_cp_serve(cp) : rc;
+    int vocab = m->config.vocab_size;
+    if (nq > 0) rc = sr_cp_feed(cp, ids + n, nq);
     for (int i = 0; i < steps && rc == SR_OK; i++) {
         memcpy(logits + (int64_t)i * vocab, m->state.logits, sizeof(float) * (size_t)vocab);
         toks[i] = best_of(m->state.logits, vocab);
         if (i + 1 < steps) rc = sr_cp_feed(cp, &toks[i], 1);
     }
-    return rc;
+    int rc2 = sr_cp_end(cp);
+    return rc != SR_OK ? rc : rc2;
 }
 
 /* The single-process runtime over the same ids, greedy, checked against
@@ -156,15 +158,7 @@ static int run_case(const char *path, sr_tp *tp, const cad_case *c, const int32_
     float *logits = calloc((size_t)c->steps * (size_t)vocab, sizeof(float));
     for (int64_t i = 0; i < c->n + c->nq; i++)
         ids[i] = text ? text[i] : (int32_t)(sr_test_rng_at(5, (uint64_t)i, 0) * 1e6 + 1e6) % vocab;
-    rc = sr_cp_prefill(cp, ids, c->n);
-    if (rc == SR_OK && sr_cp_is_query_rank(cp)) {
-        rc = drive(cp, m, ids + c->n, c->nq, c->steps, logits, toks);
-        int rc2 = sr_cp_end(cp);
-        if (rc == SR_OK) rc = rc2;
-    } else if (rc == SR_OK) {
-        rc = sr_cp_serve(cp);
-    }
-    if (rc != SR_OK) {
+    if ((rc = prefill_query(cp, m, ids, c->n, c->nq, c->steps, logits, toks)) != SR_OK) {
         fprintf(stderr, "rank %d %s: %s\n", rank, c->name, sr_error_msg());
         fails++;
     }
@@ -216,21 +210,17 @@ static int t_prefill_fails(const char *path, sr_tp *tp) {
     sr_cp_opts o = {.mode = SR_CP_CAD, .block_size = 16, .tag = TAG, .attn_servers = k, .between = fail_between,
                     .between_data = &bad};
     EXPECT_OK(sr_cp_open(&cp, m, tp, &o));
-    int32_t ids[100];
-    for (int i = 0; i < 100; i++) ids[i] = (i * 37 + 11) % m->config.vocab_size;
+    int32_t ids[102], tok;
+    for (int i = 0; i < 102; i++) ids[i] = (i * 37 + 11) % m->config.vocab_size;
+    float *logits = malloc(sizeof(float) * (size_t)m->config.vocab_size);
     int rc = sr_cp_prefill(cp, ids, 100);
     if (rc != SR_EIO) {
         fprintf(stderr, "rank %d: a hook failing on rank %d gave %d: %s\n", rank, w - 1, rc, sr_error_msg());
         fails++;
     }
     bad = 0;
-    COUNT_OK(sr_cp_prefill(cp, ids, 100));
-    if (sr_cp_is_query_rank(cp)) {
-        COUNT_OK(sr_cp_feed(cp, ids, 2));
-        COUNT_OK(sr_cp_end(cp));
-    } else {
-        COUNT_OK(sr_cp_serve(cp));
-    }
+    COUNT_OK(prefill_query(cp, m, ids, 100, 2, 1, logits, &tok));
+    free(logits);
     sr_cp_close(cp);
     sr_model_free(m);
     return fails;
