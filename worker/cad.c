@@ -234,11 +234,10 @@ static int64_t layer_runs(const sr_kv_cache *kv, const sr_kv_run *runs, int64_t 
     return m;
 }
 
-static const qmsg *by_end_base;
-
-/* queries by the end of their span, then worker: the order answered */
-static int by_end(const void *a, const void *b) {
-    const qmsg *x = &by_end_base[*(const int64_t *)a], *y = &by_end_base[*(const int64_t *)b];
+/* queries (indexes into the layout's, in q) by the end of their span,
+ * then worker: the order answered */
+static int by_end(const void *a, const void *b, void *q) {
+    const qmsg *x = &((const qmsg *)q)[*(const int64_t *)a], *y = &((const qmsg *)q)[*(const int64_t *)b];
     int64_t ex = x->pos0 + x->len, ey = y->pos0 + y->len;
     if (ex != ey) return ex < ey ? -1 : 1;
     return x->worker < y->worker ? -1 : x->worker > y->worker;
@@ -274,8 +273,7 @@ static int server_setup(server *s) {
         }
     for (int64_t i = 0; i < y->n_q; i++)
         if (y->q[i].server == s->me) s->mq[s->n_mq++] = i;
-    by_end_base = y->q;
-    qsort(s->mq, (size_t)s->n_mq, sizeof *s->mq, by_end);
+    qsort_r(s->mq, (size_t)s->n_mq, sizeof *s->mq, by_end, y->q);
     for (int64_t j = 0; j < s->n_mq; j++) {
         const qmsg *m = &y->q[s->mq[j]];
         s->q_at[j] = nqf;
