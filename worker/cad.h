@@ -28,6 +28,9 @@
  * the part over the new tokens' KV, which the query worker keeps (as phase
  * 2 of star and ring does).
  *
+ * A server holds one context, the last one prefilled (sr_cp runs one at a
+ * time); a daemon keeping many resident needs them named in the commands.
+ *
  * Failures. Every message carries its sender's status, and a rank that
  * fails goes on sending and receiving what the plan says, so nobody waits
  * forever; the workers agree on the result of each layer (sr_agree over
