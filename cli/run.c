@@ -303,6 +303,9 @@ static int check_args(const run_args *a, int world) {
     int cad = a->mode && sr_cp_mode_parse(a->mode) == SR_CP_CAD;
     if (cad != (a->attn_servers > 0))
         return sr_error_set(SR_EINVAL, "--mode cad and --attn-servers K (1 or more) go together");
+    if (cad && world == 1)
+        return sr_error_set(SR_EINVAL, "--mode cad runs under mpirun: one model worker and --attn-servers K ranks at "
+                            "least; this job has one rank");
     if (cad && a->attn_servers >= world)
         return sr_error_set(SR_EINVAL, "--attn-servers: %lld, allowed 1..%d (the job's %d ranks less one model worker)",
                             (long long)a->attn_servers, world - 1, world);
