@@ -73,6 +73,9 @@ int sr_cp_open(sr_cp **out, sr_model *m, sr_tp *tp, const sr_cp_opts *opts) {
         return sr_error_set(SR_EINVAL, "context parallel: unknown mode %d", opts->mode);
     if (opts->mode != SR_CP_FULL && !tp)
         return sr_error_set(SR_EINVAL, "context parallel: mode %s needs a transport", sr_cp_mode_name(opts->mode));
+    if (opts->mode == SR_CP_CAD && opts->attn_servers < 1)
+        return sr_error_set(SR_EINVAL, "context parallel: mode cad needs attention servers (attn_servers %d; "
+                            "starring-run --attn-servers K)", opts->attn_servers);
     if (opts->block_size < 0 || opts->anchor_size < 0 || opts->tag < 0 || opts->tag + 1 > SR_TP_TAG_MAX)
         return sr_error_set(SR_EINVAL, "context parallel: block size %lld, anchor %lld and tag %d must be >= 0",
                             (long long)opts->block_size, (long long)opts->anchor_size, opts->tag);
