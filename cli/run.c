@@ -1,6 +1,6 @@
 /* starring-run: loads a GGUF model and generates from a prompt, printing the
  * text on stdout as it comes and timing lines on stderr. Under mpirun the
- * context (-f FILE) is prefilled across the ranks (--mode ring|star) and the
+ * context (-f FILE) is prefilled across the ranks (--mode ring|star|cad) and the
  * question (-p) answered over the sharded KV (worker/cp.h); rank 0 prints.
  *
  * main reads the options (one table: name, type, bounds, default, help),
@@ -33,9 +33,11 @@
 /* What the command line sets. Integers are int64_t and floats float, as the
  * table's types say; unset strings are NULL. */
 typedef struct {
-    const char *model, *prompt, *file, *ids, *system, *stop, *dump, *dump_positions, *kv_type, *mode, *transport;
-    int chat;
-    int64_t n_predict, threads, top_k, seed, block_size, batch, anchor_size, random_context, ctx_size, kv_budget;
+    const char *model, *prompt, *file, *ids, *system, *stop, *dump, *dump_positions, *kv_type, *mode, *transport,
+        *plan_docs;
+    int chat, cad_serial;
+    int64_t n_predict, threads, top_k, seed, block_size, batch, anchor_size, random_context, ctx_size, kv_budget,
+        attn_servers;
     float temp, top_p, repeat_penalty;
 } run_args;
 
@@ -96,7 +98,12 @@ static const opt_def opt_table[] = {
             "per placed block: smaller blocks are faster and more\n"
             "approximate (each sees only the anchor and itself)"),
     INT_OPT("batch", 0, batch, 1, MAX_BATCH, "N", "512", "prompt tokens per forward pass"),
-    STR_OPT("mode", 0, mode, "M", "full alone, star under mpirun", "full, ring or star"),
+    STR_OPT("mode", 0, mode, "M", "full alone, star under mpirun", "full, ring, star or cad"),
+    INT_OPT("attn-servers", 0, attn_servers, 0, 65535, "K", "0",
+            "cad: the last K ranks are attention servers; they load no\n"
+            "model and run every layer's core attention, balanced"),
+    FLAG_OPT("cad-serial", cad_serial, "cad: the servers await each layer's messages before\n"
+                                       "computing (no ping-pong; a benchmark's baseline)"),
     INT_OPT("anchor-size", 0, anchor_size, 0, MAX_CONTEXT, "N", "one block", "star: anchor tokens, 0 = one block; longer is slower\nand more accurate"),
     STR_OPT("transport", 0, transport, "T", "mpi", "mpi, ucx (addresses and key over MPI) or tcp (tcp needs SR_TCP_SECRET_FILE: deploy/README.md)"),
     STR_OPT("stop", 0, stop, "STR", NULL, "stop when the output contains STR"),
@@ -104,6 +111,10 @@ static const opt_def opt_table[] = {
             "test hook: write float32 logits at --dump-positions of the\n"
             "prompt to FILE ([positions][vocab]) and exit"),
     STR_OPT("dump-positions", 0, dump_positions, "L", NULL, "comma-separated prompt positions for --dump-logits"),
+    STR_OPT("plan-docs", 0, plan_docs, "\"N ...\"", NULL,
+            "benchmark hook: print the cad plan of a batch of documents\n"
+            "of these lengths over --attn-servers K (chunks from\n"
+            "--block-size, shapes of -m) and exit"),
 };
 enum { N_OPTS = sizeof(opt_table) / sizeof(opt_table[0]) };
 
@@ -276,6 +287,9 @@ static int read_args(int argc, char **argv, run_args *a, int *help) {
 /* The options that depend on each other, and the named choices. */
 static int check_args(const run_args *a, int world) {
     if (!a->model) return sr_error_set(SR_EINVAL, "-m MODEL is required");
+    if (a->plan_docs) /* one process, no prompt: the planner alone */
+        return a->attn_servers > 0 && world == 1 ? SR_OK
+                                                 : sr_error_set(SR_EINVAL, "--plan-docs needs --attn-servers K and one process");
     if (!a->prompt && !a->file && !a->ids && !a->random_context)
         return sr_error_set(SR_EINVAL, "give a prompt: -p, -f, --ids or --random-context");
     if (a->file && (a->ids || a->random_context)) return sr_error_set(SR_EINVAL, "give the context with one of -f, --ids or --random-context");
@@ -285,7 +299,16 @@ static int check_args(const run_args *a, int world) {
     if (strcmp(a->kv_type, "f16") && strcmp(a->kv_type, "bf16") && strcmp(a->kv_type, "f32"))
         return sr_error_set(SR_EINVAL, "--kv-type: '%s' is not f16, bf16 or f32", a->kv_type);
     if (a->mode && sr_cp_mode_parse(a->mode) < 0)
-        return sr_error_set(SR_EINVAL, "--mode: '%s' is not full, ring or star", a->mode);
+        return sr_error_set(SR_EINVAL, "--mode: '%s' is not full, ring, star or cad", a->mode);
+    int cad = a->mode && sr_cp_mode_parse(a->mode) == SR_CP_CAD;
+    if (cad != (a->attn_servers > 0))
+        return sr_error_set(SR_EINVAL, "--mode cad and --attn-servers K (1 or more) go together");
+    if (cad && world == 1)
+        return sr_error_set(SR_EINVAL, "--mode cad runs under mpirun: one model worker and --attn-servers K ranks at "
+                            "least; this job has one rank");
+    if (cad && a->attn_servers >= world)
+        return sr_error_set(SR_EINVAL, "--attn-servers: %lld, allowed 1..%d (the job's %d ranks less one model worker)",
+                            (long long)a->attn_servers, world - 1, world);
     if (strcmp(a->transport, "mpi") && strcmp(a->transport, "ucx") && strcmp(a->transport, "tcp"))
         return sr_error_set(SR_EINVAL, "--transport: '%s' is not mpi, ucx or tcp", a->transport);
     return SR_OK;
@@ -327,7 +350,8 @@ static void make_opts(const run_args *a, int world, run_inputs *in) {
                              .kv_dtype = !strcmp(a->kv_type, "bf16") ? SR_DT_BF16 : !strcmp(a->kv_type, "f32") ? SR_DT_F32
                                                                                                               : SR_DT_F16};
     in->co = (sr_cp_opts){.mode = run_mode(a, world),
-                          .block_size = a->block_size, .anchor_size = a->anchor_size, .tag = 0};
+                          .block_size = a->block_size, .anchor_size = a->anchor_size, .tag = 0,
+                          .attn_servers = (int)a->attn_servers, .cad_serial = a->cad_serial};
     /* a logit dump generates nothing */
     in->gp = (sr_gen_params){.n_predict = a->dump ? 0 : a->n_predict, .sampling = sr_sampler_defaults(), .stop = a->stop};
     in->gp.sampling.temperature = a->temp;
@@ -488,6 +512,68 @@ static int dump_logits(const run_args *a, run_inputs *in) {
     return rc;
 }
 
+/* --plan-docs: the planner's view of a batch, one line per server. */
+static int print_plan(const run_args *a) {
+    int64_t *docs = NULL, n = 0;
+    sr_model *m = NULL;
+    sr_model_opts mo = {.n_threads = 1, .max_batch = 1};
+    int rc = parse_list("--plan-docs", a->plan_docs, 1, MAX_CONTEXT, &docs, &n);
+    if (rc == SR_OK) rc = sr_model_load(&m, a->model, &mo);
+    sr_cad_plan p = {0};
+    if (rc == SR_OK) {
+        sr_cad_cost cost = sr_cad_cost_of(m->config.n_head, m->config.n_head_kv, m->config.head_dim);
+        rc = sr_cad_plan_build(&p, docs, n, a->block_size ? a->block_size : SR_CAD_DEFAULT_CHUNK,
+                               (int)a->attn_servers, &cost);
+    }
+    if (rc == SR_OK) {
+        int64_t tokens = 0, bytes = 0;
+        for (int64_t d = 0; d < n; d++) tokens += docs[d];
+        for (int s = 0; s < p.n_servers; s++) bytes += p.bytes[s];
+        printf("cad plan: %lld documents, %lld tokens, %d servers, chunk %lld (%lld chunks, %s), imbalance %.4f, "
+               "%.3f MiB per layer, %.6f bytes/FLOP\n", (long long)n, (long long)tokens, p.n_servers, (long long)p.chunk,
+               (long long)p.n_chunks, p.head_tail ? "head-tail" : "contiguous", p.imbalance, bytes / 1048576.0,
+               p.bytes_per_flop);
+        for (int s = 0; s < p.n_servers; s++)
+            printf("cad plan server %d: %.4f GFLOP, %.3f MiB per layer\n", s, p.flops[s] * 1e-9, p.bytes[s] / 1048576.0);
+    }
+    sr_cad_plan_free(&p);
+    sr_model_free(m);
+    free(docs);
+    return rc;
+}
+
+/* Rank 0: the attention servers' figures, and the plan's imbalance against
+ * the measured one (max / mean busy time). */
+static int report_cad(sr_cp *cp) {
+    sr_cad *cad = sr_cp_cad(cp);
+    int k = sr_cad_servers(cad);
+    sr_cad_server_stats *ss = calloc((size_t)k, sizeof *ss);
+    if (!ss) return sr_error_set(SR_ENOMEM, "out of memory");
+    int rc = sr_cad_server_stats_get(cad, ss);
+    if (rc == SR_OK) {
+        sr_cad_stats ws;
+        sr_cad_get_stats(cad, &ws);
+        double busy = 0, most = 0;
+        int64_t bytes = 0;
+        for (int s = 0; s < k; s++) {
+            busy += ss[s].busy_s;
+            if (ss[s].busy_s > most) most = ss[s].busy_s;
+            bytes += ss[s].bytes_recv + ss[s].bytes_sent;
+        }
+        fprintf(stderr, "starring-run: cad: %d attention servers, plan chunk %lld, plan imbalance %.3f, measured "
+                "imbalance %.3f (max/mean busy), %.2f MiB moved, query worker waited %.3f s in prefill\n", k,
+                (long long)ws.plan_chunk, ws.plan_imbalance, busy > 0 ? most / (busy / k) : 0.0, bytes / 1048576.0,
+                ws.wait_s);
+        for (int s = 0; s < k; s++)
+            fprintf(stderr, "starring-run: attention server %d: kv %lld tokens, %.2f MiB, busy %.3f s, waited %.3f s, "
+                    "%lld answers, received %.2f MiB, sent %.2f MiB\n", s, (long long)ss[s].kv_tokens,
+                    ss[s].kv_bytes / 1048576.0, ss[s].busy_s, ss[s].wait_s, (long long)ss[s].tasks,
+                    ss[s].bytes_recv / 1048576.0, ss[s].bytes_sent / 1048576.0);
+    }
+    free(ss);
+    return rc;
+}
+
 /* The timing lines of rank 0 (every rank's figures gathered first). */
 static int report(sr_cp *cp, const run_inputs *in, const char *transport, const sr_gen_stats *g) {
     const sr_cp_opts *co = &in->co;
@@ -524,6 +610,7 @@ static int report(sr_cp *cp, const run_inputs *in, const char *transport, const 
                 (long long)g->n_decode, g->t_decode, g->n_decode / t_dec,
                 g->n_decode ? 1e3 * g->t_decode / g->n_decode : 0.0,
                 all[0].n_steps ? (double)all[0].messages / all[0].n_steps : 0.0);
+        if (co->mode == SR_CP_CAD) rc = report_cad(cp);
         for (int p = 0; p < w; p++)
             fprintf(stderr,
                     "starring-run: worker %d: kv %lld tokens, %.2f MiB, peak rss %.1f MiB, prefill %.3f s, "
@@ -558,8 +645,9 @@ static int generate(const run_args *a, run_inputs *in, sr_tp *tp, int rank) {
      * collective: every rank learns whether it is set) */
     sr_progress bar;
     sr_progress_init(&bar, "starring-run", "prefill", 0);
-    int32_t tty = rank == 0 && bar.tty;
-    if (tp && (rc = sr_tp_bcast(tp, &tty, sizeof tty, 0))) return rc;
+    /* (not in cad mode: the attention servers, serving already, take no part) */
+    int32_t tty = rank == 0 && bar.tty && in->co.mode != SR_CP_CAD;
+    if (tp && in->co.mode != SR_CP_CAD && (rc = sr_tp_bcast(tp, &tty, sizeof tty, 0))) return rc;
     if (tty) {
         in->co.between = show_progress;
         in->co.between_data = rank == 0 ? &bar : NULL;
@@ -592,6 +680,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "starring-run: %s (see --help)\n", sr_error_msg());
         return 2;
     }
+    if (a.plan_docs) {
+        if ((rc = print_plan(&a)) != SR_OK) fprintf(stderr, "starring-run: %s\n", sr_error_msg());
+        return rc ? 1 : 0;
+    }
     /* a transport when sharding, or when ranks of a job must agree even in full mode */
     /* ucx exchanges its worker addresses over MPI under starring-run */
     int sharded = run_mode(&a, world) != SR_CP_FULL || world > 1,
@@ -603,8 +695,11 @@ int main(int argc, char **argv) {
     sr_log_init("run", tp ? rank : -1, SR_LOG_WARN);
 
     run_inputs in = {0};
-    if (rc == SR_OK) rc = build_inputs(&a, tp ? sr_tp_size(tp) : 1, rank, &in);
-    if (rc == SR_OK) rc = a.dump ? dump_logits(&a, &in) : generate(&a, &in, tp, rank);
+    /* an attention server loads nothing: the model workers send the shapes */
+    int server = tp && a.attn_servers > 0 && sr_cad_is_server(rank, sr_tp_size(tp), (int)a.attn_servers);
+    if (rc == SR_OK && server) rc = sr_cad_serve(tp, (int)a.attn_servers, 0, (int)a.threads);
+    else if (rc == SR_OK) rc = build_inputs(&a, tp ? sr_tp_size(tp) - (int)a.attn_servers : 1, rank, &in);
+    if (rc == SR_OK && !server) rc = a.dump ? dump_logits(&a, &in) : generate(&a, &in, tp, rank);
     if (rc) fprintf(stderr, "starring-run: rank %d: %s\n", rank, sr_error_msg());
     free_inputs(&in);
     sr_tp_close(tp);

@@ -1043,6 +1043,11 @@ static int check_options(req *r, const char *mode, int64_t block_size, int64_t a
         req_finish(r, SR_GRPC_INVALID_ARGUMENT, "mode '%s' does not exist: use star, ring or full (or leave it empty)", mode);
         return 0;
     }
+    if (mode && sr_cp_mode_parse(mode) == SR_CP_CAD) { /* starring-run has it; starringd runs no attention servers yet */
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "mode 'cad' needs attention servers, which starringd does not run yet: "
+                   "use star, ring or full (starring-run --mode cad --attn-servers K has it)");
+        return 0;
+    }
     if (block_size < 0 || block_size > (1 << 24) || anchor_size < 0 || anchor_size > (1 << 24)) {
         req_finish(r, SR_GRPC_INVALID_ARGUMENT, "block_size %lld and anchor_size %lld must be in 0..16777216 (0: the default)",
                    (long long)block_size, (long long)anchor_size);

@@ -18,7 +18,8 @@ struct sr_cp {
     sr_tp *tp;          /* NULL: a single process in full mode */
     sr_cp_opts o;
     int rank, world;
-    sr_star *star;      /* phase 2 (sharded modes) */
+    sr_star *star;      /* phase 2 (ring and star) */
+    sr_cad *cad;        /* cad: the attention servers; tp is then the model workers' group */
     sr_kv_cache gen;    /* query rank: KV of the new tokens, positions n_ctx.. */
     int64_t n_ctx;      /* context tokens */
     int64_t n_new;      /* new tokens fed since the prefill */
@@ -36,25 +37,27 @@ struct sr_cp {
     sr_cp_stats st;
 };
 
-static const char *const mode_names[] = {"full", "ring", "star"};
+static const char *const mode_names[] = {"full", "ring", "star", "cad"};
 
 const char *sr_cp_mode_name(int mode) {
-    return mode >= SR_CP_FULL && mode <= SR_CP_STAR ? mode_names[mode] : "?";
+    return mode >= SR_CP_FULL && mode <= SR_CP_CAD ? mode_names[mode] : "?";
 }
 
 int sr_cp_mode_parse(const char *name) {
-    for (int i = SR_CP_FULL; i <= SR_CP_STAR; i++)
+    for (int i = SR_CP_FULL; i <= SR_CP_CAD; i++)
         if (name && strcmp(name, mode_names[i]) == 0) return i;
     return -1;
 }
 
 sr_model *sr_cp_model(const sr_cp *cp) { return cp->m; }
+sr_cad *sr_cp_cad(const sr_cp *cp) { return cp->cad; }
 int sr_cp_rank(const sr_cp *cp) { return cp->rank; }
 int sr_cp_world(const sr_cp *cp) { return cp->world; }
 int sr_cp_is_query_rank(const sr_cp *cp) { return cp->rank == SR_CP_QUERY_RANK; }
 
 int64_t sr_cp_batch_rows(const sr_cp_opts *opts, int64_t n, int world) {
-    if (!opts || opts->mode != SR_CP_RING || world < 1) return 0;
+    if (opts && opts->mode == SR_CP_CAD) world -= opts->attn_servers; /* the model workers hold the tokens */
+    if (!opts || (opts->mode != SR_CP_RING && opts->mode != SR_CP_CAD) || world < 1) return 0;
     int64_t most = 0;
     for (int p = 0; p < world; p++) {
         sr_span sp[2];
@@ -66,10 +69,13 @@ int64_t sr_cp_batch_rows(const sr_cp_opts *opts, int64_t n, int world) {
 int sr_cp_open(sr_cp **out, sr_model *m, sr_tp *tp, const sr_cp_opts *opts) {
     if (!out || !m || !opts) return sr_error_set(SR_EINVAL, "sr_cp_open: NULL argument");
     *out = NULL;
-    if (opts->mode < SR_CP_FULL || opts->mode > SR_CP_STAR)
+    if (opts->mode < SR_CP_FULL || opts->mode > SR_CP_CAD)
         return sr_error_set(SR_EINVAL, "context parallel: unknown mode %d", opts->mode);
     if (opts->mode != SR_CP_FULL && !tp)
         return sr_error_set(SR_EINVAL, "context parallel: mode %s needs a transport", sr_cp_mode_name(opts->mode));
+    if (opts->mode == SR_CP_CAD && opts->attn_servers < 1)
+        return sr_error_set(SR_EINVAL, "context parallel: mode cad needs attention servers (attn_servers %d; "
+                            "starring-run --attn-servers K)", opts->attn_servers);
     if (opts->block_size < 0 || opts->anchor_size < 0 || opts->tag < 0 || opts->tag + 1 > SR_TP_TAG_MAX)
         return sr_error_set(SR_EINVAL, "context parallel: block size %lld, anchor %lld and tag %d must be >= 0",
                             (long long)opts->block_size, (long long)opts->anchor_size, opts->tag);
@@ -78,14 +84,21 @@ int sr_cp_open(sr_cp **out, sr_model *m, sr_tp *tp, const sr_cp_opts *opts) {
     cp->m = m;
     cp->tp = tp;
     cp->o = *opts;
+    /* a server rank or a bad count fails here, before any collective */
+    int rc = opts->mode == SR_CP_CAD ? sr_cad_open(&cp->cad, tp, opts->attn_servers, opts->tag) : SR_OK;
+    if (rc != SR_OK) {
+        free(cp);
+        return rc;
+    }
+    if (cp->cad) cp->tp = tp = sr_cad_group(cp->cad);
     cp->rank = tp ? sr_tp_rank(tp) : 0;
     cp->world = tp ? sr_tp_size(tp) : 1;
     const sr_kv_cache *kv = &m->kv;
-    int rc = sr_kv_build(&cp->gen, kv->n_layer, kv->n_head_kv, kv->head_dim, kv->dtype, kv->block_size);
+    rc = sr_kv_build(&cp->gen, kv->n_layer, kv->n_head_kv, kv->head_dim, kv->dtype, kv->block_size);
     cp->agree = calloc((size_t)cp->world, sizeof *cp->agree);
     cp->hello = calloc((size_t)cp->world, sizeof *cp->hello * SR_WIRE_HELLO_WORDS);
     if (rc == SR_OK && (!cp->agree || !cp->hello)) rc = sr_error_set(SR_ENOMEM, "context parallel: out of memory");
-    if (rc == SR_OK && opts->mode != SR_CP_FULL) rc = sr_star_init(&cp->star, tp);
+    if (rc == SR_OK && opts->mode != SR_CP_FULL && opts->mode != SR_CP_CAD) rc = sr_star_init(&cp->star, tp);
     /* every rank opens or none does: one that failed would miss the others'
      * next collective */
     if (tp && cp->agree) rc = sr_agree(tp, rc, cp->agree, "context parallel");
@@ -100,6 +113,7 @@ int sr_cp_open(sr_cp **out, sr_model *m, sr_tp *tp, const sr_cp_opts *opts) {
 void sr_cp_close(sr_cp *cp) {
     if (!cp) return;
     sr_star_free(cp->star);
+    sr_cad_close(cp->cad);
     sr_kv_free(&cp->gen);
     free(cp->runs);
     free(cp->qruns);
@@ -254,18 +268,41 @@ static int cp__embed_spans(sr_model *m, const int32_t *tokens, const sr_span *sp
     return rc;
 }
 
+/* After a zigzag prefill: the rank whose last row is token n-1 computes
+ * the logits, and every rank gets them. */
+static int cp__zigzag_logits(sr_cp *cp, int64_t n, int rc) {
+    int owner = 0;
+    for (int p = 0; p < cp->world; p++) {
+        sr_span q[2];
+        sr_place_zigzag(n, cp->world, p, q);
+        const sr_span *last = q[1].len > 0 ? &q[1] : &q[0];
+        if (last->len > 0 && last->pos0 + last->len == n) owner = p;
+    }
+    if (rc == SR_OK && cp->rank == owner) rc = sr_model_logits(cp->m);
+    if ((rc = cp__agree(cp, rc)) == SR_OK) rc = cp__share_logits(cp, owner);
+    return rc;
+}
+
+/* This rank's zigzag spans and their rows, which must fit the run state;
+ * a rank that fails here returns (a status to agree on) after placing. */
+static int cp__zigzag_rows(sr_cp *cp, int64_t n, sr_span sp[2], int64_t *nloc, int *rc, const char *what) {
+    if ((*rc = sr_place_zigzag(n, cp->world, cp->rank, sp)) != SR_OK) return *rc;
+    *nloc = sr_span_total(sp, 2);
+    if (*nloc > cp->m->state.max_batch)
+        *rc = sr_error_set(SR_EINVAL, "%s: %lld local tokens do not fit a batch of %lld rows "
+                           "(load the model with max_batch >= sr_cp_batch_rows)", what, (long long)*nloc,
+                           (long long)cp->m->state.max_batch);
+    return SR_OK;
+}
+
 static int cp__prefill_ring(sr_cp *cp, const int32_t *tokens, int64_t n) {
     sr_model *m = cp->m;
     sr_model_state *s = &m->state;
     const sr_model_config *c = &m->config;
     sr_span sp[2];
-    int rc = sr_place_zigzag(n, cp->world, cp->rank, sp);
-    if (rc != SR_OK) return rc;
-    int64_t nloc = sr_span_total(sp, 2), kvd = (int64_t)c->n_head_kv * c->head_dim;
-    if (nloc > s->max_batch)
-        rc = sr_error_set(SR_EINVAL, "ring prefill: %lld local tokens do not fit a batch of %lld rows "
-                          "(load the model with max_batch >= sr_cp_batch_rows)", (long long)nloc,
-                          (long long)s->max_batch);
+    int64_t nloc = 0, kvd = (int64_t)c->n_head_kv * c->head_dim;
+    int rc;
+    if (cp__zigzag_rows(cp, n, sp, &nloc, &rc, "ring prefill") != SR_OK) return rc;
     size_t rb = sr_kv_row_bytes(&m->kv);
     char *kbuf = malloc(rb * (size_t)(nloc + 1)), *vbuf = malloc(rb * (size_t)(nloc + 1));
     int32_t *local = malloc(sizeof(int32_t) * (size_t)(nloc + 1));
@@ -296,19 +333,41 @@ static int cp__prefill_ring(sr_cp *cp, const int32_t *tokens, int64_t n) {
         if (nloc > 0 && (rc = sr_model_layer_attn_out(m, l)) == SR_OK) rc = sr_model_layer_mlp(m, l);
         rc = cp__between(cp, rc);
     }
-    /* the rank whose last row is token n-1 has the logits */
-    int owner = 0;
-    for (int p = 0; p < cp->world; p++) {
-        sr_span q[2];
-        sr_place_zigzag(n, cp->world, p, q);
-        const sr_span *last = q[1].len > 0 ? &q[1] : &q[0];
-        if (last->len > 0 && last->pos0 + last->len == n) owner = p;
-    }
-    if (rc == SR_OK && cp->rank == owner) rc = sr_model_logits(m);
-    if ((rc = cp__agree(cp, rc)) == SR_OK) rc = cp__share_logits(cp, owner);
+    rc = cp__zigzag_logits(cp, n, rc);
     sr_ring_free(ring);
     free(kbuf);
     free(vbuf);
+    free(local);
+    return rc;
+}
+
+/* ----------------------------------------------------------------- cad */
+
+/* Ring's placement and layer loop, with the core attention on the servers
+ * (worker/cad.h); every layer's exchange runs even after a failure, since
+ * the servers expect it. */
+static int cp__prefill_cad(sr_cp *cp, const int32_t *tokens, int64_t n) {
+    sr_model *m = cp->m;
+    sr_model_state *s = &m->state;
+    const sr_model_config *c = &m->config;
+    sr_span sp[2];
+    int64_t nloc = 0;
+    int rc;
+    if (cp__zigzag_rows(cp, n, sp, &nloc, &rc, "cad prefill") != SR_OK) return rc;
+    int32_t *local = malloc(sizeof(int32_t) * (size_t)(nloc + 1));
+    if (rc == SR_OK && !local) rc = sr_error_set(SR_ENOMEM, "cad prefill: out of memory");
+    if (rc == SR_OK && nloc > 0) rc = cp__embed_spans(m, tokens, sp, 2, local);
+    sr_cad_shape sh = {c->n_layer, c->n_head, c->n_head_kv, c->head_dim, m->kv.dtype, m->kv.block_size,
+                       cp->o.block_size, cp->max_step, !cp->o.cad_serial, m->n_threads};
+    if ((rc = sr_cad_prefill_begin(cp->cad, &sh, n, rc)) == SR_OK) {
+        for (int l = 0; l < c->n_layer; l++) {
+            if (rc == SR_OK && nloc > 0) rc = sr_model_layer_qkv(m, l);
+            rc = cp__agree(cp, sr_cad_layer(cp->cad, rc, s->q, s->k, s->v, s->att, s->lse));
+            if (rc == SR_OK && nloc > 0 && (rc = sr_model_layer_attn_out(m, l)) == SR_OK) rc = sr_model_layer_mlp(m, l);
+            rc = cp__between(cp, rc);
+        }
+        rc = cp__zigzag_logits(cp, n, rc);
+    }
     free(local);
     return rc;
 }
@@ -445,9 +504,9 @@ int sr_cp_prefill(sr_cp *cp, const int32_t *tokens, int64_t n) {
         cp->b_total = cp__groups(n, cp__batch_of(cp, SR_CP_QUERY_RANK)) * m->config.n_layer;
         if (cp->rank == SR_CP_QUERY_RANK && (rc = cp__forward(cp, tokens, n, 0)) == SR_OK) rc = sr_model_logits(m);
         rc = cp__agree(cp, cp__between_rest(cp, rc));
-    } else if (cp->o.mode == SR_CP_RING) {
+    } else if (cp->o.mode == SR_CP_RING || cp->o.mode == SR_CP_CAD) {
         cp->b_total = m->config.n_layer;
-        rc = cp__prefill_ring(cp, tokens, n);
+        rc = cp->cad ? cp__prefill_cad(cp, tokens, n) : cp__prefill_ring(cp, tokens, n);
     } else {
         rc = cp__prefill_star(cp, tokens, n);
     }
@@ -504,8 +563,10 @@ static int cp__step(sr_cp *cp, const int32_t *tokens, int64_t nq) {
     for (int l = 0; l < c->n_layer; l++) {
         if (root && rc == SR_OK && (rc = sr_model_layer_qkv(m, l)) == SR_OK)
             rc = sr_kv_store(&cp->gen, l, b0, off0, nq, s->k, s->v);
-        int rq = sr_star_query(cp->star, &d, SR_CP_QUERY_RANK, nq, pos, s->q, cp->qruns, cp__layer_runs(cp, l),
-                               s->att, s->lse, &cp->st.query);
+        int64_t nr = cp__layer_runs(cp, l);
+        int rq = cp->cad ? sr_cad_query(cp->cad, l, rc, nq, pos, s->q, cp->qruns, nr, s->att, s->lse)
+                         : sr_star_query(cp->star, &d, SR_CP_QUERY_RANK, nq, pos, s->q, cp->qruns, nr, s->att, s->lse,
+                                         &cp->st.query);
         if (rc == SR_OK) rc = rq;
         if (root && rc == SR_OK && (rc = sr_model_layer_attn_out(m, l)) == SR_OK) rc = sr_model_layer_mlp(m, l);
     }

@@ -21,6 +21,10 @@
  *         and its own block; then it drops the anchor's KV in place. Each
  *         block starts a KV cache block (a block shorter than the cache's
  *         block_size leaves the rest of that cache block unused).
+ *   cad   (exact; core attention disaggregation, worker/cad.h) tokens
+ *         placed as in ring over the model workers, which run everything
+ *         but the core attention; that runs on the attention servers, which
+ *         keep the context's KV: the model workers hold none of it.
  * After prefill every rank's sr_kv_cache (m->kv) holds the KV of its own
  * tokens only, at their positions.
  *
@@ -50,11 +54,12 @@
 
 #include "model/generate.h"
 #include "model/model.h"
+#include "worker/cad.h"
 #include "worker/ring_attention.h"
 #include "worker/star_attention.h"
 #include "transport/transport.h"
 
-enum { SR_CP_FULL = 0, SR_CP_RING = 1, SR_CP_STAR = 2 };
+enum { SR_CP_FULL = 0, SR_CP_RING = 1, SR_CP_STAR = 2, SR_CP_CAD = 3 };
 
 
 #define SR_CP_QUERY_RANK 0
@@ -70,7 +75,15 @@ typedef struct {
      * accuracy measures more. */
     int64_t block_size;  /* star: context tokens per block; 0: ceil(context / workers) */
     int64_t anchor_size; /* star: anchor tokens; 0: one block */
-    int tag;             /* ring: uses transport tags tag and tag + 1 */
+    int tag;             /* ring: uses transport tags tag and tag + 1; cad: tag .. tag + SR_CAD_TAGS - 1 */
+    /* cad: the last attn_servers ranks of the transport are attention
+     * servers (they run sr_cad_serve, never sr_cp_open); the others are the
+     * model workers, and sr_cp's ranks and collectives are theirs alone.
+     * block_size is the plan's starting chunk (0: SR_CAD_DEFAULT_CHUNK).
+     * cad_serial: the servers await each layer's messages before computing
+     * (no ping-pong; the benchmark's baseline). */
+    int attn_servers;
+    int cad_serial;
     /* Optional, called on every rank between two chunks of a prefill, so
      * that a caller can do other work (the daemon runs other contexts'
      * steps) and report progress: ring after each layer, star after each
@@ -113,11 +126,13 @@ void sr_cp_close(sr_cp *cp);
  * n tokens on world ranks in this mode; 0 when any batch works. */
 int64_t sr_cp_batch_rows(const sr_cp_opts *opts, int64_t n, int world);
 
-/* Mode name ("full", "ring", "star") and its inverse (-1 if unknown). */
+/* Mode name ("full", "ring", "star", "cad") and its inverse (-1 if unknown). */
 const char *sr_cp_mode_name(int mode);
 int sr_cp_mode_parse(const char *name);
 
 sr_model *sr_cp_model(const sr_cp *cp);
+/* cad mode: the handle on the attention servers; NULL in other modes. */
+sr_cad *sr_cp_cad(const sr_cp *cp);
 int sr_cp_rank(const sr_cp *cp);
 int sr_cp_world(const sr_cp *cp);
 int sr_cp_is_query_rank(const sr_cp *cp);

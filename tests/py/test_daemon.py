@@ -170,6 +170,8 @@ def run(t, d, ctx_text, ref):
     bad("empty context", lambda: c.upload(""), grpc.StatusCode.INVALID_ARGUMENT)
     bad("empty prompt and no context", lambda: c.generate(""), grpc.StatusCode.INVALID_ARGUMENT)
     bad("a mode that does not exist", lambda: c.upload("hello", mode="sideways"), grpc.StatusCode.INVALID_ARGUMENT)
+    bad("mode cad, which needs attention servers starringd does not run", lambda: c.upload("hello", mode="cad"),
+        grpc.StatusCode.INVALID_ARGUMENT)
     bad("too many tokens", lambda: c.upload(tokens=[1] * 9000), grpc.StatusCode.INVALID_ARGUMENT)
     bad("a token outside the vocabulary", lambda: c.upload(tokens=[1, 10 ** 8]), grpc.StatusCode.INVALID_ARGUMENT)
     bad("a message over the cap", lambda: c.upload("x" * (1536 * 1024), chunk=1 << 30),

@@ -71,7 +71,16 @@ expect 2 "-n with text after the number" "--n-predict: '12x' is not an integer" 
 expect nz "--ids with a word in the list" "--ids: 'x' is not an integer" --ids "1,2,x"
 expect nz "--ids empty" "--ids: the list is empty" --ids ","
 expect 2 "--kv-type f8" "--kv-type: 'f8' is not f16, bf16 or f32" --kv-type f8 -p hi
-expect 2 "--mode ringg" "--mode: 'ringg' is not full, ring or star" --mode ringg -p hi
+expect 2 "--mode ringg" "--mode: 'ringg' is not full, ring, star or cad" --mode ringg -p hi
+expect 2 "--mode cad without --attn-servers" "--mode cad and --attn-servers K (1 or more) go together" --mode cad -p hi
+expect 2 "--attn-servers without --mode cad" "--mode cad and --attn-servers K (1 or more) go together" \
+    --attn-servers 1 -p hi
+expect 2 "--mode cad in one process" "--mode cad runs under mpirun" --mode cad --attn-servers 1 -p hi
+"$RUN" -m "$model" --plan-docs "100 50" --attn-servers 2 --block-size 16 >"$tmp/plan" 2>"$tmp/err" &&
+    grep -q -F "cad plan: 2 documents, 150 tokens, 2 servers, chunk " "$tmp/plan" &&
+    [ "$(grep -c '^cad plan server ' "$tmp/plan")" = 2 ]
+check $? "--plan-docs prints the plan of two documents over 2 servers, a line per server"
+expect 2 "--plan-docs without --attn-servers" "--plan-docs needs --attn-servers K and one process" --plan-docs 100
 expect 2 "an unknown option" "unknown option '--bogus'" --bogus
 expect 2 "an option without its argument" "--dump-positions needs an argument" -p hi --dump-positions
 expect nz "--dump-positions past the prompt" "--dump-positions: 9 is out of range (0..2)" \
@@ -95,7 +104,8 @@ check $? "-f --chat keeps every byte too ($got tokens, starring-tokenize --chat:
 check $? "--help exits 0"
 missing=""
 for opt in model prompt file ids random-context n-predict ctx-size kv-budget chat system temp top-k top-p \
-    repeat-penalty seed threads kv-type block-size batch mode anchor-size transport stop dump-logits dump-positions help; do
+    repeat-penalty seed threads kv-type block-size batch mode attn-servers cad-serial anchor-size transport stop \
+    dump-logits dump-positions plan-docs help; do
     grep -q -- "--$opt" "$tmp/help" || missing="$missing --$opt"
 done
 [ -z "$missing" ]
