@@ -36,6 +36,7 @@ typedef struct {
     size_t max_frame;         /* control frame bytes */
     int64_t max_context;      /* tokens of a context */
     int64_t max_batch;        /* the workers' model rows (ring holds a worker's share in one batch) */
+    int max_batch_decode;     /* generations stepped together in one decode step (<= max_batch); 0: 16 */
     int32_t max_tokens;       /* most tokens a question may ask for */
     int32_t default_tokens;   /* tokens when a question does not say */
     const char *mode;         /* default mode */
