@@ -160,6 +160,7 @@ struct coord {
     uint64_t next_id, next_gen;
     int step_out;           /* generations of the batched decode step in flight yet to answer */
     uint64_t step_seq;      /* batched decode steps sent */
+    int64_t step_most;      /* the most generations in one of them (logged as it grows) */
     int in_flight;
     int64_t prefills, prefill_tokens, generations, generated, evictions, cancelled;
     int stopping;
@@ -543,6 +544,11 @@ static void step_dispatch(coord *co) {
         s.ctxs = ctxs;
         co->step_out = (int)n;
         to_workers(co, &s_f, -1);
+        if (n > co->step_most) {
+            co->step_most = n;
+            SR_INFO("batched decode: a step of %lld generations, the most so far (--max-batch-decode %lld)",
+                    (long long)n, (long long)cap);
+        }
     }
     free(gens);
     free(ctxs);
