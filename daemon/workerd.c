@@ -50,6 +50,7 @@ typedef struct gen {
     int yielded;            /* question -> compute: the step and its sampling are over */
     int cancelled, finished;
     int32_t pending;        /* question -> compute: the token that the next batched step feeds */
+    float *logits;          /* (vocab) where each feed leaves the logits it samples from */
     int step_rc;            /* compute -> question: how that step went (its logits are in the model's state) */
     /* question thread only */
     int64_t n_feeds, n_gen;
@@ -600,6 +601,8 @@ static int gen_feed(void *data, const int32_t *tokens, int64_t n) {
     }
     int rc = sr_cp_feed(g->ctx->cp, tokens, n);
     int rc2 = g->ctx->mode != SR_CP_FULL ? sr_cp_end(g->ctx->cp) : SR_OK;
+    /* the model's state is this question's while it holds the step */
+    memcpy(g->logits, w->m->state.logits, sizeof(float) * (size_t)w->m->config.vocab_size);
     return rc != SR_OK ? rc : rc2;
 }
 
@@ -613,7 +616,7 @@ static void *gen_main(void *arg) {
     int rc = gen_wait_grant(g);
     if (rc == SR_OK) {
         /* with no question the first token comes from the context's own logits */
-        if (g->n_query == 0) memcpy(w->m->state.logits, g->ctx->logits, sizeof(float) * (size_t)w->m->config.vocab_size);
+        if (g->n_query == 0) memcpy(g->logits, g->ctx->logits, sizeof(float) * (size_t)w->m->config.vocab_size);
         rc = sr_gen_run_fed(w->m, gen_feed, g, w->tok, g->query, g->n_query, &g->p, gen_emit, g, &st);
     }
     int cancelled = 0;
@@ -648,6 +651,7 @@ static gen *gen_find(wrk *w, uint64_t id) {
 }
 
 static void gen_free(gen *g) {
+    free(g->logits);
     free(g->query);
     free(g->stop);
     free(g->text);
@@ -721,7 +725,9 @@ static void do_begin(wrk *w, const Starring__Control__V1__Begin *b) {
         return;
     }
     gen *g = calloc(1, sizeof *g);
-    if (!g || !(g->query = malloc(sizeof(int32_t) * (b->n_query + 1))) || (b->stop && *b->stop && !(g->stop = strdup(b->stop)))) {
+    if (!g || !(g->query = malloc(sizeof(int32_t) * (b->n_query + 1))) ||
+        !(g->logits = malloc(sizeof(float) * (size_t)w->m->config.vocab_size)) ||
+        (b->stop && *b->stop && !(g->stop = strdup(b->stop)))) {
         if (g) gen_free(g);
         sr_error_set(SR_ENOMEM, "out of memory for a question");
         fault(w, SR_ENOMEM, "begin");
@@ -742,6 +748,7 @@ static void do_begin(wrk *w, const Starring__Control__V1__Begin *b) {
     if (b->top_p > 0) g->p.sampling.top_p = b->top_p;
     g->p.sampling.seed = b->seed;
     g->p.stop = g->stop;
+    g->p.logits = g->logits;
     /* one more than the limit: the last token is caught in the feed, so that its id is known */
     g->p.n_predict = (int64_t)b->max_tokens + 1;
     if (pthread_create(&g->th, NULL, gen_main, g) != 0) {
@@ -757,8 +764,8 @@ static void do_begin(wrk *w, const Starring__Control__V1__Begin *b) {
 
 /* One batched decode step (Step.gens): every worker runs the next token
  * of every listed generation in one sr_cp_step_batch over their contexts;
- * then the query worker lets each generation in turn sample from its row
- * of the logits and report its token. */
+ * then the query worker lets every generation sample from its row of the
+ * logits and report its token, all at once. */
 static void do_step_batch(wrk *w, const Starring__Control__V1__Step *s) {
     int64_t n = (int64_t)s->n_gens;
     int rc = s->n_ctxs == s->n_gens ? SR_OK
@@ -798,13 +805,19 @@ static void do_step_batch(wrk *w, const Starring__Control__V1__Step *s) {
     } else {
         rc = sr_cp_step_batch(cps, kvs, n, tok, w->step_logits);
         if (rc != SR_OK && !query) fault(w, rc, "serve a batched step");
-        /* a failed step fails each generation in it, with the error */
+        /* a failed step fails each generation in it, with the error; they
+         * sample and report at once, each from its own logits */
+        pthread_mutex_lock(&w->mu);
         for (int64_t i = 0; query && i < n; i++) {
             gs[i]->step_rc = rc;
-            if (rc == SR_OK)
-                memcpy(w->m->state.logits, w->step_logits + i * vocab, sizeof(float) * (size_t)vocab);
-            gen_step(w, gs[i]);
+            if (rc == SR_OK) memcpy(gs[i]->logits, w->step_logits + i * vocab, sizeof(float) * (size_t)vocab);
+            gs[i]->granted = 1;
+            gs[i]->yielded = 0;
         }
+        pthread_cond_broadcast(&w->cv);
+        for (int64_t i = 0; query && i < n; i++)
+            while (!gs[i]->yielded && !gs[i]->finished) pthread_cond_wait(&w->cv, &w->mu);
+        pthread_mutex_unlock(&w->mu);
     }
     free(cps);
     free(kvs);

@@ -27,9 +27,9 @@
  * steps: one Step lists every generation that waits for its next token
  * (up to the coordinator's --max-batch-decode), and every worker runs them
  * in one sr_cp_step_batch, one forward pass over all of their contexts;
- * then the query worker grants each generation in turn to sample from its
- * row of the logits and report its token. Full-mode contexts still step
- * one at a time. */
+ * then the query worker grants every generation at once to sample from
+ * its row of the logits (each its own copy) and report its token.
+ * Full-mode contexts still step one at a time. */
 #ifndef SR_DAEMON_WORKERD_H
 #define SR_DAEMON_WORKERD_H
 
