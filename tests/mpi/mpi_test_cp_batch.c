@@ -7,7 +7,6 @@
  * message per layer from the query rank to each other rank whatever B; a
  * batch that one rank finds wrong fails on every rank. Tiny random model of
  * tests/data/gguf. */
-#include <math.h>
 #include <mpi.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -17,28 +16,12 @@
 #include "base/status.h"
 #include "model/model.h"
 #include "tests/mpi/mpi_support.h"
+#include "tests/support/compare.h"
 #include "transport/transport.h"
 #include "worker/cp.h"
 
 #define TINY "tests/data/gguf/seed-tiny-llama-q4_0.gguf"
 enum { MAX_CTX = 9, STEPS = 5 };
-
-static int32_t argmax(const float *x, int n) {
-    int32_t best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
-}
-
-static double rel_err(const float *a, const float *b, int64_t n) {
-    double e = 0, s = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (!(d <= e)) e = isnan(d) ? INFINITY : d;
-        if (fabs(b[i]) > s) s = fabs(b[i]);
-    }
-    return e / (s > 0 ? s : 1);
-}
 
 typedef struct {
     sr_model *m;
@@ -95,11 +78,11 @@ static int alone(batch *b, int i, float *out) {
     b->m->kv = b->kv[i];
     int rc = SR_OK;
     if (sr_cp_is_query_rank(cp)) {
-        int32_t t = argmax(b->first + (int64_t)i * b->V, b->V);
+        int32_t t = sr_test_argmax(b->first + (int64_t)i * b->V, b->V);
         for (int s = 0; s < STEPS && rc == SR_OK; s++) {
             if ((rc = sr_cp_feed(cp, &t, 1)) != SR_OK) break;
             memcpy(out + (int64_t)s * b->V, b->m->state.logits, sizeof(float) * (size_t)b->V);
-            t = argmax(out + (int64_t)s * b->V, b->V);
+            t = sr_test_argmax(out + (int64_t)s * b->V, b->V);
         }
         if (rc == SR_OK) rc = sr_cp_end(cp);
     } else {
@@ -119,7 +102,7 @@ static int t_batch(sr_tp *tp, int B, double tol) {
     int32_t tok[MAX_CTX];
     const sr_kv_cache *kvs[MAX_CTX];
     for (int i = 0; i < B; i++) {
-        tok[i] = argmax(b.first + (int64_t)i * V, V);
+        tok[i] = sr_test_argmax(b.first + (int64_t)i * V, V);
         kvs[i] = &b.kv[i];
     }
     sr_cp_stats st0;
@@ -127,7 +110,7 @@ static int t_batch(sr_tp *tp, int B, double tol) {
     for (int s = 0; s < STEPS; s++) {
         float *l = got + (int64_t)s * B * V;
         EXPECT_OK(sr_cp_step_batch(b.cp, kvs, B, tok, l));
-        for (int i = 0; i < B && rank == 0; i++) tok[i] = argmax(l + (int64_t)i * V, V);
+        for (int i = 0; i < B && rank == 0; i++) tok[i] = sr_test_argmax(l + (int64_t)i * V, V);
     }
     sr_cp_stats st;
     sr_cp_get_stats(b.cp[0], &st);
@@ -143,12 +126,12 @@ static int t_batch(sr_tp *tp, int B, double tol) {
         EXPECT_OK(alone(&b, i, want));
         for (int s = 0; rank == 0 && s < STEPS; s++) {
             const float *g = got + ((int64_t)s * B + i) * V, *w = want + (int64_t)s * V;
-            double e = rel_err(g, w, V);
+            double e = sr_test_rel_err(g, w, V);
             worst = e > worst ? e : worst;
-            if (e > tol || argmax(g, V) != argmax(w, V)) {
+            if (e > tol || sr_test_argmax(g, V) != sr_test_argmax(w, V)) {
                 if (fails < 4)
                     fprintf(stderr, "context %d step %d: batched logits off by %.3g of their scale (allowed %g), "
-                            "token %d, alone %d\n", i, s, e, tol, argmax(g, V), argmax(w, V));
+                            "token %d, alone %d\n", i, s, e, tol, sr_test_argmax(g, V), sr_test_argmax(w, V));
                 fails++;
             }
         }
@@ -193,9 +176,9 @@ static int t_bad_batch(sr_tp *tp) {
 int main(int argc, char **argv) {
     if (mpi_test_init(&argc, &argv)) return 1;
     sr_tp *mpi = NULL, *tcp = NULL;
-    tap(sr_tp_open(&mpi, "mpi", NULL) != SR_OK, "open mpi transport");
-    tap(open_tcp(&tcp) != SR_OK, "open tcp transport");
-    if (!mpi || !tcp) return mpi_test_finish();
+    int opened = sr_tp_open(&mpi, "mpi", NULL) == SR_OK && open_tcp(&tcp) == SR_OK;
+    tap(!opened, "the mpi and tcp transports open");
+    if (!opened) return mpi_test_finish();
     tap(t_batch(mpi, 3, 1e-5), "3 contexts, star and ring, stepped together equal each alone (W=%d)", size);
     tap(t_batch(mpi, MAX_CTX, 1e-4), "%d contexts stepped together equal each alone (W=%d)", MAX_CTX, size);
     tap(t_batch(tcp, 4, 1e-5), "4 contexts over tcp (W=%d)", size);

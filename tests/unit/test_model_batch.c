@@ -5,7 +5,6 @@
  * depend on each other: equal to 1e-6; from 8 rows the matrix-matrix
  * kernel rounds differently: 1e-4 of the logits' scale. Uses the tiny
  * random model in tests/data/gguf (scripts/make-tiny-model). */
-#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,6 +18,7 @@
 #include "attention/attention.h"
 #include "base/status.h"
 #include "model/model.h"
+#include "tests/support/compare.h"
 #include "tests/support/rng.h"
 
 #define TINY "tests/data/gguf/seed-tiny-llama-q4_0.gguf"
@@ -29,24 +29,6 @@ static sr_model *load(void) {
     sr_model *m = NULL;
     if (sr_model_load(&m, TINY, &o) != SR_OK) fail_msg("%s (run from the repository root)", sr_error_msg());
     return m;
-}
-
-static int32_t argmax(const float *x, int n) {
-    int32_t best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
-}
-
-/* Largest |a - b| over the largest |b|. */
-static double rel_err(const float *a, const float *b, int64_t n) {
-    double e = 0, s = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (!(d <= e)) e = isnan(d) ? INFINITY : d;
-        if (fabs(b[i]) > s) s = fabs(b[i]);
-    }
-    return e / (s > 0 ? s : 1);
 }
 
 /* The model's own forward over cache c, the logits copied out. */
@@ -82,7 +64,7 @@ static void run_case(int n_seq, double tol) {
         alone(m, &bat[i], prompt, np, lr);
         alone(m, &ref[i], prompt, np, lr);
         n_next[i] = 1 + i % 3;
-        next[i][0] = argmax(lr, V);
+        next[i][0] = sr_test_argmax(lr, V);
         for (int64_t j = 1; j < n_next[i]; j++) next[i][j] = (int32_t)sr_test_rng_below(&rng, (uint64_t)V);
     }
     int bad = 0;
@@ -93,9 +75,9 @@ static void run_case(int n_seq, double tol) {
         if (sr_model_forward_batch(m, seqs, n_seq, lb) != SR_OK) fail_msg("batch step %d: %s", step, sr_error_msg());
         for (int i = 0; i < n_seq; i++) {
             alone(m, &ref[i], next[i], n_next[i], lr);
-            double e = rel_err(lb + (int64_t)i * V, lr, V);
+            double e = sr_test_rel_err(lb + (int64_t)i * V, lr, V);
             worst = e > worst ? e : worst;
-            int32_t want = argmax(lr, V), got = argmax(lb + (int64_t)i * V, V);
+            int32_t want = sr_test_argmax(lr, V), got = sr_test_argmax(lb + (int64_t)i * V, V);
             if ((e > tol || want != got) && bad++ < 4)
                 print_message("# step %d sequence %d: logits off by %.3g of their scale (allowed %.g), "
                               "greedy token %d, alone %d\n", step, i, e, tol, got, want);
