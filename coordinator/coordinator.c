@@ -115,6 +115,9 @@ struct req {
     int32_t *q;
     int64_t nq;
     int running, cancel_sent;
+    int ready;              /* its token is out and it waits for a batched decode step */
+    int in_step;            /* in the batched step in flight, whose token has not come back */
+    uint64_t last_step;     /* the batched step it was last in: the longest waiting go first */
     int64_t n_out;
     req *next_wait;
     req *next;              /* in the coordinator's list of running questions */
@@ -167,6 +170,9 @@ struct coord {
     evicted *evicted;
     watcher *watchers;
     uint64_t next_id, next_gen;
+    int step_out;           /* generations of the batched decode step in flight yet to answer */
+    uint64_t step_seq;      /* batched decode steps sent */
+    int64_t step_most;      /* the most generations in one of them (logged as it grows) */
     int in_flight;
     int64_t prefills, prefill_tokens, generations, generated, evictions, cancelled;
     int stopping;
@@ -510,15 +516,71 @@ static void gen_unlist(coord *co, req *r) {
 static void gen_cancel(coord *co, req *r) {
     if (!r->running || r->cancel_sent) return;
     r->cancel_sent = 1;
+    r->ready = 0; /* no more steps: the Cancel ends it at the query worker */
     co->cancelled++;
     FRAME(k, cancel, CANCEL, Starring__Control__V1__Cancel, STARRING__CONTROL__V1__CANCEL__INIT);
     k.gen = r->gen;
     to_workers(co, &k_f, SR_CP_QUERY_RANK);
 }
 
+/* The generation has answered for the batched step it was in. */
+static void step_answered(coord *co, req *r) {
+    if (!r->in_step) return;
+    r->in_step = 0;
+    co->step_out--;
+}
+
+/* Once every generation of the last batched step has answered: the next
+ * step, of every generation that waits for one (the longest waiting first,
+ * up to --max-batch-decode), in one Step, so that the workers run all their
+ * next tokens in one forward pass. A generation whose token comes back
+ * while a step is out joins the next one. */
+static void step_dispatch(coord *co) {
+    if (co->step_out > 0) return;
+    int64_t cap = co->o->max_batch_decode > 0 ? co->o->max_batch_decode : 16;
+    if (cap > co->o->max_batch) cap = co->o->max_batch;
+    uint64_t *gens = malloc(sizeof *gens * (size_t)cap), *ctxs = malloc(sizeof *ctxs * (size_t)cap);
+    if (!gens || !ctxs) {
+        /* the generations wait for the next answer to try again; one is always out when any waits */
+        SR_ERROR("out of memory for a decode step of %lld generations", (long long)cap);
+        free(gens);
+        free(ctxs);
+        return;
+    }
+    int64_t n = 0;
+    co->step_seq++;
+    for (; n < cap; n++) {
+        req *pick = NULL;
+        for (req *r = co->gens; r; r = r->next)
+            if (r->ready && r->sink && !r->cancel_sent && (!pick || r->last_step < pick->last_step)) pick = r;
+        if (!pick) break;
+        pick->ready = 0;
+        pick->in_step = 1;
+        pick->last_step = co->step_seq;
+        gens[n] = pick->gen;
+        ctxs[n] = pick->ctx->id;
+    }
+    if (n > 0) {
+        FRAME(s, step, STEP, Starring__Control__V1__Step, STARRING__CONTROL__V1__STEP__INIT);
+        s.n_gens = s.n_ctxs = (size_t)n;
+        s.gens = gens;
+        s.ctxs = ctxs;
+        co->step_out = (int)n;
+        to_workers(co, &s_f, -1);
+        if (n > co->step_most) {
+            co->step_most = n;
+            SR_INFO("batched decode: a step of %lld generations, the most so far (--max-batch-decode %lld)",
+                    (long long)n, (long long)cap);
+        }
+    }
+    free(gens);
+    free(ctxs);
+}
+
 static void on_token(coord *co, const Starring__Control__V1__TokenOut *t) {
     req *r = gen_find(co, t->gen);
     if (!r) return;
+    step_answered(co, r);
     if (r->sink) {
         if (!r->t_first) r->t_first = sr_now();
         size_t n;
@@ -527,15 +589,16 @@ static void on_token(coord *co, const Starring__Control__V1__TokenOut *t) {
         free(text);
         if (t->id >= 0) r->n_out++;
     }
-    if (!t->more) return;
-    if (!r->sink) {
-        gen_cancel(co, r);
-        return;
+    if (t->more && !r->sink) gen_cancel(co, r);
+    if (t->more && r->sink && r->ctx->mode == SR_CP_FULL) { /* one rank holds it all: a step of its own */
+        FRAME(s, step, STEP, Starring__Control__V1__Step, STARRING__CONTROL__V1__STEP__INIT);
+        s.gen = r->gen;
+        s.ctx = r->ctx->id;
+        to_workers(co, &s_f, -1);
+    } else if (t->more && r->sink) {
+        r->ready = 1;
     }
-    FRAME(s, step, STEP, Starring__Control__V1__Step, STARRING__CONTROL__V1__STEP__INIT);
-    s.gen = r->gen;
-    s.ctx = r->ctx->id;
-    to_workers(co, &s_f, -1);
+    step_dispatch(co);
 }
 
 static void *grow_bytes(void *buf, size_t *cap, size_t need);
@@ -555,6 +618,8 @@ static void on_done(coord *co, const Starring__Control__V1__GenDone *d) {
     req *r = gen_find(co, d->gen);
     if (!r) return;
     gen_unlist(co, r);
+    step_answered(co, r); /* a generation that failed in its step answers with its GenDone */
+    r->ready = 0;
     cctx *c = r->ctx;
     r->running = 0;
     r->linked = 0;
@@ -589,6 +654,7 @@ static void on_done(coord *co, const Starring__Control__V1__GenDone *d) {
         req_free_if_done(r);
     }
     gen_next(co, c);
+    step_dispatch(co);
 }
 
 /* ------------------------------------------------------------ prefill */
@@ -1577,6 +1643,7 @@ static void fail_all(coord *co, const char *why) {
         req_finish(r, SR_GRPC_UNAVAILABLE, "%s", why);
     }
     co->gens = NULL;
+    co->step_out = 0;
     for (cctx *c = co->ctxs; c; c = c->next) {
         c->active = NULL;
         if (c->creator) {

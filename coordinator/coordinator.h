@@ -39,6 +39,7 @@ typedef struct {
     double idle_timeout_s;    /* a client connection with nothing in progress is closed after */
     int64_t max_context;      /* tokens of a context */
     int64_t max_batch;        /* the workers' model rows (ring holds a worker's share in one batch) */
+    int max_batch_decode;     /* generations stepped together in one decode step (<= max_batch); 0: 16 */
     int32_t max_tokens;       /* most tokens a question may ask for */
     int32_t default_tokens;   /* tokens when a question does not say */
     const char *mode;         /* default mode */

@@ -18,6 +18,9 @@ const sr_cfg_def sr_cfg_table[SR_CFG_N] = {
     [SR_CFG_THREADS] = {"threads", 't', SR_CFG_INT, "1", 1, 1024, NULL, "compute threads per worker"},
     [SR_CFG_BATCH] = {"batch", 0, SR_CFG_INT, "4096", 16, 1 << 20, NULL,
                       "model rows per forward call; ring mode holds a worker's share in one"},
+    [SR_CFG_MAX_BATCH_DECODE] = {"max-batch-decode", 0, SR_CFG_INT, "16", 1, 1024, NULL,
+                                 "generations whose next tokens run in one decode step (one forward pass reads the "
+                                 "weights once for all of them); more wait for the next step; 1: one at a time"},
     [SR_CFG_KV_BUDGET] = {"kv-budget", 0, SR_CFG_BYTES, "0", 0, 1e15, NULL, "bytes of KV per worker; 0: no limit"},
     [SR_CFG_QUEUE] = {"queue", 0, SR_CFG_INT, "64", 1, 1 << 20, NULL,
                       "requests admitted at once; more get RESOURCE_EXHAUSTED"},

@@ -46,9 +46,12 @@ typedef struct gen {
     int32_t max_tokens;
     pthread_t th;
     /* handshake */
-    int granted;            /* compute -> question: run one step */
+    int granted;            /* compute -> question: run one step (full mode), or sample after the batched one */
     int yielded;            /* question -> compute: the step and its sampling are over */
     int cancelled, finished;
+    int32_t pending;        /* question -> compute: the token that the next batched step feeds */
+    float *logits;          /* (vocab) where each feed leaves the logits it samples from */
+    int step_rc;            /* compute -> question: how that step went (its logits are in the model's state) */
     /* question thread only */
     int64_t n_feeds, n_gen;
     int hit_limit;
@@ -112,6 +115,8 @@ struct wrk {
     /* compute thread */
     wctx *ctxs;
     gen *gens;
+    float *step_logits;     /* (cap_step, vocab) query worker: the logits of a batched step */
+    int64_t cap_step;
 };
 
 /* ------------------------------------------------------------ outbound */
@@ -658,14 +663,19 @@ static int gen_feed(void *data, const int32_t *tokens, int64_t n) {
             return sr_error_set(SR_ESTATE, "token limit");
         }
         pthread_mutex_lock(&w->mu);
+        g->pending = tokens[0];
         g->yielded = 1;
         pthread_cond_broadcast(&w->cv);
         pthread_mutex_unlock(&w->mu);
         int rc = gen_wait_grant(g);
         if (rc != SR_OK) return rc;
+        /* a sharded context's token ran in a batched step (do_step_batch) */
+        if (g->ctx->mode != SR_CP_FULL) return g->step_rc;
     }
     int rc = sr_cp_feed(g->ctx->cp, tokens, n);
     int rc2 = g->ctx->mode != SR_CP_FULL ? sr_cp_end(g->ctx->cp) : SR_OK;
+    /* the model's state is this question's while it holds the step */
+    memcpy(g->logits, w->m->state.logits, sizeof(float) * (size_t)w->m->config.vocab_size);
     return rc != SR_OK ? rc : rc2;
 }
 
@@ -679,7 +689,7 @@ static void *gen_main(void *arg) {
     int rc = gen_wait_grant(g);
     if (rc == SR_OK) {
         /* with no question the first token comes from the context's own logits */
-        if (g->n_query == 0) memcpy(w->m->state.logits, g->ctx->logits, sizeof(float) * (size_t)w->m->config.vocab_size);
+        if (g->n_query == 0) memcpy(g->logits, g->ctx->logits, sizeof(float) * (size_t)w->m->config.vocab_size);
         rc = sr_gen_run_fed(w->m, gen_feed, g, w->tok, g->query, g->n_query, &g->p, gen_emit, g, &st);
     }
     int cancelled = 0;
@@ -714,6 +724,7 @@ static gen *gen_find(wrk *w, uint64_t id) {
 }
 
 static void gen_free(gen *g) {
+    free(g->logits);
     free(g->query);
     free(g->stop);
     free(g->text);
@@ -787,7 +798,9 @@ static void do_begin(wrk *w, const Starring__Control__V1__Begin *b) {
         return;
     }
     gen *g = calloc(1, sizeof *g);
-    if (!g || !(g->query = malloc(sizeof(int32_t) * (b->n_query + 1))) || (b->stop && *b->stop && !(g->stop = strdup(b->stop)))) {
+    if (!g || !(g->query = malloc(sizeof(int32_t) * (b->n_query + 1))) ||
+        !(g->logits = malloc(sizeof(float) * (size_t)w->m->config.vocab_size)) ||
+        (b->stop && *b->stop && !(g->stop = strdup(b->stop)))) {
         if (g) gen_free(g);
         sr_error_set(SR_ENOMEM, "out of memory for a question");
         fault(w, SR_ENOMEM, "begin");
@@ -808,6 +821,7 @@ static void do_begin(wrk *w, const Starring__Control__V1__Begin *b) {
     if (b->top_p > 0) g->p.sampling.top_p = b->top_p;
     g->p.sampling.seed = b->seed;
     g->p.stop = g->stop;
+    g->p.logits = g->logits;
     /* one more than the limit: the last token is caught in the feed, so that its id is known */
     g->p.n_predict = (int64_t)b->max_tokens + 1;
     if (pthread_create(&g->th, NULL, gen_main, g) != 0) {
@@ -821,7 +835,74 @@ static void do_begin(wrk *w, const Starring__Control__V1__Begin *b) {
     gen_step(w, g);
 }
 
+/* One batched decode step (Step.gens): every worker runs the next token
+ * of every listed generation in one sr_cp_step_batch over their contexts;
+ * then the query worker lets every generation sample from its row of the
+ * logits and report its token, all at once. */
+static void do_step_batch(wrk *w, const Starring__Control__V1__Step *s) {
+    int64_t n = (int64_t)s->n_gens;
+    int rc = s->n_ctxs == s->n_gens ? SR_OK
+                                    : sr_error_set(SR_EFORMAT, "a batched Step has %zu generations and %zu contexts, "
+                                                   "not one context each", s->n_gens, s->n_ctxs);
+    sr_cp **cps = calloc((size_t)n, sizeof *cps);
+    const sr_kv_cache **kvs = calloc((size_t)n, sizeof *kvs);
+    gen **gs = calloc((size_t)n, sizeof *gs);
+    int32_t *tok = calloc((size_t)n, sizeof *tok);
+    if (rc == SR_OK && (!cps || !kvs || !gs || !tok)) rc = sr_error_set(SR_ENOMEM, "out of memory for a batched step");
+    for (int64_t i = 0; rc == SR_OK && i < n; i++) {
+        wctx *c = ctx_find(w, s->ctxs[i]);
+        if (!c) {
+            rc = sr_error_set(SR_ESTATE, "no context %llx", (unsigned long long)s->ctxs[i]);
+            break;
+        }
+        cps[i] = c->cp;
+        kvs[i] = &c->kv;
+        if (!sr_cp_is_query_rank(c->cp)) continue;
+        if (!(gs[i] = gen_find(w, s->gens[i])) || gs[i]->ctx != c)
+            rc = sr_error_set(SR_ESTATE, "no question %llx over context %llx", (unsigned long long)s->gens[i],
+                              (unsigned long long)s->ctxs[i]);
+        else tok[i] = gs[i]->pending; /* set before it yielded */
+    }
+    int query = rc == SR_OK && sr_cp_is_query_rank(cps[0]);
+    int64_t vocab = w->m->config.vocab_size;
+    if (query && n > w->cap_step) {
+        float *l = realloc(w->step_logits, sizeof(float) * (size_t)(n * vocab));
+        if (!l) rc = sr_error_set(SR_ENOMEM, "out of memory for the logits of a batched step of %lld", (long long)n);
+        else {
+            w->step_logits = l;
+            w->cap_step = n;
+        }
+    }
+    if (rc != SR_OK) { /* the workers are out of step: the coordinator must hear of it */
+        fault(w, rc, "batched step");
+    } else {
+        rc = sr_cp_step_batch(cps, kvs, n, tok, w->step_logits);
+        if (rc != SR_OK && !query) fault(w, rc, "serve a batched step");
+        /* a failed step fails each generation in it, with the error; they
+         * sample and report at once, each from its own logits */
+        pthread_mutex_lock(&w->mu);
+        for (int64_t i = 0; query && i < n; i++) {
+            gs[i]->step_rc = rc;
+            if (rc == SR_OK) memcpy(gs[i]->logits, w->step_logits + i * vocab, sizeof(float) * (size_t)vocab);
+            gs[i]->granted = 1;
+            gs[i]->yielded = 0;
+        }
+        pthread_cond_broadcast(&w->cv);
+        for (int64_t i = 0; query && i < n; i++)
+            while (!gs[i]->yielded && !gs[i]->finished) pthread_cond_wait(&w->cv, &w->mu);
+        pthread_mutex_unlock(&w->mu);
+    }
+    free(cps);
+    free(kvs);
+    free(gs);
+    free(tok);
+}
+
 static void do_step(wrk *w, const Starring__Control__V1__Step *s) {
+    if (s->n_gens > 0) {
+        do_step_batch(w, s);
+        return;
+    }
     wctx *c = ctx_find(w, s->ctx);
     if (!c) {
         sr_error_set(SR_ESTATE, "no context %llx", (unsigned long long)s->ctx);
@@ -1177,6 +1258,7 @@ int sr_workerd_run(const sr_workerd_opts *o) {
     if (w->m) w->m->kv = w->parked.n_layer ? w->parked : w->m->kv;
     if (w->tok) sr_tok_free(w->tok);
     sr_model_state_free(&w->spare);
+    free(w->step_logits);
     sr_model_free(w->m);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);

@@ -22,8 +22,14 @@
  * Questions: on the query worker each question runs sr_gen_run_fed on a
  * thread of its own, and its feed function waits for the compute thread to
  * grant it each step (the Step command, which every worker gets, so that
- * the other workers serve the same step), so that questions over different
- * contexts interleave token by token on one model. */
+ * the other workers serve the same step). The question itself is a step of
+ * its own; the generated tokens of star and ring contexts go in batched
+ * steps: one Step lists every generation that waits for its next token
+ * (up to the coordinator's --max-batch-decode), and every worker runs them
+ * in one sr_cp_step_batch, one forward pass over all of their contexts;
+ * then the query worker grants every generation at once to sample from
+ * its row of the logits (each its own copy) and report its token.
+ * Full-mode contexts still step one at a time. */
 #ifndef SR_DAEMON_WORKERD_H
 #define SR_DAEMON_WORKERD_H
 

@@ -93,7 +93,7 @@ int sr_gen_run_fed(sr_model *m, sr_gen_feed_fn feed, void *feed_data, const sr_t
     stats->stop_reason = SR_GEN_LENGTH;
     t0 = sr_now();
     for (int64_t i = 0; rc == SR_OK && i < p->n_predict; i++) {
-        int32_t id = sr_sampler_sample(&smp, m->state.logits);
+        int32_t id = sr_sampler_sample(&smp, p->logits ? p->logits : m->state.logits);
         sr_sampler_accept(&smp, id);
         stats->n_gen++;
         if (sr_tok_is_eog(tok, id)) {

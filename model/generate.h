@@ -22,6 +22,9 @@ typedef struct {
     int64_t n_predict;          /* most tokens to generate */
     sr_sampler_params sampling;
     const char *stop;           /* stop string, or NULL */
+    /* sr_gen_run_fed: where the feed leaves the logits (vocab), so that
+     * generations over one model can sample at once; NULL: m->state.logits */
+    const float *logits;
 } sr_gen_params;
 
 enum { SR_GEN_LENGTH = 0, SR_GEN_EOG = 1, SR_GEN_STOP_STRING = 2, SR_GEN_CALLBACK = 3 };

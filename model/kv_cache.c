@@ -45,6 +45,10 @@ static size_t elem_size(int dtype) {
     return dtype == SR_DT_F32 ? 4 : 2;
 }
 
+int64_t sr_kv_next_pos(const sr_kv_cache *c) {
+    return c->n_blocks == 0 ? 0 : c->block_pos[c->n_blocks - 1] + c->block_len[c->n_blocks - 1];
+}
+
 size_t sr_kv_row_bytes(const sr_kv_cache *c) {
     return (size_t)c->n_head_kv * (size_t)c->head_dim * elem_size(c->dtype);
 }

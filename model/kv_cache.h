@@ -49,6 +49,8 @@ void sr_kv_free(sr_kv_cache *c);
 /* Bytes of one block (all layers, K and V) and bytes held by all blocks. */
 size_t sr_kv_block_bytes(const sr_kv_cache *c);
 size_t sr_kv_bytes(const sr_kv_cache *c);
+/* Position after the last block's last token (0 when empty). */
+int64_t sr_kv_next_pos(const sr_kv_cache *c);
 /* Bytes of one token of one layer's K (or V): n_head_kv * head_dim * 2 (4 for f32). */
 size_t sr_kv_row_bytes(const sr_kv_cache *c);
 

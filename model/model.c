@@ -366,11 +366,7 @@ void sr_model_reset(sr_model *m) {
     sr_kv_clear(&m->kv);
 }
 
-int64_t sr_model_next_pos(const sr_model *m) {
-    const sr_kv_cache *c = &m->kv;
-    if (c->n_blocks == 0) return 0;
-    return c->block_pos[c->n_blocks - 1] + c->block_len[c->n_blocks - 1];
-}
+int64_t sr_model_next_pos(const sr_model *m) { return sr_kv_next_pos(&m->kv); }
 
 /* ---------------------------------------------------------------- kernels */
 
@@ -435,7 +431,9 @@ static void residual_add(float *x, const float *d, int64_t count, int nt) {
 
 /* --------------------------------------------------------- forward steps */
 
-int sr_model_embed(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0) {
+/* Rows 0..n-1 of x: the tokens' embeddings, and the RoPE angles of each
+ * row's position (pos[i], or pos0 + i when pos is NULL). */
+static int embed(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0, const int64_t *pos) {
     const sr_model_config *c = &m->config;
     sr_model_state *s = &m->state;
     if (n <= 0 || n > s->max_batch || pos0 < 0)
@@ -445,6 +443,9 @@ int sr_model_embed(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0) 
         if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
             return sr_error_set(SR_EINVAL, "model: token id %d is outside the vocabulary (0..%d)", tokens[i],
                                 c->vocab_size - 1);
+        if (pos && pos[i] < 0)
+            return sr_error_set(SR_EINVAL, "model: row %lld has position %lld (allowed 0..)", (long long)i,
+                                (long long)pos[i]);
         int rc = sr_matmul_weight_row(&m->weights.token_embd, tokens[i], s->x + i * c->dim);
         if (rc) return rc;
     }
@@ -452,7 +453,7 @@ int sr_model_embed(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0) 
     s->pos0 = pos0;
     int half = c->rope_dim / 2;
     for (int64_t i = 0; i < n; i++) {
-        double p = (double)(pos0 + i);
+        double p = (double)(pos ? pos[i] : pos0 + i);
         for (int j = 0; j < half; j++) {
             double a = p * s->inv_freq[j];
             s->rope_cos[i * half + j] = (float)cos(a);
@@ -460,6 +461,15 @@ int sr_model_embed(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0) 
         }
     }
     return SR_OK;
+}
+
+int sr_model_embed(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0) {
+    return embed(m, tokens, n, pos0, NULL);
+}
+
+int sr_model_embed_rows(sr_model *m, const int32_t *tokens, const int64_t *pos, int64_t n) {
+    if (!pos || n <= 0) return sr_error_set(SR_EINVAL, "model: %lld rows without positions", (long long)n);
+    return embed(m, tokens, n, pos[0], pos);
 }
 
 int sr_model_layer_qkv(sr_model *m, int l) {
@@ -488,33 +498,41 @@ int sr_model_layer_kv_append(sr_model *m, int l) {
     return sr_kv_store(&m->kv, l, s->kv_b0, s->kv_off0, s->n, s->k, s->v);
 }
 
-int sr_model_layer_attention(sr_model *m, int l) {
+/* Rows row0.. (n of them, at positions pos0..) attend to every run of
+ * layer l in cache kv, merged by LSE into att and lse. */
+static int attend(sr_model *m, int l, const sr_kv_cache *kv, int64_t row0, int64_t n, int64_t pos0) {
     const sr_model_config *c = &m->config;
     sr_model_state *s = &m->state;
+    int64_t qd = (int64_t)c->n_head * c->head_dim;
+    float *q = s->q + row0 * qd, *att = s->att + row0 * qd, *lse = s->lse + row0 * c->n_head;
     sr_kv_run *runs;
     int64_t n_runs;
-    int rc = sr_kv_runs(&m->kv, &runs, &n_runs);
+    int rc = sr_kv_runs(kv, &runs, &n_runs);
     if (rc) return rc;
     int have = 0;
-    int64_t last_q = s->pos0 + s->n - 1;
+    int64_t last_q = pos0 + n - 1;
     for (int64_t r = 0; r < n_runs && rc == SR_OK; r++) {
         if (runs[r].pos0 > last_q) continue; /* all masked */
-        sr_attn_desc d = {.nq = s->n, .nk = runs[r].len, .n_head_q = c->n_head, .n_head_kv = c->n_head_kv,
-                          .head_dim = c->head_dim, .causal = 1, .q_pos0 = s->pos0, .k_pos0 = runs[r].pos0,
-                          .scale = 0.0f, .kv_dtype = m->kv.dtype};
-        int64_t at = (int64_t)l * m->kv.cap_blocks + runs[r].b0;
-        sr_attn_kv kv = {NULL, NULL, &m->kv.k_ptr[at], &m->kv.v_ptr[at], m->kv.block_size};
+        sr_attn_desc d = {.nq = n, .nk = runs[r].len, .n_head_q = c->n_head, .n_head_kv = c->n_head_kv,
+                          .head_dim = c->head_dim, .causal = 1, .q_pos0 = pos0, .k_pos0 = runs[r].pos0,
+                          .scale = 0.0f, .kv_dtype = kv->dtype};
+        int64_t at = (int64_t)l * kv->cap_blocks + runs[r].b0;
+        sr_attn_kv akv = {NULL, NULL, &kv->k_ptr[at], &kv->v_ptr[at], kv->block_size};
         if (!have) {
-            rc = sr_attn_forward(&d, s->q, &kv, s->att, s->lse, m->n_threads);
+            rc = sr_attn_forward(&d, q, &akv, att, lse, m->n_threads);
             have = 1;
-        } else if ((rc = sr_attn_forward(&d, s->q, &kv, s->att_part, s->lse_part, m->n_threads)) == SR_OK) {
-            rc = sr_attn_merge_into(s->att, s->lse, s->att_part, s->lse_part, s->n * c->n_head, c->head_dim);
+        } else if ((rc = sr_attn_forward(&d, q, &akv, s->att_part, s->lse_part, m->n_threads)) == SR_OK) {
+            rc = sr_attn_merge_into(att, lse, s->att_part, s->lse_part, n * c->n_head, c->head_dim);
         }
     }
     free(runs);
     if (rc) return rc;
     if (!have) return sr_error_set(SR_ESTATE, "model: attention with no visible keys in the cache");
     return SR_OK;
+}
+
+int sr_model_layer_attention(sr_model *m, int l) {
+    return attend(m, l, &m->kv, 0, m->state.n, m->state.pos0);
 }
 
 int sr_model_layer_attn_out(sr_model *m, int l) {
@@ -551,6 +569,71 @@ int sr_model_logits(sr_model *m) {
     const float *last = s->x + (s->n - 1) * c->dim;
     rmsnorm(s->xb, last, m->weights.output_norm, 1, c->dim, c->norm_eps, 1);
     return sr_matmul(&m->weights.output, s->xb, s->logits, 1, m->n_threads);
+}
+
+int sr_model_logits_rows(sr_model *m, const int64_t *rows, int64_t n, float *out) {
+    const sr_model_config *c = &m->config;
+    sr_model_state *s = &m->state;
+    if (!rows || !out || n < 1 || n > s->n)
+        return sr_error_set(SR_EINVAL, "model: logits of %lld rows (allowed 1..%lld, the rows in use)", (long long)n,
+                            (long long)s->n);
+    for (int64_t i = 0; i < n; i++) {
+        if (rows[i] < 0 || rows[i] >= s->n)
+            return sr_error_set(SR_EINVAL, "model: logits of row %lld (allowed 0..%lld)", (long long)rows[i],
+                                (long long)s->n - 1);
+        /* xb is free after the last layer: row i of it holds the normed row */
+        rmsnorm(s->xb + i * c->dim, s->x + rows[i] * c->dim, m->weights.output_norm, 1, c->dim, c->norm_eps, 1);
+    }
+    return sr_matmul(&m->weights.output, s->xb, out, n, m->n_threads);
+}
+
+int sr_model_forward_batch(sr_model *m, const sr_model_seq *seqs, int64_t n_seq, float *logits) {
+    sr_model_state *s = &m->state;
+    if (!seqs || !logits || n_seq < 1 || n_seq > s->max_batch)
+        return sr_error_set(SR_EINVAL, "model: a batch of %lld sequences (allowed 1..%lld, the model's max_batch)",
+                            (long long)n_seq, (long long)s->max_batch);
+    int64_t rows = 0;
+    for (int64_t i = 0; i < n_seq; i++) {
+        const sr_model_seq *q = &seqs[i];
+        if (!q->kv || !q->tokens || q->n < 1 || q->n > s->max_batch - rows)
+            return sr_error_set(SR_EINVAL, "model: batch sequence %lld has %lld tokens; the batch's rows must be "
+                                "1..%lld in all (the model's max_batch), each sequence with a cache", (long long)i,
+                                (long long)q->n, (long long)s->max_batch);
+        if (q->kv->n_layer != m->kv.n_layer || q->kv->n_head_kv != m->kv.n_head_kv || q->kv->head_dim != m->kv.head_dim)
+            return sr_error_set(SR_EINVAL, "model: batch sequence %lld's cache is not of this model's shape", (long long)i);
+        rows += q->n;
+    }
+    /* per row: its token and position; per sequence: its first row and where its K/V go */
+    int32_t *tok = malloc(sizeof *tok * (size_t)rows);
+    int64_t *pos = malloc(sizeof *pos * (size_t)rows), *seat = malloc(sizeof *seat * (size_t)(4 * n_seq));
+    int rc = tok && pos && seat ? SR_OK : sr_error_set(SR_ENOMEM, "model: out of memory for a batch of %lld rows",
+                                                      (long long)rows);
+    int64_t *row0 = seat, *b0 = seat + n_seq, *off0 = seat + 2 * n_seq, *last = seat + 3 * n_seq;
+    for (int64_t i = 0, r = 0; rc == SR_OK && i < n_seq; r += seqs[i].n, i++) {
+        int64_t p0 = sr_kv_next_pos(seqs[i].kv);
+        row0[i] = r;
+        last[i] = r + seqs[i].n - 1;
+        memcpy(tok + r, seqs[i].tokens, sizeof *tok * (size_t)seqs[i].n);
+        for (int64_t j = 0; j < seqs[i].n; j++) pos[r + j] = p0 + j;
+    }
+    /* the tokens are checked before any cache grows */
+    if (rc == SR_OK) rc = sr_model_embed_rows(m, tok, pos, rows);
+    for (int64_t i = 0; i < n_seq && rc == SR_OK; i++)
+        rc = sr_kv_reserve(seqs[i].kv, pos[row0[i]], seqs[i].n, &b0[i], &off0[i]);
+    int64_t kvd = (int64_t)m->config.n_head_kv * m->config.head_dim;
+    for (int l = 0; l < m->config.n_layer && rc == SR_OK; l++) {
+        rc = sr_model_layer_qkv(m, l);
+        for (int64_t i = 0; i < n_seq && rc == SR_OK; i++)
+            rc = sr_kv_store(seqs[i].kv, l, b0[i], off0[i], seqs[i].n, s->k + row0[i] * kvd, s->v + row0[i] * kvd);
+        for (int64_t i = 0; i < n_seq && rc == SR_OK; i++)
+            rc = attend(m, l, seqs[i].kv, row0[i], seqs[i].n, pos[row0[i]]);
+        if (rc == SR_OK && (rc = sr_model_layer_attn_out(m, l)) == SR_OK) rc = sr_model_layer_mlp(m, l);
+    }
+    if (rc == SR_OK) rc = sr_model_logits_rows(m, last, n_seq, logits);
+    free(tok);
+    free(pos);
+    free(seat);
+    return rc;
 }
 
 int sr_model_forward(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0) {

@@ -18,7 +18,9 @@
  *   sr_model_logits               last row of x -> logits
  *
  * Every step works on the n rows of the run state at absolute positions
- * pos0 .. pos0 + n - 1 (set by sr_model_embed). */
+ * pos0 .. pos0 + n - 1 (set by sr_model_embed), or at each row's own
+ * position (sr_model_embed_rows: rows of several sequences batched, each
+ * attending to a cache of its own; sr_model_forward_batch). */
 #ifndef SR_MODEL_MODEL_H
 #define SR_MODEL_MODEL_H
 
@@ -128,6 +130,9 @@ void sr_model_state_free(sr_model_state *s);
 
 /* The steps (see above). n <= max_batch. */
 int sr_model_embed(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0);
+/* As sr_model_embed, row i at position pos[i] (the rows of a batch of
+ * sequences); pos0 is set to pos[0]. */
+int sr_model_embed_rows(sr_model *m, const int32_t *tokens, const int64_t *pos, int64_t n);
 int sr_model_kv_reserve(sr_model *m);
 int sr_model_layer_qkv(sr_model *m, int l);
 int sr_model_layer_kv_append(sr_model *m, int l);
@@ -135,11 +140,31 @@ int sr_model_layer_attention(sr_model *m, int l);
 int sr_model_layer_attn_out(sr_model *m, int l);
 int sr_model_layer_mlp(sr_model *m, int l);
 int sr_model_logits(sr_model *m);
+/* The logits of n rows of x (each of 0..state.n-1) into out (n, vocab):
+ * one matmul for all of them. */
+int sr_model_logits_rows(sr_model *m, const int64_t *rows, int64_t n, float *out);
 
 /* All the steps: n tokens at positions pos0.., appended to the cache;
  * leaves the logits of the last token in m->state.logits. n may exceed
  * max_batch (done in chunks). */
 int sr_model_forward(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0);
+
+/* One sequence of a batched forward pass: n new tokens after everything in
+ * its own cache kv (a cache of the model's shape, not m->kv). */
+typedef struct {
+    sr_kv_cache *kv;
+    const int32_t *tokens;
+    int64_t n;
+} sr_model_seq;
+
+/* One forward pass over n_seq sequences (a decode step of many requests):
+ * their rows (the n of all sequences together <= max_batch) go through every
+ * weight matmul at once, which reads the weights once for all of them; each
+ * row attends to its own sequence's cache, where its K/V are appended.
+ * Leaves the logits of each sequence's last token in logits (n_seq, vocab).
+ * The results equal those of each sequence alone in sr_model_forward (to
+ * fp32 rounding: a batch of 8 rows or more takes the matrix-matrix kernel). */
+int sr_model_forward_batch(sr_model *m, const sr_model_seq *seqs, int64_t n_seq, float *logits);
 
 /* Empties the KV cache (a new context). */
 void sr_model_reset(sr_model *m);

@@ -530,9 +530,10 @@ int sr_cp_prefill(sr_cp *cp, const int32_t *tokens, int64_t n) {
 /* -------------------------------------------------------------- phase 2 */
 
 /* The runs of layer l that this rank attends to in a step: its context KV
- * and, on the query rank, the new tokens'. */
-static int64_t cp__layer_runs(sr_cp *cp, int l) {
-    const sr_kv_cache *kv = &cp->m->kv, *gen = &cp->gen;
+ * (in kv, the cache of the prefill) and, on the query rank, the new
+ * tokens'. */
+static int64_t cp__layer_runs(sr_cp *cp, const sr_kv_cache *kv, int l) {
+    const sr_kv_cache *gen = &cp->gen;
     int64_t n = 0;
     for (int64_t i = 0; i < cp->n_runs; i++) {
         const sr_kv_run *r = &cp->runs[i];
@@ -563,7 +564,7 @@ static int cp__step(sr_cp *cp, const int32_t *tokens, int64_t nq) {
     for (int l = 0; l < c->n_layer; l++) {
         if (root && rc == SR_OK && (rc = sr_model_layer_qkv(m, l)) == SR_OK)
             rc = sr_kv_store(&cp->gen, l, b0, off0, nq, s->k, s->v);
-        int64_t nr = cp__layer_runs(cp, l);
+        int64_t nr = cp__layer_runs(cp, &m->kv, l);
         int rq = cp->cad ? sr_cad_query(cp->cad, l, rc, nq, pos, s->q, cp->qruns, nr, s->att, s->lse)
                          : sr_star_query(cp->star, &d, SR_CP_QUERY_RANK, nq, pos, s->q, cp->qruns, nr, s->att, s->lse,
                                          &cp->st.query);
@@ -575,6 +576,83 @@ static int cp__step(sr_cp *cp, const int32_t *tokens, int64_t nq) {
     cp->st.messages += cp->st.query.messages - before;
     cp->st.n_steps++;
     cp->st.n_new += nq;
+    return rc;
+}
+
+/* Arguments of a batched step that every rank checks alike (each rank's
+ * own contexts, in the same order as the others'). */
+static int cp__batch_check(sr_cp *const *cps, const sr_kv_cache *const *kvs, int64_t n) {
+    if (n > cps[0]->max_step)
+        return sr_error_set(SR_EINVAL, "sr_cp_step_batch: %lld contexts; a step holds 1..%lld rows (the query rank's "
+                            "max_batch)", (long long)n, (long long)cps[0]->max_step);
+    for (int64_t i = 0; i < n; i++) {
+        const sr_cp *cp = cps[i];
+        if (!cp || !kvs[i] || cp->m != cps[0]->m || cp->tp != cps[0]->tp || cp->o.mode == SR_CP_FULL || !cp->prefilled)
+            return sr_error_set(SR_ESTATE, "sr_cp_step_batch: context %lld of the batch has no cache, or is not a "
+                                "prefilled star or ring context on this batch's model and transport", (long long)i);
+        for (int64_t j = 0; j < i; j++)
+            if (cps[j] == cp)
+                return sr_error_set(SR_EINVAL, "sr_cp_step_batch: context %lld is also context %lld of the batch",
+                                    (long long)i, (long long)j);
+    }
+    return SR_OK;
+}
+
+int sr_cp_step_batch(sr_cp *const *cps, const sr_kv_cache *const *kvs, int64_t n, const int32_t *tokens,
+                     float *logits) {
+    if (!cps || !kvs || n < 1 || !cps[0])
+        return sr_error_set(SR_EINVAL, "sr_cp_step_batch: %lld contexts (allowed 1..), or a NULL list", (long long)n);
+    sr_cp *cp0 = cps[0];
+    /* a rank that finds the batch wrong says so before any message */
+    int rc = cp0->tp ? cp__agree(cp0, cp__batch_check(cps, kvs, n)) : cp__batch_check(cps, kvs, n);
+    if (rc != SR_OK) return rc;
+    sr_model *m = cp0->m;
+    sr_model_state *s = &m->state;
+    const sr_model_config *c = &m->config;
+    int root = cp0->rank == SR_CP_QUERY_RANK;
+    double t0 = sr_now();
+    int64_t before = cp0->st.query.messages;
+    int64_t *pos = malloc(sizeof *pos * (size_t)(4 * n));
+    sr_star_seq *seqs = malloc(sizeof *seqs * (size_t)n);
+    if (!pos || !seqs) rc = sr_error_set(SR_ENOMEM, "context parallel: out of memory for a batch of %lld", (long long)n);
+    else if (root && (!tokens || !logits)) rc = sr_error_set(SR_EINVAL, "sr_cp_step_batch: the query rank needs tokens and logits");
+    int64_t *b0 = pos ? pos + n : NULL, *off0 = pos ? pos + 2 * n : NULL, *rows = pos ? pos + 3 * n : NULL;
+    for (int64_t i = 0; pos && i < n; i++) {
+        pos[i] = cps[i]->n_ctx + cps[i]->n_new;
+        rows[i] = i;
+    }
+    if (root && rc == SR_OK) rc = sr_model_embed_rows(m, tokens, pos, n);
+    for (int64_t i = 0; root && rc == SR_OK && i < n; i++) rc = sr_kv_reserve(&cps[i]->gen, pos[i], 1, &b0[i], &off0[i]);
+    /* every rank goes through every layer's query, failed or not, so that
+     * all stay in step; the failure reaches the others in the messages and
+     * in the agreement after */
+    sr_star_desc d = {c->n_head, c->n_head_kv, c->head_dim, m->kv.dtype, 0.0f, m->n_threads};
+    int64_t kvd = (int64_t)c->n_head_kv * c->head_dim;
+    for (int l = 0; seqs && l < c->n_layer; l++) {
+        if (root && rc == SR_OK) rc = sr_model_layer_qkv(m, l);
+        for (int64_t i = 0; root && rc == SR_OK && i < n; i++)
+            rc = sr_kv_store(&cps[i]->gen, l, b0[i], off0[i], 1, s->k + i * kvd, s->v + i * kvd);
+        for (int64_t i = 0; i < n; i++) seqs[i] = (sr_star_seq){1, pos[i], cps[i]->qruns, cp__layer_runs(cps[i], kvs[i], l)};
+        int rq = sr_star_query_batch(cp0->star, &d, SR_CP_QUERY_RANK, seqs, n, s->q, s->att, s->lse, &cp0->st.query);
+        if (rc == SR_OK) rc = rq;
+        if (root && rc == SR_OK && (rc = sr_model_layer_attn_out(m, l)) == SR_OK) rc = sr_model_layer_mlp(m, l);
+    }
+    if (root && rc == SR_OK) rc = sr_model_logits_rows(m, rows, n, logits);
+    free(pos);
+    free(seqs);
+    rc = cp__agree(cp0, rc);
+    cp0->st.messages += cp0->st.query.messages - before + 2 * (cp0->world - 1); /* the queries or parts, and two agreements */
+    cp0->st.t_steps += sr_now() - t0;
+    for (int64_t i = 0; i < n; i++) {
+        sr_cp *cp = cps[i];
+        if (rc != SR_OK) { /* as after a failed query: prefill again */
+            cp->prefilled = 0;
+            continue;
+        }
+        cp->n_new++;
+        cp->st.n_steps++;
+        cp->st.n_new++;
+    }
     return rc;
 }
 

@@ -147,6 +147,25 @@ int sr_cp_prefill(sr_cp *cp, const int32_t *tokens, int64_t n);
  * other ranks must be in sr_cp_serve. */
 int sr_cp_feed(sr_cp *cp, const int32_t *tokens, int64_t n);
 
+/* Every rank, outside a query: one step of n contexts at once, one new
+ * token each (the next token of n generations): their rows run through the
+ * model together and, per layer, the queries of all n go out in one
+ * message, each rank attends each context's queries over its own KV of
+ * that context and sends the parts back in one message, merged per
+ * context (sr_star_query_batch). Every rank passes its own runners of the
+ * same contexts in the same order, with the cache that held each one's
+ * m->kv at its prefill (kvs; the daemon keeps each context's cache out of
+ * the model between commands) (star or ring, prefilled, on one model
+ * and transport; n up to the query rank's max_batch); the query rank also
+ * the tokens (n) and gets the logits (n, vocab). The results equal n calls
+ * of sr_cp_feed (to fp32 rounding from 8 contexts, where the weight
+ * matmuls take the matrix-matrix kernel). A failure on any rank fails the
+ * step on every rank, and each of the n contexts must be prefilled again.
+ * The context's accounting (n_steps, n_new) counts the step; the
+ * messages and time go to the first context's. */
+int sr_cp_step_batch(sr_cp *const *cps, const sr_kv_cache *const *kvs, int64_t n, const int32_t *tokens,
+                     float *logits);
+
 /* Query rank: tells the other ranks that the query is over (nothing after a
  * failed sr_cp_feed, which has told them already). */
 int sr_cp_end(sr_cp *cp);

@@ -158,45 +158,62 @@ static int get_status(const float *slot, int peer, int *status) {
 }
 
 /* This rank's own arguments (those that may differ between ranks). */
-static int query_check(const sr_star_desc *d, int root, const float *q, const sr_star_run *runs, int64_t n_runs,
+static int query_check(const sr_star_desc *d, int root, const float *q, const sr_star_seq *seqs, int64_t n_seq,
                        const float *o, const float *lse) {
     int rc = check_desc(d);
     if (rc != SR_OK) return rc;
-    if (n_runs < 0 || (n_runs > 0 && !runs))
-        return sr_error_set(SR_EINVAL, "sr_star_query: n_runs %lld, allowed 0.. with runs", (long long)n_runs);
-    for (int64_t i = 0; i < n_runs; i++)
-        if (runs[i].n < 0 || runs[i].pos0 < 0 || (runs[i].n > 0 && !runs[i].kv.k && !runs[i].kv.k_blocks))
-            return sr_error_set(SR_EINVAL, "sr_star_query: run %lld has %lld rows at position %lld", (long long)i,
-                                (long long)runs[i].n, (long long)runs[i].pos0);
+    for (int64_t j = 0; j < n_seq; j++) {
+        const sr_star_run *runs = seqs[j].runs;
+        int64_t n_runs = seqs[j].n_runs;
+        if (n_runs < 0 || (n_runs > 0 && !runs))
+            return sr_error_set(SR_EINVAL, "sr_star_query: sequence %lld: n_runs %lld, allowed 0.. with runs",
+                                (long long)j, (long long)n_runs);
+        for (int64_t i = 0; i < n_runs; i++)
+            if (runs[i].n < 0 || runs[i].pos0 < 0 || (runs[i].n > 0 && !runs[i].kv.k && !runs[i].kv.k_blocks))
+                return sr_error_set(SR_EINVAL, "sr_star_query: sequence %lld: run %lld has %lld rows at position %lld",
+                                    (long long)j, (long long)i, (long long)runs[i].n, (long long)runs[i].pos0);
+    }
     if (root && (!q || !o || !lse)) return sr_error_set(SR_EINVAL, "sr_star_query: the query rank needs q, o and lse");
     return SR_OK;
 }
 
 int sr_star_query(sr_star *s, const sr_star_desc *d, int query_rank, int64_t nq, int64_t q_pos0, const float *q,
                   const sr_star_run *runs, int64_t n_runs, float *o, float *lse, sr_star_stats *stats) {
+    sr_star_seq one = {nq, q_pos0, runs, n_runs};
+    return sr_star_query_batch(s, d, query_rank, &one, 1, q, o, lse, stats);
+}
+
+int sr_star_query_batch(sr_star *s, const sr_star_desc *d, int query_rank, const sr_star_seq *seqs, int64_t n_seq,
+                        const float *q, float *o, float *lse, sr_star_stats *stats) {
     /* the arguments that size the messages are the same on every rank, so
      * that they fail alike everywhere, before any message */
-    if (!s || !d) return sr_error_set(SR_EINVAL, "sr_star_query: NULL handle or descriptor");
+    if (!s || !d || !seqs || n_seq < 1)
+        return sr_error_set(SR_EINVAL, "sr_star_query: NULL handle, descriptor or sequences, or %lld sequences "
+                            "(allowed 1..)", (long long)n_seq);
     int w = s->world, root = s->rank == query_rank;
     star_sizes z;
-    int64_t rows;
-    if (query_rank < 0 || query_rank >= w || nq < 1 || q_pos0 < 0 || d->n_head_q <= 0 || d->head_dim <= 0 ||
+    int64_t rows, nq = 0;
+    for (int64_t j = 0; j < n_seq; j++)
+        if (seqs[j].nq < 1 || seqs[j].q_pos0 < 0 || __builtin_add_overflow(nq, seqs[j].nq, &nq))
+            return sr_error_set(SR_EINVAL, "sr_star_query: sequence %lld has nq %lld at position %lld (allowed nq 1.., "
+                                "position 0..)", (long long)j, (long long)seqs[j].nq, (long long)seqs[j].q_pos0);
+    if (query_rank < 0 || query_rank >= w || d->n_head_q <= 0 || d->head_dim <= 0 ||
         __builtin_mul_overflow(nq, (int64_t)d->n_head_q, &rows) ||
         __builtin_mul_overflow(rows, (int64_t)d->head_dim, &z.qn) ||
         __builtin_mul_overflow(rows, (int64_t)d->head_dim + 1, &z.part) ||
         __builtin_mul_overflow(z.part + 1, (int64_t)w, &z.parts) || z.parts > INT64_MAX / (int64_t)sizeof(float))
-        return sr_error_set(SR_EINVAL, "sr_star_query: query rank %d of %d, nq %lld at position %lld, Hq %d, d %d: "
+        return sr_error_set(SR_EINVAL, "sr_star_query: query rank %d of %d, nq %lld, Hq %d, d %d: "
                             "allowed ranks 0..%d, nq >= 1 with nq * Hq * (d + 1) * W floats addressable",
-                            query_rank, w, (long long)nq, (long long)q_pos0, d->n_head_q, d->head_dim, w - 1);
+                            query_rank, w, (long long)nq, d->n_head_q, d->head_dim, w - 1);
     int rc = reserve(s, z, query_rank);
     if (rc != SR_OK) return rc;
     double t0 = sr_now(), comm = 0;
-    rc = query_check(d, root, q, runs, n_runs, o, lse);
+    rc = query_check(d, root, q, seqs, n_seq, o, lse);
     if (root) {
         if (rc == SR_OK) memcpy(s->qbuf, q, sizeof(float) * (size_t)z.qn);
         put_status(s->qbuf + z.qn, rc);
     }
-    /* 1. the queries, all heads in one message, and the query rank's status */
+    /* 1. the queries of every sequence, all heads in one message, and the query rank's status */
     double c0 = sr_now();
     int rc2 = sr_tp_bcast(s->tp, s->qbuf, (z.qn + 1) * (int64_t)sizeof(float), query_rank);
     if (rc2 != SR_OK) return rc2;
@@ -205,9 +222,12 @@ int sr_star_query(sr_star *s, const sr_star_desc *d, int query_rank, int64_t nq,
     if (!root && rc == SR_OK && (rc = get_status(s->qbuf + z.qn, query_rank, &status)) == SR_OK && status != SR_OK)
         rc = sr_error_set(status, "star attention: the query rank %d failed (%s)", query_rank, sr_strerror(status));
 
-    /* 2. this rank's part over its runs */
+    /* 2. this rank's part, each sequence's queries over its own runs */
     float *po = s->mine, *pl = s->mine + z.qn;
-    if (rc == SR_OK) rc = sr_star_attend(d, nq, q_pos0, s->qbuf, runs, n_runs, po, pl, s->tmp, s->tmp + z.qn);
+    int64_t hd = (int64_t)d->n_head_q * d->head_dim;
+    for (int64_t j = 0, r = 0; j < n_seq && rc == SR_OK; r += seqs[j].nq, j++)
+        rc = sr_star_attend(d, seqs[j].nq, seqs[j].q_pos0, s->qbuf + r * hd, seqs[j].runs, seqs[j].n_runs,
+                            po + r * hd, pl + r * d->n_head_q, s->tmp, s->tmp + z.qn);
     put_status(s->mine + z.part, rc);
 
     /* 3. every part to the query rank, one message each, and merge */

@@ -80,4 +80,20 @@ void sr_star_free(sr_star *s);
 int sr_star_query(sr_star *s, const sr_star_desc *d, int query_rank, int64_t nq, int64_t q_pos0, const float *q,
                   const sr_star_run *runs, int64_t n_runs, float *o, float *lse, sr_star_stats *stats);
 
+/* One sequence of a batched query step: nq queries at positions q_pos0..
+ * and this rank's KV runs for them (as sr_star_query's). */
+typedef struct {
+    int64_t nq, q_pos0;
+    const sr_star_run *runs;
+    int64_t n_runs;
+} sr_star_seq;
+
+/* sr_star_query for n_seq sequences at once (a decode step of many
+ * requests, each over its own context): q, o and lse hold the sequences'
+ * rows one after the other ([sum nq, Hq, d]); each sequence's queries see
+ * only its own runs. Still one message out and one back per rank, whatever
+ * n_seq. Every rank passes the same n_seq, nq and q_pos0 of each. */
+int sr_star_query_batch(sr_star *s, const sr_star_desc *d, int query_rank, const sr_star_seq *seqs, int64_t n_seq,
+                        const float *q, float *o, float *lse, sr_star_stats *stats);
+
 #endif

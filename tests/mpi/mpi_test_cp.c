@@ -33,6 +33,7 @@
 #include "tokenizer/tokenizer.h"
 #include "transport/transport.h"
 #include "tests/mpi/mpi_support.h"
+#include "tests/support/compare.h"
 #include "worker/agree.h"
 #include "worker/wire.h"
 /* the unit tests' model lookup; the mpi tests link no unit-test support */
@@ -42,23 +43,6 @@ static uint64_t mix(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
-}
-
-static double rel_err(const float *a, const float *b, int64_t n) {
-    double e = 0, s = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (!(d <= e)) e = isnan(d) ? INFINITY : d;
-        if (fabs(b[i]) > s) s = fabs(b[i]);
-    }
-    return e / (s > 0 ? s : 1);
-}
-
-static int32_t argmax(const float *x, int n) {
-    int32_t best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
 }
 
 static int load_kv(const char *path, int64_t batch, int64_t kv_block, int kv_dtype, sr_model **m) {
@@ -95,7 +79,7 @@ static void greedy_free(greedy *r) {
 static int ref_decode(sr_model *m, int64_t pos, greedy *r) {
     for (int i = 0; i < r->g; i++) {
         memcpy(r->logits + (int64_t)i * r->vocab, m->state.logits, sizeof(float) * (size_t)r->vocab);
-        r->tok[i] = argmax(m->state.logits, r->vocab);
+        r->tok[i] = sr_test_argmax(m->state.logits, r->vocab);
         if (i + 1 < r->g) {
             int rc = sr_model_forward(m, &r->tok[i], 1, pos++);
             if (rc) return rc;
@@ -246,7 +230,7 @@ static int run_cp(sr_model *m, sr_tp *tp, const sr_cp_opts *o, const int32_t *ct
         if (nq > 0) rc = sr_cp_feed(cp, qry, nq);
         for (int i = 0; i < out->g && rc == SR_OK; i++) {
             memcpy(out->logits + (int64_t)i * out->vocab, m->state.logits, sizeof(float) * (size_t)out->vocab);
-            out->tok[i] = argmax(m->state.logits, out->vocab);
+            out->tok[i] = sr_test_argmax(m->state.logits, out->vocab);
             if (i + 1 < out->g) rc = sr_cp_feed(cp, &out->tok[i], 1);
         }
         int rc2 = sr_cp_end(cp);
@@ -266,7 +250,7 @@ static int compare(const char *what, const greedy *got, const greedy *want, doub
     int fails = 0;
     double worst = 0;
     for (int i = 0; i < want->g; i++) {
-        double e = rel_err(got->logits + (int64_t)i * got->vocab, want->logits + (int64_t)i * want->vocab, want->vocab);
+        double e = sr_test_rel_err(got->logits + (int64_t)i * got->vocab, want->logits + (int64_t)i * want->vocab, want->vocab);
         printf("#   step %d: %.2e\n", i, e);
         if (!(e <= worst)) worst = e;
         if (got->tok[i] != want->tok[i]) {
