@@ -86,7 +86,8 @@ int sr_cad_group_open(sr_tp **out, sr_tp *parent, int first, int count) {
         return sr_error_set(SR_ENOMEM, "out of memory for a cad group");
     }
     *g = (group){parent, first};
-    *tp = (sr_tp){&group_backend, r - first, count, sr_tp_device_memory(parent), g, NULL};
+    *tp = (sr_tp){.be = &group_backend, .rank = r - first, .size = count,
+                  .device_memory = sr_tp_device_memory(parent), .impl = g};
     *out = tp;
     return SR_OK;
 }
