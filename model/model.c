@@ -538,7 +538,8 @@ int sr_model_layer_mlp(sr_model *m, int l) {
     int64_t count = s->n * c->hidden_dim;
     float *restrict gate = s->hb;
     const float *restrict up = s->hb2;
-#pragma omp parallel for simd num_threads(nt) if (count > 65536)
+/* the if binds to parallel only: on simd too, it made batches of up to 65536 values scalar */
+#pragma omp parallel for simd num_threads(nt) if (parallel: count > 65536)
     for (int64_t i = 0; i < count; i++) gate[i] = gate[i] / (1.0f + exp_approx(-gate[i])) * up[i]; /* SiLU(gate) * up */
     if ((rc = sr_matmul(&L->w_down, s->hb, s->xb, s->n, nt))) return rc;
     residual_add(s->x, s->xb, s->n * c->dim, nt);
