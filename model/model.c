@@ -431,6 +431,13 @@ static void residual_add(float *x, const float *d, int64_t count, int nt) {
 
 /* --------------------------------------------------------- forward steps */
 
+/* (cs, sn) of angle a becomes that of a + f, given dc, ds of f. */
+static void rope_turn(double *cs, double *sn, double dc, double ds) {
+    double t = *cs * dc - *sn * ds;
+    *sn = *sn * dc + *cs * ds;
+    *cs = t;
+}
+
 /* Rows 0..n-1 of x: the tokens' embeddings, and the RoPE angles of each
  * row's position (pos[i], or pos0 + i when pos is NULL). */
 static int embed(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0, const int64_t *pos) {
@@ -451,13 +458,27 @@ static int embed(sr_model *m, const int32_t *tokens, int64_t n, int64_t pos0, co
     }
     s->n = n;
     s->pos0 = pos0;
+    /* the next row's angle by a rotation (double, exact to ~1e-15 over the
+     * 64 rows between two sincos): libm's sincos for every row and
+     * frequency was 5% of a 64-dim model's prefill */
     int half = c->rope_dim / 2;
-    for (int64_t i = 0; i < n; i++) {
-        double p = (double)(pos ? pos[i] : pos0 + i);
-        for (int j = 0; j < half; j++) {
-            double a = p * s->inv_freq[j];
-            s->rope_cos[i * half + j] = (float)cos(a);
-            s->rope_sin[i * half + j] = (float)sin(a);
+    for (int j = 0; j < half; j++) {
+        double f = s->inv_freq[j], dc = cos(f), ds = sin(f), cs = 1.0, sn = 0.0;
+        int64_t next = -1; /* the position cs, sn are at */
+        for (int64_t i = 0; i < n; i++) {
+            int64_t p = pos ? pos[i] : pos0 + i;
+            if (p != next || p % 64 == 0) {
+                /* from the last multiple of 64, so that a position's angle
+                 * does not depend on the rows batched with it */
+                int64_t b = p - p % 64;
+                cs = cos((double)b * f);
+                sn = sin((double)b * f);
+                for (; b < p; b++) rope_turn(&cs, &sn, dc, ds);
+            }
+            s->rope_cos[i * half + j] = (float)cs;
+            s->rope_sin[i * half + j] = (float)sn;
+            rope_turn(&cs, &sn, dc, ds);
+            next = p + 1;
         }
     }
     return SR_OK;
@@ -556,7 +577,8 @@ int sr_model_layer_mlp(sr_model *m, int l) {
     int64_t count = s->n * c->hidden_dim;
     float *restrict gate = s->hb;
     const float *restrict up = s->hb2;
-#pragma omp parallel for simd num_threads(nt) if (count > 65536)
+/* the if binds to parallel only: on simd too, it made batches of up to 65536 values scalar */
+#pragma omp parallel for simd num_threads(nt) if (parallel: count > 65536)
     for (int64_t i = 0; i < count; i++) gate[i] = gate[i] / (1.0f + exp_approx(-gate[i])) * up[i]; /* SiLU(gate) * up */
     if ((rc = sr_matmul(&L->w_down, s->hb, s->xb, s->n, nt))) return rc;
     residual_add(s->x, s->xb, s->n * c->dim, nt);

@@ -53,9 +53,12 @@ SR_ATTN_INLINE void sr_attn__mk(int mr, int nv, int64_t kdim, const float *A, in
 }
 
 /* 2^x for x <= 0 (-inf gives 0): x = n + f, |f| <= 1/2, 2^f by its Taylor
- * series to degree 7 (relative error < 1e-8), scaled by 2^n. */
+ * series to degree 7 (relative error < 1e-8), scaled by 2^n. Below -125 it
+ * is 0: a result that underflows (every masked score) costs a microcode
+ * assist, which made masked tiles 2.6 times as slow as others. */
 SR_ATTN_INLINE __m512 sr_attn__exp2_ps(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-200.0f));
+    __mmask16 normal = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-125.0f), _CMP_GE_OQ);
+    x = _mm512_max_ps(x, _mm512_set1_ps(-125.0f));
     __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_sub_ps(x, n);
     __m512 p = _mm512_set1_ps(1.5252733804059841e-05f);
@@ -66,7 +69,7 @@ SR_ATTN_INLINE __m512 sr_attn__exp2_ps(__m512 x) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-01f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-01f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
+    return _mm512_maskz_scalef_ps(normal, p, n);
 }
 
 #else
