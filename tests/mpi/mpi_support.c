@@ -62,6 +62,21 @@ static int write_secret(const unsigned char *key, size_t n, char *path, size_t p
     return SR_OK;
 }
 
+int mpi_make_tiny(char *path, size_t cap, const char *args) {
+    static int made; /* the same count on every rank */
+    int rc = 0;
+    if (rank == 0) {
+        snprintf(path, cap, "/tmp/sr_tiny_%d_%d.gguf", (int)getpid(), made);
+        char cmd[512];
+        snprintf(cmd, sizeof cmd, "python3 scripts/make-tiny-model %s %s >/dev/null", path, args);
+        rc = system(cmd);
+    }
+    made++;
+    MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    MPI_Bcast(path, (int)cap, MPI_CHAR, 0, MPI_COMM_WORLD);
+    return rc == 0 ? SR_OK : sr_error_set(SR_EIO, "scripts/make-tiny-model %s failed", args);
+}
+
 int open_tcp(sr_tp **tp) {
     unsigned char key[32] = {0};
     int no_key = rank == 0 && getentropy(key, sizeof key) != 0;

@@ -40,6 +40,10 @@ void tap_skip(const char *name, const char *why);
 /* ... counting the failure in the caller's `fails` */
 #define COUNT_OK(call) CHECK_CALL(call, fails++)
 
+/* A tiny random model written by scripts/make-tiny-model ARGS on rank 0
+ * into a fresh /tmp path (in path, on every rank). Collective. */
+int mpi_make_tiny(char *path, size_t cap, const char *args);
+
 /* Opens the tcp transport over all ranks on a random base port agreed over
  * MPI, retrying if the ports were taken, with a fresh job secret (a file of
  * each rank's, removed once open). Collective. */

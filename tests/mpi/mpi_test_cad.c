@@ -28,6 +28,7 @@
 #include "worker/cad.h"
 #include "worker/cp.h"
 #include "tests/mpi/mpi_support.h"
+#include "tests/support/compare.h"
 #include "tests/unit/support_model.h"
 
 enum { TAG = 11 };
@@ -51,19 +52,6 @@ static int load_model(const char *path, const cad_case *c, int64_t batch, sr_mod
     return sr_model_load(m, path, &o);
 }
 
-static int32_t best_of(const float *x, int n) {
-    int32_t b = 0;
-    for (int i = 1; i < n; i++) b = x[i] > x[b] ? i : b;
-    return b;
-}
-
-/* max |a - b| over max |b|; a NaN anywhere in a is infinitely far */
-static double scaled_diff(const float *a, const float *b, int n) {
-    double e = 0, s = 0;
-    for (int i = 0; i < n; i++) e = fmax(e, isnan(a[i]) ? INFINITY : fabs((double)a[i] - b[i])), s = fmax(s, fabs(b[i]));
-    return e / (s > 0 ? s : 1);
-}
-
 /* Every model worker: prefills n ids; then the query worker feeds the
  * question (nq ids after them) and greedy steps, logits[steps][vocab] and
  * toks[steps], while the others serve. */
@@ -75,7 +63,7 @@ static int prefill_query(sr_cp *cp, sr_model *m, const int32_t *ids, int64_t n, 
     if (nq > 0) rc = sr_cp_feed(cp, ids + n, nq);
     for (int i = 0; i < steps && rc == SR_OK; i++) {
         memcpy(logits + (int64_t)i * vocab, m->state.logits, sizeof(float) * (size_t)vocab);
-        toks[i] = best_of(m->state.logits, vocab);
+        toks[i] = sr_test_argmax(m->state.logits, vocab);
         if (i + 1 < steps) rc = sr_cp_feed(cp, &toks[i], 1);
     }
     int rc2 = sr_cp_end(cp);
@@ -92,9 +80,9 @@ static int against_single(const char *path, const cad_case *c, int64_t batch, co
     double worst = 0;
     int rc = sr_model_forward(r, ids, c->n + c->nq, 0);
     for (int i = 0; i < c->steps && rc == SR_OK; i++) {
-        double e = scaled_diff(logits + (int64_t)i * vocab, r->state.logits, vocab);
+        double e = sr_test_rel_err(logits + (int64_t)i * vocab, r->state.logits, vocab);
         if (!(e <= worst)) worst = e;
-        int32_t want = best_of(r->state.logits, vocab);
+        int32_t want = sr_test_argmax(r->state.logits, vocab);
         if (toks[i] != want) {
             fprintf(stderr, "%s: step %d gave token %d, single process %d\n", c->name, i, toks[i], want);
             fails++;
@@ -256,22 +244,13 @@ int main(int argc, char **argv) {
     tap(sr_tp_open(&mpi, "mpi", NULL) != SR_OK, "open mpi transport");
     tap(open_tcp(&tcp) != SR_OK, "open tcp transport");
     char tiny[256] = "", tiny_gqa[256] = "";
-    int rc = 0;
-    if (rank == 0) {
-        snprintf(tiny, sizeof tiny, "/tmp/sr_cad_tiny_%d.gguf", (int)getpid());
-        snprintf(tiny_gqa, sizeof tiny_gqa, "/tmp/sr_cad_tiny_gqa_%d.gguf", (int)getpid());
-        char cmd[1024];
-        snprintf(cmd, sizeof cmd,
-                 "python3 scripts/make-tiny-model %s --type F32 --layers 2 --dim 128 --heads 2 --kv-heads 1 --ffn 256 "
-                 "--vocab 512 >/dev/null && python3 scripts/make-tiny-model %s --type F32 --layers 3 --dim 256 "
-                 "--heads 8 --kv-heads 2 --ffn 384 --vocab 300 --seed 5 >/dev/null", tiny, tiny_gqa);
-        rc = system(cmd);
-    }
-    MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
-    MPI_Bcast(tiny, sizeof tiny, MPI_CHAR, 0, MPI_COMM_WORLD);
-    MPI_Bcast(tiny_gqa, sizeof tiny_gqa, MPI_CHAR, 0, MPI_COMM_WORLD);
-    tap(rc != 0, "tiny random models written");
-    if (!mpi || !tcp || rc != 0) return mpi_test_finish();
+    int tiny_ok =
+        mpi_make_tiny(tiny, sizeof tiny, "--type F32 --layers 2 --dim 128 --heads 2 --kv-heads 1 --ffn 256 --vocab 512") ==
+            SR_OK &&
+        mpi_make_tiny(tiny_gqa, sizeof tiny_gqa,
+                      "--type F32 --layers 3 --dim 256 --heads 8 --kv-heads 2 --ffn 384 --vocab 300 --seed 5") == SR_OK;
+    tap(!tiny_ok, "tiny random models written");
+    if (!mpi || !tcp || !tiny_ok) return mpi_test_finish();
     int k = servers_for(size);
 
     tap(t_bad_count(mpi), "a job of %d ranks refuses %d or 0 attention servers, and a tag past the range", size, size);

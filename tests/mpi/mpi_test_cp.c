@@ -631,31 +631,19 @@ static char *make_text(int n_items) {
     return s;
 }
 
-/* A tiny random model written by scripts/make-tiny-model on rank 0. */
-static int make_tiny(char *path, size_t cap, const char *args) {
-    int rc = 0;
-    if (rank == 0) {
-        snprintf(path, cap, "/tmp/sr_cp_tiny_%d_%d.gguf", (int)getpid(), (int)(mix((uint64_t)(uintptr_t)args) % 1000));
-        char cmd[512];
-        snprintf(cmd, sizeof cmd, "python3 scripts/make-tiny-model %s %s >/dev/null", path, args);
-        rc = system(cmd);
-    }
-    MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
-    MPI_Bcast(path, (int)cap, MPI_CHAR, 0, MPI_COMM_WORLD);
-    return rc == 0 ? SR_OK : sr_error_set(SR_EIO, "scripts/make-tiny-model %s failed", args);
-}
-
 int main(int argc, char **argv) {
     if (mpi_test_init(&argc, &argv)) return 1;
     sr_tp *mpi = NULL, *tcp = NULL;
     tap(sr_tp_open(&mpi, "mpi", NULL) != SR_OK, "open mpi transport");
     tap(open_tcp(&tcp) != SR_OK, "open tcp transport");
     char tiny[256] = "", tiny_gqa[256] = "";
-    tap(make_tiny(tiny, sizeof tiny, "--type F32 --layers 2 --dim 128 --heads 2 --kv-heads 1 --ffn 256 --vocab 512") ||
-            make_tiny(tiny_gqa, sizeof tiny_gqa,
-                      "--type F16 --layers 3 --dim 256 --heads 8 --kv-heads 2 --ffn 384 --vocab 300 --seed 5"),
-        "tiny random models written");
-    if (!mpi || !tcp || !tiny[0]) return mpi_test_finish();
+    int tiny_ok =
+        mpi_make_tiny(tiny, sizeof tiny, "--type F32 --layers 2 --dim 128 --heads 2 --kv-heads 1 --ffn 256 --vocab 512") ==
+            SR_OK &&
+        mpi_make_tiny(tiny_gqa, sizeof tiny_gqa,
+                      "--type F16 --layers 3 --dim 256 --heads 8 --kv-heads 2 --ffn 384 --vocab 300 --seed 5") == SR_OK;
+    tap(!tiny_ok, "tiny random models written");
+    if (!mpi || !tcp || !tiny_ok) return mpi_test_finish();
 
     /* the cases on tiny models: lengths not divisible by W, the KV block or the star block */
     static const cp_case tiny_cases[] = {
