@@ -2109,7 +2109,8 @@ static void on_control_close(sr_conn *c, const char *why) {
         worker_lost(co, w, why);
         return;
     }
-    cluster_reset(co, "worker %d is gone (%s)%s", w, why ? why : "closed", joined ? "" : ": it left during the join");
+    /* before the first start the cluster's join (its first data plane) is not over */
+    cluster_reset(co, "worker %d is gone (%s)%s", w, why ? why : "closed", joined && co->started ? "" : ": it left during the join");
     /* under mpirun, gone before its Join: the others' address exchange cannot complete */
     if (co->broken && !joined) {
         char msg[160];

@@ -802,6 +802,7 @@ static void do_drop(wrk *w, uint64_t id) {
             wctx *c = *p;
             *p = c->next;
             r.kv_bytes = (int64_t)sr_kv_bytes(&c->kv);
+            SR_INFO("context %016llx dropped (%lld bytes of KV here)", (unsigned long long)id, (long long)r.kv_bytes);
             ctx_free(w, c);
             break;
         }
@@ -1287,6 +1288,11 @@ static void do_plane(wrk *w, const Starring__Control__V1__Plane *pl) {
     sr_tp *tp = NULL;
     double t0 = sr_now();
     if (rc == SR_OK) {
+        /* the planes no context uses go first: tcp listens on the one --data-listen port */
+        for (plane *p = w->planes, *n; p; p = n) {
+            n = p->next;
+            if (p->users == 0) plane_free(w, p);
+        }
         w->x_round = pl->round;
         rc = open_data_plane(w, &tp, rank, (int)pl->n_workers);
     }

@@ -63,7 +63,7 @@ def main():
         f.write(ctx_text)
     ref = subprocess.run([os.path.join(ROOT, BUILD, "starring-run"), "-m", model_path(), "--chat", "-f", ctx_path,
                           "-p", Q, "-n", "16", "--temp", "0", "-t", "1"], capture_output=True, text=True,
-                         env=dict(os.environ, OMP_WAIT_POLICY="passive"), timeout=600).stdout
+                         env=dict(os.environ, OMP_WAIT_POLICY="passive"), timeout=600).stdout.rstrip("\n")
     cl = Cluster(tmp, 4, "--heartbeat", "0.2", "--join-timeout", "3", "--max-context", "4096")
     try:
         run(t, cl, ctx_text, ref)
