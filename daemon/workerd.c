@@ -20,10 +20,6 @@
 
 typedef struct wrk wrk;
 
-/* How long one round of the address exchange may wait for the others: they
- * load the model before they open the data plane. */
-#define EXCHANGE_TIMEOUT_S 120
-
 /* A data plane: a transport over the workers the coordinator listed in its
  * Plane (under mpirun: the job's, plane 0). It stays open while a context
  * uses it, and until a newer one is open. */
@@ -1174,7 +1170,9 @@ static int wait_welcome(wrk *w) {
 
 /* sr_tp_opts.exchange through the coordinator: this worker's block goes out
  * in an Address, every worker's come back in the AddressList. On the
- * compute thread; blocks until the coordinator answers. */
+ * compute thread; blocks until the coordinator answers, with no timeout of
+ * its own: the others may be in a long prefill before they reach the Plane,
+ * and the coordinator fails the round (AddressList.error) if one is lost. */
 static int cluster_exchange(void *data, const void *send, size_t len, void *recv) {
     wrk *w = data;
     FRAME(a, address, ADDRESS, Starring__Control__V1__Address, STARRING__CONTROL__V1__ADDRESS__INIT);
@@ -1182,23 +1180,14 @@ static int cluster_exchange(void *data, const void *send, size_t len, void *recv
     a.block.data = (uint8_t *)send;
     a.block.len = len;
     send_frame(w, &a_f);
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += EXCHANGE_TIMEOUT_S;
     sr_frame *f = NULL;
-    int timed_out = 0;
     pthread_mutex_lock(&w->mu);
-    while (!w->gone && !timed_out && !(w->x_list && w->x_list->address_list->round == a.round))
-        timed_out = pthread_cond_timedwait(&w->cv, &w->mu, &until) != 0;
+    while (!w->gone && !(w->x_list && w->x_list->address_list->round == a.round)) pthread_cond_wait(&w->cv, &w->mu);
     if (w->x_list && w->x_list->address_list->round == a.round) {
         f = w->x_list;
         w->x_list = NULL;
     }
     pthread_mutex_unlock(&w->mu);
-    if (!f && timed_out)
-        return sr_error_set(SR_ECOMM, "no AddressList from the coordinator within %d s in round %lld of the data plane's "
-                            "address exchange: are all %lld workers of the data plane up?", EXCHANGE_TIMEOUT_S,
-                            (long long)a.round, (long long)w->x_size);
     if (!f)
         return sr_error_set(SR_ECOMM, "lost the coordinator in round %lld of the data plane's address exchange",
                             (long long)a.round);

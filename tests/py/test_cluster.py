@@ -123,6 +123,14 @@ def main():
     return t.done()
 
 
+def wait_ready(c, n, timeout):
+    """Whether n workers are up (GetStats) within timeout s: the next context goes on all of them."""
+    t0 = time.time()
+    while c.stats().workers_ready < n and time.time() - t0 < timeout:
+        time.sleep(0.1)
+    return c.stats().workers_ready == n
+
+
 def run(t, cl, ctx_text, ref, tmp):
     t.check(cl.wait_port(cl.port) and cl.wait_port(cl.cluster_port), "the coordinator listens without mpirun")
     c = cl.client()
@@ -232,7 +240,7 @@ def run(t, cl, ctx_text, ref, tmp):
     t.check("1 contexts placed on it lost" in cl.coordinator.log_text(),
             "the coordinator logs the contexts lost with the worker")
     w1b = cl.start_worker()
-    t.check(cl.wait_serving(120), "a restarted worker joins: the cluster serves again")
+    t.check(wait_ready(c, 2, 120) and c.serving(), "a restarted worker joins: the cluster serves on both again")
     ctx = c.upload(ctx_text, mode="ring", chat=True)
     _, text3, _ = c.generate(Q, context_id=ctx.id, chat=True, max_tokens=16)
     t.check(text3 == ref_text, f"a new context on the worker left and the restarted one answers as starring-run "
@@ -243,10 +251,7 @@ def run(t, cl, ctx_text, ref, tmp):
     w0.stop(signal.SIGSTOP, timeout=0)
     t.check(cl.coordinator.wait_log("no heartbeat for", 6), "a stopped worker is dropped after 10 missed heartbeats")
     w0.proc.send_signal(signal.SIGCONT)
-    t0 = time.time()
-    while c.stats().workers_ready < 2 and time.time() - t0 < 60:
-        time.sleep(0.1)
-    t.check(c.stats().workers_ready == 2 and c.serving(), "continued, it joins again and the cluster serves")
+    t.check(wait_ready(c, 2, 60) and c.serving(), "continued, it joins again and the cluster serves")
     c.close()
 
     # the coordinator killed mid-generation, then restarted

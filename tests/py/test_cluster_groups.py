@@ -15,7 +15,8 @@ and four `--role worker --join` processes on loopback.
 - the killed worker restarted joins in its place: a new data plane opens
   over the four, A (on the old one) still answers, and a context placed
   afterwards on the least loaded workers uses the restarted one and answers;
-- no other process went down."""
+- no other process went down, and the workers that held the dead one in a
+  data plane close it and exit 0 when the coordinator lets them go."""
 import os
 import re
 import signal
@@ -70,6 +71,8 @@ def main():
     finally:
         rc, wrc = cl.stop()
     t.check(rc == 0, f"the coordinator stops cleanly on SIGTERM (exit {rc})")
+    # the worker killed is the one with -9; the others close data planes that held it, and exit 0
+    t.check(sorted(wrc) == [-9, 0, 0, 0, 0], f"the other workers leave by themselves and exit 0 ({wrc})")
     if t.failed:
         t.note(cl.logs())
     return t.done()
