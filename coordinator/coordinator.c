@@ -1712,6 +1712,21 @@ static const sr_grpc_method methods[] = {
 
 /* ------------------------------------------------------------ workers */
 
+/* The requests that wait for context c (its prefill, its turn) end UNAVAILABLE with why. */
+static void ctx_fail_waiting(cctx *c, const char *why) {
+    if (c->creator) {
+        c->creator->linked = 0;
+        req_finish(c->creator, SR_GRPC_UNAVAILABLE, "%s", why);
+        c->creator = NULL;
+    }
+    for (req *r = c->wait_head, *n; r; r = n) {
+        n = r->next_wait;
+        r->linked = 0;
+        req_finish(r, SR_GRPC_UNAVAILABLE, "%s", why);
+    }
+    c->wait_head = c->wait_tail = NULL;
+}
+
 /* Every request on the workers ends UNAVAILABLE with why. */
 static void fail_all(coord *co, const char *why) {
     for (req *r = co->gens, *n; r; r = n) {
@@ -1724,17 +1739,7 @@ static void fail_all(coord *co, const char *why) {
     co->step_out = 0;
     for (cctx *c = co->ctxs; c; c = c->next) {
         c->active = NULL;
-        if (c->creator) {
-            c->creator->linked = 0;
-            req_finish(c->creator, SR_GRPC_UNAVAILABLE, "%s", why);
-            c->creator = NULL;
-        }
-        for (req *r = c->wait_head, *n; r; r = n) {
-            n = r->next_wait;
-            r->linked = 0;
-            req_finish(r, SR_GRPC_UNAVAILABLE, "%s", why);
-        }
-        c->wait_head = c->wait_tail = NULL;
+        ctx_fail_waiting(c, why);
     }
 }
 
@@ -1820,17 +1825,7 @@ static void ctx_lose(coord *co, cctx *c, const char *why) {
         req_finish(r, SR_GRPC_UNAVAILABLE, "%s", why);
     }
     c->active = NULL;
-    if (c->creator) {
-        c->creator->linked = 0;
-        req_finish(c->creator, SR_GRPC_UNAVAILABLE, "%s", why);
-        c->creator = NULL;
-    }
-    for (req *r = c->wait_head, *n; r; r = n) {
-        n = r->next_wait;
-        r->linked = 0;
-        req_finish(r, SR_GRPC_UNAVAILABLE, "%s", why);
-    }
-    c->wait_head = c->wait_tail = NULL;
+    ctx_fail_waiting(c, why);
     char lost[sizeof ((evicted *)0)->why];
     snprintf(lost, sizeof lost, "lost (%.180s)", why);
     if (!c->ephemeral) ctx_forget(co, c, lost);

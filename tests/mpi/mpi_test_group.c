@@ -126,17 +126,15 @@ int main(int argc, char **argv) {
         tap_skip("group", "more than 64 ranks");
         return mpi_test_finish();
     }
-    int fails = 0;
-    sr_tp *tp = NULL;
-    COUNT_OK(sr_tp_open(&tp, "mpi", NULL));
-    tap(fails, "mpi: open");
-    if (tp) suite(tp, "mpi");
-    sr_tp_close(tp);
-    tp = NULL;
-    fails = 0;
-    COUNT_OK(open_ucx(&tp, NULL, NULL, 0));
-    tap(fails, "ucx: open");
-    if (tp) suite(tp, "ucx");
-    sr_tp_close(tp);
+    /* parents: mpi, and ucx (the daemon's data plane) */
+    for (int ucx = 0; ucx <= 1; ucx++) {
+        int fails = 0;
+        sr_tp *tp = NULL;
+        const char *name = ucx ? "ucx" : "mpi";
+        COUNT_OK(ucx ? open_ucx(&tp, NULL, NULL, 0) : sr_tp_open(&tp, "mpi", NULL));
+        tap(fails, "%s: open", name);
+        if (tp) suite(tp, name);
+        sr_tp_close(tp);
+    }
     return mpi_test_finish();
 }

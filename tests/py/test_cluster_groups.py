@@ -33,13 +33,18 @@ from daemon_support import BUILD, ROOT, code_of, Cluster, Tap, model_path  # noq
 Q = "What is the pass key?"
 
 
+def spb():
+    """The generated messages, as the example client uses them."""
+    import starring_client
+    return starring_client.pb
+
+
 def upload(c, text, workers):
     """CreateContext in ring mode with ContextOptions.workers (the example
     client does not set it)."""
-    from starring_client import pb as spb  # the generated messages, as the client uses them
-    opts = spb.ContextOptions(mode="ring", chat=True, workers=workers)
+    opts = spb().ContextOptions(mode="ring", chat=True, workers=workers)
     ready = None
-    for ev in c.api.CreateContext(iter([spb.ContextChunk(text=text, options=opts)]), timeout=120):
+    for ev in c.api.CreateContext(iter([spb().ContextChunk(text=text, options=opts)]), timeout=120):
         if ev.HasField("ready"):
             ready = ev.ready
     return ready
@@ -54,17 +59,23 @@ def index_of(proc):
     return int(m.group(1)) if m else None
 
 
+def single_process(tmp):
+    """A short pass-key context, and single-process starring-run's greedy answer over it."""
+    path = os.path.join(tmp, "ctx.txt")
+    with open(path, "w") as f:
+        subprocess.run([os.path.join(ROOT, "scripts", "make-passkey"), "10"], stdout=f, check=True)
+    cmd = [os.path.join(ROOT, BUILD, "starring-run"), "-m", model_path(), "--chat", "-f", path, "-p", Q, "-n", "16",
+           "--temp", "0", "-t", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_WAIT_POLICY="passive"),
+                         timeout=600)
+    with open(path) as f:
+        return f.read(), out.stdout.rstrip("\n")
+
+
 def main():
     t = Tap()
     tmp = tempfile.mkdtemp(prefix="starring-groups-")
-    ctx_text = subprocess.run([os.path.join(ROOT, "scripts", "make-passkey"), "10"], capture_output=True, text=True,
-                              check=True).stdout
-    ctx_path = os.path.join(tmp, "ctx.txt")
-    with open(ctx_path, "w") as f:
-        f.write(ctx_text)
-    ref = subprocess.run([os.path.join(ROOT, BUILD, "starring-run"), "-m", model_path(), "--chat", "-f", ctx_path,
-                          "-p", Q, "-n", "16", "--temp", "0", "-t", "1"], capture_output=True, text=True,
-                         env=dict(os.environ, OMP_WAIT_POLICY="passive"), timeout=600).stdout.rstrip("\n")
+    ctx_text, ref = single_process(tmp)
     cl = Cluster(tmp, 4, "--heartbeat", "0.2", "--join-timeout", "3", "--max-context", "4096")
     try:
         run(t, cl, ctx_text, ref)
@@ -102,20 +113,22 @@ def run(t, cl, ctx_text, ref_text):
     t.check(ta == ref_text and tb == ref_text and ref_text,
             f"A and B answer as single-process starring-run ({ta!r}, {tb!r}, ref {ref_text!r})")
 
-    # kill a worker of B while B generates
+    # kill a worker of B once B's answer has begun
     gone = sb[1]
     victim = idx[gone]
-    got = []
-
-    def kill_at_first(text):
-        got.append(text)
-        if len(got) == 1:
-            victim.stop(signal.SIGKILL)
-
-    code, msg = code_of(lambda: c.generate("Write a long story about the pass key.", context_id=b.id, chat=True,
-                                           max_tokens=400, on_text=kill_at_first, timeout=60))
-    t.check(code == grpc.StatusCode.UNAVAILABLE and f"worker {gone}" in msg and 0 < len(got) < 400,
-            f"a worker of B killed mid-generation: the request ends UNAVAILABLE naming it ({code}: {msg!r})")
+    tokens = 0
+    code, msg = grpc.StatusCode.OK, ""
+    try:
+        for ev in c.api.Generate(spb().GenerateRequest(context_id=b.id, prompt="Write a long story about the pass key.",
+                                                       chat=True, max_tokens=400), timeout=60):
+            tokens += ev.HasField("token")
+            if tokens == 1 and victim.alive():
+                victim.stop(signal.SIGKILL)
+    except grpc.RpcError as e:
+        code, msg = e.code(), e.details()
+    t.check(code == grpc.StatusCode.UNAVAILABLE and f"worker {gone}" in msg and 0 < tokens < 400,
+            f"a worker of B killed mid-generation: the request ends UNAVAILABLE naming it after {tokens} tokens "
+            f"({code}: {msg!r})")
     code, msg = code_of(lambda: c.generate(Q, context_id=b.id, chat=True, max_tokens=4, timeout=30))
     t.check(code == grpc.StatusCode.NOT_FOUND and f"was lost (worker {gone} is gone" in msg,
             f"a later request on B gets NOT_FOUND naming the worker ({code}: {msg!r})")
