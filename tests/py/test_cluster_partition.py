@@ -113,6 +113,9 @@ def run(t, hosts, secret, key_file, auth):
 
     # restore the link: w1 joins again and the cluster answers
     hosts.cut("w1", up=True)
+    t0 = time.time()  # the other serves meanwhile: wait for the cut-off one's own join
+    while ws["w1"].log_text().count("both proved the cluster secret") < 2 and time.time() - t0 < 60:
+        time.sleep(0.1)
     t.check(serving(60), "the link restored: the cut-off worker joins again and the cluster serves")
     t.check(ws["w1"].log_text().count("both proved the cluster secret") >= 2, "w1 proved the secret again")
     code, _ = code_of(ask)
