@@ -39,6 +39,7 @@ enum { REQ_CREATE = 0, REQ_GENERATE = 1 };
 typedef struct {
     sr_conn *conn;          /* set at the Welcome */
     int joined, ok, lost;
+    int leaving;            /* it asked to leave: no new context goes on it */
     double last_beat;
     int64_t data_sent, data_received; /* its data-plane bytes, as of its last heartbeat */
     int64_t kv_budget;
@@ -734,7 +735,9 @@ static cctx *ctx_prefix(coord *co, const int32_t *tokens, int64_t n, int64_t *le
     return best;
 }
 
-static int worker_up(const coord *co, int w) { return co->w[w].ok && !co->w[w].lost && co->w[w].conn; }
+static int worker_up(const coord *co, int w) {
+    return co->w[w].ok && !co->w[w].lost && !co->w[w].leaving && co->w[w].conn;
+}
 
 /* Places c on the newest plane: want (0: --context-workers, then all) of
  * its workers that are up, those with the fewest contexts first. */
@@ -1910,6 +1913,28 @@ static void worker_lost(coord *co, int w, const char *why) {
     step_dispatch(co);
 }
 
+/* Worker w leaves on purpose (its SIGTERM; not under mpirun): out of
+ * placement, its contexts dropped (their requests end UNAVAILABLE, later
+ * ones get NOT_FOUND saying it left), then it is let go. */
+static void worker_leaves(coord *co, int w, const char *reason) {
+    char msg[sizeof co->lost_why];
+    snprintf(msg, sizeof msg, "worker %d left (%.100s)", w, reason);
+    co->w[w].leaving = 1;
+    int n = 0;
+    for (cctx *c = co->ctxs, *next; c; c = next) {
+        next = c->next;
+        if (!in_grp(c, w)) continue;
+        n += !c->ephemeral;
+        ctx_lose(co, c, msg);
+    }
+    SR_INFO("%s: out of placement, %d contexts placed on it dropped; letting it go", msg, n);
+    FRAME(lv, leave, LEAVE, Starring__Control__V1__Leave, STARRING__CONTROL__V1__LEAVE__INIT);
+    lv.reason = "its contexts are dropped";
+    to_workers(co, &lv_f, w);
+    health_changed(co);
+    step_dispatch(co);
+}
+
 /* The Hello, the first frame of a connection: a worker that proves the
  * secret gets a free index (or the one it asks for) and the Welcome. */
 static int on_hello(coord *co, peer *p, const sr_frame *f) {
@@ -2073,6 +2098,10 @@ static int on_control_frame(sr_conn *c, sr_frame *f) {
     case STARRING__CONTROL__V1__FRAME__KIND_FAULT: cluster_reset(co, "%s", f->fault->error); break;
     case STARRING__CONTROL__V1__FRAME__KIND_CONTEXT_FAULT: on_context_fault(co, w, f->context_fault); break;
     case STARRING__CONTROL__V1__FRAME__KIND_PLANE_OPEN: on_plane_open(co, w, f->plane_open); break;
+    case STARRING__CONTROL__V1__FRAME__KIND_LEAVE:
+        if (co->fixed || co->stopping) break; /* under mpirun every rank has the signal: the coordinator drains */
+        worker_leaves(co, w, f->leave->reason);
+        break;
     default: rc = sr_error_set(SR_EFORMAT, "worker %d sent a frame of kind %d, which workers do not send", w, (int)f->kind_case);
     }
     sr_frame_free(f);

@@ -214,11 +214,20 @@ static void on_leave(uv_timer_t *t) {
 
 /* SIGTERM (mpirun passes it to every rank): the coordinator drains its
  * requests, which need this worker, then closes; leave by ourselves only if
- * it does not, or at a second signal. */
+ * it does not, or at a second signal. Without mpirun the signal is this
+ * worker's alone: it tells the coordinator, which takes it out of
+ * placement, drops its contexts and lets it go. */
 static void on_signal(uv_signal_t *s, int sig) {
     wrk *w = s->data;
-    if (uv_is_active((uv_handle_t *)&w->leave) || !w->conn) on_leave(&w->leave);
-    else uv_timer_start(&w->leave, on_leave, (uint64_t)((w->o->shutdown_grace_s + 5) * 1e3), 0);
+    if (uv_is_active((uv_handle_t *)&w->leave) || !w->conn) {
+        on_leave(&w->leave);
+        return;
+    }
+    uv_timer_start(&w->leave, on_leave, (uint64_t)((w->o->shutdown_grace_s + 5) * 1e3), 0);
+    if (w->o->tp || !w->welcomed) return;
+    FRAME(lv, leave, LEAVE, Starring__Control__V1__Leave, STARRING__CONTROL__V1__LEAVE__INIT);
+    lv.reason = sig == SIGTERM ? "SIGTERM" : "SIGINT";
+    sr_conn_send(w->conn, &lv_f);
 }
 
 /* The data-plane bytes of this session: every plane's, open or closed (a

@@ -15,8 +15,12 @@ and four `--role worker --join` processes on loopback.
 - the killed worker restarted joins in its place: a new data plane opens
   over the four, A (on the old one) still answers, and a context placed
   afterwards on the least loaded workers uses the restarted one and answers;
-- no other process went down, and the workers that held the dead one in a
-  data plane close it and exit 0 when the coordinator lets them go."""
+- no other process went down;
+- SIGTERM to a worker: it tells the coordinator, which drops its contexts
+  (later requests on them: NOT_FOUND saying it left), takes it out of
+  placement and lets it go (exit 0);
+- the workers that held the dead one in a data plane close it and exit 0
+  when the coordinator lets them go."""
 import os
 import re
 import signal
@@ -166,6 +170,17 @@ def run(t, cl, ctx_text, ref_text):
     t.check(st.workers_ready == 4 and all(w.up for w in st.worker), "GetStats: the four are up again")
     t.check(cl.coordinator.alive() and all(w.alive() for w in ws if w is not victim) and back.alive(),
             "no other process went down")
+
+    # SIGTERM to a worker: it leaves on purpose, its contexts dropped first
+    rc = back.stop(signal.SIGTERM, timeout=20)
+    t.check(rc == 0 and cl.coordinator.wait_log(f"worker {gone} left (SIGTERM): out of placement, 1 contexts placed on "
+                                                 "it dropped", 5), f"a worker sent SIGTERM is let go at once, exit 0, "
+            f"after the coordinator dropped its context ({rc})")
+    code, msg = code_of(lambda: c.generate(Q, context_id=d.id, chat=True, max_tokens=4, timeout=30))
+    t.check(code == grpc.StatusCode.NOT_FOUND and f"worker {gone} left" in msg,
+            f"a request on its context gets NOT_FOUND saying it left ({code}: {msg!r})")
+    e = upload(c, ctx_text, 4)
+    t.check(e is not None and shards(e) == up3, f"a new context is placed on the workers up only ({shards(e) if e else None})")
     c.close()
 
 
