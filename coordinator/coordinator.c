@@ -894,7 +894,7 @@ static void prefill_cancel(coord *co, req *r) {
 
 static void on_prefilled(coord *co, int w, const Starring__Control__V1__Prefilled *p) {
     cctx *c = ctx_by_id(co, p->ctx);
-    if (!c || c->state != CTX_PREFILLING) return;
+    if (!c || c->state != CTX_PREFILLING || !in_grp(c, w)) return;
     c->kv_tokens[w] = p->kv_tokens;
     c->kv_bytes[w] = p->kv_bytes;
     if (p->status != SR_OK && !c->failed_rc) {
@@ -902,7 +902,7 @@ static void on_prefilled(coord *co, int w, const Starring__Control__V1__Prefille
         snprintf(c->failed, sizeof c->failed, "worker %d: %s", w, p->error);
     }
     if (p->seconds > c->prefill_s) c->prefill_s = p->seconds;
-    if (!in_grp(c, w) || ++c->n_prefilled < c->n_grp) return;
+    if (++c->n_prefilled < c->n_grp) return;
     req *r = c->creator;
     c->creator = NULL;
     r->linked = 0;
