@@ -1892,19 +1892,25 @@ static void on_context_fault(coord *co, int w, const Starring__Control__V1__Cont
     step_dispatch(co);
 }
 
+/* Loses every context placed on worker w; returns how many a client named. */
+static int ctxs_lose_on(coord *co, int w, const char *why) {
+    int n = 0;
+    for (cctx *c = co->ctxs, *next; c; c = next) {
+        next = c->next;
+        if (!in_grp(c, w)) continue;
+        n += !c->ephemeral;
+        ctx_lose(co, c, why);
+    }
+    return n;
+}
+
 /* Worker w is gone (not under mpirun, once the cluster has started): the
  * contexts placed on it are lost, the others keep serving, and the cluster
  * serves on the workers left. */
 static void worker_lost(coord *co, int w, const char *why) {
     char msg[sizeof co->lost_why];
     snprintf(msg, sizeof msg, "worker %d is gone (%s)", w, why ? why : "closed");
-    int n = 0;
-    for (cctx *c = co->ctxs, *next; c; c = next) {
-        next = c->next;
-        if (!in_grp(c, w)) continue;
-        n += !c->ephemeral;
-        ctx_lose(co, c, msg);
-    }
+    int n = ctxs_lose_on(co, w, msg);
     SR_ERROR("%s: %d contexts placed on it lost; %d workers serve the others", msg, n, co->n_ready);
     int pending = co->plane_acks < co->plane_n;
     for (int i = 0; pending && i < co->plane_n; i++)
@@ -1920,13 +1926,7 @@ static void worker_leaves(coord *co, int w, const char *reason) {
     char msg[sizeof co->lost_why];
     snprintf(msg, sizeof msg, "worker %d left (%.100s)", w, reason);
     co->w[w].leaving = 1;
-    int n = 0;
-    for (cctx *c = co->ctxs, *next; c; c = next) {
-        next = c->next;
-        if (!in_grp(c, w)) continue;
-        n += !c->ephemeral;
-        ctx_lose(co, c, msg);
-    }
+    int n = ctxs_lose_on(co, w, msg);
     SR_INFO("%s: out of placement, %d contexts placed on it dropped; letting it go", msg, n);
     FRAME(lv, leave, LEAVE, Starring__Control__V1__Leave, STARRING__CONTROL__V1__LEAVE__INIT);
     lv.reason = "its contexts are dropped";
