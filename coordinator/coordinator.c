@@ -18,6 +18,7 @@
 #include "coordinator/grpc.h"
 #include "coordinator/metrics.h"
 #include "coordinator/openai.h"
+#include "coordinator/placement.h"
 #include "net/conn.h"
 #include "net/join.h"
 #include "grpc/health/v1/health.pb-c.h"
@@ -38,6 +39,7 @@ enum { REQ_CREATE = 0, REQ_GENERATE = 1 };
 typedef struct {
     sr_conn *conn;          /* set at the Welcome */
     int joined, ok, lost;
+    int leaving;            /* it asked to leave: no new context goes on it */
     double last_beat;
     int64_t data_sent, data_received; /* its data-plane bytes, as of its last heartbeat */
     int64_t kv_budget;
@@ -73,7 +75,10 @@ struct cctx {
     char failed[512];
     double prefill_s, last_used;
     int64_t questions;
-    int64_t *kv_tokens, *kv_bytes, *est_bytes; /* (workers) */
+    int64_t *kv_tokens, *kv_bytes, *est_bytes; /* (workers) by worker index; 0 off its group */
+    int64_t plane;          /* the data plane its group is on */
+    int *grp;               /* (n_grp) its workers, by group rank: only they get its commands; grp[0] is its query worker */
+    int n_grp;
     req *creator;           /* the request waiting for the prefill */
     req *active;            /* the question running on it */
     req *wait_head, *wait_tail;
@@ -156,6 +161,13 @@ struct coord {
     peer *peers;
     unsigned char key_salt[SR_JOIN_NONCE_BYTES]; /* the data plane's key, with the secret (net/join.h) */
     int64_t x_round;        /* address exchange rounds done */
+    /* the newest data plane: every new context goes on it (under mpirun
+     * plane 0, the job's); its workers in rank order, and how many have
+     * said it is open */
+    int64_t plane;
+    int *plane_w;
+    int plane_n, plane_acks;
+    int started;            /* --workers joined once (and their plane opened): the cluster serves while one is up */
     int64_t beat_seq;       /* the coordinator's heartbeats to the workers */
     int n_ready;
     int broken;             /* a worker is gone for good (mpirun) or could not start */
@@ -183,7 +195,18 @@ struct coord {
 
 /* ------------------------------------------------------------ helpers */
 
-static int serving(const coord *co) { return !co->broken && co->n_ready == co->o->workers && co->o->workers > 0; }
+static int serving(const coord *co) { return !co->broken && co->started && co->n_ready > 0; }
+
+/* Whether two contexts are on the same workers (one transport on each of them). */
+static int same_grp(const cctx *a, const cctx *b) {
+    return a->plane == b->plane && a->n_grp == b->n_grp && memcmp(a->grp, b->grp, sizeof *a->grp * (size_t)a->n_grp) == 0;
+}
+
+static int in_grp(const cctx *c, int w) {
+    for (int i = 0; i < c->n_grp; i++)
+        if (c->grp[i] == w) return 1;
+    return 0;
+}
 
 static int rc_status(int rc) {
     switch (rc) {
@@ -233,6 +256,7 @@ int sr_coord_serving(const sr_coord *co, char *msg, size_t cap) {
     else if (*co->lost_why)
         snprintf(msg, cap, "%s; %d of %d workers have joined again, the cluster serves when all have", co->lost_why,
                  co->n_ready, co->o->workers);
+    else if (co->started) snprintf(msg, cap, "no worker is up (of %d)", co->o->workers);
     else snprintf(msg, cap, "%d of %d workers are up: the others are joining or loading the model", co->n_ready, co->o->workers);
     return 0;
 }
@@ -250,35 +274,42 @@ static void ctx_message(const coord *co, const cctx *c, Starring__V1__Context *m
     m->name = c->name ? c->name : "";
     m->chat = c->chat;
     m->questions = c->questions;
-    for (int i = 0; i < co->o->workers; i++) {
+    for (int i = 0; i < c->n_grp; i++) {
         starring__v1__shard__init(&sh[i]);
-        sh[i].worker = i;
-        sh[i].kv_tokens = c->kv_tokens[i];
-        sh[i].kv_bytes = c->kv_bytes[i];
+        sh[i].worker = c->grp[i];
+        sh[i].kv_tokens = c->kv_tokens[c->grp[i]];
+        sh[i].kv_bytes = c->kv_bytes[c->grp[i]];
         shp[i] = &sh[i];
     }
-    m->n_shards = (size_t)co->o->workers;
+    m->n_shards = (size_t)c->n_grp;
     m->shards = shp;
 }
 
-/* Sends one frame to every worker, or to worker `only` (>= 0). */
-static void to_workers(coord *co, const sr_frame *f, int only) {
+/* Sends one frame to the n workers listed (NULL: to every worker). */
+static void to_list(coord *co, const sr_frame *f, const int *list, int n) {
     uint8_t *b;
-    size_t n;
-    if (sr_frame_pack(f, &b, &n) != SR_OK) {
+    size_t nb;
+    if (sr_frame_pack(f, &b, &nb) != SR_OK) {
         SR_ERROR("cannot pack a command: %s", sr_error_msg());
         return;
     }
-    for (int i = 0; i < co->o->workers; i++) {
-        if ((only >= 0 && i != only) || !co->w[i].conn) continue;
-        uint8_t *copy = malloc(n);
+    for (int k = 0; k < (list ? n : co->o->workers); k++) {
+        int i = list ? list[k] : k;
+        if (!co->w[i].conn) continue;
+        uint8_t *copy = malloc(nb);
         if (!copy) continue;
-        memcpy(copy, b, n);
-        sr_conn_send_packed(co->w[i].conn, copy, n);
-        sr_metrics_add(co->metrics, SR_METRIC_CONTROL_OUT_BYTES, (int64_t)n);
+        memcpy(copy, b, nb);
+        sr_conn_send_packed(co->w[i].conn, copy, nb);
+        sr_metrics_add(co->metrics, SR_METRIC_CONTROL_OUT_BYTES, (int64_t)nb);
     }
     free(b);
 }
+
+/* Sends one frame to every worker, or to worker `only` (>= 0). */
+static void to_workers(coord *co, const sr_frame *f, int only) { to_list(co, f, only >= 0 ? &only : NULL, 1); }
+
+/* Sends one of context c's commands to its group. */
+static void to_group(coord *co, const cctx *c, const sr_frame *f) { to_list(co, f, c->grp, c->n_grp); }
 
 #define FRAME(var, kind, KIND, Type, INIT)                                                        \
     Type var = INIT;                                                                            \
@@ -345,6 +376,7 @@ static void ctx_free(cctx *c) {
     free(c->kv_tokens);
     free(c->kv_bytes);
     free(c->est_bytes);
+    free(c->grp);
     free(c);
 }
 
@@ -357,7 +389,7 @@ static void ctx_drop(coord *co, cctx *c, const char *why) {
         }
     FRAME(d, drop, DROP, Starring__Control__V1__Drop, STARRING__CONTROL__V1__DROP__INIT);
     d.ctx = c->id;
-    to_workers(co, &d_f, -1);
+    to_group(co, c, &d_f);
     if (why) SR_INFO("context %s (%lld tokens) dropped: %s", c->sid, (long long)c->n_tokens, why);
     for (req *r = c->wait_head, *n; r; r = n) {
         n = r->next_wait;
@@ -369,7 +401,7 @@ static void ctx_drop(coord *co, cctx *c, const char *why) {
 
 /* KV bytes each worker will hold for n tokens in this placement. */
 static int ctx_estimate(coord *co, cctx *c) {
-    int W = co->o->workers;
+    int W = c->n_grp;
     int64_t bs = SR_KV_DEFAULT_BLOCK;
     for (int w = 0; w < W; w++) {
         int64_t blocks = 0;
@@ -386,7 +418,7 @@ static int ctx_estimate(coord *co, cctx *c) {
         } else if (w == SR_CP_QUERY_RANK) {
             blocks = (c->n_tokens + bs - 1) / bs;
         }
-        c->est_bytes[w] = blocks * co->block_bytes;
+        c->est_bytes[c->grp[w]] = blocks * co->block_bytes;
     }
     return SR_OK;
 }
@@ -495,7 +527,7 @@ static void gen_start(coord *co, req *r) {
     b.stop = r->stop ? r->stop : "";
     b.keep = r->keep;
     c->n_ext = r->keep; /* what the workers keep of it from now on */
-    to_workers(co, &b_f, -1);
+    to_group(co, c, &b_f);
 }
 
 static req *gen_find(coord *co, uint64_t gen) {
@@ -520,7 +552,7 @@ static void gen_cancel(coord *co, req *r) {
     co->cancelled++;
     FRAME(k, cancel, CANCEL, Starring__Control__V1__Cancel, STARRING__CONTROL__V1__CANCEL__INIT);
     k.gen = r->gen;
-    to_workers(co, &k_f, SR_CP_QUERY_RANK);
+    to_workers(co, &k_f, r->ctx->grp[0]);
 }
 
 /* The generation has answered for the batched step it was in. */
@@ -532,9 +564,10 @@ static void step_answered(coord *co, req *r) {
 
 /* Once every generation of the last batched step has answered: the next
  * step, of every generation that waits for one (the longest waiting first,
- * up to --max-batch-decode), in one Step, so that the workers run all their
- * next tokens in one forward pass. A generation whose token comes back
- * while a step is out joins the next one. */
+ * up to --max-batch-decode) whose context is on the same workers as the
+ * longest waiting one's, in one Step to those workers, so that they run all
+ * their next tokens in one forward pass. A generation whose token comes
+ * back while a step is out, or of other workers, joins a later one. */
 static void step_dispatch(coord *co) {
     if (co->step_out > 0) return;
     int64_t cap = co->o->max_batch_decode > 0 ? co->o->max_batch_decode : 16;
@@ -548,17 +581,21 @@ static void step_dispatch(coord *co) {
         return;
     }
     int64_t n = 0;
+    const cctx *first = NULL;
     co->step_seq++;
     for (; n < cap; n++) {
         req *pick = NULL;
         for (req *r = co->gens; r; r = r->next)
-            if (r->ready && r->sink && !r->cancel_sent && (!pick || r->last_step < pick->last_step)) pick = r;
+            if (r->ready && r->sink && !r->cancel_sent && (!first || same_grp(first, r->ctx)) &&
+                (!pick || r->last_step < pick->last_step))
+                pick = r;
         if (!pick) break;
         pick->ready = 0;
         pick->in_step = 1;
         pick->last_step = co->step_seq;
         gens[n] = pick->gen;
         ctxs[n] = pick->ctx->id;
+        first = pick->ctx;
     }
     if (n > 0) {
         FRAME(s, step, STEP, Starring__Control__V1__Step, STARRING__CONTROL__V1__STEP__INIT);
@@ -566,7 +603,7 @@ static void step_dispatch(coord *co) {
         s.gens = gens;
         s.ctxs = ctxs;
         co->step_out = (int)n;
-        to_workers(co, &s_f, -1);
+        to_group(co, first, &s_f);
         if (n > co->step_most) {
             co->step_most = n;
             SR_INFO("batched decode: a step of %lld generations, the most so far (--max-batch-decode %lld)",
@@ -577,9 +614,9 @@ static void step_dispatch(coord *co) {
     free(ctxs);
 }
 
-static void on_token(coord *co, const Starring__Control__V1__TokenOut *t) {
+static void on_token(coord *co, int w, const Starring__Control__V1__TokenOut *t) {
     req *r = gen_find(co, t->gen);
-    if (!r) return;
+    if (!r || r->ctx->grp[0] != w) return;
     step_answered(co, r);
     if (r->sink) {
         if (!r->t_first) r->t_first = sr_now();
@@ -594,7 +631,7 @@ static void on_token(coord *co, const Starring__Control__V1__TokenOut *t) {
         FRAME(s, step, STEP, Starring__Control__V1__Step, STARRING__CONTROL__V1__STEP__INIT);
         s.gen = r->gen;
         s.ctx = r->ctx->id;
-        to_workers(co, &s_f, -1);
+        to_group(co, r->ctx, &s_f);
     } else if (t->more && r->sink) {
         r->ready = 1;
     }
@@ -614,9 +651,9 @@ static void ctx_extend(cctx *c, const int32_t *q, int64_t nq) {
     c->n_ext += nq;
 }
 
-static void on_done(coord *co, const Starring__Control__V1__GenDone *d) {
+static void on_done(coord *co, int w, const Starring__Control__V1__GenDone *d) {
     req *r = gen_find(co, d->gen);
-    if (!r) return;
+    if (!r || r->ctx->grp[0] != w) return;
     gen_unlist(co, r);
     step_answered(co, r); /* a generation that failed in its step answers with its GenDone */
     r->ready = 0;
@@ -698,6 +735,36 @@ static cctx *ctx_prefix(coord *co, const int32_t *tokens, int64_t n, int64_t *le
     return best;
 }
 
+static int worker_up(const coord *co, int w) {
+    return co->w[w].ok && !co->w[w].lost && !co->w[w].leaving && co->w[w].conn;
+}
+
+/* Places c on the newest plane: want (0: --context-workers, then all) of
+ * its workers that are up, those with the fewest contexts first. */
+static int ctx_place(coord *co, cctx *c, int want) {
+    int W = co->o->workers, n = 0;
+    int *cand = malloc(sizeof *cand * (size_t)W);
+    int64_t *load = calloc((size_t)W, sizeof *load);
+    c->grp = malloc(sizeof *c->grp * (size_t)W);
+    if (!cand || !load || !c->grp) {
+        free(cand);
+        free(load);
+        return sr_error_set(SR_ENOMEM, "out of memory placing a context");
+    }
+    for (int i = 0; i < co->plane_n; i++)
+        if (worker_up(co, co->plane_w[i])) cand[n++] = co->plane_w[i];
+    for (cctx *o = co->ctxs; o; o = o->next)
+        for (int i = 0; i < o->n_grp; i++) load[o->grp[i]]++;
+    int k = sr_coord_place(cand, n, load, want > 0 ? want : co->o->context_workers, c->grp);
+    free(cand);
+    free(load);
+    if (k < 0) return k;
+    if (k == 0) return sr_error_set(SR_ECOMM, "no worker of data plane %lld is up", (long long)co->plane);
+    c->n_grp = k;
+    c->plane = co->plane;
+    return SR_OK;
+}
+
 static void prefill_start(coord *co, req *r, int32_t *tokens, int64_t n, int32_t *q, int64_t nq) {
     char msg[512];
     const Starring__V1__ContextOptions *o = &r->opts;
@@ -718,28 +785,34 @@ static void prefill_start(coord *co, req *r, int32_t *tokens, int64_t n, int32_t
                    (long long)n, (long long)co->o->max_context);
         return;
     }
-    sr_cp_opts copts = {.mode = mode, .block_size = block, .anchor_size = anchor};
-    int64_t rows = sr_cp_batch_rows(&copts, n, co->o->workers);
-    if (rows > co->o->max_batch) {
+    if (r->opts.workers < 0 || r->opts.workers > 65536) {
         free(tokens);
         free(q);
-        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "ring mode holds each worker's share in one batch: %lld tokens over %d workers "
-                   "need %lld rows, the workers have %lld (--batch); use star mode or more workers",
-                   (long long)n, co->o->workers, (long long)rows, (long long)co->o->max_batch);
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "ContextOptions.workers %d is out of range 0..65536 (0: the server's "
+                   "--context-workers)", r->opts.workers);
         return;
     }
     cctx *c = calloc(1, sizeof *c);
     int W = co->o->workers;
     if (!c || !(c->kv_tokens = calloc((size_t)W, sizeof(int64_t))) || !(c->kv_bytes = calloc((size_t)W, sizeof(int64_t))) ||
-        !(c->est_bytes = calloc((size_t)W, sizeof(int64_t)))) {
-        if (c) {
-            free(c->kv_tokens);
-            free(c->kv_bytes);
-        }
-        free(c);
+        !(c->est_bytes = calloc((size_t)W, sizeof(int64_t))) || ctx_place(co, c, r->opts.workers) != SR_OK) {
+        int unavailable = c && c->kv_tokens && c->kv_bytes && c->est_bytes && c->grp;
+        snprintf(msg, sizeof msg, "%s", unavailable ? sr_error_msg() : "out of memory for a context");
+        if (c) ctx_free(c);
         free(tokens);
         free(q);
-        req_finish(r, SR_GRPC_RESOURCE_EXHAUSTED, "out of memory for a context");
+        req_finish(r, unavailable ? SR_GRPC_UNAVAILABLE : SR_GRPC_RESOURCE_EXHAUSTED, "%s", msg);
+        return;
+    }
+    sr_cp_opts copts = {.mode = mode, .block_size = block, .anchor_size = anchor};
+    int64_t rows = sr_cp_batch_rows(&copts, n, c->n_grp);
+    if (rows > co->o->max_batch) {
+        free(tokens);
+        free(q);
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "ring mode holds each worker's share in one batch: %lld tokens over %d workers "
+                   "need %lld rows, the workers have %lld (--batch); use star mode or more workers",
+                   (long long)n, c->n_grp, (long long)rows, (long long)co->o->max_batch);
+        ctx_free(c);
         return;
     }
     c->id = ++co->next_id;
@@ -788,16 +861,23 @@ static void prefill_start(coord *co, req *r, int32_t *tokens, int64_t n, int32_t
     p.anchor_size = anchor;
     p.n_tokens = (size_t)n;
     p.tokens = tokens;
-    to_workers(co, &p_f, -1);
+    p.plane = c->plane;
+    p.n_workers = (size_t)c->n_grp;
+    p.workers = c->grp;
+    to_group(co, c, &p_f);
     c->tokens = tokens;
     c->cap_tokens = sizeof *tokens * (size_t)n;
-    SR_INFO("context %s: %lld tokens, %s mode, prefill sent to %d workers", c->sid, (long long)n, sr_cp_mode_name(mode), W);
+    char on[128] = "";
+    for (int i = 0, at = 0; i < c->n_grp && at < (int)sizeof on - 12; i++)
+        at += snprintf(on + at, sizeof on - (size_t)at, "%s%d", i ? "," : "", c->grp[i]);
+    SR_INFO("context %s: %lld tokens, %s mode, prefill sent to %d workers (%s) of data plane %lld", c->sid, (long long)n,
+            sr_cp_mode_name(mode), c->n_grp, on, (long long)c->plane);
 }
 
 /* The query worker's progress between two chunks of a prefill. */
-static void on_progress(coord *co, const Starring__Control__V1__PrefillProgress *p) {
+static void on_progress(coord *co, int w, const Starring__Control__V1__PrefillProgress *p) {
     cctx *c = ctx_by_id(co, p->ctx);
-    if (c && c->state == CTX_PREFILLING && c->creator && p->done < c->n_tokens)
+    if (c && c->grp[0] == w && c->state == CTX_PREFILLING && c->creator && p->done < c->n_tokens)
         send_progress_ctx(c->creator, p->done, c->n_tokens);
 }
 
@@ -809,12 +889,12 @@ static void prefill_cancel(coord *co, req *r) {
     co->cancelled++;
     FRAME(k, prefill_cancel, PREFILL_CANCEL, Starring__Control__V1__PrefillCancel, STARRING__CONTROL__V1__PREFILL_CANCEL__INIT);
     k.ctx = c->id;
-    to_workers(co, &k_f, -1);
+    to_group(co, c, &k_f);
 }
 
 static void on_prefilled(coord *co, int w, const Starring__Control__V1__Prefilled *p) {
     cctx *c = ctx_by_id(co, p->ctx);
-    if (!c || c->state != CTX_PREFILLING) return;
+    if (!c || c->state != CTX_PREFILLING || !in_grp(c, w)) return;
     c->kv_tokens[w] = p->kv_tokens;
     c->kv_bytes[w] = p->kv_bytes;
     if (p->status != SR_OK && !c->failed_rc) {
@@ -822,7 +902,7 @@ static void on_prefilled(coord *co, int w, const Starring__Control__V1__Prefille
         snprintf(c->failed, sizeof c->failed, "worker %d: %s", w, p->error);
     }
     if (p->seconds > c->prefill_s) c->prefill_s = p->seconds;
-    if (++c->n_prefilled < co->o->workers) return;
+    if (++c->n_prefilled < c->n_grp) return;
     req *r = c->creator;
     c->creator = NULL;
     r->linked = 0;
@@ -1498,7 +1578,8 @@ static void get_stats_end(sr_grpc_call *call) {
     for (cctx *c = co->ctxs; c; c = c->next) {
         if (c->state != CTX_READY) continue;
         s.contexts += !c->ephemeral;
-        for (int w = 0; w < W; w++) {
+        for (int i = 0; i < c->n_grp; i++) {
+            int w = c->grp[i];
             s.kv_tokens += c->kv_tokens[w];
             s.kv_bytes += c->kv_bytes[w];
             ws[w].contexts++;
@@ -1634,6 +1715,21 @@ static const sr_grpc_method methods[] = {
 
 /* ------------------------------------------------------------ workers */
 
+/* The requests that wait for context c (its prefill, its turn) end UNAVAILABLE with why. */
+static void ctx_fail_waiting(cctx *c, const char *why) {
+    if (c->creator) {
+        c->creator->linked = 0;
+        req_finish(c->creator, SR_GRPC_UNAVAILABLE, "%s", why);
+        c->creator = NULL;
+    }
+    for (req *r = c->wait_head, *n; r; r = n) {
+        n = r->next_wait;
+        r->linked = 0;
+        req_finish(r, SR_GRPC_UNAVAILABLE, "%s", why);
+    }
+    c->wait_head = c->wait_tail = NULL;
+}
+
 /* Every request on the workers ends UNAVAILABLE with why. */
 static void fail_all(coord *co, const char *why) {
     for (req *r = co->gens, *n; r; r = n) {
@@ -1646,17 +1742,7 @@ static void fail_all(coord *co, const char *why) {
     co->step_out = 0;
     for (cctx *c = co->ctxs; c; c = c->next) {
         c->active = NULL;
-        if (c->creator) {
-            c->creator->linked = 0;
-            req_finish(c->creator, SR_GRPC_UNAVAILABLE, "%s", why);
-            c->creator = NULL;
-        }
-        for (req *r = c->wait_head, *n; r; r = n) {
-            n = r->next_wait;
-            r->linked = 0;
-            req_finish(r, SR_GRPC_UNAVAILABLE, "%s", why);
-        }
-        c->wait_head = c->wait_tail = NULL;
+        ctx_fail_waiting(c, why);
     }
 }
 
@@ -1719,9 +1805,134 @@ static void cluster_reset(coord *co, const char *fmt, ...) {
     }
     co->n_ready = 0;
     co->x_round = 0;
+    co->started = 0;
+    co->plane_n = co->plane_acks = 0;
     /* a new data-plane key for the new data plane */
     if (sr_join_nonce(co->key_salt) != SR_OK) cluster_broken(co, "%s", sr_error_msg());
     health_changed(co);
+}
+
+/* ------------------------------------------------------------ membership */
+
+/* Context c is lost (a worker of its group is gone, or a command on it
+ * failed on one): its requests end UNAVAILABLE with why, later ones on its
+ * id get NOT_FOUND "was lost (why)", the rest of its group drops it. */
+static void ctx_lose(coord *co, cctx *c, const char *why) {
+    for (req *r = co->gens, *n; r; r = n) {
+        n = r->next;
+        if (r->ctx != c) continue;
+        gen_unlist(co, r);
+        step_answered(co, r);
+        r->running = r->ready = 0;
+        r->linked = 0;
+        req_finish(r, SR_GRPC_UNAVAILABLE, "%s", why);
+    }
+    c->active = NULL;
+    ctx_fail_waiting(c, why);
+    char lost[sizeof ((evicted *)0)->why];
+    snprintf(lost, sizeof lost, "lost (%.180s)", why);
+    if (!c->ephemeral) ctx_forget(co, c, lost);
+    ctx_drop(co, c, lost);
+}
+
+/* A new data plane over every worker that is up, for the contexts placed
+ * from now on (the older planes stay while their contexts do). An exchange
+ * still under way fails its round, so that its workers stop waiting. */
+static void plane_form(coord *co) {
+    int W = co->o->workers, n = 0;
+    if (co->plane_acks < co->plane_n) {
+        FRAME(l, address_list, ADDRESS_LIST, Starring__Control__V1__AddressList, STARRING__CONTROL__V1__ADDRESS_LIST__INIT);
+        char why[96];
+        snprintf(why, sizeof why, "data plane %lld is given up for a new one: its workers changed", (long long)co->plane);
+        l.round = ++co->x_round;
+        l.error = why;
+        to_list(co, &l_f, co->plane_w, co->plane_n);
+    }
+    for (int i = 0; i < W; i++) {
+        free(co->w[i].addr);
+        co->w[i].addr = NULL;
+        if (worker_up(co, i)) co->plane_w[n++] = i;
+    }
+    co->plane_n = n;
+    co->plane_acks = 0;
+    if (n == 0) return;
+    co->plane++;
+    FRAME(pl, plane, PLANE, Starring__Control__V1__Plane, STARRING__CONTROL__V1__PLANE__INIT);
+    pl.plane = co->plane;
+    pl.n_workers = (size_t)n;
+    pl.workers = co->plane_w;
+    pl.round = co->x_round;
+    to_list(co, &pl_f, co->plane_w, n);
+    SR_INFO("data plane %lld: opening over the %d workers up", (long long)co->plane, n);
+}
+
+static void on_plane_open(coord *co, int w, const Starring__Control__V1__PlaneOpen *po) {
+    if (po->plane != co->plane || co->plane_acks >= co->plane_n) return; /* a plane given up since */
+    if (po->status != SR_OK) {
+        cluster_reset(co, "worker %d could not open data plane %lld: %s", w, (long long)po->plane, po->error);
+        return;
+    }
+    if (++co->plane_acks < co->plane_n) return;
+    SR_INFO("data plane %lld open over %d workers: new contexts go on it", (long long)co->plane, co->plane_n);
+    if (co->started) return;
+    co->started = 1;
+    if (*co->lost_why) SR_INFO("the cluster is whole again, after: %s", co->lost_why);
+    *co->lost_why = 0;
+    health_changed(co);
+}
+
+/* A command on a context failed on a worker of its group: that context is lost. */
+static void on_context_fault(coord *co, int w, const Starring__Control__V1__ContextFault *f) {
+    cctx *c = ctx_by_id(co, f->ctx);
+    if (!c || !in_grp(c, w)) return; /* lost already */
+    char why[sizeof co->lost_why];
+    snprintf(why, sizeof why, "%s", f->error);
+    SR_ERROR("context %s lost: %s", c->sid, why);
+    ctx_lose(co, c, why);
+    step_dispatch(co);
+}
+
+/* Loses every context placed on worker w; returns how many a client named. */
+static int ctxs_lose_on(coord *co, int w, const char *why) {
+    int n = 0;
+    for (cctx *c = co->ctxs, *next; c; c = next) {
+        next = c->next;
+        if (!in_grp(c, w)) continue;
+        n += !c->ephemeral;
+        ctx_lose(co, c, why);
+    }
+    return n;
+}
+
+/* Worker w is gone (not under mpirun, once the cluster has started): the
+ * contexts placed on it are lost, the others keep serving, and the cluster
+ * serves on the workers left. */
+static void worker_lost(coord *co, int w, const char *why) {
+    char msg[sizeof co->lost_why];
+    snprintf(msg, sizeof msg, "worker %d is gone (%s)", w, why ? why : "closed");
+    int n = ctxs_lose_on(co, w, msg);
+    SR_ERROR("%s: %d contexts placed on it lost; %d workers serve the others", msg, n, co->n_ready);
+    int pending = co->plane_acks < co->plane_n;
+    for (int i = 0; pending && i < co->plane_n; i++)
+        if (co->plane_w[i] == w) plane_form(co);
+    health_changed(co);
+    step_dispatch(co);
+}
+
+/* Worker w leaves on purpose (its SIGTERM; not under mpirun): out of
+ * placement, its contexts dropped (their requests end UNAVAILABLE, later
+ * ones get NOT_FOUND saying it left), then it is let go. */
+static void worker_leaves(coord *co, int w, const char *reason) {
+    char msg[sizeof co->lost_why];
+    snprintf(msg, sizeof msg, "worker %d left (%.100s)", w, reason);
+    co->w[w].leaving = 1;
+    int n = ctxs_lose_on(co, w, msg);
+    SR_INFO("%s: out of placement, %d contexts placed on it dropped; letting it go", msg, n);
+    FRAME(lv, leave, LEAVE, Starring__Control__V1__Leave, STARRING__CONTROL__V1__LEAVE__INIT);
+    lv.reason = "its contexts are dropped";
+    to_workers(co, &lv_f, w);
+    health_changed(co);
+    step_dispatch(co);
 }
 
 /* The Hello, the first frame of a connection: a worker that proves the
@@ -1751,6 +1962,13 @@ static int on_hello(coord *co, peer *p, const sr_frame *f) {
     }
     for (int i = 0; slot < 0 && i < W; i++)
         if (!co->w[i].conn && !co->w[i].joined && !co->w[i].lost) slot = i;
+    /* a lost worker's place (it restarted, or another takes it) */
+    for (int i = 0; slot < 0 && !co->fixed && co->started && i < W; i++)
+        if (!co->w[i].conn && co->w[i].lost) {
+            free(co->w[i].addr);
+            memset(&co->w[i], 0, sizeof co->w[i]);
+            slot = i;
+        }
     if (slot < 0)
         return sr_error_set(SR_ESTATE, "refused the join: the cluster has its %d workers (--workers)%s", W,
                             co->fixed ? "; under mpirun a worker that left does not come back" : "");
@@ -1797,10 +2015,16 @@ static int on_join(coord *co, int w, sr_conn *c, const Starring__Control__V1__Jo
         s->ok = 1;
         co->n_ready++;
         SR_INFO("worker %d of %d joined (pid %d, %s)", w, co->o->workers, j->pid, c->peer);
-        if (serving(co)) {
-            if (*co->lost_why) SR_INFO("the cluster is whole again, after: %s", co->lost_why);
-            *co->lost_why = 0;
+        if (co->started && !co->fixed) {
+            plane_form(co); /* one that joins late gets a data plane with the others */
+        } else if (!co->started && co->n_ready == co->o->workers && co->fixed) {
+            /* under mpirun the data plane is the job's: plane 0 */
+            co->plane_n = co->plane_acks = co->o->workers;
+            for (int i = 0; i < co->plane_n; i++) co->plane_w[i] = i;
+            co->started = 1;
             health_changed(co);
+        } else if (!co->started && co->n_ready == co->o->workers) {
+            plane_form(co);
         }
     }
     return SR_OK;
@@ -1809,24 +2033,28 @@ static int on_join(coord *co, int w, sr_conn *c, const Starring__Control__V1__Jo
 /* One round of the data plane's address exchange: once every worker's
  * block is in, every worker gets them all, in worker order. */
 static int on_address(coord *co, int w, const Starring__Control__V1__Address *a) {
-    int W = co->o->workers;
+    int W = co->plane_n, member = 0;
     wslot *s = &co->w[w];
-    if (a->round != co->x_round + 1 || s->addr)
-        return sr_error_set(SR_EFORMAT, "worker %d sent Address.round %lld; this round is %lld, one block each", w,
-                            (long long)a->round, (long long)co->x_round + 1);
+    for (int i = 0; i < W; i++) member |= co->plane_w[i] == w;
+    if (a->round <= co->x_round && a->round > 0) return SR_OK; /* of a plane given up: its round failed */
+    if (a->round != co->x_round + 1 || s->addr || !member)
+        return sr_error_set(SR_EFORMAT, "worker %d sent Address.round %lld; this round is %lld, one block each from the "
+                            "workers of data plane %lld", w, (long long)a->round, (long long)co->x_round + 1,
+                            (long long)co->plane);
     if (!(s->addr = malloc(a->block.len ? a->block.len : 1))) return sr_error_set(SR_ENOMEM, "out of memory for an address");
     memcpy(s->addr, a->block.data, a->block.len);
     s->addr_len = a->block.len;
     for (int i = 0; i < W; i++)
-        if (!co->w[i].addr) return SR_OK;
+        if (!co->w[co->plane_w[i]].addr) return SR_OK;
     FRAME(l, address_list, ADDRESS_LIST, Starring__Control__V1__AddressList, STARRING__CONTROL__V1__ADDRESS_LIST__INIT);
     ProtobufCBinaryData *blocks = malloc(sizeof *blocks * (size_t)W);
     if (!blocks) return sr_error_set(SR_ENOMEM, "out of memory for the address list of %d workers", W);
     int same = 1;
     l.round = ++co->x_round;
     for (int i = 0; i < W; i++) {
-        blocks[i] = (ProtobufCBinaryData){co->w[i].addr_len, co->w[i].addr};
-        same &= co->w[i].addr_len == s->addr_len;
+        const wslot *m = &co->w[co->plane_w[i]];
+        blocks[i] = (ProtobufCBinaryData){m->addr_len, m->addr};
+        same &= m->addr_len == s->addr_len;
     }
     if (!same) {
         l.error = "the workers sent address blocks of different lengths";
@@ -1835,11 +2063,11 @@ static int on_address(coord *co, int w, const Starring__Control__V1__Address *a)
         l.n_block = (size_t)W;
         l.block = blocks;
     }
-    to_workers(co, &l_f, -1);
+    to_list(co, &l_f, co->plane_w, W);
     free(blocks);
     for (int i = 0; i < W; i++) {
-        free(co->w[i].addr);
-        co->w[i].addr = NULL;
+        free(co->w[co->plane_w[i]].addr);
+        co->w[co->plane_w[i]].addr = NULL;
     }
     return SR_OK;
 }
@@ -1863,11 +2091,17 @@ static int on_control_frame(sr_conn *c, sr_frame *f) {
     case STARRING__CONTROL__V1__FRAME__KIND_JOIN: rc = on_join(co, w, c, f->join); break;
     case STARRING__CONTROL__V1__FRAME__KIND_ADDRESS: rc = on_address(co, w, f->address); break;
     case STARRING__CONTROL__V1__FRAME__KIND_PREFILLED: on_prefilled(co, w, f->prefilled); break;
-    case STARRING__CONTROL__V1__FRAME__KIND_PROGRESS: if (w == SR_CP_QUERY_RANK) on_progress(co, f->progress); break;
-    case STARRING__CONTROL__V1__FRAME__KIND_TOKEN: if (w == SR_CP_QUERY_RANK) on_token(co, f->token); break;
-    case STARRING__CONTROL__V1__FRAME__KIND_DONE: if (w == SR_CP_QUERY_RANK) on_done(co, f->done); break;
+    case STARRING__CONTROL__V1__FRAME__KIND_PROGRESS: on_progress(co, w, f->progress); break;
+    case STARRING__CONTROL__V1__FRAME__KIND_TOKEN: on_token(co, w, f->token); break;
+    case STARRING__CONTROL__V1__FRAME__KIND_DONE: on_done(co, w, f->done); break;
     case STARRING__CONTROL__V1__FRAME__KIND_DROPPED: break;
     case STARRING__CONTROL__V1__FRAME__KIND_FAULT: cluster_reset(co, "%s", f->fault->error); break;
+    case STARRING__CONTROL__V1__FRAME__KIND_CONTEXT_FAULT: on_context_fault(co, w, f->context_fault); break;
+    case STARRING__CONTROL__V1__FRAME__KIND_PLANE_OPEN: on_plane_open(co, w, f->plane_open); break;
+    case STARRING__CONTROL__V1__FRAME__KIND_LEAVE:
+        if (co->fixed || co->stopping) break; /* under mpirun every rank has the signal: the coordinator drains */
+        worker_leaves(co, w, f->leave->reason);
+        break;
     default: rc = sr_error_set(SR_EFORMAT, "worker %d sent a frame of kind %d, which workers do not send", w, (int)f->kind_case);
     }
     sr_frame_free(f);
@@ -1895,7 +2129,12 @@ static void on_control_close(sr_conn *c, const char *why) {
     if (co->w[w].ok) co->n_ready--;
     if (co->stopping) return;
     int joined = co->w[w].joined;
-    cluster_reset(co, "worker %d is gone (%s)%s", w, why ? why : "closed", joined ? "" : ": it left during the join");
+    if (co->started && !co->fixed) {
+        worker_lost(co, w, why);
+        return;
+    }
+    /* before the first start the cluster's join (its first data plane) is not over */
+    cluster_reset(co, "worker %d is gone (%s)%s", w, why ? why : "closed", joined && co->started ? "" : ": it left during the join");
     /* under mpirun, gone before its Join: the others' address exchange cannot complete */
     if (co->broken && !joined) {
         char msg[160];
@@ -2035,7 +2274,9 @@ static void on_signal(uv_signal_t *s, int sig) {
 
 int sr_coord_run(const sr_coord_opts *o) {
     coord *co = calloc(1, sizeof *co);
-    if (!co || !(co->w = calloc((size_t)(o->workers > 0 ? o->workers : 1), sizeof *co->w))) {
+    if (!co || !(co->w = calloc((size_t)(o->workers > 0 ? o->workers : 1), sizeof *co->w)) ||
+        !(co->plane_w = calloc((size_t)(o->workers > 0 ? o->workers : 1), sizeof *co->plane_w))) {
+        if (co) free(co->w);
         free(co);
         return sr_error_set(SR_ENOMEM, "out of memory");
     }
@@ -2130,6 +2371,7 @@ int sr_coord_run(const sr_coord_opts *o) {
     sr_gguf_close(co->gguf);
     sr_metrics_free(co->metrics);
     free(co->w);
+    free(co->plane_w);
     free(co);
     return rc;
 }

@@ -4,8 +4,15 @@
  * standard grpc.health.v1.Health) over gRPC, keeps the table of resident
  * contexts, places and admits them under the per-worker KV budget (evicting
  * the least recently used), and drives the workers over the control plane
- * (proto/starring/v1/control.proto): every worker gets the same commands in
- * the same order, and the KV stays on the workers.
+ * (proto/starring/v1/control.proto); the KV stays on the workers.
+ *
+ * Groups: each context is placed on a group of the workers that are up
+ * (coordinator/placement.h) over the newest data plane (a Plane the
+ * coordinator sends to every worker up, once --workers have joined and
+ * again whenever one joins later); only its group gets its commands, in
+ * the coordinator's one order, so any two workers see the commands they
+ * share in the same order. A lost worker loses the contexts placed on it;
+ * the others keep serving, and so does the cluster while a worker is up.
  *
  * Scheduling: a question runs step by step; the coordinator sends the next
  * step of a question as soon as its last token is back, so questions over
@@ -29,7 +36,8 @@ typedef struct {
     int listen_port;
     const char *control_host; /* the control plane */
     int control_port;         /* 0: any */
-    int workers;
+    int workers;              /* must join before the first start; later ones take a lost one's place */
+    int context_workers;      /* a new context's workers, of those up, unless it asks; 0: all */
     int64_t kv_budget;        /* bytes of KV per worker; 0: no limit */
     int queue;                /* requests admitted at once */
     size_t max_message;       /* gRPC request message bytes */

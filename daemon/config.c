@@ -70,7 +70,8 @@ const sr_cfg_def sr_cfg_table[SR_CFG_N] = {
                                     "roles coordinator and worker: the cluster secret, 16 to 4096 bytes, mode 600, the same "
                                     "file on every node (head -c 32 /dev/urandom >F; chmod 600 F); proved at join, never sent"},
     [SR_CFG_WORKERS] = {"workers", 0, SR_CFG_INT, "1", 1, 65536, NULL,
-                        "role coordinator: the workers that must join before it serves"},
+                        "role coordinator: the workers that must join before it first serves; later a "
+                        "lost one does not stop it, and one may join again in a lost one's place"},
     [SR_CFG_TRANSPORT] = {"transport", 0, SR_CFG_ENUM, "auto", 0, 0, "auto,mpi,ucx,tcp",
                           "the workers' data plane; auto: mpi under mpirun, ucx for role worker (addresses through the "
                           "coordinator); tcp: role worker only, with --data-listen"},
@@ -85,6 +86,10 @@ const sr_cfg_def sr_cfg_table[SR_CFG_N] = {
     [SR_CFG_CLUSTER_MAX_PENDING] = {"cluster-max-pending", 0, SR_CFG_INT, "64", 1, 65536, NULL,
                                     "role coordinator: control connections at most that are still proving the cluster "
                                     "secret; more are closed at once, with a log line"},
+    [SR_CFG_CONTEXT_WORKERS] = {"context-workers", 0, SR_CFG_INT, "0", 0, 65536, NULL,
+                                "role coordinator: the workers a new context is placed on (the least loaded of those "
+                                "up), unless its ContextOptions.workers says; 0: all that are up. A lost worker loses "
+                                "only the contexts placed on it"},
 };
 
 static int is_space(char ch) { return ch == ' ' || ch == '\t' || ch == '\r'; }

@@ -126,6 +126,7 @@ static int run_coordinator(const sr_config *c, int workers, const unsigned char 
         .max_conns = (int)c->v[SR_CFG_MAX_CONNECTIONS], .client_timeout_s = c->v[SR_CFG_CLIENT_TIMEOUT],
         .idle_timeout_s = c->v[SR_CFG_IDLE_TIMEOUT],
         .max_batch = (int64_t)c->v[SR_CFG_BATCH], .max_batch_decode = (int)c->v[SR_CFG_MAX_BATCH_DECODE],
+        .context_workers = (int)c->v[SR_CFG_CONTEXT_WORKERS],
         .max_tokens = (int32_t)c->v[SR_CFG_MAX_TOKENS],
         .default_tokens = (int32_t)c->v[SR_CFG_DEFAULT_TOKENS], .mode = c->s[SR_CFG_MODE], .heartbeat_s = c->v[SR_CFG_HEARTBEAT],
         .shutdown_grace_s = c->v[SR_CFG_SHUTDOWN_GRACE], .http_host = http ? hhost : NULL, .http_port = hport,

@@ -15,17 +15,39 @@
 #include "base/status.h"
 #include "net/conn.h"
 #include "net/join.h"
+#include "transport/group.h"
 #include "worker/cp.h"
 
 typedef struct wrk wrk;
 
-/* How long one round of the address exchange may wait for the others: they
- * load the model before they open the data plane. */
-#define EXCHANGE_TIMEOUT_S 120
+/* A data plane: a transport over the workers the coordinator listed in its
+ * Plane (under mpirun: the job's, plane 0). It stays open while a context
+ * uses it, and until a newer one is open. */
+typedef struct plane {
+    int64_t id;
+    sr_tp *tp;
+    int owned;              /* opened here (not the caller's sr_workerd_opts.tp) */
+    int n;
+    int *workers;           /* (n) the worker at each rank */
+    int users;              /* groups on it */
+    struct plane *next;
+} plane;
+
+/* A context's workers on a plane, one transport for all the contexts placed
+ * on the same ones (so that a batched step can run over them together). */
+typedef struct grp {
+    plane *pl;
+    int n;
+    int *workers;           /* (n) the worker at each group rank; the first is the query worker */
+    sr_tp *tp;
+    int users;              /* contexts on it */
+    struct grp *next;
+} grp;
 
 /* A resident context: its runner and its KV, out of the model between commands. */
 typedef struct wctx {
     uint64_t id;
+    grp *g;
     sr_cp *cp;
     sr_kv_cache kv;
     float *logits;          /* query worker: of the last context token (a question of 0 tokens samples them) */
@@ -74,7 +96,6 @@ typedef struct cmd {
 struct wrk {
     const sr_workerd_opts *o;
     int index, n_workers;   /* this worker's, given at join */
-    sr_tp *tp, *own_tp;     /* the data plane; own_tp when this worker opened it */
     unsigned char nonce[SR_JOIN_NONCE_BYTES], coord_nonce[SR_JOIN_NONCE_BYTES];
     int challenged;         /* loop */
     int64_t x_round;        /* compute: address exchange rounds */
@@ -82,8 +103,9 @@ struct wrk {
     sr_tokenizer *tok;
     sr_kv_cache parked;     /* the model's own empty cache, in m->kv between commands */
     sr_model_state spare;   /* the run state of steps run between a prefill's chunks */
-    int64_t *between;       /* [3 * data-plane ranks] scratch of prefill_between */
+    int64_t *between;       /* [3 * group ranks] scratch of prefill_between */
     uint64_t pf_ctx;        /* the context being prefilled */
+    grp *pf_grp;            /* and its group */
     int pf_cancelled;       /* and the workers agreed to stop it */
     double pf_mark;         /* when its last chunk began */
     int64_t small_prefill;  /* tokens of a prefill that may run between chunks */
@@ -112,7 +134,11 @@ struct wrk {
     char join_error[512];   /* loop -> compute: why the join failed */
     sr_frame *x_list;       /* loop -> compute: the coordinator's AddressList */
     int told_ready;         /* loop */
-    /* compute thread */
+    /* compute thread (the lists change under mu, for the heartbeat's bytes) */
+    plane *planes;          /* the newest first */
+    grp *grps;
+    int64_t closed_sent, closed_received; /* data-plane bytes of the planes closed */
+    int64_t x_size;         /* workers in the address exchange under way */
     wctx *ctxs;
     gen *gens;
     float *step_logits;     /* (cap_step, vocab) query worker: the logits of a batched step */
@@ -188,11 +214,35 @@ static void on_leave(uv_timer_t *t) {
 
 /* SIGTERM (mpirun passes it to every rank): the coordinator drains its
  * requests, which need this worker, then closes; leave by ourselves only if
- * it does not, or at a second signal. */
+ * it does not, or at a second signal. Without mpirun the signal is this
+ * worker's alone: it tells the coordinator, which takes it out of
+ * placement, drops its contexts and lets it go. */
 static void on_signal(uv_signal_t *s, int sig) {
     wrk *w = s->data;
-    if (uv_is_active((uv_handle_t *)&w->leave) || !w->conn) on_leave(&w->leave);
-    else uv_timer_start(&w->leave, on_leave, (uint64_t)((w->o->shutdown_grace_s + 5) * 1e3), 0);
+    if (uv_is_active((uv_handle_t *)&w->leave) || !w->conn) {
+        on_leave(&w->leave);
+        return;
+    }
+    uv_timer_start(&w->leave, on_leave, (uint64_t)((w->o->shutdown_grace_s + 5) * 1e3), 0);
+    if (w->o->tp || !w->welcomed) return;
+    FRAME(lv, leave, LEAVE, Starring__Control__V1__Leave, STARRING__CONTROL__V1__LEAVE__INIT);
+    lv.reason = sig == SIGTERM ? "SIGTERM" : "SIGINT";
+    sr_conn_send(w->conn, &lv_f);
+}
+
+/* The data-plane bytes of this session: every plane's, open or closed (a
+ * group's count in its plane's). */
+static void plane_bytes(wrk *w, int64_t *sent, int64_t *received) {
+    pthread_mutex_lock(&w->mu);
+    *sent = w->closed_sent;
+    *received = w->closed_received;
+    for (plane *p = w->planes; p; p = p->next) {
+        int64_t s, r;
+        sr_tp_bytes(p->tp, &s, &r);
+        *sent += s;
+        *received += r;
+    }
+    pthread_mutex_unlock(&w->mu);
 }
 
 static void on_beat(uv_timer_t *t) {
@@ -220,7 +270,7 @@ static void on_beat(uv_timer_t *t) {
     FRAME(hb, heartbeat, HEARTBEAT, Starring__Control__V1__Heartbeat, STARRING__CONTROL__V1__HEARTBEAT__INIT);
     hb.worker = w->index;
     hb.seq = ++w->beat_seq;
-    if (joined) sr_tp_bytes(w->tp, &hb.data_sent_bytes, &hb.data_received_bytes); /* w->tp is set before joined */
+    if (joined) plane_bytes(w, &hb.data_sent_bytes, &hb.data_received_bytes);
     sr_conn_send(w->conn, &hb_f);
 }
 
@@ -411,11 +461,145 @@ static void ctx_out(wrk *w, wctx *c) {
     w->m->kv = w->parked;
 }
 
-static void ctx_free(wctx *c) {
+/* ------------------------------------------------------------ planes and groups */
+
+static plane *plane_find(wrk *w, int64_t id) {
+    for (plane *p = w->planes; p; p = p->next)
+        if (p->id == id) return p;
+    return NULL;
+}
+
+static void plane_free(wrk *w, plane *p) {
+    int64_t s, r;
+    sr_tp_bytes(p->tp, &s, &r);
+    pthread_mutex_lock(&w->mu);
+    for (plane **q = &w->planes; *q; q = &(*q)->next)
+        if (*q == p) {
+            *q = p->next;
+            break;
+        }
+    w->closed_sent += s;
+    w->closed_received += r;
+    pthread_mutex_unlock(&w->mu);
+    if (p->owned) sr_tp_close(p->tp);
+    free(p->workers);
+    free(p);
+}
+
+/* Closes the planes that no context uses and a newer one replaces. */
+static void planes_trim(wrk *w) {
+    for (plane *p = w->planes ? w->planes->next : NULL, *n; p; p = n) {
+        n = p->next;
+        if (p->users == 0) {
+            SR_INFO("worker %d: data plane %lld closed (no context on it, plane %lld replaces it)", w->index,
+                    (long long)p->id, (long long)w->planes->id);
+            plane_free(w, p);
+        }
+    }
+}
+
+/* A plane from a list of n workers, the newest. */
+static int plane_add(wrk *w, int64_t id, sr_tp *tp, int owned, const int32_t *workers, int n) {
+    plane *p = calloc(1, sizeof *p);
+    if (!p || !(p->workers = malloc(sizeof *p->workers * (size_t)n))) {
+        free(p);
+        return sr_error_set(SR_ENOMEM, "out of memory for a data plane");
+    }
+    for (int i = 0; i < n; i++) p->workers[i] = workers ? workers[i] : i;
+    p->id = id;
+    p->tp = tp;
+    p->owned = owned;
+    p->n = n;
+    pthread_mutex_lock(&w->mu);
+    p->next = w->planes;
+    w->planes = p;
+    pthread_mutex_unlock(&w->mu);
+    planes_trim(w);
+    return SR_OK;
+}
+
+static void grp_release(wrk *w, grp *g) {
+    if (!g || --g->users > 0) return;
+    for (grp **q = &w->grps; *q; q = &(*q)->next)
+        if (*q == g) {
+            *q = g->next;
+            break;
+        }
+    sr_tp_close(g->tp);
+    g->pl->users--;
+    free(g->workers);
+    free(g);
+    planes_trim(w);
+}
+
+/* The group of a Prefill (its plane and workers; none listed: all of the
+ * plane's), shared with the contexts on the same workers; *out NULL if
+ * this worker is not in it. */
+static int grp_get(wrk *w, const Starring__Control__V1__Prefill *p, grp **out) {
+    *out = NULL;
+    plane *pl = plane_find(w, p->plane);
+    if (!pl) return sr_error_set(SR_ESTATE, "Prefill.plane %lld: this worker has no such data plane", (long long)p->plane);
+    int n = p->n_workers ? (int)p->n_workers : pl->n;
+    if (n > pl->n)
+        return sr_error_set(SR_EFORMAT, "Prefill.workers has %d entries; plane %lld has %d workers", n,
+                            (long long)p->plane, pl->n);
+    int *ranks = malloc(sizeof *ranks * (size_t)n), *workers = malloc(sizeof *workers * (size_t)n);
+    int rc = ranks && workers ? SR_OK : sr_error_set(SR_ENOMEM, "out of memory for a group");
+    for (int i = 0; rc == SR_OK && i < n; i++) {
+        workers[i] = p->n_workers ? p->workers[i] : pl->workers[i];
+        ranks[i] = -1;
+        for (int r = 0; r < pl->n; r++)
+            if (pl->workers[r] == workers[i]) ranks[i] = r;
+        if (ranks[i] < 0)
+            rc = sr_error_set(SR_EFORMAT, "Prefill.workers[%d] = %d is not a worker of data plane %lld", i, workers[i],
+                              (long long)p->plane);
+    }
+    grp *g = NULL;
+    for (grp *e = w->grps; rc == SR_OK && e && !g; e = e->next)
+        if (e->pl == pl && e->n == n && memcmp(e->workers, workers, sizeof *workers * (size_t)n) == 0) g = e;
+    if (rc == SR_OK && !g) {
+        sr_tp *tp = NULL;
+        rc = sr_tp_group_open(&tp, pl->tp, ranks, n);
+        if (rc == SR_OK && !tp)
+            rc = sr_error_set(SR_EFORMAT, "worker %d got the Prefill of a context not placed on it", w->index);
+        if (rc == SR_OK && !(g = calloc(1, sizeof *g))) rc = sr_error_set(SR_ENOMEM, "out of memory for a group");
+        if (rc == SR_OK) {
+            *g = (grp){pl, n, workers, tp, 0, w->grps};
+            workers = NULL;
+            w->grps = g;
+            pl->users++;
+        } else {
+            sr_tp_close(tp);
+        }
+    }
+    free(ranks);
+    free(workers);
+    if (rc == SR_OK) {
+        g->users++;
+        *out = g;
+    }
+    return rc;
+}
+
+static void ctx_free(wrk *w, wctx *c) {
     sr_cp_close(c->cp);
+    grp_release(w, c->g);
     sr_kv_free(&c->kv);
     free(c->logits);
     free(c);
+}
+
+/* A command on context c failed here (a peer of its group gone, say): the
+ * coordinator loses that context, not the cluster. */
+static void ctx_fault(wrk *w, uint64_t ctx, int rc, const char *what) {
+    FRAME(f, context_fault, CONTEXT_FAULT, Starring__Control__V1__ContextFault, STARRING__CONTROL__V1__CONTEXT_FAULT__INIT);
+    char msg[700];
+    snprintf(msg, sizeof msg, "worker %d: %s: %s", w->index, what, sr_error_msg());
+    SR_WARN("context %016llx: %s", (unsigned long long)ctx, msg);
+    f.ctx = ctx;
+    f.status = rc;
+    f.error = msg;
+    send_frame(w, &f_f);
 }
 
 static void handle(wrk *w, const sr_frame *f);
@@ -427,12 +611,26 @@ static void handle(wrk *w, const sr_frame *f);
  * ahead of it in the queue, so it is over or waits in front). A larger
  * Prefill waits, and so does the running prefill's PrefillCancel, which
  * the next chunk must see. */
-static int cmd_collective(const wrk *w, const sr_frame *f) {
-    return f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_BEGIN ||
-           f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_STEP ||
-           (f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_PREFILL && (int64_t)f->prefill->n_tokens <= w->small_prefill);
+static grp *cmd_grp(wrk *w, const sr_frame *f) {
+    const wctx *c = NULL;
+    if (f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_BEGIN) c = ctx_find(w, f->begin->ctx);
+    else if (f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_STEP)
+        c = ctx_find(w, f->step->n_ctxs ? f->step->ctxs[0] : f->step->ctx);
+    return c ? c->g : NULL;
 }
-static int cmd_between(const wrk *w, const sr_frame *f) {
+/* Of the running prefill's group only: the workers of another group are
+ * not in this prefill, and may be in a collective of their own. */
+static int cmd_collective(wrk *w, const sr_frame *f) {
+    if (f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_PREFILL) {
+        const Starring__Control__V1__Prefill *p = f->prefill;
+        const grp *g = w->pf_grp;
+        return (int64_t)p->n_tokens <= w->small_prefill && g && p->plane == g->pl->id && (int)p->n_workers == g->n &&
+               memcmp(p->workers, g->workers, sizeof *g->workers * (size_t)g->n) == 0;
+    }
+    return (f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_BEGIN ||
+            f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_STEP) && w->pf_grp && cmd_grp(w, f) == w->pf_grp;
+}
+static int cmd_between(wrk *w, const sr_frame *f) {
     return cmd_collective(w, f) || f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_CANCEL ||
            f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_DROP ||
            (f->kind_case == STARRING__CONTROL__V1__FRAME__KIND_PREFILL_CANCEL && f->prefill_cancel->ctx != w->pf_ctx);
@@ -502,7 +700,7 @@ static void wait_between(wrk *w, int ms) {
  * thirds of the time. The query worker reports the progress. */
 static int prefill_between(void *data, int64_t done, int64_t total) {
     wrk *w = data;
-    sr_tp *tp = w->tp;
+    sr_tp *tp = w->pf_grp->tp;
     double until = sr_now() + (sr_now() - w->pf_mark) / 2;
     for (int round = 0;; round++) {
         if (round > 0) wait_between(w, 50);
@@ -549,6 +747,9 @@ static void do_prefill(wrk *w, const Starring__Control__V1__Prefill *p) {
     const sr_kv_cache *pk = &w->parked;
     if (rc == SR_OK && ctx_find(w, p->ctx)) rc = sr_error_set(SR_ESTATE, "context %llx exists", (unsigned long long)p->ctx);
     if (rc == SR_OK) rc = sr_kv_build(&c->kv, pk->n_layer, pk->n_head_kv, pk->head_dim, pk->dtype, pk->block_size);
+    if (rc == SR_OK) rc = grp_get(w, p, &c->g);
+    if (rc == SR_OK && !nested && !(w->between = calloc((size_t)c->g->n, 3 * sizeof(int64_t))))
+        rc = sr_error_set(SR_ENOMEM, "out of memory");
     double t0 = sr_now();
     if (rc == SR_OK) {
         c->id = p->ctx;
@@ -558,10 +759,11 @@ static void do_prefill(wrk *w, const Starring__Control__V1__Prefill *p) {
                          .between = nested ? NULL : prefill_between, .between_data = w};
         if (!nested) {
             w->pf_ctx = p->ctx;
+            w->pf_grp = c->g;
             w->pf_mark = sr_now();
         }
         ctx_in(w, c);
-        rc = sr_cp_open(&c->cp, w->m, w->tp, &co);
+        rc = sr_cp_open(&c->cp, w->m, c->g->tp, &co);
         if (rc == SR_OK) rc = sr_cp_prefill(c->cp, p->tokens, (int64_t)p->n_tokens);
         if (rc == SR_OK && sr_cp_is_query_rank(c->cp)) {
             size_t nb = sizeof(float) * (size_t)w->m->config.vocab_size;
@@ -585,11 +787,14 @@ static void do_prefill(wrk *w, const Starring__Control__V1__Prefill *p) {
         r.error = (char *)sr_error_msg();
         r.cancelled = !nested && w->pf_cancelled;
         if (r.cancelled) SR_INFO("%s", r.error);
-        if (c) ctx_free(c);
+        if (c) ctx_free(w, c);
     }
     if (!nested) {
         w->pf_ctx = 0;
+        w->pf_grp = NULL;
         w->pf_cancelled = 0;
+        free(w->between);
+        w->between = NULL;
     }
     send_frame(w, &r_f);
 }
@@ -602,7 +807,8 @@ static void do_drop(wrk *w, uint64_t id) {
             wctx *c = *p;
             *p = c->next;
             r.kv_bytes = (int64_t)sr_kv_bytes(&c->kv);
-            ctx_free(c);
+            SR_INFO("context %016llx dropped (%lld bytes of KV here)", (unsigned long long)id, (long long)r.kv_bytes);
+            ctx_free(w, c);
             break;
         }
     send_frame(w, &r_f);
@@ -785,7 +991,7 @@ static void do_begin(wrk *w, const Starring__Control__V1__Begin *b) {
     int rc = sr_cp_rewind_keep(c->cp, b->keep);
     ctx_out(w, c);
     if (rc != SR_OK) {
-        fault(w, rc, "rewind");
+        ctx_fault(w, c->id, rc, "rewind");
         return;
     }
     if (!sr_cp_is_query_rank(c->cp)) {
@@ -793,7 +999,7 @@ static void do_begin(wrk *w, const Starring__Control__V1__Begin *b) {
             ctx_in(w, c);
             rc = sr_cp_serve(c->cp);
             ctx_out(w, c);
-            if (rc != SR_OK) fault(w, rc, "serve the question");
+            if (rc != SR_OK) ctx_fault(w, c->id, rc, "serve the question");
         }
         return;
     }
@@ -877,7 +1083,7 @@ static void do_step_batch(wrk *w, const Starring__Control__V1__Step *s) {
         fault(w, rc, "batched step");
     } else {
         rc = sr_cp_step_batch(cps, kvs, n, tok, w->step_logits);
-        if (rc != SR_OK && !query) fault(w, rc, "serve a batched step");
+        for (int64_t i = 0; rc != SR_OK && !query && i < n; i++) ctx_fault(w, s->ctxs[i], rc, "serve a batched step");
         /* a failed step fails each generation in it, with the error; they
          * sample and report at once, each from its own logits */
         pthread_mutex_lock(&w->mu);
@@ -913,7 +1119,7 @@ static void do_step(wrk *w, const Starring__Control__V1__Step *s) {
         ctx_in(w, c);
         int rc = sr_cp_serve(c->cp);
         ctx_out(w, c);
-        if (rc != SR_OK) fault(w, rc, "serve a step");
+        if (rc != SR_OK) ctx_fault(w, c->id, rc, "serve a step");
         return;
     }
     gen *g = gen_find(w, s->gen);
@@ -934,6 +1140,8 @@ static void do_cancel(wrk *w, uint64_t id) {
     pthread_mutex_unlock(&w->mu);
 }
 
+static void do_plane(wrk *w, const Starring__Control__V1__Plane *pl);
+
 static void handle(wrk *w, const sr_frame *f) {
     switch (f->kind_case) {
     case STARRING__CONTROL__V1__FRAME__KIND_PREFILL: do_prefill(w, f->prefill); break;
@@ -942,6 +1150,7 @@ static void handle(wrk *w, const sr_frame *f) {
     case STARRING__CONTROL__V1__FRAME__KIND_CANCEL: do_cancel(w, f->cancel->gen); break;
     case STARRING__CONTROL__V1__FRAME__KIND_DROP: do_drop(w, f->drop->ctx); break;
     case STARRING__CONTROL__V1__FRAME__KIND_PREFILL_CANCEL: break; /* its prefill is over: nothing to stop */
+    case STARRING__CONTROL__V1__FRAME__KIND_PLANE: do_plane(w, f->plane); break;
     default: SR_WARN("worker %d: ignoring a control frame of kind %d", w->index, (int)f->kind_case);
     }
 }
@@ -970,7 +1179,9 @@ static int wait_welcome(wrk *w) {
 
 /* sr_tp_opts.exchange through the coordinator: this worker's block goes out
  * in an Address, every worker's come back in the AddressList. On the
- * compute thread; blocks until the coordinator answers. */
+ * compute thread; blocks until the coordinator answers, with no timeout of
+ * its own: the others may be in a long prefill before they reach the Plane,
+ * and the coordinator fails the round (AddressList.error) if one is lost. */
 static int cluster_exchange(void *data, const void *send, size_t len, void *recv) {
     wrk *w = data;
     FRAME(a, address, ADDRESS, Starring__Control__V1__Address, STARRING__CONTROL__V1__ADDRESS__INIT);
@@ -978,23 +1189,14 @@ static int cluster_exchange(void *data, const void *send, size_t len, void *recv
     a.block.data = (uint8_t *)send;
     a.block.len = len;
     send_frame(w, &a_f);
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += EXCHANGE_TIMEOUT_S;
     sr_frame *f = NULL;
-    int timed_out = 0;
     pthread_mutex_lock(&w->mu);
-    while (!w->gone && !timed_out && !(w->x_list && w->x_list->address_list->round == a.round))
-        timed_out = pthread_cond_timedwait(&w->cv, &w->mu, &until) != 0;
+    while (!w->gone && !(w->x_list && w->x_list->address_list->round == a.round)) pthread_cond_wait(&w->cv, &w->mu);
     if (w->x_list && w->x_list->address_list->round == a.round) {
         f = w->x_list;
         w->x_list = NULL;
     }
     pthread_mutex_unlock(&w->mu);
-    if (!f && timed_out)
-        return sr_error_set(SR_ECOMM, "no AddressList from the coordinator within %d s in round %lld of the data plane's "
-                            "address exchange: are all %d workers up?", EXCHANGE_TIMEOUT_S,
-                            (long long)a.round, w->n_workers);
     if (!f)
         return sr_error_set(SR_ECOMM, "lost the coordinator in round %lld of the data plane's address exchange",
                             (long long)a.round);
@@ -1002,8 +1204,9 @@ static int cluster_exchange(void *data, const void *send, size_t len, void *recv
     int rc = SR_OK;
     if (l->error && *l->error)
         rc = sr_error_set(SR_ECOMM, "the address exchange failed at the coordinator: %s", l->error);
-    else if (l->n_block != (size_t)w->n_workers)
-        rc = sr_error_set(SR_EFORMAT, "AddressList has %zu blocks, not one per worker (%d)", l->n_block, w->n_workers);
+    else if (l->n_block != (size_t)w->x_size)
+        rc = sr_error_set(SR_EFORMAT, "AddressList has %zu blocks, not one per worker of the data plane (%lld)", l->n_block,
+                          (long long)w->x_size);
     for (size_t i = 0; rc == SR_OK && i < l->n_block; i++) {
         if (l->block[i].len != len)
             rc = sr_error_set(SR_EFORMAT, "AddressList.block[%zu] has %zu bytes, not %zu", i,
@@ -1022,19 +1225,20 @@ static int tcp_hosts(wrk *w, char **out) {
     if (strlen(w->o->data_listen) >= sizeof mine)
         return sr_error_set(SR_EINVAL, "--data-listen '%.40s...' is over %d characters", w->o->data_listen, ENDPOINT_BYTES - 1);
     snprintf(mine, sizeof mine, "%s", w->o->data_listen);
-    char *all = malloc((size_t)w->n_workers * ENDPOINT_BYTES), *hosts = malloc((size_t)w->n_workers * (ENDPOINT_BYTES + 1));
+    size_t n = (size_t)w->x_size;
+    char *all = malloc(n * ENDPOINT_BYTES), *hosts = malloc(n * (ENDPOINT_BYTES + 1));
     int rc = all && hosts ? cluster_exchange(w, mine, sizeof mine, all) : sr_error_set(SR_ENOMEM, "out of memory for hosts");
     size_t at = 0;
-    for (int i = 0; rc == SR_OK && i < w->n_workers; i++) {
-        const char *e = all + (size_t)i * ENDPOINT_BYTES;
-        size_t n = strnlen(e, ENDPOINT_BYTES);
-        if (n == 0 || n == ENDPOINT_BYTES || strchr(e, ',')) {
-            rc = sr_error_set(SR_EFORMAT, "worker %d's --data-listen is empty, unterminated or holds a comma", i);
+    for (size_t i = 0; rc == SR_OK && i < n; i++) {
+        const char *e = all + i * ENDPOINT_BYTES;
+        size_t len = strnlen(e, ENDPOINT_BYTES);
+        if (len == 0 || len == ENDPOINT_BYTES || strchr(e, ',')) {
+            rc = sr_error_set(SR_EFORMAT, "rank %zu's --data-listen is empty, unterminated or holds a comma", i);
             break;
         }
-        memcpy(hosts + at, e, n);
-        at += n;
-        hosts[at++] = i + 1 < w->n_workers ? ',' : 0;
+        memcpy(hosts + at, e, len);
+        at += len;
+        hosts[at++] = i + 1 < n ? ',' : 0;
     }
     free(all);
     if (rc != SR_OK) free(hosts);
@@ -1042,14 +1246,15 @@ static int tcp_hosts(wrk *w, char **out) {
     return rc;
 }
 
-/* The data plane over the workers the coordinator has welcomed. */
-static int open_data_plane(wrk *w) {
+/* A data plane over the workers of a Plane, this one at rank `rank`. */
+static int open_data_plane(wrk *w, sr_tp **out, int rank, int size) {
     sr_tp_opts to = sr_tp_opts_default();
     char *hosts = NULL;
     int tcp = strcmp(w->o->transport, "tcp") == 0;
+    w->x_size = size;
     int rc = tcp ? tcp_hosts(w, &hosts) : SR_OK;
-    to.rank = w->index;
-    to.size = w->n_workers;
+    to.rank = rank;
+    to.size = size;
     to.hosts = hosts;
     to.exchange = tcp ? NULL : cluster_exchange;
     to.exchange_data = w;
@@ -1058,10 +1263,47 @@ static int open_data_plane(wrk *w) {
     /* a peer silent for as long as the coordinator waits for a heartbeat
      * is lost, so that a worker blocked on a dead one gives up as soon */
     to.io_timeout_s = 10 * w->o->heartbeat_s < 5 ? 5 : 10 * w->o->heartbeat_s;
-    if (rc == SR_OK) rc = sr_tp_open(&w->own_tp, w->o->transport, &to);
+    if (rc == SR_OK) rc = sr_tp_open(out, w->o->transport, &to);
     free(hosts);
-    w->tp = w->own_tp;
     return rc;
+}
+
+/* The coordinator's Plane: a data plane over the workers that are up (it
+ * runs in the order of the commands on every one of them, so their address
+ * exchanges meet); the answer says whether it opened. */
+static void do_plane(wrk *w, const Starring__Control__V1__Plane *pl) {
+    FRAME(r, plane_open, PLANE_OPEN, Starring__Control__V1__PlaneOpen, STARRING__CONTROL__V1__PLANE_OPEN__INIT);
+    r.plane = pl->plane;
+    sr_error_clear();
+    int rank = -1, rc = SR_OK;
+    for (size_t i = 0; i < pl->n_workers; i++)
+        if (pl->workers[i] == w->index) rank = (int)i;
+    if (w->o->tp) rc = sr_error_set(SR_ESTATE, "a Plane under mpirun, whose data plane is the job's");
+    else if (rank < 0) rc = sr_error_set(SR_EFORMAT, "a Plane whose workers do not list this worker (%d)", w->index);
+    else if (pl->plane <= (w->planes ? w->planes->id : 0) || pl->round < w->x_round)
+        rc = sr_error_set(SR_EFORMAT, "Plane %lld (round %lld) after plane %lld (round %lld)", (long long)pl->plane,
+                          (long long)pl->round, (long long)(w->planes ? w->planes->id : 0), (long long)w->x_round);
+    sr_tp *tp = NULL;
+    double t0 = sr_now();
+    if (rc == SR_OK) {
+        /* the planes no context uses go first: tcp listens on the one --data-listen port */
+        for (plane *p = w->planes, *n; p; p = n) {
+            n = p->next;
+            if (p->users == 0) plane_free(w, p);
+        }
+        w->x_round = pl->round;
+        rc = open_data_plane(w, &tp, rank, (int)pl->n_workers);
+    }
+    if (rc == SR_OK && (rc = plane_add(w, pl->plane, tp, 1, pl->workers, (int)pl->n_workers)) != SR_OK) sr_tp_close(tp);
+    r.status = rc;
+    if (rc == SR_OK)
+        SR_INFO("worker %d: data plane (%s) open in %.2f s: plane %lld over %zu workers, this one rank %d", w->index,
+                sr_tp_name(tp), sr_now() - t0, (long long)pl->plane, pl->n_workers, rank);
+    else {
+        r.error = (char *)sr_error_msg();
+        SR_WARN("worker %d: data plane %lld not open: %s", w->index, (long long)pl->plane, r.error);
+    }
+    send_frame(w, &r_f);
 }
 
 /* --------------------------------------------------------------- main */
@@ -1084,17 +1326,15 @@ static int session(wrk *w, int *served) {
             w->parked = w->m->kv;
         }
     }
-    if (rc == SR_OK && !w->tp) rc = open_data_plane(w);
-    if (rc == SR_OK && !(w->between = calloc((size_t)sr_tp_size(w->tp), 3 * sizeof(int64_t))))
-        rc = sr_error_set(SR_ENOMEM, "out of memory");
+    /* under mpirun the job's transport is plane 0; else the coordinator sends a Plane once the workers are in */
+    if (rc == SR_OK && o->tp) rc = plane_add(w, 0, o->tp, 0, NULL, sr_tp_size(o->tp));
     j.worker = w->index;
     j.workers = w->n_workers;
     j.pid = (int)getpid();
     j.kv_budget_bytes = o->kv_budget;
     if (rc == SR_OK) {
         j.vocab_size = w->m->config.vocab_size;
-        SR_INFO("worker %d of %d: model loaded and data plane (%s) open in %.2f s", w->index, w->n_workers,
-                sr_tp_name(w->tp), sr_now() - t0);
+        SR_INFO("worker %d of %d: model loaded in %.2f s", w->index, w->n_workers, sr_now() - t0);
     } else {
         j.error = (char *)sr_error_msg();
         /* without a Welcome main logs it, and there is no index yet */
@@ -1148,15 +1388,12 @@ static void session_end(wrk *w, const char *why) {
     for (; w->ctxs; n++) {
         wctx *c = w->ctxs;
         w->ctxs = c->next;
-        ctx_free(c);
+        ctx_free(w, c);
     }
+    while (w->planes) plane_free(w, w->planes);
+    w->closed_sent = w->closed_received = 0;
     if (w->joined) SR_WARN("worker %d: the session with the coordinator is over (%s): %d resident contexts dropped",
                            w->index, why, n);
-    free(w->between);
-    w->between = NULL;
-    if (w->own_tp) sr_tp_close(w->own_tp);
-    w->own_tp = NULL;
-    w->tp = w->o->tp;
     w->x_round = 0;
     sodium_memzero(w->data_key, sizeof w->data_key);
     pthread_mutex_lock(&w->mu);
@@ -1221,7 +1458,6 @@ int sr_workerd_run(const sr_workerd_opts *o) {
     w->o = o;
     w->index = o->worker;
     w->n_workers = o->workers;
-    w->tp = o->tp;
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
     uv_loop_init(&w->loop);

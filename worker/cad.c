@@ -10,8 +10,8 @@
 #include "base/clock.h"
 #include "base/status.h"
 #include "model/kv_cache.h"
+#include "transport/group.h"
 #include "worker/agree.h"
-#include "worker/cad_group.h"
 #include "worker/wire.h"
 
 enum { TAG_CMD = 0, TAG_KV = 1, TAG_Q = 2, TAG_OUT = 3 };
@@ -538,7 +538,7 @@ int sr_cad_open(sr_cad **out, sr_tp *tp, int n_servers, int tag) {
     c->w = size - n_servers;
     c->rank = rank;
     c->tag = tag;
-    if ((rc = sr_cad_group_open(&c->group, tp, 0, c->w)) != SR_OK) {
+    if ((rc = sr_tp_group_range(&c->group, tp, 0, c->w)) != SR_OK) {
         free(c->agree);
         free(c->step_reqs);
         free(c);

@@ -12,10 +12,10 @@
   dropped after --join-timeout;
 - a secret file others can read is refused at start, naming the file;
 - a worker killed (SIGKILL) mid-generation: that request ends UNAVAILABLE
-  naming the worker, health turns NOT_SERVING, later requests get
-  UNAVAILABLE too, the coordinator keeps running; the worker left is told
-  to rejoin and drops its contexts; a restarted worker joins, the cluster
-  serves again, and a new context answers as starring-run;
+  naming the worker, a later one on its context NOT_FOUND; the cluster
+  keeps serving on the worker left (a new request is placed on it alone),
+  which drops the lost context and stays joined; a restarted worker joins,
+  and a new context on both answers as starring-run;
 - a worker lost during the join: the others are told to rejoin at once;
 - a worker stopped (SIGSTOP) is dropped after 10 missed heartbeats, and
   rejoins once continued;
@@ -123,6 +123,14 @@ def main():
     return t.done()
 
 
+def wait_ready(c, n, timeout):
+    """Whether n workers are up (GetStats) within timeout s: the next context goes on all of them."""
+    t0 = time.time()
+    while c.stats().workers_ready < n and time.time() - t0 < timeout:
+        time.sleep(0.1)
+    return c.stats().workers_ready == n
+
+
 def run(t, cl, ctx_text, ref, tmp):
     t.check(cl.wait_port(cl.port) and cl.wait_port(cl.cluster_port), "the coordinator listens without mpirun")
     c = cl.client()
@@ -218,22 +226,21 @@ def run(t, cl, ctx_text, ref, tmp):
     t.check(code == grpc.StatusCode.UNAVAILABLE and f"worker {gone}" in msg and 0 < len(got) < 400,
             f"a worker killed (SIGKILL) mid-generation: the request ends UNAVAILABLE naming it after {len(got)} "
             f"tokens ({code}: {msg!r})")
-    t.check(cl.wait_serving(5, want=False), "health turns NOT_SERVING")
+    t.check(c.serving(), "health stays SERVING: the worker left serves")
     code, msg = code_of(lambda: c.generate(Q, context_id=ctx.id, chat=True, max_tokens=4, timeout=30))
     t.check(code == grpc.StatusCode.NOT_FOUND and f"was lost (worker {gone} is gone" in msg,
             f"a request on its context then gets NOT_FOUND naming the worker ({code}: {msg!r})")
-    code, msg = code_of(lambda: c.generate(Q, chat=True, max_tokens=4, timeout=30))
-    t.check(code == grpc.StatusCode.UNAVAILABLE and f"worker {gone} is gone" in msg,
-            f"a new request gets UNAVAILABLE naming the worker until the cluster is whole ({code}: {msg!r})")
+    code, msg = code_of(lambda: c.generate(Q, chat=True, max_tokens=4, timeout=120))
+    t.check(code == grpc.StatusCode.OK, f"a new request is placed on the worker left alone, and answered ({code}: {msg!r})")
     t.check(cl.coordinator.alive(), "the coordinator keeps running")
 
-    # the worker left is told to rejoin, a restarted one takes the free place
-    t.check(w0.wait_log("asks this worker to join again", 10) and w0.wait_log("1 resident contexts dropped", 20),
-            "the worker left is told to rejoin, and drops its context")
-    t.check("1 contexts lost; the workers left rejoin" in cl.coordinator.log_text(),
+    # the worker left drops the lost context and stays; a restarted one takes the free place
+    t.check(w0.wait_log(f"context {ctx.id} dropped", 20) and "asks this worker to join again" not in w0.log_text(),
+            "the worker left drops the lost context, and is not asked to rejoin")
+    t.check("1 contexts placed on it lost" in cl.coordinator.log_text(),
             "the coordinator logs the contexts lost with the worker")
     w1b = cl.start_worker()
-    t.check(cl.wait_serving(120), "a restarted worker joins: the cluster serves again")
+    t.check(wait_ready(c, 2, 120) and c.serving(), "a restarted worker joins: the cluster serves on both again")
     ctx = c.upload(ctx_text, mode="ring", chat=True)
     _, text3, _ = c.generate(Q, context_id=ctx.id, chat=True, max_tokens=16)
     t.check(text3 == ref_text, f"a new context on the worker left and the restarted one answers as starring-run "
@@ -244,7 +251,7 @@ def run(t, cl, ctx_text, ref, tmp):
     w0.stop(signal.SIGSTOP, timeout=0)
     t.check(cl.coordinator.wait_log("no heartbeat for", 6), "a stopped worker is dropped after 10 missed heartbeats")
     w0.proc.send_signal(signal.SIGCONT)
-    t.check(cl.wait_serving(60), "continued, it joins again and the cluster serves")
+    t.check(wait_ready(c, 2, 60) and c.serving(), "continued, it joins again and the cluster serves")
     c.close()
 
     # the coordinator killed mid-generation, then restarted
