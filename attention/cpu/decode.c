@@ -26,15 +26,12 @@ static inline void prefetch_rows(const void *const *pf, int64_t pfn, int64_t j, 
 #if defined(__AVX512F__)
 
 #define VL 16
+#define V(op) _mm512_##op
+typedef __m512 vf;
 #define PV_ROWS 6 /* rows x PV_NV accumulators of pv_block: 24 of the 32 registers */
 #define PV_NV 4
-typedef __m512 vf;
-#define vzero _mm512_setzero_ps
-#define vset1 _mm512_set1_ps
-#define vloadu _mm512_loadu_ps
-#define vstoreu _mm512_storeu_ps
-#define vfma _mm512_fmadd_ps
 
+/* Lanes c .. c + VL - 1 of a K or V row of type dt, as fp32. */
 SR_ATTN_INLINE vf vld(const void *row, int dt, int c) {
     if (dt == SR_DT_F32) return _mm512_loadu_ps((const float *)row + c);
     __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)row + c));
@@ -70,21 +67,11 @@ SR_ATTN_INLINE void store_rows(int rb, int kb, float *s, vf v) {
 #elif defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
 
 #define VL 8
-#define PV_ROWS 4 /* 4 x 2 accumulators, 2 V vectors and a broadcast of the 16 registers */
-#define PV_NV 2
+#define V(op) _mm256_##op
 typedef __m256 vf;
-#define vzero _mm256_setzero_ps
-#define vset1 _mm256_set1_ps
-#define vloadu _mm256_loadu_ps
-#define vstoreu _mm256_storeu_ps
-#define vfma _mm256_fmadd_ps
-
-SR_ATTN_INLINE vf vld(const void *row, int dt, int c) {
-    if (dt == SR_DT_F32) return _mm256_loadu_ps((const float *)row + c);
-    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)row + c));
-    if (dt == SR_DT_F16) return _mm256_cvtph_ps(h);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
+/* 4 x 2 accumulators, 2 V vectors and a broadcast: 11 of the 16 registers */
+#define PV_ROWS 4
+#define PV_NV 2
 
 /* Lane k of the result = sum of the lanes of a[k]. */
 SR_ATTN_INLINE vf vreduce(const vf a[VL]) {
@@ -114,6 +101,13 @@ SR_ATTN_INLINE void store_rows(int rb, int kb, float *s, vf v) {
     (void)rb;
 }
 
+SR_ATTN_INLINE vf vld(const void *row, int dt, int c) {
+    if (dt == SR_DT_F32) return _mm256_loadu_ps((const float *)row + c);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)row + c));
+    if (dt == SR_DT_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
 #endif
 
 #if defined(VL)
@@ -125,16 +119,16 @@ SR_ATTN_INLINE void scores_block(int rb, int dt, int d, const float *q, const vo
     const int kb = VL / rb;
     vf acc[VL];
 #pragma GCC unroll 16
-    for (int t = 0; t < VL; t++) acc[t] = vzero();
+    for (int t = 0; t < VL; t++) acc[t] = V(setzero_ps)();
     for (int c = 0; c < d; c += VL) {
         vf kv[VL];
 #pragma GCC unroll 16
         for (int t = 0; t < kb; t++) kv[t] = vld((const char *)kr[t] + off, dt, c);
 #pragma GCC unroll 4
         for (int r = 0; r < rb; r++) {
-            vf qv = vloadu(q + r * d + c);
+            vf qv = V(loadu_ps)(q + r * d + c);
 #pragma GCC unroll 16
-            for (int t = 0; t < kb; t++) acc[r * kb + t] = vfma(qv, kv[t], acc[r * kb + t]);
+            for (int t = 0; t < kb; t++) acc[r * kb + t] = V(fmadd_ps)(qv, kv[t], acc[r * kb + t]);
         }
     }
     store_rows(rb, kb, s, vreduce(acc));
@@ -170,22 +164,22 @@ SR_ATTN_INLINE void pv_block(int rb, int nv, int dt, float *o, int d, const floa
 #pragma GCC unroll 6
     for (int r = 0; r < rb; r++)
 #pragma GCC unroll 4
-        for (int v = 0; v < nv; v++) acc[r][v] = vloadu(o + r * d + c0 + VL * v);
+        for (int v = 0; v < nv; v++) acc[r][v] = V(loadu_ps)(o + r * d + c0 + VL * v);
     for (int64_t j = 0; j < kn; j++) {
         vf vv[PV_NV];
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++) vv[v] = vld((const char *)vr[j] + off, dt, c0 + VL * v);
 #pragma GCC unroll 6
         for (int r = 0; r < rb; r++) {
-            vf pb = vset1(p[r * SR_ATTN_BK + j]);
+            vf pb = V(set1_ps)(p[r * SR_ATTN_BK + j]);
 #pragma GCC unroll 4
-            for (int v = 0; v < nv; v++) acc[r][v] = vfma(pb, vv[v], acc[r][v]);
+            for (int v = 0; v < nv; v++) acc[r][v] = V(fmadd_ps)(pb, vv[v], acc[r][v]);
         }
     }
 #pragma GCC unroll 6
     for (int r = 0; r < rb; r++)
 #pragma GCC unroll 4
-        for (int v = 0; v < nv; v++) vstoreu(o + r * d + c0 + VL * v, acc[r][v]);
+        for (int v = 0; v < nv; v++) V(storeu_ps)(o + r * d + c0 + VL * v, acc[r][v]);
 }
 
 SR_ATTN_INLINE void pv_rows(int rb, int dt, float *o, int d, const float *p, const void *const *vr, size_t off,

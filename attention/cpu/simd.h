@@ -20,6 +20,13 @@
 
 #define SR_ATTN_INLINE static inline __attribute__((always_inline))
 
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+/* 2^f for |f| <= 1/2: its Taylor series to degree 7, highest power first. */
+static const float SR_ATTN__EXP2_POLY[8] = {1.5252733804059841e-05f, 1.5403530393381609e-04f, 1.3333558146428443e-03f,
+                                            9.6181291076284772e-03f, 5.5504108664821580e-02f, 2.4022650695910071e-01f,
+                                            6.9314718055994531e-01f, 1.0f};
+#endif
+
 #if defined(__AVX512F__)
 
 /* C[mr, 16 nv] (+)= A[mr, kdim] B[kdim, 16 nv]. A is read element-wise at
@@ -62,14 +69,9 @@ SR_ATTN_INLINE __m512 sr_attn__exp2_ps(__m512 x) {
     x = _mm512_max_ps(x, _mm512_set1_ps(-125.0f));
     __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_sub_ps(x, n);
-    __m512 p = _mm512_set1_ps(1.5252733804059841e-05f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.5403530393381609e-04f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-03f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-03f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-02f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-01f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-01f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    __m512 p = _mm512_set1_ps(SR_ATTN__EXP2_POLY[0]);
+#pragma GCC unroll 7
+    for (int i = 1; i < 8; i++) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(SR_ATTN__EXP2_POLY[i]));
     return _mm512_maskz_scalef_ps(normal, p, n);
 }
 
@@ -100,20 +102,14 @@ SR_ATTN_INLINE void sr_attn__mk(int mr, int nv, int64_t kdim, const float *A, in
 /* 2^x for x <= 0 as sr_attn__exp2_ps, on 8 lanes: without scalef, 2^n is
  * built in the exponent bits (n >= -125, so it stays normal). */
 SR_ATTN_INLINE __m256 sr_attn__exp2_ps8(__m256 x) {
-    __m256 normal = _mm256_cmp_ps(x, _mm256_set1_ps(-125.0f), _CMP_GE_OQ);
-    x = _mm256_max_ps(x, _mm256_set1_ps(-125.0f));
-    __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 f = _mm256_sub_ps(x, n);
-    __m256 p = _mm256_set1_ps(1.5252733804059841e-05f);
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.5403530393381609e-04f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3333558146428443e-03f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.6181291076284772e-03f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.5504108664821580e-02f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022650695910071e-01f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.9314718055994531e-01f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    const __m256 lo = _mm256_set1_ps(-125.0f);
+    __m256 xc = _mm256_max_ps(x, lo);
+    __m256 n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), normal);
+    __m256 f = _mm256_sub_ps(xc, n), p = _mm256_set1_ps(SR_ATTN__EXP2_POLY[0]);
+#pragma GCC unroll 7
+    for (int i = 1; i < 8; i++) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(SR_ATTN__EXP2_POLY[i]));
+    return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), _mm256_cmp_ps(x, lo, _CMP_GE_OQ));
 }
 
 #endif
