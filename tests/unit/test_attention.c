@@ -277,6 +277,14 @@ static void test_decode_heads(void **state) {
         {2, 3001, 12, 3, 96, 1, 2990, 0, SR_DT_F32, 0},  /* two positions, causal tail */
         {1, 1500, 32, 8, 128, 0, 0, 0, SR_DT_F16, 0},   /* short: items take a subset of heads */
         {3, 777, 6, 6, 16, 1, 770, 0, SR_DT_BF16, 0},
+        /* 5 to 12 rows per KV head: every row blocking of the kernels
+         * (AVX-512 and AVX2), and head dims that leave odd vector counts */
+        {1, 2100, 20, 4, 48, 0, 0, 0, SR_DT_F16, 0},     /* 5 rows */
+        {2, 2100, 6, 2, 256, 1, 2098, 0, SR_DT_BF16, 0}, /* 6 */
+        {1, 2100, 14, 2, 32, 0, 0, 0, SR_DT_F32, 0},     /* 7 */
+        {3, 2100, 12, 4, 80, 1, 2097, 0, SR_DT_F16, 0},  /* 9 */
+        {1, 2100, 22, 2, 112, 0, 0, 0, SR_DT_BF16, 0},   /* 11 */
+        {4, 2100, 12, 4, 16, 1, 2096, 0, SR_DT_F16, 0},  /* 12 */
     };
     const int threads[] = {1, 2, 3};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
