@@ -148,7 +148,8 @@ static void rows(const sr_matmul_weight *w, int n, const float *x, float *y, int
     }
 }
 #else
-/* Scalar build: dequantize a chunk of the row with the reference code, then
+/* Without AVX-512: dequantize a chunk of the row (AVX2 where there is, else
+ * the reference code; the same values either way), then
  * dot it with each of the n activation rows (the compiler vectorizes what it
  * can): the chunk is dequantized once for all of them, and each row's sums
  * run in the same order whatever n. */
@@ -164,7 +165,7 @@ static void rows(const sr_matmul_weight *w, int nx, const float *x, float *y, in
         float s[SR_MATMUL__GEMM_MIN_N - 1] = {0};
         for (int64_t j0 = 0; j0 < k; j0 += chunk) {
             int64_t len = k - j0 < chunk ? k - j0 : chunk;
-            sr_dequant_row(w->type, row + sr_ggml_row_bytes(w->type, j0), len, buf);
+            sr_matmul__dequant(w->type, row + sr_ggml_row_bytes(w->type, j0), len, buf);
             for (int i = 0; i < nx; i++) {
                 /* LANES separate sums: a reduction the compiler may vectorize without reassociating */
                 const float *xi = x + i * k + j0;

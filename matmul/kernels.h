@@ -21,6 +21,10 @@ enum { SR_MATMUL__GEMM_MIN_N = 17 };
 /* Dequantizes row r of W into out[k] with the fastest code this build has
  * (vector where available, else the scalar reference). */
 void sr_matmul__dequant_row(const sr_matmul_weight *w, int64_t r, float *out);
+/* len weights (whole blocks) from src into out, the values sr_dequant_row
+ * gives, with AVX2 where the build has it (the kernels of a build without
+ * AVX-512, and the tails of those with it). */
+void sr_matmul__dequant(uint32_t type, const void *src, int64_t len, float *out);
 
 /* Matrix-vector style for n < SR_MATMUL__GEMM_MIN_N activation rows: streams
  * each weight row from memory once for all n, dequantizing in registers; the

@@ -201,11 +201,39 @@ static void test_batch_against_reference(void **state) {
         }
 }
 
+/* Without AVX-512 the kernels dequantize with sr_matmul__dequant, which
+ * claims the reference's values: the portable and the AVX2 builds then
+ * multiply the same weights. (The AVX-512 loads round Q4_1 once, by FMA.) */
+static void test_batch_dequant_is_reference(void **state) {
+    (void)state;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    skip();
+#else
+    uint64_t rng = 17;
+    for (size_t t = 0; t < N_TYPES; t++) {
+        const int64_t k = k_of(TYPES[t], 1), m = 3;
+        sr_matmul_weight w = {TYPES[t], k, m, make_weight(TYPES[t], k, m, &rng)};
+        float *got = make_y(k), *want = make_y(k);
+        for (int64_t r = 0; r < m; r++) {
+            assert_int_equal(sr_matmul_weight_row(&w, r, got), SR_OK);
+            sr_dequant_row(w.type, (const uint8_t *)w.data + sr_ggml_row_bytes(w.type, k) * (uint64_t)r, k, want);
+            if (memcmp(got, want, sizeof(float) * (size_t)k) != 0)
+                fail_msg("%s k=%lld: row %lld differs from sr_dequant_row's", sr_ggml_type_name(w.type), (long long)k,
+                         (long long)r);
+        }
+        free(got);
+        free(want);
+        free((void *)w.data);
+    }
+#endif
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batch_rows_equal_alone),
         cmocka_unit_test(test_batch_multi_equals_single),
         cmocka_unit_test(test_batch_against_reference),
+        cmocka_unit_test(test_batch_dequant_is_reference),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
