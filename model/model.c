@@ -370,9 +370,15 @@ int64_t sr_model_next_pos(const sr_model *m) { return sr_kv_next_pos(&m->kv); }
 
 /* ---------------------------------------------------------------- kernels */
 
+/* Rows from which the row-wise steps (RMSNorm, RoPE) start a team of
+ * threads: a decode step of a batch of requests has a few rows, microseconds
+ * of work, and a team's wake-up costs more than it saves (30 layers x 4 of
+ * these a step). A row's result does not depend on the thread it runs on. */
+enum { PAR_MIN_ROWS = 32 };
+
 /* out[r] = x[r] / rms(x[r]) * w, for n rows of dim */
 static void rmsnorm(float *out, const float *x, const float *w, int64_t n, int dim, float eps, int nt) {
-#pragma omp parallel for num_threads(nt) if (n > 1)
+#pragma omp parallel for num_threads(nt) if (n >= PAR_MIN_ROWS)
     for (int64_t r = 0; r < n; r++) {
         const float *xr = x + r * dim;
         float *o = out + r * dim;
@@ -393,7 +399,7 @@ static void add_bias(float *y, const float *b, int64_t n, int64_t width) {
 static void rope(float *x, int64_t n, int n_heads, const sr_model_config *c, const float *cosv, const float *sinv,
                  int nt) {
     int half = c->rope_dim / 2, hd = c->head_dim;
-#pragma omp parallel for num_threads(nt) if (n > 1)
+#pragma omp parallel for num_threads(nt) if (n >= PAR_MIN_ROWS)
     for (int64_t r = 0; r < n; r++) {
         const float *cr = cosv + r * half, *sr = sinv + r * half;
         for (int h = 0; h < n_heads; h++) {
