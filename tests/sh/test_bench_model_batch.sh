@@ -5,12 +5,13 @@
 # the largest batch's; an unknown section fails naming the ones there are.
 set -u
 cd "$(dirname "$0")/../.."
-BENCH=${BUILD:-build}/starring-bench
 . tests/sh/tap.sh
 need_model
 make_tmp
+# the quick model bench on SmolLM2, with the options given
+quick() { "${BUILD:-build}/starring-bench" model -m "$MODEL" --quick "$@" >"$tmp/out" 2>"$tmp/err"; }
 
-"$BENCH" model -m "$MODEL" --quick --json --only batch >"$tmp/out" 2>"$tmp/err"
+quick --json --only batch
 rc=$?
 sed 's/^/# /' "$tmp/err"
 check $rc "model --quick --json --only batch exits 0"
@@ -31,7 +32,7 @@ CHECKS = [
 ]
 PY
 
-"$BENCH" model -m "$MODEL" --quick --only nosuch >"$tmp/out" 2>"$tmp/err"
+quick --only nosuch
 rc=$?
 [ $rc = 2 ] && grep -q -- "--only wants prompt, generate or batch, got 'nosuch'" "$tmp/err"
 check $? "an unknown section fails (rc $rc): $(head -n 1 "$tmp/err")"
