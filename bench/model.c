@@ -13,7 +13,15 @@
  *
  * A generated token reads every weight matrix once and, at depth, the whole
  * KV cache: its ceiling is the read bandwidth (measured just before each
- * generation row) over those bytes. */
+ * generation row) over those bytes.
+ *
+ * Batched decode (section batch) is a serving step of many requests: B
+ * sequences, each after a one-token prompt of its own and with a cache of
+ * its own, decoded together by sr_model_forward_batch, which reads the
+ * weights once for all of them. Rate: the tokens of all B per second, beside
+ * B = 1's (the ratio is the figure to watch). Checked: every sequence's
+ * greedy tokens equal those of the same sequence in the largest batch (a row
+ * does not depend on the rows batched with it). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +41,9 @@
 #define QUICK_TOKENS 64    /* --quick: prompt length and generation depth */
 #define LONG_RUN_S 2.0     /* as srb_time: a warm-up this long is steady state */
 #define MAX_SAMPLES 64
+#define BATCH_STEPS 16      /* decode steps a batch run times */
+#define BATCH_STEPS_QUICK 2
+#define BATCH_MAX 16        /* the largest batch, sequences */
 
 /* Batched prefill against token-by-token decode: the same math through the
  * matrix-matrix and matrix-vector paths, so only rounding may differ. The
@@ -164,8 +175,9 @@ static double token_weight_bytes(const sr_model *m) {
     return b;
 }
 
+/* base_samples 0: ref is a quoted figure, not measured here */
 static int add_row(bench_ctx *x, const char *section, const char *name, double median_s,
-                   int samples, double work, double ref, double ceil_rate, int64_t wrong) {
+                   int samples, double work, double ref, int base_samples, double ceil_rate, int64_t wrong) {
     srb_row row;
     memset(&row, 0, sizeof row);
     snprintf(row.section, sizeof row.section, "%s", section);
@@ -176,7 +188,7 @@ static int add_row(bench_ctx *x, const char *section, const char *name, double m
     row.t.samples = samples;
     row.rate = work / median_s;
     row.base_rate = ref;
-    row.base_samples = 0; /* quoted, not measured */
+    row.base_samples = base_samples;
     row.vs_base = row.rate / ref;
     row.vs_ceil = row.rate / ceil_rate;
     row.wrong = wrong;
@@ -210,7 +222,7 @@ static int run_case(bench_ctx *x, const bench_case *c) {
     char name[48];
     if (want_prompt) {
         snprintf(name, sizeof name, "prefill %lld tokens", (long long)c->prompt);
-        rc = add_row(x, "prompt", name, median(ps, n), n, (double)c->prompt, c->ref_prompt, NAN,
+        rc = add_row(x, "prompt", name, median(ps, n), n, (double)c->prompt, c->ref_prompt, 0, NAN,
                      bad[0] + diff[0]);
         if (rc < 0) return rc;
     }
@@ -231,12 +243,98 @@ static int run_case(bench_ctx *x, const bench_case *c) {
     double bytes = x->weight_bytes + x->kv_token_bytes * ((double)depth + 0.5 * c->gen);
     double ceil_rate = ceil.read_gbs * 1e9 / bytes;
     snprintf(name, sizeof name, "decode %d tokens at depth %lld", c->gen, (long long)depth);
-    rc = add_row(x, "generate", name, median(gs, n), n, (double)c->gen, c->ref_gen, ceil_rate, wrong);
+    rc = add_row(x, "generate", name, median(gs, n), n, (double)c->gen, c->ref_gen, 0, ceil_rate, wrong);
     if (rc < 0) return rc;
     snprintf(name, sizeof name, "read_gbs_depth_%lld", (long long)depth);
     if ((rc = srb_report_fact_num(x->r, name, ceil.read_gbs)) < 0) return rc;
     snprintf(name, sizeof name, "ceiling_tok_s_depth_%lld", (long long)depth);
     return srb_report_fact_num(x->r, name, ceil_rate);
+}
+
+/* Batched decode: the caches of BATCH_MAX sequences, and the greedy tokens
+ * of a run, sequence i's at tok[i * (steps + 2) ..]: its prompt, then one a
+ * step (the prompt's step is not timed). */
+typedef struct {
+    sr_kv_cache kv[BATCH_MAX];
+    int steps;
+    float *logits; /* (BATCH_MAX, vocab) */
+} batch_ctx;
+
+static int batch_once(bench_ctx *x, batch_ctx *b, int n_seq, int32_t *tok, double *s, int64_t *bad) {
+    sr_model *m = x->m;
+    const int vocab = m->config.vocab_size, stride = b->steps + 2;
+    sr_model_seq seqs[BATCH_MAX];
+    for (int i = 0; i < n_seq; i++) {
+        sr_kv_clear(&b->kv[i]);
+        tok[i * stride] = x->tokens[i];
+    }
+    double t0 = 0.0;
+    for (int step = 0; step <= b->steps; step++) {
+        if (step == 1) t0 = sr_now();
+        for (int i = 0; i < n_seq; i++) seqs[i] = (sr_model_seq){&b->kv[i], &tok[i * stride + step], 1};
+        int rc = sr_model_forward_batch(m, seqs, n_seq, b->logits);
+        if (rc < 0) return rc;
+        for (int i = 0; i < n_seq; i++) tok[i * stride + step + 1] = argmax(b->logits + (int64_t)i * vocab, vocab, bad);
+    }
+    *s = sr_now() - t0;
+    return SR_OK;
+}
+
+/* Sequences 0 .. n_seq-1's tokens in `tok` that differ from `ref`'s. */
+static int64_t batch_diff(const batch_ctx *b, int n_seq, const int32_t *tok, const int32_t *ref) {
+    int64_t d = 0;
+    for (int64_t i = 0; i < (int64_t)n_seq * (b->steps + 2); i++) d += tok[i] != ref[i];
+    return d;
+}
+
+/* The largest batch first, so that its tokens are the reference of the
+ * others; the rows go out from B = 1 up, each with B = 1 as its base. */
+static int run_batch(bench_ctx *x) {
+    const srb_opts *o = x->o;
+    static const int sizes[] = {1, 2, 4, 8, BATCH_MAX};
+    int n_sizes = o->quick ? 3 : (int)(sizeof sizes / sizeof sizes[0]);
+    while (n_sizes > 1 && o->max_n && sizes[n_sizes - 1] > o->max_n) n_sizes--;
+    const sr_kv_cache *k = &x->m->kv;
+    batch_ctx b = {.steps = o->quick ? BATCH_STEPS_QUICK : BATCH_STEPS};
+    const size_t per_run = (size_t)BATCH_MAX * (size_t)(b.steps + 2);
+    int32_t *ref = malloc(per_run * sizeof *ref), *tok = malloc(per_run * sizeof *tok);
+    b.logits = malloc((size_t)BATCH_MAX * (size_t)x->m->config.vocab_size * sizeof *b.logits);
+    int rc = ref && tok && b.logits ? SR_OK : sr_error_set(SR_ENOMEM, "bench model: out of memory");
+    int built = 0;
+    while (built < BATCH_MAX && rc == SR_OK)
+        if ((rc = sr_kv_build(&b.kv[built], k->n_layer, k->n_head_kv, k->head_dim, k->dtype, k->block_size)) == SR_OK)
+            built++;
+    double med[sizeof sizes / sizeof sizes[0]];
+    int samples[sizeof sizes / sizeof sizes[0]];
+    int64_t wrong[sizeof sizes / sizeof sizes[0]];
+    for (int z = n_sizes - 1; z >= 0 && rc == SR_OK; z--) {
+        double ts[MAX_SAMPLES], t;
+        int n = 0;
+        wrong[z] = 0;
+        /* the warm-up: the reference's tokens for the largest batch */
+        rc = batch_once(x, &b, sizes[z], z == n_sizes - 1 ? ref : tok, &t, &wrong[z]);
+        if (rc == SR_OK && z < n_sizes - 1) wrong[z] += batch_diff(&b, sizes[z], tok, ref);
+        if (t >= LONG_RUN_S) ts[n++] = t;
+        double spent = 0.0, last = t;
+        while (rc == SR_OK && n < o->repeats && n < MAX_SAMPLES && (n == 0 || spent + last <= o->budget_s)) {
+            if ((rc = batch_once(x, &b, sizes[z], tok, &t, &wrong[z])) < 0) break;
+            wrong[z] += batch_diff(&b, sizes[z], tok, ref);
+            last = t;
+            spent += t;
+            ts[n++] = t;
+        }
+        med[z] = n > 0 ? median(ts, n) : NAN;
+        samples[z] = n;
+    }
+    for (int z = 0; z < n_sizes && rc == SR_OK; z++) {
+        char name[48];
+        snprintf(name, sizeof name, "decode %d sequences x %d steps", sizes[z], b.steps);
+        rc = add_row(x, "batch", name, med[z], samples[z], (double)sizes[z] * b.steps,
+                     (double)b.steps / med[0], samples[0], NAN, wrong[z]);
+    }
+    for (int i = 0; i < built; i++) sr_kv_free(&b.kv[i]);
+    free(ref), free(tok), free(b.logits);
+    return rc;
 }
 
 /* "q4_1 x169, f32 x61, q6_k x1": tensor counts by type, most common first */
@@ -334,6 +432,7 @@ static int bench_model(const char *path, const srb_opts *o, srb_report *r) {
                                      : "none (the issue's llama.cpp figures are for "
                                        "SmolLM2-135M's shape, without --quick)");
     for (int i = 0; i < n_cases && rc == SR_OK; i++) rc = run_case(&x, &cases[i]);
+    if (rc == SR_OK && (!o->only || !strcmp(o->only, "batch"))) rc = run_batch(&x);
     free(tokens), free(x.first), free(x.now), free(x.decoded);
     sr_model_free(m);
     return rc;
@@ -366,10 +465,13 @@ int srb_cmd_model(int argc, char **argv) {
         "A GGUF model on CPU: prompt tokens/s (batched prefill of 512 and 4096 tokens into an\n"
         "empty cache) and generated tokens/s (greedy, one token per forward, at depth 0 and\n"
         "after the 4096-token prompt) against the read-bandwidth ceiling (the weights and the\n"
-        "KV a token reads); --quick: 64 tokens, 8 generated. Sections: prompt,\n"
-        "generate. -m MODEL (required): the GGUF file (scripts/fetch-model prints SmolLM2's).\n"
-        "Every run is checked (finite logits, the same greedy tokens on every repeat, batched\n"
-        "prefill agreeing with decode); exit status 1 if anything is wrong.",
+        "KV a token reads), and batched decode: 1, 2, 4, 8, 16 sequences of their own caches\n"
+        "decoded together, tokens/s of all of them against one alone; --quick: 64 tokens, 8\n"
+        "generated, batches up to 4. Sections: prompt, generate, batch. -m MODEL (required):\n"
+        "the GGUF file (scripts/fetch-model prints SmolLM2's). Every run is checked (finite\n"
+        "logits, the same greedy tokens on every repeat, batched prefill agreeing with decode,\n"
+        "each sequence of a batch giving its tokens in the largest batch); exit status 1 if\n"
+        "anything is wrong.",
         &o);
     free(rest);
     if (rc != 0) return rc > 0 ? 0 : 2;
@@ -378,8 +480,8 @@ int srb_cmd_model(int argc, char **argv) {
                         "scripts/fetch-model prints SmolLM2's path)\n");
         return 2;
     }
-    if (o.only && strcmp(o.only, "prompt") && strcmp(o.only, "generate")) {
-        fprintf(stderr, "starring-bench model: --only wants prompt or generate, got '%s'\n", o.only);
+    if (o.only && strcmp(o.only, "prompt") && strcmp(o.only, "generate") && strcmp(o.only, "batch")) {
+        fprintf(stderr, "starring-bench model: --only wants prompt, generate or batch, got '%s'\n", o.only);
         return 2;
     }
     srb_report *r = srb_report_new(&o);

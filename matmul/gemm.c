@@ -27,7 +27,7 @@ static void pack_scalar(const sr_matmul_weight *w, int64_t j0, int64_t nj, int64
     const uint64_t rb = sr_ggml_row_bytes(w->type, k);
     for (int64_t j = 0; j < nj; j++) {
         const uint8_t *src = (const uint8_t *)w->data + rb * (uint64_t)(j0 + j) + sr_ggml_row_bytes(w->type, kk0);
-        sr_dequant_row(w->type, src, k - kk0, row);
+        sr_matmul__dequant(w->type, src, k - kk0, row);
         for (int64_t kk = kk0; kk < k; kk++) wp[kk * NP + j] = row[kk - kk0];
     }
 }

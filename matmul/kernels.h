@@ -14,15 +14,24 @@ int sr_matmul__check(const sr_matmul_weight *w, const float *x, const float *y, 
                      const char *fn);
 
 /* From this many activation rows on, dequantizing panels and reusing them
- * beats streaming the quantized rows once per group of rows. */
-enum { SR_MATMUL__GEMM_MIN_N = 8 };
+ * beats streaming the quantized rows once for all the activation rows: the
+ * two were level at 16 rows on SmolLM2's shapes (AVX2 Zen 3, one thread),
+ * the matrix-vector kernel ahead below. */
+enum { SR_MATMUL__GEMM_MIN_N = 17 };
 
 /* Dequantizes row r of W into out[k] with the fastest code this build has
  * (vector where available, else the scalar reference). */
 void sr_matmul__dequant_row(const sr_matmul_weight *w, int64_t r, float *out);
+/* len weights (whole blocks) from src into out, the values sr_dequant_row
+ * gives, with AVX2 where the build has it (the kernels of a build without
+ * AVX-512, and the tails of those with it). */
+void sr_matmul__dequant(uint32_t type, const void *src, int64_t len, float *out);
 
-/* Matrix-vector style: streams each weight row once per group of up to
- * SR_MATMUL__GEMV_ROWS activation rows, dequantizing in registers. */
+/* Matrix-vector style for n < SR_MATMUL__GEMM_MIN_N activation rows: streams
+ * each weight row from memory once for all n, dequantizing in registers; the
+ * vector kernels apply it to SR_MATMUL__GEMV_ROWS activation rows at a time
+ * while it is in L1. A row's result does not depend on n or on the other
+ * rows (a batch of decodes equals each alone, bit for bit). */
 enum { SR_MATMUL__GEMV_ROWS = 4 };
 int sr_matmul__gemv(const sr_matmul_weight *w, const float *x, float *y, int64_t n, int n_threads);
 /* The same for n_w weights of one k against the same X, in one team of

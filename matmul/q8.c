@@ -12,6 +12,9 @@
 #include "matmul/q8.h"
 #include "gguf/quant_blocks.h"
 
+/* From this many rows on (prefill), sr_matmul as it is (see q8.h). */
+enum { Q8_MAX_N = 8 };
+
 /* Quantized activations: row i, group g at q[i k + 32 g], scale d[i G + g],
  * and s8[i G + g] = d * sum(q) / 8, the group's sum spread over 8 lanes. */
 typedef struct {
@@ -181,7 +184,7 @@ static int integer_path(const sr_matmul_weight *w, const q8_acts *a, float *y, i
 int sr_matmul_q8(const sr_matmul_weight *w, const float *x, float *y, int64_t n, int n_threads) {
     int rc = sr_matmul__check(w, x, y, n, n_threads, "sr_matmul_q8");
     if (rc != SR_OK || n == 0) return rc;
-    if (n >= SR_MATMUL__GEMM_MIN_N) return sr_matmul__gemm(w, x, y, n, n_threads);
+    if (n >= Q8_MAX_N) return sr_matmul(w, x, y, n, n_threads);
     q8_acts a = {.groups = (w->k + 31) / 32};
     a.q = malloc((size_t)(n * w->k));
     a.d = malloc((size_t)(n * a.groups) * sizeof(float));

@@ -370,9 +370,15 @@ int64_t sr_model_next_pos(const sr_model *m) { return sr_kv_next_pos(&m->kv); }
 
 /* ---------------------------------------------------------------- kernels */
 
+/* Rows from which the row-wise steps (RMSNorm, RoPE) start a team of
+ * threads: a decode step of a batch of requests has a few rows, microseconds
+ * of work, and a team's wake-up costs more than it saves (30 layers x 4 of
+ * these a step). A row's result does not depend on the thread it runs on. */
+enum { PAR_MIN_ROWS = 32 };
+
 /* out[r] = x[r] / rms(x[r]) * w, for n rows of dim */
 static void rmsnorm(float *out, const float *x, const float *w, int64_t n, int dim, float eps, int nt) {
-#pragma omp parallel for num_threads(nt) if (n > 1)
+#pragma omp parallel for num_threads(nt) if (n >= PAR_MIN_ROWS)
     for (int64_t r = 0; r < n; r++) {
         const float *xr = x + r * dim;
         float *o = out + r * dim;
@@ -393,7 +399,7 @@ static void add_bias(float *y, const float *b, int64_t n, int64_t width) {
 static void rope(float *x, int64_t n, int n_heads, const sr_model_config *c, const float *cosv, const float *sinv,
                  int nt) {
     int half = c->rope_dim / 2, hd = c->head_dim;
-#pragma omp parallel for num_threads(nt) if (n > 1)
+#pragma omp parallel for num_threads(nt) if (n >= PAR_MIN_ROWS)
     for (int64_t r = 0; r < n; r++) {
         const float *cr = cosv + r * half, *sr = sinv + r * half;
         for (int h = 0; h < n_heads; h++) {
@@ -520,12 +526,15 @@ int sr_model_layer_kv_append(sr_model *m, int l) {
 }
 
 /* Rows row0.. (n of them, at positions pos0..) attend to every run of
- * layer l in cache kv, merged by LSE into att and lse. */
-static int attend(sr_model *m, int l, const sr_kv_cache *kv, int64_t row0, int64_t n, int64_t pos0) {
+ * layer l in cache kv on nt threads, merged by LSE into att and lse (their
+ * rows only, also of the scratch att_part: batched sequences may attend at
+ * once). */
+static int attend(sr_model *m, int l, const sr_kv_cache *kv, int64_t row0, int64_t n, int64_t pos0, int nt) {
     const sr_model_config *c = &m->config;
     sr_model_state *s = &m->state;
     int64_t qd = (int64_t)c->n_head * c->head_dim;
     float *q = s->q + row0 * qd, *att = s->att + row0 * qd, *lse = s->lse + row0 * c->n_head;
+    float *att_part = s->att_part + row0 * qd, *lse_part = s->lse_part + row0 * c->n_head;
     sr_kv_run *runs;
     int64_t n_runs;
     int rc = sr_kv_runs(kv, &runs, &n_runs);
@@ -540,10 +549,10 @@ static int attend(sr_model *m, int l, const sr_kv_cache *kv, int64_t row0, int64
         int64_t at = (int64_t)l * kv->cap_blocks + runs[r].b0;
         sr_attn_kv akv = {NULL, NULL, &kv->k_ptr[at], &kv->v_ptr[at], kv->block_size};
         if (!have) {
-            rc = sr_attn_forward(&d, q, &akv, att, lse, m->n_threads);
+            rc = sr_attn_forward(&d, q, &akv, att, lse, nt);
             have = 1;
-        } else if ((rc = sr_attn_forward(&d, q, &akv, s->att_part, s->lse_part, m->n_threads)) == SR_OK) {
-            rc = sr_attn_merge_into(att, lse, s->att_part, s->lse_part, n * c->n_head, c->head_dim);
+        } else if ((rc = sr_attn_forward(&d, q, &akv, att_part, lse_part, nt)) == SR_OK) {
+            rc = sr_attn_merge_into(att, lse, att_part, lse_part, n * c->n_head, c->head_dim);
         }
     }
     free(runs);
@@ -553,7 +562,7 @@ static int attend(sr_model *m, int l, const sr_kv_cache *kv, int64_t row0, int64
 }
 
 int sr_model_layer_attention(sr_model *m, int l) {
-    return attend(m, l, &m->kv, 0, m->state.n, m->state.pos0);
+    return attend(m, l, &m->kv, 0, m->state.n, m->state.pos0, m->n_threads);
 }
 
 int sr_model_layer_attn_out(sr_model *m, int l) {
@@ -609,6 +618,39 @@ int sr_model_logits_rows(sr_model *m, const int64_t *rows, int64_t n, float *out
     return sr_matmul(&m->weights.output, s->xb, out, n, m->n_threads);
 }
 
+/* Below this many keys the attention kernel splits no KV range, and its
+ * result does not depend on its threads (attention/cpu/forward.c: twice
+ * MIN_SPLIT_KEYS): test_model_batch holds it to that, bit for bit. */
+enum { SHORT_MAX_KEYS = 2048 };
+
+/* Layer l's attention of every sequence of a batch: the short ones one
+ * thread each, all in one team (one wake-up a layer instead of one a
+ * sequence, the same bits as alone on every thread), then the others one at
+ * a time on every thread. */
+static int attend_batch(sr_model *m, int l, const sr_model_seq *seqs, int64_t n_seq, const int64_t *row0,
+                        const int64_t *pos) {
+    int64_t n_short = 0;
+    for (int64_t i = 0; i < n_seq; i++) n_short += pos[row0[i]] + seqs[i].n < SHORT_MAX_KEYS;
+    int rc = SR_OK;
+    char msg[256] = "";
+#pragma omp parallel for num_threads(m->n_threads) schedule(dynamic, 1) if (n_short > 1)
+    for (int64_t i = 0; i < n_seq; i++) {
+        if (pos[row0[i]] + seqs[i].n >= SHORT_MAX_KEYS) continue;
+        int r = attend(m, l, seqs[i].kv, row0[i], seqs[i].n, pos[row0[i]], 1);
+        /* the message is the failing thread's: carried out to the caller's */
+        if (r != SR_OK)
+#pragma omp critical(sr_model_attend_batch)
+            if (rc == SR_OK) {
+                rc = r;
+                snprintf(msg, sizeof msg, "%s", sr_error_msg());
+            }
+    }
+    if (rc != SR_OK) return sr_error_set(rc, "%s", msg);
+    for (int64_t i = 0; i < n_seq && rc == SR_OK; i++)
+        if (pos[row0[i]] + seqs[i].n >= SHORT_MAX_KEYS) rc = attend(m, l, seqs[i].kv, row0[i], seqs[i].n, pos[row0[i]], m->n_threads);
+    return rc;
+}
+
 int sr_model_forward_batch(sr_model *m, const sr_model_seq *seqs, int64_t n_seq, float *logits) {
     sr_model_state *s = &m->state;
     if (!seqs || !logits || n_seq < 1 || n_seq > s->max_batch)
@@ -647,8 +689,7 @@ int sr_model_forward_batch(sr_model *m, const sr_model_seq *seqs, int64_t n_seq,
         rc = sr_model_layer_qkv(m, l);
         for (int64_t i = 0; i < n_seq && rc == SR_OK; i++)
             rc = sr_kv_store(seqs[i].kv, l, b0[i], off0[i], seqs[i].n, s->k + row0[i] * kvd, s->v + row0[i] * kvd);
-        for (int64_t i = 0; i < n_seq && rc == SR_OK; i++)
-            rc = attend(m, l, seqs[i].kv, row0[i], seqs[i].n, pos[row0[i]]);
+        if (rc == SR_OK) rc = attend_batch(m, l, seqs, n_seq, row0, pos);
         if (rc == SR_OK && (rc = sr_model_layer_attn_out(m, l)) == SR_OK) rc = sr_model_layer_mlp(m, l);
     }
     if (rc == SR_OK) rc = sr_model_logits_rows(m, last, n_seq, logits);

@@ -163,7 +163,8 @@ typedef struct {
  * row attends to its own sequence's cache, where its K/V are appended.
  * Leaves the logits of each sequence's last token in logits (n_seq, vocab).
  * The results equal those of each sequence alone in sr_model_forward (to
- * fp32 rounding: a batch of 8 rows or more takes the matrix-matrix kernel). */
+ * the bit while the batch has fewer than 17 rows, as the matrix-vector
+ * kernel takes them; to fp32 rounding past that, in the matrix-matrix one). */
 int sr_model_forward_batch(sr_model *m, const sr_model_seq *seqs, int64_t n_seq, float *logits);
 
 /* Empties the KV cache (a new context). */
