@@ -14,6 +14,7 @@
 #include "base/status.h"
 #include "net/grpc_frame.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "tests/support/unit_main.h"
 
 static void test_append_and_printf(void **state) {
     sr_buf b = {0};
@@ -116,13 +117,6 @@ static void test_grpc_frame(void **state) {
     sr_buf_free(&b);
 }
 
-int main(void) {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_append_and_printf),
-        cmocka_unit_test(test_growth),
-        cmocka_unit_test(test_overflow_is_kept),
-        cmocka_unit_test(test_consume_and_steal),
-        cmocka_unit_test(test_grpc_frame),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+SR_TEST_MAIN(cmocka_unit_test(test_append_and_printf), cmocka_unit_test(test_growth),
+             cmocka_unit_test(test_overflow_is_kept), cmocka_unit_test(test_consume_and_steal),
+             cmocka_unit_test(test_grpc_frame))

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "base/status.h"
+#include "tests/support/unit_main.h"
 #include "tests/unit/gguf_build.h"
 #include "gguf/gguf.h"
 #include "tests/unit/support_model.h"
@@ -726,14 +727,8 @@ static void test_tiny_model_file(void **state) {
     sr_gguf_close(g);
 }
 
-int main(void) {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_real_model),   cmocka_unit_test(test_small_v2),
-        cmocka_unit_test(test_small_v3),     cmocka_unit_test(test_small_alignments),
-        cmocka_unit_test(test_truncation),   cmocka_unit_test(test_corruptions),
-        cmocka_unit_test(test_valid_neighbours), cmocka_unit_test(test_file_errors),
-        cmocka_unit_test(test_two_views),    cmocka_unit_test(test_data_dir),
-        cmocka_unit_test(test_tiny_model_file), cmocka_unit_test(test_many_entries),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+SR_TEST_MAIN(cmocka_unit_test(test_real_model), cmocka_unit_test(test_small_v2), cmocka_unit_test(test_small_v3),
+             cmocka_unit_test(test_small_alignments), cmocka_unit_test(test_truncation),
+             cmocka_unit_test(test_corruptions), cmocka_unit_test(test_valid_neighbours),
+             cmocka_unit_test(test_file_errors), cmocka_unit_test(test_two_views), cmocka_unit_test(test_data_dir),
+             cmocka_unit_test(test_tiny_model_file), cmocka_unit_test(test_many_entries))

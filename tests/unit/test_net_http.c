@@ -24,6 +24,7 @@
 
 #include "base/status.h"
 #include "net/http.h"
+#include "tests/support/unit_main.h"
 
 typedef struct {
     uv_loop_t loop;
@@ -320,13 +321,6 @@ static void test_slow_client_and_connection_limit(void **state) {
     finish(sv);
 }
 
-int main(void) {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_keep_alive_and_pipelining),
-        cmocka_unit_test(test_body_over_cap),
-        cmocka_unit_test(test_headers_over_cap_and_garbage),
-        cmocka_unit_test(test_stream_and_disconnect),
-        cmocka_unit_test(test_slow_client_and_connection_limit),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+SR_TEST_MAIN(cmocka_unit_test(test_keep_alive_and_pipelining), cmocka_unit_test(test_body_over_cap),
+             cmocka_unit_test(test_headers_over_cap_and_garbage), cmocka_unit_test(test_stream_and_disconnect),
+             cmocka_unit_test(test_slow_client_and_connection_limit))
