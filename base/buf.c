@@ -24,6 +24,7 @@ int sr_buf_reserve(sr_buf *b, size_t extra, size_t min_cap) {
         b->rc = sr_error_set(SR_ENOMEM, "buffer: out of memory growing to %zu bytes", cap);
         return b->rc;
     }
+    d[b->len] = 0; /* a first allocation holds no NUL yet */
     b->data = d;
     b->cap = cap;
     return SR_OK;
@@ -66,6 +67,12 @@ void sr_buf_consume(sr_buf *b, size_t n) {
     if (n == 0) return;
     memmove(b->data, b->data + n, b->len - n + 1);
     b->len -= n;
+}
+
+void sr_buf_clear(sr_buf *b) {
+    b->len = 0;
+    b->rc = SR_OK;
+    if (b->data) b->data[0] = 0;
 }
 
 char *sr_buf_steal(sr_buf *b, size_t *len) {

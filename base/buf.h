@@ -36,6 +36,9 @@ int sr_buf_status(const sr_buf *b);
 /* Drops the first n bytes (all of them when n >= len), keeping the memory. */
 void sr_buf_consume(sr_buf *b, size_t n);
 
+/* Empties b, keeping its memory, and forgets a failure. */
+void sr_buf_clear(sr_buf *b);
+
 /* Hands the bytes to the caller (free() them; NULL when nothing was
  * appended), their length in *len when len is not NULL; b is left empty. */
 char *sr_buf_steal(sr_buf *b, size_t *len);

@@ -188,7 +188,7 @@ static ssize_t data_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
     memcpy(buf, call->out.data + call->off_out, n);
     call->off_out += n;
     if (call->off_out == call->out.len) {
-        sr_buf_consume(&call->out, call->out.len);
+        sr_buf_clear(&call->out);
         call->off_out = 0;
     }
     if (n == 0 && !call->finished) return NGHTTP2_ERR_DEFERRED;

@@ -180,7 +180,7 @@ int sr_gc_call(sr_gc *c, const char *path, sr_gc_msg_fn fn, void *data, char *ms
         if (k <= 0 || nghttp2_session_mem_recv(c->s, buf, (size_t)k) < 0) break;
     }
     nghttp2_session_send(c->s);
-    sr_buf_consume(&c->req, c->req.len);
+    sr_buf_clear(&c->req);
     if (!c->closed) {
         snprintf(msg, cap, "the connection to starringd was lost");
         return -1;

@@ -1,5 +1,5 @@
 /* base/buf: appends keep the bytes and a NUL behind them, growth from the
- * given capacity, the first failure kept, consume, steal, and gRPC's framing
+ * given capacity, the first failure kept, consume, clear, steal, and gRPC's framing
  * (net/grpc_frame) on top of it. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -36,6 +36,7 @@ static void test_growth(void **state) {
     sr_buf b = {0};
     assert_int_equal(sr_buf_reserve(&b, 10, 64), SR_OK);
     assert_int_equal(b.cap, 64);
+    assert_string_equal(b.data, ""); /* reserved, and already a C string */
     assert_int_equal(sr_buf_reserve(&b, 63, 0), SR_OK);
     assert_int_equal(b.cap, 64); /* 63 bytes and the NUL fit */
     assert_int_equal(sr_buf_reserve(&b, 64, 0), SR_OK);
@@ -78,6 +79,11 @@ static void test_consume_and_steal(void **state) {
     sr_buf_consume(&b, 99);
     assert_int_equal(b.len, 0);
     assert_string_equal(b.data, "");
+    assert_int_equal(sr_buf_reserve(&b, SIZE_MAX, 0), SR_ENOMEM);
+    sr_buf_clear(&b); /* forgets the failure, keeps the memory */
+    assert_int_equal(sr_buf_status(&b), SR_OK);
+    assert_non_null(b.data);
+    assert_int_equal(b.len, 0);
     assert_int_equal(sr_buf_puts(&b, "xyz"), SR_OK);
     size_t n = 0;
     char *s = sr_buf_steal(&b, &n);
