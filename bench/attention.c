@@ -12,6 +12,7 @@
 #endif
 
 #include "attention/attention.h"
+#include "attention/cpu/simd.h"
 #include "base/half.h"
 #include "base/status.h"
 #include "bench/ceiling.h"
@@ -156,18 +157,6 @@ static int prefill_run(void *arg) {
     return sr_attn_forward(&c->d, c->q, &kv, c->o, c->lse, c->threads);
 }
 
-static float row_max(const float *s, int64_t n) {
-    int64_t j = 0;
-    float m = -INFINITY;
-#if defined(__AVX512F__)
-    __m512 vm = _mm512_set1_ps(-INFINITY);
-    for (; j + 16 <= n; j += 16) vm = _mm512_max_ps(vm, _mm512_loadu_ps(s + j));
-    m = _mm512_reduce_max_ps(vm);
-#endif
-    for (; j < n; j++) m = s[j] > m ? s[j] : m;
-    return m;
-}
-
 /* s[j] := exp(s[j] - m) for j < n; returns the sum. */
 static float row_exp(float *s, int64_t n, float m) {
     int64_t j = 0;
@@ -221,7 +210,7 @@ static void base_block(prefill_case *c, const float *k, const float *v, int64_t 
             inv[i] = 0.0f;
             lse[i * Hq] = -INFINITY;
         } else {
-            float mx = row_max(row, lim), sum = row_exp(row, lim, mx);
+            float mx = sr_attn__max(row, lim), sum = row_exp(row, lim, mx);
             inv[i] = 1.0f / sum;
             lse[i * Hq] = mx + logf(sum);
         }

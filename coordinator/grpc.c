@@ -9,12 +9,14 @@
 
 #include <nghttp2/nghttp2.h>
 
+#include "base/buf.h"
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/status.h"
 #include "coordinator/auth.h"
 #include "coordinator/grpc_session.h"
 #include "net/conn.h"
+#include "net/grpc_frame.h"
 #include "net/limit.h"
 
 typedef struct sr_grpc__conn conn;
@@ -46,11 +48,10 @@ struct sr_grpc_call {
     uv_timer_t *timer;
     uv_timer_t *input;       /* the client's time to send the headers, a message whole, or the next one */
     int64_t n_msgs;          /* request messages taken */
-    uint8_t *in;             /* a partial request message: 5-byte prefix, then body */
-    size_t n_in, cap_in;
+    sr_buf in;               /* a partial request message: 5-byte prefix, then body */
     int refused;             /* input refused: the rest is ignored */
-    uint8_t *out;            /* response bytes not yet taken by nghttp2 */
-    size_t n_out, off_out, cap_out;
+    sr_buf out;              /* response bytes, taken by nghttp2 from off_out on */
+    size_t off_out;
     int headers_sent, finished, released;
     int status;
     char *message;
@@ -132,8 +133,8 @@ static void conn_close(conn *c, const char *why);
 static void call_free(sr_grpc_call *call) {
     timer_drop(&call->timer);
     timer_drop(&call->input);
-    free(call->in);
-    free(call->out);
+    sr_buf_free(&call->in);
+    sr_buf_free(&call->out);
     free(call->message);
     free(call);
 }
@@ -143,20 +144,6 @@ static void call_cancel(sr_grpc_call *call, int status) {
     if (call->finished || call->released || !call->m) return;
     call->released = 1;
     if (call->m->on_cancel) call->m->on_cancel(call, status);
-}
-
-static int buf_append(uint8_t **b, size_t *n, size_t *cap, const void *src, size_t len) {
-    if (*n + len > *cap) {
-        size_t c = *cap ? *cap : 256;
-        while (c < *n + len) c *= 2;
-        uint8_t *nb = realloc(*b, c);
-        if (!nb) return sr_error_set(SR_ENOMEM, "gRPC: out of memory for %zu bytes", *n + len);
-        *b = nb;
-        *cap = c;
-    }
-    memcpy(*b + *n, src, len);
-    *n += len;
-    return SR_OK;
 }
 
 /* grpc-message is percent-encoded: printable ASCII but '%' as it is */
@@ -197,12 +184,15 @@ static int submit_trailers(sr_grpc_call *call, int trailers_only) {
 static ssize_t data_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len, uint32_t *flags,
                          nghttp2_data_source *src, void *ud) {
     sr_grpc_call *call = src->ptr;
-    size_t avail = call->n_out - call->off_out, n = avail < len ? avail : len;
-    memcpy(buf, call->out + call->off_out, n);
+    size_t avail = call->out.len - call->off_out, n = avail < len ? avail : len;
+    memcpy(buf, call->out.data + call->off_out, n);
     call->off_out += n;
-    if (call->off_out == call->n_out) call->off_out = call->n_out = 0;
+    if (call->off_out == call->out.len) {
+        sr_buf_clear(&call->out);
+        call->off_out = 0;
+    }
     if (n == 0 && !call->finished) return NGHTTP2_ERR_DEFERRED;
-    if (call->n_out == 0 && call->finished) {
+    if (call->out.len == 0 && call->finished) {
         *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
         if (submit_trailers(call, 0) != 0) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
@@ -224,24 +214,8 @@ static int start_response(sr_grpc_call *call) {
 
 int sr_grpc_send(sr_grpc_call *call, const ProtobufCMessage *msg) {
     if (call->finished) return sr_error_set(SR_ESTATE, "gRPC: send after the call finished");
-    size_t len = protobuf_c_message_get_packed_size(msg);
-    if (len > 0xffffffffu) return sr_error_set(SR_ERANGE, "gRPC: response message of %zu bytes", len);
-    if (call->n_out + 5 + len > call->cap_out) {
-        size_t cap = call->cap_out ? call->cap_out : 256;
-        while (cap < call->n_out + 5 + len) cap *= 2;
-        uint8_t *b = realloc(call->out, cap);
-        if (!b) return sr_error_set(SR_ENOMEM, "gRPC: out of memory for a %zu-byte message", len);
-        call->out = b;
-        call->cap_out = cap;
-    }
-    uint8_t *h = call->out + call->n_out;
-    h[0] = 0;
-    h[1] = (uint8_t)(len >> 24);
-    h[2] = (uint8_t)(len >> 16);
-    h[3] = (uint8_t)(len >> 8);
-    h[4] = (uint8_t)len;
-    protobuf_c_message_pack(msg, h + 5);
-    call->n_out += 5 + len;
+    int rc = sr_grpc_frame_append(&call->out, msg);
+    if (rc != SR_OK) return rc;
     mark(call->c);
     return start_response(call);
 }
@@ -296,7 +270,7 @@ static void on_input_timeout(uv_timer_t *t) {
     sr_grpc_call *call = t->data;
     if (!call) return;
     const sr_grpc_opts *o = &call->c->g->o;
-    int between = call->path[0] && !call->n_in; /* headers done, no message begun */
+    int between = call->path[0] && !call->in.len; /* headers done, no message begun */
     char why[400];
     snprintf(why, sizeof why, "%s of %.200s not received within %.3g s (starringd %s)",
              between ? "the next request message" : call->path[0] ? "a request message" : "the request headers",
@@ -413,9 +387,9 @@ static void call_start(sr_grpc_call *call) {
 /* Splits the buffered input into messages. */
 static void call_input(sr_grpc_call *call) {
     size_t cap = call->c->g->o.max_message;
-    while (!call->refused && !call->finished && call->n_in >= 5) {
-        const uint8_t *h = call->in;
-        size_t len = (size_t)h[1] << 24 | (size_t)h[2] << 16 | (size_t)h[3] << 8 | h[4];
+    while (!call->refused && !call->finished && call->in.len >= SR_GRPC_FRAME_PREFIX) {
+        int compressed;
+        size_t len = sr_grpc_frame_len((const uint8_t *)call->in.data, &compressed);
         if (len > cap) {
             char msg[160];
             snprintf(msg, sizeof msg, "request message of %zu bytes is over the server's cap of %zu bytes "
@@ -423,16 +397,15 @@ static void call_input(sr_grpc_call *call) {
             call_refuse(call, SR_GRPC_RESOURCE_EXHAUSTED, msg);
             return;
         }
-        if (h[0] != 0) {
+        if (compressed) {
             call_refuse(call, SR_GRPC_UNIMPLEMENTED, "compressed messages are not supported (send identity)");
             return;
         }
-        if (call->n_in < 5 + len) return;
+        if (call->in.len < SR_GRPC_FRAME_PREFIX + len) return;
         call->n_msgs++;
-        call->m->on_message(call, call->in + 5, len);
+        call->m->on_message(call, (const uint8_t *)call->in.data + SR_GRPC_FRAME_PREFIX, len);
         if (call->finished || call->released) return;
-        memmove(call->in, call->in + 5 + len, call->n_in - 5 - len);
-        call->n_in -= 5 + len;
+        sr_buf_consume(&call->in, SR_GRPC_FRAME_PREFIX + len);
     }
 }
 
@@ -440,13 +413,13 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
     sr_grpc_call *call = nghttp2_session_get_stream_user_data(s, id);
     if (!call || call->refused || call->finished || !call->m) return 0;
     /* only the prefix and what the cap allows are ever buffered */
-    size_t cap = call->c->g->o.max_message + 5;
+    size_t cap = call->c->g->o.max_message + SR_GRPC_FRAME_PREFIX;
     int64_t msgs = call->n_msgs;
-    int began = call->n_in == 0 && len > 0;
+    int began = call->in.len == 0 && len > 0;
     while (len > 0 && !call->refused && !call->finished) {
-        size_t room = cap - call->n_in, take = len < room ? len : room;
+        size_t room = cap - call->in.len, take = len < room ? len : room;
         if (take == 0) break;
-        if (buf_append(&call->in, &call->n_in, &call->cap_in, data, take) != SR_OK) {
+        if (sr_buf_append(&call->in, data, take) != SR_OK) {
             call_abort(call, SR_GRPC_RESOURCE_EXHAUSTED, "out of memory for the request");
             return 0;
         }
@@ -456,8 +429,8 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
     }
     /* a message begun has timeout_s to arrive whole; between two, idle_s */
     if (!call->refused && !call->finished && !call->released && call->input) {
-        if (call->n_in == 0 && (began || call->n_msgs != msgs)) input_wait(call, call->c->g->o.idle_s);
-        else if (call->n_in > 0 && (began || call->n_msgs != msgs)) input_wait(call, call->c->g->o.timeout_s);
+        if (call->in.len == 0 && (began || call->n_msgs != msgs)) input_wait(call, call->c->g->o.idle_s);
+        else if (call->in.len > 0 && (began || call->n_msgs != msgs)) input_wait(call, call->c->g->o.timeout_s);
     }
     return 0;
 }
@@ -477,7 +450,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud) {
     }
     if (f->hd.flags & NGHTTP2_FLAG_END_STREAM) timer_drop(&call->input);
     if ((f->hd.flags & NGHTTP2_FLAG_END_STREAM) && !call->refused && !call->finished && !call->released && call->m) {
-        if (call->n_in > 0)
+        if (call->in.len > 0)
             call_refuse(call, SR_GRPC_INTERNAL, "the request ended inside a message");
         else if (call->m->on_end)
             call->m->on_end(call);
@@ -563,32 +536,32 @@ static void on_written(uv_write_t *w, int status) {
 
 static void conn_flush(conn *c) {
     c->dirty = 0;
-    uint8_t *buf = NULL;
-    size_t n = 0, cap = 0;
+    sr_buf out = {0}; /* the write request, then its bytes: one allocation */
     for (;;) {
         const uint8_t *data;
         ssize_t k = nghttp2_session_mem_send(c->s, &data);
         if (k < 0) {
-            free(buf);
+            sr_buf_free(&out);
             conn_close(c, nghttp2_strerror((int)k));
             return;
         }
         if (k == 0) break;
-        /* the write request and its bytes in one allocation */
-        if (!buf) {
-            cap = sizeof(uv_write_t) + (size_t)k + 4096;
-            if (!(buf = malloc(cap))) break;
-            n = sizeof(uv_write_t);
+        if (out.len == 0) {
+            uv_write_t w = {0};
+            if (sr_buf_reserve(&out, sizeof w + (size_t)k + 4096, 0) != SR_OK) break;
+            sr_buf_append(&out, &w, sizeof w);
         }
-        if (buf_append(&buf, &n, &cap, data, (size_t)k) != SR_OK) break;
+        if (sr_buf_append(&out, data, (size_t)k) != SR_OK) break;
     }
+    size_t n;
+    char *buf = sr_buf_steal(&out, &n);
     if (buf && c->sink) {
-        c->sink(c->sink_data, buf + sizeof(uv_write_t), n - sizeof(uv_write_t));
+        c->sink(c->sink_data, (uint8_t *)buf + sizeof(uv_write_t), n - sizeof(uv_write_t));
         free(buf);
     } else if (buf) {
         uv_write_t *w = (uv_write_t *)buf;
         w->data = c;
-        uv_buf_t b = uv_buf_init((char *)buf + sizeof(uv_write_t), (unsigned)(n - sizeof(uv_write_t)));
+        uv_buf_t b = uv_buf_init(buf + sizeof(uv_write_t), (unsigned)(n - sizeof(uv_write_t)));
         int rc = uv_write(w, (uv_stream_t *)&c->tcp, &b, 1, on_written);
         if (rc < 0) {
             free(buf);

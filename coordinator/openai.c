@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/buf.h"
 #include "base/log.h"
 #include "base/status.h"
 #include "coordinator/auth.h"
@@ -34,11 +35,11 @@ typedef struct {
     sr_openai *api;
     sr_http_req *rq;        /* NULL once the client is gone */
     int in_op;              /* a sink op is running: the client going away mid-op frees nothing */
-    int chat, stream, include_usage, progress, started, oom;
+    int chat, stream, include_usage, progress, started;
     char id[48];
     long long created;
-    char *text;             /* the answer so far (not streamed; streamed, only n_text counts) */
-    size_t n_text, cap_text;
+    sr_buf text;            /* the answer so far, when not streamed */
+    size_t n_streamed;      /* bytes streamed so far, to know the first */
     sr_sink_done done;
     char context_id[24];
 } oreq;
@@ -134,7 +135,7 @@ static int authorized(sr_openai *a, sr_http_req *rq) {
 /* ------------------------------------------------------------ the sink */
 
 static void oreq_free(oreq *o) {
-    free(o->text);
+    sr_buf_free(&o->text);
     free(o);
 }
 
@@ -193,28 +194,15 @@ static void on_token(sr_sink *s, int32_t id, const char *text) {
     if (o->stream) {
         json_t *j = chunk_base(o);
         json_t *c = choice(o, text, NULL);
-        if (o->chat && !o->n_text) json_object_set_new(json_object_get(c, "delta"), "role", json_string("assistant"));
-        o->n_text += strlen(text); /* counts only, to know the first */
+        if (o->chat && !o->n_streamed) json_object_set_new(json_object_get(c, "delta"), "role", json_string("assistant"));
+        o->n_streamed += strlen(text);
         json_object_set_new(j, "choices", json_pack("[o]", c));
         o->in_op++;
         send_event(o, j);
         if (--o->in_op == 0 && !o->rq) oreq_free(o);
         return;
     }
-    size_t n = strlen(text);
-    if (o->n_text + n + 1 > o->cap_text) {
-        size_t cap = o->cap_text ? o->cap_text * 2 : 1024;
-        while (cap < o->n_text + n + 1) cap *= 2;
-        char *t = realloc(o->text, cap);
-        if (!t) {
-            o->oom = 1;
-            return;
-        }
-        o->text = t;
-        o->cap_text = cap;
-    }
-    memcpy(o->text + o->n_text, text, n + 1);
-    o->n_text += n;
+    sr_buf_puts(&o->text, text); /* a failure is kept in o->text and answered at the end */
 }
 
 static void on_done(sr_sink *s, const sr_sink_done *d) {
@@ -244,12 +232,13 @@ static void on_finish(sr_sink *s, int status, const char *msg) {
     }
     int http = http_of(status);
     o->in_op++;
-    if (!o->stream && (status != SR_GRPC_OK || o->oom)) {
-        reply_error(o->rq, o->oom ? 500 : http, NULL, "%s", o->oom ? "out of memory for the answer" : msg ? msg : "failed");
+    int oom = sr_buf_status(&o->text) != SR_OK;
+    if (!o->stream && (status != SR_GRPC_OK || oom)) {
+        reply_error(o->rq, oom ? 500 : http, NULL, "%s", oom ? "out of memory for the answer" : msg ? msg : "failed");
     } else if (!o->stream) {
         json_t *j = json_pack("{s:s,s:s,s:I,s:s}", "id", o->id, "object", o->chat ? "chat.completion" : "text_completion",
                               "created", (json_int_t)o->created, "model", sr_coord_model_name(o->api->co));
-        json_object_set_new(j, "choices", json_pack("[o]", choice(o, o->text ? o->text : "", finish_reason(&o->done))));
+        json_object_set_new(j, "choices", json_pack("[o]", choice(o, o->text.data ? o->text.data : "", finish_reason(&o->done))));
         json_object_set_new(j, "usage", usage(&o->done));
         if (*o->context_id) json_object_set_new(j, "context_id", json_string(o->context_id));
         reply(o->rq, 200, j);

@@ -1,33 +1,11 @@
 /* generate: prefill, then sample and feed back one token at a time. */
 #include "model/generate.h"
 
-#include <stdlib.h>
 #include <string.h>
 
+#include "base/buf.h"
 #include "base/clock.h"
 #include "base/status.h"
-
-/* Text waiting to be emitted. */
-typedef struct {
-    char *buf;
-    size_t len, cap;
-} pending;
-
-static int append(pending *t, const char *s, size_t n) {
-    if (n == 0) return SR_OK;
-    if (t->len + n + 1 > t->cap) {
-        size_t cap = t->cap ? t->cap : 256;
-        while (cap < t->len + n + 1) cap *= 2;
-        char *b = realloc(t->buf, cap);
-        if (!b) return sr_error_set(SR_ENOMEM, "generate: out of memory");
-        t->buf = b;
-        t->cap = cap;
-    }
-    memcpy(t->buf + t->len, s, n);
-    t->len += n;
-    t->buf[t->len] = 0;
-    return SR_OK;
-}
 
 /* Bytes at the end of s that start an unfinished UTF-8 character. */
 static size_t utf8_tail(const char *s, size_t n) {
@@ -48,31 +26,26 @@ static size_t stop_tail(const char *s, size_t n, const char *stop, size_t stop_l
 }
 
 /* Emits what is final in t; *stopped is set when the stop string appeared. */
-static void flush(pending *t, const char *stop, int final, int *stopped, sr_gen_emit_fn emit, void *data,
+static void flush(sr_buf *t, const char *stop, int final, int *stopped, sr_gen_emit_fn emit, void *data,
                   int *cb_stop) {
-    if (t->len == 0) return; /* nothing yet (-n 0, or tokens of no bytes); t->buf may be NULL */
+    if (t->len == 0) return; /* nothing yet (-n 0, or tokens of no bytes); t->data may be NULL */
     size_t stop_len = stop ? strlen(stop) : 0, out = t->len;
     if (stop_len) {
-        const char *hit = memmem(t->buf, t->len, stop, stop_len);
+        const char *hit = memmem(t->data, t->len, stop, stop_len);
         if (hit) {
-            out = (size_t)(hit - t->buf);
+            out = (size_t)(hit - t->data);
             *stopped = 1;
             final = 1;
         } else if (!final) {
-            out -= stop_tail(t->buf, t->len, stop, stop_len);
+            out -= stop_tail(t->data, t->len, stop, stop_len);
         }
     }
     if (!final) {
-        size_t tail = utf8_tail(t->buf, out);
+        size_t tail = utf8_tail(t->data, out);
         out -= tail;
     }
-    if (out > 0 && emit && emit(data, t->buf, out)) *cb_stop = 1;
-    if (*stopped) {
-        t->len = 0;
-    } else {
-        memmove(t->buf, t->buf + out, t->len - out);
-        t->len -= out;
-    }
+    if (out > 0 && emit && emit(data, t->data, out)) *cb_stop = 1;
+    sr_buf_consume(t, *stopped ? t->len : out);
 }
 
 int sr_gen_run_fed(sr_model *m, sr_gen_feed_fn feed, void *feed_data, const sr_tokenizer *tok,
@@ -88,7 +61,7 @@ int sr_gen_run_fed(sr_model *m, sr_gen_feed_fn feed, void *feed_data, const sr_t
     stats->t_prompt = sr_now() - t0;
     stats->n_prompt = n_prompt;
 
-    pending text = {0};
+    sr_buf text = {0}; /* text waiting to be emitted */
     int stopped = 0, cb_stop = 0;
     stats->stop_reason = SR_GEN_LENGTH;
     t0 = sr_now();
@@ -106,7 +79,7 @@ int sr_gen_run_fed(sr_model *m, sr_gen_feed_fn feed, void *feed_data, const sr_t
             rc = np;
             break;
         }
-        if ((rc = append(&text, piece, (size_t)np))) break;
+        if ((rc = sr_buf_append(&text, piece, (size_t)np))) break;
         flush(&text, p->stop, 0, &stopped, emit, data, &cb_stop);
         if (stopped || cb_stop) {
             stats->stop_reason = stopped ? SR_GEN_STOP_STRING : SR_GEN_CALLBACK;
@@ -118,7 +91,7 @@ int sr_gen_run_fed(sr_model *m, sr_gen_feed_fn feed, void *feed_data, const sr_t
     }
     stats->t_decode = sr_now() - t0;
     if (rc == SR_OK && !stopped && !cb_stop) flush(&text, p->stop, 1, &stopped, emit, data, &cb_stop);
-    free(text.buf);
+    sr_buf_free(&text);
     sr_sampler_free(&smp);
     return rc;
 }

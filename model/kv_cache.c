@@ -23,11 +23,8 @@ int sr_kv_build(sr_kv_cache *c, int n_layer, int n_head_kv, int head_dim, int dt
     if (block_size <= 0 || block_size > (1 << 24))
         return sr_error_set(SR_EINVAL, "kv cache: block size %lld must be in 1..16777216",
                             (long long)block_size);
-    c->n_layer = n_layer;
-    c->n_head_kv = n_head_kv;
-    c->head_dim = head_dim;
-    c->dtype = dtype;
-    c->block_size = block_size;
+    *c = (sr_kv_cache){
+        .n_layer = n_layer, .n_head_kv = n_head_kv, .head_dim = head_dim, .dtype = dtype, .block_size = block_size};
     return SR_OK;
 }
 

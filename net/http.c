@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "base/buf.h"
 #include "base/log.h"
 #include "base/status.h"
 #include "net/conn.h"
@@ -23,8 +24,7 @@ struct sr_http_req {
     char *url, *path;               /* in the connection's head buffer */
     char *names[MAX_HEADERS], *values[MAX_HEADERS];
     int n_headers;
-    char *body;
-    size_t n_body, cap_body;
+    sr_buf body;
     void *slot;
     void (*on_gone)(sr_http_req *rq);
     const char *route;              /* the route table's path once dispatched, else NULL */
@@ -45,8 +45,8 @@ struct conn {
     int64_t served;                 /* requests answered */
     int fail_status;                /* a parser callback's reason to answer an error */
     char fail_msg[160];
-    char *in;                       /* bytes read, not yet parsed */
-    size_t n_in, off_in, cap_in;
+    sr_buf in;                      /* bytes read, parsed up to off_in */
+    size_t off_in;
     char peer[64];
     conn *next, **pprev;
 };
@@ -135,9 +135,9 @@ static void on_handle_closed(uv_handle_t *hd) {
     conn *c = hd->data;
     if (--c->handles > 0) return;
     sr_http *h = c->h;
-    free(c->rq.body);
+    sr_buf_free(&c->rq.body);
     free(c->head);
-    free(c->in);
+    sr_buf_free(&c->in);
     free(c);
     server_unref(h);
 }
@@ -212,7 +212,7 @@ static void request_done(conn *c) {
     rq->on_gone = NULL;
     rq->route = NULL;
     rq->streaming = 0;
-    rq->n_body = 0;
+    sr_buf_clear(&rq->body);
     c->served++;
     if (!keep) {
         conn_close_after_writes(c);
@@ -311,7 +311,7 @@ static int on_message_begin(http_parser *p) {
     c->n_head = 0;
     c->last_was_value = 0;
     rq->n_headers = 0;
-    rq->n_body = 0;
+    sr_buf_clear(&rq->body);
     rq->url = c->head;
     timer_arm(c, c->h->o.timeout_s);
     return 0;
@@ -373,21 +373,13 @@ static int on_headers_complete(http_parser *p) {
 static int on_body(http_parser *p, const char *at, size_t len) {
     conn *c = p->data;
     sr_http_req *rq = &c->rq;
-    if (rq->n_body + len > c->h->o.max_body) {
+    if (rq->body.len + len > c->h->o.max_body) {
         char cap[32];
         snprintf(cap, sizeof cap, "%zu", c->h->o.max_body);
         return fail(c, 413, "the request body is over this server's %s bytes", cap);
     }
-    if (rq->n_body + len + 1 > rq->cap_body) {
-        size_t cap = rq->cap_body ? rq->cap_body : 4096;
-        while (cap < rq->n_body + len + 1) cap *= 2;
-        char *b = realloc(rq->body, cap);
-        if (!b) return fail(c, 413, "%s", "out of memory for the request body");
-        rq->body = b;
-        rq->cap_body = cap;
-    }
-    memcpy(rq->body + rq->n_body, at, len);
-    rq->n_body += len;
+    if (sr_buf_reserve(&rq->body, len, 4096) != SR_OK) return fail(c, 413, "%s", "out of memory for the request body");
+    sr_buf_append(&rq->body, at, len);
     return 0;
 }
 
@@ -396,8 +388,8 @@ static int on_message_complete(http_parser *p) {
     c->in_message = 0;
     c->busy = 1;
     c->rq.keep_alive = http_should_keep_alive(p);
-    if (!c->rq.body && !(c->rq.body = malloc(c->rq.cap_body = 1))) return fail(c, 500, "%s", "out of memory");
-    c->rq.body[c->rq.n_body] = 0;
+    /* a body with no bytes is "" too */
+    if (sr_buf_reserve(&c->rq.body, 0, 0) != SR_OK) return fail(c, 500, "%s", "out of memory");
     uv_timer_stop(&c->timer);
     /* answered before the next request is parsed (see conn_process) */
     http_parser_pause(p, 1);
@@ -426,8 +418,8 @@ static void dispatch(conn *c) {
 static void conn_process(conn *c) {
     if (c->processing) return;
     c->processing = 1;
-    while (!c->closing && !c->ending && !c->busy && c->off_in < c->n_in) {
-        size_t n = http_parser_execute(&c->p, &settings, c->in + c->off_in, c->n_in - c->off_in);
+    while (!c->closing && !c->ending && !c->busy && c->off_in < c->in.len) {
+        size_t n = http_parser_execute(&c->p, &settings, c->in.data + c->off_in, c->in.len - c->off_in);
         c->off_in += n;
         enum http_errno e = HTTP_PARSER_ERRNO(&c->p);
         if (c->fail_status) {
@@ -442,7 +434,10 @@ static void conn_process(conn *c) {
             break;
         }
     }
-    if (c->off_in == c->n_in) c->off_in = c->n_in = 0;
+    if (c->off_in == c->in.len) {
+        sr_buf_clear(&c->in);
+        c->off_in = 0;
+    }
     c->processing = 0;
 }
 
@@ -460,28 +455,17 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
         return;
     }
     if (nread > 0 && !c->closing && !c->ending) {
-        if (c->off_in > 0) {
-            memmove(c->in, c->in + c->off_in, c->n_in - c->off_in);
-            c->n_in -= c->off_in;
-            c->off_in = 0;
+        sr_buf_consume(&c->in, c->off_in);
+        c->off_in = 0;
+        if (sr_buf_reserve(&c->in, (size_t)nread, 65536) != SR_OK) {
+            free(b->base);
+            conn_close(c, "out of memory for its input");
+            return;
         }
-        if (c->n_in + (size_t)nread > c->cap_in) {
-            size_t cap = c->cap_in ? c->cap_in : 65536;
-            while (cap < c->n_in + (size_t)nread) cap *= 2;
-            char *in = realloc(c->in, cap);
-            if (!in) {
-                free(b->base);
-                conn_close(c, "out of memory for its input");
-                return;
-            }
-            c->in = in;
-            c->cap_in = cap;
-        }
-        memcpy(c->in + c->n_in, b->base, (size_t)nread);
-        c->n_in += (size_t)nread;
+        sr_buf_append(&c->in, b->base, (size_t)nread);
         /* pipelined requests wait while one is answered; past a request's
          * worth of them, stop reading until it is */
-        if (c->busy && c->n_in > c->h->o.max_header + c->h->o.max_body) {
+        if (c->busy && c->in.len > c->h->o.max_header + c->h->o.max_body) {
             uv_read_stop(s);
             c->reading = 0;
         }
@@ -602,6 +586,6 @@ const char *sr_http_req_header(const sr_http_req *rq, const char *name) {
 }
 
 const char *sr_http_req_body(const sr_http_req *rq, size_t *len) {
-    if (len) *len = rq->n_body;
-    return rq->body ? rq->body : "";
+    if (len) *len = rq->body.len;
+    return rq->body.data ? rq->body.data : "";
 }

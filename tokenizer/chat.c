@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/buf.h"
 #include "base/log.h"
 #include "base/status.h"
 #include "tokenizer/internal.h"
@@ -79,37 +80,6 @@ static int family_of(const char *tmpl) {
     return FAM_CHATML;
 }
 
-/* The prompt as it is put together: byte strings of known length. */
-typedef struct {
-    char *p;
-    size_t n, cap;
-    int oom;
-} text;
-
-static void put(text *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (n > SIZE_MAX / 2 - b->n) {
-        b->oom = 1;
-        return;
-    }
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    if (n) memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-
-static void put_str(text *b, const char *z) { put(b, z, strlen(z)); }
-
 /* one user message, after an optional system one: a conversation of its own */
 int sr_tok_chat_prompt(const sr_tokenizer *t, const char *system, const char *user, size_t user_len, char **out,
                        size_t *out_len) {
@@ -130,58 +100,58 @@ int sr_tok_chat_render(const sr_tokenizer *t, const sr_chat_msg *m, int n, char 
     if (!t || !out || !out_len || n < 0 || (n && !m)) return sr_error_set(SR_EINVAL, "sr_tok_chat_render: NULL argument");
     const char *tmpl = t->chat_template;
     int fam = family_of(tmpl);
-    text b = {0};
+    sr_buf b = {0};
+    int oom = 0;
     char *dflt = NULL;
     const char *system = NULL;
     int first = 0;
     if (n > 0 && strcmp(m[0].role, "system") == 0) system = m[0].content, first = 1;
-    else if (fam == FAM_CHATML && tmpl) system = dflt = chatml_default_system(tmpl, &b.oom);
+    else if (fam == FAM_CHATML && tmpl) system = dflt = chatml_default_system(tmpl, &oom);
     if (fam == FAM_CHATML && system) {
-        put_str(&b, "<|im_start|>system\n");
-        put(&b, system, first ? m[0].len : strlen(system));
-        put_str(&b, "<|im_end|>\n");
+        sr_buf_puts(&b, "<|im_start|>system\n");
+        sr_buf_append(&b, system, first ? m[0].len : strlen(system));
+        sr_buf_puts(&b, "<|im_end|>\n");
     } else if (fam == FAM_LLAMA3 && system) {
-        put_str(&b, "<|start_header_id|>system<|end_header_id|>\n\n");
-        put(&b, system, m[0].len);
-        put_str(&b, "<|eot_id|>");
+        sr_buf_puts(&b, "<|start_header_id|>system<|end_header_id|>\n\n");
+        sr_buf_append(&b, system, m[0].len);
+        sr_buf_puts(&b, "<|eot_id|>");
     }
     for (int i = first; i < n; i++) {
         int user = strcmp(m[i].role, "user") == 0;
         if (fam == FAM_CHATML) {
-            put_str(&b, "<|im_start|>");
-            put_str(&b, m[i].role);
-            put_str(&b, "\n");
-            put(&b, m[i].content, m[i].len);
-            put_str(&b, "<|im_end|>\n");
+            sr_buf_puts(&b, "<|im_start|>");
+            sr_buf_puts(&b, m[i].role);
+            sr_buf_puts(&b, "\n");
+            sr_buf_append(&b, m[i].content, m[i].len);
+            sr_buf_puts(&b, "<|im_end|>\n");
         } else if (fam == FAM_LLAMA3) {
-            put_str(&b, "<|start_header_id|>");
-            put_str(&b, m[i].role);
-            put_str(&b, "<|end_header_id|>\n\n");
-            put(&b, m[i].content, m[i].len);
-            put_str(&b, "<|eot_id|>");
+            sr_buf_puts(&b, "<|start_header_id|>");
+            sr_buf_puts(&b, m[i].role);
+            sr_buf_puts(&b, "<|end_header_id|>\n\n");
+            sr_buf_append(&b, m[i].content, m[i].len);
+            sr_buf_puts(&b, "<|eot_id|>");
         } else if (user) { /* Llama 2: the system text folds into the first turn */
-            put_str(&b, "[INST] ");
+            sr_buf_puts(&b, "[INST] ");
             if (system && i == first) {
-                if (strstr(tmpl, "<<SYS>>")) put_str(&b, "<<SYS>>\n");
-                put(&b, system, m[0].len);
-                put_str(&b, strstr(tmpl, "<<SYS>>") ? "\n<</SYS>>\n\n" : "\n\n");
+                if (strstr(tmpl, "<<SYS>>")) sr_buf_puts(&b, "<<SYS>>\n");
+                sr_buf_append(&b, system, m[0].len);
+                sr_buf_puts(&b, strstr(tmpl, "<<SYS>>") ? "\n<</SYS>>\n\n" : "\n\n");
             }
-            put(&b, m[i].content, m[i].len);
-            put_str(&b, " [/INST]");
+            sr_buf_append(&b, m[i].content, m[i].len);
+            sr_buf_puts(&b, " [/INST]");
         } else {
-            put_str(&b, " ");
-            put(&b, m[i].content, m[i].len);
-            put_str(&b, " </s><s>");
+            sr_buf_puts(&b, " ");
+            sr_buf_append(&b, m[i].content, m[i].len);
+            sr_buf_puts(&b, " </s><s>");
         }
     }
-    if (fam == FAM_CHATML) put_str(&b, "<|im_start|>assistant\n");
-    else if (fam == FAM_LLAMA3) put_str(&b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    if (fam == FAM_CHATML) sr_buf_puts(&b, "<|im_start|>assistant\n");
+    else if (fam == FAM_LLAMA3) sr_buf_puts(&b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
     free(dflt);
-    if (b.oom) {
-        free(b.p);
+    if (oom || sr_buf_status(&b) != SR_OK) {
+        sr_buf_free(&b);
         return sr_error_set(SR_ENOMEM, "chat: out of memory for a conversation of %d messages", n);
     }
-    *out = b.p;
-    *out_len = b.n;
+    *out = sr_buf_steal(&b, out_len);
     return SR_OK;
 }

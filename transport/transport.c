@@ -77,39 +77,17 @@ static int check_p2p(sr_tp *tp, const void *buf, int64_t len, int peer, int tag,
     return SR_OK;
 }
 
-static int new_req(sr_tp *tp, int64_t len, int peer, int tag, int is_send, sr_tp_req **out) {
+/* Checks and posts one send (src) or receive (dst); internal allows the
+ * collectives' own tags. */
+static int post(sr_tp *tp, int is_send, const void *src, void *dst, int64_t len, int peer, int tag,
+                sr_tp_req **req, int internal) {
+    int rc = check_p2p(tp, is_send ? src : dst, len, peer, tag, req, internal);
+    if (rc != SR_OK) return rc;
     sr_tp_req *r = calloc(1, tp->be->req_size);
     if (!r) return sr_error_set(SR_ENOMEM, "out of memory for a transport request");
-    r->tp = tp;
-    r->len = len;
-    r->peer = peer;
-    r->tag = tag;
-    r->is_send = is_send;
-    *out = r;
-    return SR_OK;
-}
-
-static int isend(sr_tp *tp, const void *buf, int64_t len, int peer, int tag, sr_tp_req **req,
-                 int internal) {
-    int rc = check_p2p(tp, buf, len, peer, tag, req, internal);
-    if (rc != SR_OK) return rc;
-    sr_tp_req *r = NULL;
-    if ((rc = new_req(tp, len, peer, tag, 1, &r)) != SR_OK) return rc;
-    if ((rc = tp->be->isend(tp, r, buf, len, peer, tag)) != SR_OK) {
-        free(r);
-        return rc;
-    }
-    *req = r;
-    return SR_OK;
-}
-
-static int irecv(sr_tp *tp, void *buf, int64_t len, int peer, int tag, sr_tp_req **req,
-                 int internal) {
-    int rc = check_p2p(tp, buf, len, peer, tag, req, internal);
-    if (rc != SR_OK) return rc;
-    sr_tp_req *r = NULL;
-    if ((rc = new_req(tp, len, peer, tag, 0, &r)) != SR_OK) return rc;
-    if ((rc = tp->be->irecv(tp, r, buf, len, peer, tag)) != SR_OK) {
+    *r = (sr_tp_req){.tp = tp, .len = len, .peer = peer, .tag = tag, .is_send = is_send};
+    rc = is_send ? tp->be->isend(tp, r, src, len, peer, tag) : tp->be->irecv(tp, r, dst, len, peer, tag);
+    if (rc != SR_OK) {
         free(r);
         return rc;
     }
@@ -118,11 +96,11 @@ static int irecv(sr_tp *tp, void *buf, int64_t len, int peer, int tag, sr_tp_req
 }
 
 int sr_tp_isend(sr_tp *tp, const void *buf, int64_t len, int peer, int tag, sr_tp_req **req) {
-    return isend(tp, buf, len, peer, tag, req, 0);
+    return post(tp, 1, buf, NULL, len, peer, tag, req, 0);
 }
 
 int sr_tp_irecv(sr_tp *tp, void *buf, int64_t len, int peer, int tag, sr_tp_req **req) {
-    return irecv(tp, buf, len, peer, tag, req, 0);
+    return post(tp, 0, NULL, buf, len, peer, tag, req, 0);
 }
 
 int sr_tp_test(sr_tp_req *req, int *done) {
@@ -160,42 +138,25 @@ int sr_tp_waitall(int n, sr_tp_req **reqs) {
 }
 
 /* Point-to-point collectives are rooted fan-in/fan-out: O(size) messages at
- * the root, which is what the job sizes here (a handful of workers) need. */
-static int p2p_gather(sr_tp *tp, const void *send, int64_t len, void *recv, int root, int tag) {
+ * the root, which is what the job sizes here (a handful of workers) need.
+ * to_root (gather): every rank's len bytes of send go to the root, into
+ * recv at rank * len; else (bcast) the root's send goes into every other
+ * rank's recv. */
+static int p2p_rooted(sr_tp *tp, int to_root, const void *send, void *recv, int64_t len, int root, int tag) {
     int rc;
     if (tp->rank != root) {
         sr_tp_req *r;
-        if ((rc = isend(tp, send, len, root, tag, &r, 1)) != SR_OK) return rc;
+        if ((rc = post(tp, to_root, send, recv, len, root, tag, &r, 1)) != SR_OK) return rc;
         return sr_tp_wait(r);
     }
     sr_tp_req **reqs = calloc((size_t)tp->size, sizeof *reqs);
-    if (!reqs) return sr_error_set(SR_ENOMEM, "out of memory in gather");
+    if (!reqs) return sr_error_set(SR_ENOMEM, "out of memory in %s", to_root ? "gather" : "bcast");
     rc = SR_OK;
     for (int p = 0; p < tp->size && rc == SR_OK; p++) {
-        char *dst = recv ? (char *)recv + (int64_t)p * len : NULL;
-        if (p == root) {
-            if (len > 0) memcpy(dst, send, (size_t)len);
-            continue;
-        }
-        rc = irecv(tp, dst, len, p, tag, &reqs[p], 1);
+        char *dst = to_root && recv ? (char *)recv + (int64_t)p * len : NULL;
+        if (p != root) rc = post(tp, !to_root, send, dst, len, p, tag, &reqs[p], 1);
+        else if (to_root && len > 0) memcpy(dst, send, (size_t)len);
     }
-    int rc2 = sr_tp_waitall(tp->size, reqs);
-    free(reqs);
-    return rc != SR_OK ? rc : rc2;
-}
-
-static int p2p_bcast(sr_tp *tp, void *buf, int64_t len, int root) {
-    int rc;
-    if (tp->rank != root) {
-        sr_tp_req *r;
-        if ((rc = irecv(tp, buf, len, root, TAG_BCAST, &r, 1)) != SR_OK) return rc;
-        return sr_tp_wait(r);
-    }
-    sr_tp_req **reqs = calloc((size_t)tp->size, sizeof *reqs);
-    if (!reqs) return sr_error_set(SR_ENOMEM, "out of memory in bcast");
-    rc = SR_OK;
-    for (int p = 0; p < tp->size && rc == SR_OK; p++)
-        if (p != root) rc = isend(tp, buf, len, p, TAG_BCAST, &reqs[p], 1);
     int rc2 = sr_tp_waitall(tp->size, reqs);
     free(reqs);
     return rc != SR_OK ? rc : rc2;
@@ -205,9 +166,9 @@ int sr_tp_barrier(sr_tp *tp) {
     if (!tp) return sr_error_set(SR_EINVAL, "sr_tp_barrier: transport is NULL");
     if (tp->be->barrier) return tp->be->barrier(tp);
     char dummy = 0;
-    int rc = p2p_gather(tp, &dummy, 0, NULL, 0, TAG_BARRIER);
+    int rc = p2p_rooted(tp, 1, &dummy, NULL, 0, 0, TAG_BARRIER);
     if (rc != SR_OK) return rc;
-    return p2p_bcast(tp, &dummy, 0, 0);
+    return p2p_rooted(tp, 0, &dummy, &dummy, 0, 0, TAG_BCAST);
 }
 
 int sr_tp_bcast(sr_tp *tp, void *buf, int64_t len, int root) {
@@ -216,7 +177,7 @@ int sr_tp_bcast(sr_tp *tp, void *buf, int64_t len, int root) {
         return sr_error_set(SR_EINVAL, "sr_tp_bcast: bad buffer (%lld bytes)", (long long)len);
     if (root < 0 || root >= tp->size)
         return sr_error_set(SR_EINVAL, "bcast root %d out of range 0..%d", root, tp->size - 1);
-    if (!tp->be->bcast) return p2p_bcast(tp, buf, len, root);
+    if (!tp->be->bcast) return p2p_rooted(tp, 0, buf, buf, len, root, TAG_BCAST);
     int rc = tp->be->bcast(tp, buf, len, root);
     if (rc == SR_OK) count(tp, tp->rank == root ? len * (tp->size - 1) : 0, tp->rank == root ? 0 : len);
     return rc;
@@ -228,7 +189,7 @@ int sr_tp_gather(sr_tp *tp, const void *send, int64_t len, void *recv, int root)
         return sr_error_set(SR_EINVAL, "gather root %d out of range 0..%d", root, tp->size - 1);
     if (len < 0 || (len > 0 && (!send || (tp->rank == root && !recv))))
         return sr_error_set(SR_EINVAL, "sr_tp_gather: bad buffer (%lld bytes)", (long long)len);
-    if (!tp->be->gather) return p2p_gather(tp, send, len, recv, root, TAG_GATHER);
+    if (!tp->be->gather) return p2p_rooted(tp, 1, send, recv, len, root, TAG_GATHER);
     int rc = tp->be->gather(tp, send, len, recv, root);
     if (rc == SR_OK) count(tp, tp->rank == root ? 0 : len, tp->rank == root ? len * (tp->size - 1) : 0);
     return rc;

@@ -14,32 +14,22 @@
 
 #include <nghttp2/nghttp2.h>
 
+#include "base/buf.h"
 #include "base/status.h"
+#include "net/grpc_frame.h"
 
 struct sr_gc {
     int fd;
     nghttp2_session *s;
-    uint8_t *req;           /* framed request messages */
-    size_t n_req, cap_req, off_req;
-    uint8_t *in;            /* a partial response message */
-    size_t n_in, cap_in;
+    sr_buf req;             /* framed request messages, sent from off_req on */
+    size_t off_req;
+    sr_buf in;              /* a partial response message */
     int32_t stream;
     int closed, status, cancel;
     char message[512];
     sr_gc_msg_fn fn;
     void *data;
 };
-
-static int grow(uint8_t **b, size_t *cap, size_t need) {
-    if (need <= *cap) return SR_OK;
-    size_t c = *cap ? *cap : 4096;
-    while (c < need) c *= 2;
-    uint8_t *nb = realloc(*b, c);
-    if (!nb) return sr_error_set(SR_ENOMEM, "out of memory for %zu bytes", need);
-    *b = nb;
-    *cap = c;
-    return SR_OK;
-}
 
 static ssize_t on_send(nghttp2_session *s, const uint8_t *data, size_t len, int flags, void *ud) {
     sr_gc *c = ud;
@@ -81,18 +71,16 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
 static int on_data(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t *data, size_t len, void *ud) {
     sr_gc *c = ud;
     if (c->cancel) return 0;
-    if (grow(&c->in, &c->cap_in, c->n_in + len) != SR_OK) return NGHTTP2_ERR_CALLBACK_FAILURE;
-    memcpy(c->in + c->n_in, data, len);
-    c->n_in += len;
-    while (c->n_in >= 5 && !c->cancel) {
-        size_t n = (size_t)c->in[1] << 24 | (size_t)c->in[2] << 16 | (size_t)c->in[3] << 8 | c->in[4];
-        if (c->n_in < 5 + n) break;
-        if (c->fn && c->fn(c->data, c->in + 5, n)) {
+    if (sr_buf_append(&c->in, data, len) != SR_OK) return NGHTTP2_ERR_CALLBACK_FAILURE;
+    while (c->in.len >= SR_GRPC_FRAME_PREFIX && !c->cancel) {
+        int compressed; /* the server never compresses */
+        size_t n = sr_grpc_frame_len((const uint8_t *)c->in.data, &compressed);
+        if (c->in.len < SR_GRPC_FRAME_PREFIX + n) break;
+        if (c->fn && c->fn(c->data, (const uint8_t *)c->in.data + SR_GRPC_FRAME_PREFIX, n)) {
             c->cancel = 1;
             nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, id, NGHTTP2_CANCEL);
         }
-        memmove(c->in, c->in + 5 + n, c->n_in - 5 - n);
-        c->n_in -= 5 + n;
+        sr_buf_consume(&c->in, SR_GRPC_FRAME_PREFIX + n);
     }
     return 0;
 }
@@ -106,10 +94,10 @@ static int on_close(nghttp2_session *s, int32_t id, uint32_t err, void *ud) {
 static ssize_t req_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len, uint32_t *flags,
                         nghttp2_data_source *src, void *ud) {
     sr_gc *c = ud;
-    size_t n = c->n_req - c->off_req < len ? c->n_req - c->off_req : len;
-    memcpy(buf, c->req + c->off_req, n);
+    size_t n = c->req.len - c->off_req < len ? c->req.len - c->off_req : len;
+    memcpy(buf, c->req.data + c->off_req, n);
     c->off_req += n;
-    if (c->off_req == c->n_req) *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (c->off_req == c->req.len) *flags |= NGHTTP2_DATA_FLAG_EOF;
     return (ssize_t)n;
 }
 
@@ -157,24 +145,13 @@ void sr_gc_close(sr_gc *c) {
     if (!c) return;
     if (c->s) nghttp2_session_del(c->s);
     close(c->fd);
-    free(c->req);
-    free(c->in);
+    sr_buf_free(&c->req);
+    sr_buf_free(&c->in);
     free(c);
 }
 
 int sr_gc_add(sr_gc *c, const ProtobufCMessage *m) {
-    size_t len = protobuf_c_message_get_packed_size(m);
-    int rc = grow(&c->req, &c->cap_req, c->n_req + 5 + len);
-    if (rc != SR_OK) return rc;
-    uint8_t *h = c->req + c->n_req;
-    h[0] = 0;
-    h[1] = (uint8_t)(len >> 24);
-    h[2] = (uint8_t)(len >> 16);
-    h[3] = (uint8_t)(len >> 8);
-    h[4] = (uint8_t)len;
-    protobuf_c_message_pack(m, h + 5);
-    c->n_req += 5 + len;
-    return SR_OK;
+    return sr_grpc_frame_append(&c->req, m);
 }
 
 #define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE}
@@ -203,7 +180,7 @@ int sr_gc_call(sr_gc *c, const char *path, sr_gc_msg_fn fn, void *data, char *ms
         if (k <= 0 || nghttp2_session_mem_recv(c->s, buf, (size_t)k) < 0) break;
     }
     nghttp2_session_send(c->s);
-    c->n_req = 0;
+    sr_buf_clear(&c->req);
     if (!c->closed) {
         snprintf(msg, cap, "the connection to starringd was lost");
         return -1;

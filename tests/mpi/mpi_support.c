@@ -77,6 +77,23 @@ int mpi_make_tiny(char *path, size_t cap, const char *args) {
     return rc == 0 ? SR_OK : sr_error_set(SR_EIO, "scripts/make-tiny-model %s failed", args);
 }
 
+int mpi_make_tiny_pair(char *tiny, char *tiny_gqa, const char *gqa_type) {
+    char gqa[160];
+    snprintf(gqa, sizeof gqa, "--type %s --layers 3 --dim 256 --heads 8 --kv-heads 2 --ffn 384 --vocab 300 --seed 5",
+             gqa_type);
+    int ok = mpi_make_tiny(tiny, 256, "--type F32 --layers 2 --dim 128 --heads 2 --kv-heads 1 --ffn 256 --vocab 512") ==
+                 SR_OK &&
+             mpi_make_tiny(tiny_gqa, 256, gqa) == SR_OK;
+    tap(!ok, "tiny random models written");
+    return !ok;
+}
+
+int open_mpi_and_tcp(sr_tp **mpi, sr_tp **tcp) {
+    tap(sr_tp_open(mpi, "mpi", NULL) != SR_OK, "open mpi transport");
+    tap(open_tcp(tcp) != SR_OK, "open tcp transport");
+    return !*mpi || !*tcp;
+}
+
 int open_tcp(sr_tp **tp) {
     unsigned char key[32] = {0};
     int no_key = rank == 0 && getentropy(key, sizeof key) != 0;

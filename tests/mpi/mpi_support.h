@@ -44,10 +44,20 @@ void tap_skip(const char *name, const char *why);
  * into a fresh /tmp path (in path, on every rank). Collective. */
 int mpi_make_tiny(char *path, size_t cap, const char *args);
 
+/* The two tiny models of the cp and cad tests (256-byte paths): 2 layers,
+ * 2 heads over 1 KV head, F32; and 3 layers of GQA, 8 heads over 2, in
+ * gqa_type (F32, F16, ...). One TAP line; non-zero unless both were written.
+ * Collective. */
+int mpi_make_tiny_pair(char *tiny, char *tiny_gqa, const char *gqa_type);
+
 /* Opens the tcp transport over all ranks on a random base port agreed over
  * MPI, retrying if the ports were taken, with a fresh job secret (a file of
  * each rank's, removed once open). Collective. */
 int open_tcp(sr_tp **tp);
+
+/* Opens the mpi transport and open_tcp's, with a TAP line each; non-zero
+ * unless both opened. Collective. */
+int open_mpi_and_tcp(sr_tp **mpi, sr_tp **tcp);
 
 /* An sr_tp_opts.exchange for ucx built on MPI_Allgather over
  * MPI_COMM_WORLD. data may be NULL, or an mpi_exchange_log that keeps a copy

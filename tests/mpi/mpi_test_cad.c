@@ -241,16 +241,9 @@ static int text_ids(sr_model *m, int32_t **ids, int64_t *n) {
 int main(int argc, char **argv) {
     if (mpi_test_init(&argc, &argv)) return 1;
     sr_tp *mpi = NULL, *tcp = NULL;
-    tap(sr_tp_open(&mpi, "mpi", NULL) != SR_OK, "open mpi transport");
-    tap(open_tcp(&tcp) != SR_OK, "open tcp transport");
+    int opened = open_mpi_and_tcp(&mpi, &tcp) == 0;
     char tiny[256] = "", tiny_gqa[256] = "";
-    int tiny_ok =
-        mpi_make_tiny(tiny, sizeof tiny, "--type F32 --layers 2 --dim 128 --heads 2 --kv-heads 1 --ffn 256 --vocab 512") ==
-            SR_OK &&
-        mpi_make_tiny(tiny_gqa, sizeof tiny_gqa,
-                      "--type F32 --layers 3 --dim 256 --heads 8 --kv-heads 2 --ffn 384 --vocab 300 --seed 5") == SR_OK;
-    tap(!tiny_ok, "tiny random models written");
-    if (!mpi || !tcp || !tiny_ok) return mpi_test_finish();
+    if (mpi_make_tiny_pair(tiny, tiny_gqa, "F32") || !opened) return mpi_test_finish();
     int k = servers_for(size);
 
     tap(t_bad_count(mpi), "a job of %d ranks refuses %d or 0 attention servers, and a tag past the range", size, size);

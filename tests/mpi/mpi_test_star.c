@@ -438,9 +438,7 @@ static int t_query_huge(sr_tp *tp) {
 int main(int argc, char **argv) {
     if (mpi_test_init(&argc, &argv)) return 1;
     sr_tp *mpi = NULL, *tcp = NULL;
-    tap(sr_tp_open(&mpi, "mpi", NULL) != SR_OK, "open mpi transport");
-    tap(open_tcp(&tcp) != SR_OK, "open tcp transport");
-    if (!mpi || !tcp) {
+    if (open_mpi_and_tcp(&mpi, &tcp)) {
         MPI_Finalize();
         return 1;
     }

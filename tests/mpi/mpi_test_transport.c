@@ -48,24 +48,39 @@ static void tbuf_free(void *p) {
     free(p);
 }
 
-static void tbuf_put(void *dst, const void *src, int64_t n) {
+/* Host memory to a transport buffer or back (CUDA tells which from the
+ * pointers: unified addressing). */
+static void tbuf_copy(void *dst, const void *src, int64_t n) {
 #if SR_HAVE_CUDA
     if (on_device) {
-        cudaMemcpy(dst, src, (size_t)n, cudaMemcpyHostToDevice);
+        cudaMemcpy(dst, src, (size_t)n, cudaMemcpyDefault);
         return;
     }
 #endif
     memcpy(dst, src, (size_t)n);
 }
 
-static void tbuf_get(void *dst, const void *src, int64_t n) {
-#if SR_HAVE_CUDA
-    if (on_device) {
-        cudaMemcpy(dst, src, (size_t)n, cudaMemcpyDeviceToHost);
-        return;
-    }
-#endif
-    memcpy(dst, src, (size_t)n);
+/* A send and a receive buffer: in host memory (s, r, one byte over for a
+ * guard), and as the transport is handed them (ds, dr). */
+typedef struct {
+    unsigned char *s, *r, *ds, *dr;
+} staged;
+
+/* Returns non-zero (with nothing left allocated) when any allocation fails. */
+static int staged_alloc(staged *b, int64_t ns, int64_t nr) {
+    b->s = malloc((size_t)ns + 1), b->r = malloc((size_t)nr + 1);
+    b->ds = tbuf_alloc(ns), b->dr = tbuf_alloc(nr);
+    if (b->s && b->r && b->ds && b->dr) return 0;
+    free(b->s), free(b->r);
+    if (b->ds) tbuf_free(b->ds);
+    if (b->dr) tbuf_free(b->dr);
+    return 1;
+}
+
+static void staged_free(staged *b) {
+    free(b->s), free(b->r);
+    tbuf_free(b->ds);
+    tbuf_free(b->dr);
 }
 
 static unsigned char pattern(int from, int to, int tag, int64_t i) {
@@ -86,13 +101,13 @@ static int check(const unsigned char *b, int64_t n, int from, int to, int tag) {
 /* ring pass: r sends to r+1 and receives from r-1, checking every byte */
 static int t_sizes(sr_tp *tp, int64_t n, int poll_with_test) {
     int fails = 0, next = (rank + 1) % size, prev = (rank + size - 1) % size, tag = 5;
-    unsigned char *s = malloc((size_t)n + 1), *r = malloc((size_t)n + 1);
-    unsigned char *ds = tbuf_alloc(n), *dr = tbuf_alloc(n);
-    if (!s || !r || !ds || !dr) return 1;
+    staged b;
+    if (staged_alloc(&b, n, n)) return 1;
+    unsigned char *s = b.s, *r = b.r, *ds = b.ds, *dr = b.dr;
     fill(s, n, rank, next, tag);
     memset(r, 0xee, (size_t)n + 1);
-    tbuf_put(ds, s, n);
-    tbuf_put(dr, r, n + 1);
+    tbuf_copy(ds, s, n);
+    tbuf_copy(dr, r, n + 1);
     sr_tp_req *rq[2] = {0};
     COUNT_OK(sr_tp_irecv(tp, dr, n, prev, tag, &rq[0]));
     COUNT_OK(sr_tp_isend(tp, ds, n, next, tag, &rq[1]));
@@ -104,13 +119,10 @@ static int t_sizes(sr_tp *tp, int64_t n, int poll_with_test) {
         fails += !(done[0] && done[1]);
     }
     COUNT_OK(sr_tp_waitall(2, rq));
-    tbuf_get(r, dr, n + 1);
+    tbuf_copy(r, dr, n + 1);
     fails += check(r, n, prev, rank, tag);
     fails += r[n] != 0xee; /* nothing written past the end */
-    free(s);
-    free(r);
-    tbuf_free(ds);
-    tbuf_free(dr);
+    staged_free(&b);
     return fails;
 }
 
@@ -153,7 +165,7 @@ static int t_all_pairs(sr_tp *tp) {
         s[p] = tbuf_alloc(n);
         r[p] = tbuf_alloc(rn);
         fill(h, n, rank, p, tag);
-        tbuf_put(s[p], h, n);
+        tbuf_copy(s[p], h, n);
         COUNT_OK(sr_tp_irecv(tp, r[p], rn, p, tag, &q[p]));
     }
     for (int k = 0; k < size; k++) {
@@ -162,7 +174,7 @@ static int t_all_pairs(sr_tp *tp) {
     }
     COUNT_OK(sr_tp_waitall(2 * size, q));
     for (int p = 0; p < size; p++) {
-        tbuf_get(h, r[p], 10000 + 17 * p);
+        tbuf_copy(h, r[p], 10000 + 17 * p);
         fails += check(h, 10000 + 17 * p, p, rank, tag);
         tbuf_free(s[p]);
         tbuf_free(r[p]);
@@ -181,9 +193,9 @@ static int t_bcast(sr_tp *tp, int64_t n) {
     for (int root = 0; root < size; root++) {
         if (rank == root) fill(b, n, root, -1, 3);
         else memset(b, 0, (size_t)n);
-        tbuf_put(d, b, n);
+        tbuf_copy(d, b, n);
         COUNT_OK(sr_tp_bcast(tp, d, n, root));
-        tbuf_get(b, d, n);
+        tbuf_copy(b, d, n);
         fails += check(b, n, root, -1, 3);
     }
     free(b);
@@ -193,28 +205,25 @@ static int t_bcast(sr_tp *tp, int64_t n) {
 
 static int t_gather(sr_tp *tp, int64_t n) {
     int fails = 0;
-    unsigned char *s = malloc((size_t)n), *r = malloc((size_t)n * size);
-    unsigned char *ds = tbuf_alloc(n), *dr = tbuf_alloc(n * size);
-    if (!s || !r || !ds || !dr) return 1;
+    staged b;
+    if (staged_alloc(&b, n, n * size)) return 1;
+    unsigned char *s = b.s, *r = b.r, *ds = b.ds, *dr = b.dr;
     fill(s, n, rank, -2, 4);
-    tbuf_put(ds, s, n);
+    tbuf_copy(ds, s, n);
     for (int root = 0; root < size; root++) {
         memset(r, 0, (size_t)n * size);
-        tbuf_put(dr, r, n * size);
+        tbuf_copy(dr, r, n * size);
         COUNT_OK(sr_tp_gather(tp, ds, n, dr, root));
-        tbuf_get(r, dr, n * size);
+        tbuf_copy(r, dr, n * size);
         if (rank == root)
             for (int p = 0; p < size; p++) fails += check(r + (int64_t)p * n, n, p, -2, 4);
     }
     memset(r, 0, (size_t)n * size);
-    tbuf_put(dr, r, n * size);
+    tbuf_copy(dr, r, n * size);
     COUNT_OK(sr_tp_allgather(tp, ds, n, dr));
-    tbuf_get(r, dr, n * size);
+    tbuf_copy(r, dr, n * size);
     for (int p = 0; p < size; p++) fails += check(r + (int64_t)p * n, n, p, -2, 4);
-    free(s);
-    free(r);
-    tbuf_free(ds);
-    tbuf_free(dr);
+    staged_free(&b);
     return fails;
 }
 

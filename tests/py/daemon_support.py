@@ -12,20 +12,11 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+from paths import BUILD, ROOT, model_path  # noqa: F401 (the tests import them from here)
+
 sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
 import starring_client  # noqa: E402
 import grpc  # noqa: E402
-
-BUILD = os.environ.get("BUILD", "build")
-
-
-def model_path():
-    m = os.environ.get("SR_MODEL")
-    if m:
-        return m
-    out = subprocess.run([os.path.join(ROOT, "scripts", "fetch-model")], capture_output=True, text=True, check=True)
-    return out.stdout.strip().splitlines()[-1]
 
 
 def code_of(fn):
@@ -43,6 +34,82 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def wait_for_port(port, proc, what, timeout=60, pause=0.01):
+    """Waits until 127.0.0.1:port accepts a connection (True), or timeout s
+    (False); RuntimeError with the end of its log if proc (alive(),
+    log_text()), the process that is to listen there, exits first."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if not proc.alive():
+            raise RuntimeError(f"{what} exited: " + proc.log_text()[-2000:])
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            time.sleep(pause)
+    return False
+
+
+def wait_serving(addr, timeout=60, want=True):
+    """Waits until the daemon at addr says it is serving (want False: that it is not)."""
+    c = starring_client.Client(addr)
+    t0 = time.time()
+    try:
+        while time.time() - t0 < timeout:
+            try:
+                if c.serving(timeout=2) == want:
+                    return True
+            except Exception:
+                pass
+            time.sleep(0.1)
+        return False
+    finally:
+        c.close()
+
+
+def read_log(path):
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
+def serve_and_stop(t, d, body, serves="the cluster serves", log_chars=4000):
+    """Waits for Daemon d to serve (a failed check `serves` with the end of
+    its log if it does not), runs body(), checks that d is still up; then
+    stops d and checks its exit status, with the end of its log if any check
+    failed. Returns whether d served."""
+    try:
+        if not (d.wait_port() and d.wait_serving()):
+            t.check(False, serves)
+            t.note(d.log_text()[-3000:])
+            return False
+        body()
+        t.check(d.alive(), "the daemon is still up")
+    finally:
+        rc = d.stop()
+        t.check(rc in (0, 1), f"the daemon stops on SIGTERM (mpirun {rc})")
+        if t.failed:
+            t.note(d.log_text()[-log_chars:])
+    return True
+
+
+def passkey_context(path, *args):
+    """scripts/make-passkey's text (args: its own), written to path too."""
+    text = subprocess.run([os.path.join(ROOT, "scripts", "make-passkey")] + list(args), capture_output=True,
+                          text=True, check=True).stdout
+    with open(path, "w") as f:
+        f.write(text)
+    return text
+
+
+def reference_run(ctx_path, question, n=16):
+    """The single-process answer (starring-run, greedy, chat) to question
+    after the context file, started in the background: read its stdout."""
+    return subprocess.Popen([os.path.join(ROOT, BUILD, "starring-run"), "-m", model_path(), "--chat", "-f", ctx_path,
+                             "-p", question, "-n", str(n), "--temp", "0", "-t", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=dict(os.environ, OMP_WAIT_POLICY="passive"))
 
 
 def mpirun(np):
@@ -71,38 +138,16 @@ class Daemon:
         self.addr = f"127.0.0.1:{self.port}"
 
     def wait_port(self, timeout=60):
-        t0 = time.time()
-        while time.time() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError("starringd exited: " + self.log_text()[-2000:])
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return True
-            except OSError:
-                time.sleep(0.005)
-        return False
+        return wait_for_port(self.port, self, "starringd", timeout, pause=0.005)
 
     def client(self):
         return starring_client.Client(self.addr)
 
     def wait_serving(self, timeout=60):
-        c = self.client()
-        t0 = time.time()
-        try:
-            while time.time() - t0 < timeout:
-                try:
-                    if c.serving(timeout=2):
-                        return True
-                except Exception:
-                    pass
-                time.sleep(0.1)
-            return False
-        finally:
-            c.close()
+        return wait_serving(self.addr, timeout)
 
     def log_text(self):
-        with open(self.log.name, errors="replace") as f:
-            return f.read()
+        return read_log(self.log.name)
 
     def wait_log(self, text, timeout=30, stamp=False):
         """Waits for a log line with text (mpirun forwards lines late on a
@@ -187,8 +232,7 @@ class Proc:
                                      stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
     def log_text(self):
-        with open(self.log.name, errors="replace") as f:
-            return f.read()
+        return read_log(self.log.name)
 
     def wait_log(self, text, timeout=30):
         t0 = time.time()
@@ -248,34 +292,13 @@ class Cluster:
         return w
 
     def wait_port(self, port, timeout=60):
-        t0 = time.time()
-        while time.time() - t0 < timeout:
-            if not self.coordinator.alive():
-                raise RuntimeError("the coordinator exited: " + self.coordinator.log_text()[-2000:])
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return True
-            except OSError:
-                time.sleep(0.01)
-        return False
+        return wait_for_port(port, self.coordinator, "the coordinator", timeout)
 
     def client(self):
         return starring_client.Client(self.addr)
 
     def wait_serving(self, timeout=60, want=True):
-        c = self.client()
-        t0 = time.time()
-        try:
-            while time.time() - t0 < timeout:
-                try:
-                    if c.serving(timeout=2) == want:
-                        return True
-                except Exception:
-                    pass
-                time.sleep(0.1)
-            return False
-        finally:
-            c.close()
+        return wait_serving(self.addr, timeout, want)
 
     def logs(self):
         return "\n".join(f"--- {p.name}\n{p.log_text()[-3000:]}" for p in [self.coordinator] + self.workers)

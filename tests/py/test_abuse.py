@@ -28,7 +28,7 @@ import time
 import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from daemon_support import code_of, Daemon, Tap, starring_client  # noqa: E402
+from daemon_support import code_of, Daemon, Tap, serve_and_stop, starring_client  # noqa: E402
 
 pb = starring_client.pb
 MAX_CONNS = 12
@@ -115,27 +115,20 @@ def main():
     t = Tap()
     d = Daemon(1, "--max-connections", str(MAX_CONNS), "--client-timeout", str(CLIENT_TIMEOUT),
                "--idle-timeout", str(IDLE_TIMEOUT), "--max-message", str(MAX_MESSAGE), http=True)
-    try:
-        if not (d.wait_port() and d.wait_serving()):
-            t.check(False, "the daemon serves")
-            t.note(d.log_text()[-3000:])
-            return t.done()
-        w = Witness(d)
-        t.check(len(w.want) == 4, f"the witness's greedy answer: {w.want}")
-        try:
-            grpc_port(t, d, w)
-            http_port(t, d, w)
-            flood(t, d, w)
-            idle(t, d)
-        finally:
-            w.close()
-        t.check(d.alive(), "the daemon is still up")
-    finally:
-        rc = d.stop()
-        t.check(rc in (0, 1), f"the daemon stops on SIGTERM (mpirun {rc})")
-        if t.failed:
-            t.note(d.log_text()[-5000:])
+    serve_and_stop(t, d, lambda: attacks(t, d), serves="the daemon serves", log_chars=5000)
     return t.done()
+
+
+def attacks(t, d):
+    w = Witness(d)
+    t.check(len(w.want) == 4, f"the witness's greedy answer: {w.want}")
+    try:
+        grpc_port(t, d, w)
+        http_port(t, d, w)
+        flood(t, d, w)
+        idle(t, d)
+    finally:
+        w.close()
 
 
 def abuse(t, d, w, what, send, log, slow=None):

@@ -31,7 +31,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,8 @@ import time
 import grpc
 
 sys.path.insert(0, os.path.dirname(__file__))
-from daemon_support import BUILD, ROOT, code_of, Cluster, Proc, Tap, free_port, model_path, secret_file  # noqa: E402
+from daemon_support import (code_of, Cluster, Proc, Tap, free_port, model_path, passkey_context,  # noqa: E402
+                            reference_run, secret_file)
 
 KEY = "72941"
 Q = "What is the pass key?"
@@ -50,15 +50,9 @@ def main():
     t = Tap()
     tmp = tempfile.mkdtemp(prefix="starring-cluster-")
     # ~1.2k tokens: ring over 2 workers, short enough for a quick test
-    ctx_text = subprocess.run([os.path.join(ROOT, "scripts", "make-passkey"), "50"], capture_output=True, text=True,
-                              check=True).stdout
     ctx_path = os.path.join(tmp, "ctx.txt")
-    with open(ctx_path, "w") as f:
-        f.write(ctx_text)
-    ref = subprocess.Popen([os.path.join(ROOT, BUILD, "starring-run"), "-m", model_path(), "--chat", "-f", ctx_path,
-                            "-p", Q, "-n", "16", "--temp", "0", "-t", "1"],
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                           env=dict(os.environ, OMP_WAIT_POLICY="passive"))
+    ctx_text = passkey_context(ctx_path, "50")
+    ref = reference_run(ctx_path, Q)
 
     # a world-readable secret is refused before anything starts
     loose = os.path.join(tmp, "loose.key")

@@ -31,7 +31,7 @@ import time
 import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from daemon_support import BUILD, ROOT, code_of, Daemon, Tap, model_path, starring_client  # noqa: E402
+from daemon_support import ROOT, code_of, Daemon, Tap, passkey_context, reference_run, starring_client  # noqa: E402
 
 pb = starring_client.pb
 health_pb = starring_client.health_pb
@@ -42,16 +42,10 @@ Q2 = "What is the first sentence of the text?"
 
 def main():
     t = Tap()
-    ctx_text = subprocess.run([os.path.join(ROOT, "scripts", "make-passkey")], capture_output=True, text=True,
-                              check=True).stdout
     ctx_path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"starring-daemon-ctx-{os.getpid()}.txt")
-    with open(ctx_path, "w") as f:
-        f.write(ctx_text)
+    ctx_text = passkey_context(ctx_path)
     # the single-process reference runs while the daemon starts and prefills
-    ref = subprocess.Popen([os.path.join(ROOT, BUILD, "starring-run"), "-m", model_path(), "--chat", "-f", ctx_path,
-                            "-p", Q1, "-n", "16", "--temp", "0", "-t", "1"],
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                           env=dict(os.environ, OMP_WAIT_POLICY="passive"))
+    ref = reference_run(ctx_path, Q1)
     d = Daemon(3, "--max-context", "8192", "--max-message", "1M")
     try:
         run(t, d, ctx_text, ref)

@@ -19,7 +19,7 @@ import time
 import grpc
 
 sys.path.insert(0, os.path.dirname(__file__))
-from daemon_support import Daemon, Tap, free_port, model_path  # noqa: E402
+from daemon_support import Daemon, Tap, free_port, model_path, serve_and_stop  # noqa: E402
 
 try:
     from prometheus_client.parser import text_string_to_metric_families
@@ -71,18 +71,8 @@ def main():
     mport = free_port()
     d = Daemon(WORKERS, "--mode", "ring", "--kv-budget", str(BUDGET), "--max-tokens", "64",
                "--metrics-listen", f"127.0.0.1:{mport}", http=True)
-    try:
-        if not (d.wait_port() and d.wait_serving()):
-            t.check(False, "the cluster serves")
-            t.note(d.log_text()[-3000:])
-            return t.done()
-        run(t, d, mport)
-        t.check(d.alive(), "the daemon is still up")
-    finally:
-        rc = d.stop()
-        t.check(rc in (0, 1), f"the daemon stops on SIGTERM (mpirun {rc})")
-        if t.failed:
-            t.note(d.log_text()[-4000:])
+    if not serve_and_stop(t, d, lambda: run(t, d, mport)):
+        return t.done()
     port_in_use(t)
     return t.done()
 

@@ -21,7 +21,7 @@ import time
 import grpc
 
 sys.path.insert(0, os.path.dirname(__file__))
-from daemon_support import BUILD, ROOT, Daemon, Tap, model_path, mpirun, starring_client  # noqa: E402
+from daemon_support import BUILD, ROOT, Daemon, Tap, model_path, mpirun, serve_and_stop, starring_client  # noqa: E402
 
 try:
     import openai
@@ -83,18 +83,8 @@ def main():
         print("1..0 # SKIP the openai package is not installed (scripts/install-deps)")
         return 0
     d = Daemon(2, "--mode", "ring", "--max-message", "256K", "--max-tokens", "512", http=True)
-    try:
-        if not (d.wait_port() and d.wait_serving()):
-            t.check(False, "the cluster serves")
-            t.note(d.log_text()[-3000:])
-            return t.done()
-        run(t, d)
-        t.check(d.alive(), "the daemon is still up")
-    finally:
-        rc = d.stop()
-        t.check(rc in (0, 1), f"the daemon stops on SIGTERM (mpirun {rc})")
-        if t.failed:
-            t.note(d.log_text()[-4000:])
+    if not serve_and_stop(t, d, lambda: run(t, d)):
+        return t.done()
     auth(t)
     return t.done()
 

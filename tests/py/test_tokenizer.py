@@ -18,8 +18,9 @@ import unicodedata
 import gguf
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.path.join(ROOT, os.environ.get("BUILD", "build"), "starring-tokenize")
+from paths import BUILD, ROOT, model_path
+
+BIN = os.path.join(ROOT, BUILD, "starring-tokenize")
 TMP = tempfile.mkdtemp(prefix="sr-tok-")
 
 n_test = 0
@@ -36,14 +37,6 @@ def report(ok, what, detail=""):
         for line in str(detail).splitlines()[:12]:
             print(f"# {line}")
     sys.stdout.flush()
-
-
-def model_path():
-    p = os.environ.get("SR_MODEL")
-    if p:
-        return p
-    out = subprocess.run([os.path.join(ROOT, "scripts", "fetch-model")], capture_output=True, text=True, check=True)
-    return out.stdout.strip().splitlines()[-1]
 
 
 def hf_tokenizer(path):

@@ -1,32 +1,14 @@
 /* In-memory GGUF writer for tests (see gguf_build.h). */
 #include "tests/unit/gguf_build.h"
 
-#include <stdlib.h>
 #include <string.h>
 
+#include "base/status.h"
 #include "gguf/gguf.h"
 
-void sr_test_gguf_free(sr_test_gguf_buf *b) {
-    free(b->data);
-    *b = (sr_test_gguf_buf){0};
-}
+void sr_test_gguf_free(sr_test_gguf_buf *b) { sr_buf_free(b); }
 
-void sr_test_gguf_raw(sr_test_gguf_buf *b, const void *p, size_t n) {
-    if (b->oom) return;
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n) cap *= 2;
-        uint8_t *d = realloc(b->data, cap);
-        if (!d) {
-            b->oom = 1;
-            return;
-        }
-        b->data = d;
-        b->cap = cap;
-    }
-    if (n) memcpy(b->data + b->len, p, n);
-    b->len += n;
-}
+void sr_test_gguf_raw(sr_test_gguf_buf *b, const void *p, size_t n) { sr_buf_append(b, p, n); }
 
 void sr_test_gguf_u8(sr_test_gguf_buf *b, uint8_t v) { sr_test_gguf_raw(b, &v, 1); }
 void sr_test_gguf_u32(sr_test_gguf_buf *b, uint32_t v) { sr_test_gguf_raw(b, &v, 4); }
@@ -38,7 +20,7 @@ void sr_test_gguf_str(sr_test_gguf_buf *b, const char *s) {
 }
 
 void sr_test_gguf_pad(sr_test_gguf_buf *b, uint64_t align) {
-    while (!b->oom && b->len % align) sr_test_gguf_u8(b, 0);
+    while (sr_buf_status(b) == SR_OK && b->len % align) sr_test_gguf_u8(b, 0);
 }
 
 void sr_test_gguf_header(sr_test_gguf_buf *b, uint32_t version, uint64_t n_tensors, uint64_t n_kv) {
@@ -156,5 +138,5 @@ int sr_test_gguf_small(sr_test_gguf_buf *b, uint32_t version, uint32_t alignment
         sr_test_gguf_pad(b, align);
         for (uint64_t j = 0; j < sizes[i]; j++) sr_test_gguf_u8(b, (uint8_t)(i * 16 + j));
     }
-    return b->oom ? -1 : 0;
+    return sr_buf_status(b) == SR_OK ? 0 : -1;
 }

@@ -7,11 +7,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef struct {
-    uint8_t *data;
-    size_t len, cap;
-    int oom; /* an append failed; data is incomplete */
-} sr_test_gguf_buf;
+#include "base/buf.h"
+
+/* sr_buf_status() says whether an append failed (data is then incomplete) */
+typedef sr_buf sr_test_gguf_buf;
 
 void sr_test_gguf_free(sr_test_gguf_buf *b);
 

@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "base/status.h"
+#include "tests/support/unit_main.h"
 #include "worker/cad_plan.h"
 
 /* SmolLM2's shapes: 9 query heads of 64, 3 KV heads, KV sent in fp32 */
@@ -200,15 +201,7 @@ static void test_errors(void **state) {
     sr_cad_plan_free(&p);
 }
 
-int main(void) {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_pairs),
-        cmocka_unit_test(test_pairs_covered_once),
-        cmocka_unit_test(test_mixed_batch),
-        cmocka_unit_test(test_single_document),
-        cmocka_unit_test(test_more_servers_than_chunks),
-        cmocka_unit_test(test_unbalanceable),
-        cmocka_unit_test(test_errors),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+SR_TEST_MAIN(cmocka_unit_test(test_pairs), cmocka_unit_test(test_pairs_covered_once),
+             cmocka_unit_test(test_mixed_batch), cmocka_unit_test(test_single_document),
+             cmocka_unit_test(test_more_servers_than_chunks), cmocka_unit_test(test_unbalanceable),
+             cmocka_unit_test(test_errors))

@@ -15,6 +15,7 @@
 
 #include "attention/attention.h"
 #include "base/status.h"
+#include "tests/support/unit_main.h"
 #include "worker/cad_wire.h"
 #include "worker/wire.h"
 
@@ -118,12 +119,5 @@ static void test_stats(void **state) {
     assert_int_equal(sr_cad_wire_stats_decode(w, 3, &back), SR_EFORMAT);
 }
 
-int main(void) {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip),
-        cmocka_unit_test(test_prefill_fields),
-        cmocka_unit_test(test_other_ops),
-        cmocka_unit_test(test_stats),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+SR_TEST_MAIN(cmocka_unit_test(test_round_trip), cmocka_unit_test(test_prefill_fields),
+             cmocka_unit_test(test_other_ops), cmocka_unit_test(test_stats))

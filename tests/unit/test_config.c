@@ -21,6 +21,7 @@
 
 #include "base/status.h"
 #include "daemon/config.h"
+#include "tests/support/unit_main.h"
 
 /* sr_config_parse_args on a NULL-terminated list of arguments after argv[0]. */
 static int parse(sr_config *c, ...) {
@@ -315,13 +316,7 @@ static void test_kept_inputs(void **state) {
     assert_true(files >= 3);
 }
 
-int main(void) {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_defaults_parse_and_are_in_range), cmocka_unit_test(test_flags),
-        cmocka_unit_test(test_flag_errors),                     cmocka_unit_test(test_values_and_bounds),
-        cmocka_unit_test(test_file_format),                     cmocka_unit_test(test_file_errors),
-        cmocka_unit_test(test_precedence),                      cmocka_unit_test(test_print_reads_back),
-        cmocka_unit_test(test_kept_inputs),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+SR_TEST_MAIN(cmocka_unit_test(test_defaults_parse_and_are_in_range), cmocka_unit_test(test_flags),
+             cmocka_unit_test(test_flag_errors), cmocka_unit_test(test_values_and_bounds),
+             cmocka_unit_test(test_file_format), cmocka_unit_test(test_file_errors), cmocka_unit_test(test_precedence),
+             cmocka_unit_test(test_print_reads_back), cmocka_unit_test(test_kept_inputs))

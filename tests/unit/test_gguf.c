@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "base/status.h"
+#include "tests/support/unit_main.h"
 #include "tests/unit/gguf_build.h"
 #include "gguf/gguf.h"
 #include "tests/unit/support_model.h"
@@ -21,6 +22,23 @@
 #define DATA_DIR "tests/data/gguf"
 
 static int str_is(sr_gguf_str s, const char *z) { return s.len == strlen(z) && memcmp(s.ptr, z, s.len) == 0; }
+
+/* Fail unless the metadata entry key reads as want. */
+static void expect_u32(const sr_gguf *g, const char *key, uint32_t want) {
+    uint32_t u = 0;
+    int rc = sr_gguf_get_u32(g, key, &u);
+    if (rc != SR_OK || u != want) fail_msg("%s: %d, %u; want %u (%s)", key, rc, u, want, sr_error_msg());
+}
+static void expect_f32(const sr_gguf *g, const char *key, float want) {
+    float f = 0.0f;
+    int rc = sr_gguf_get_f32(g, key, &f);
+    if (rc != SR_OK || f != want) fail_msg("%s: %d, %g; want %g (%s)", key, rc, f, want, sr_error_msg());
+}
+static void expect_str(const sr_gguf *g, const char *key, const char *want) {
+    sr_gguf_str s = {0};
+    int rc = sr_gguf_get_str(g, key, &s);
+    if (rc != SR_OK || !str_is(s, want)) fail_msg("%s: %d, '%.*s'; want '%s'", key, rc, (int)s.len, s.ptr, want);
+}
 
 /* Fails unless opening b gives SR_EFORMAT with `want` in the message. */
 static void expect_format_error(const sr_test_gguf_buf *b, const char *what, const char *want) {
@@ -54,21 +72,12 @@ static void test_real_model(void **state) {
     assert_int_equal(g->n_tensors, 272);
     assert_int_equal(g->alignment, 32);
 
-    sr_gguf_str s;
-    assert_int_equal(sr_gguf_get_str(g, "general.architecture", &s), SR_OK);
-    assert_true(str_is(s, "llama"));
-    assert_int_equal(sr_gguf_get_str(g, "tokenizer.ggml.model", &s), SR_OK);
-    assert_true(str_is(s, "gpt2"));
-    uint32_t u;
-    assert_int_equal(sr_gguf_get_u32(g, "llama.block_count", &u), SR_OK);
-    assert_int_equal(u, 30);
-    assert_int_equal(sr_gguf_get_u32(g, "llama.embedding_length", &u), SR_OK);
-    assert_int_equal(u, 576);
-    assert_int_equal(sr_gguf_get_u32(g, "llama.attention.head_count_kv", &u), SR_OK);
-    assert_int_equal(u, 3);
-    float f;
-    assert_int_equal(sr_gguf_get_f32(g, "llama.rope.freq_base", &f), SR_OK);
-    assert_true(f == 100000.0f);
+    expect_str(g, "general.architecture", "llama");
+    expect_str(g, "tokenizer.ggml.model", "gpt2");
+    expect_u32(g, "llama.block_count", 30);
+    expect_u32(g, "llama.embedding_length", 576);
+    expect_u32(g, "llama.attention.head_count_kv", 3);
+    expect_f32(g, "llama.rope.freq_base", 100000.0f);
     int b;
     assert_int_equal(sr_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &b), SR_OK);
 
@@ -137,14 +146,11 @@ static void check_small(uint32_t version, uint32_t alignment) {
     float f;
     int bl;
     sr_gguf_str s;
-    assert_int_equal(sr_gguf_get_u32(g, "llama.block_count", &u), SR_OK);
-    assert_int_equal(u, 2);
+    expect_u32(g, "llama.block_count", 2);
     assert_int_equal(sr_gguf_get_u32(g, "llama.context_length", &u), SR_OK); /* from u64 */
     assert_int_equal(u, 4096);
-    assert_int_equal(sr_gguf_get_u32(g, "test.u8", &u), SR_OK);
-    assert_int_equal(u, 200);
-    assert_int_equal(sr_gguf_get_u32(g, "test.u16", &u), SR_OK);
-    assert_int_equal(u, 60000);
+    expect_u32(g, "test.u8", 200);
+    expect_u32(g, "test.u16", 60000);
     assert_int_equal(sr_gguf_get_u32(g, "test.negative", &u), SR_EFORMAT);
     assert_non_null(strstr(sr_error_msg(), "negative"));
     assert_int_equal(sr_gguf_get_u32(g, "test.i64", &u), SR_EFORMAT);
@@ -153,16 +159,13 @@ static void check_small(uint32_t version, uint32_t alignment) {
     assert_int_equal(sr_gguf_get_u32(g, "missing.key", &u), SR_EFORMAT);
     assert_non_null(strstr(sr_error_msg(), "'missing.key' is missing"));
     assert_non_null(strstr(sr_error_msg(), "buffer"));
-    assert_int_equal(sr_gguf_get_f32(g, "llama.rope.freq_base", &f), SR_OK);
-    assert_true(f == 10000.0f);
-    assert_int_equal(sr_gguf_get_f32(g, "test.f64", &f), SR_OK);
-    assert_true(f == 0.25f);
+    expect_f32(g, "llama.rope.freq_base", 10000.0f);
+    expect_f32(g, "test.f64", 0.25f);
     assert_int_equal(sr_gguf_get_f32(g, "test.u8", &f), SR_EFORMAT);
     assert_int_equal(sr_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &bl), SR_OK);
     assert_int_equal(bl, 1);
     assert_int_equal(sr_gguf_get_bool(g, "test.u8", &bl), SR_EFORMAT);
-    assert_int_equal(sr_gguf_get_str(g, "general.architecture", &s), SR_OK);
-    assert_true(str_is(s, "llama"));
+    expect_str(g, "general.architecture", "llama");
     assert_int_equal(sr_gguf_get_str(g, "test.i8", &s), SR_EFORMAT);
 
     const sr_gguf_kv *kv = sr_gguf_find(g, "test.i16");
@@ -316,10 +319,6 @@ static void bad_value_length(sr_test_gguf_buf *b) {
     sr_test_gguf_u64(b, 100);
     sr_test_gguf_raw(b, "short", 5);
 }
-static void bad_empty_key(sr_test_gguf_buf *b) {
-    kv_header(b, 1);
-    sr_test_gguf_kv_u32(b, "", 1);
-}
 static void bad_duplicate_key(sr_test_gguf_buf *b) {
     kv_header(b, 3);
     sr_test_gguf_kv_u32(b, "llama.block_count", 1);
@@ -330,16 +329,6 @@ static void bad_duplicate_binary_key(sr_test_gguf_buf *b) {
     kv_header(b, 2);
     sr_test_gguf_kv_u32(b, "k\x01\xff", 1);
     sr_test_gguf_kv_u32(b, "k\x01\xff", 1);
-}
-static void bad_value_type(sr_test_gguf_buf *b) {
-    uint32_t v = 0;
-    kv_header(b, 1);
-    sr_test_gguf_kv_raw(b, "x", 13, &v, 4);
-}
-static void bad_bool(sr_test_gguf_buf *b) {
-    uint8_t v = 2;
-    kv_header(b, 1);
-    sr_test_gguf_kv_raw(b, "x", SR_GGUF_BOOL, &v, 1);
 }
 static void bad_array_overflow(sr_test_gguf_buf *b) {
     one_array(b, "x", SR_GGUF_U64, UINT64_C(1) << 61); /* x 8 bytes wraps to 0 */
@@ -374,101 +363,10 @@ static void bad_bool_array(sr_test_gguf_buf *b) {
     one_array(b, "x", SR_GGUF_BOOL, 3);
     sr_test_gguf_raw(b, "\x00\x01\x05", 3);
 }
-static void bad_alignment_npot(sr_test_gguf_buf *b) {
-    kv_header(b, 1);
-    sr_test_gguf_kv_u32(b, "general.alignment", 48);
-}
-static void bad_alignment_zero(sr_test_gguf_buf *b) {
-    kv_header(b, 1);
-    sr_test_gguf_kv_u32(b, "general.alignment", 0);
-}
-static void bad_alignment_type(sr_test_gguf_buf *b) {
-    kv_header(b, 1);
-    sr_test_gguf_kv_str(b, "general.alignment", "32");
-}
-static void bad_alignment_huge(sr_test_gguf_buf *b) {
-    kv_header(b, 1);
-    sr_test_gguf_kv_u64(b, "general.alignment", UINT64_C(1) << 40);
-}
-static void bad_alignment_negative(sr_test_gguf_buf *b) {
-    kv_header(b, 1);
-    sr_test_gguf_kv_i32(b, "general.alignment", -32);
-}
-static void bad_n_dims0(sr_test_gguf_buf *b) {
-    int64_t ne[1] = {4};
-    one_tensor(b, "t", 0, ne, SR_GGML_F32, 0, 16);
-}
-static void bad_n_dims5(sr_test_gguf_buf *b) {
-    int64_t ne[5] = {1, 1, 1, 1, 1};
-    one_tensor(b, "t", 5, ne, SR_GGML_F32, 0, 16);
-}
-static void bad_ne_zero(sr_test_gguf_buf *b) {
-    int64_t ne[2] = {4, 0};
-    one_tensor(b, "t", 2, ne, SR_GGML_F32, 0, 16);
-}
-static void bad_ne_negative(sr_test_gguf_buf *b) {
-    int64_t ne[2] = {4, -1};
-    one_tensor(b, "t", 2, ne, SR_GGML_F32, 0, 16);
-}
-static void bad_ne_overflow(sr_test_gguf_buf *b) {
-    int64_t ne[3] = {INT64_C(1) << 31, INT64_C(1) << 31, 1 << 20};
-    one_tensor(b, "t", 3, ne, SR_GGML_Q8_0, 0, 16);
-}
-static void bad_row_bytes_wrap(sr_test_gguf_buf *b) {
-    /* 2^62 + 1 floats: 4 bytes each would wrap a 64-bit byte count to 4 */
-    int64_t ne[1] = {(INT64_C(1) << 62) + 1};
-    one_tensor(b, "t", 1, ne, SR_GGML_F32, 0, 16);
-}
-static void bad_tensor_type(sr_test_gguf_buf *b) {
-    int64_t ne[1] = {4};
-    one_tensor(b, "t", 1, ne, 99, 0, 16);
-}
-static void bad_tensor_type_removed(sr_test_gguf_buf *b) {
-    int64_t ne[1] = {32};
-    one_tensor(b, "t", 1, ne, 4, 0, 64); /* Q4_2, removed from ggml */
-}
-static void bad_block_multiple(sr_test_gguf_buf *b) {
-    int64_t ne[2] = {16, 2};
-    one_tensor(b, "blk.0.attn_q.weight", 2, ne, SR_GGML_Q4_0, 0, 64);
-}
-static void bad_offset_unaligned(sr_test_gguf_buf *b) {
-    int64_t ne[1] = {4};
-    one_tensor(b, "t", 1, ne, SR_GGML_F32, 4, 64);
-}
-static void bad_tensor_past_end(sr_test_gguf_buf *b) {
-    int64_t ne[2] = {64, 64};
-    one_tensor(b, "blk.3.attn_q.weight", 2, ne, SR_GGML_F32, 0, 4095);
-}
-static void bad_tensor_offset_past_end(sr_test_gguf_buf *b) {
-    int64_t ne[1] = {4};
-    one_tensor(b, "t", 1, ne, SR_GGML_F32, UINT64_MAX - 31, 16);
-}
 static void bad_no_data_section(sr_test_gguf_buf *b) {
     int64_t ne[1] = {4};
     sr_test_gguf_header(b, 3, 1, 0);
     sr_test_gguf_tensor(b, "t", 1, ne, SR_GGML_F32, 0);
-}
-static void bad_overlap(sr_test_gguf_buf *b) {
-    int64_t ne[1] = {16}; /* 64 bytes each, second starts at 32 */
-    sr_test_gguf_header(b, 3, 2, 0);
-    sr_test_gguf_tensor(b, "a", 1, ne, SR_GGML_F32, 0);
-    sr_test_gguf_tensor(b, "b", 1, ne, SR_GGML_F32, 32);
-    zero_data(b, 128);
-}
-static void bad_overlap_same(sr_test_gguf_buf *b) {
-    int64_t ne[1] = {8};
-    sr_test_gguf_header(b, 3, 3, 0);
-    sr_test_gguf_tensor(b, "a", 1, ne, SR_GGML_F32, 64);
-    sr_test_gguf_tensor(b, "b", 1, ne, SR_GGML_F32, 0);
-    sr_test_gguf_tensor(b, "c", 1, ne, SR_GGML_F32, 64);
-    zero_data(b, 128);
-}
-static void bad_duplicate_tensor(sr_test_gguf_buf *b) {
-    int64_t ne[1] = {8};
-    sr_test_gguf_header(b, 3, 2, 0);
-    sr_test_gguf_tensor(b, "token_embd.weight", 1, ne, SR_GGML_F32, 0);
-    sr_test_gguf_tensor(b, "token_embd.weight", 1, ne, SR_GGML_F32, 32);
-    zero_data(b, 64);
 }
 static void bad_tensor_name_length(sr_test_gguf_buf *b) {
     sr_test_gguf_header(b, 3, 1, 0);
@@ -491,11 +389,8 @@ static const struct {
     {"key length past EOF", bad_key_length, "key of metadata entry 0"},
     {"key length UINT64_MAX", bad_key_length_max, "past the end"},
     {"string value past EOF", bad_value_length, "string value of key 'general.name'"},
-    {"empty key", bad_empty_key, "empty key"},
     {"duplicate key", bad_duplicate_key, "'llama.block_count' appears twice"},
     {"duplicate binary key", bad_duplicate_binary_key, "'k?\?' appears twice"},
-    {"unknown value type", bad_value_type, "unknown value type 13"},
-    {"bool 2", bad_bool, "must be 0 or 1"},
     {"array length overflow", bad_array_overflow, "extends past"},
     {"array past EOF", bad_array_past_end, "extends past"},
     {"string array count", bad_string_array_count, "claims"},
@@ -503,37 +398,107 @@ static const struct {
     {"nested array", bad_nested_array, "array of arrays"},
     {"unknown array type", bad_array_type, "unknown type 77"},
     {"bool array value", bad_bool_array, "at index 2"},
-    {"alignment 48", bad_alignment_npot, "not a power of two"},
-    {"alignment 0", bad_alignment_zero, "not a power of two"},
-    {"alignment string", bad_alignment_type, "not an integer"},
-    {"alignment 2^40", bad_alignment_huge, "more than"},
-    {"alignment negative", bad_alignment_negative, "negative"},
-    {"n_dims 0", bad_n_dims0, "0 dimensions"},
-    {"n_dims 5", bad_n_dims5, "5 dimensions"},
-    {"ne 0", bad_ne_zero, "dimension 1 of size 0"},
-    {"ne -1", bad_ne_negative, "dimension 1"},
-    {"element count overflow", bad_ne_overflow, "2^56"},
-    {"row bytes wrap", bad_row_bytes_wrap, "2^56"},
-    {"unknown tensor type", bad_tensor_type, "unknown type 99"},
-    {"removed tensor type", bad_tensor_type_removed, "unknown type 4"},
-    {"row not a block multiple", bad_block_multiple, "'blk.0.attn_q.weight' of type Q4_0 has rows of 16"},
-    {"unaligned offset", bad_offset_unaligned, "not a multiple of the alignment 32"},
-    {"tensor past EOF", bad_tensor_past_end, "'blk.3.attn_q.weight' extends past end of file"},
-    {"tensor offset past EOF", bad_tensor_offset_past_end, "starts past end of file"},
     {"no data section", bad_no_data_section, "data section starts"},
-    {"overlapping tensors", bad_overlap, "'a' and 'b' overlap"},
-    {"same offset", bad_overlap_same, "overlap"},
-    {"duplicate tensor", bad_duplicate_tensor, "'token_embd.weight' appears twice"},
     {"tensor name length", bad_tensor_name_length, "name of tensor 0"},
 };
 
+/* Files of one metadata entry whose key, type or value is wrong: the value
+ * is str for a string, else the first n bytes of num (little-endian). */
+static const struct {
+    const char *name, *key;
+    uint32_t type;
+    uint64_t num;
+    size_t n;
+    const char *str;
+    const char *want;
+} kv_corruptions[] = {
+    {"empty key", "", SR_GGUF_U32, 1, 4, NULL, "empty key"},
+    {"unknown value type", "x", 13, 0, 4, NULL, "unknown value type 13"},
+    {"bool 2", "x", SR_GGUF_BOOL, 2, 1, NULL, "must be 0 or 1"},
+    {"alignment 48", "general.alignment", SR_GGUF_U32, 48, 4, NULL, "not a power of two"},
+    {"alignment 0", "general.alignment", SR_GGUF_U32, 0, 4, NULL, "not a power of two"},
+    {"alignment string", "general.alignment", SR_GGUF_STRING, 0, 0, "32", "not an integer"},
+    {"alignment 2^40", "general.alignment", SR_GGUF_U64, UINT64_C(1) << 40, 8, NULL, "more than"},
+    {"alignment negative", "general.alignment", SR_GGUF_I32, (uint32_t)-32, 4, NULL, "negative"},
+};
+
+/* Files of one tensor (one_tensor) whose info is wrong in one field. */
+static const struct {
+    const char *name;
+    const char *tensor;
+    uint32_t n_dims;
+    int64_t ne[5];
+    uint32_t type;
+    uint64_t offset;
+    size_t data;
+    const char *want;
+} tensor_corruptions[] = {
+    {"n_dims 0", "t", 0, {4}, SR_GGML_F32, 0, 16, "0 dimensions"},
+    {"n_dims 5", "t", 5, {1, 1, 1, 1, 1}, SR_GGML_F32, 0, 16, "5 dimensions"},
+    {"ne 0", "t", 2, {4, 0}, SR_GGML_F32, 0, 16, "dimension 1 of size 0"},
+    {"ne -1", "t", 2, {4, -1}, SR_GGML_F32, 0, 16, "dimension 1"},
+    {"element count overflow", "t", 3, {INT64_C(1) << 31, INT64_C(1) << 31, 1 << 20}, SR_GGML_Q8_0, 0, 16, "2^56"},
+    /* 2^62 + 1 floats: 4 bytes each would wrap a 64-bit byte count to 4 */
+    {"row bytes wrap", "t", 1, {(INT64_C(1) << 62) + 1}, SR_GGML_F32, 0, 16, "2^56"},
+    {"unknown tensor type", "t", 1, {4}, 99, 0, 16, "unknown type 99"},
+    {"removed tensor type", "t", 1, {32}, 4 /* Q4_2, removed from ggml */, 0, 64, "unknown type 4"},
+    {"row not a block multiple", "blk.0.attn_q.weight", 2, {16, 2}, SR_GGML_Q4_0, 0, 64,
+     "'blk.0.attn_q.weight' of type Q4_0 has rows of 16"},
+    {"unaligned offset", "t", 1, {4}, SR_GGML_F32, 4, 64, "not a multiple of the alignment 32"},
+    {"tensor past EOF", "blk.3.attn_q.weight", 2, {64, 64}, SR_GGML_F32, 0, 4095,
+     "'blk.3.attn_q.weight' extends past end of file"},
+    {"tensor offset past EOF", "t", 1, {4}, SR_GGML_F32, UINT64_MAX - 31, 16, "starts past end of file"},
+};
+
+/* Files of n 1-D F32 tensors of ne0 elements at the given offsets, then
+ * `data` zero bytes, whose layout is wrong. */
+static const struct {
+    const char *name;
+    int n;
+    const char *tensor[3];
+    int64_t ne0;
+    uint64_t offset[3];
+    size_t data;
+    const char *want;
+} layout_corruptions[] = {
+    /* 64 bytes each, the second starts at 32 */
+    {"overlapping tensors", 2, {"a", "b"}, 16, {0, 32}, 128, "'a' and 'b' overlap"},
+    {"same offset", 3, {"a", "b", "c"}, 8, {64, 0, 64}, 128, "overlap"},
+    {"duplicate tensor", 2, {"token_embd.weight", "token_embd.weight"}, 8, {0, 32}, 64,
+     "'token_embd.weight' appears twice"},
+};
+
+/* b was built whole, opening it fails naming `want`; b is freed */
+static void expect_corrupt(sr_test_gguf_buf *b, const char *name, const char *want) {
+    assert_int_equal(sr_buf_status(b), SR_OK);
+    expect_format_error(b, name, want);
+    sr_test_gguf_free(b);
+}
+
 static void test_corruptions(void **state) {
+    sr_test_gguf_buf b = {0};
     for (size_t i = 0; i < sizeof corruptions / sizeof corruptions[0]; i++) {
-        sr_test_gguf_buf b = {0};
         corruptions[i].build(&b);
-        assert_false(b.oom);
-        expect_format_error(&b, corruptions[i].name, corruptions[i].want);
-        sr_test_gguf_free(&b);
+        expect_corrupt(&b, corruptions[i].name, corruptions[i].want);
+    }
+    for (size_t i = 0; i < sizeof kv_corruptions / sizeof kv_corruptions[0]; i++) {
+        const __typeof__(kv_corruptions[0]) *c = &kv_corruptions[i];
+        kv_header(&b, 1);
+        if (c->str) sr_test_gguf_kv_str(&b, c->key, c->str);
+        else sr_test_gguf_kv_raw(&b, c->key, c->type, &c->num, c->n);
+        expect_corrupt(&b, c->name, c->want);
+    }
+    for (size_t i = 0; i < sizeof tensor_corruptions / sizeof tensor_corruptions[0]; i++) {
+        const __typeof__(tensor_corruptions[0]) *c = &tensor_corruptions[i];
+        one_tensor(&b, c->tensor, c->n_dims, c->ne, c->type, c->offset, c->data);
+        expect_corrupt(&b, c->name, c->want);
+    }
+    for (size_t i = 0; i < sizeof layout_corruptions / sizeof layout_corruptions[0]; i++) {
+        const __typeof__(layout_corruptions[0]) *c = &layout_corruptions[i];
+        sr_test_gguf_header(&b, 3, (uint64_t)c->n, 0);
+        for (int t = 0; t < c->n; t++) sr_test_gguf_tensor(&b, c->tensor[t], 1, &c->ne0, SR_GGML_F32, c->offset[t]);
+        zero_data(&b, c->data);
+        expect_corrupt(&b, c->name, c->want);
     }
 }
 
@@ -656,7 +621,7 @@ static void test_many_entries(void **state) {
     }
     sr_test_gguf_pad(&b, 32);
     for (int i = 0; i < N * 32; i++) sr_test_gguf_u8(&b, (uint8_t)(i / 32));
-    assert_false(b.oom);
+    assert_int_equal(sr_buf_status(&b), SR_OK);
     sr_gguf *g = NULL;
     if (sr_gguf_open_buffer(&g, b.data, b.len)) fail_msg("%s", sr_error_msg());
     for (int i = 0; i < N; i++) {
@@ -728,21 +693,12 @@ static void test_data_dir(void **state) {
 static void test_tiny_model_file(void **state) {
     sr_gguf *g = NULL;
     if (sr_gguf_open(&g, DATA_DIR "/seed-tiny-llama-q4_0.gguf")) fail_msg("%s", sr_error_msg());
-    uint32_t u;
-    float f;
-    sr_gguf_str s;
-    assert_int_equal(sr_gguf_get_str(g, "general.architecture", &s), SR_OK);
-    assert_true(str_is(s, "llama"));
-    assert_int_equal(sr_gguf_get_u32(g, "llama.block_count", &u), SR_OK);
-    assert_int_equal(u, 1);
-    assert_int_equal(sr_gguf_get_u32(g, "llama.embedding_length", &u), SR_OK);
-    assert_int_equal(u, 32);
-    assert_int_equal(sr_gguf_get_u32(g, "llama.rope.dimension_count", &u), SR_OK);
-    assert_int_equal(u, 16);
-    assert_int_equal(sr_gguf_get_f32(g, "llama.rope.freq_base", &f), SR_OK);
-    assert_true(f == 10000.0f);
-    assert_int_equal(sr_gguf_get_u32(g, "tokenizer.ggml.eos_token_id", &u), SR_OK);
-    assert_int_equal(u, 2);
+    expect_str(g, "general.architecture", "llama");
+    expect_u32(g, "llama.block_count", 1);
+    expect_u32(g, "llama.embedding_length", 32);
+    expect_u32(g, "llama.rope.dimension_count", 16);
+    expect_f32(g, "llama.rope.freq_base", 10000.0f);
+    expect_u32(g, "tokenizer.ggml.eos_token_id", 2);
     const sr_gguf_kv *tok = sr_gguf_find(g, "tokenizer.ggml.tokens");
     assert_non_null(tok);
     assert_int_equal(tok->arr_len, 280);
@@ -771,14 +727,8 @@ static void test_tiny_model_file(void **state) {
     sr_gguf_close(g);
 }
 
-int main(void) {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_real_model),   cmocka_unit_test(test_small_v2),
-        cmocka_unit_test(test_small_v3),     cmocka_unit_test(test_small_alignments),
-        cmocka_unit_test(test_truncation),   cmocka_unit_test(test_corruptions),
-        cmocka_unit_test(test_valid_neighbours), cmocka_unit_test(test_file_errors),
-        cmocka_unit_test(test_two_views),    cmocka_unit_test(test_data_dir),
-        cmocka_unit_test(test_tiny_model_file), cmocka_unit_test(test_many_entries),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+SR_TEST_MAIN(cmocka_unit_test(test_real_model), cmocka_unit_test(test_small_v2), cmocka_unit_test(test_small_v3),
+             cmocka_unit_test(test_small_alignments), cmocka_unit_test(test_truncation),
+             cmocka_unit_test(test_corruptions), cmocka_unit_test(test_valid_neighbours),
+             cmocka_unit_test(test_file_errors), cmocka_unit_test(test_two_views), cmocka_unit_test(test_data_dir),
+             cmocka_unit_test(test_tiny_model_file), cmocka_unit_test(test_many_entries))

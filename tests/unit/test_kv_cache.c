@@ -16,6 +16,7 @@
 #include "base/half.h"
 #include "base/status.h"
 #include "model/kv_cache.h"
+#include "tests/support/unit_main.h"
 
 static float kv_val(int64_t pos, int layer, int which, int64_t e) {
     return (float)((pos * 31 + layer * 7 + which * 3 + e) % 97) / 8.0f - 6.0f; /* exact in f16 and bf16 */
@@ -432,18 +433,8 @@ static void test_reserve_new_block(void **state) {
     sr_kv_free(&c);
 }
 
-int main(void) {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_kv_blocks),
-        cmocka_unit_test(test_kv_push_block),
-        cmocka_unit_test(test_kv_attention_over_blocks),
-        cmocka_unit_test(test_kv_64bit),
-        cmocka_unit_test(test_kv_rejects),
-        cmocka_unit_test(test_kv_bounds),
-        cmocka_unit_test(test_kv_growth),
-        cmocka_unit_test(test_kv_runs),
-        cmocka_unit_test(test_drop_before),
-        cmocka_unit_test(test_reserve_new_block),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+SR_TEST_MAIN(cmocka_unit_test(test_kv_blocks), cmocka_unit_test(test_kv_push_block),
+             cmocka_unit_test(test_kv_attention_over_blocks), cmocka_unit_test(test_kv_64bit),
+             cmocka_unit_test(test_kv_rejects), cmocka_unit_test(test_kv_bounds), cmocka_unit_test(test_kv_growth),
+             cmocka_unit_test(test_kv_runs), cmocka_unit_test(test_drop_before),
+             cmocka_unit_test(test_reserve_new_block))

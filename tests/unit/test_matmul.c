@@ -21,6 +21,7 @@
 #include "matmul/q8.h"
 #include "gguf/quant_blocks.h"
 #include "tests/support/rng.h"
+#include "tests/support/unit_main.h"
 
 static const uint32_t TYPES[] = {SR_GGML_F32, SR_GGML_F16, SR_GGML_BF16, SR_GGML_Q8_0,
                                  SR_GGML_Q4_0, SR_GGML_Q4_1, SR_GGML_Q6_K};
@@ -529,20 +530,9 @@ static void test_errors(void **state) {
     assert_int_equal(sr_matmul(&w, x, y, 0, 1), SR_OK);
 }
 
-int main(void) {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dequant_hand_q4_q8),
-        cmocka_unit_test(test_dequant_hand_q6_k),
-        cmocka_unit_test(test_dequant_random),
-        cmocka_unit_test(test_products_all_types),
-        cmocka_unit_test(test_products_model_shapes),
-        cmocka_unit_test(test_products_scale_chunks),
-        cmocka_unit_test(test_products_odd_k),
-        cmocka_unit_test(test_products_q8_activations),
-        cmocka_unit_test(test_multi),
-        cmocka_unit_test(test_unaligned),
-        cmocka_unit_test(test_weight_row),
-        cmocka_unit_test(test_errors),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+SR_TEST_MAIN(cmocka_unit_test(test_dequant_hand_q4_q8), cmocka_unit_test(test_dequant_hand_q6_k),
+             cmocka_unit_test(test_dequant_random), cmocka_unit_test(test_products_all_types),
+             cmocka_unit_test(test_products_model_shapes), cmocka_unit_test(test_products_scale_chunks),
+             cmocka_unit_test(test_products_odd_k), cmocka_unit_test(test_products_q8_activations),
+             cmocka_unit_test(test_multi), cmocka_unit_test(test_unaligned), cmocka_unit_test(test_weight_row),
+             cmocka_unit_test(test_errors))

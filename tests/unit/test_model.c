@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "base/status.h"
+#include "tests/support/unit_main.h"
 #include "tests/unit/gguf_build.h"
 #include "gguf/gguf.h"
 #include "model/model.h"
@@ -46,7 +47,7 @@ static void cfg_gguf(sr_test_gguf_buf *b, int flags) {
     }
     if (flags & CFG_YARN) sr_test_gguf_kv_str(b, KEY("rope.scaling.type"), "yarn");
 #undef KEY
-    assert_false(b->oom);
+    assert_int_equal(sr_buf_status(b), SR_OK);
 }
 
 static int cfg_read(int flags, sr_model_config *c) {
@@ -110,11 +111,5 @@ static void test_load_missing_tensor(void **state) {
     sr_test_gguf_free(&b);
 }
 
-int main(void) {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_config),
-        cmocka_unit_test(test_config_errors),
-        cmocka_unit_test(test_load_missing_tensor),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+SR_TEST_MAIN(cmocka_unit_test(test_config), cmocka_unit_test(test_config_errors),
+             cmocka_unit_test(test_load_missing_tensor))

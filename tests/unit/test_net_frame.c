@@ -22,6 +22,7 @@
 
 #include "base/status.h"
 #include "net/frame.h"
+#include "tests/support/unit_main.h"
 #include "tests/unit/control_frame_check.h"
 
 #define DATA_DIR "tests/data/control"
@@ -333,13 +334,8 @@ static void test_kept_inputs(void **state) {
                                         seeds, bad);
 }
 
-int main(void) {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip_in_pieces), cmocka_unit_test(test_short_input_waits),
-        cmocka_unit_test(test_oversized_refused_from_the_length), cmocka_unit_test(test_garbage),
-        cmocka_unit_test(test_receiver_stops), cmocka_unit_test(test_mac_round_trip),
-        cmocka_unit_test(test_mac_tampered), cmocka_unit_test(test_mac_replayed_reordered_reflected),
-        cmocka_unit_test(test_mac_missing), cmocka_unit_test(test_kept_inputs),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+SR_TEST_MAIN(cmocka_unit_test(test_round_trip_in_pieces), cmocka_unit_test(test_short_input_waits),
+             cmocka_unit_test(test_oversized_refused_from_the_length), cmocka_unit_test(test_garbage),
+             cmocka_unit_test(test_receiver_stops), cmocka_unit_test(test_mac_round_trip),
+             cmocka_unit_test(test_mac_tampered), cmocka_unit_test(test_mac_replayed_reordered_reflected),
+             cmocka_unit_test(test_mac_missing), cmocka_unit_test(test_kept_inputs))

@@ -24,6 +24,7 @@
 
 #include "base/status.h"
 #include "net/http.h"
+#include "tests/support/unit_main.h"
 
 typedef struct {
     uv_loop_t loop;
@@ -173,32 +174,39 @@ static int take(int fd, char *buf, size_t cap, const char *needle, int want) {
     return 0;
 }
 
+/* Fails unless each of the strings (NULL-terminated) is in buf. */
+static void expect_in(const char *buf, ...) {
+    va_list ap;
+    va_start(ap, buf);
+    for (const char *want; (want = va_arg(ap, const char *));)
+        if (!strstr(buf, want)) fail_msg("'%s' is not in the answer:\n%s", want, buf);
+    va_end(ap);
+}
+
+/* Sends req and reads its answer into buf (emptied first), as take does. */
+static int ask(int fd, char *buf, size_t cap, const char *req, size_t n, const char *needle, int want) {
+    buf[0] = 0;
+    put(fd, req, n);
+    return take(fd, buf, cap, needle, want);
+}
+
 static void test_keep_alive_and_pipelining(void **state) {
     server *sv = start(NULL);
     int fd = dial(sv);
     char buf[8192] = "";
-    put(fd, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", 32);
-    take(fd, buf, sizeof buf, "END", 1);
-    assert_non_null(strstr(buf, "HTTP/1.1 200 OK\r\n"));
-    assert_non_null(strstr(buf, "Connection: keep-alive"));
-    assert_non_null(strstr(buf, "hello 0 END"));
+    ask(fd, buf, sizeof buf, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", 32, "END", 1);
+    expect_in(buf, "HTTP/1.1 200 OK\r\n", "Connection: keep-alive", "hello 0 END", NULL);
     /* three in one write, answered in order on the same connection */
-    buf[0] = 0;
     const char *three = "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\nfirstEND"
                         "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
                         "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nthi\r\n6\r\nrd END\r\n0\r\n\r\n";
-    put(fd, three, strlen(three));
-    take(fd, buf, sizeof buf, "END", 3);
+    ask(fd, buf, sizeof buf, three, strlen(three), "END", 3);
     char *a = strstr(buf, "firstEND"), *b = strstr(buf, "hello 0 END"), *c = strstr(buf, "third END");
     assert_true(a && b && c && a < b && b < c);
     assert_int_equal(count(buf, "HTTP/1.1 200 OK"), 3);
     /* an unknown path and a wrong method keep the connection */
-    buf[0] = 0;
-    put(fd, "GET /nope HTTP/1.1\r\n\r\nDELETE /hello HTTP/1.1\r\n\r\nGET /hello HTTP/1.1\r\n\r\n", 71);
-    take(fd, buf, sizeof buf, "END", 1);
-    assert_non_null(strstr(buf, "HTTP/1.1 404 Not Found"));
-    assert_non_null(strstr(buf, "HTTP/1.1 405 Method Not Allowed"));
-    assert_non_null(strstr(buf, "hello 0 END"));
+    ask(fd, buf, sizeof buf, "GET /nope HTTP/1.1\r\n\r\nDELETE /hello HTTP/1.1\r\n\r\nGET /hello HTTP/1.1\r\n\r\n", 71, "END", 1);
+    expect_in(buf, "HTTP/1.1 404 Not Found", "HTTP/1.1 405 Method Not Allowed", "hello 0 END", NULL);
     close(fd);
     finish(sv);
 }
@@ -211,29 +219,24 @@ static void test_body_over_cap(void **state) {
     /* refused on its Content-Length: none of the body is sent */
     put(fd, "POST /echo HTTP/1.1\r\nContent-Length: 5000\r\n\r\n", 46);
     assert_int_equal(take(fd, buf, sizeof buf, NULL, 0), 1);
-    assert_non_null(strstr(buf, "HTTP/1.1 413 Payload Too Large"));
-    assert_non_null(strstr(buf, "Content-Type: application/json"));
-    assert_non_null(strstr(buf, "{\"error\": {\"message\": \"the request body is over this server's 1024 bytes\""));
+    expect_in(buf, "HTTP/1.1 413 Payload Too Large", "Content-Type: application/json",
+              "{\"error\": {\"message\": \"the request body is over this server's 1024 bytes\"", NULL);
     close(fd);
     /* chunked, without a length: stopped once it passes the cap */
     fd = dial(sv);
-    buf[0] = 0;
     char big[1400];
     int k = snprintf(big, sizeof big, "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n500\r\n");
     memset(big + k, 'x', 1280);
-    put(fd, big, (size_t)k + 1280);
-    take(fd, buf, sizeof buf, NULL, 0);
+    ask(fd, buf, sizeof buf, big, (size_t)k + 1280, NULL, 0);
     assert_non_null(strstr(buf, "HTTP/1.1 413"));
     close(fd);
     /* a body just under the cap is served */
     fd = dial(sv);
-    buf[0] = 0;
     char ok[1200];
     k = snprintf(ok, sizeof ok, "POST /echo HTTP/1.1\r\nContent-Length: 1000\r\n\r\n");
     memset(ok + k, 'y', 997);
     memcpy(ok + k + 997, "END", 3);
-    put(fd, ok, (size_t)k + 1000);
-    take(fd, buf, sizeof buf, "END", 1);
+    ask(fd, buf, sizeof buf, ok, (size_t)k + 1000, "END", 1);
     assert_non_null(strstr(buf, "HTTP/1.1 200 OK"));
     close(fd);
     finish(sv);
@@ -260,9 +263,7 @@ static void test_headers_over_cap_and_garbage(void **state) {
     close(fd);
     /* the server still serves */
     fd = dial(sv);
-    buf[0] = 0;
-    put(fd, "GET /hello HTTP/1.1\r\n\r\n", 23);
-    take(fd, buf, sizeof buf, "END", 1);
+    ask(fd, buf, sizeof buf, "GET /hello HTTP/1.1\r\n\r\n", 23, "END", 1);
     assert_non_null(strstr(buf, "hello 0 END"));
     close(fd);
     finish(sv);
@@ -272,19 +273,15 @@ static void test_stream_and_disconnect(void **state) {
     server *sv = start(NULL);
     int fd = dial(sv);
     char buf[65536] = "";
-    put(fd, "GET /stream HTTP/1.1\r\n\r\n", 24);
-    take(fd, buf, sizeof buf, "data: 199\n\n\r\n0\r\n\r\n", 1);
-    assert_non_null(strstr(buf, "Transfer-Encoding: chunked"));
-    assert_non_null(strstr(buf, "Content-Type: text/event-stream"));
-    assert_non_null(strstr(buf, "9\r\ndata: 0\n\n\r\n")); /* one chunk per event */
-    assert_non_null(strstr(buf, "data: 199\n\n\r\n0\r\n\r\n")); /* the last chunk */
+    ask(fd, buf, sizeof buf, "GET /stream HTTP/1.1\r\n\r\n", 24, "data: 199\n\n\r\n0\r\n\r\n", 1);
+    /* one chunk per event, then the last chunk */
+    expect_in(buf, "Transfer-Encoding: chunked", "Content-Type: text/event-stream", "9\r\ndata: 0\n\n\r\n",
+              "data: 199\n\n\r\n0\r\n\r\n", NULL);
     assert_int_equal(atomic_load(&sv->gone), 0);
     close(fd);
     /* the client leaves after a few events: the handler is told, the events stop */
     fd = dial(sv);
-    buf[0] = 0;
-    put(fd, "GET /stream HTTP/1.1\r\n\r\n", 24);
-    take(fd, buf, sizeof buf, "data: 3\n\n", 1);
+    ask(fd, buf, sizeof buf, "GET /stream HTTP/1.1\r\n\r\n", 24, "data: 3\n\n", 1);
     close(fd);
     for (int i = 0; i < 200 && atomic_load(&sv->gone) == 0; i++) usleep(10000);
     assert_int_equal(atomic_load(&sv->gone), 1);
@@ -324,13 +321,6 @@ static void test_slow_client_and_connection_limit(void **state) {
     finish(sv);
 }
 
-int main(void) {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_keep_alive_and_pipelining),
-        cmocka_unit_test(test_body_over_cap),
-        cmocka_unit_test(test_headers_over_cap_and_garbage),
-        cmocka_unit_test(test_stream_and_disconnect),
-        cmocka_unit_test(test_slow_client_and_connection_limit),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+SR_TEST_MAIN(cmocka_unit_test(test_keep_alive_and_pipelining), cmocka_unit_test(test_body_over_cap),
+             cmocka_unit_test(test_headers_over_cap_and_garbage), cmocka_unit_test(test_stream_and_disconnect),
+             cmocka_unit_test(test_slow_client_and_connection_limit))

@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "base/status.h"
+#include "tests/support/unit_main.h"
 #include "worker/placement.h"
 
 /* chunk c of k over n tokens starts at floor(c n / k), in 128 bits */
@@ -181,12 +182,5 @@ static void test_star_errors(void **state) {
     assert_int_equal(sr_place_star(100, 64, 0, 2, 0, NULL), SR_EINVAL);
 }
 
-int main(void) {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_zigzag),
-        cmocka_unit_test(test_zigzag_errors),
-        cmocka_unit_test(test_star),
-        cmocka_unit_test(test_star_errors),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+SR_TEST_MAIN(cmocka_unit_test(test_zigzag), cmocka_unit_test(test_zigzag_errors), cmocka_unit_test(test_star),
+             cmocka_unit_test(test_star_errors))

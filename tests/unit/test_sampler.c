@@ -14,6 +14,7 @@
 
 #include "base/status.h"
 #include "model/sampler.h"
+#include "tests/support/unit_main.h"
 
 static sr_sampler make_sampler(float temp, int top_k, float top_p, float penalty, int vocab, uint64_t seed) {
     sr_sampler_params p = sr_sampler_defaults();
@@ -280,19 +281,8 @@ static void test_seed_rebuild(void **state) {
     }
 }
 
-int main(void) {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_defaults),
-        cmocka_unit_test(test_greedy),
-        cmocka_unit_test(test_greedy_edges),
-        cmocka_unit_test(test_repeat_penalty),
-        cmocka_unit_test(test_penalty_window),
-        cmocka_unit_test(test_penalty_sampling),
-        cmocka_unit_test(test_top_k),
-        cmocka_unit_test(test_top_p),
-        cmocka_unit_test(test_seed_replays),
-        cmocka_unit_test(test_seed_rebuild),
-        cmocka_unit_test(test_sampler_rejects),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+SR_TEST_MAIN(cmocka_unit_test(test_defaults), cmocka_unit_test(test_greedy), cmocka_unit_test(test_greedy_edges),
+             cmocka_unit_test(test_repeat_penalty), cmocka_unit_test(test_penalty_window),
+             cmocka_unit_test(test_penalty_sampling), cmocka_unit_test(test_top_k), cmocka_unit_test(test_top_p),
+             cmocka_unit_test(test_seed_replays), cmocka_unit_test(test_seed_rebuild),
+             cmocka_unit_test(test_sampler_rejects))

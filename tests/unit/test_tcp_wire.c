@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "base/status.h"
+#include "tests/support/unit_main.h"
 #include "transport/tcp_wire.h"
 
 #define DATA_DIR "tests/data/tcp"
@@ -274,12 +275,6 @@ static void test_kept_inputs(void **state) {
     if (seeds < 4 || bad < 12) fail_msg("%s/hello holds %d seed-* and %d bad-* files; expected more", DATA_DIR, seeds, bad);
 }
 
-int main(void) {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_frame_round_trip), cmocka_unit_test(test_frame_errors),
-        cmocka_unit_test(test_hello_round_trip), cmocka_unit_test(test_hello_errors),
-        cmocka_unit_test(test_job_id_check),     cmocka_unit_test(test_auth),
-        cmocka_unit_test(test_kept_inputs),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+SR_TEST_MAIN(cmocka_unit_test(test_frame_round_trip), cmocka_unit_test(test_frame_errors),
+             cmocka_unit_test(test_hello_round_trip), cmocka_unit_test(test_hello_errors),
+             cmocka_unit_test(test_job_id_check), cmocka_unit_test(test_auth), cmocka_unit_test(test_kept_inputs))

@@ -241,14 +241,15 @@ static sr_tokenizer *tiny_build(const tiny *d, int want_rc) {
         sr_test_gguf_u32(&arr, SR_GGUF_F32);
         sr_test_gguf_u64(&arr, (uint64_t)d->n);
         sr_test_gguf_raw(&arr, d->scores, (size_t)d->n * sizeof(float));
-        assert_false(arr.oom);
+        assert_int_equal(sr_buf_status(&arr), SR_OK);
         sr_test_gguf_kv_raw(&kv, "tokenizer.ggml.scores", SR_GGUF_ARRAY, arr.data, arr.len);
         sr_test_gguf_free(&arr);
         n_kv++;
     }
     sr_test_gguf_header(&b, 3, 0, n_kv);
     sr_test_gguf_raw(&b, kv.data, kv.len);
-    assert_false(b.oom || kv.oom);
+    assert_int_equal(sr_buf_status(&b), SR_OK);
+    assert_int_equal(sr_buf_status(&kv), SR_OK);
     sr_gguf *g = NULL;
     int rc = sr_gguf_open_buffer(&g, b.data, b.len);
     if (rc) fail_msg("tiny GGUF: %s", sr_error_msg());

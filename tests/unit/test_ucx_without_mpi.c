@@ -22,6 +22,7 @@
 
 #include "base/clock.h"
 #include "base/status.h"
+#include "tests/support/unit_main.h"
 #include "transport/transport.h"
 
 #define N 100000 /* past UCX's eager limit on shared memory: rendezvous */
@@ -201,11 +202,5 @@ static void test_open_needs_an_exchange(void **state) {
     assert_non_null(strstr(sr_error_msg(), "sr_tp_opts.key_len 8 is out of range 16..4096"));
 }
 
-int main(void) {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip),
-        cmocka_unit_test(test_killed_peer),
-        cmocka_unit_test(test_open_needs_an_exchange),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+SR_TEST_MAIN(cmocka_unit_test(test_round_trip), cmocka_unit_test(test_killed_peer),
+             cmocka_unit_test(test_open_needs_an_exchange))

@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "base/status.h"
+#include "tests/support/unit_main.h"
 #include "worker/wire.h"
 
 /* rc is code, and the message holds every one of the strings */
@@ -125,12 +126,5 @@ static void test_hello(void **state) {
     expect_error(sr_wire_hello_check(&h[0][0], 3), SR_EINVAL, "rank 1 failed", NULL);
 }
 
-int main(void) {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_status),
-        cmocka_unit_test(test_step),
-        cmocka_unit_test(test_ring_table),
-        cmocka_unit_test(test_hello),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+SR_TEST_MAIN(cmocka_unit_test(test_status), cmocka_unit_test(test_step), cmocka_unit_test(test_ring_table),
+             cmocka_unit_test(test_hello))
