@@ -30,6 +30,7 @@ typedef struct {
     const char *control_host; /* the control plane */
     int control_port;         /* 0: any */
     int workers;
+    int attn_servers;         /* of the workers, the last attn_servers are attention servers (mode cad) */
     int64_t kv_budget;        /* bytes of KV per worker; 0: no limit */
     int queue;                /* requests admitted at once */
     size_t max_message;       /* gRPC request message bytes */
