@@ -8,6 +8,7 @@
 
 #include "attention/attention.h"
 #include "base/clock.h"
+#include "base/half.h"
 #include "base/status.h"
 #include "model/kv_cache.h"
 #include "worker/agree.h"
@@ -78,11 +79,15 @@ sr_cad_cost sr_cad_cost_of(int n_head, int n_head_kv, int head_dim) {
     return (sr_cad_cost){4 * qd, 8 * (int64_t)n_head_kv * head_dim, 4 * (qd + n_head), 4.0 * (double)qd};
 }
 
+/* Bytes of one K or V element on the wire: the cache's dtype. */
+static int64_t kv_elem(int dtype) { return dtype == SR_DT_F32 ? 4 : 2; }
+
 static int layout_build(layout *y, const sr_cad_cmd *c, int k) {
     memset(y, 0, sizeof *y);
     int w = c->workers;
     sr_cad_plan plan;
     sr_cad_cost cost = sr_cad_cost_of(c->n_head, c->n_head_kv, c->head_dim);
+    cost.kv_row_bytes = 2 * (int64_t)c->n_head_kv * c->head_dim * kv_elem(c->kv_dtype); /* as it moves */
     int rc = sr_cad_plan_build(&plan, &c->n_ctx, 1, c->chunk, k, &cost);
     if (rc != SR_OK) return rc;
     wspan *ws = malloc(sizeof *ws * (size_t)(2 * w));
@@ -151,7 +156,29 @@ static int get_status(const float *slot, int peer, int *status) {
 
 static int64_t out_floats(const sr_cad_cmd *c, int64_t rows) { return rows * c->n_head * (c->head_dim + 1) + 1; }
 static int64_t q_floats(const sr_cad_cmd *c, int64_t rows) { return rows * c->n_head * c->head_dim + 1; }
-static int64_t kv_floats(const sr_cad_cmd *c, int64_t rows) { return 2 * rows * c->n_head_kv * c->head_dim + 1; }
+/* a KV message: K rows, V rows in the cache's dtype, then the status float
+ * (4-aligned: the rows take an even number of 2-byte elements) */
+static int64_t kv_msg_bytes(const sr_cad_cmd *c, int64_t rows) {
+    return 2 * rows * c->n_head_kv * c->head_dim * kv_elem(c->kv_dtype) + 4;
+}
+
+/* n fp32 values to the cache's dtype, for the wire (the same rounding as
+ * the cache's own store), and back (exact: every f16 or bf16 is a float). */
+static void kv_pack(void *dst, const float *src, int64_t n, int dtype) {
+    uint16_t *d = dst;
+    if (dtype == SR_DT_F32) memcpy(dst, src, sizeof(float) * (size_t)n);
+    else if (dtype == SR_DT_F16)
+        for (int64_t i = 0; i < n; i++) d[i] = sr_f32_to_f16(src[i]);
+    else
+        for (int64_t i = 0; i < n; i++) d[i] = sr_f32_to_bf16(src[i]);
+}
+static void kv_unpack(float *dst, const void *src, int64_t n, int dtype) {
+    const uint16_t *h = src;
+    if (dtype == SR_DT_F16)
+        for (int64_t i = 0; i < n; i++) dst[i] = sr_f16_to_f32(h[i]);
+    else
+        for (int64_t i = 0; i < n; i++) dst[i] = sr_bf16_to_f32(h[i]);
+}
 
 static sr_star_desc star_desc(const sr_cad_cmd *c, int n_threads) {
     return (sr_star_desc){c->n_head, c->n_head_kv, c->head_dim, c->kv_dtype, 0.0f, n_threads};
@@ -185,9 +212,11 @@ typedef struct sctx {
     sr_kv_run *runs;
     int64_t n_runs;
     sr_star_run *qruns;  /* [n_runs] */
-    float *in_kv, *in_q, *out, *tmp; /* this server's messages of one layer, and scratch */
+    uint8_t *in_kv;      /* this server's KV messages of one layer */
+    float *kv32;         /* their rows in fp32, for the cache's store (f16 and bf16 on the wire) */
+    float *in_q, *out, *tmp; /* its query messages, answers and scratch */
     int64_t n_mine, n_mq;
-    int64_t *mine, *kv_at;      /* [n_mine] this server's pieces (in position order), their offsets in in_kv */
+    int64_t *mine, *kv_at;      /* [n_mine] this server's pieces (in position order), their byte offsets in in_kv */
     int64_t *mq, *q_at, *out_at; /* [n_mq] its queries in the order answered, offsets in in_q and out */
     int64_t tmp_rows;
     sr_tp_req **reqs;
@@ -212,6 +241,7 @@ static void sctx_free(sctx *x) {
     free(x->runs);
     free(x->qruns);
     free(x->in_kv);
+    free(x->kv32);
     free(x->in_q);
     free(x->out);
     free(x->tmp);
@@ -298,12 +328,13 @@ static int server_setup(server *s, sctx *x) {
     x->reqs = calloc((size_t)x->n_reqs, sizeof *x->reqs);
     if (!x->b0 || !x->off0 || !x->mine || !x->kv_at || !x->mq || !x->q_at || !x->out_at || !x->reqs)
         return sr_error_set(SR_ENOMEM, "cad server: out of memory for a context of %lld tokens", (long long)c->n_ctx);
-    int64_t nkv = 0, nqf = 0, nout = 0, most = c->max_step;
+    int64_t nkv = 0, nqf = 0, nout = 0, most = c->max_step, longest = 0;
     for (int64_t i = 0; i < y->n_pieces; i++)
         if (y->pieces[i].server == s->me) {
             x->kv_at[x->n_mine] = nkv;
             x->mine[x->n_mine++] = i;
-            nkv += kv_floats(c, y->pieces[i].len);
+            nkv += kv_msg_bytes(c, y->pieces[i].len);
+            if (y->pieces[i].len > longest) longest = y->pieces[i].len;
         }
     for (int64_t i = 0; i < y->n_q; i++)
         if (y->q[i].server == s->me) x->mq[x->n_mq++] = i;
@@ -318,12 +349,13 @@ static int server_setup(server *s, sctx *x) {
     }
     if (nqf < q_floats(c, c->max_step)) nqf = q_floats(c, c->max_step); /* a step's query and result */
     if (nout < out_floats(c, c->max_step)) nout = out_floats(c, c->max_step);
-    x->in_kv = calloc((size_t)(nkv + 1), sizeof(float));
+    x->in_kv = calloc((size_t)(nkv + 4), 1);
+    x->kv32 = malloc(sizeof(float) * (size_t)(2 * longest * c->n_head_kv * c->head_dim + 1));
     x->in_q = calloc((size_t)nqf, sizeof(float));
     x->out = calloc((size_t)nout, sizeof(float));
     x->tmp_rows = most;
     x->tmp = malloc(sizeof(float) * (size_t)(most * c->n_head * (c->head_dim + 1)));
-    if (!x->in_kv || !x->in_q || !x->out || !x->tmp)
+    if (!x->in_kv || !x->kv32 || !x->in_q || !x->out || !x->tmp)
         return sr_error_set(SR_ENOMEM, "cad server: out of memory for a context of %lld tokens", (long long)c->n_ctx);
     for (int64_t j = 0; j < x->n_mine && rc == SR_OK; j++) {
         const piece *p = &y->pieces[x->mine[j]];
@@ -371,12 +403,17 @@ static int server_wait(server *s, sctx *x, int64_t i) {
 static int server_store(server *s, sctx *x, int l, int64_t j, int rc) {
     const sr_cad_cmd *c = &x->ctx;
     const piece *p = &x->lay.pieces[x->mine[j]];
-    const float *kvm = x->in_kv + x->kv_at[j];
-    int64_t kvd = (int64_t)c->n_head_kv * c->head_dim;
+    const uint8_t *kvm = x->in_kv + x->kv_at[j];
+    int64_t kvd = (int64_t)c->n_head_kv * c->head_dim, n = 2 * p->len * kvd;
     int st = SR_OK;
     double t0 = sr_now();
-    if (rc == SR_OK) rc = get_status(kvm + 2 * p->len * kvd, p->worker, &st);
-    if (rc == SR_OK) rc = sr_kv_store(&x->kv, l, x->b0[x->mine[j]], x->off0[x->mine[j]], p->len, kvm, kvm + p->len * kvd);
+    if (rc == SR_OK) rc = get_status((const float *)(kvm + kv_msg_bytes(c, p->len) - 4), p->worker, &st);
+    const float *rows = (const float *)kvm;
+    if (rc == SR_OK && c->kv_dtype != SR_DT_F32) {
+        kv_unpack(x->kv32, kvm, n, c->kv_dtype);
+        rows = x->kv32;
+    }
+    if (rc == SR_OK) rc = sr_kv_store(&x->kv, l, x->b0[x->mine[j]], x->off0[x->mine[j]], p->len, rows, rows + p->len * kvd);
     s->st.busy_s += sr_now() - t0;
     return rc;
 }
@@ -396,10 +433,9 @@ static int server_layer(server *s, sctx *x, int l, int *rcp) {
     int trc = SR_OK;
     for (int64_t j = 0; j < np && trc == SR_OK; j++) {
         const piece *p = &y->pieces[x->mine[j]];
-        int64_t n = kv_floats(c, p->len);
-        trc = sr_tp_irecv(s->tp, x->in_kv + x->kv_at[j], n * (int64_t)sizeof(float), p->worker, s->tag + TAG_KV,
-                          &x->reqs[nr++]);
-        s->st.bytes_recv += n * (int64_t)sizeof(float);
+        int64_t n = kv_msg_bytes(c, p->len);
+        trc = sr_tp_irecv(s->tp, x->in_kv + x->kv_at[j], n, p->worker, s->tag + TAG_KV, &x->reqs[nr++]);
+        s->st.bytes_recv += n;
     }
     for (int64_t j = 0; j < nq && trc == SR_OK; j++) {
         const qmsg *m = &y->q[x->mq[j]];
@@ -570,7 +606,8 @@ struct sr_cad {
     int64_t layer;       /* the prefill's next layer */
     int n_threads;
     layout lay;
-    float *send_kv, *send_q, *in;   /* this worker's messages of one layer */
+    uint8_t *send_kv;    /* this worker's KV messages of one layer (the cache's dtype) */
+    float *send_q, *in;  /* its query messages and the answers */
     sr_tp_req **reqs;
     int64_t n_reqs;
     float *step_q, *step_in, *step_o, *step_l; /* query worker, decode: max_step queries */
@@ -589,7 +626,8 @@ static void worker_drop(sr_cad *c) {
     free(c->step_in);
     free(c->step_o);
     free(c->step_l);
-    c->send_kv = c->send_q = c->in = NULL;
+    c->send_kv = NULL;
+    c->send_q = c->in = NULL;
     c->step_q = c->step_in = c->step_o = c->step_l = NULL;
     c->reqs = NULL;
     c->n_reqs = c->step_cap = 0;
@@ -694,13 +732,13 @@ static int worker_setup(sr_cad *c) {
     const sr_cad_cmd *x = &c->ctx;
     int64_t nkv = 0, nq = 0, nin = 0, nr = 0;
     for (int64_t i = 0; i < y->n_pieces; i++)
-        if (y->pieces[i].worker == c->rank) nkv += kv_floats(x, y->pieces[i].len), nr++;
+        if (y->pieces[i].worker == c->rank) nkv += kv_msg_bytes(x, y->pieces[i].len), nr++;
     sr_span sp[2];
     sr_place_zigzag(x->n_ctx, c->w, c->rank, sp);
     nq = q_floats(x, sp[0].len) + q_floats(x, sp[1].len);
     for (int64_t i = 0; i < y->n_q; i++)
         if (y->q[i].worker == c->rank) nin += out_floats(x, y->q[i].len), nr += 2;
-    c->send_kv = calloc((size_t)(nkv + 1), sizeof(float));
+    c->send_kv = calloc((size_t)(nkv + 4), 1);
     c->send_q = calloc((size_t)nq, sizeof(float));
     c->in = calloc((size_t)(nin + 1), sizeof(float));
     c->n_reqs = nr;
@@ -780,18 +818,18 @@ int sr_cad_layer(sr_cad *c, int rc, const float *q, const float *k, const float 
         c->st.bytes_recv += n * (int64_t)sizeof(float);
         in += n;
     }
-    float *kvm = c->send_kv;
+    uint8_t *kvm = c->send_kv;
     for (int64_t i = 0; i < y->n_pieces && prc == SR_OK; i++) {
         const piece *p = &y->pieces[i];
         if (p->worker != c->rank) continue;
-        int64_t n = kv_floats(x, p->len);
+        int64_t n = kv_msg_bytes(x, p->len), half = p->len * kvd * kv_elem(x->kv_dtype);
         if (rc == SR_OK) {
-            memcpy(kvm, k + p->row * kvd, sizeof(float) * (size_t)(p->len * kvd));
-            memcpy(kvm + p->len * kvd, v + p->row * kvd, sizeof(float) * (size_t)(p->len * kvd));
+            kv_pack(kvm, k + p->row * kvd, p->len * kvd, x->kv_dtype);
+            kv_pack(kvm + half, v + p->row * kvd, p->len * kvd, x->kv_dtype);
         }
-        put_status(kvm + n - 1, rc);
-        prc = sr_tp_isend(c->tp, kvm, n * (int64_t)sizeof(float), c->w + p->server, c->tag + TAG_KV, &c->reqs[nr++]);
-        c->st.bytes_sent += n * (int64_t)sizeof(float);
+        put_status((float *)(kvm + n - 4), rc);
+        prc = sr_tp_isend(c->tp, kvm, n, c->w + p->server, c->tag + TAG_KV, &c->reqs[nr++]);
+        c->st.bytes_sent += n;
         c->st.messages++;
         kvm += n;
     }

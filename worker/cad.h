@@ -79,8 +79,9 @@ typedef struct {
 
 typedef struct sr_cad sr_cad;
 
-/* The plan's cost model for these shapes, as the runtime moves them:
- * queries, K/V and answers (O and LSE) in fp32. */
+/* The plan's cost model for these shapes: queries, K/V and answers (O and
+ * LSE) in fp32. The runtime sends K/V in the KV cache's dtype (f16 or bf16
+ * halves them) and plans with that width. */
 sr_cad_cost sr_cad_cost_of(int n_head, int n_head_kv, int head_dim);
 
 /* Whether rank is one of the n_servers attention servers of a job of size
