@@ -1554,6 +1554,7 @@ static void get_stats_end(sr_grpc_call *call) {
         if (c->state != CTX_READY) continue;
         s.contexts += !c->ephemeral;
         for (int w = 0; w < W; w++) {
+            if (attn_server(co, w) && c->mode != SR_CP_CAD) continue; /* not on the servers */
             s.kv_tokens += c->kv_tokens[w];
             s.kv_bytes += c->kv_bytes[w];
             ws[w].contexts++;

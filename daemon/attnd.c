@@ -25,32 +25,35 @@ typedef struct {
     sr_attnd_live *live;
 } attnd;
 
-static void on_prefilled(void *data, uint64_t ctx, int status, int64_t kv_tokens, int64_t kv_bytes) {
-    attnd *a = data;
+/* A context's Prefilled, or its Dropped, to the coordinator. */
+static void report(attnd *a, int dropped, uint64_t ctx, int status, int64_t kv_tokens, int64_t kv_bytes) {
     Starring__Control__V1__Prefilled p = STARRING__CONTROL__V1__PREFILLED__INIT;
+    Starring__Control__V1__Dropped d = STARRING__CONTROL__V1__DROPPED__INIT;
     sr_frame f = STARRING__CONTROL__V1__FRAME__INIT;
-    f.kind_case = STARRING__CONTROL__V1__FRAME__KIND_PREFILLED;
-    f.prefilled = &p;
-    p.ctx = ctx;
-    p.status = status;
-    p.kv_tokens = kv_tokens;
-    p.kv_bytes = kv_bytes;
-    if (status != SR_OK) p.error = (char *)sr_error_msg();
-    SR_INFO("context %016llx: %lld KV tokens held here (%lld bytes)%s", (unsigned long long)ctx, (long long)kv_tokens,
-            (long long)kv_bytes, status == SR_OK ? "" : ", its prefill failed");
+    if (dropped) {
+        f.kind_case = STARRING__CONTROL__V1__FRAME__KIND_DROPPED;
+        f.dropped = &d;
+        d.ctx = ctx;
+        d.kv_bytes = kv_bytes;
+    } else {
+        f.kind_case = STARRING__CONTROL__V1__FRAME__KIND_PREFILLED;
+        f.prefilled = &p;
+        p.ctx = ctx;
+        p.status = status;
+        p.kv_tokens = kv_tokens;
+        p.kv_bytes = kv_bytes;
+        if (status != SR_OK) p.error = (char *)sr_error_msg();
+    }
     a->send(a->data, &f);
 }
 
-static void on_dropped(void *data, uint64_t ctx, int64_t kv_bytes) {
-    attnd *a = data;
-    Starring__Control__V1__Dropped d = STARRING__CONTROL__V1__DROPPED__INIT;
-    sr_frame f = STARRING__CONTROL__V1__FRAME__INIT;
-    f.kind_case = STARRING__CONTROL__V1__FRAME__KIND_DROPPED;
-    f.dropped = &d;
-    d.ctx = ctx;
-    d.kv_bytes = kv_bytes;
-    a->send(a->data, &f);
+static void on_prefilled(void *data, uint64_t ctx, int status, int64_t kv_tokens, int64_t kv_bytes) {
+    SR_INFO("context %016llx: %lld KV tokens held here (%lld bytes)%s", (unsigned long long)ctx, (long long)kv_tokens,
+            (long long)kv_bytes, status == SR_OK ? "" : ", its prefill failed");
+    report(data, 0, ctx, status, kv_tokens, kv_bytes);
 }
+
+static void on_dropped(void *data, uint64_t ctx, int64_t kv_bytes) { report(data, 1, ctx, SR_OK, 0, kv_bytes); }
 
 static void on_stats(void *data, const sr_cad_server_stats *st) {
     attnd *a = data;
