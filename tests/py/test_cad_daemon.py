@@ -38,6 +38,8 @@ except ImportError:
 
 Q = "What is the pass key?"
 BUDGET = 64 << 20
+# one KV block of SmolLM2's caches: 256 tokens x 30 layers x K and V of 3 heads of 64 in f16
+BLOCK_BYTES = 256 * 30 * 2 * 3 * 64 * 2
 
 
 def passkey(repeats, key):
@@ -117,7 +119,7 @@ def run(t, d, mport):
     t.check(cad1.state == "ready" and cad1.mode == "cad" and shards[0].kv_tokens == 0 and shards[1].kv_tokens == 0 and
             shards[0].kv_bytes == 0 and shards[1].kv_bytes == 0,
             f"a cad context ({cad1.n_tokens} tokens): the model workers hold 0 of its KV")
-    t.check(shards[2].kv_tokens == cad1.n_tokens and shards[2].kv_bytes > 0,
+    t.check(shards[2].kv_tokens == cad1.n_tokens and shards[2].kv_bytes == -(-cad1.n_tokens // 256) * BLOCK_BYTES,
             f"the attention server holds all of it ({shards[2].kv_tokens} tokens, {shards[2].kv_bytes} bytes)")
     ids_cad, text_cad, _ = c.generate(Q, context_id=cad1.id, chat=True, max_tokens=12)
     t0 = time.time()
@@ -172,7 +174,9 @@ def run(t, d, mport):
             f"--mode cad: a prompt without a context is prefilled in cad mode and answered ({ans!r})")
 
     code, msg = code_of(lambda: c.upload(tokens=[1] * 3000))
-    t.check(code == grpc.StatusCode.RESOURCE_EXHAUSTED and "on worker 2" in msg and "--kv-budget" in msg and
+    # the coordinator's estimate of the server's share: 12 blocks, as a lone server fills them
+    t.check(code == grpc.StatusCode.RESOURCE_EXHAUSTED and f"needs {12 * BLOCK_BYTES} bytes of KV on worker 2" in msg and
+            "--kv-budget" in msg and
             c.stats().prefills == 4, f"a cad context over the server's budget is refused before its prefill ({msg})")
     c.close()
 
