@@ -214,11 +214,10 @@ typedef struct sctx {
     sr_star_run *qruns;  /* [n_runs] */
     uint8_t *in_kv;      /* this server's KV messages of one layer */
     float *kv32;         /* their rows in fp32, for the cache's store (f16 and bf16 on the wire) */
-    float *in_q, *out, *tmp; /* its query messages, answers and scratch */
+    float *in_q, *out, *tmp; /* its query messages, answers and scratch (the prefill's) */
     int64_t n_mine, n_mq;
     int64_t *mine, *kv_at;      /* [n_mine] this server's pieces (in position order), their byte offsets in in_kv */
     int64_t *mq, *q_at, *out_at; /* [n_mq] its queries in the order answered, offsets in in_q and out */
-    int64_t tmp_rows;
     sr_tp_req **reqs;
     int64_t n_reqs;
     struct sctx *next;
@@ -228,6 +227,10 @@ typedef struct {
     sr_tp *tp;
     int k, w, me, rank, tag, n_threads;
     sctx *ctxs;
+    /* a step's query, answer and scratch, for the largest max_step of the
+     * contexts held: one command runs at a time, so the contexts share it */
+    float *step;
+    int64_t step_cap; /* floats */
     sr_cad_hooks h;
     sr_cad_server_stats st; /* kv_*: of every context held */
 } server;
@@ -252,6 +255,34 @@ static void sctx_free(sctx *x) {
     free(x->q_at);
     free(x->out_at);
     free(x);
+}
+
+/* What only the prefill needs, once it is over: a resident context keeps
+ * its KV and runs. */
+static void sctx_shed(sctx *x) {
+    layout_free(&x->lay);
+    free(x->b0);
+    free(x->off0);
+    free(x->in_kv);
+    free(x->kv32);
+    free(x->in_q);
+    free(x->out);
+    free(x->tmp);
+    free(x->reqs);
+    free(x->mine);
+    free(x->kv_at);
+    free(x->mq);
+    free(x->q_at);
+    free(x->out_at);
+    x->b0 = x->off0 = x->mine = x->kv_at = x->mq = x->q_at = x->out_at = NULL;
+    x->in_kv = NULL;
+    x->kv32 = x->in_q = x->out = x->tmp = NULL;
+    x->reqs = NULL;
+}
+
+/* floats of a step of nq queries: the query, the answer, the scratch */
+static int64_t step_floats(const sr_cad_cmd *c, int64_t nq) {
+    return q_floats(c, nq) + out_floats(c, nq) + nq * c->n_head * (c->head_dim + 1);
 }
 
 static sctx *server_find(server *s, uint64_t id) {
@@ -328,7 +359,7 @@ static int server_setup(server *s, sctx *x) {
     x->reqs = calloc((size_t)x->n_reqs, sizeof *x->reqs);
     if (!x->b0 || !x->off0 || !x->mine || !x->kv_at || !x->mq || !x->q_at || !x->out_at || !x->reqs)
         return sr_error_set(SR_ENOMEM, "cad server: out of memory for a context of %lld tokens", (long long)c->n_ctx);
-    int64_t nkv = 0, nqf = 0, nout = 0, most = c->max_step, longest = 0;
+    int64_t nkv = 0, nqf = 0, nout = 0, most = 1, longest = 0;
     for (int64_t i = 0; i < y->n_pieces; i++)
         if (y->pieces[i].server == s->me) {
             x->kv_at[x->n_mine] = nkv;
@@ -347,13 +378,18 @@ static int server_setup(server *s, sctx *x) {
         nout += out_floats(c, m->len);
         if (m->len > most) most = m->len;
     }
-    if (nqf < q_floats(c, c->max_step)) nqf = q_floats(c, c->max_step); /* a step's query and result */
-    if (nout < out_floats(c, c->max_step)) nout = out_floats(c, c->max_step);
+    /* the steps' buffer, for this context's largest (bounded by the command's checks) */
+    int64_t need = step_floats(c, c->max_step);
+    if (need > s->step_cap) {
+        float *b = realloc(s->step, sizeof(float) * (size_t)need);
+        if (!b) return sr_error_set(SR_ENOMEM, "cad server: out of memory for steps of %lld queries", (long long)c->max_step);
+        s->step = b;
+        s->step_cap = need;
+    }
     x->in_kv = calloc((size_t)(nkv + 4), 1);
     x->kv32 = malloc(sizeof(float) * (size_t)(2 * longest * c->n_head_kv * c->head_dim + 1));
-    x->in_q = calloc((size_t)nqf, sizeof(float));
-    x->out = calloc((size_t)nout, sizeof(float));
-    x->tmp_rows = most;
+    x->in_q = calloc((size_t)(nqf + 1), sizeof(float));
+    x->out = calloc((size_t)(nout + 1), sizeof(float));
     x->tmp = malloc(sizeof(float) * (size_t)(most * c->n_head * (c->head_dim + 1)));
     if (!x->in_kv || !x->kv32 || !x->in_q || !x->out || !x->tmp)
         return sr_error_set(SR_ENOMEM, "cad server: out of memory for a context of %lld tokens", (long long)c->n_ctx);
@@ -364,25 +400,26 @@ static int server_setup(server *s, sctx *x) {
     if (rc == SR_OK) rc = sr_kv_runs(&x->kv, &x->runs, &x->n_runs);
     if (rc == SR_OK && !(x->qruns = malloc(sizeof *x->qruns * (size_t)(x->n_runs + 1))))
         rc = sr_error_set(SR_ENOMEM, "cad server: out of memory");
-    int64_t need = (int64_t)sr_kv_bytes(&x->kv);
-    if (rc == SR_OK && s->h.kv_budget > 0 && s->st.kv_bytes + need > s->h.kv_budget)
+    int64_t kvb = (int64_t)sr_kv_bytes(&x->kv);
+    if (rc == SR_OK && s->h.kv_budget > 0 && s->st.kv_bytes + kvb > s->h.kv_budget)
         rc = sr_error_set(SR_ENOMEM, "attention server %d: a context of %lld tokens needs %lld bytes of KV here, with "
                           "%lld held the budget of %lld bytes (--kv-budget) is exceeded", s->me, (long long)c->n_ctx,
-                          (long long)need, (long long)s->st.kv_bytes, (long long)s->h.kv_budget);
+                          (long long)kvb, (long long)s->st.kv_bytes, (long long)s->h.kv_budget);
     return rc;
 }
 
 /* nq queries at positions pos0.. (in q) against layer l of the context's
  * KV on this server, into out [O | LSE | status]; rc: the sender's status
  * so far. */
-static int server_attend(server *s, sctx *x, int l, int rc, int64_t nq, int64_t pos0, const float *q, float *out) {
+static int server_attend(server *s, sctx *x, int l, int rc, int64_t nq, int64_t pos0, const float *q, float *out,
+                         float *tmp) {
     const sr_cad_cmd *c = &x->ctx;
     int64_t qn = nq * c->n_head * c->head_dim;
     double t0 = sr_now();
     if (rc == SR_OK) {
         sr_star_desc d = star_desc(c, s->n_threads);
         rc = sr_star_attend(&d, nq, pos0, q, x->qruns, layer_runs(&x->kv, x->runs, x->n_runs, l, pos0 + nq, x->qruns), out,
-                            out + qn, x->tmp, x->tmp + qn);
+                            out + qn, tmp, tmp + qn);
     }
     put_status(out + qn + nq * c->n_head, rc);
     s->st.busy_s += sr_now() - t0;
@@ -460,7 +497,7 @@ static int server_layer(server *s, sctx *x, int l, int *rcp) {
         int qrc = rc, st = SR_OK;
         if (qrc == SR_OK) qrc = get_status(qm + q_floats(c, m->len) - 1, m->worker, &st);
         /* a sender's failure is its own; this server's is every later answer's */
-        int arc = server_attend(s, x, l, qrc, m->len, m->pos0, qm, out);
+        int arc = server_attend(s, x, l, qrc, m->len, m->pos0, qm, out, x->tmp);
         if (rc == SR_OK && qrc == SR_OK) rc = arc;
         int64_t n = out_floats(c, m->len);
         trc = sr_tp_isend(s->tp, out, n * (int64_t)sizeof(float), m->worker, s->tag + TAG_OUT, &x->reqs[sends++]);
@@ -513,7 +550,8 @@ static int server_layer_cmd(server *s, const sr_cad_cmd *c) {
     int rc = x->rc;
     int64_t tokens = x->kv.n_tokens, bytes = (int64_t)sr_kv_bytes(&x->kv);
     x->have = rc == SR_OK;
-    if (!x->have) server_drop(s, x->id);
+    if (x->have) sctx_shed(x);
+    else server_drop(s, x->id);
     if (s->h.prefilled) s->h.prefilled(s->h.data, c->ctx, rc, x->have ? tokens : 0, x->have ? bytes : 0);
     return SR_OK;
 }
@@ -523,14 +561,16 @@ static int server_layer_cmd(server *s, const sr_cad_cmd *c) {
 static int server_step(server *s, sctx *x, const sr_cad_cmd *c) {
     const sr_cad_cmd *h = &x->ctx;
     int64_t nqf = q_floats(h, c->nq), nof = out_floats(h, c->nq);
+    /* the prefill sized s->step for this context's max_step, which nq is within */
+    float *q = s->step, *out = q + nqf, *tmp = out + nof;
     for (int l = 0; l < h->n_layer; l++) {
         sr_tp_req *r[2] = {0};
-        int rc = sr_tp_irecv(s->tp, x->in_q, nqf * (int64_t)sizeof(float), 0, s->tag + TAG_Q, &r[0]);
+        int rc = sr_tp_irecv(s->tp, q, nqf * (int64_t)sizeof(float), 0, s->tag + TAG_Q, &r[0]);
         if (rc == SR_OK) rc = sr_tp_wait(r[0]);
         if (rc != SR_OK) return rc;
-        int st = SR_OK, qrc = get_status(x->in_q + nqf - 1, 0, &st);
-        server_attend(s, x, l, qrc, c->nq, c->pos, x->in_q, x->out);
-        if ((rc = sr_tp_isend(s->tp, x->out, nof * (int64_t)sizeof(float), 0, s->tag + TAG_OUT, &r[1])) == SR_OK)
+        int st = SR_OK, qrc = get_status(q + nqf - 1, 0, &st);
+        server_attend(s, x, l, qrc, c->nq, c->pos, q, out, tmp);
+        if ((rc = sr_tp_isend(s->tp, out, nof * (int64_t)sizeof(float), 0, s->tag + TAG_OUT, &r[1])) == SR_OK)
             rc = sr_tp_wait(r[1]);
         if (rc != SR_OK) return rc;
         s->st.bytes_recv += nqf * (int64_t)sizeof(float);
@@ -586,6 +626,7 @@ int sr_cad_serve_hooked(sr_tp *tp, int n_servers, int tag, int n_threads, const 
         if (s.h.stats) s.h.stats(s.h.data, &s.st);
     }
     while (s.ctxs) server_drop(&s, s.ctxs->id);
+    free(s.step);
     if (s.h.stats) s.h.stats(s.h.data, &s.st);
     return rc;
 }

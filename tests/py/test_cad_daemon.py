@@ -18,7 +18,7 @@ the Python grpcio client (stubs generated from proto/ at test time):
   --kv-budget is refused before any prefill;
 - the errors: mode cad without attention servers (the request says how to
   get them), --attn-servers that leaves no model worker, --mode cad
-  without servers (at start).
+  without servers, --attn-servers outside mpirun (at start).
 """
 import os
 import subprocess
@@ -86,6 +86,11 @@ def start_errors(t):
                            capture_output=True, text=True, timeout=120, cwd=ROOT)
         t.check(p.returncode != 0 and want in p.stdout + p.stderr,
                 f"mpirun -np {np} starringd {' '.join(args)}: refused ({p.returncode}), '{want}'")
+    # the cluster without mpirun has no attention servers yet
+    p = subprocess.run([os.path.join(ROOT, BUILD, "starringd"), "--role", "coordinator", "--attn-servers", "1",
+                        "--model", model_path()], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    want = "--attn-servers 1: attention servers run under mpirun for now (the last K worker ranks); --role coordinator takes 0"
+    t.check(p.returncode == 2 and want in p.stderr, f"--role coordinator --attn-servers 1: refused ({p.returncode}), '{want}'")
 
 
 def no_servers(t):
