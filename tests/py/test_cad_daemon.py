@@ -9,7 +9,9 @@ the Python grpcio client (stubs generated from proto/ at test time):
   a ring context over the same text; its KV is all on the attention
   server, none on the model workers (and the ring context's none on the
   server);
-- two cad contexts resident at once, both answer; the server's KV (its own
+- a question on a cad context runs between the chunks of another cad
+  context's prefill, with the same answer; two cad contexts resident at
+  once, both answer; the server's KV (its own
   figures, from its heartbeats) is both contexts', and Drop frees each;
   the server's busy time grows, the model workers' stays 0;
 - --mode cad as the default: a prompt without a context runs through the
@@ -23,6 +25,7 @@ the Python grpcio client (stubs generated from proto/ at test time):
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -139,11 +142,28 @@ def run(t, d, mport):
     t.check("72941" in text_cad, "and finds the pass key")
     c.drop(ring.id)
 
-    cad2 = c.upload(text2, mode="cad", chat=True)
-    _, text2a, _ = c.generate(Q, context_id=cad2.id, chat=True, max_tokens=12)
+    # the second prefills while a question on the first runs between its chunks (the servers take
+    # the first's steps between the second's layers)
+    box, started = {}, threading.Event()
+
+    def upload():
+        c2 = d.client()
+        box["ctx"] = c2.upload(text2, mode="cad", chat=True, on_progress=lambda dn, tot: dn > 0 and started.set())
+        box["t"] = time.time()
+        c2.close()
+
+    th = threading.Thread(target=upload)
+    th.start()
+    started.wait(300)
     ids1b, _, _ = c.generate(Q, context_id=cad1.id, chat=True, max_tokens=12)
-    t.check("31337" in text2a and ids1b == ids_cad,
-            f"two cad contexts resident at once both answer ({text2a!r}; the first as before)")
+    t_q = time.time()
+    th.join(600)
+    cad2 = box.get("ctx")
+    t.check(cad2 is not None and ids1b == ids_cad and t_q < box.get("t", 0),
+            f"a question on a cad context during another's prefill answers as before, before that prefill ends "
+            f"({box.get('t', 0) - t_q:.1f} s before)")
+    _, text2a, _ = c.generate(Q, context_id=cad2.id, chat=True, max_tokens=12)
+    t.check("31337" in text2a, f"two cad contexts resident at once both answer ({text2a!r})")
     both = server_kv(c, 2, cad1.n_tokens + cad2.n_tokens)
     t.check(both.kv_tokens == cad1.n_tokens + cad2.n_tokens and both.contexts == 2,
             f"the server holds both contexts' KV ({both.kv_tokens} tokens, {both.kv_bytes} bytes, {both.contexts} contexts)")
