@@ -235,28 +235,6 @@ typedef struct {
     sr_cad_server_stats st; /* kv_*: of every context held */
 } server;
 
-static void sctx_free(sctx *x) {
-    if (!x) return;
-    layout_free(&x->lay);
-    sr_kv_free(&x->kv);
-    free(x->b0);
-    free(x->off0);
-    free(x->runs);
-    free(x->qruns);
-    free(x->in_kv);
-    free(x->kv32);
-    free(x->in_q);
-    free(x->out);
-    free(x->tmp);
-    free(x->reqs);
-    free(x->mine);
-    free(x->kv_at);
-    free(x->mq);
-    free(x->q_at);
-    free(x->out_at);
-    free(x);
-}
-
 /* What only the prefill needs, once it is over: a resident context keeps
  * its KV and runs. */
 static void sctx_shed(sctx *x) {
@@ -278,6 +256,15 @@ static void sctx_shed(sctx *x) {
     x->in_kv = NULL;
     x->kv32 = x->in_q = x->out = x->tmp = NULL;
     x->reqs = NULL;
+}
+
+static void sctx_free(sctx *x) {
+    if (!x) return;
+    sctx_shed(x);
+    sr_kv_free(&x->kv);
+    free(x->runs);
+    free(x->qruns);
+    free(x);
 }
 
 /* floats of a step of nq queries: the query, the answer, the scratch */
