@@ -43,6 +43,8 @@ typedef struct {
     double last_beat;
     int64_t data_sent, data_received; /* its data-plane bytes, as of its last heartbeat */
     int64_t kv_budget;
+    double busy_s;          /* attention server: seconds computing attention, and the KV it holds, */
+    int64_t attn_kv_tokens, attn_kv_bytes; /* as of its last heartbeat */
     uint8_t *addr;          /* its block of the address exchange's round, until all are in */
     size_t addr_len;
 } wslot;
@@ -281,8 +283,61 @@ static void ctx_message(const coord *co, const cctx *c, Starring__V1__Context *m
         sh[i].kv_bytes = c->kv_bytes[c->grp[i]];
         shp[i] = &sh[i];
     }
-    m->n_shards = (size_t)c->n_grp;
+    int n = c->n_grp;
+    /* a cad context's KV is on the attention servers, the last workers */
+    for (int w = co->o->workers - co->o->attn_servers; c->mode == SR_CP_CAD && w < co->o->workers; w++, n++) {
+        starring__v1__shard__init(&sh[n]);
+        sh[n].worker = w;
+        sh[n].kv_tokens = c->kv_tokens[w];
+        sh[n].kv_bytes = c->kv_bytes[w];
+        shp[n] = &sh[n];
+    }
+    m->n_shards = (size_t)n;
     m->shards = shp;
+}
+
+/* ------------------------------------------------------------ cad */
+
+/* The workers that run the model: all but the attention servers. */
+static int model_workers(const coord *co) { return co->o->workers - co->o->attn_servers; }
+/* Whether worker w is an attention server: the last --attn-servers workers. */
+static int attn_server(const coord *co, int w) { return w >= model_workers(co); }
+
+/* The commands on contexts, which attention servers never get: the query
+ * worker's data-plane commands carry what they need (daemon/attnd.h). */
+static int context_frame(const sr_frame *f) {
+    switch (f->kind_case) {
+    case STARRING__CONTROL__V1__FRAME__KIND_PREFILL:
+    case STARRING__CONTROL__V1__FRAME__KIND_PREFILL_CANCEL:
+    case STARRING__CONTROL__V1__FRAME__KIND_BEGIN:
+    case STARRING__CONTROL__V1__FRAME__KIND_STEP:
+    case STARRING__CONTROL__V1__FRAME__KIND_CANCEL:
+    case STARRING__CONTROL__V1__FRAME__KIND_DROP: return 1;
+    default: return 0;
+    }
+}
+
+/* An attention server's KV of a cad context, estimated from the plan the
+ * prefill builds (est_bytes[w] of the servers; the model workers hold none). */
+static int cad_estimate(coord *co, cctx *c) {
+    int W = model_workers(co), K = co->o->attn_servers;
+    int64_t tokens[K], blocks[K];
+    sr_cad_shape sh = {.n_layer = co->cfg.n_layer, .n_head = co->cfg.n_head, .n_head_kv = co->cfg.n_head_kv,
+                       .head_dim = co->cfg.head_dim, .kv_dtype = SR_DT_F16, .kv_block = SR_KV_DEFAULT_BLOCK,
+                       .chunk = c->block_size};
+    int rc = sr_cad_kv_estimate(&sh, c->n_tokens, W, K, tokens, blocks);
+    for (int s = 0; rc == SR_OK && s < K; s++) c->est_bytes[W + s] = blocks[s] * co->block_bytes;
+    return rc;
+}
+
+/* An attention server's Prefilled: its KV of a cad context, whether the
+ * model workers' replies are in or not (only theirs make it ready). */
+static void cad_prefilled(coord *co, int w, const Starring__Control__V1__Prefilled *p) {
+    for (cctx *c = co->ctxs; c; c = c->next)
+        if (c->id == p->ctx && c->mode == SR_CP_CAD) {
+            c->kv_tokens[w] = p->kv_tokens;
+            c->kv_bytes[w] = p->kv_bytes;
+        }
 }
 
 /* Sends one frame to the n workers listed (NULL: to every worker). */
@@ -295,7 +350,7 @@ static void to_list(coord *co, const sr_frame *f, const int *list, int n) {
     }
     for (int k = 0; k < (list ? n : co->o->workers); k++) {
         int i = list ? list[k] : k;
-        if (!co->w[i].conn) continue;
+        if (!co->w[i].conn || (attn_server(co, i) && context_frame(f))) continue;
         uint8_t *copy = malloc(nb);
         if (!copy) continue;
         memcpy(copy, b, nb);
@@ -403,6 +458,7 @@ static void ctx_drop(coord *co, cctx *c, const char *why) {
 static int ctx_estimate(coord *co, cctx *c) {
     int W = c->n_grp;
     int64_t bs = SR_KV_DEFAULT_BLOCK;
+    if (c->mode == SR_CP_CAD) return cad_estimate(co, c);
     for (int w = 0; w < W; w++) {
         int64_t blocks = 0;
         if (c->mode == SR_CP_RING) {
@@ -415,7 +471,7 @@ static int ctx_estimate(coord *co, cctx *c) {
             int rc = sr_place_star(c->n_tokens, c->block_size, c->anchor_size, W, w, &pl);
             if (rc != SR_OK) return rc;
             blocks = (pl.own.len + bs - 1) / bs;
-        } else if (w == SR_CP_QUERY_RANK) {
+        } else if (w == SR_CP_QUERY_RANK && c->mode == SR_CP_FULL) {
             blocks = (c->n_tokens + bs - 1) / bs;
         }
         c->est_bytes[c->grp[w]] = blocks * co->block_bytes;
@@ -627,7 +683,8 @@ static void on_token(coord *co, int w, const Starring__Control__V1__TokenOut *t)
         if (t->id >= 0) r->n_out++;
     }
     if (t->more && !r->sink) gen_cancel(co, r);
-    if (t->more && r->sink && r->ctx->mode == SR_CP_FULL) { /* one rank holds it all: a step of its own */
+    /* full: one rank holds it all; cad: the servers answer one context's steps */
+    if (t->more && r->sink && (r->ctx->mode == SR_CP_FULL || r->ctx->mode == SR_CP_CAD)) { /* a step of its own */
         FRAME(s, step, STEP, Starring__Control__V1__Step, STARRING__CONTROL__V1__STEP__INIT);
         s.gen = r->gen;
         s.ctx = r->ctx->id;
@@ -740,8 +797,10 @@ static int worker_up(const coord *co, int w) {
 }
 
 /* Places c on the newest plane: want (0: --context-workers, then all) of
- * its workers that are up, those with the fewest contexts first. */
-static int ctx_place(coord *co, cctx *c, int want) {
+ * its model workers that are up, those with the fewest contexts first. A
+ * cad context takes every model worker in order (its query worker first,
+ * the attention servers after them on the job's data plane). */
+static int ctx_place(coord *co, cctx *c, int want, int mode) {
     int W = co->o->workers, n = 0;
     int *cand = malloc(sizeof *cand * (size_t)W);
     int64_t *load = calloc((size_t)W, sizeof *load);
@@ -752,7 +811,17 @@ static int ctx_place(coord *co, cctx *c, int want) {
         return sr_error_set(SR_ENOMEM, "out of memory placing a context");
     }
     for (int i = 0; i < co->plane_n; i++)
-        if (worker_up(co, co->plane_w[i])) cand[n++] = co->plane_w[i];
+        if (worker_up(co, co->plane_w[i]) && !attn_server(co, co->plane_w[i])) cand[n++] = co->plane_w[i];
+    if (mode == SR_CP_CAD) {
+        free(cand);
+        free(load);
+        for (int i = 0; i < model_workers(co); i++)
+            if (!worker_up(co, i)) return sr_error_set(SR_ECOMM, "model worker %d is not up: a cad context needs all", i);
+        for (int i = 0; i < model_workers(co); i++) c->grp[i] = i;
+        c->n_grp = model_workers(co);
+        c->plane = co->plane;
+        return SR_OK;
+    }
     for (cctx *o = co->ctxs; o; o = o->next)
         for (int i = 0; i < o->n_grp; i++) load[o->grp[i]]++;
     int k = sr_coord_place(cand, n, load, want > 0 ? want : co->o->context_workers, c->grp);
@@ -795,7 +864,7 @@ static void prefill_start(coord *co, req *r, int32_t *tokens, int64_t n, int32_t
     cctx *c = calloc(1, sizeof *c);
     int W = co->o->workers;
     if (!c || !(c->kv_tokens = calloc((size_t)W, sizeof(int64_t))) || !(c->kv_bytes = calloc((size_t)W, sizeof(int64_t))) ||
-        !(c->est_bytes = calloc((size_t)W, sizeof(int64_t))) || ctx_place(co, c, r->opts.workers) != SR_OK) {
+        !(c->est_bytes = calloc((size_t)W, sizeof(int64_t))) || ctx_place(co, c, r->opts.workers, mode) != SR_OK) {
         int unavailable = c && c->kv_tokens && c->kv_bytes && c->est_bytes && c->grp;
         snprintf(msg, sizeof msg, "%s", unavailable ? sr_error_msg() : "out of memory for a context");
         if (c) ctx_free(c);
@@ -804,14 +873,14 @@ static void prefill_start(coord *co, req *r, int32_t *tokens, int64_t n, int32_t
         req_finish(r, unavailable ? SR_GRPC_UNAVAILABLE : SR_GRPC_RESOURCE_EXHAUSTED, "%s", msg);
         return;
     }
-    sr_cp_opts copts = {.mode = mode, .block_size = block, .anchor_size = anchor};
-    int64_t rows = sr_cp_batch_rows(&copts, n, c->n_grp);
+    sr_cp_opts copts = {.mode = mode, .block_size = block, .anchor_size = anchor, .attn_servers = co->o->attn_servers};
+    int64_t rows = sr_cp_batch_rows(&copts, n, mode == SR_CP_CAD ? co->o->workers : c->n_grp);
     if (rows > co->o->max_batch) {
         free(tokens);
         free(q);
-        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "ring mode holds each worker's share in one batch: %lld tokens over %d workers "
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "%s mode holds each worker's share in one batch: %lld tokens over %d workers "
                    "need %lld rows, the workers have %lld (--batch); use star mode or more workers",
-                   (long long)n, c->n_grp, (long long)rows, (long long)co->o->max_batch);
+                   sr_cp_mode_name(mode), (long long)n, c->n_grp, (long long)rows, (long long)co->o->max_batch);
         ctx_free(c);
         return;
     }
@@ -893,6 +962,10 @@ static void prefill_cancel(coord *co, req *r) {
 }
 
 static void on_prefilled(coord *co, int w, const Starring__Control__V1__Prefilled *p) {
+    if (attn_server(co, w)) {
+        cad_prefilled(co, w, p);
+        return;
+    }
     cctx *c = ctx_by_id(co, p->ctx);
     if (!c || c->state != CTX_PREFILLING || !in_grp(c, w)) return;
     c->kv_tokens[w] = p->kv_tokens;
@@ -1186,12 +1259,12 @@ static void on_cancel_req(sr_grpc_call *call, int status) {
 
 static int check_options(req *r, const char *mode, int64_t block_size, int64_t anchor_size) {
     if (mode && *mode && sr_cp_mode_parse(mode) < 0) {
-        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "mode '%s' does not exist: use star, ring or full (or leave it empty)", mode);
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "mode '%s' does not exist: use star, ring, full or cad (or leave it empty)", mode);
         return 0;
     }
-    if (mode && sr_cp_mode_parse(mode) == SR_CP_CAD) { /* starring-run has it; starringd runs no attention servers yet */
-        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "mode 'cad' needs attention servers, which starringd does not run yet: "
-                   "use star, ring or full (starring-run --mode cad --attn-servers K has it)");
+    if (mode && sr_cp_mode_parse(mode) == SR_CP_CAD && r->co->o->attn_servers == 0) {
+        req_finish(r, SR_GRPC_INVALID_ARGUMENT, "mode 'cad' needs attention servers, and this server has none: start "
+                   "starringd under mpirun with --attn-servers K (the last K worker ranks), or use star, ring or full");
         return 0;
     }
     if (block_size < 0 || block_size > (1 << 24) || anchor_size < 0 || anchor_size > (1 << 24)) {
@@ -1571,6 +1644,8 @@ static void get_stats_end(sr_grpc_call *call) {
         ws[w].up = co->w[w].ok && !co->w[w].lost;
         ws[w].data_sent_bytes = co->w[w].data_sent;
         ws[w].data_received_bytes = co->w[w].data_received;
+        ws[w].role = attn_server(co, w) ? "attn" : "model";
+        ws[w].busy_s = co->w[w].busy_s;
         s.data_sent_bytes += co->w[w].data_sent;
         s.data_received_bytes += co->w[w].data_received;
         wp[w] = &ws[w];
@@ -1586,7 +1661,18 @@ static void get_stats_end(sr_grpc_call *call) {
             ws[w].kv_tokens += c->kv_tokens[w];
             ws[w].kv_bytes += c->kv_bytes[w];
         }
+        for (int w = model_workers(co); c->mode == SR_CP_CAD && w < W; w++) {
+            s.kv_tokens += c->kv_tokens[w];
+            s.kv_bytes += c->kv_bytes[w];
+            ws[w].contexts++;
+        }
     }
+    /* an attention server's KV as it last said: what it holds, freed or not */
+    for (int w = model_workers(co); w < W; w++) {
+        ws[w].kv_tokens = co->w[w].attn_kv_tokens;
+        ws[w].kv_bytes = co->w[w].attn_kv_bytes;
+    }
+    s.attn_servers = co->o->attn_servers;
     s.n_worker = (size_t)W;
     s.worker = wp;
     sr_grpc_send(call, &s.base);
@@ -1603,7 +1689,8 @@ static void metrics_gauges(sr_metrics_gauges *g, void *data) {
     g->queue_capacity = co->o->queue;
     for (int w = 0; w < W; w++)
         ws[w] = (sr_metrics_worker){.worker = w, .up = co->w[w].ok && !co->w[w].lost, .kv_budget_bytes = co->o->kv_budget,
-                                    .data_sent_bytes = co->w[w].data_sent, .data_received_bytes = co->w[w].data_received};
+                                    .data_sent_bytes = co->w[w].data_sent, .data_received_bytes = co->w[w].data_received,
+                                    .attn = attn_server(co, w), .busy_s = co->w[w].busy_s};
     for (cctx *c = co->ctxs; c; c = c->next) {
         if (c->state != CTX_READY) continue;
         g->contexts += !c->ephemeral;
@@ -2008,13 +2095,18 @@ static int on_join(coord *co, int w, sr_conn *c, const Starring__Control__V1__Jo
     if (j->error && *j->error) {
         SR_ERROR("worker %d (pid %d) could not start: %s", w, j->pid, j->error);
         cluster_broken(co, "worker %d could not start: %s", w, j->error);
-    } else if (j->vocab_size != co->cfg.vocab_size) {
+    } else if (attn_server(co, w) != (j->role && strcmp(j->role, "attn") == 0)) {
+        cluster_broken(co, "worker %d joined as a %s, but the coordinator counts it as %s (--attn-servers %d)", w,
+                       j->role && *j->role ? j->role : "model", attn_server(co, w) ? "an attention server" : "a model worker",
+                       co->o->attn_servers);
+    } else if (!attn_server(co, w) && j->vocab_size != co->cfg.vocab_size) {
         cluster_broken(co, "worker %d has a vocabulary of %d, the coordinator %d: not the same model", w,
                        j->vocab_size, co->cfg.vocab_size);
     } else {
         s->ok = 1;
         co->n_ready++;
-        SR_INFO("worker %d of %d joined (pid %d, %s)", w, co->o->workers, j->pid, c->peer);
+        SR_INFO("worker %d of %d joined (pid %d, %s)%s", w, co->o->workers, j->pid, c->peer,
+                attn_server(co, w) ? " as an attention server" : "");
         if (co->started && !co->fixed) {
             plane_form(co); /* one that joins late gets a data plane with the others */
         } else if (!co->started && co->n_ready == co->o->workers && co->fixed) {
@@ -2087,6 +2179,9 @@ static int on_control_frame(sr_conn *c, sr_frame *f) {
     case STARRING__CONTROL__V1__FRAME__KIND_HEARTBEAT:
         co->w[w].data_sent = f->heartbeat->data_sent_bytes;
         co->w[w].data_received = f->heartbeat->data_received_bytes;
+        co->w[w].busy_s = f->heartbeat->busy_s;
+        co->w[w].attn_kv_tokens = f->heartbeat->kv_tokens;
+        co->w[w].attn_kv_bytes = f->heartbeat->kv_bytes;
         break;
     case STARRING__CONTROL__V1__FRAME__KIND_JOIN: rc = on_join(co, w, c, f->join); break;
     case STARRING__CONTROL__V1__FRAME__KIND_ADDRESS: rc = on_address(co, w, f->address); break;

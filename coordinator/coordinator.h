@@ -38,6 +38,7 @@ typedef struct {
     int control_port;         /* 0: any */
     int workers;              /* must join before the first start; later ones take a lost one's place */
     int context_workers;      /* a new context's workers, of those up, unless it asks; 0: all */
+    int attn_servers;         /* of the workers, the last attn_servers are attention servers (mode cad) */
     int64_t kv_budget;        /* bytes of KV per worker; 0: no limit */
     int queue;                /* requests admitted at once */
     size_t max_message;       /* gRPC request message bytes */

@@ -224,6 +224,16 @@ int sr_metrics_render(const sr_metrics *m, const sr_metrics_gauges *g, char **ou
         for (int w = 0; w < g->workers; w++)
             fprintf(f, "starring_data_plane_received_bytes_total{worker=\"%d\"} %lld\n", g->worker[w].worker,
                     (long long)g->worker[w].data_received_bytes);
+        head(f, "starring_worker_role", "gauge",
+             "1 for the worker's role: model (loads the weights) or attn (an attention server, --attn-servers).");
+        for (int w = 0; w < g->workers; w++)
+            fprintf(f, "starring_worker_role{worker=\"%d\",role=\"%s\"} 1\n", g->worker[w].worker,
+                    g->worker[w].attn ? "attn" : "model");
+        head(f, "starring_attention_busy_seconds_total", "counter",
+             "Seconds an attention server spent computing attention, as of its last heartbeat (0 on model workers).");
+        for (int w = 0; w < g->workers; w++)
+            fprintf(f, "starring_attention_busy_seconds_total{worker=\"%d\"} %.6f\n", g->worker[w].worker,
+                    g->worker[w].busy_s);
     }
     if (fclose(f) != 0 || !buf) {
         free(buf);

@@ -61,6 +61,8 @@ typedef struct {
     int64_t kv_bytes;   /* resident KV */
     int64_t kv_budget_bytes; /* 0: no limit */
     int64_t data_sent_bytes, data_received_bytes; /* the worker's data plane, as its last heartbeat said */
+    int attn;           /* an attention server (starringd --attn-servers) */
+    double busy_s;      /* attention server: seconds computing attention, as its last heartbeat said */
 } sr_metrics_worker;
 
 /* The state at a scrape, filled by the coordinator (zeroed before, but

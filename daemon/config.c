@@ -40,7 +40,8 @@ const sr_cfg_def sr_cfg_table[SR_CFG_N] = {
     [SR_CFG_MAX_TOKENS] = {"max-tokens", 0, SR_CFG_INT, "4096", 1, 1 << 30, NULL, "most tokens a question may ask for"},
     [SR_CFG_DEFAULT_TOKENS] = {"default-tokens", 0, SR_CFG_INT, "128", 1, 1 << 30, NULL,
                                "tokens generated when a question does not say"},
-    [SR_CFG_MODE] = {"mode", 0, SR_CFG_ENUM, "star", 0, 0, "star,ring,full", "default mode of a context"},
+    [SR_CFG_MODE] = {"mode", 0, SR_CFG_ENUM, "star", 0, 0, "star,ring,full,cad",
+                     "default mode of a context (cad needs --attn-servers)"},
     [SR_CFG_HEARTBEAT] = {"heartbeat", 0, SR_CFG_NUM, "1", 0.05, 60, NULL,
                           "seconds between worker heartbeats; 10 missed lose the worker"},
     [SR_CFG_SHUTDOWN_GRACE] = {"shutdown-grace", 0, SR_CFG_NUM, "30", 0, 3600, NULL,
@@ -90,6 +91,10 @@ const sr_cfg_def sr_cfg_table[SR_CFG_N] = {
                                 "role coordinator: the workers a new context is placed on (the least loaded of those "
                                 "up), unless its ContextOptions.workers says; 0: all that are up. A lost worker loses "
                                 "only the contexts placed on it"},
+    [SR_CFG_ATTN_SERVERS] = {"attn-servers", 0, SR_CFG_INT, "0", 0, 65535, NULL,
+                             "under mpirun: the last K worker ranks are attention servers for mode cad contexts: they "
+                             "load no weights, hold those contexts' KV and compute their core attention; the other "
+                             "workers run the model (at least one must); 0: none, and mode cad is refused"},
 };
 
 static int is_space(char ch) { return ch == ' ' || ch == '\t' || ch == '\r'; }

@@ -3,6 +3,10 @@
  *
  *   mpirun -np N build/starringd --model FILE --listen 127.0.0.1:7070
  *
+ * With --attn-servers K the last K of the N-1 workers are attention
+ * servers (daemon/attnd.h): they load no weights and run the core attention
+ * of mode cad contexts, whose KV they keep; the other workers run the model.
+ *
  * The workers get a communicator of their own for the data plane (the mpi
  * transport, or ucx over it), and learn the coordinator's control address
  * and a cluster secret drawn for the run from rank 0 (MPI_Bcast);
@@ -133,7 +137,7 @@ static int run_coordinator(const sr_config *c, int workers, const unsigned char 
         .metrics_host = metrics ? mhost : NULL, .metrics_port = mport,
         .keep_prompts = (int)c->v[SR_CFG_KEEP_PROMPTS], .api_key = key, .secret = secret,
         .secret_len = SR_TP_SECRET_BYTES, .join_timeout_s = c->v[SR_CFG_JOIN_TIMEOUT],
-        .max_pending = (int)c->v[SR_CFG_CLUSTER_MAX_PENDING],
+        .max_pending = (int)c->v[SR_CFG_CLUSTER_MAX_PENDING], .attn_servers = (int)c->v[SR_CFG_ATTN_SERVERS],
         .on_listening = role == ROLE_MPIRUN ? coordinator_listening : NULL,
         .on_ready = sr_notify_ready, .on_tick = sr_notify_tick, .on_stopping = sr_notify_stopping};
     return sr_coord_run(&o);
@@ -166,6 +170,7 @@ static int run_worker(const sr_config *c, int worker, int workers, MPI_Comm comm
                          .secret = a.secret, .secret_len = sizeof a.secret, .join_timeout_s = c->v[SR_CFG_JOIN_TIMEOUT],
                          .coord_host = a.host, .coord_port = a.port, .n_threads = (int)c->v[SR_CFG_THREADS],
                          .max_batch = (int64_t)c->v[SR_CFG_BATCH], .kv_budget = (int64_t)c->v[SR_CFG_KV_BUDGET],
+                         .attn_servers = (int)c->v[SR_CFG_ATTN_SERVERS],
                          .heartbeat_s = c->v[SR_CFG_HEARTBEAT], .max_frame = (size_t)c->v[SR_CFG_MAX_FRAME],
                          .shutdown_grace_s = c->v[SR_CFG_SHUTDOWN_GRACE], .rejoin_timeout_s = c->v[SR_CFG_REJOIN_TIMEOUT],
                          .on_ready = sr_notify_ready, .on_tick = sr_notify_tick};
@@ -173,6 +178,22 @@ static int run_worker(const sr_config *c, int worker, int workers, MPI_Comm comm
     sr_tp_close(tp);
     sodium_memzero(a.secret, sizeof a.secret);
     return rc;
+}
+
+/* --attn-servers and --mode cad, alike on every rank: workers (0 without
+ * mpirun) is how many worker ranks the job has. */
+static int check_cad(const sr_config *c, int workers) {
+    int k = (int)c->v[SR_CFG_ATTN_SERVERS];
+    if (k > 0 && workers == 0)
+        return sr_error_set(SR_EINVAL, "--attn-servers %d: attention servers run under mpirun for now (the last K "
+                            "worker ranks); --role %s takes 0", k, c->s[SR_CFG_ROLE]);
+    if (k > 0 && k >= workers)
+        return sr_error_set(SR_EINVAL, "--attn-servers: %d, allowed 0..%d (mpirun -np %d starts %d workers, and at least "
+                            "one must run the model)", k, workers - 1, workers + 1, workers);
+    if (k == 0 && strcmp(c->s[SR_CFG_MODE], "cad") == 0)
+        return sr_error_set(SR_EINVAL, "--mode cad needs attention servers: start with mpirun and --attn-servers K (the "
+                            "last K worker ranks serve the core attention)");
+    return SR_OK;
 }
 
 static void on_sighup(int sig) {
@@ -196,6 +217,7 @@ static int run_role(sr_config *c) {
     int role = (int)c->v[SR_CFG_ROLE];
     unsigned char secret[SR_TP_SECRET_BYTES];
     int rc = sr_log_open(c->s[SR_CFG_LOG_FILE]);
+    if (rc == SR_OK) rc = check_cad(c, 0);
     if (rc == SR_OK) rc = cluster_secret(c, secret);
     if (rc != SR_OK) {
         fprintf(stderr, "starringd: %s\n", sr_error_msg());
@@ -257,6 +279,7 @@ int main(int argc, char **argv) {
     if (MPI_Comm_split(MPI_COMM_WORLD, rank == 0 ? MPI_UNDEFINED : 1, rank, &workers) != MPI_SUCCESS)
         rc = sr_error_set(SR_ECOMM, "MPI_Comm_split failed");
     /* the run's cluster secret: 32 fresh random bytes, broadcast with the address */
+    if (rc == SR_OK) rc = check_cad(&c, size - 1);
     if (rc == SR_OK && rank == 0) rc = sr_join_nonce(mpirun_addr.secret);
     if (rc == SR_OK)
         rc = rank == 0 ? run_coordinator(&c, size - 1, mpirun_addr.secret) : run_worker(&c, rank - 1, size - 1, workers, NULL);

@@ -13,6 +13,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/status.h"
+#include "daemon/attnd.h"
 #include "net/conn.h"
 #include "net/join.h"
 #include "transport/group.h"
@@ -96,6 +97,8 @@ typedef struct cmd {
 struct wrk {
     const sr_workerd_opts *o;
     int index, n_workers;   /* this worker's, given at join */
+    int attn;               /* this worker is an attention server (daemon/attnd.h) */
+    sr_attnd_live live;     /* and its figures, for the heartbeats */
     unsigned char nonce[SR_JOIN_NONCE_BYTES], coord_nonce[SR_JOIN_NONCE_BYTES];
     int challenged;         /* loop */
     int64_t x_round;        /* compute: address exchange rounds */
@@ -271,6 +274,13 @@ static void on_beat(uv_timer_t *t) {
     hb.worker = w->index;
     hb.seq = ++w->beat_seq;
     if (joined) plane_bytes(w, &hb.data_sent_bytes, &hb.data_received_bytes);
+    if (joined && w->attn) {
+        sr_cad_server_stats st;
+        sr_attnd_read(&w->live, &st);
+        hb.busy_s = st.busy_s;
+        hb.kv_tokens = st.kv_tokens;
+        hb.kv_bytes = st.kv_bytes;
+    }
     sr_conn_send(w->conn, &hb_f);
 }
 
@@ -604,6 +614,35 @@ static void ctx_fault(wrk *w, uint64_t ctx, int rc, const char *what) {
 
 static void handle(wrk *w, const sr_frame *f);
 
+/* ------------------------------------------------------------ cad */
+
+/* Before the data plane closes: the query worker lets the attention
+ * servers go (the contexts are freed, so each has dropped its KV there).
+ * Attention servers exist under mpirun only, on the job's transport. */
+static void attn_servers_release(wrk *w) {
+    int k = w->o->attn_servers;
+    if (k > 0 && !w->attn && w->joined && w->index == SR_CP_QUERY_RANK && sr_cad_quit(w->o->tp, k, SR_ATTND_TAG) != SR_OK)
+        SR_WARN("worker %d: could not let the attention servers go: %s", w->index, sr_error_msg());
+}
+
+/* A context's runner: a cad context over the job's whole data plane (the
+ * attention servers are its last ranks) under its id, the others over
+ * their group (model workers only). */
+static int cp_open(wrk *w, wctx *c, sr_cp_opts *co) {
+    if (co->mode != SR_CP_CAD) return sr_cp_open(&c->cp, w->m, c->g->tp, co);
+    co->attn_servers = w->o->attn_servers;
+    co->tag = SR_ATTND_TAG;
+    int rc = sr_cp_open(&c->cp, w->m, w->o->tp, co);
+    if (rc == SR_OK) sr_cad_name(sr_cp_cad(c->cp), c->id);
+    return rc;
+}
+
+/* Whether the context's generated tokens run in batched steps; full and
+ * cad contexts step one at a time (sr_cp_step_batch takes star and ring). */
+static int batched(const wctx *c) { return c->mode != SR_CP_FULL && c->mode != SR_CP_CAD; }
+
+static void attnd_send(void *data, const sr_frame *f) { send_frame(data, f); }
+
 /* Commands a worker may run in the middle of a prefill. Collective (the
  * workers run them together): Begin, Step, and a Prefill of at most
  * small_prefill tokens (no more work than one chunk; it runs whole). Local:
@@ -763,7 +802,7 @@ static void do_prefill(wrk *w, const Starring__Control__V1__Prefill *p) {
             w->pf_mark = sr_now();
         }
         ctx_in(w, c);
-        rc = sr_cp_open(&c->cp, w->m, c->g->tp, &co);
+        rc = cp_open(w, c, &co);
         if (rc == SR_OK) rc = sr_cp_prefill(c->cp, p->tokens, (int64_t)p->n_tokens);
         if (rc == SR_OK && sr_cp_is_query_rank(c->cp)) {
             size_t nb = sizeof(float) * (size_t)w->m->config.vocab_size;
@@ -876,7 +915,7 @@ static int gen_feed(void *data, const int32_t *tokens, int64_t n) {
         int rc = gen_wait_grant(g);
         if (rc != SR_OK) return rc;
         /* a sharded context's token ran in a batched step (do_step_batch) */
-        if (g->ctx->mode != SR_CP_FULL) return g->step_rc;
+        if (batched(g->ctx)) return g->step_rc;
     }
     int rc = sr_cp_feed(g->ctx->cp, tokens, n);
     int rc2 = g->ctx->mode != SR_CP_FULL ? sr_cp_end(g->ctx->cp) : SR_OK;
@@ -1317,7 +1356,7 @@ static int session(wrk *w, int *served) {
     sr_model_opts mo = {.n_threads = o->n_threads, .kv_dtype = SR_DT_F16, .block_size = 0, .max_batch = o->max_batch};
     double t0 = sr_now();
     int rc = wait_welcome(w), welcomed = rc == SR_OK;
-    if (rc == SR_OK && !w->m) {
+    if (rc == SR_OK && !w->m && !w->attn) {
         rc = sr_model_load(&w->m, o->model, &mo);
         if (rc == SR_OK) rc = sr_tok_from_gguf(&w->tok, w->m->gguf);
         if (rc == SR_OK) rc = sr_model_state_build(&w->spare, w->m);
@@ -1332,7 +1371,12 @@ static int session(wrk *w, int *served) {
     j.workers = w->n_workers;
     j.pid = (int)getpid();
     j.kv_budget_bytes = o->kv_budget;
-    if (rc == SR_OK) {
+    j.role = w->attn ? "attn" : "model";
+    if (rc == SR_OK && w->attn) {
+        SR_INFO("worker %d of %d: attention server %d of %d (no weights loaded), data plane (%s) open in %.2f s",
+                w->index, w->n_workers, w->index - (w->n_workers - o->attn_servers), o->attn_servers,
+                sr_tp_name(o->tp), sr_now() - t0);
+    } else if (rc == SR_OK) {
         j.vocab_size = w->m->config.vocab_size;
         SR_INFO("worker %d of %d: model loaded in %.2f s", w->index, w->n_workers, sr_now() - t0);
     } else {
@@ -1345,6 +1389,8 @@ static int session(wrk *w, int *served) {
     w->joined = rc == SR_OK;
     pthread_mutex_unlock(&w->mu);
     *served = rc == SR_OK;
+    if (rc == SR_OK && w->attn) /* its commands come over the data plane */
+        return sr_attnd_serve(o->tp, o->attn_servers, o->n_threads, o->kv_budget, attnd_send, w, &w->live);
 
     for (int up = rc == SR_OK; up;) {
         pthread_mutex_lock(&w->mu);
@@ -1390,6 +1436,7 @@ static void session_end(wrk *w, const char *why) {
         w->ctxs = c->next;
         ctx_free(w, c);
     }
+    attn_servers_release(w);
     while (w->planes) plane_free(w, w->planes);
     w->closed_sent = w->closed_received = 0;
     if (w->joined) SR_WARN("worker %d: the session with the coordinator is over (%s): %d resident contexts dropped",
@@ -1458,6 +1505,8 @@ int sr_workerd_run(const sr_workerd_opts *o) {
     w->o = o;
     w->index = o->worker;
     w->n_workers = o->workers;
+    w->attn = o->attn_servers > 0 && o->worker >= o->workers - o->attn_servers;
+    sr_attnd_live_init(&w->live);
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
     uv_loop_init(&w->loop);
@@ -1479,6 +1528,7 @@ int sr_workerd_run(const sr_workerd_opts *o) {
         uv_close((uv_handle_t *)&w->sigint, NULL);
         uv_run(&w->loop, UV_RUN_DEFAULT);
         uv_loop_close(&w->loop);
+        sr_attnd_live_free(&w->live);
         free(w);
         return rc;
     }
@@ -1498,6 +1548,7 @@ int sr_workerd_run(const sr_workerd_opts *o) {
     sr_model_free(w->m);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);
+    sr_attnd_live_free(&w->live);
     free(w);
     return rc;
 }

@@ -57,6 +57,10 @@ typedef struct {
     int n_threads;
     int64_t max_batch;      /* model rows per forward call (ring holds a worker's whole share) */
     int64_t kv_budget;      /* bytes of KV this worker may hold (reported in Join; 0: no limit) */
+    /* under mpirun: the last attn_servers workers are attention servers
+     * (daemon/attnd.h), which load no model; the others run it, and their
+     * star, ring and full contexts run among themselves alone */
+    int attn_servers;
     double heartbeat_s;
     size_t max_frame;       /* control frame cap */
     double shutdown_grace_s; /* after SIGTERM, how long to wait for the coordinator to let this worker go */

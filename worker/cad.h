@@ -28,8 +28,12 @@
  * the part over the new tokens' KV, which the query worker keeps (as phase
  * 2 of star and ring does).
  *
- * A server holds one context, the last one prefilled (sr_cp runs one at a
- * time); a daemon keeping many resident needs them named in the commands.
+ * Contexts. Every command names its context (sr_cad_name; 0 unnamed), so
+ * a server holds many: a daemon's resident contexts, each with its own KV,
+ * freed when the handle that prefilled it closes. A prefill's layers are
+ * each announced by the query worker, so that it may step other contexts
+ * between two of them (the daemon's prefill chunks). A context prefilled
+ * under a name held already replaces it.
  *
  * Failures. Every message carries its sender's status, and a rank that
  * fails goes on sending and receiving what the plan says, so nobody waits
@@ -75,8 +79,9 @@ typedef struct {
 
 typedef struct sr_cad sr_cad;
 
-/* The plan's cost model for these shapes, as the runtime moves them:
- * queries, K/V and answers (O and LSE) in fp32. */
+/* The plan's cost model for these shapes: queries, K/V and answers (O and
+ * LSE) in fp32. The runtime sends K/V in the KV cache's dtype (f16 or bf16
+ * halves them) and plans with that width. */
 sr_cad_cost sr_cad_cost_of(int n_head, int n_head_kv, int head_dim);
 
 /* Whether rank is one of the n_servers attention servers of a job of size
@@ -92,10 +97,41 @@ int sr_cad_check(int size, int n_servers, int tag);
  * an undecodable command (the error). n_threads: for the attention. */
 int sr_cad_serve(sr_tp *tp, int n_servers, int tag, int n_threads);
 
+/* What a daemon's attention server hears while it serves, called on the
+ * serving thread: a context's prefill is over (its KV here, 0 when it
+ * failed), a context was dropped, and the server's figures after every
+ * command. kv_budget: bytes of KV the server may hold, all contexts
+ * together (0: no limit); a prefill over it fails. */
+typedef struct {
+    void (*prefilled)(void *data, uint64_t ctx, int status, int64_t kv_tokens, int64_t kv_bytes);
+    void (*dropped)(void *data, uint64_t ctx, int64_t kv_bytes);
+    void (*stats)(void *data, const sr_cad_server_stats *st);
+    void *data;
+    int64_t kv_budget;
+} sr_cad_hooks;
+
+/* sr_cad_serve with hooks (may be NULL). */
+int sr_cad_serve_hooked(sr_tp *tp, int n_servers, int tag, int n_threads, const sr_cad_hooks *hooks);
+
+/* On the query worker (rank 0): tells the servers to return from
+ * sr_cad_serve, without a handle (a daemon's handles each drop their own
+ * context when they close). */
+int sr_cad_quit(sr_tp *tp, int n_servers, int tag);
+
+/* The KV each of n_servers servers would hold of a context of n_ctx tokens
+ * over workers model workers (the plan the prefill builds): tokens[s] and
+ * blocks[s] of sh->kv_block tokens (for the coordinator's budget). */
+int sr_cad_kv_estimate(const sr_cad_shape *sh, int64_t n_ctx, int workers, int n_servers, int64_t *tokens,
+                       int64_t *blocks);
+
 /* Model-worker ranks: a handle over tp, whose last n_servers ranks serve.
  * Not collective. */
 int sr_cad_open(sr_cad **out, sr_tp *tp, int n_servers, int tag);
-/* On the query worker tells the servers to return from sr_cad_serve. */
+/* Names the context in every command to the servers (a daemon's context
+ * id). Closing a named handle drops its context on the servers; an
+ * unnamed one (starring-run's) tells the servers, on the query worker, to
+ * return from sr_cad_serve. */
+void sr_cad_name(sr_cad *c, uint64_t ctx);
 void sr_cad_close(sr_cad *c);
 
 /* The transport of the model workers alone (the job's first W ranks), for

@@ -18,7 +18,10 @@ void sr_cad_wire_cmd_encode(int64_t out[SR_CAD_WIRE_CMD_WORDS], const sr_cad_cmd
     } else if (c->op == SR_CAD_OP_STEP) {
         out[1] = c->nq;
         out[2] = c->pos;
+    } else if (c->op == SR_CAD_OP_LAYER) {
+        out[1] = c->layer;
     }
+    out[SR_CAD_WIRE_CMD_WORDS - 1] = (int64_t)c->ctx;
 }
 
 static const char *const prefill_names[] = {"context tokens", "workers", "layers", "query heads", "kv heads",
@@ -53,7 +56,7 @@ static int decode_prefill(const int64_t *in, int workers, sr_cad_cmd *c) {
                             "bytes, allowed up to %lld", (long long)v[9], (long long)v[3], (long long)v[5],
                             (long long)bytes, (long long)SR_CAD_WIRE_MAX_MSG);
     *c = (sr_cad_cmd){SR_CAD_OP_PREFILL, v[0], (int)v[1], (int)v[2], (int)v[3], (int)v[4], (int)v[5], (int)v[6],
-                      v[7], v[8], v[9], (int)v[10], 0, 0};
+                      v[7], v[8], v[9], (int)v[10], 0, 0, 0, 0};
     return SR_OK;
 }
 
@@ -65,18 +68,33 @@ int sr_cad_wire_cmd_decode(const int64_t in[SR_CAD_WIRE_CMD_WORDS], int workers,
     switch (in[0]) {
     case SR_CAD_OP_PREFILL: last = 11; break;
     case SR_CAD_OP_STEP: last = 2; break;
+    case SR_CAD_OP_LAYER: last = 1; break;
     case SR_CAD_OP_STATS:
+    case SR_CAD_OP_DROP:
     case SR_CAD_OP_CLOSE: break;
     default:
         return sr_error_set(SR_EFORMAT, "cad command: op %lld, allowed %d..%d", (long long)in[0], SR_CAD_OP_PREFILL,
-                            SR_CAD_OP_CLOSE);
+                            SR_CAD_OP_DROP);
     }
-    for (int i = last + 1; i < SR_CAD_WIRE_CMD_WORDS; i++)
+    for (int i = last + 1; i < SR_CAD_WIRE_CMD_WORDS - 1; i++)
         if (in[i] != 0)
             return sr_error_set(SR_EFORMAT, "cad command: op %lld has word %d = %lld, allowed 0", (long long)in[0], i,
                                 (long long)in[i]);
-    if (in[0] == SR_CAD_OP_PREFILL) return decode_prefill(in, workers, out);
+    uint64_t ctx = (uint64_t)in[SR_CAD_WIRE_CMD_WORDS - 1];
+    if (in[0] == SR_CAD_OP_PREFILL) {
+        int rc = decode_prefill(in, workers, out);
+        out->ctx = ctx;
+        return rc;
+    }
     out->op = (int)in[0];
+    out->ctx = ctx;
+    if (in[0] == SR_CAD_OP_LAYER) {
+        if (in[1] < 0 || in[1] >= SR_CAD_WIRE_MAX_LAYERS)
+            return sr_error_set(SR_EFORMAT, "cad layer command: layer %lld, allowed 0..%d", (long long)in[1],
+                                SR_CAD_WIRE_MAX_LAYERS - 1);
+        out->layer = in[1];
+        return SR_OK;
+    }
     if (in[0] != SR_CAD_OP_STEP) return SR_OK;
     if (n_ctx < 1) return sr_error_set(SR_ESTATE, "cad step command: this server holds no context");
     if (in[1] < 1 || in[1] > max_step)

@@ -8,17 +8,24 @@
  *   prefill  [op, n_ctx, workers, layers, heads, kv heads, head dim,
  *             kv type, kv block, chunk, max step, overlap]
  *   step     [op, nq, pos]: per layer one query message of nq rows follows
+ *   layer    [op, l]: layer l of the context's prefill follows (the
+ *             layers in order, each announced, so that a daemon's query
+ *             worker may step other contexts between two layers)
  *   stats    [op]: the server replies with SR_CAD_WIRE_STATS_WORDS words
+ *   drop     [op]: the server frees the context's KV
  *   close    [op]: the server returns from sr_cad_serve
- * Unused words are 0. A server answers a prefill with one status word (so
- * that every worker knows before sending it anything). */
+ * The last word names the context of every op (a daemon's context id; 0
+ * for starring-run's one), any value. Other unused words are 0. A server
+ * answers a prefill with one status word (so that every worker knows
+ * before sending it anything). */
 #ifndef SR_WORKER_CAD_WIRE_H
 #define SR_WORKER_CAD_WIRE_H
 
 #include <stdint.h>
 
-enum { SR_CAD_OP_PREFILL = 1, SR_CAD_OP_STEP = 2, SR_CAD_OP_STATS = 3, SR_CAD_OP_CLOSE = 4 };
-enum { SR_CAD_WIRE_CMD_WORDS = 12 };
+enum { SR_CAD_OP_PREFILL = 1, SR_CAD_OP_STEP = 2, SR_CAD_OP_STATS = 3, SR_CAD_OP_CLOSE = 4, SR_CAD_OP_LAYER = 5,
+       SR_CAD_OP_DROP = 6 };
+enum { SR_CAD_WIRE_CMD_WORDS = 13 };
 
 /* Shapes a peer may name. */
 #define SR_CAD_WIRE_MAX_LAYERS 4096
@@ -39,6 +46,8 @@ typedef struct {
     int64_t max_step;   /* prefill: the most queries a step carries */
     int overlap;        /* prefill: 1 ping-pong (see worker/cad.h), 0 await each layer's messages first */
     int64_t nq, pos;    /* step: queries, at positions pos.. */
+    int64_t layer;      /* layer: its index (the server checks it against the context's layers) */
+    uint64_t ctx;       /* every op: the context */
 } sr_cad_cmd;
 
 void sr_cad_wire_cmd_encode(int64_t out[SR_CAD_WIRE_CMD_WORDS], const sr_cad_cmd *c);

@@ -40,11 +40,19 @@ static void test_round_trip(void **state) {
     assert_int_equal(c.op, SR_CAD_OP_STEP);
     assert_int_equal(c.nq, 7);
     assert_int_equal(c.pos, 3005);
-    for (int op = SR_CAD_OP_STATS; op <= SR_CAD_OP_CLOSE; op++) {
-        sr_cad_wire_cmd_encode(w, &(sr_cad_cmd){.op = op});
+    for (int op = SR_CAD_OP_STATS; op <= SR_CAD_OP_DROP; op++) {
+        sr_cad_wire_cmd_encode(w, &(sr_cad_cmd){.op = op, .layer = op == SR_CAD_OP_LAYER ? 29 : 0, .ctx = ~0ull - op});
         assert_int_equal(sr_cad_wire_cmd_decode(w, 2, 0, 0, &c), SR_OK);
         assert_int_equal(c.op, op);
+        assert_int_equal(c.layer, op == SR_CAD_OP_LAYER ? 29 : 0);
+        assert_true(c.ctx == ~0ull - op);
     }
+    /* a daemon's context id travels with the prefill */
+    sr_cad_cmd named = good;
+    named.ctx = 0x8000000000000001ull;
+    sr_cad_wire_cmd_encode(w, &named);
+    assert_int_equal(sr_cad_wire_cmd_decode(w, 2, 0, 0, &c), SR_OK);
+    assert_memory_equal(&c, &named, sizeof c);
 }
 
 static void test_prefill_fields(void **state) {
@@ -85,9 +93,13 @@ static void test_prefill_fields(void **state) {
 static void test_other_ops(void **state) {
     int64_t w[SR_CAD_WIRE_CMD_WORDS] = {0};
     w[0] = 9;
-    refused(w, 2, 0, 0, SR_EFORMAT, "cad command: op 9, allowed 1..4");
+    refused(w, 2, 0, 0, SR_EFORMAT, "cad command: op 9, allowed 1..6");
     w[0] = SR_CAD_OP_CLOSE, w[3] = 5;
     refused(w, 2, 0, 0, SR_EFORMAT, "op 4 has word 3 = 5, allowed 0");
+    w[0] = SR_CAD_OP_LAYER, w[1] = SR_CAD_WIRE_MAX_LAYERS, w[3] = 0;
+    refused(w, 2, 0, 0, SR_EFORMAT, "cad layer command: layer 4096, allowed 0..4095");
+    w[1] = -1;
+    refused(w, 2, 0, 0, SR_EFORMAT, "layer -1, allowed 0..4095");
     memset(w, 0, sizeof w);
     w[0] = SR_CAD_OP_STEP, w[1] = 1, w[2] = 100;
     refused(w, 2, 0, 0, SR_ESTATE, "holds no context");
