@@ -134,7 +134,8 @@ def run(t, d, mport):
     ring = c.upload(text1, mode="ring", chat=True)
     t.note(f"ring prefill of {ring.n_tokens} tokens: {time.time() - t0:.1f} s (under load)")
     rs = {s.worker: s.kv_tokens for s in ring.shards}
-    t.check(rs[2] == 0 and rs[0] + rs[1] == ring.n_tokens, f"a ring context runs on the model workers alone ({rs})")
+    t.check(sorted(rs) == [0, 1] and rs[0] + rs[1] == ring.n_tokens,
+            f"a ring context is placed on the model workers alone ({rs})")
     ids_ring, text_ring, _ = c.generate(Q, context_id=ring.id, chat=True, max_tokens=12)
     t.note(f"cad: {text_cad!r} {ids_cad}; ring: {text_ring!r} {ids_ring}")
     t.check(len(ids_cad) >= 5 and ids_cad == ids_ring,
