@@ -148,7 +148,7 @@ static void test_garbage(void **state) {
     /* an empty frame and one with only an unknown field decode but carry nothing */
     const uint8_t empty[] = {0, 0, 0, 0};
     expect_format(empty, sizeof empty, "carries no message");
-    const uint8_t unknown[] = {0, 0, 0, 3, 0xf8, 0x01, 0x05}; /* field 31 = 5 */
+    const uint8_t unknown[] = {0, 0, 0, 3, 0x98, 0x06, 0x05}; /* field 99 = 5: no such field */
     expect_format(unknown, sizeof unknown, "carries no message");
     /* ASCII: an HTTP request on the control port reads as a 1.2 GB length */
     sr_frame_reader r;
