@@ -203,12 +203,12 @@ static void test_batch_against_reference(void **state) {
 
 /* Without AVX-512 the kernels dequantize with sr_matmul__dequant, which
  * claims the reference's values: the portable and the AVX2 builds then
- * multiply the same weights. (The AVX-512 loads round Q4_1 once, by FMA.) */
+ * multiply the same weights. The AVX-512 loads round Q4_1 once, by FMA, so
+ * that build has no such claim and does not plan this case (a run-time skip
+ * would fail CI on AVX-512 hosts). */
+#if !(defined(__AVX512F__) && defined(__AVX512BW__))
 static void test_batch_dequant_is_reference(void **state) {
     (void)state;
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-    skip();
-#else
     uint64_t rng = 17;
     for (size_t t = 0; t < N_TYPES; t++) {
         const int64_t k = k_of(TYPES[t], 1), m = 3;
@@ -225,15 +225,17 @@ static void test_batch_dequant_is_reference(void **state) {
         free(want);
         free((void *)w.data);
     }
-#endif
 }
+#endif
 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batch_rows_equal_alone),
         cmocka_unit_test(test_batch_multi_equals_single),
         cmocka_unit_test(test_batch_against_reference),
+#if !(defined(__AVX512F__) && defined(__AVX512BW__))
         cmocka_unit_test(test_batch_dequant_is_reference),
+#endif
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
